@@ -1,0 +1,1 @@
+//! kiln-model: layers, BERT, GPT-2, checkpoints, training.

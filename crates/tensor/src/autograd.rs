@@ -1,0 +1,200 @@
+//! Reverse-mode autograd: each differentiable op records a [`BackwardOp`] node; `backward()` sorts the
+//! graph topologically from a scalar loss, runs each node once, accumulates gradients on leaves and
+//! frees the graph.
+use crate::{DType, Error, Result, Tensor, TensorId};
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// The backward rule of one recorded op.
+pub trait BackwardOp: Send + Sync {
+    /// The op's name (used in error messages).
+    fn name(&self) -> &'static str;
+    /// The inputs gradients flow to, in the order `backward` returns them.
+    fn inputs(&self) -> Vec<Tensor>;
+    /// Given dL/d(output), returns dL/d(input) for each input (None where no gradient flows).
+    /// Runs with grad mode off; gradients have the input's shape.
+    fn backward(&self, grad_out: &Tensor) -> Result<Vec<Option<Tensor>>>;
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops record the graph on this thread.
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Restores the previous grad mode when dropped.
+pub struct GradModeGuard(bool);
+impl Drop for GradModeGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.0));
+    }
+}
+
+/// Turns graph recording off until the guard is dropped.
+pub fn no_grad_guard() -> GradModeGuard {
+    let prev = GRAD_ENABLED.with(|g| g.replace(false));
+    GradModeGuard(prev)
+}
+
+/// Runs `f` without recording the graph (inference, optimizer updates).
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    let _g = no_grad_guard();
+    f()
+}
+
+impl Tensor {
+    /// Back-propagates from this scalar: every leaf that requires grad gets dL/dleaf added to `.grad()`.
+    /// The graph is freed afterwards; a second call on the same graph is an error.
+    pub fn backward(&self) -> Result<()> {
+        if self.elem_count() != 1 {
+            return Err(Error::Backward(format!("backward needs a scalar (one element), got shape {:?}", self.shape())));
+        }
+        if !self.requires_grad() {
+            return Err(Error::Backward("the tensor does not require grad (no input of its graph is a trainable leaf)".into()));
+        }
+        let seed = Tensor::ones(self.shape(), self.dtype(), self.device())?;
+        self.backward_with(seed)
+    }
+
+    /// Back-propagates with an explicit dL/d(self) of the same shape.
+    pub fn backward_with(&self, grad: Tensor) -> Result<()> {
+        if grad.shape() != self.shape() {
+            return Err(Error::ShapeMismatch { op: "backward", lhs: self.shape().to_vec(), rhs: grad.shape().to_vec() });
+        }
+        let _g = no_grad_guard();
+        let order = topo_order(self);
+        let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+        grads.insert(self.id(), grad);
+        for t in order.iter().rev() {
+            let Some(g) = grads.remove(&t.id()) else { continue };
+            let node = t.0.node.lock().unwrap().take();
+            match node {
+                None => {
+                    if !t.requires_grad() {
+                        continue;
+                    }
+                    if t.0.freed.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(Error::Backward("the graph was already freed by an earlier backward()".into()));
+                    }
+                    let mut slot = t.0.grad.lock().unwrap();
+                    let g = if g.dtype() != t.dtype() { g.to_dtype(t.dtype())? } else { g };
+                    *slot = Some(match slot.take() {
+                        Some(prev) => prev.add(&g)?,
+                        None => g.contiguous()?,
+                    });
+                }
+                Some(op) => {
+                    t.0.freed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let inputs = op.inputs();
+                    let in_grads = op.backward(&g)?;
+                    if in_grads.len() != inputs.len() {
+                        return Err(Error::Backward(format!("{}: returned {} gradients for {} inputs", op.name(), in_grads.len(), inputs.len())));
+                    }
+                    for (inp, ig) in inputs.iter().zip(in_grads) {
+                        let Some(ig) = ig else { continue };
+                        if !inp.requires_grad() {
+                            continue;
+                        }
+                        if ig.shape() != inp.shape() {
+                            return Err(Error::Backward(format!(
+                                "{}: gradient shape {:?} does not match input shape {:?}",
+                                op.name(),
+                                ig.shape(),
+                                inp.shape()
+                            )));
+                        }
+                        let acc = match grads.remove(&inp.id()) {
+                            Some(prev) => prev.add(&ig)?,
+                            None => ig,
+                        };
+                        grads.insert(inp.id(), acc);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tensors reachable from `root` through recorded nodes, in topological order (inputs first).
+fn topo_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut visited: HashSet<TensorId> = HashSet::new();
+    // Iterative DFS: (tensor, children_pushed)
+    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !visited.insert(t.id()) {
+            continue;
+        }
+        let inputs = t.0.node.lock().unwrap().as_ref().map(|n| n.inputs()).unwrap_or_default();
+        stack.push((t, true));
+        for i in inputs {
+            if i.requires_grad() && !visited.contains(&i.id()) {
+                stack.push((i, false));
+            }
+        }
+    }
+    order
+}
+
+/// Backward of `contiguous()` and other copies: the gradient passes through.
+pub(crate) struct Identity {
+    pub input: Tensor,
+}
+impl BackwardOp for Identity {
+    fn name(&self) -> &'static str {
+        "contiguous"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.input.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(g.clone())])
+    }
+}
+
+/// Backward of a dtype cast: cast the gradient back.
+pub(crate) struct Cast {
+    pub input: Tensor,
+    pub from: DType,
+}
+impl BackwardOp for Cast {
+    fn name(&self) -> &'static str {
+        "to_dtype"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.input.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(g.to_dtype(self.from)?)])
+    }
+}
+
+/// Reduces a broadcast gradient back to `shape` by summing over broadcast dims.
+pub fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if g.shape() == shape {
+        return Ok(g.clone());
+    }
+    let extra = g.rank() - shape.len();
+    let mut dims = Vec::new();
+    for (i, &d) in g.shape().iter().enumerate() {
+        if i < extra || (shape[i - extra] == 1 && d != 1) {
+            dims.push(i);
+        }
+    }
+    let s = g.sum_dims(&dims, true)?;
+    s.reshape(shape)
+}
+
+/// A node that ties any `Arc<dyn BackwardOp>` constructor type together (helper for op modules).
+pub fn node<T: BackwardOp + 'static>(op: T) -> Arc<dyn BackwardOp> {
+    Arc::new(op)
+}

@@ -1,0 +1,1 @@
+//! GEMM through matrixmultiply (see ops/matmul.rs).

@@ -1,0 +1,1 @@
+//! attention (placeholder module, being written)

@@ -1,0 +1,207 @@
+//! Elementwise binary ops with numpy broadcasting (add, sub, mul, div) and scalar affine maps.
+use crate::autograd::{node, sum_to_shape, BackwardOp};
+use crate::shape::broadcast_shapes;
+use crate::storage::{CpuSlice, CpuStorage, Storage};
+use crate::{CpuFloat, DType, Error, Result, Tensor};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl BinaryOp {
+    fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+        }
+    }
+    #[inline(always)]
+    fn apply<T: CpuFloat>(self, a: T, b: T) -> T {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+        }
+    }
+}
+
+/// Parallel grain: below this many elements, stay on one thread.
+pub(crate) const PAR_MIN: usize = 1 << 15;
+
+fn kernel<T: CpuFloat + CpuSlice>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<CpuStorage> {
+    let n: usize = shape.iter().product();
+    let mut out = vec![T::default(); n];
+    let (sa, sb) = (a.storage(), b.storage());
+    let (va, vb) = (sa.as_cpu()?.as_slice::<T>()?, sb.as_cpu()?.as_slice::<T>()?);
+    let (la, lb) = (a.layout(), b.layout());
+    if la.is_contiguous() && lb.is_contiguous() && a.shape() == shape && b.shape() == shape {
+        let (va, vb) = (&va[la.offset()..la.offset() + n], &vb[lb.offset()..lb.offset() + n]);
+        if n >= PAR_MIN {
+            out.par_chunks_mut(4096).enumerate().for_each(|(c, o)| {
+                let s = c * 4096;
+                for (i, x) in o.iter_mut().enumerate() {
+                    *x = op.apply(va[s + i], vb[s + i]);
+                }
+            });
+        } else {
+            for i in 0..n {
+                out[i] = op.apply(va[i], vb[i]);
+            }
+        }
+        return Ok(T::into_storage(out));
+    }
+    // General path: walk rows of the broadcast output; the last dim is strided per operand.
+    let a_full = a.broadcast_as(shape)?;
+    let b_full = b.broadcast_as(shape)?;
+    let last = *shape.last().unwrap_or(&1);
+    let rows = if last == 0 { 0 } else { n / last };
+    let (sa_last, sb_last) = match shape.len() {
+        0 => (0, 0),
+        r => (a_full.strides()[r - 1], b_full.strides()[r - 1]),
+    };
+    let row_offsets = |t: &Tensor| -> Vec<usize> {
+        if t.rank() == 0 {
+            return vec![t.layout().offset()];
+        }
+        let r = t.rank();
+        let l = crate::shape::Layout::new(t.shape()[..r - 1].to_vec(), t.strides()[..r - 1].to_vec(), t.layout().offset());
+        l.indices().collect()
+    };
+    let (ra, rb) = (row_offsets(&a_full), row_offsets(&b_full));
+    let body = |(r, o): (usize, &mut [T])| {
+        let (oa, ob) = (ra[r], rb[r]);
+        for (j, x) in o.iter_mut().enumerate() {
+            *x = op.apply(va[oa + j * sa_last], vb[ob + j * sb_last]);
+        }
+    };
+    if rows > 0 {
+        if n >= PAR_MIN {
+            out.par_chunks_mut(last).enumerate().for_each(body);
+        } else {
+            out.chunks_mut(last).enumerate().for_each(body);
+        }
+    }
+    Ok(T::into_storage(out))
+}
+
+struct Binary {
+    op: BinaryOp,
+    a: Tensor,
+    b: Tensor,
+}
+
+impl BackwardOp for Binary {
+    fn name(&self) -> &'static str {
+        self.op.name()
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.a.clone(), self.b.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (a, b) = (&self.a, &self.b);
+        let (ga, gb) = match self.op {
+            BinaryOp::Add => (g.clone(), g.clone()),
+            BinaryOp::Sub => (g.clone(), g.neg()?),
+            BinaryOp::Mul => (
+                if a.requires_grad() { g.mul(b)? } else { g.clone() },
+                if b.requires_grad() { g.mul(a)? } else { g.clone() },
+            ),
+            BinaryOp::Div => {
+                let ga = g.div(b)?;
+                let gb = if b.requires_grad() { ga.mul(a)?.div(b)?.neg()? } else { g.clone() };
+                (ga, gb)
+            }
+        };
+        Ok(vec![
+            if a.requires_grad() { Some(sum_to_shape(&ga, a.shape())?) } else { None },
+            if b.requires_grad() { Some(sum_to_shape(&gb, b.shape())?) } else { None },
+        ])
+    }
+}
+
+/// Runs `op` on a CPU float tensor computed in its CPU compute dtype (half types go through f32).
+pub(crate) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.check_same(op.name(), b)?;
+    a.check_float(op.name())?;
+    let shape = broadcast_shapes(op.name(), a.shape(), b.shape())?;
+    let dt = a.dtype();
+    let (ac, bc) = (a.to_dtype(dt.cpu_compute())?.detach(), b.to_dtype(dt.cpu_compute())?.detach());
+    let out = match dt.cpu_compute() {
+        DType::F32 => kernel::<f32>(op, &ac, &bc, &shape)?,
+        DType::F64 => kernel::<f64>(op, &ac, &bc, &shape)?,
+        d => return Err(Error::UnsupportedDType { op: op.name(), dtype: d }),
+    };
+    let out = Tensor::from_storage(Storage::Cpu(out.to_dtype(dt)), &shape)?;
+    Ok(out.with_history(&[a, b], || node(Binary { op, a: a.clone(), b: b.clone() })))
+}
+
+struct Affine {
+    input: Tensor,
+    mul: f64,
+}
+impl BackwardOp for Affine {
+    fn name(&self) -> &'static str {
+        "affine"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.input.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(g.affine(self.mul, 0.0)?)])
+    }
+}
+
+fn affine_kernel<T: CpuFloat + CpuSlice>(x: &[T], mul: f64, add: f64) -> CpuStorage {
+    let (m, a) = (T::from_f64(mul), T::from_f64(add));
+    let out: Vec<T> = if x.len() >= PAR_MIN {
+        x.par_iter().map(|&v| v * m + a).collect()
+    } else {
+        x.iter().map(|&v| v * m + a).collect()
+    };
+    T::into_storage(out)
+}
+
+impl Tensor {
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(BinaryOp::Add, self, rhs)
+    }
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(BinaryOp::Sub, self, rhs)
+    }
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(BinaryOp::Mul, self, rhs)
+    }
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(BinaryOp::Div, self, rhs)
+    }
+    /// `self * mul + add`, elementwise.
+    pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
+        self.check_float("affine")?;
+        let dt = self.dtype();
+        let x = self.to_dtype(dt.cpu_compute())?;
+        let out = match dt.cpu_compute() {
+            DType::F32 => x.with_slice::<f32, _>(|v| affine_kernel(v, mul, add))?,
+            DType::F64 => x.with_slice::<f64, _>(|v| affine_kernel(v, mul, add))?,
+            d => return Err(Error::UnsupportedDType { op: "affine", dtype: d }),
+        };
+        let out = Tensor::from_storage(Storage::Cpu(out.to_dtype(dt)), self.shape())?;
+        Ok(out.with_history(&[self], || node(Affine { input: self.clone(), mul })))
+    }
+    pub fn add_scalar(&self, v: f64) -> Result<Tensor> {
+        self.affine(1.0, v)
+    }
+    pub fn mul_scalar(&self, v: f64) -> Result<Tensor> {
+        self.affine(v, 0.0)
+    }
+    pub fn neg(&self) -> Result<Tensor> {
+        self.affine(-1.0, 0.0)
+    }
+}

@@ -1,0 +1,1 @@
+//! cmp (placeholder module, being written)

@@ -1,0 +1,1 @@
+//! cross_entropy (placeholder module, being written)

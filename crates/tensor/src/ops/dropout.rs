@@ -1,0 +1,1 @@
+//! dropout (placeholder module, being written)

@@ -1,0 +1,1 @@
+//! gelu (placeholder module, being written)

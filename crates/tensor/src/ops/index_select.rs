@@ -1,0 +1,1 @@
+//! index_select (placeholder module, being written)

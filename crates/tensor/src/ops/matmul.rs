@@ -1,0 +1,1 @@
+//! matmul (placeholder module, being written)

@@ -1,0 +1,1 @@
+//! reduce_max (placeholder module, being written)

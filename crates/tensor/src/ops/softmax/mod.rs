@@ -1,0 +1,1 @@
+//! softmax (placeholder module, being written)

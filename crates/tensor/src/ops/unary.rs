@@ -1,0 +1,1 @@
+//! unary (placeholder module, being written)

@@ -1,0 +1,1 @@
+//! where_cond (placeholder module, being written)

@@ -1,0 +1,177 @@
+//! Where tensor data lives. One enum, dispatched once per op: `Storage::Cpu` or `Storage::Cuda`.
+use crate::{cuda::CudaStorage, DType, Device, Error, Result, WithDType};
+use half::{bf16, f16};
+
+/// Host buffers, one variant per [`DType`].
+#[derive(Debug, Clone)]
+pub enum CpuStorage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
+    I64(Vec<i64>),
+}
+
+impl CpuStorage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::I64(_) => DType::I64,
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+            CpuStorage::F16(v) => v.len(),
+            CpuStorage::I64(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A zero-filled buffer.
+    pub fn zeros(dtype: DType, n: usize) -> Self {
+        match dtype {
+            DType::F32 => CpuStorage::F32(vec![0.0; n]),
+            DType::F64 => CpuStorage::F64(vec![0.0; n]),
+            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; n]),
+            DType::F16 => CpuStorage::F16(vec![f16::ZERO; n]),
+            DType::I64 => CpuStorage::I64(vec![0; n]),
+        }
+    }
+    /// Builds a buffer of `dtype` from f64 values (creation helpers and tests).
+    pub fn from_f64_iter(dtype: DType, it: impl Iterator<Item = f64>) -> Self {
+        match dtype {
+            DType::F32 => CpuStorage::F32(it.map(|v| v as f32).collect()),
+            DType::F64 => CpuStorage::F64(it.collect()),
+            DType::BF16 => CpuStorage::BF16(it.map(bf16::from_f64).collect()),
+            DType::F16 => CpuStorage::F16(it.map(f16::from_f64).collect()),
+            DType::I64 => CpuStorage::I64(it.map(|v| v as i64).collect()),
+        }
+    }
+    /// The buffer as a slice of `T`, or a dtype error.
+    pub fn as_slice<T: CpuSlice>(&self) -> Result<&[T]> {
+        T::cpu_slice(self).ok_or(Error::DTypeMismatch { op: "as_slice", lhs: self.dtype(), rhs: T::DTYPE })
+    }
+    pub fn as_mut_slice<T: CpuSlice>(&mut self) -> Result<&mut [T]> {
+        let d = self.dtype();
+        T::cpu_slice_mut(self).ok_or(Error::DTypeMismatch { op: "as_mut_slice", lhs: d, rhs: T::DTYPE })
+    }
+    /// Element `i` as f64.
+    pub fn get_f64(&self, i: usize) -> f64 {
+        match self {
+            CpuStorage::F32(v) => v[i] as f64,
+            CpuStorage::F64(v) => v[i],
+            CpuStorage::BF16(v) => v[i].to_f64(),
+            CpuStorage::F16(v) => v[i].to_f64(),
+            CpuStorage::I64(v) => v[i] as f64,
+        }
+    }
+    /// Gathers the elements at `idx` (storage offsets) into a new buffer of the same dtype.
+    pub fn gather(&self, idx: impl Iterator<Item = usize>) -> Self {
+        match self {
+            CpuStorage::F32(v) => CpuStorage::F32(idx.map(|i| v[i]).collect()),
+            CpuStorage::F64(v) => CpuStorage::F64(idx.map(|i| v[i]).collect()),
+            CpuStorage::BF16(v) => CpuStorage::BF16(idx.map(|i| v[i]).collect()),
+            CpuStorage::F16(v) => CpuStorage::F16(idx.map(|i| v[i]).collect()),
+            CpuStorage::I64(v) => CpuStorage::I64(idx.map(|i| v[i]).collect()),
+        }
+    }
+    /// A contiguous sub-range copy `[start, start+len)`.
+    pub fn copy_range(&self, start: usize, len: usize) -> Self {
+        self.gather(start..start + len)
+    }
+    /// Converts to another dtype (round-to-nearest-even for half types; floats truncate to i64).
+    pub fn to_dtype(&self, dtype: DType) -> Self {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        match (self, dtype) {
+            (CpuStorage::F32(v), DType::BF16) => CpuStorage::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+            (CpuStorage::F32(v), DType::F16) => CpuStorage::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+            (CpuStorage::BF16(v), DType::F32) => CpuStorage::F32(v.iter().map(|x| x.to_f32()).collect()),
+            (CpuStorage::F16(v), DType::F32) => CpuStorage::F32(v.iter().map(|x| x.to_f32()).collect()),
+            _ => CpuStorage::from_f64_iter(dtype, (0..self.len()).map(|i| self.get_f64(i))),
+        }
+    }
+}
+
+/// Host element types that have a [`CpuStorage`] variant.
+pub trait CpuSlice: WithDType {
+    fn cpu_slice(s: &CpuStorage) -> Option<&[Self]>;
+    fn cpu_slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
+    fn into_storage(v: Vec<Self>) -> CpuStorage;
+}
+
+macro_rules! cpu_slice {
+    ($t:ty, $v:ident) => {
+        impl CpuSlice for $t {
+            fn cpu_slice(s: &CpuStorage) -> Option<&[Self]> {
+                match s {
+                    CpuStorage::$v(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn cpu_slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
+                match s {
+                    CpuStorage::$v(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn into_storage(v: Vec<Self>) -> CpuStorage {
+                CpuStorage::$v(v)
+            }
+        }
+    };
+}
+cpu_slice!(f32, F32);
+cpu_slice!(f64, F64);
+cpu_slice!(bf16, BF16);
+cpu_slice!(f16, F16);
+cpu_slice!(i64, I64);
+
+/// A tensor's buffer on some device.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    Cpu(CpuStorage),
+    Cuda(CudaStorage),
+}
+
+impl Storage {
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(c) => c.device(),
+        }
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(c) => c.dtype(),
+            Storage::Cuda(c) => c.dtype(),
+        }
+    }
+    /// Number of elements in the buffer.
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(c) => c.len(),
+            Storage::Cuda(c) => c.len(),
+        }
+    }
+    pub fn as_cpu(&self) -> Result<&CpuStorage> {
+        match self {
+            Storage::Cpu(c) => Ok(c),
+            Storage::Cuda(c) => Err(Error::DeviceMismatch { op: "as_cpu", lhs: c.device(), rhs: Device::Cpu }),
+        }
+    }
+    pub fn as_cpu_mut(&mut self) -> Result<&mut CpuStorage> {
+        match self {
+            Storage::Cpu(c) => Ok(c),
+            Storage::Cuda(c) => Err(Error::DeviceMismatch { op: "as_cpu_mut", lhs: c.device(), rhs: Device::Cpu }),
+        }
+    }
+}

@@ -1,0 +1,418 @@
+#!/usr/bin/env python3
+"""Build the HF-parity fixtures under tests/fixtures/ (see tests/fixtures/README.md).
+
+Small random BERT / GPT-2 models are built from configs with transformers (no hub access), their
+parameters perturbed with seeded noise (so biases and LayerNorm weights are not 0 / 1), and for each
+fixture we write:
+
+    config.json            HF config (config.save_pretrained)
+    model.safetensors      HF tensor names, f32 (model.save_pretrained(safe_serialization=True))
+    batch.json             padded batch (+ labels)
+    expected.safetensors   outputs, loss, grad.<param>, after_adamw.<param> (all f32)
+    meta.json              class, conventions, AdamW hyper-parameters, versions, tensor names in the file
+
+Regenerate (from the repository root):
+    .venv-torch/bin/python scripts/make_fixtures.py [--out tests/fixtures] [--only NAME ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zlib
+
+import numpy as np
+import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
+
+transformers.logging.set_verbosity_error()
+try:  # hide the "Writing model shards" progress bar of transformers 5
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+except Exception:  # pragma: no cover
+    pass
+
+ADAMW = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+VOCAB = 100
+SEQ = 12
+LENGTHS = [12, 9, 5]  # real tokens per row; the rest is padding at the end
+PERTURB_STD = 0.02  # seeded noise added to every parameter after HF init
+
+BERT_KW = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+    hidden_act="gelu",
+    layer_norm_eps=1e-12,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    pad_token_id=0,
+)
+GPT2_KW = dict(
+    vocab_size=VOCAB,
+    n_embd=32,
+    n_layer=2,
+    n_head=4,
+    n_positions=64,
+    activation_function="gelu_new",
+    layer_norm_epsilon=1e-5,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+    summary_first_dropout=0.0,
+    bos_token_id=VOCAB - 1,
+    eos_token_id=VOCAB - 1,
+    use_cache=False,
+)
+
+# name -> (class, extra config kwargs, task)
+FIXTURES = {
+    "bert_masked_lm": (BertForMaskedLM, {}, "mlm"),
+    "bert_pretraining": (BertForPreTraining, {}, "pretraining"),
+    "bert_seq_cls": (BertForSequenceClassification, {"num_labels": 3}, "seq_cls"),
+    "bert_token_cls": (BertForTokenClassification, {"num_labels": 5}, "token_cls"),
+    "bert_qa": (BertForQuestionAnswering, {}, "qa"),
+    "bert_base_model": (BertModel, {}, "base"),
+    "gpt2_lm": (GPT2LMHeadModel, {}, "clm"),
+}
+# Extra checkpoint-quirk fixtures (same weights/batch as their source, rewritten file, forward outputs only).
+LEGACY = {
+    "bert_legacy_names": "bert_masked_lm",
+    "gpt2_legacy_names": "gpt2_lm",
+}
+
+
+def seed_of(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+# ---------------------------------------------------------------------------------------------- batch
+def make_batch(task: str, gen: torch.Generator, num_labels: int | None) -> dict:
+    b = len(LENGTHS)
+    ids = torch.randint(1, VOCAB - 1, (b, SEQ), generator=gen)  # real tokens in [1, VOCAB-2]
+    mask = torch.zeros(b, SEQ, dtype=torch.long)
+    for r, n in enumerate(LENGTHS):
+        mask[r, :n] = 1
+    ids = ids * mask  # pad id 0 at the end of each row
+    batch = {"input_ids": ids.tolist(), "attention_mask": mask.tolist()}
+    if task != "clm":
+        tt = torch.zeros(b, SEQ, dtype=torch.long)
+        for r, n in enumerate(LENGTHS):
+            tt[r, n // 2 : n] = 1  # segment B = second half of the real tokens
+        batch["token_type_ids"] = tt.tolist()
+
+    def token_labels(num_classes: int, frac: float) -> list:
+        lab = torch.full((b, SEQ), -100, dtype=torch.long)
+        for r, n in enumerate(LENGTHS):
+            pick = torch.rand(n, generator=gen) < frac
+            pick[torch.randint(0, n, (2,), generator=gen)] = True  # at least 1-2 labelled per row
+            vals = torch.randint(0, num_classes, (n,), generator=gen)
+            lab[r, :n] = torch.where(pick, vals, torch.full_like(vals, -100))
+        return lab.tolist()
+
+    if task in ("mlm", "pretraining"):
+        batch["labels"] = token_labels(VOCAB, 0.3)
+    if task == "pretraining":
+        batch["next_sentence_label"] = torch.randint(0, 2, (b,), generator=gen).tolist()
+    if task == "seq_cls":
+        batch["labels"] = torch.randint(0, num_labels, (b,), generator=gen).tolist()
+    if task == "token_cls":
+        lab = torch.tensor(token_labels(num_labels, 0.8))
+        lab[:, 0] = -100  # [CLS] position ignored, as HF tokenisers do
+        batch["labels"] = lab.tolist()
+    if task == "qa":
+        starts, ends = [], []
+        for n in LENGTHS:
+            s = int(torch.randint(1, n, (1,), generator=gen))
+            e = int(torch.randint(s, n, (1,), generator=gen))
+            starts.append(s)
+            ends.append(e)
+        batch["start_positions"], batch["end_positions"] = starts, ends
+    if task == "clm":
+        batch["labels"] = [
+            [t if m else -100 for t, m in zip(row, mrow)] for row, mrow in zip(batch["input_ids"], batch["attention_mask"])
+        ]
+    return batch
+
+
+def to_tensors(batch: dict) -> dict:
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------- model
+def build(cls, extra: dict, seed: int):
+    torch.manual_seed(seed)
+    if cls is GPT2LMHeadModel:
+        config = GPT2Config(**GPT2_KW, **extra)
+    else:
+        config = BertConfig(**BERT_KW, **extra)
+    config._attn_implementation = "eager"  # plain softmax(QK^T/sqrt(d) + mask) V reference path
+    model = cls(config).to(torch.float32)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _, p in model.named_parameters():  # deduplicated: tied weights are perturbed once
+            p.add_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * PERTURB_STD)
+    model.eval()  # and every dropout probability is 0 in the config
+    return model
+
+
+def hf_save(model, out_dir: str) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in ("config.json", "model.safetensors"):
+            shutil.copy(os.path.join(tmp, f), os.path.join(out_dir, f))
+    with safe_open(os.path.join(out_dir, "model.safetensors"), "pt") as f:
+        names = sorted(f.keys())
+        for n in names:
+            assert f.get_tensor(n).dtype == torch.float32, n
+    return names
+
+
+def forward(model, inputs: dict, task: str):
+    """Run the model; returns (dict of output tensors, loss tensor or None)."""
+    captured = {}
+    base = model if task == "base" else model.base_model
+
+    def hook(_mod, _inp, out):
+        captured["last_hidden_state"] = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        if getattr(out, "pooler_output", None) is not None:
+            captured["pooler_output"] = out.pooler_output
+
+    h = base.register_forward_hook(hook)
+    kw = dict(inputs)
+    if task == "clm":
+        kw["use_cache"] = False
+    out = model(**kw, output_hidden_states=True, return_dict=True)
+    h.remove()
+
+    res = {"last_hidden_state": captured["last_hidden_state"]}
+    if task != "base":  # HF's hidden_states[-1] must be the base model's last_hidden_state
+        assert torch.equal(out.hidden_states[-1], res["last_hidden_state"]), "hidden_states[-1] mismatch"
+    if "pooler_output" in captured:
+        res["pooler_output"] = captured["pooler_output"]
+    if task == "pretraining":
+        res["logits"] = out.prediction_logits
+        res["seq_relationship_logits"] = out.seq_relationship_logits
+    elif task == "qa":
+        res["start_logits"] = out.start_logits
+        res["end_logits"] = out.end_logits
+    elif task != "base":
+        res["logits"] = out.logits
+    loss = getattr(out, "loss", None)
+    if task == "pretraining":  # components, recomputed the way HF does it
+        ce = torch.nn.CrossEntropyLoss()
+        lab = inputs["labels"]
+        res["mlm_loss"] = ce(out.prediction_logits.reshape(-1, VOCAB), lab.reshape(-1)).reshape(1)
+        res["nsp_loss"] = ce(out.seq_relationship_logits.reshape(-1, 2), inputs["next_sentence_label"].reshape(-1)).reshape(1)
+        assert torch.allclose(res["mlm_loss"] + res["nsp_loss"], loss.reshape(1), rtol=1e-6, atol=1e-6)
+    return res, loss
+
+
+def expected_for(model, inputs: dict, task: str) -> tuple[dict, dict]:
+    res, loss = forward(model, inputs, task)
+    tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in res.items()}
+    info = {"outputs": sorted(tensors)}
+    if loss is None:
+        return tensors, info
+    tensors["loss"] = loss.detach().reshape(1).to(torch.float32).clone()
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    params = list(model.named_parameters())  # deduplicated (tied weights appear once)
+    no_grad = []
+    for n, p in params:
+        if p.grad is None:
+            no_grad.append(n)
+            tensors["grad." + n] = torch.zeros_like(p.detach())
+        else:
+            tensors["grad." + n] = p.grad.detach().clone()
+    opt = torch.optim.AdamW([p for _, p in params], foreach=False, fused=False, amsgrad=False, maximize=False, **ADAMW)
+    opt.step()
+    for n, p in params:
+        tensors["after_adamw." + n] = p.detach().clone()
+    info["outputs"] = sorted(k for k in tensors if "." not in k)
+    info["parameters"] = [n for n, _ in params]
+    info["params_without_grad"] = no_grad
+    return tensors, info
+
+
+# ---------------------------------------------------------------------------------------------- legacy
+def legacy_rewrite(src_file: str, dst_file: str, kind: str, cfg: dict) -> list[str]:
+    """Rewrite an HF file with old-checkpoint quirks (see README)."""
+    out = {}
+    with safe_open(src_file, "pt") as f:
+        for n in f.keys():
+            t = f.get_tensor(n)
+            if kind == "bert":
+                if n.endswith("LayerNorm.weight"):
+                    n = n[: -len("weight")] + "gamma"
+                elif n.endswith("LayerNorm.bias"):
+                    n = n[: -len("bias")] + "beta"
+            else:
+                assert n.startswith("transformer."), n
+                n = n[len("transformer.") :]
+            out[n] = t.contiguous()
+    if kind == "bert":
+        out["bert.embeddings.position_ids"] = torch.arange(cfg["max_position_embeddings"], dtype=torch.int64).unsqueeze(0)
+    else:
+        npos = cfg["n_positions"]
+        tril = torch.tril(torch.ones(npos, npos, dtype=torch.float32)).view(1, 1, npos, npos)
+        for i in range(cfg["n_layer"]):
+            out[f"h.{i}.attn.bias"] = tril.clone()
+            out[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4, dtype=torch.float32)
+    save_file(out, dst_file, metadata={"format": "pt"})
+    return sorted(out)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1 if path.endswith("meta.json") else None)
+        f.write("\n")
+
+
+def common_meta() -> dict:
+    return {
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "safetensors_version": __import__("safetensors").__version__,
+        "numpy_version": np.__version__,
+        "dtype": "float32",
+        "attn_implementation": "eager",
+        "mode": "model.eval(); every dropout probability in config.json is 0",
+        "loss_shape": [1],
+    }
+
+
+def make_one(name: str, out_root: str) -> None:
+    cls, extra, task = FIXTURES[name]
+    seed = seed_of(name)
+    d = os.path.join(out_root, name)
+    os.makedirs(d, exist_ok=True)
+    model = build(cls, extra, seed)
+    file_names = hf_save(model, d)
+    gen = torch.Generator().manual_seed(seed + 2)
+    batch = make_batch(task, gen, extra.get("num_labels"))
+    write_json(os.path.join(d, "batch.json"), batch)
+    tensors, info = expected_for(model, to_tensors(batch), task)
+    save_file(tensors, os.path.join(d, "expected.safetensors"), metadata={"format": "pt"})
+    params = info.get("parameters", [n for n, _ in model.named_parameters()])
+    meta = {
+        "name": name,
+        "model_class": cls.__name__,
+        "model_type": model.config.model_type,
+        "task": task,
+        "seed": seed,
+        "param_perturbation_std": PERTURB_STD,
+        "batch_keys": sorted(batch),
+        "expected_outputs": info["outputs"],
+        "has_grads": "loss" in tensors,
+        "has_after_adamw": "loss" in tensors,
+        "adamw": {**ADAMW, "betas": list(ADAMW["betas"]), "amsgrad": False, "maximize": False,
+                  "applied_to": "all parameters (including biases, LayerNorm and embeddings)",
+                  "steps": 1, "zero_grad_before": True} if "loss" in tensors else None,
+        "file_tensor_names": file_names,
+        "parameters": params,
+        "params_not_in_file": [n for n in params if n not in file_names],
+        "file_names_not_parameters": [n for n in file_names if n not in params],
+        "params_without_grad": info.get("params_without_grad", []),
+        "tied": {"lm_head.weight": "transformer.wte.weight"} if task == "clm" else (
+            {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+             "cls.predictions.decoder.bias": "cls.predictions.bias"} if task in ("mlm", "pretraining") else {}),
+        **common_meta(),
+    }
+    write_json(os.path.join(d, "meta.json"), meta)
+    print(f"{name:20s} {cls.__name__:32s} {len(file_names):3d} tensors in file, "
+          f"{len(tensors):3d} expected, loss={float(tensors['loss']) if 'loss' in tensors else None}")
+
+
+def make_legacy(name: str, out_root: str) -> None:
+    src = LEGACY[name]
+    src_dir = os.path.join(out_root, src)
+    d = os.path.join(out_root, name)
+    os.makedirs(d, exist_ok=True)
+    cfg = json.load(open(os.path.join(src_dir, "config.json")))
+    kind = cfg["model_type"]
+    shutil.copy(os.path.join(src_dir, "config.json"), os.path.join(d, "config.json"))
+    shutil.copy(os.path.join(src_dir, "batch.json"), os.path.join(d, "batch.json"))
+    names = legacy_rewrite(os.path.join(src_dir, "model.safetensors"), os.path.join(d, "model.safetensors"),
+                           "bert" if kind == "bert" else "gpt2", cfg)
+    keep = ["last_hidden_state", "logits", "loss"]
+    with safe_open(os.path.join(src_dir, "expected.safetensors"), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in keep}
+    # check that transformers itself loads the quirky file to the same outputs
+    cls = FIXTURES[src][0]
+    model = cls.from_pretrained(d, attn_implementation="eager").eval()
+    res, loss = forward(model, to_tensors(json.load(open(os.path.join(d, "batch.json")))), FIXTURES[src][2])
+    for k in ("last_hidden_state", "logits"):
+        assert torch.allclose(res[k], tensors[k], rtol=1e-5, atol=1e-6), f"{name}: {k} mismatch after HF load"
+    save_file(tensors, os.path.join(d, "expected.safetensors"), metadata={"format": "pt"})
+    quirks = (["LayerNorm.weight/bias stored as LayerNorm.gamma/beta",
+               "bert.embeddings.position_ids int64 [1, max_position_embeddings] buffer present",
+               "tied cls.predictions.decoder.weight absent (use bert.embeddings.word_embeddings.weight)"]
+              if kind == "bert" else
+              ["no 'transformer.' prefix (wte.weight, h.0.ln_1.weight, ln_f.weight, ...)",
+               "h.N.attn.bias f32 [1,1,n_positions,n_positions] causal-mask buffer present (ignore)",
+               "h.N.attn.masked_bias f32 scalar [] = -1e4 present (ignore)",
+               "Conv1D weights [in, out]", "tied lm_head.weight absent (use wte.weight)"])
+    meta = {
+        "name": name,
+        "model_class": cls.__name__,
+        "model_type": kind,
+        "task": FIXTURES[src][2],
+        "same_as": src,
+        "note": "weights, config, batch identical to same_as; only model.safetensors naming differs",
+        "quirks": quirks,
+        "batch_keys": sorted(json.load(open(os.path.join(d, "batch.json")))),
+        "expected_outputs": keep,
+        "has_grads": False,
+        "has_after_adamw": False,
+        "file_tensor_names": names,
+        **common_meta(),
+    }
+    write_json(os.path.join(d, "meta.json"), meta)
+    print(f"{name:20s} legacy of {src}: {len(names)} tensors in file")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--out", default=os.path.join(root, "tests", "fixtures"))
+    ap.add_argument("--only", nargs="*", help="fixture names (default: all)")
+    args = ap.parse_args()
+    torch.use_deterministic_algorithms(True)
+    torch.set_default_dtype(torch.float32)
+    torch.set_num_threads(1)  # reduction order independent of the machine's core count
+    os.makedirs(args.out, exist_ok=True)
+    names = args.only or list(FIXTURES) + list(LEGACY)
+    for n in names:
+        if n in FIXTURES:
+            make_one(n, args.out)
+    for n in names:
+        if n in LEGACY:
+            make_legacy(n, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

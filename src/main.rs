@@ -1,0 +1,3 @@
+fn main() {
+    println!("kiln: CLI coming with the models issue");
+}
