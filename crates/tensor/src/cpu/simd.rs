@@ -60,3 +60,48 @@ pub fn with_level<R>(l: Level, f: impl FnOnce() -> R) -> R {
     force_level(None);
     r
 }
+
+// ----- primitives (f32). Scalar bodies here; wider bodies are dispatched on `level()`. -----------
+
+/// `x[i] = exp(x[i])`.
+pub fn exp_inplace(x: &mut [f32]) {
+    for v in x {
+        *v = v.exp();
+    }
+}
+
+/// `x[i] = tanh(x[i])`.
+pub fn tanh_inplace(x: &mut [f32]) {
+    for v in x {
+        *v = v.tanh();
+    }
+}
+
+/// Sum of all elements.
+pub fn sum(x: &[f32]) -> f32 {
+    x.iter().sum()
+}
+
+/// Maximum element (-inf for an empty slice).
+pub fn max(x: &[f32]) -> f32 {
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Dot product of equal-length slices.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `y += alpha * x`.
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
+/// `x *= alpha`.
+pub fn scale(x: &mut [f32], alpha: f32) {
+    for v in x {
+        *v *= alpha;
+    }
+}
