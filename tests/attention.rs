@@ -56,7 +56,6 @@ impl Case {
     }
 }
 
-// TODO(lead): switch to composed ops after merge (matmul + masked_fill + softmax + matmul).
 /// Naive reference over contiguous f64 buffers with the full Tq×Tk probability matrix: returns
 /// (out, lse, dq, dk, dv) for upstream gradient `g`. Fully masked rows give 0 and lse -inf.
 fn reference(c: &Case, q: &[f64], k: &[f64], v: &[f64], g: &[f64]) -> [Vec<f64>; 5] {
@@ -284,4 +283,37 @@ fn bad_inputs_are_errors_naming_attention() {
     assert!(e.contains("attention"), "{e}");
     let e = err(z(&[2, 3, 5, 0], DType::F32).attention(&z(&[2, 3, 7, 0], DType::F32), &v, &o));
     assert!(e.contains("attention"), "{e}");
+}
+
+/// The fused op against the composed reference (matmul + masked_fill + softmax + matmul), values
+/// and gradients, in f64 and f32, on odd shapes with causal and padding masks (no fully masked rows).
+#[test]
+fn fused_matches_composed_reference() {
+    use kiln::tensor::ops::attention::attention_reference;
+    for (b, h, tq, tk, d, causal, pad) in [(2, 3, 7, 7, 5, false, false), (1, 2, 33, 33, 16, true, false), (2, 2, 9, 13, 8, false, true), (2, 1, 65, 65, 17, true, true)] {
+        for dtype in [DType::F64, DType::F32] {
+            let mk = |s: u64, t: usize| Tensor::randn(s, &[b, t, h, d], 0.0, 1.0, dtype, Device::Cpu).unwrap().transpose(1, 2).unwrap().var();
+            let (q, k, v) = (mk(11, tq), mk(12, tk), mk(13, tk));
+            // keep key 0 of every row so no row is fully masked
+            let mask = pad.then(|| Tensor::from_vec((0..b * tk).map(|i| if i % tk == 0 || i % 3 != 2 { 1i64 } else { 0 }).collect(), &[b, tk]).unwrap());
+            let opts = AttentionOpts { causal, key_padding_mask: mask, scale: None };
+            let w = Tensor::randn(14, &[b, h, tq, d], 0.0, 1.0, dtype, Device::Cpu).unwrap();
+            let run = |f: &dyn Fn() -> kiln::Result<Tensor>| {
+                for t in [&q, &k, &v] {
+                    t.zero_grad();
+                }
+                let o = f().unwrap();
+                o.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+                (o.detach(), q.grad().unwrap(), k.grad().unwrap(), v.grad().unwrap())
+            };
+            let fused = run(&|| q.attention(&k, &v, &opts));
+            let refr = run(&|| attention_reference(&q, &k, &v, &opts));
+            let tol = if dtype == DType::F64 { 1e-10 } else { 1e-4 };
+            let what = format!("b{b} h{h} tq{tq} tk{tk} d{d} causal {causal} pad {pad} {dtype}");
+            assert_close(&format!("out {what}"), &fused.0, &refr.0, tol);
+            assert_close(&format!("dq {what}"), &fused.1, &refr.1, tol);
+            assert_close(&format!("dk {what}"), &fused.2, &refr.2, tol);
+            assert_close(&format!("dv {what}"), &fused.3, &refr.3, tol);
+        }
+    }
 }
