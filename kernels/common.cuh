@@ -113,10 +113,15 @@ struct Layout {
 __device__ __forceinline__ i64 layout_offset(i64 i, const Layout& l) {
     if (l.contiguous) return i;
     i64 off = 0;
-    for (int d = l.rank - 1; d >= 0; --d) {
-        i64 s = l.shape[d];
-        off += (i % s) * l.stride[d];
-        i /= s;
+    // Fully unrolled with constant indices: the struct stays in the parameter bank (a loop with a
+    // runtime bound would copy it to local memory, ptxas "104 bytes stack frame").
+#pragma unroll
+    for (int d = KILN_MAX_RANK - 1; d >= 0; --d) {
+        if (d < l.rank) {
+            i64 s = l.shape[d];
+            off += (i % s) * l.stride[d];
+            i /= s;
+        }
     }
     return off;
 }
