@@ -105,6 +105,9 @@ mod tests {
         }
         // Known values: seed 0, idx 0 is splitmix64's first output for state 0 (0xE220A8397B1DCDAF).
         assert_eq!(dropout_uniform(0, 0), (0xE220_A839_7B1D_CDAFu64 >> 40) as f32 / 16_777_216.0);
+        // Cross-checked against dropout.cu itself, run under kernels/emu (seed 42, idx 0..3).
+        let want = [12_441_394u32, 2_682_851, 4_674_151].map(|k| k as f32 / 16_777_216.0);
+        assert_eq!([0, 1, 2].map(|i| dropout_uniform(42, i)), want);
         let kept = (0..100_000u64).filter(|&i| dropout_keep(42, i, 0.1)).count();
         assert!((89_000..91_000).contains(&kept), "{kept}");
         assert!((0..1000u64).all(|i| dropout_keep(7, i, 0.0)) && !(0..1000u64).any(|i| dropout_keep(7, i, 1.0)));
