@@ -133,13 +133,31 @@ impl UnaryElem for f32 {
     }
 }
 
+/// Runs `$body` with `$o` bound to `$op` as a constant variant, so that the per-element `match`
+/// inside `f` / `df` folds away and the loop in `$body` can be vectorized.
+macro_rules! with_const_op {
+    ($op:expr, |$o:ident| $body:expr) => {
+        match $op {
+            UnaryOp::Exp => { let $o = UnaryOp::Exp; $body }
+            UnaryOp::Log => { let $o = UnaryOp::Log; $body }
+            UnaryOp::Sqrt => { let $o = UnaryOp::Sqrt; $body }
+            UnaryOp::Tanh => { let $o = UnaryOp::Tanh; $body }
+            UnaryOp::Sqr => { let $o = UnaryOp::Sqr; $body }
+            UnaryOp::Recip => { let $o = UnaryOp::Recip; $body }
+            UnaryOp::Abs => { let $o = UnaryOp::Abs; $body }
+            UnaryOp::Relu => { let $o = UnaryOp::Relu; $body }
+            UnaryOp::Powf(e) => { let $o = UnaryOp::Powf(e); $body }
+        }
+    };
+}
+
 fn fwd_kernel<T: UnaryElem>(op: UnaryOp, x: &[T]) -> CpuStorage {
     let out = build_chunks(x.len(), CHUNK, |s, dst: &mut [T]| {
         dst.copy_from_slice(&x[s..s + dst.len()]);
         if !T::simd_map(op, dst) {
-            for v in dst.iter_mut() {
-                *v = op.f(*v);
-            }
+            with_const_op!(op, |o| for v in dst.iter_mut() {
+                *v = o.f(*v);
+            })
         }
     });
     T::into_storage(out)
@@ -147,9 +165,11 @@ fn fwd_kernel<T: UnaryElem>(op: UnaryOp, x: &[T]) -> CpuStorage {
 
 fn bwd_kernel<T: UnaryElem>(op: UnaryOp, g: &[T], x: &[T], y: &[T]) -> CpuStorage {
     let out = build_chunks(g.len(), CHUNK, |s, o: &mut [T]| {
-        for (k, d) in o.iter_mut().enumerate() {
-            *d = g[s + k] * op.df(x[s + k], y[s + k]);
-        }
+        let e = s + o.len();
+        let (g, x, y) = (&g[s..e], &x[s..e], &y[s..e]);
+        with_const_op!(op, |c| for (((d, &g), &x), &y) in o.iter_mut().zip(g).zip(x).zip(y) {
+            *d = g * c.df(x, y);
+        })
     });
     T::into_storage(out)
 }
