@@ -1,7 +1,7 @@
 //! Elementwise math with autograd: exp, log, sqrt, tanh, sqr, recip, abs, relu, powf (scalar
 //! exponent) and pow (tensor exponent with broadcasting).
 //!
-//! Forward: f32 goes through the SIMD primitives where one exists (exp, tanh), in rayon chunks for
+//! Forward: f32 goes through the SIMD primitives where one exists (exp, tanh, log), in rayon chunks for
 //! large inputs; bf16/f16 compute in f32. Backward: one fused pass `dx = g · f'(x, y)` per op, using
 //! the saved input `x` and output `y`.
 use crate::autograd::{node, sum_to_shape, BackwardOp};
@@ -127,6 +127,7 @@ impl UnaryElem for f32 {
         match op {
             UnaryOp::Exp => simd::exp_inplace(x),
             UnaryOp::Tanh => simd::tanh_inplace(x),
+            UnaryOp::Log => simd::log_inplace(x),
             _ => return false,
         }
         true
