@@ -55,9 +55,7 @@ impl UnaryOp {
             UnaryOp::Recip => x.recip(),
             UnaryOp::Abs => x.abs(),
             UnaryOp::Relu => {
-                if x > T::zero() {
-                    x
-                } else if x.is_nan() {
+                if x > T::zero() || x.is_nan() {
                     x
                 } else {
                     T::zero()
