@@ -6,6 +6,7 @@
 //!   of the smallest subnormal; exp(-inf) = 0, exp(x ≥ 88.73) = inf, NaN → NaN.
 //! - tanh: relative error ≤ 5e-7; tanh(±inf) = ±1.
 //! - erf: absolute error ≤ 2e-7; erf(±inf) = ±1.
+//! - log: relative error ≤ 3e-7; log(±0) = -inf, log(x < 0) = NaN, log(inf) = inf; subnormals.
 //! - sum, dot: |err| ≤ 1e-6 · Σ|terms| up to 1023 elements, ≤ 1e-5 · Σ|terms| for millions
 //!   (vector partial sums inside pairwise blocks).
 //! - max: exact; NaN when any element is NaN.
@@ -120,6 +121,29 @@ fn tanh_all_levels() {
         assert!(v[2] == 0.0 && v[2].is_sign_negative(), "{l:?}: tanh(-0) = {}", v[2]);
     }
     eprintln!("tanh: worst relative error {worst:.3e}");
+}
+
+#[test]
+fn log_all_levels() {
+    let mut rng = Rng(6);
+    let mut worst = 0.0f64;
+    for &n in &LENS {
+        // log-uniform over the whole positive range, subnormals included, and near 1
+        let wide: Vec<f32> = rng.vec(n, -103.0, 88.7).iter().map(|&u| (u as f64).exp() as f32).collect();
+        worst = worst.max(check_map("log", simd::log_inplace, f64::ln, &wide, rel, 3e-7));
+        worst = worst.max(check_map("log", simd::log_inplace, f64::ln, &rng.vec(n, 0.5, 2.0), rel, 3e-7));
+        worst = worst.max(check_map("log", simd::log_inplace, f64::ln, &rng.vec(n, 0.999, 1.001), rel, 3e-7));
+    }
+    let special = [1.0, 2.0, 0.5, std::f32::consts::SQRT_2, 1.414_213_4, 1.000_000_1, 0.999_999_94, 1e-45, 1e-40, f32::MIN_POSITIVE, f32::MAX, f32::INFINITY, f32::NAN, -1.0, -1e-30, f32::NEG_INFINITY];
+    check_map("log special", simd::log_inplace, f64::ln, &special, rel, 3e-7);
+    for l in levels() {
+        let mut v = vec![0.0, -0.0, -2.0, f32::INFINITY, 1.0];
+        simd::with_level(l, || simd::log_inplace(&mut v));
+        assert_eq!(v[..2], [f32::NEG_INFINITY, f32::NEG_INFINITY], "{l:?}");
+        assert!(v[2].is_nan(), "{l:?}");
+        assert_eq!(v[3..], [f32::INFINITY, 0.0], "{l:?}");
+    }
+    eprintln!("log: worst relative error {worst:.3e}");
 }
 
 /// erf in f64 (W. J. Cody's rational approximations are not in std; use a series / continued

@@ -13,6 +13,8 @@
 //! - `erf_inplace`: `x + x·P(x²)` for `|x| < 1` and `1 - e^{-x²}·Q(1/(1 + x/2))` up to 4 (beyond that
 //!   erf rounds to ±1); both polynomials fitted by us (relative-error minimax-like fit, degree 6 and
 //!   7); absolute error ≤ ~1.5e-7. The scalar body uses the same polynomials.
+//! - `log_inplace`: `x = m·2^e`, m ∈ [√½, √2), odd series in f = (m-1)/(m+1); ≤ ~2 ulp. The
+//!   scalar body calls `f32::ln`.
 //! - `max` returns NaN when any element is NaN (like PyTorch's max), at every level.
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -109,6 +111,11 @@ pub fn erf_inplace(x: &mut [f32]) {
     dispatch!(erf_inplace(x))
 }
 
+/// `x[i] = ln(x[i])` (≤ ~2 ulp; `ln(±0) = -inf`, negative → NaN, `ln(inf) = inf`, subnormals exact-range).
+pub fn log_inplace(x: &mut [f32]) {
+    dispatch!(log_inplace(x))
+}
+
 /// Pairwise blocks for `sum` and `dot`: a block is summed with vector partial sums, longer inputs
 /// are halved recursively (at block multiples), so the error grows with log2(len / PAIR_BLOCK).
 const PAIR_BLOCK: usize = 1024;
@@ -190,6 +197,14 @@ pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
 /// (truncation error 5e-9 relative).
 pub(crate) const EXP_C: [f32; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
 
+/// log: ln(m) = 2f·(1 + f²/3 + f⁴/5 + ...), f = (m-1)/(m+1), m ∈ [√½, √2); coefficients 2/(2k+1)
+/// from the highest down (|f| ≤ 0.1716, truncation error < 1e-10).
+pub(crate) const LOG_C: [f32; 6] = [2.0 / 11.0, 2.0 / 9.0, 2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0, 2.0];
+pub(crate) const SQRT2: f32 = std::f32::consts::SQRT_2;
+/// ln 2 split for `e·ln2`: the high part has 16 significant bits so `e·LN2_HI_L` is exact.
+pub(crate) const LN2_HI_L: f32 = 0.693_145_75;
+pub(crate) const LN2_LO_L: f32 = 1.428_606_8e-6;
+
 /// tanh: below this |x| the odd Taylor polynomial is used.
 pub(crate) const TANH_SMALL: f32 = 0.5;
 /// tanh(x) = x + x·s·P(s), s = x²; coefficients of P from the highest power down (Taylor series).
@@ -206,10 +221,10 @@ pub(crate) const TANH_C: [f32; 8] = [
 
 /// erf(x) = x + x·P(x²) for |x| < 1; coefficients of P from the highest power down.
 pub(crate) const ERF_SMALL_C: [f32; 7] =
-    [7.854_221_6e-5, -8.010_311_3e-4, 5.188_342_6e-3, -2.685_382e-2, 1.128_358_5e-1, -3.761_262_6e-1, 1.283_791_7e-1];
+    [7.854_221_6e-5, -8.010_311e-4, 5.188_342_6e-3, -2.685_382e-2, 1.128_358_54e-1, -3.761_262_6e-1, 1.283_791_7e-1];
 /// erf(x) = 1 - e^{-x²}·Q(t), t = 1/(1 + x/2), for 1 ≤ x ≤ 4; coefficients of Q from the highest down.
 pub(crate) const ERF_LARGE_C: [f32; 8] =
-    [1.191_563_8e-1, -4.706_195e-1, 5.625_353e-1, -1.031_085_3e-1, 3.476_000_4e-1, 2.597_358_5e-1, 2.849_062_4e-1, -1.538_312_2e-4];
+    [1.191_563_76e-1, -4.706_195e-1, 5.625_353e-1, -1.031_085_3e-1, 3.476_000_4e-1, 2.597_358_5e-1, 2.849_062_4e-1, -1.538_312_2e-4];
 pub(crate) const ERF_CLAMP: f32 = 4.0;
 
 // ----- scalar bodies -----------------------------------------------------------------------------
@@ -219,6 +234,12 @@ pub(crate) mod scalar {
     pub fn exp_inplace(x: &mut [f32]) {
         for v in x {
             *v = v.exp();
+        }
+    }
+
+    pub fn log_inplace(x: &mut [f32]) {
+        for v in x {
+            *v = v.ln();
         }
     }
 

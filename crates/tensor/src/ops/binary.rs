@@ -5,6 +5,7 @@ use crate::shape::broadcast_shapes;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BinaryOp {
@@ -34,6 +35,16 @@ impl BinaryOp {
     }
 }
 
+/// Converts an owned buffer to `dt`, without the copy `CpuStorage::to_dtype` makes when the dtype
+/// already matches (the common f32/f64 case: kernels computed in the tensor's own dtype).
+pub(crate) fn into_dtype(s: CpuStorage, dt: DType) -> CpuStorage {
+    if s.dtype() == dt {
+        s
+    } else {
+        s.to_dtype(dt)
+    }
+}
+
 /// Parallel grain: below this many elements, stay on one thread.
 pub(crate) const PAR_MIN: usize = 1 << 15;
 
@@ -60,19 +71,39 @@ impl BinaryElem for f32 {
     }
 }
 
+/// A new buffer of `n` elements written chunk by chunk by `f(start, chunk)`, in parallel when
+/// `n >= PAR_MIN`. Each chunk is zero-filled right before `f` sees it, while it is in cache: unlike
+/// `vec![0; n]` this costs no separate pass over memory.
+pub(crate) fn build_chunks<T: CpuFloat>(n: usize, chunk: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    let chunk = chunk.max(1);
+    let body = |(c, dst): (usize, &mut [MaybeUninit<T>])| {
+        for d in dst.iter_mut() {
+            d.write(T::zero());
+        }
+        // SAFETY: every element of `dst` was initialized just above; MaybeUninit<T> has T's layout.
+        let dst = unsafe { &mut *(dst as *mut [MaybeUninit<T>] as *mut [T]) };
+        f(c * chunk, dst);
+    };
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if n >= PAR_MIN {
+        spare.par_chunks_mut(chunk).enumerate().for_each(body);
+    } else {
+        spare.chunks_mut(chunk).enumerate().for_each(body);
+    }
+    // SAFETY: the loops above initialized all `n` elements (a panic in `f` skips this line).
+    unsafe { out.set_len(n) };
+    out
+}
+
 fn kernel<T: BinaryElem>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<CpuStorage> {
     let n: usize = shape.iter().product();
-    let mut out = vec![T::default(); n];
     let (sa, sb) = (a.storage(), b.storage());
     let (va, vb) = (sa.as_cpu()?.as_slice::<T>()?, sb.as_cpu()?.as_slice::<T>()?);
     let (la, lb) = (a.layout(), b.layout());
     if la.is_contiguous() && lb.is_contiguous() && a.shape() == shape && b.shape() == shape {
         let (va, vb) = (&va[la.offset()..la.offset() + n], &vb[lb.offset()..lb.offset() + n]);
-        if n >= PAR_MIN {
-            out.par_chunks_mut(CHUNK).zip(va.par_chunks(CHUNK).zip(vb.par_chunks(CHUNK))).for_each(|(o, (x, y))| T::slices(op, x, y, o));
-        } else {
-            T::slices(op, va, vb, &mut out);
-        }
+        let out = build_chunks(n, CHUNK, |s, o: &mut [T]| T::slices(op, &va[s..s + o.len()], &vb[s..s + o.len()], o));
         return Ok(T::into_storage(out));
     }
     // General path: walk rows of the broadcast output; the last dim is strided per operand.
@@ -93,7 +124,8 @@ fn kernel<T: BinaryElem>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) 
         l.indices().collect()
     };
     let (ra, rb) = (row_offsets(&a_full), row_offsets(&b_full));
-    let body = |(r, o): (usize, &mut [T])| {
+    let body = |start: usize, o: &mut [T]| {
+        let r = start / last;
         let (oa, ob) = (ra[r], rb[r]);
         if sa_last == 1 && sb_last == 1 {
             // rows that are unit-stride in both operands (e.g. a bias row broadcast over a batch)
@@ -103,13 +135,7 @@ fn kernel<T: BinaryElem>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) 
             *x = op.apply(va[oa + j * sa_last], vb[ob + j * sb_last]);
         }
     };
-    if rows > 0 {
-        if n >= PAR_MIN {
-            out.par_chunks_mut(last).enumerate().for_each(body);
-        } else {
-            out.chunks_mut(last).enumerate().for_each(body);
-        }
-    }
+    let out = if rows > 0 { build_chunks(n, last, body) } else { vec![T::zero(); n] };
     Ok(T::into_storage(out))
 }
 
@@ -160,7 +186,7 @@ pub(crate) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         DType::F64 => kernel::<f64>(op, &ac, &bc, &shape)?,
         d => return Err(Error::UnsupportedDType { op: op.name(), dtype: d }),
     };
-    let out = Tensor::from_storage(Storage::Cpu(out.to_dtype(dt)), &shape)?;
+    let out = Tensor::from_storage(Storage::Cpu(into_dtype(out, dt)), &shape)?;
     Ok(out.with_history(&[a, b], || node(Binary { op, a: a.clone(), b: b.clone() })))
 }
 
@@ -213,7 +239,7 @@ impl Tensor {
             DType::F64 => x.with_slice::<f64, _>(|v| affine_kernel(v, mul, add))?,
             d => return Err(Error::UnsupportedDType { op: "affine", dtype: d }),
         };
-        let out = Tensor::from_storage(Storage::Cpu(out.to_dtype(dt)), self.shape())?;
+        let out = Tensor::from_storage(Storage::Cpu(into_dtype(out, dt)), self.shape())?;
         Ok(out.with_history(&[self], || node(Affine { input: self.clone(), mul })))
     }
     pub fn add_scalar(&self, v: f64) -> Result<Tensor> {

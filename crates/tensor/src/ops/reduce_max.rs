@@ -62,9 +62,9 @@ fn rows_ext<T: ArgExt>(x: &[T], outer: usize, inner: usize, max: bool) -> (Vec<u
     (idx, T::into_storage(vals))
 }
 
-/// Reduces `x` over `dim`: (arg indices per row, values, dim, kept-dims shape, output shape).
-fn ext(x: &Tensor, dim: usize, keepdim: bool, max: bool, op: &'static str) -> Result<(Vec<usize>, CpuStorage, Vec<usize>, Vec<usize>)> {
-    let (keep_shape, out_shape) = reduce_shapes(op, x.shape(), &[dim], keepdim)?;
+/// Reduces `x` over `dim`: (arg index per row, values, output shape).
+fn ext(x: &Tensor, dim: usize, keepdim: bool, max: bool, op: &'static str) -> Result<(Vec<usize>, CpuStorage, Vec<usize>)> {
+    let (_, out_shape) = reduce_shapes(op, x.shape(), &[dim], keepdim)?;
     if x.shape()[dim] == 0 {
         return Err(Error::Shape { op, shape: x.shape().to_vec(), msg: format!("cannot reduce over dim {dim} of size 0") });
     }
@@ -76,7 +76,7 @@ fn ext(x: &Tensor, dim: usize, keepdim: bool, max: bool, op: &'static str) -> Re
         DType::F16 => xp.with_slice::<f16, _>(|v| rows_ext(v, outer, inner, max))?,
         DType::I64 => xp.with_slice::<i64, _>(|v| rows_ext(v, outer, inner, max))?,
     };
-    Ok((idx, vals, keep_shape, out_shape))
+    Ok((idx, vals, out_shape))
 }
 
 struct MaxMin {
@@ -127,7 +127,7 @@ impl BackwardOp for MaxMin {
 fn max_min<D: Dim>(x: &Tensor, dim: D, keepdim: bool, max: bool) -> Result<Tensor> {
     let name = if max { "max" } else { "min" };
     let d = dim.resolve(x.rank(), name)?;
-    let (idx, vals, _, out_shape) = ext(x, d, keepdim, max, name)?;
+    let (idx, vals, out_shape) = ext(x, d, keepdim, max, name)?;
     let out = Tensor::from_storage(Storage::Cpu(vals), &out_shape)?;
     Ok(out.with_history(&[x], || node(MaxMin { name, input: x.clone(), dim: d, idx })))
 }
@@ -135,7 +135,7 @@ fn max_min<D: Dim>(x: &Tensor, dim: D, keepdim: bool, max: bool) -> Result<Tenso
 fn arg<D: Dim>(x: &Tensor, dim: D, keepdim: bool, max: bool) -> Result<Tensor> {
     let name = if max { "argmax" } else { "argmin" };
     let d = dim.resolve(x.rank(), name)?;
-    let (idx, _, _, out_shape) = ext(x, d, keepdim, max, name)?;
+    let (idx, _, out_shape) = ext(x, d, keepdim, max, name)?;
     Tensor::from_vec(idx.into_iter().map(|i| i as i64).collect::<Vec<i64>>(), &out_shape)
 }
 

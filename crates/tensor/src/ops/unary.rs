@@ -1,12 +1,12 @@
 //! Elementwise math with autograd: exp, log, sqrt, tanh, sqr, recip, abs, relu, powf (scalar
 //! exponent) and pow (tensor exponent with broadcasting).
 //!
-//! Forward: f32 goes through the SIMD primitives where one exists (exp, tanh), in rayon chunks for
+//! Forward: f32 goes through the SIMD primitives where one exists (exp, tanh, log), in rayon chunks for
 //! large inputs; bf16/f16 compute in f32. Backward: one fused pass `dx = g · f'(x, y)` per op, using
 //! the saved input `x` and output `y`.
 use crate::autograd::{node, sum_to_shape, BackwardOp};
 use crate::cpu::simd;
-use crate::ops::binary::PAR_MIN;
+use crate::ops::binary::{build_chunks, into_dtype, PAR_MIN};
 use crate::shape::broadcast_shapes;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
@@ -55,9 +55,7 @@ impl UnaryOp {
             UnaryOp::Recip => x.recip(),
             UnaryOp::Abs => x.abs(),
             UnaryOp::Relu => {
-                if x > T::zero() {
-                    x
-                } else if x.is_nan() {
+                if x > T::zero() || x.is_nan() {
                     x
                 } else {
                     T::zero()
@@ -127,44 +125,51 @@ impl UnaryElem for f32 {
         match op {
             UnaryOp::Exp => simd::exp_inplace(x),
             UnaryOp::Tanh => simd::tanh_inplace(x),
+            UnaryOp::Log => simd::log_inplace(x),
             _ => return false,
         }
         true
     }
 }
 
-fn map_chunk<T: UnaryElem>(op: UnaryOp, src: &[T], dst: &mut [T]) {
-    dst.copy_from_slice(src);
-    if !T::simd_map(op, dst) {
-        for v in dst.iter_mut() {
-            *v = op.f(*v);
+/// Runs `$body` with `$o` bound to `$op` as a constant variant, so that the per-element `match`
+/// inside `f` / `df` folds away and the loop in `$body` can be vectorized.
+macro_rules! with_const_op {
+    ($op:expr, |$o:ident| $body:expr) => {
+        match $op {
+            UnaryOp::Exp => { let $o = UnaryOp::Exp; $body }
+            UnaryOp::Log => { let $o = UnaryOp::Log; $body }
+            UnaryOp::Sqrt => { let $o = UnaryOp::Sqrt; $body }
+            UnaryOp::Tanh => { let $o = UnaryOp::Tanh; $body }
+            UnaryOp::Sqr => { let $o = UnaryOp::Sqr; $body }
+            UnaryOp::Recip => { let $o = UnaryOp::Recip; $body }
+            UnaryOp::Abs => { let $o = UnaryOp::Abs; $body }
+            UnaryOp::Relu => { let $o = UnaryOp::Relu; $body }
+            UnaryOp::Powf(e) => { let $o = UnaryOp::Powf(e); $body }
         }
-    }
+    };
 }
 
 fn fwd_kernel<T: UnaryElem>(op: UnaryOp, x: &[T]) -> CpuStorage {
-    let mut out = vec![T::zero(); x.len()];
-    if x.len() >= PAR_MIN {
-        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, i)| map_chunk(op, i, o));
-    } else {
-        map_chunk(op, x, &mut out);
-    }
+    let out = build_chunks(x.len(), CHUNK, |s, dst: &mut [T]| {
+        dst.copy_from_slice(&x[s..s + dst.len()]);
+        if !T::simd_map(op, dst) {
+            with_const_op!(op, |o| for v in dst.iter_mut() {
+                *v = o.f(*v);
+            })
+        }
+    });
     T::into_storage(out)
 }
 
 fn bwd_kernel<T: UnaryElem>(op: UnaryOp, g: &[T], x: &[T], y: &[T]) -> CpuStorage {
-    let mut out = vec![T::zero(); g.len()];
-    let body = |(c, o): (usize, &mut [T])| {
-        let s = c * CHUNK;
-        for (k, d) in o.iter_mut().enumerate() {
-            *d = g[s + k] * op.df(x[s + k], y[s + k]);
-        }
-    };
-    if g.len() >= PAR_MIN {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(body);
-    } else {
-        out.chunks_mut(CHUNK).enumerate().for_each(body);
-    }
+    let out = build_chunks(g.len(), CHUNK, |s, o: &mut [T]| {
+        let e = s + o.len();
+        let (g, x, y) = (&g[s..e], &x[s..e], &y[s..e]);
+        with_const_op!(op, |c| for (((d, &g), &x), &y) in o.iter_mut().zip(g).zip(x).zip(y) {
+            *d = g * c.df(x, y);
+        })
+    });
     T::into_storage(out)
 }
 
@@ -192,7 +197,7 @@ impl BackwardOp for Unary {
             DType::F64 => g.with_slice::<f64, _>(|g| x.with_slice::<f64, _>(|x| y.with_slice::<f64, _>(|y| bwd_kernel(op, g, x, y))))???,
             d => return Err(Error::UnsupportedDType { op: op.name(), dtype: d }),
         };
-        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(out.to_dtype(dt)), self.x.shape())?)])
+        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(into_dtype(out, dt)), self.x.shape())?)])
     }
 }
 
@@ -206,7 +211,7 @@ pub(crate) fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
         DType::F64 => xc.with_slice::<f64, _>(|v| fwd_kernel(op, v))?,
         d => return Err(Error::UnsupportedDType { op: op.name(), dtype: d }),
     };
-    let out = Tensor::from_storage(Storage::Cpu(out.to_dtype(dt)), x.shape())?;
+    let out = Tensor::from_storage(Storage::Cpu(into_dtype(out, dt)), x.shape())?;
     let y = out.detach();
     Ok(out.with_history(&[x], || node(Unary { op, x: x.clone(), y })))
 }
@@ -254,7 +259,7 @@ impl BackwardOp for Pow {
             if !like.requires_grad() {
                 return Ok(None);
             }
-            let full = Tensor::from_storage(Storage::Cpu(s.to_dtype(dt)), &shape)?;
+            let full = Tensor::from_storage(Storage::Cpu(into_dtype(s, dt)), &shape)?;
             Ok(Some(sum_to_shape(&full, like.shape())?))
         };
         Ok(vec![finish(gx, &self.base)?, finish(ge, &self.exponent)?])
@@ -324,7 +329,7 @@ impl Tensor {
             DType::F64 => x.with_slice::<f64, _>(|x| e.with_slice::<f64, _>(|e| pow_kernel(x, e)))??,
             d => return Err(Error::UnsupportedDType { op: "pow", dtype: d }),
         };
-        let out = Tensor::from_storage(Storage::Cpu(out.to_dtype(dt)), &shape)?;
+        let out = Tensor::from_storage(Storage::Cpu(into_dtype(out, dt)), &shape)?;
         let z = out.detach();
         Ok(out.with_history(&[self, exponent], || node(Pow { base: self.clone(), exponent: exponent.clone(), z })))
     }

@@ -2,7 +2,7 @@
 //! 8-lane stack buffer so that every element goes through the same vector code.
 //!
 //! Safety: every function here requires avx2 and fma; `simd.rs` only calls them when detected.
-use super::{ERF_CLAMP, ERF_LARGE_C, ERF_SMALL_C, EXP_C, EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, TANH_C, TANH_SMALL};
+use super::{ERF_CLAMP, ERF_LARGE_C, ERF_SMALL_C, EXP_C, EXP_HI, EXP_LO, LN2_HI, LN2_HI_L, LN2_LO, LN2_LO_L, LOG2E, LOG_C, SQRT2, TANH_C, TANH_SMALL};
 use std::arch::x86_64::*;
 
 const W: usize = 8;
@@ -34,6 +34,35 @@ fn exp_v(x: __m256) -> __m256 {
     let s1 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n1, bias)));
     let s2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n2, bias)));
     _mm256_mul_ps(_mm256_mul_ps(p, s1), s2)
+}
+
+/// ln x for 8 lanes: x = m·2^e with m ∈ [√½, √2), ln m by the odd series in f = (m-1)/(m+1).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn log_v(x: __m256) -> __m256 {
+    // subnormals: scale by 2^23 first (exact) and take 23 off the exponent
+    let sub = _mm256_cmp_ps::<_CMP_LT_OQ>(x, splat(f32::MIN_POSITIVE));
+    let xs = _mm256_blendv_ps(x, _mm256_mul_ps(x, splat(8_388_608.0)), sub);
+    let bits = _mm256_castps_si256(xs);
+    let e = _mm256_sub_epi32(_mm256_srli_epi32::<23>(bits), _mm256_set1_epi32(127));
+    let m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)), _mm256_set1_epi32(0x3f80_0000)));
+    // m ∈ [1, 2): above √2 halve it and bump the exponent
+    let big = _mm256_cmp_ps::<_CMP_GT_OQ>(m, splat(SQRT2));
+    let m = _mm256_blendv_ps(m, _mm256_mul_ps(m, splat(0.5)), big);
+    let e = _mm256_sub_epi32(e, _mm256_castps_si256(big)); // big lanes are all ones = -1
+    let e = _mm256_add_ps(_mm256_cvtepi32_ps(e), _mm256_and_ps(sub, splat(-23.0)));
+    let f = _mm256_div_ps(_mm256_sub_ps(m, splat(1.0)), _mm256_add_ps(m, splat(1.0)));
+    let s = _mm256_mul_ps(f, f);
+    let mut p = splat(LOG_C[0]);
+    for &c in &LOG_C[1..] {
+        p = _mm256_fmadd_ps(p, s, splat(c));
+    }
+    let lnm = _mm256_mul_ps(f, p);
+    let r = _mm256_fmadd_ps(e, splat(LN2_HI_L), _mm256_fmadd_ps(e, splat(LN2_LO_L), lnm));
+    // x = ±0 → -inf; x < 0 → NaN; x = inf or NaN → x
+    let r = _mm256_blendv_ps(r, splat(f32::NEG_INFINITY), _mm256_cmp_ps::<_CMP_EQ_OQ>(x, _mm256_setzero_ps()));
+    let r = _mm256_blendv_ps(r, splat(f32::NAN), _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps()));
+    _mm256_blendv_ps(r, x, _mm256_cmp_ps::<_CMP_NLT_UQ>(x, splat(f32::INFINITY)))
 }
 
 #[inline]
@@ -138,6 +167,11 @@ pub unsafe fn tanh_inplace(x: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn erf_inplace(x: &mut [f32]) {
     map_inplace!(x, erf_v)
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn log_inplace(x: &mut [f32]) {
+    map_inplace!(x, log_v)
 }
 
 #[target_feature(enable = "avx2,fma")]

@@ -3,7 +3,7 @@
 //! AVX-512F has; `_mm512_and_ps` would need AVX-512DQ).
 //!
 //! Safety: every function here requires avx512f (and `simd.rs` also checks avx2 and fma).
-use super::{ERF_CLAMP, ERF_LARGE_C, ERF_SMALL_C, EXP_C, EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, TANH_C, TANH_SMALL};
+use super::{ERF_CLAMP, ERF_LARGE_C, ERF_SMALL_C, EXP_C, EXP_HI, EXP_LO, LN2_HI, LN2_HI_L, LN2_LO, LN2_LO_L, LOG2E, LOG_C, SQRT2, TANH_C, TANH_SMALL};
 use std::arch::x86_64::*;
 
 const W: usize = 16;
@@ -44,6 +44,30 @@ fn exp_v(x: __m512) -> __m512 {
         p = _mm512_fmadd_ps(p, r, splat(c));
     }
     _mm512_scalef_ps(p, n)
+}
+
+/// ln x for 16 lanes. `getexp` / `getmant` split x = m·2^e (subnormals included), m ∈ [1, 2).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn log_v(x: __m512) -> __m512 {
+    let e = _mm512_getexp_ps(x);
+    let m = _mm512_getmant_ps::<_MM_MANT_NORM_1_2, _MM_MANT_SIGN_ZERO>(x);
+    let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, splat(SQRT2));
+    let m = _mm512_mask_mul_ps(m, big, m, splat(0.5));
+    let e = _mm512_mask_add_ps(e, big, e, splat(1.0));
+    let f = _mm512_div_ps(_mm512_sub_ps(m, splat(1.0)), _mm512_add_ps(m, splat(1.0)));
+    let s = _mm512_mul_ps(f, f);
+    let mut p = splat(LOG_C[0]);
+    for &c in &LOG_C[1..] {
+        p = _mm512_fmadd_ps(p, s, splat(c));
+    }
+    let lnm = _mm512_mul_ps(f, p);
+    let r = _mm512_fmadd_ps(e, splat(LN2_HI_L), _mm512_fmadd_ps(e, splat(LN2_LO_L), lnm));
+    // x = ±0 → -inf; x < 0 → NaN; x = inf or NaN → x
+    let zero = _mm512_setzero_ps();
+    let r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, zero), r, splat(f32::NEG_INFINITY));
+    let r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero), r, splat(f32::NAN));
+    _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, splat(f32::INFINITY)), r, x)
 }
 
 #[inline]
@@ -141,6 +165,11 @@ pub unsafe fn tanh_inplace(x: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 pub unsafe fn erf_inplace(x: &mut [f32]) {
     map_inplace!(x, erf_v)
+}
+
+#[target_feature(enable = "avx512f")]
+pub unsafe fn log_inplace(x: &mut [f32]) {
+    map_inplace!(x, log_v)
 }
 
 #[target_feature(enable = "avx512f")]
