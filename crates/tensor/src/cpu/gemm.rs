@@ -18,11 +18,13 @@
 //! rayon worker (a batched matmul, attention over batch·heads) would fork into a second pool and
 //! oversubscribe the cores, and forcing single-threaded GEMMs would need `std::env::set_var` before
 //! the lazy init (racy with other threads reading the environment). So the workspace builds
-//! matrixmultiply *without* `threading` and [`Threads::Auto`] splits a large GEMM into row or column
-//! panels of C run as rayon tasks, each a single-threaded matrixmultiply call. That nests safely inside
-//! other rayon loops (work stealing, no second pool) and measured as fast as matrixmultiply's own pool
-//! on 1024³ (see benches/ops/matmul.rs). Each element of C is computed by exactly one call with the same
-//! k-blocking, so results do not depend on the thread count.
+//! matrixmultiply *without* `threading` (keep it off: turning it on makes every large GEMM here fork
+//! into both pools), and [`Threads::Auto`] splits a large GEMM into row or column panels of C run as
+//! rayon tasks, each a single-threaded matrixmultiply call. That nests safely inside other rayon loops
+//! (work stealing, no second pool). Back-to-back runs on the shared 2-core dev machine, 1024³ f32,
+//! when it gave us ~1.8 cores: rayon panels 93–102 GFLOP/s (56 GFLOP per CPU-second), matrixmultiply's
+//! own 2-thread pool 89–96 (49–53 per CPU-second), one thread 74–80. Each element of C is computed by
+//! one call with the same k-blocking, so results do not depend on the thread count (tested).
 use crate::{CpuFloat, Error, Result};
 use rayon::prelude::*;
 
