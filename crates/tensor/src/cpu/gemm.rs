@@ -23,7 +23,8 @@
 //! rayon tasks, each a single-threaded matrixmultiply call. That nests safely inside other rayon loops
 //! (work stealing, no second pool). Back-to-back runs on the shared 2-core dev machine, 1024³ f32,
 //! when it gave us ~1.8 cores: rayon panels 93–102 GFLOP/s (56 GFLOP per CPU-second), matrixmultiply's
-//! own 2-thread pool 89–96 (49–53 per CPU-second), one thread 74–80. Each element of C is computed by
+//! own 2-thread pool 89–96 (49–53 per CPU-second), one thread 74–80; quieter later runs of
+//! `benches/ops/matmul.rs` gave 124–147 (2 threads) vs 95–97 (one). Each element of C is computed by
 //! one call with the same k-blocking, so results do not depend on the thread count (tested).
 use crate::{CpuFloat, Error, Result};
 use rayon::prelude::*;
