@@ -1,65 +1,97 @@
 //! matmul and embedding on the CPU. Matmul throughput is `Elements(2·m·n·k)` (backward: 4·m·n·k for
-//! dA and dB), so criterion's `elem/s` reads as FLOP/s; each bench also prints a median GFLOP/s line.
+//! dA and dB), so criterion's `elem/s` reads as FLOP/s; each bench also prints GFLOP/s and GFLOP per CPU-second.
 //! Run: `cargo bench --bench ops -- matmul_ --warm-up-time 1 --measurement-time 3`
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use kiln::tensor::cpu::gemm::{gemm, Mat, MatMut, Threads};
 use kiln::{DType, Device, Tensor};
 use std::hint::black_box;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn randn(seed: u64, shape: &[usize]) -> Tensor {
     Tensor::randn(seed, shape, 0.0, 1.0, DType::F32, Device::Cpu).unwrap()
 }
 
-/// Median GFLOP/s of `reps` timed runs of `f` (after one warm-up), printed under `id`.
-fn report(id: &str, flops: f64, reps: usize, mut f: impl FnMut()) {
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.total_cmp(b));
-    eprintln!("{id}: {:.1} GFLOP/s (median of {reps}, {:.2} ms)", flops / t[reps / 2] / 1e9, t[reps / 2] * 1e3);
+/// CPU seconds (user + system, all threads) this process has used, when /proc is available.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// Accumulates the timed runs criterion makes of one benchmark and prints GFLOP/s afterwards (only
+/// when the benchmark ran, i.e. matched the filter). Also prints GFLOP per CPU-second: on a shared
+/// machine wall time measures the load, flops per CPU-second the kernel (cpu/wall = cores obtained).
+#[derive(Default)]
+struct Meter {
+    runs: u64,
+    wall: f64,
+    cpu: f64,
+}
+
+impl Meter {
+    /// Times `run(setup())` `iters` times, excluding `setup`.
+    fn time<S, R: FnMut(S)>(&mut self, iters: u64, mut setup: impl FnMut() -> S, mut run: R) -> Duration {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let x = setup();
+            let c0 = cpu_seconds();
+            let t = Instant::now();
+            run(x);
+            total += t.elapsed();
+            self.cpu += cpu_seconds().zip(c0).map_or(0.0, |(b, a)| b - a);
+        }
+        self.runs += iters;
+        self.wall += total.as_secs_f64();
+        total
+    }
+    fn print(&self, id: &str, flops: f64) {
+        if self.runs == 0 {
+            return;
+        }
+        let total = flops * self.runs as f64;
+        let cpu = if self.cpu > 0.0 { format!("; {:.1} GFLOP per CPU-second, cpu/wall {:.2}", total / self.cpu / 1e9, self.cpu / self.wall) } else { String::new() };
+        eprintln!("{id}: {:.1} GFLOP/s over {} runs{cpu}", total / self.wall / 1e9, self.runs);
+    }
+}
+
+/// Benchmarks `run(setup())` (setup untimed) as `group/name` with `flops` per run.
+fn flops_bench<S>(c: &mut Criterion, group: &str, name: &str, flops: f64, mut setup: impl FnMut() -> S, mut run: impl FnMut(S)) {
+    let mut meter = Meter::default();
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(flops as u64)).sample_size(10);
+    g.bench_function(name, |bn| bn.iter_custom(|iters| meter.time(iters, &mut setup, &mut run)));
+    g.finish();
+    meter.print(&format!("{group}/{name}"), flops);
+}
+
+/// (batch, m, k, n) of `a @ b`.
+fn dims(a: &[usize], b: &[usize]) -> (usize, usize, usize, usize) {
+    let r = a.len();
+    (a[..r - 2].iter().product(), a[r - 2], a[r - 1], b[b.len() - 1])
 }
 
 fn fwd(c: &mut Criterion, a_shape: &[usize], b_shape: &[usize], name: &str) {
     let (a, b) = (randn(1, a_shape), randn(2, b_shape));
-    let r = a_shape.len();
-    let batch: usize = a_shape[..r - 2].iter().product();
-    let (m, k, n) = (a_shape[r - 2], a_shape[r - 1], b_shape[b_shape.len() - 1]);
+    let (batch, m, k, n) = dims(a_shape, b_shape);
     let flops = 2.0 * (batch * m * n * k) as f64;
-    let id = format!("matmul_fwd/cpu/f32/{name}");
-    report(&id, flops, 7, || drop(black_box(a.matmul(&b).unwrap())));
-    let mut g = c.benchmark_group("matmul_fwd");
-    g.throughput(Throughput::Elements(flops as u64)).sample_size(10);
-    g.bench_function(format!("cpu/f32/{name}"), |bn| bn.iter(|| black_box(a.matmul(black_box(&b)).unwrap())));
-    g.finish();
+    flops_bench(c, "matmul_fwd", &format!("cpu/f32/{name}"), flops, || (), |_| drop(black_box(a.matmul(black_box(&b)).unwrap())));
 }
 
+/// dA and dB of `a @ b` (4·m·n·k flops); the forward runs in the untimed setup.
 fn bwd(c: &mut Criterion, a_shape: &[usize], b_shape: &[usize], name: &str) {
     let (a, b) = (randn(1, a_shape).var(), randn(2, b_shape).var());
-    let r = a_shape.len();
-    let batch: usize = a_shape[..r - 2].iter().product();
-    let (m, k, n) = (a_shape[r - 2], a_shape[r - 1], b_shape[b_shape.len() - 1]);
-    let flops = 4.0 * (batch * m * n * k) as f64;
-    let mut out_shape = a_shape[..r - 1].to_vec();
+    let (batch, m, k, n) = dims(a_shape, b_shape);
+    let mut out_shape = a_shape[..a_shape.len() - 1].to_vec();
     out_shape.push(n);
     let dy = randn(3, &out_shape);
-    let run = |y: Tensor| {
-        y.backward_with(dy.clone()).unwrap();
+    let flops = 4.0 * (batch * m * n * k) as f64;
+    let setup = || {
         a.zero_grad();
         b.zero_grad();
+        a.matmul(&b).unwrap()
     };
-    let id = format!("matmul_bwd/cpu/f32/{name}");
-    // The printed figure includes the forward (2/3 of the flops of fwd+bwd are backward).
-    report(&format!("{id} (fwd+bwd, 6mnk)"), flops * 1.5, 5, || run(a.matmul(&b).unwrap()));
-    let mut g = c.benchmark_group("matmul_bwd");
-    g.throughput(Throughput::Elements(flops as u64)).sample_size(10);
-    g.bench_function(format!("cpu/f32/{name}"), |bn| bn.iter_batched(|| a.matmul(&b).unwrap(), run, BatchSize::PerIteration));
-    g.finish();
+    flops_bench(c, "matmul_bwd", &format!("cpu/f32/{name}"), flops, setup, |y: Tensor| y.backward_with(dy.clone()).unwrap());
 }
 
 /// The raw GEMM on one thread vs the rayon panel split (the thread policy of cpu::gemm).
@@ -68,15 +100,10 @@ fn gemm_threads(c: &mut Criterion, m: usize, k: usize, n: usize) {
     let b = randn(2, &[k, n]).to_vec::<f32>().unwrap();
     let mut out = vec![0f32; m * n];
     let flops = 2.0 * (m * n * k) as f64;
-    let mut g = c.benchmark_group("matmul_fwd");
-    g.throughput(Throughput::Elements(flops as u64)).sample_size(10);
     for (label, th) in [("1thread", Threads::Single), ("auto", Threads::Auto)] {
-        let id = format!("cpu/f32/{m}x{k}x{n}/gemm-{label}");
-        let mut call = || gemm(1.0, Mat::row_major(&a, m, k), Mat::row_major(&b, k, n), 0.0, MatMut::row_major(&mut out, m, n), th).unwrap();
-        report(&format!("matmul_fwd/{id}"), flops, 7, &mut call);
-        g.bench_function(id, |bn| bn.iter(&mut call));
+        let run = |_| gemm(1.0, Mat::row_major(&a, m, k), Mat::row_major(&b, k, n), 0.0, MatMut::row_major(&mut out, m, n), th).unwrap();
+        flops_bench(c, "matmul_fwd", &format!("cpu/f32/{m}x{k}x{n}/gemm-{label}"), flops, || (), run);
     }
-    g.finish();
 }
 
 fn embedding(c: &mut Criterion) {

@@ -18,11 +18,14 @@
 //! rayon worker (a batched matmul, attention over batch·heads) would fork into a second pool and
 //! oversubscribe the cores, and forcing single-threaded GEMMs would need `std::env::set_var` before
 //! the lazy init (racy with other threads reading the environment). So the workspace builds
-//! matrixmultiply *without* `threading` and [`Threads::Auto`] splits a large GEMM into row or column
-//! panels of C run as rayon tasks, each a single-threaded matrixmultiply call. That nests safely inside
-//! other rayon loops (work stealing, no second pool) and measured as fast as matrixmultiply's own pool
-//! on 1024³ (see benches/ops/matmul.rs). Each element of C is computed by exactly one call with the same
-//! k-blocking, so results do not depend on the thread count.
+//! matrixmultiply *without* `threading` (keep it off: turning it on makes every large GEMM here fork
+//! into both pools), and [`Threads::Auto`] splits a large GEMM into row or column panels of C run as
+//! rayon tasks, each a single-threaded matrixmultiply call. That nests safely inside other rayon loops
+//! (work stealing, no second pool). Back-to-back runs on the shared 2-core dev machine, 1024³ f32,
+//! when it gave us ~1.8 cores: rayon panels 93–102 GFLOP/s (56 GFLOP per CPU-second), matrixmultiply's
+//! own 2-thread pool 89–96 (49–53 per CPU-second), one thread 74–80; quieter later runs of
+//! `benches/ops/matmul.rs` gave 124–147 (2 threads) vs 95–97 (one). Each element of C is computed by
+//! one call with the same k-blocking, so results do not depend on the thread count (tested).
 use crate::{CpuFloat, Error, Result};
 use rayon::prelude::*;
 
@@ -113,37 +116,52 @@ impl<'a, T> MatMut<'a, T> {
 /// Parallel grain: GEMMs below this many flops (2·m·n·k) stay on one thread.
 pub const PAR_FLOPS: f64 = (1u64 << 23) as f64;
 
-/// The (min, max) slice index a `rows × cols` matrix at `offset` with strides (rs, cs) touches,
-/// or None when the matrix is empty. Errors when the arithmetic overflows.
-fn span(op: &'static str, offset: usize, rows: usize, cols: usize, rs: isize, cs: isize) -> Result<Option<(isize, isize)>> {
-    if rows == 0 || cols == 0 {
-        return Ok(None);
-    }
-    let ovf = || Error::msg(format!("{op}: matrix extent overflows (rows {rows}, cols {cols}, strides {rs}, {cs})"));
-    let base = isize::try_from(offset).map_err(|_| ovf())?;
-    let (mut lo, mut hi) = (base, base);
-    for (len, s) in [(rows, rs), (cols, cs)] {
-        let len = isize::try_from(len - 1).map_err(|_| ovf())?;
-        let ext = len.checked_mul(s).ok_or_else(ovf)?;
-        if ext < 0 {
-            lo = lo.checked_add(ext).ok_or_else(ovf)?;
-        } else {
-            hi = hi.checked_add(ext).ok_or_else(ovf)?;
-        }
-    }
-    Ok(Some((lo, hi)))
+/// Where a matrix sits in its slice.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    rs: isize,
+    cs: isize,
 }
 
-fn check_bounds(op: &'static str, what: &str, len: usize, offset: usize, rows: usize, cols: usize, rs: isize, cs: isize) -> Result<()> {
-    if let Some((lo, hi)) = span(op, offset, rows, cols, rs, cs)? {
-        if lo < 0 || hi as usize >= len {
-            return Err(Error::msg(format!(
-                "{op}: {what} ({rows}x{cols}, offset {offset}, strides ({rs}, {cs})) reaches index {} outside a buffer of {len}",
-                if lo < 0 { lo } else { hi }
-            )));
+impl Geom {
+    /// The (min, max) slice index the matrix touches, or None when it is empty. Errors when the
+    /// arithmetic overflows.
+    fn span(self) -> Result<Option<(isize, isize)>> {
+        let Geom { offset, rows, cols, rs, cs } = self;
+        if rows == 0 || cols == 0 {
+            return Ok(None);
         }
+        let ovf = || Error::msg(format!("gemm: matrix extent overflows (rows {rows}, cols {cols}, strides {rs}, {cs})"));
+        let base = isize::try_from(offset).map_err(|_| ovf())?;
+        let (mut lo, mut hi) = (base, base);
+        for (len, s) in [(rows, rs), (cols, cs)] {
+            let len = isize::try_from(len - 1).map_err(|_| ovf())?;
+            let ext = len.checked_mul(s).ok_or_else(ovf)?;
+            if ext < 0 {
+                lo = lo.checked_add(ext).ok_or_else(ovf)?;
+            } else {
+                hi = hi.checked_add(ext).ok_or_else(ovf)?;
+            }
+        }
+        Ok(Some((lo, hi)))
     }
-    Ok(())
+
+    /// Errors unless every element lies inside a slice of `len` elements.
+    fn check(self, what: &str, len: usize) -> Result<()> {
+        if let Some((lo, hi)) = self.span()? {
+            if lo < 0 || hi as usize >= len {
+                let Geom { offset, rows, cols, rs, cs } = self;
+                return Err(Error::msg(format!(
+                    "gemm: {what} ({rows}x{cols}, offset {offset}, strides ({rs}, {cs})) reaches index {} outside a buffer of {len}",
+                    if lo < 0 { lo } else { hi }
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// True when distinct (i, j) of a rows × cols matrix with strides (rs, cs) map to distinct addresses
@@ -180,7 +198,7 @@ pub fn gemm<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: Ma
             a.rows, a.cols, b.rows, b.cols, c.rows, c.cols
         )));
     }
-    check_bounds(OP, "C", c.data.len(), c.offset, m, n, c.rs, c.cs)?;
+    Geom { offset: c.offset, rows: m, cols: n, rs: c.rs, cs: c.cs }.check("C", c.data.len())?;
     if !no_self_alias(m, n, c.rs, c.cs) {
         return Err(Error::msg(format!("{OP}: C strides ({}, {}) make elements of a {m}x{n} output alias", c.rs, c.cs)));
     }
@@ -188,8 +206,8 @@ pub fn gemm<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: Ma
         return Ok(());
     }
     if k > 0 {
-        check_bounds(OP, "A", a.data.len(), a.offset, m, k, a.rs, a.cs)?;
-        check_bounds(OP, "B", b.data.len(), b.offset, k, n, b.rs, b.cs)?;
+        Geom { offset: a.offset, rows: m, cols: k, rs: a.rs, cs: a.cs }.check("A", a.data.len())?;
+        Geom { offset: b.offset, rows: k, cols: n, rs: b.rs, cs: b.cs }.check("B", b.data.len())?;
     }
     // Pointers to element (0, 0). In bounds: the checks above cover element (0, 0) of each non-empty
     // matrix; for k == 0 matrixmultiply never reads A or B, and an empty slice's pointer is fine.

@@ -146,7 +146,9 @@ fn mm(a: &Tensor, b: &Tensor, reduce: bool) -> Result<Tensor> {
     };
     let mut shape = if reduce { Vec::new() } else { batch };
     shape.extend([m, n]);
-    Tensor::from_storage(Storage::Cpu(out.to_dtype(dt)), &shape)
+    // (`CpuStorage::to_dtype` copies even when the dtype already matches.)
+    let out = if cd == dt { out } else { out.to_dtype(dt) };
+    Tensor::from_storage(Storage::Cpu(out), &shape)
 }
 
 struct MatMul {
