@@ -48,17 +48,21 @@ pub trait VF32: Copy {
     /// Loads `s` (`s.len() < LANES`) and fills the remaining lanes with `fill`.
     #[inline(always)]
     unsafe fn load_tail(s: &[f32], fill: f32) -> Self {
+        Self::load_part(s.as_ptr(), s.len(), fill)
+    }
+    /// Loads `n < LANES` floats from `p` and fills the remaining lanes with `fill`.
+    #[inline(always)]
+    unsafe fn load_part(p: *const f32, n: usize, fill: f32) -> Self {
         let mut b = [fill; 16];
-        b[..s.len()].copy_from_slice(s);
+        std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), n);
         Self::load(b.as_ptr())
     }
-    /// Stores the first `d.len()` (< LANES) lanes into `d`.
+    /// Stores the first `n < LANES` lanes at `p` (which may point to uninitialized memory).
     #[inline(always)]
-    unsafe fn store_tail(self, d: &mut [f32]) {
+    unsafe fn store_part(self, p: *mut f32, n: usize) {
         let mut b = [0.0f32; 16];
         self.store(b.as_mut_ptr());
-        let n = d.len();
-        d.copy_from_slice(&b[..n]);
+        std::ptr::copy_nonoverlapping(b.as_ptr(), p, n);
     }
 
     /// `e^self`, relative error ≲ 2 ulp. Inputs below ln(f32::MIN_POSITIVE) ≈ -87.34 (and -inf) give
