@@ -266,7 +266,8 @@ unsafe fn bwd_tanh_v<V: VF32>(x: V, dy: V) -> V {
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn map1<V: VF32>(x: &[f32], y: &mut [MaybeUninit<f32>], f: impl Fn(V) -> V) {
+/// `y = f(x)` lane-wise; `f` is an `#[inline(always)]` fn item (closures may stay outlined).
+unsafe fn map1<V: VF32>(x: &[f32], y: &mut [MaybeUninit<f32>], f: unsafe fn(V) -> V) {
     let (n, l, yp) = (x.len(), V::LANES, y.as_mut_ptr().cast::<f32>());
     let mut i = 0;
     while i + l <= n {
@@ -280,7 +281,7 @@ unsafe fn map1<V: VF32>(x: &[f32], y: &mut [MaybeUninit<f32>], f: impl Fn(V) -> 
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn map2<V: VF32>(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], f: impl Fn(V, V) -> V) {
+unsafe fn map2<V: VF32>(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], f: unsafe fn(V, V) -> V) {
     let (n, l, op) = (x.len(), V::LANES, dx.as_mut_ptr().cast::<f32>());
     let mut i = 0;
     while i + l <= n {
@@ -295,50 +296,50 @@ unsafe fn map2<V: VF32>(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], f: i
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn fwd_erf_avx512(x: &[f32], y: &mut [MaybeUninit<f32>]) {
-    map1::<F512>(x, y, |v| fwd_erf_v(v))
+    map1::<F512>(x, y, fwd_erf_v::<F512>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn fwd_tanh_avx512(x: &[f32], y: &mut [MaybeUninit<f32>]) {
-    map1::<F512>(x, y, |v| fwd_tanh_v(v))
+    map1::<F512>(x, y, fwd_tanh_v::<F512>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn bwd_erf_avx512(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
-    map2::<F512>(x, dy, dx, |v, g| bwd_erf_v(v, g))
+    map2::<F512>(x, dy, dx, bwd_erf_v::<F512>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn bwd_tanh_avx512(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
-    map2::<F512>(x, dy, dx, |v, g| bwd_tanh_v(v, g))
+    map2::<F512>(x, dy, dx, bwd_tanh_v::<F512>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn erf_avx512(x: &[f32], y: &mut [MaybeUninit<f32>]) {
-    map1::<F512>(x, y, |v| erf_v(v))
+    map1::<F512>(x, y, erf_v::<F512>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fwd_erf_avx2(x: &[f32], y: &mut [MaybeUninit<f32>]) {
-    map1::<F256>(x, y, |v| fwd_erf_v(v))
+    map1::<F256>(x, y, fwd_erf_v::<F256>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fwd_tanh_avx2(x: &[f32], y: &mut [MaybeUninit<f32>]) {
-    map1::<F256>(x, y, |v| fwd_tanh_v(v))
+    map1::<F256>(x, y, fwd_tanh_v::<F256>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn bwd_erf_avx2(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
-    map2::<F256>(x, dy, dx, |v, g| bwd_erf_v(v, g))
+    map2::<F256>(x, dy, dx, bwd_erf_v::<F256>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn bwd_tanh_avx2(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
-    map2::<F256>(x, dy, dx, |v, g| bwd_tanh_v(v, g))
+    map2::<F256>(x, dy, dx, bwd_tanh_v::<F256>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn erf_avx2(x: &[f32], y: &mut [MaybeUninit<f32>]) {
-    map1::<F256>(x, y, |v| erf_v(v))
+    map1::<F256>(x, y, erf_v::<F256>)
 }

@@ -231,15 +231,26 @@ unsafe fn bwd_rows<V: VF32>(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], 
             acc = if log { acc.add(gt) } else { gt.fma(yt, acc) };
         }
         let s = V::splat(acc.hsum());
-        let f = |yv: V, g: V| if log { yv.exp().fnma(s, g) } else { yv.mul(g.sub(s)) };
         let mut i = 0;
         while i < main {
-            f(V::load(yp.add(i)), V::load(gp.add(i))).store(op.add(i));
+            bwd_elem(V::load(yp.add(i)), V::load(gp.add(i)), s, log).store(op.add(i));
             i += l;
         }
         if main < d {
-            f(yt, gt).store_part(op.add(main), d - main);
+            bwd_elem(yt, gt, s, log).store_part(op.add(main), d - main);
         }
+    }
+}
+
+/// One vector of the backward: `dy - e^y·s` (log) or `y·(dy - s)`. (A function, not a closure:
+/// closures are not always inlined, and an outlined one would not get the target features.)
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bwd_elem<V: VF32>(y: V, g: V, s: V, log: bool) -> V {
+    if log {
+        y.exp().fnma(s, g)
+    } else {
+        y.mul(g.sub(s))
     }
 }
 
