@@ -84,18 +84,10 @@ pub trait VF32: Copy {
 }
 
 /// ln 2 split for Cody–Waite range reduction (hi is ln 2 rounded to f32; lo the remainder).
-const LN2_HI: f32 = 0.693_147_2;
+const LN2_HI: f32 = std::f32::consts::LN_2;
 const LN2_LO: f32 = -1.904_654_2e-9;
 /// e^r on [-ln2/2, ln2/2], degree 6, highest power first (Chebyshev fit, max rel. error 2e-9).
-const EXP_POLY: [f32; 7] = [
-    1.394_110_8e-3,
-    8.375_126e-3,
-    4.166_635_3e-2,
-    0.166_664_16,
-    0.500_000_0,
-    1.000_000_0,
-    1.0,
-];
+const EXP_POLY: [f32; 7] = [1.394_110_8e-3, 8.375_126e-3, 4.166_635e-2, 0.166_664_16, 0.5, 1.0, 1.0];
 
 /// 16 lanes, AVX-512F.
 #[derive(Clone, Copy)]

@@ -2,9 +2,9 @@
 //! forward (max `m`, `ls = ln Σ e^(x-m)`, `loss = (m - x[target]) + ls`; `lse = m + ls` is saved) and one fused pass for the
 //! backward (`dx = (e^(x - lse) - onehot(target))·scale`, zero rows where the target is ignored).
 //! Targets must already be validated (in range or equal to `ignore`).
+use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::cpu::simd::{self, Level};
 use crate::ops::binary::PAR_MIN;
 #[cfg(target_arch = "x86_64")]
 use crate::ops::softmax::cpu::{exp_sum_row, max_row};
@@ -12,6 +12,9 @@ use crate::ops::softmax::cpu::{sum64, uninit_vec};
 use crate::CpuFloat;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+
+/// Signature of the forward kernels: `(logits, targets, classes, ignore_index) -> (sum of losses, lse)`.
+pub type FwdFn<T> = fn(&[T], &[i64], usize, i64) -> (f64, Vec<T>);
 
 /// Rows per parallel task for rows of `c` elements.
 fn task_rows(c: usize) -> usize {
@@ -52,7 +55,15 @@ fn fwd_driver<T: CpuFloat>(x: &[T], t: &[i64], c: usize, ignore: i64, max_ls: im
 
 /// Backward driver: `row(x_row, lse, dx_row)` must write all of `dx_row` with `e^(x - lse)·scale`;
 /// the target entry is then reduced by `scale`; ignored rows are written with zeros.
-fn bwd_driver<T: CpuFloat>(x: &[T], t: &[i64], lse: &[T], c: usize, ignore: i64, scale: T, row: impl Fn(&[T], T, &mut [MaybeUninit<T>]) + Sync) -> Vec<T> {
+fn bwd_driver<T: CpuFloat>(
+    x: &[T],
+    t: &[i64],
+    lse: &[T],
+    c: usize,
+    ignore: i64,
+    scale: T,
+    row: impl Fn(&[T], T, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
     if c == 0 {
         return Vec::new();
     }

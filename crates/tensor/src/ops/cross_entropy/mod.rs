@@ -47,7 +47,13 @@ impl BackwardOp for CrossEntropyBackward {
     }
 }
 
-fn fwd<T: CpuFloat + CpuSlice>(xc: &Tensor, t: &[i64], c: usize, ignore: i64, k: fn(&[T], &[i64], usize, i64) -> (f64, Vec<T>)) -> Result<(f64, CpuStorage)> {
+fn fwd<T: CpuFloat + CpuSlice>(
+    xc: &Tensor,
+    t: &[i64],
+    c: usize,
+    ignore: i64,
+    k: cpu::FwdFn<T>,
+) -> Result<(f64, CpuStorage)> {
     let (sum, lse) = xc.with_slice::<T, _>(|x| k(x, t, c, ignore))?;
     Ok((sum, T::into_storage(lse)))
 }
@@ -100,8 +106,6 @@ impl Tensor {
         };
         let loss = if count == 0 { 0.0 } else { sum / count as f64 };
         let out = Tensor::from_storage(Storage::Cpu(CpuStorage::from_f64_iter(dt, std::iter::once(loss))), &[])?;
-        Ok(out.with_history(&[self], || {
-            node(CrossEntropyBackward { logits: self.clone(), targets: Arc::new(t), lse, count, ignore: ignore_index })
-        }))
+        Ok(out.with_history(&[self], || node(CrossEntropyBackward { logits: self.clone(), targets: Arc::new(t), lse, count, ignore: ignore_index })))
     }
 }

@@ -7,9 +7,9 @@
 //! sums and one that writes `dx` and accumulates `dw`, `db`. Rows are split into blocks that depend
 //! only on the shape; each block sums its own `dw`/`db` partials and the partials are added in block
 //! order, so the result does not depend on the thread count or scheduling.
+use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::cpu::simd::{self, Level};
 use crate::ops::binary::PAR_MIN;
 use crate::ops::softmax::cpu::{sum64, uninit_vec};
 use crate::CpuFloat;
@@ -52,7 +52,8 @@ fn par_blocks<T: Send + Sync, R: Send>(
     k: impl Fn(&[T], &mut [Out<T>], &mut [T], &mut [T]) -> R + Sync,
 ) -> Vec<R> {
     let br = block_rows(m.len(), d);
-    let it = |((x, y), (m, r)): ((&[T], &mut [Out<T>]), (&mut [T], &mut [T]))| k(x, y, m, r);
+    type Block<'a, T> = ((&'a [T], &'a mut [Out<T>]), (&'a mut [T], &'a mut [T]));
+    let it = |((x, y), (m, r)): Block<T>| k(x, y, m, r);
     if x.len() >= PAR_MIN {
         x.par_chunks(br * d).zip(y.par_chunks_mut(br * d)).zip(m.par_chunks_mut(br).zip(r.par_chunks_mut(br))).map(it).collect()
     } else {
@@ -66,7 +67,7 @@ fn ones_zeros<T: CpuFloat>(w: Option<&[T]>, b: Option<&[T]>, d: usize) -> (Vec<T
 
 /// Generic forward (f64, and f32 at the scalar level). `x` has `rows·d` elements.
 pub fn layer_norm_fwd<T: CpuFloat>(x: &[T], w: Option<&[T]>, b: Option<&[T]>, d: usize, eps: f64) -> LnForward<T> {
-    let rows = if d == 0 { 0 } else { x.len() / d };
+    let rows = x.len().checked_div(d).unwrap_or(0);
     let (mut mean, mut rstd) = (vec![T::zero(); rows], vec![T::zero(); rows]);
     let (w, b) = ones_zeros(w, b, d);
     let (inv_d, eps) = (T::one() / T::from_f64(d as f64), T::from_f64(eps));
@@ -108,7 +109,14 @@ pub fn layer_norm_bwd<T: CpuFloat>(x: &[T], dy: &[T], w: Option<&[T]>, mean: &[T
 /// Splits rows into blocks, runs `k(x, dy, dx, mean, rstd, dw_partial, db_partial)` per block and
 /// sums the partials in block order.
 /// `k` must write every element of its `dx` block.
-fn bwd_driver<T: CpuFloat>(x: &[T], dy: &[T], mean: &[T], rstd: &[T], d: usize, k: impl Fn(&[T], &[T], &mut [Out<T>], &[T], &[T], &mut [T], &mut [T]) + Sync) -> LnBackward<T> {
+fn bwd_driver<T: CpuFloat>(
+    x: &[T],
+    dy: &[T],
+    mean: &[T],
+    rstd: &[T],
+    d: usize,
+    k: impl Fn(&[T], &[T], &mut [Out<T>], &[T], &[T], &mut [T], &mut [T]) + Sync,
+) -> LnBackward<T> {
     if d == 0 || x.is_empty() {
         return LnBackward { dx: vec![T::zero(); x.len()], dw: vec![T::zero(); d], db: vec![T::zero(); d] };
     }

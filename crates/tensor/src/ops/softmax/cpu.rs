@@ -6,9 +6,9 @@
 //! - log-softmax: `y = (x - m) - ln Σ e^(x-m)`;        backward `dx = dy - e^y·Σ dy`
 //!
 //! A row of all `-inf` has no defined softmax: like PyTorch, its outputs are NaN.
+use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::cpu::simd::{self, Level};
 use crate::ops::binary::PAR_MIN;
 use crate::CpuFloat;
 use rayon::prelude::*;
