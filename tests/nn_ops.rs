@@ -23,7 +23,18 @@ fn t32(v: Vec<f32>, shape: &[usize]) -> Tensor {
 }
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| if x.is_nan() != y.is_nan() { f32::INFINITY } else if x.is_nan() { 0.0 } else { (x - y).abs() / y.abs().max(1.0) }).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x.is_nan() != y.is_nan() {
+                f32::INFINITY
+            } else if x.is_nan() {
+                0.0
+            } else {
+                (x - y).abs() / y.abs().max(1.0)
+            }
+        })
+        .fold(0.0, f32::max)
 }
 /// Runs `f` at every SIMD level and checks each result against the scalar level's.
 fn each_level_vs_scalar(what: &str, tol: f32, f: impl Fn() -> Vec<f32>) {
@@ -204,7 +215,9 @@ fn softmax_masks_and_edge_rows() {
     let ninf = f32::NEG_INFINITY;
     let x = t32(vec![1.0, ninf, 3.0, ninf, /* fully masked */ ninf, ninf, ninf, ninf, /* huge */ 1e30, 0.0, -1e30, 1e30], &[3, 4]);
     for l in simd::available_levels() {
-        let (y, ly) = simd::with_level(l, || (x.softmax_last_dim().unwrap().to_vec::<f32>().unwrap(), x.log_softmax_last_dim().unwrap().to_vec::<f32>().unwrap()));
+        let (y, ly) = simd::with_level(l, || {
+            (x.softmax_last_dim().unwrap().to_vec::<f32>().unwrap(), x.log_softmax_last_dim().unwrap().to_vec::<f32>().unwrap())
+        });
         assert!(y[1] == 0.0 && y[3] == 0.0 && ((y[0] + y[2]) - 1.0).abs() < 1e-6, "{l:?}: {y:?}");
         assert!(ly[1] == ninf && ly[3] == ninf);
         assert!(y[4..8].iter().chain(&ly[4..8]).all(|v| v.is_nan()), "fully -inf rows give NaN, like PyTorch: {y:?}");
@@ -257,7 +270,12 @@ fn layer_norm_gradcheck_odd_and_noncontiguous() {
 fn layer_norm_matches_reference_and_simd_levels() {
     for (dt, tol) in [(DType::F32, 2e-5), (DType::F64, 1e-10)] {
         let (x, w, b) = (randn(110, &[3, 5, 33], 2.0, dt).add_scalar(3.0).unwrap(), randn(111, &[33], 1.0, dt), randn(112, &[33], 1.0, dt));
-        assert_close(&format!("layer_norm {dt}"), &x.layer_norm(Some(&w), Some(&b), 1e-5).unwrap(), &layer_norm_reference(&x, Some(&w), Some(&b), 1e-5), tol);
+        assert_close(
+            &format!("layer_norm {dt}"),
+            &x.layer_norm(Some(&w), Some(&b), 1e-5).unwrap(),
+            &layer_norm_reference(&x, Some(&w), Some(&b), 1e-5),
+            tol,
+        );
         assert_close("layer_norm weight only", &x.layer_norm(Some(&w), None, 1e-12).unwrap(), &layer_norm_reference(&x, Some(&w), None, 1e-12), tol);
     }
     for d in [1, 7, 16, 17, 100, 768] {
@@ -335,7 +353,10 @@ fn dropout_statistics_determinism_and_mask_contract() {
     assert_eq!(r.dropout(0.5, 1, false).unwrap().to_vec::<f32>().unwrap(), r.to_vec::<f32>().unwrap());
     assert_eq!(r.dropout(0.0, 1, true).unwrap().to_vec::<f32>().unwrap(), r.to_vec::<f32>().unwrap());
     let rt = r.t().unwrap();
-    assert_eq!(rt.dropout(0.3, 2, true).unwrap().to_vec::<f32>().unwrap(), rt.contiguous().unwrap().dropout(0.3, 2, true).unwrap().to_vec::<f32>().unwrap());
+    assert_eq!(
+        rt.dropout(0.3, 2, true).unwrap().to_vec::<f32>().unwrap(),
+        rt.contiguous().unwrap().dropout(0.3, 2, true).unwrap().to_vec::<f32>().unwrap()
+    );
     for p in [1.0, -0.1, f64::NAN, 2.0] {
         assert!(r.dropout(p, 1, true).unwrap_err().to_string().contains("dropout"), "p={p}");
     }
@@ -347,7 +368,8 @@ fn dropout_backward_uses_the_forward_mask() {
     let w = randn(151, &[64, 33], 1.0, DType::F32);
     let y = x.dropout(0.4, 99, true).unwrap();
     y.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
-    let (g, yv, wv, xv) = (x.grad().unwrap().to_vec::<f32>().unwrap(), y.to_vec::<f32>().unwrap(), w.to_vec::<f32>().unwrap(), x.to_vec::<f32>().unwrap());
+    let (g, yv, wv, xv) =
+        (x.grad().unwrap().to_vec::<f32>().unwrap(), y.to_vec::<f32>().unwrap(), w.to_vec::<f32>().unwrap(), x.to_vec::<f32>().unwrap());
     let thr = dropout::threshold(0.4);
     for i in 0..g.len() {
         let kept = dropout::keep(99, i as u64, thr);
@@ -370,7 +392,11 @@ fn ce_reference(x: &Tensor, t: &[i64], ignore: i64) -> f64 {
             n += 1;
         }
     }
-    if n == 0 { 0.0 } else { s / n as f64 }
+    if n == 0 {
+        0.0
+    } else {
+        s / n as f64
+    }
 }
 
 fn targets(v: &[i64]) -> Tensor {

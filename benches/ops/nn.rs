@@ -42,9 +42,7 @@ fn bench(c: &mut Criterion) {
     let wv = w.to_vec::<f32>().unwrap();
     let stats = ln::layer_norm_fwd_f32(&xv, Some(&wv), None, d, 1e-5);
     run(c, "layer_norm_fwd", &shape, (2 * n + 2 * d + 2 * rows) * F, || no_grad(|| x.layer_norm(Some(&w), Some(&b), 1e-5).unwrap()));
-    run(c, "layer_norm_bwd", &shape, (3 * n + 2 * rows + 3 * d) * F, || {
-        ln::layer_norm_bwd_f32(&xv, &dyv, Some(&wv), &stats.mean, &stats.rstd, d)
-    });
+    run(c, "layer_norm_bwd", &shape, (3 * n + 2 * rows + 3 * d) * F, || ln::layer_norm_bwd_f32(&xv, &dyv, Some(&wv), &stats.mean, &stats.rstd, d));
 
     let y = sm::softmax_fwd_f32(&xv, d, false);
     run(c, "softmax_fwd", &shape, 2 * n * F, || no_grad(|| x.softmax_last_dim().unwrap()));
@@ -59,9 +57,7 @@ fn bench(c: &mut Criterion) {
     let targets = Tensor::from_vec(t.clone(), &[rows]).unwrap();
     let (_, lse) = ce::cross_entropy_fwd_f32(&lv, &t, classes, -100);
     run(c, "cross_entropy_fwd", &shape, nc * F + rows * (8 + F) + F, || no_grad(|| logits.cross_entropy(&targets, -100).unwrap()));
-    run(c, "cross_entropy_bwd", &shape, 2 * nc * F + rows * (8 + F), || {
-        ce::cross_entropy_bwd_f32(&lv, &t, &lse, classes, -100, 1.0 / rows as f32)
-    });
+    run(c, "cross_entropy_bwd", &shape, 2 * nc * F + rows * (8 + F), || ce::cross_entropy_bwd_f32(&lv, &t, &lse, classes, -100, 1.0 / rows as f32));
 }
 
 criterion_group!(benches, bench);

@@ -48,17 +48,21 @@ pub trait VF32: Copy {
     /// Loads `s` (`s.len() < LANES`) and fills the remaining lanes with `fill`.
     #[inline(always)]
     unsafe fn load_tail(s: &[f32], fill: f32) -> Self {
+        Self::load_part(s.as_ptr(), s.len(), fill)
+    }
+    /// Loads `n < LANES` floats from `p` and fills the remaining lanes with `fill`.
+    #[inline(always)]
+    unsafe fn load_part(p: *const f32, n: usize, fill: f32) -> Self {
         let mut b = [fill; 16];
-        b[..s.len()].copy_from_slice(s);
+        std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), n);
         Self::load(b.as_ptr())
     }
-    /// Stores the first `d.len()` (< LANES) lanes into `d`.
+    /// Stores the first `n < LANES` lanes at `p` (which may point to uninitialized memory).
     #[inline(always)]
-    unsafe fn store_tail(self, d: &mut [f32]) {
+    unsafe fn store_part(self, p: *mut f32, n: usize) {
         let mut b = [0.0f32; 16];
         self.store(b.as_mut_ptr());
-        let n = d.len();
-        d.copy_from_slice(&b[..n]);
+        std::ptr::copy_nonoverlapping(b.as_ptr(), p, n);
     }
 
     /// `e^self`, relative error ≲ 2 ulp. Inputs below ln(f32::MIN_POSITIVE) ≈ -87.34 (and -inf) give
@@ -80,18 +84,10 @@ pub trait VF32: Copy {
 }
 
 /// ln 2 split for Cody–Waite range reduction (hi is ln 2 rounded to f32; lo the remainder).
-const LN2_HI: f32 = 0.693_147_2;
+const LN2_HI: f32 = std::f32::consts::LN_2;
 const LN2_LO: f32 = -1.904_654_2e-9;
 /// e^r on [-ln2/2, ln2/2], degree 6, highest power first (Chebyshev fit, max rel. error 2e-9).
-const EXP_POLY: [f32; 7] = [
-    1.394_110_8e-3,
-    8.375_126e-3,
-    4.166_635_3e-2,
-    0.166_664_16,
-    0.500_000_0,
-    1.000_000_0,
-    1.0,
-];
+const EXP_POLY: [f32; 7] = [1.394_110_8e-3, 8.375_126e-3, 4.166_635e-2, 0.166_664_16, 0.5, 1.0, 1.0];
 
 /// 16 lanes, AVX-512F.
 #[derive(Clone, Copy)]

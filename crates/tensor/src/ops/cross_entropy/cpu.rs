@@ -2,15 +2,19 @@
 //! forward (max `m`, `ls = ln Σ e^(x-m)`, `loss = (m - x[target]) + ls`; `lse = m + ls` is saved) and one fused pass for the
 //! backward (`dx = (e^(x - lse) - onehot(target))·scale`, zero rows where the target is ignored).
 //! Targets must already be validated (in range or equal to `ignore`).
+use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::cpu::simd::{self, Level};
 use crate::ops::binary::PAR_MIN;
 #[cfg(target_arch = "x86_64")]
 use crate::ops::softmax::cpu::{exp_sum_row, max_row};
-use crate::ops::softmax::cpu::sum64;
+use crate::ops::softmax::cpu::{sum64, uninit_vec};
 use crate::CpuFloat;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Signature of the forward kernels: `(logits, targets, classes, ignore_index) -> (sum of losses, lse)`.
+pub type FwdFn<T> = fn(&[T], &[i64], usize, i64) -> (f64, Vec<T>);
 
 /// Rows per parallel task for rows of `c` elements.
 fn task_rows(c: usize) -> usize {
@@ -49,30 +53,42 @@ fn fwd_driver<T: CpuFloat>(x: &[T], t: &[i64], c: usize, ignore: i64, max_ls: im
     (loss.iter().sum(), lse)
 }
 
-/// Backward driver: `row(x_row, lse, dx_row)` writes `e^(x - lse)·scale`; the target entry is
-/// then reduced by `scale`; ignored rows stay zero.
-fn bwd_driver<T: CpuFloat>(x: &[T], t: &[i64], lse: &[T], c: usize, ignore: i64, scale: T, row: impl Fn(&[T], T, &mut [T]) + Sync) -> Vec<T> {
-    let mut dx = vec![T::zero(); x.len()];
+/// Backward driver: `row(x_row, lse, dx_row)` must write all of `dx_row` with `e^(x - lse)·scale`;
+/// the target entry is then reduced by `scale`; ignored rows are written with zeros.
+fn bwd_driver<T: CpuFloat>(
+    x: &[T],
+    t: &[i64],
+    lse: &[T],
+    c: usize,
+    ignore: i64,
+    scale: T,
+    row: impl Fn(&[T], T, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
     if c == 0 {
-        return dx;
+        return Vec::new();
     }
     let tr = task_rows(c);
-    let run = |(k, dx): (usize, &mut [T])| {
+    let run = |(k, dx): (usize, &mut [MaybeUninit<T>])| {
         for (i, dx) in dx.chunks_exact_mut(c).enumerate() {
             let r = k * tr + i;
             if t[r] == ignore {
+                dx.fill(MaybeUninit::new(T::zero()));
                 continue;
             }
             row(&x[r * c..(r + 1) * c], lse[r], dx);
-            dx[t[r] as usize] -= scale;
+            // SAFETY: `row` initialized the whole row.
+            unsafe { *dx[t[r] as usize].assume_init_mut() -= scale };
         }
     };
-    if is_big(t.len(), c) {
-        dx.par_chunks_mut(tr * c).enumerate().for_each(run);
-    } else {
-        dx.chunks_mut(tr * c).enumerate().for_each(run);
-    }
-    dx
+    let fill = |dx: &mut [MaybeUninit<T>]| {
+        if is_big(t.len(), c) {
+            dx.par_chunks_mut(tr * c).enumerate().for_each(run);
+        } else {
+            dx.chunks_mut(tr * c).enumerate().for_each(run);
+        }
+    };
+    // SAFETY: every row is written, by `row` or with zeros.
+    unsafe { uninit_vec(x.len(), fill) }
 }
 
 /// Generic forward (f64, and f32 at the scalar level).
@@ -87,7 +103,7 @@ pub fn cross_entropy_fwd<T: CpuFloat>(x: &[T], targets: &[i64], c: usize, ignore
 pub fn cross_entropy_bwd<T: CpuFloat>(x: &[T], targets: &[i64], lse: &[T], c: usize, ignore: i64, scale: T) -> Vec<T> {
     bwd_driver(x, targets, lse, c, ignore, scale, |x, l, dx| {
         for (d, &v) in dx.iter_mut().zip(x) {
-            *d = (v - l).exp() * scale;
+            d.write((v - l).exp() * scale);
         }
     })
 }
@@ -123,16 +139,16 @@ unsafe fn max_ls_row<V: VF32>(x: &[f32]) -> (f32, f32) {
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn bwd_row<V: VF32>(x: &[f32], lse: f32, scale: f32, dx: &mut [f32]) {
-    let (n, l) = (x.len(), V::LANES);
+unsafe fn bwd_row<V: VF32>(x: &[f32], lse: f32, scale: f32, dx: &mut [MaybeUninit<f32>]) {
+    let (n, l, op) = (x.len(), V::LANES, dx.as_mut_ptr().cast::<f32>());
     let (lv, sv) = (V::splat(lse), V::splat(scale));
     let mut i = 0;
     while i + l <= n {
-        V::load(x.as_ptr().add(i)).sub(lv).exp().mul(sv).store(dx.as_mut_ptr().add(i));
+        V::load(x.as_ptr().add(i)).sub(lv).exp().mul(sv).store(op.add(i));
         i += l;
     }
     if i < n {
-        V::load_tail(&x[i..], 0.0).sub(lv).exp().mul(sv).store_tail(&mut dx[i..]);
+        V::load_tail(&x[i..], 0.0).sub(lv).exp().mul(sv).store_part(op.add(i), n - i);
     }
 }
 
@@ -148,11 +164,11 @@ unsafe fn max_ls_avx2(x: &[f32]) -> (f32, f32) {
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn bwd_avx512(x: &[f32], lse: f32, scale: f32, dx: &mut [f32]) {
+unsafe fn bwd_avx512(x: &[f32], lse: f32, scale: f32, dx: &mut [MaybeUninit<f32>]) {
     bwd_row::<F512>(x, lse, scale, dx)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn bwd_avx2(x: &[f32], lse: f32, scale: f32, dx: &mut [f32]) {
+unsafe fn bwd_avx2(x: &[f32], lse: f32, scale: f32, dx: &mut [MaybeUninit<f32>]) {
     bwd_row::<F256>(x, lse, scale, dx)
 }

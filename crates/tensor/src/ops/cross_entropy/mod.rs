@@ -1,6 +1,7 @@
 //! Cross-entropy loss from logits `[N, C]` and i64 class targets `[N]`: fused log-softmax + NLL
 //! (the per-row log-sum-exp is saved) with a fused backward. Kernels in [`cpu`].
 use crate::autograd::{node, BackwardOp};
+use crate::ops::softmax::into_dtype;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
 use std::sync::Arc;
@@ -42,11 +43,17 @@ impl BackwardOp for CrossEntropyBackward {
             }
             dt => return Err(Error::UnsupportedDType { op: OP, dtype: dt }),
         };
-        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx.to_dtype(x.dtype())), x.shape())?)])
+        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(into_dtype(dx, x.dtype())), x.shape())?)])
     }
 }
 
-fn fwd<T: CpuFloat + CpuSlice>(xc: &Tensor, t: &[i64], c: usize, ignore: i64, k: fn(&[T], &[i64], usize, i64) -> (f64, Vec<T>)) -> Result<(f64, CpuStorage)> {
+fn fwd<T: CpuFloat + CpuSlice>(
+    xc: &Tensor,
+    t: &[i64],
+    c: usize,
+    ignore: i64,
+    k: cpu::FwdFn<T>,
+) -> Result<(f64, CpuStorage)> {
     let (sum, lse) = xc.with_slice::<T, _>(|x| k(x, t, c, ignore))?;
     Ok((sum, T::into_storage(lse)))
 }
@@ -99,8 +106,6 @@ impl Tensor {
         };
         let loss = if count == 0 { 0.0 } else { sum / count as f64 };
         let out = Tensor::from_storage(Storage::Cpu(CpuStorage::from_f64_iter(dt, std::iter::once(loss))), &[])?;
-        Ok(out.with_history(&[self], || {
-            node(CrossEntropyBackward { logits: self.clone(), targets: Arc::new(t), lse, count, ignore: ignore_index })
-        }))
+        Ok(out.with_history(&[self], || node(CrossEntropyBackward { logits: self.clone(), targets: Arc::new(t), lse, count, ignore: ignore_index })))
     }
 }

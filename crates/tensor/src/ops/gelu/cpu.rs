@@ -8,12 +8,14 @@
 //! The SIMD erf is a piecewise polynomial (8 intervals of width 0.5 on [0, 4), degree 7, chosen
 //! per lane by a permute), max abs. error ≈ 1.5e-7; the SIMD exp is the shared one in `cpu::vf32`.
 use super::GeluApprox;
+use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::cpu::simd::{self, Level};
 use crate::ops::binary::PAR_MIN;
+use crate::ops::softmax::cpu::uninit_vec;
 use crate::CpuFloat;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -87,24 +89,24 @@ fn bwd_scalar<T: CpuFloat>(x: T, dy: T, approx: GeluApprox) -> T {
 
 /// Generic forward (f64, and f32 at the scalar level).
 pub fn gelu_fwd<T: CpuFloat>(x: &[T], approx: GeluApprox) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    par_zip2(x, &mut y, |x, y| {
+    let k = |x: &[T], y: &mut [MaybeUninit<T>]| {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = fwd_scalar(x, approx);
+            y.write(fwd_scalar(x, approx));
         }
-    });
-    y
+    };
+    // SAFETY: `k` writes every element of each chunk.
+    unsafe { uninit_vec(x.len(), |y| par_zip2(x, y, k)) }
 }
 
 /// Generic fused backward: `dx = dy · gelu'(x)`.
 pub fn gelu_bwd<T: CpuFloat>(x: &[T], dy: &[T], approx: GeluApprox) -> Vec<T> {
-    let mut dx = vec![T::zero(); x.len()];
-    par_zip3(x, dy, &mut dx, |x, dy, dx| {
+    let k = |x: &[T], dy: &[T], dx: &mut [MaybeUninit<T>]| {
         for i in 0..dx.len() {
-            dx[i] = bwd_scalar(x[i], dy[i], approx);
+            dx[i].write(bwd_scalar(x[i], dy[i], approx));
         }
-    });
-    dx
+    };
+    // SAFETY: `k` writes every element of each chunk.
+    unsafe { uninit_vec(x.len(), |dx| par_zip3(x, dy, dx, k)) }
 }
 
 /// f32 forward with the best SIMD level.
@@ -113,9 +115,8 @@ pub fn gelu_fwd_f32(x: &[f32], approx: GeluApprox) -> Vec<f32> {
     if lvl == Level::Scalar {
         return gelu_fwd(x, approx);
     }
-    let mut y = vec![0f32; x.len()];
-    par_zip2(x, &mut y, |x, y| simd_fwd(lvl, x, y, approx));
-    y
+    // SAFETY: the SIMD bodies write every element.
+    unsafe { uninit_vec(x.len(), |y| par_zip2(x, y, |x, y| simd_fwd(lvl, x, y, approx))) }
 }
 
 /// f32 fused backward with the best SIMD level.
@@ -124,25 +125,26 @@ pub fn gelu_bwd_f32(x: &[f32], dy: &[f32], approx: GeluApprox) -> Vec<f32> {
     if lvl == Level::Scalar {
         return gelu_bwd(x, dy, approx);
     }
-    let mut dx = vec![0f32; x.len()];
-    par_zip3(x, dy, &mut dx, |x, dy, dx| simd_bwd(lvl, x, dy, dx, approx));
-    dx
+    // SAFETY: the SIMD bodies write every element.
+    unsafe { uninit_vec(x.len(), |dx| par_zip3(x, dy, dx, |x, dy, dx| simd_bwd(lvl, x, dy, dx, approx))) }
 }
 
 /// SIMD `erf` of each element (the same code the f32 GELU kernels use), for tests of its accuracy.
 pub fn erf_f32(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    match simd::level() {
+    let k = |y: &mut [MaybeUninit<f32>]| match simd::level() {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => unsafe { erf_avx512(x, &mut y) },
+        Level::Avx512 => unsafe { erf_avx512(x, y) },
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { erf_avx2(x, &mut y) },
-        _ => y.iter_mut().zip(x).for_each(|(y, &x)| *y = erf_f64(x as f64) as f32),
-    }
-    y
+        Level::Avx2 => unsafe { erf_avx2(x, y) },
+        _ => y.iter_mut().zip(x).for_each(|(y, &x)| {
+            y.write(erf_f64(x as f64) as f32);
+        }),
+    };
+    // SAFETY: every branch writes every element.
+    unsafe { uninit_vec(x.len(), k) }
 }
 
-fn par_zip2<T: Send + Sync>(x: &[T], y: &mut [T], k: impl Fn(&[T], &mut [T]) + Sync) {
+fn par_zip2<T: Send + Sync, U: Send>(x: &[T], y: &mut [U], k: impl Fn(&[T], &mut [U]) + Sync) {
     if x.len() >= PAR_MIN {
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| k(x, y));
     } else {
@@ -150,7 +152,7 @@ fn par_zip2<T: Send + Sync>(x: &[T], y: &mut [T], k: impl Fn(&[T], &mut [T]) + S
     }
 }
 
-fn par_zip3<T: Send + Sync>(x: &[T], dy: &[T], dx: &mut [T], k: impl Fn(&[T], &[T], &mut [T]) + Sync) {
+fn par_zip3<T: Send + Sync, U: Send>(x: &[T], dy: &[T], dx: &mut [U], k: impl Fn(&[T], &[T], &mut [U]) + Sync) {
     if x.len() >= PAR_MIN {
         dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| k(x, dy, dx));
     } else {
@@ -161,7 +163,7 @@ fn par_zip3<T: Send + Sync>(x: &[T], dy: &[T], dx: &mut [T], k: impl Fn(&[T], &[
 // ----- SIMD bodies --------------------------------------------------------------------------------
 
 #[allow(unused_variables)]
-fn simd_fwd(lvl: Level, x: &[f32], y: &mut [f32], approx: GeluApprox) {
+fn simd_fwd(lvl: Level, x: &[f32], y: &mut [MaybeUninit<f32>], approx: GeluApprox) {
     match (lvl, approx) {
         #[cfg(target_arch = "x86_64")]
         (Level::Avx512, GeluApprox::Erf) => unsafe { fwd_erf_avx512(x, y) },
@@ -176,7 +178,7 @@ fn simd_fwd(lvl: Level, x: &[f32], y: &mut [f32], approx: GeluApprox) {
 }
 
 #[allow(unused_variables)]
-fn simd_bwd(lvl: Level, x: &[f32], dy: &[f32], dx: &mut [f32], approx: GeluApprox) {
+fn simd_bwd(lvl: Level, x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], approx: GeluApprox) {
     match (lvl, approx) {
         #[cfg(target_arch = "x86_64")]
         (Level::Avx512, GeluApprox::Erf) => unsafe { bwd_erf_avx512(x, dy, dx) },
@@ -194,10 +196,10 @@ fn simd_bwd(lvl: Level, x: &[f32], dy: &[f32], dx: &mut [f32], approx: GeluAppro
 /// local variable `t = 2|x| - k - 1/2 ∈ [-1/2, 1/2)`. Chebyshev fits of erf, max error 1.2e-9.
 #[cfg(target_arch = "x86_64")]
 const ERF_POLY: [[f32; 8]; 8] = [
-    [-1.237_746_8e-4, 1.402_019_3e-4, 2.915_821e-5, -4.646_133_7e-5, -5.593_202_8e-6, 4.976_328e-6, 1.353_120_6e-6, 1.331_812_2e-7],
-    [-6.146_930_4e-4, -4.153_573_5e-4, 3.218_366_5e-4, 1.414e-4, -4.343_064_6e-5, -2.606_037_4e-5, -4.277_468_2e-6, -3.233_091_4e-7],
+    [-1.237_746_8e-4, 1.402_019_3e-4, 2.915_821e-5, -4.646_133_7e-5, -5.593_203e-6, 4.976_328e-6, 1.353_120_6e-6, 1.331_812_2e-7],
+    [-6.146_930_4e-4, -4.153_573_5e-4, 3.218_366_5e-4, 1.414e-4, -4.343_064_6e-5, -2.606_037_4e-5, -4.277_468e-6, -3.233_091_4e-7],
     [2.501_269_3e-3, -1.663_240_4e-3, -1.474_535_8e-3, 2.068_749_7e-4, 3.331_077e-4, 8.613_015e-5, 9.802_259e-6, 5.731_476e-7],
-    [7.933_408e-3, 9.417_227e-3, -3.832_510_6e-4, -3.006_595_9e-3, -1.193_016_1e-3, -2.036_068_2e-4, -1.788_559_2e-5, -8.615_918e-7],
+    [7.933_408e-3, 9.417_227e-3, -3.832_510_6e-4, -3.006_596e-3, -1.193_016_1e-3, -2.036_068_2e-4, -1.788_559_2e-5, -8.615_918e-7],
     [-3.864_633e-2, 3.348_569_6e-3, 2.094_198e-2, 1.126_966_7e-2, 2.715_566_4e-3, 3.450_480_3e-4, 2.447_640_9e-5, 9.962_494e-7],
     [-6.625_074e-2, -0.120_549_54, -7.391_293e-2, -2.308_905_1e-2, -4.017_539_3e-3, -4.030_668_6e-4, -2.371_733_4e-5, -8.265_174e-7],
     [0.530_007_06, 0.321_465_52, 0.118_260_56, 2.638_749_8e-2, 3.571_159_4e-3, 2.931_386_4e-4, 1.459_451_1e-5, 4.407_157_2e-7],
@@ -264,79 +266,80 @@ unsafe fn bwd_tanh_v<V: VF32>(x: V, dy: V) -> V {
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn map1<V: VF32>(x: &[f32], y: &mut [f32], f: impl Fn(V) -> V) {
-    let (n, l) = (x.len(), V::LANES);
+/// `y = f(x)` lane-wise; `f` is an `#[inline(always)]` fn item (closures may stay outlined).
+unsafe fn map1<V: VF32>(x: &[f32], y: &mut [MaybeUninit<f32>], f: unsafe fn(V) -> V) {
+    let (n, l, yp) = (x.len(), V::LANES, y.as_mut_ptr().cast::<f32>());
     let mut i = 0;
     while i + l <= n {
-        f(V::load(x.as_ptr().add(i))).store(y.as_mut_ptr().add(i));
+        f(V::load(x.as_ptr().add(i))).store(yp.add(i));
         i += l;
     }
     if i < n {
-        f(V::load_tail(&x[i..], 0.0)).store_tail(&mut y[i..]);
+        f(V::load_tail(&x[i..], 0.0)).store_part(yp.add(i), n - i);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn map2<V: VF32>(x: &[f32], dy: &[f32], dx: &mut [f32], f: impl Fn(V, V) -> V) {
-    let (n, l) = (x.len(), V::LANES);
+unsafe fn map2<V: VF32>(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], f: unsafe fn(V, V) -> V) {
+    let (n, l, op) = (x.len(), V::LANES, dx.as_mut_ptr().cast::<f32>());
     let mut i = 0;
     while i + l <= n {
-        f(V::load(x.as_ptr().add(i)), V::load(dy.as_ptr().add(i))).store(dx.as_mut_ptr().add(i));
+        f(V::load(x.as_ptr().add(i)), V::load(dy.as_ptr().add(i))).store(op.add(i));
         i += l;
     }
     if i < n {
-        f(V::load_tail(&x[i..], 0.0), V::load_tail(&dy[i..], 0.0)).store_tail(&mut dx[i..]);
+        f(V::load_tail(&x[i..], 0.0), V::load_tail(&dy[i..], 0.0)).store_part(op.add(i), n - i);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn fwd_erf_avx512(x: &[f32], y: &mut [f32]) {
-    map1::<F512>(x, y, |v| fwd_erf_v(v))
+unsafe fn fwd_erf_avx512(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    map1::<F512>(x, y, fwd_erf_v::<F512>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn fwd_tanh_avx512(x: &[f32], y: &mut [f32]) {
-    map1::<F512>(x, y, |v| fwd_tanh_v(v))
+unsafe fn fwd_tanh_avx512(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    map1::<F512>(x, y, fwd_tanh_v::<F512>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn bwd_erf_avx512(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    map2::<F512>(x, dy, dx, |v, g| bwd_erf_v(v, g))
+unsafe fn bwd_erf_avx512(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
+    map2::<F512>(x, dy, dx, bwd_erf_v::<F512>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn bwd_tanh_avx512(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    map2::<F512>(x, dy, dx, |v, g| bwd_tanh_v(v, g))
+unsafe fn bwd_tanh_avx512(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
+    map2::<F512>(x, dy, dx, bwd_tanh_v::<F512>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn erf_avx512(x: &[f32], y: &mut [f32]) {
-    map1::<F512>(x, y, |v| erf_v(v))
+unsafe fn erf_avx512(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    map1::<F512>(x, y, erf_v::<F512>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn fwd_erf_avx2(x: &[f32], y: &mut [f32]) {
-    map1::<F256>(x, y, |v| fwd_erf_v(v))
+unsafe fn fwd_erf_avx2(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    map1::<F256>(x, y, fwd_erf_v::<F256>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn fwd_tanh_avx2(x: &[f32], y: &mut [f32]) {
-    map1::<F256>(x, y, |v| fwd_tanh_v(v))
+unsafe fn fwd_tanh_avx2(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    map1::<F256>(x, y, fwd_tanh_v::<F256>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn bwd_erf_avx2(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    map2::<F256>(x, dy, dx, |v, g| bwd_erf_v(v, g))
+unsafe fn bwd_erf_avx2(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
+    map2::<F256>(x, dy, dx, bwd_erf_v::<F256>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn bwd_tanh_avx2(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    map2::<F256>(x, dy, dx, |v, g| bwd_tanh_v(v, g))
+unsafe fn bwd_tanh_avx2(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
+    map2::<F256>(x, dy, dx, bwd_tanh_v::<F256>)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn erf_avx2(x: &[f32], y: &mut [f32]) {
-    map1::<F256>(x, y, |v| erf_v(v))
+unsafe fn erf_avx2(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+    map1::<F256>(x, y, erf_v::<F256>)
 }

@@ -7,13 +7,16 @@
 //! sums and one that writes `dx` and accumulates `dw`, `db`. Rows are split into blocks that depend
 //! only on the shape; each block sums its own `dw`/`db` partials and the partials are added in block
 //! order, so the result does not depend on the thread count or scheduling.
+use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::cpu::simd::{self, Level};
 use crate::ops::binary::PAR_MIN;
-use crate::ops::softmax::cpu::sum64;
+use crate::ops::softmax::cpu::{sum64, uninit_vec};
 use crate::CpuFloat;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+type Out<T> = MaybeUninit<T>;
 
 /// Forward outputs: `y`, and per row `mean` and `rstd`.
 pub struct LnForward<T> {
@@ -42,14 +45,15 @@ fn block_rows(rows: usize, d: usize) -> usize {
 /// Runs `k(x, y, mean, rstd)` on blocks of rows (in parallel for large inputs).
 fn par_blocks<T: Send + Sync, R: Send>(
     x: &[T],
-    y: &mut [T],
+    y: &mut [Out<T>],
     m: &mut [T],
     r: &mut [T],
     d: usize,
-    k: impl Fn(&[T], &mut [T], &mut [T], &mut [T]) -> R + Sync,
+    k: impl Fn(&[T], &mut [Out<T>], &mut [T], &mut [T]) -> R + Sync,
 ) -> Vec<R> {
     let br = block_rows(m.len(), d);
-    let it = |((x, y), (m, r)): ((&[T], &mut [T]), (&mut [T], &mut [T]))| k(x, y, m, r);
+    type Block<'a, T> = ((&'a [T], &'a mut [Out<T>]), (&'a mut [T], &'a mut [T]));
+    let it = |((x, y), (m, r)): Block<T>| k(x, y, m, r);
     if x.len() >= PAR_MIN {
         x.par_chunks(br * d).zip(y.par_chunks_mut(br * d)).zip(m.par_chunks_mut(br).zip(r.par_chunks_mut(br))).map(it).collect()
     } else {
@@ -63,21 +67,23 @@ fn ones_zeros<T: CpuFloat>(w: Option<&[T]>, b: Option<&[T]>, d: usize) -> (Vec<T
 
 /// Generic forward (f64, and f32 at the scalar level). `x` has `rows·d` elements.
 pub fn layer_norm_fwd<T: CpuFloat>(x: &[T], w: Option<&[T]>, b: Option<&[T]>, d: usize, eps: f64) -> LnForward<T> {
-    let rows = if d == 0 { 0 } else { x.len() / d };
-    let (mut y, mut mean, mut rstd) = (vec![T::zero(); x.len()], vec![T::zero(); rows], vec![T::zero(); rows]);
+    let rows = x.len().checked_div(d).unwrap_or(0);
+    let (mut mean, mut rstd) = (vec![T::zero(); rows], vec![T::zero(); rows]);
     let (w, b) = ones_zeros(w, b, d);
     let (inv_d, eps) = (T::one() / T::from_f64(d as f64), T::from_f64(eps));
-    par_blocks(x, &mut y, &mut mean, &mut rstd, d, |x, y, m, r| {
+    let k = |x: &[T], y: &mut [Out<T>], m: &mut [T], r: &mut [T]| {
         for (i, (x, y)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
             let mu = sum64(x.iter().copied()) * inv_d;
             let var = sum64(x.iter().map(|&v| (v - mu) * (v - mu))) * inv_d;
             let rs = T::one() / (var + eps).sqrt();
             for j in 0..d {
-                y[j] = (x[j] - mu) * rs * w[j] + b[j];
+                y[j].write((x[j] - mu) * rs * w[j] + b[j]);
             }
             (m[i], r[i]) = (mu, rs);
         }
-    });
+    };
+    // SAFETY: `k` writes every row of each block (d == 0 means no elements).
+    let y = unsafe { uninit_vec(x.len(), |y| drop(par_blocks(x, y, &mut mean, &mut rstd, d, k))) };
     LnForward { y, mean, rstd }
 }
 
@@ -92,7 +98,7 @@ pub fn layer_norm_bwd<T: CpuFloat>(x: &[T], dy: &[T], w: Option<&[T]>, mean: &[T
             let c = sum64((0..d).map(|j| dy[j] * w[j] * (x[j] - mu) * rs)) * inv_d;
             for j in 0..d {
                 let xh = (x[j] - mu) * rs;
-                dx[j] = rs * (dy[j] * w[j] - a - xh * c);
+                dx[j].write(rs * (dy[j] * w[j] - a - xh * c));
                 dw[j] += dy[j] * xh;
                 db[j] += dy[j];
             }
@@ -102,23 +108,35 @@ pub fn layer_norm_bwd<T: CpuFloat>(x: &[T], dy: &[T], w: Option<&[T]>, mean: &[T
 
 /// Splits rows into blocks, runs `k(x, dy, dx, mean, rstd, dw_partial, db_partial)` per block and
 /// sums the partials in block order.
-fn bwd_driver<T: CpuFloat>(x: &[T], dy: &[T], mean: &[T], rstd: &[T], d: usize, k: impl Fn(&[T], &[T], &mut [T], &[T], &[T], &mut [T], &mut [T]) + Sync) -> LnBackward<T> {
-    let mut dx = vec![T::zero(); x.len()];
+/// `k` must write every element of its `dx` block.
+fn bwd_driver<T: CpuFloat>(
+    x: &[T],
+    dy: &[T],
+    mean: &[T],
+    rstd: &[T],
+    d: usize,
+    k: impl Fn(&[T], &[T], &mut [Out<T>], &[T], &[T], &mut [T], &mut [T]) + Sync,
+) -> LnBackward<T> {
     if d == 0 || x.is_empty() {
-        return LnBackward { dx, dw: vec![T::zero(); d], db: vec![T::zero(); d] };
+        return LnBackward { dx: vec![T::zero(); x.len()], dw: vec![T::zero(); d], db: vec![T::zero(); d] };
     }
     let br = block_rows(mean.len(), d);
-    let run = |(i, dx): (usize, &mut [T])| {
+    let run = |(i, dx): (usize, &mut [Out<T>])| {
         let (lo, hi) = (i * br, (i * br + br).min(mean.len()));
         let (mut dw, mut db) = (vec![T::zero(); d], vec![T::zero(); d]);
         k(&x[lo * d..hi * d], &dy[lo * d..hi * d], dx, &mean[lo..hi], &rstd[lo..hi], &mut dw, &mut db);
         (dw, db)
     };
-    let parts: Vec<(Vec<T>, Vec<T>)> = if x.len() >= PAR_MIN {
-        dx.par_chunks_mut(br * d).enumerate().map(run).collect()
-    } else {
-        dx.chunks_mut(br * d).enumerate().map(run).collect()
+    let mut parts: Vec<(Vec<T>, Vec<T>)> = Vec::new();
+    let fill = |dx: &mut [Out<T>]| {
+        parts = if x.len() >= PAR_MIN {
+            dx.par_chunks_mut(br * d).enumerate().map(run).collect()
+        } else {
+            dx.chunks_mut(br * d).enumerate().map(run).collect()
+        };
     };
+    // SAFETY: `k` writes every element of each block (its contract), and the blocks cover `dx`.
+    let dx = unsafe { uninit_vec(x.len(), fill) };
     let (mut dw, mut db) = (vec![T::zero(); d], vec![T::zero(); d]);
     for (pw, pb) in &parts {
         for j in 0..d {
@@ -136,15 +154,17 @@ pub fn layer_norm_fwd_f32(x: &[f32], w: Option<&[f32]>, b: Option<&[f32]>, d: us
         return layer_norm_fwd(x, w, b, d, eps);
     }
     let rows = x.len() / d;
-    let (mut y, mut mean, mut rstd) = (vec![0f32; x.len()], vec![0f32; rows], vec![0f32; rows]);
+    let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
     let (w, b) = ones_zeros(w, b, d);
-    par_blocks(x, &mut y, &mut mean, &mut rstd, d, |x, y, m, r| match lvl {
+    let k = |x: &[f32], y: &mut [Out<f32>], m: &mut [f32], r: &mut [f32]| match lvl {
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => unsafe { fwd_avx512(x, y, m, r, &w, &b, eps as f32) },
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe { fwd_avx2(x, y, m, r, &w, &b, eps as f32) },
         _ => unreachable!(),
-    });
+    };
+    // SAFETY: the SIMD bodies write every row of each block.
+    let y = unsafe { uninit_vec(x.len(), |y| drop(par_blocks(x, y, &mut mean, &mut rstd, d, k))) };
     LnForward { y, mean, rstd }
 }
 
@@ -177,19 +197,20 @@ unsafe fn ld<V: VF32>(s: &[f32], i: usize) -> V {
     }
 }
 
+/// Stores lanes into `p[i..]` of a row of `n` floats (a full vector, or the `n - i` remaining).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn st<V: VF32>(v: V, s: &mut [f32], i: usize) {
-    if i + V::LANES <= s.len() {
-        v.store(s.as_mut_ptr().add(i))
+unsafe fn st<V: VF32>(v: V, p: *mut f32, n: usize, i: usize) {
+    if i + V::LANES <= n {
+        v.store(p.add(i))
     } else {
-        v.store_tail(&mut s[i..])
+        v.store_part(p.add(i), n - i)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [f32], m: &mut [f32], r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [Out<f32>], m: &mut [f32], r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let d = w.len();
     let inv_d = 1.0 / d as f32;
     for (i, (x, y)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
@@ -213,7 +234,7 @@ unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [f32], m: &mut [f32], r: &mut [f3
         let (rsv, sh) = (V::splat(rs), V::splat(-mu * rs));
         for j in (0..d).step_by(V::LANES) {
             let xh = ld::<V>(x, j).fma(rsv, sh);
-            st(xh.fma(ld::<V>(w, j), ld::<V>(b, j)), y, j);
+            st(xh.fma(ld::<V>(w, j), ld::<V>(b, j)), y.as_mut_ptr().cast(), d, j);
         }
         (m[i], r[i]) = (mu, rs);
     }
@@ -222,7 +243,7 @@ unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [f32], m: &mut [f32], r: &mut [f3
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn bwd_rows<V: VF32>(x: &[f32], dy: &[f32], dx: &mut [f32], m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
+unsafe fn bwd_rows<V: VF32>(x: &[f32], dy: &[f32], dx: &mut [Out<f32>], m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
     let d = w.len();
     let inv_d = 1.0 / d as f32;
     for (i, ((x, dy), dx)) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)).enumerate() {
@@ -239,32 +260,32 @@ unsafe fn bwd_rows<V: VF32>(x: &[f32], dy: &[f32], dx: &mut [f32], m: &[f32], r:
             let g = ld::<V>(dy, j);
             let xh = ld::<V>(x, j).fma(rsv, sh);
             let t = xh.fnma(cv, g.mul(ld::<V>(w, j)).sub(av));
-            st(t.mul(rsv), dx, j);
-            st(g.fma(xh, ld::<V>(dw, j)), dw, j);
-            st(ld::<V>(db, j).add(g), db, j);
+            st(t.mul(rsv), dx.as_mut_ptr().cast(), d, j);
+            st(g.fma(xh, ld::<V>(dw, j)), dw.as_mut_ptr(), d, j);
+            st(ld::<V>(db, j).add(g), db.as_mut_ptr(), d, j);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn fwd_avx512(x: &[f32], y: &mut [f32], m: &mut [f32], r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+unsafe fn fwd_avx512(x: &[f32], y: &mut [Out<f32>], m: &mut [f32], r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     fwd_rows::<F512>(x, y, m, r, w, b, eps)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn fwd_avx2(x: &[f32], y: &mut [f32], m: &mut [f32], r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+unsafe fn fwd_avx2(x: &[f32], y: &mut [Out<f32>], m: &mut [f32], r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     fwd_rows::<F256>(x, y, m, r, w, b, eps)
 }
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn bwd_avx512(x: &[f32], dy: &[f32], dx: &mut [f32], m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
+unsafe fn bwd_avx512(x: &[f32], dy: &[f32], dx: &mut [Out<f32>], m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
     bwd_rows::<F512>(x, dy, dx, m, r, w, dw, db)
 }
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn bwd_avx2(x: &[f32], dy: &[f32], dx: &mut [f32], m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
+unsafe fn bwd_avx2(x: &[f32], dy: &[f32], dx: &mut [Out<f32>], m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
     bwd_rows::<F256>(x, dy, dx, m, r, w, dw, db)
 }

@@ -6,19 +6,32 @@
 //! - log-softmax: `y = (x - m) - ln Σ e^(x-m)`;        backward `dx = dy - e^y·Σ dy`
 //!
 //! A row of all `-inf` has no defined softmax: like PyTorch, its outputs are NaN.
+use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::cpu::simd::{self, Level};
 use crate::ops::binary::PAR_MIN;
 use crate::CpuFloat;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Elements per parallel task (rounded to whole rows).
 const CHUNK: usize = 1 << 14;
 
+/// A `Vec` of `n` elements written by `f`, without the zero-fill pass of `vec![0; n]` (an extra
+/// write of the whole output, significant for these memory-bound kernels).
+///
+/// # Safety
+/// `f` must initialize every element of the slice it is given.
+pub(crate) unsafe fn uninit_vec<T>(n: usize, f: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    f(&mut v.spare_capacity_mut()[..n]);
+    v.set_len(n);
+    v
+}
+
 /// Runs `k` on matching chunks of whole rows of `a` and `out` (and `b` when given), in parallel
 /// for large inputs.
-pub(crate) fn par_rows<T: Send + Sync>(d: usize, a: &[T], b: Option<&[T]>, out: &mut [T], k: impl Fn(&[T], &[T], &mut [T]) + Sync) {
+pub(crate) fn par_rows<T: Send + Sync, U: Send>(d: usize, a: &[T], b: Option<&[T]>, out: &mut [U], k: impl Fn(&[T], &[T], &mut [U]) + Sync) {
     if d == 0 || out.is_empty() {
         return;
     }
@@ -40,44 +53,32 @@ pub(crate) fn sum64<T: CpuFloat>(it: impl Iterator<Item = T>) -> T {
 
 /// Generic forward (f64, and f32 at the scalar level).
 pub fn softmax_fwd<T: CpuFloat>(x: &[T], d: usize, log: bool) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    par_rows(d, x, None, &mut y, |x, _, y| {
+    let k = |x: &[T], _: &[T], y: &mut [MaybeUninit<T>]| {
         for (x, y) in x.chunks(d).zip(y.chunks_mut(d)) {
             let m = x.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-            if log {
-                let ls = sum64(x.iter().map(|&v| (v - m).exp())).ln();
-                y.iter_mut().zip(x).for_each(|(y, &x)| *y = (x - m) - ls);
-            } else {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (x - m).exp();
-                }
-                let inv = T::one() / sum64(y.iter().copied());
-                y.iter_mut().for_each(|y| *y *= inv);
+            let s = sum64(x.iter().map(|&v| (v - m).exp()));
+            let (ls, inv) = (s.ln(), T::one() / s);
+            for (y, &x) in y.iter_mut().zip(x) {
+                y.write(if log { (x - m) - ls } else { (x - m).exp() * inv });
             }
         }
-    });
-    y
+    };
+    // SAFETY: `k` writes every element of each chunk of whole rows.
+    unsafe { uninit_vec(x.len(), |y| par_rows(d, x, None, y, k)) }
 }
 
 /// Generic fused backward from the saved output `y` and the incoming gradient `dy`.
 pub fn softmax_bwd<T: CpuFloat>(y: &[T], dy: &[T], d: usize, log: bool) -> Vec<T> {
-    let mut dx = vec![T::zero(); y.len()];
-    par_rows(d, y, Some(dy), &mut dx, |y, dy, dx| {
+    let k = |y: &[T], dy: &[T], dx: &mut [MaybeUninit<T>]| {
         for ((y, dy), dx) in y.chunks(d).zip(dy.chunks(d)).zip(dx.chunks_mut(d)) {
-            if log {
-                let s = sum64(dy.iter().copied());
-                for i in 0..d {
-                    dx[i] = dy[i] - y[i].exp() * s;
-                }
-            } else {
-                let s = sum64(y.iter().zip(dy).map(|(&a, &b)| a * b));
-                for i in 0..d {
-                    dx[i] = y[i] * (dy[i] - s);
-                }
+            let s = if log { sum64(dy.iter().copied()) } else { sum64(y.iter().zip(dy).map(|(&a, &b)| a * b)) };
+            for i in 0..d {
+                dx[i].write(if log { dy[i] - y[i].exp() * s } else { y[i] * (dy[i] - s) });
             }
         }
-    });
-    dx
+    };
+    // SAFETY: `k` writes every element of each chunk of whole rows.
+    unsafe { uninit_vec(y.len(), |dx| par_rows(d, y, Some(dy), dx, k)) }
 }
 
 /// f32 forward with the best SIMD level.
@@ -86,15 +87,15 @@ pub fn softmax_fwd_f32(x: &[f32], d: usize, log: bool) -> Vec<f32> {
     if lvl == Level::Scalar {
         return softmax_fwd(x, d, log);
     }
-    let mut y = vec![0f32; x.len()];
-    par_rows(d, x, None, &mut y, |x, _, y| match lvl {
+    let k = |x: &[f32], _: &[f32], y: &mut [MaybeUninit<f32>]| match lvl {
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => unsafe { fwd_avx512(x, y, d, log) },
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe { fwd_avx2(x, y, d, log) },
         _ => unreachable!(),
-    });
-    y
+    };
+    // SAFETY: the SIMD bodies write every element of each chunk of whole rows.
+    unsafe { uninit_vec(x.len(), |y| par_rows(d, x, None, y, k)) }
 }
 
 /// f32 fused backward with the best SIMD level.
@@ -103,15 +104,15 @@ pub fn softmax_bwd_f32(y: &[f32], dy: &[f32], d: usize, log: bool) -> Vec<f32> {
     if lvl == Level::Scalar {
         return softmax_bwd(y, dy, d, log);
     }
-    let mut dx = vec![0f32; y.len()];
-    par_rows(d, y, Some(dy), &mut dx, |y, dy, dx| match lvl {
+    let k = |y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]| match lvl {
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => unsafe { bwd_avx512(y, dy, dx, d, log) },
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe { bwd_avx2(y, dy, dx, d, log) },
         _ => unreachable!(),
-    });
-    dx
+    };
+    // SAFETY: the SIMD bodies write every element of each chunk of whole rows.
+    unsafe { uninit_vec(y.len(), |dx| par_rows(d, y, Some(dy), dx, k)) }
 }
 
 // ----- SIMD row bodies (shared with cross_entropy) ------------------------------------------------
@@ -138,84 +139,85 @@ pub(crate) unsafe fn max_row<V: VF32>(x: &[f32]) -> f32 {
     m0.max(m1).hmax()
 }
 
-/// `Σ e^(x-m)` over a row; with `y`, also stores each `e^(x-m)` there.
+/// `Σ e^(x-m)` over a row; with `y` (room for `x.len()` floats), also stores each `e^(x-m)` there.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn exp_sum_row<V: VF32>(x: &[f32], m: f32, mut y: Option<&mut [f32]>) -> f32 {
+pub(crate) unsafe fn exp_sum_row<V: VF32>(x: &[f32], m: f32, y: Option<*mut f32>) -> f32 {
     let (n, l) = (x.len(), V::LANES);
     let mv = V::splat(m);
     let mut acc = V::splat(0.0);
     let mut i = 0;
     while i + l <= n {
         let e = V::load(x.as_ptr().add(i)).sub(mv).exp();
-        if let Some(y) = y.as_deref_mut() {
-            e.store(y.as_mut_ptr().add(i));
+        if let Some(y) = y {
+            e.store(y.add(i));
         }
         acc = acc.add(e);
         i += l;
     }
     if i < n {
         let e = V::load_tail(&x[i..], f32::NEG_INFINITY).sub(mv).exp();
-        if let Some(y) = y.as_deref_mut() {
-            e.store_tail(&mut y[i..]);
+        if let Some(y) = y {
+            e.store_part(y.add(i), n - i);
         }
         acc = acc.add(e);
     }
     acc.hsum()
 }
 
-/// `y *= a` over a row.
+/// `y *= a` over a row of `n` (initialized) floats.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn scale_row<V: VF32>(y: &mut [f32], a: f32) {
-    let (n, l, av) = (y.len(), V::LANES, V::splat(a));
+unsafe fn scale_row<V: VF32>(y: *mut f32, n: usize, a: f32) {
+    let (l, av) = (V::LANES, V::splat(a));
     let mut i = 0;
     while i + l <= n {
-        V::load(y.as_ptr().add(i)).mul(av).store(y.as_mut_ptr().add(i));
+        V::load(y.add(i)).mul(av).store(y.add(i));
         i += l;
     }
     if i < n {
-        V::load_tail(&y[i..], 0.0).mul(av).store_tail(&mut y[i..]);
+        V::load_part(y.add(i), n - i, 0.0).mul(av).store_part(y.add(i), n - i);
     }
 }
 
 /// `y = (x - m) - c` over a row (in this order: exact for the max element even when `m` is huge).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn shift_row<V: VF32>(x: &[f32], y: &mut [f32], m: f32, c: f32) {
-    let (n, l, mv, cv) = (y.len(), V::LANES, V::splat(m), V::splat(c));
+unsafe fn shift_row<V: VF32>(x: &[f32], y: *mut f32, m: f32, c: f32) {
+    let (n, l, mv, cv) = (x.len(), V::LANES, V::splat(m), V::splat(c));
     let mut i = 0;
     while i + l <= n {
-        V::load(x.as_ptr().add(i)).sub(mv).sub(cv).store(y.as_mut_ptr().add(i));
+        V::load(x.as_ptr().add(i)).sub(mv).sub(cv).store(y.add(i));
         i += l;
     }
     if i < n {
-        V::load_tail(&x[i..], 0.0).sub(mv).sub(cv).store_tail(&mut y[i..]);
+        V::load_tail(&x[i..], 0.0).sub(mv).sub(cv).store_part(y.add(i), n - i);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [f32], d: usize, log: bool) {
+unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [MaybeUninit<f32>], d: usize, log: bool) {
     for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        let yp = y.as_mut_ptr().cast::<f32>();
         let m = max_row::<V>(x);
         if log {
             let ls = exp_sum_row::<V>(x, m, None).ln();
-            shift_row::<V>(x, y, m, ls);
+            shift_row::<V>(x, yp, m, ls);
         } else {
-            let s = exp_sum_row::<V>(x, m, Some(y));
-            scale_row::<V>(y, 1.0 / s);
+            let s = exp_sum_row::<V>(x, m, Some(yp));
+            scale_row::<V>(yp, d, 1.0 / s);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn bwd_rows<V: VF32>(y: &[f32], dy: &[f32], dx: &mut [f32], d: usize, log: bool) {
+unsafe fn bwd_rows<V: VF32>(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], d: usize, log: bool) {
     let l = V::LANES;
     for ((y, dy), dx) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
         let main = d / l * l;
-        let (yp, gp, op) = (y.as_ptr(), dy.as_ptr(), dx.as_mut_ptr());
+        let (yp, gp, op) = (y.as_ptr(), dy.as_ptr(), dx.as_mut_ptr().cast::<f32>());
         // s = Σ dy (log) or Σ dy·y (softmax)
         let mut acc = V::splat(0.0);
         let mut i = 0;
@@ -229,35 +231,46 @@ unsafe fn bwd_rows<V: VF32>(y: &[f32], dy: &[f32], dx: &mut [f32], d: usize, log
             acc = if log { acc.add(gt) } else { gt.fma(yt, acc) };
         }
         let s = V::splat(acc.hsum());
-        let f = |yv: V, g: V| if log { yv.exp().fnma(s, g) } else { yv.mul(g.sub(s)) };
         let mut i = 0;
         while i < main {
-            f(V::load(yp.add(i)), V::load(gp.add(i))).store(op.add(i));
+            bwd_elem(V::load(yp.add(i)), V::load(gp.add(i)), s, log).store(op.add(i));
             i += l;
         }
         if main < d {
-            f(yt, gt).store_tail(&mut dx[main..]);
+            bwd_elem(yt, gt, s, log).store_part(op.add(main), d - main);
         }
+    }
+}
+
+/// One vector of the backward: `dy - e^y·s` (log) or `y·(dy - s)`. (A function, not a closure:
+/// closures are not always inlined, and an outlined one would not get the target features.)
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bwd_elem<V: VF32>(y: V, g: V, s: V, log: bool) -> V {
+    if log {
+        y.exp().fnma(s, g)
+    } else {
+        y.mul(g.sub(s))
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn fwd_avx512(x: &[f32], y: &mut [f32], d: usize, log: bool) {
+unsafe fn fwd_avx512(x: &[f32], y: &mut [MaybeUninit<f32>], d: usize, log: bool) {
     fwd_rows::<F512>(x, y, d, log)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn fwd_avx2(x: &[f32], y: &mut [f32], d: usize, log: bool) {
+unsafe fn fwd_avx2(x: &[f32], y: &mut [MaybeUninit<f32>], d: usize, log: bool) {
     fwd_rows::<F256>(x, y, d, log)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn bwd_avx512(y: &[f32], dy: &[f32], dx: &mut [f32], d: usize, log: bool) {
+unsafe fn bwd_avx512(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], d: usize, log: bool) {
     bwd_rows::<F512>(y, dy, dx, d, log)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn bwd_avx2(y: &[f32], dy: &[f32], dx: &mut [f32], d: usize, log: bool) {
+unsafe fn bwd_avx2(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], d: usize, log: bool) {
     bwd_rows::<F256>(y, dy, dx, d, log)
 }

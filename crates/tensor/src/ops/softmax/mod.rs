@@ -6,6 +6,15 @@ use crate::{DType, Error, Result, Tensor};
 
 pub mod cpu;
 
+/// `s` converted to `dt`, moved (not copied) when it already has that dtype.
+pub(crate) fn into_dtype(s: CpuStorage, dt: DType) -> CpuStorage {
+    if s.dtype() == dt {
+        s
+    } else {
+        s.to_dtype(dt)
+    }
+}
+
 fn name(log: bool) -> &'static str {
     if log {
         "log_softmax"
@@ -37,7 +46,7 @@ impl BackwardOp for SoftmaxBackward {
             DType::F64 => with2::<f64>(y, &g, |y, g| cpu::softmax_bwd(y, g, d, log))?,
             dt => return Err(Error::UnsupportedDType { op: name(log), dtype: dt }),
         };
-        let dx = dx.to_dtype(self.input.dtype());
+        let dx = into_dtype(dx, self.input.dtype());
         Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx), self.input.shape())?)])
     }
 }
@@ -61,16 +70,15 @@ fn softmax_impl(x: &Tensor, log: bool) -> Result<Tensor> {
         DType::F64 => xc.with_slice::<f64, _>(|v| CpuStorage::F64(cpu::softmax_fwd(v, d, log)))?,
         c => return Err(Error::UnsupportedDType { op, dtype: c }),
     };
-    let out = Tensor::from_storage(Storage::Cpu(y.to_dtype(dt)), x.shape())?;
-    let saved = || -> Result<Tensor> {
-        if dt == dt.cpu_compute() {
-            Ok(out.detach())
-        } else {
-            Tensor::from_storage(Storage::Cpu(y), x.shape())
-        }
+    let (out, y) = if dt == dt.cpu_compute() { (y, None) } else { (y.to_dtype(dt), Some(y)) };
+    let out = Tensor::from_storage(Storage::Cpu(out), x.shape())?;
+    // backward needs the output in the compute dtype: `out` itself, or the f32 copy for half types
+    let saved = match y {
+        _ if !(crate::is_grad_enabled() && x.requires_grad()) => None,
+        None => Some(out.detach()),
+        Some(y) => Some(Tensor::from_storage(Storage::Cpu(y), x.shape())?),
     };
-    let saved = if crate::is_grad_enabled() && x.requires_grad() { Some(saved()?) } else { None };
-    Ok(out.clone().with_history(&[x], || node(SoftmaxBackward { input: x.clone(), y: saved.expect("recorded only with grad"), log })))
+    Ok(out.with_history(&[x], || node(SoftmaxBackward { input: x.clone(), y: saved.expect("recorded only with grad"), log })))
 }
 
 impl Tensor {
