@@ -3,6 +3,8 @@
 //! no Tq×Tk matrix), rayon over (batch·head, query tile); the forward saves the per-row logsumexp
 //! and the backward recomputes the probabilities from it (see `cpu.rs`).
 mod cpu;
+#[cfg(target_arch = "x86_64")]
+mod gemm512;
 mod simd;
 
 use crate::autograd::{node, BackwardOp};
@@ -179,7 +181,8 @@ impl<T: AttnFloat> BackwardOp for AttentionBackward<T> {
                 return Ok(None);
             }
             let s: CpuStorage = T::into_storage(x);
-            Ok(Some(Tensor::from_storage(Storage::Cpu(s.to_dtype(like.dtype())), like.shape())?))
+            let s = if like.dtype() == T::DTYPE { s } else { s.to_dtype(like.dtype()) };
+            Ok(Some(Tensor::from_storage(Storage::Cpu(s), like.shape())?))
         };
         Ok(vec![wrap(dq, &self.q)?, wrap(dk, &self.k)?, wrap(dv, &self.v)?])
     }
