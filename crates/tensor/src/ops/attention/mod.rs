@@ -1,5 +1,5 @@
 //! attention: fused scaled-dot-product attention, `softmax(q·kᵀ·scale + mask)·v`, with a fused
-//! backward. CPU: tiles of 64 queries × 64 keys with an online softmax (O(T) extra memory per row,
+//! backward. CPU: tiles of 64 queries × 128 keys (64 × 64 in the backward) with an online softmax (O(T) extra memory per row,
 //! no Tq×Tk matrix), rayon over (batch·head, query tile); the forward saves the per-row logsumexp
 //! and the backward recomputes the probabilities from it (see `cpu.rs`).
 mod cpu;
@@ -88,7 +88,7 @@ impl Operand {
 fn key_mask<T: AttnFloat>(opts: &AttentionOpts, p: &Dims) -> Result<Option<KeyMask<T>>> {
     let Some(m) = &opts.key_padding_mask else { return Ok(None) };
     let keep: Vec<bool> = m.to_vec_f64()?.into_iter().map(|x| x != 0.0).collect();
-    Ok(Some(KeyMask::new(&keep, p.b, p.tk)))
+    Ok(Some(KeyMask::new(&keep, p.tk)))
 }
 
 /// Forward in compute dtype `T`: (output with autograd history, lse [B, H, Tq] in `T`).
