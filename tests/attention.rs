@@ -317,3 +317,17 @@ fn fused_matches_composed_reference() {
         }
     }
 }
+
+#[test]
+fn empty_key_or_query_sets() {
+    // Tk = 0: every row is fully masked (output 0, lse -inf, zero grads); Tq = 0: empty output
+    let z = |s: &[usize]| Tensor::randn(1, s, 0.0, 1.0, DType::F32, Device::Cpu).unwrap().var();
+    let (q, k, v) = (z(&[1, 2, 3, 4]), z(&[1, 2, 0, 4]), z(&[1, 2, 0, 5]));
+    let (out, lse) = attention_with_lse(&q, &k, &v, &AttentionOpts::default()).unwrap();
+    assert_eq!(out.shape(), &[1, 2, 3, 5]);
+    assert!(vec_of(&out).iter().all(|&x| x == 0.0) && vec_of(&lse).iter().all(|&x| x == f64::NEG_INFINITY));
+    out.sum_all().unwrap().backward().unwrap();
+    assert!(vec_of(&q.grad().unwrap()).iter().all(|&x| x == 0.0));
+    let out = z(&[1, 2, 0, 4]).attention(&z(&[1, 2, 6, 4]), &z(&[1, 2, 6, 5]), &AttentionOpts::default()).unwrap();
+    assert_eq!(out.shape(), &[1, 2, 0, 5]);
+}

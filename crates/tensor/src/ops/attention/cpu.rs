@@ -6,10 +6,13 @@
 use super::simd::AttnFloat;
 use rayon::prelude::*;
 
-/// Query rows per tile.
-pub(crate) const BQ: usize = 64;
-/// Keys per tile.
-pub(crate) const BK: usize = 64;
+/// Forward tiles: query rows × keys (measured best on AVX-512: 64 × 128; the longer key tile
+/// halves the per-row softmax bookkeeping and the accumulator loads/stores per key).
+const BQ_F: usize = 64;
+const BK_F: usize = 128;
+/// Backward tiles: query rows × keys.
+const BQ_B: usize = 64;
+const BK_B: usize = 64;
 /// The backward splits each (batch, head) over key chunks until about this many tasks exist
 /// (a function of the shape only, so results do not depend on the thread count).
 const MIN_TASKS: usize = 16;
@@ -35,7 +38,11 @@ pub(crate) struct View<'a, T> {
     pub st: [usize; 4],
 }
 
-impl<T> View<'_, T> {
+impl<'a, T> View<'a, T> {
+    /// A contiguous [b, h, t, c] buffer.
+    fn contiguous(data: &'a [T], h: usize, t: usize, c: usize) -> Self {
+        View { data, off: 0, st: [h * t * c, t * c, c, 1] }
+    }
     /// Pointer to element (b, h, t, 0); `t` must be a valid row.
     #[inline]
     fn row(&self, b: usize, h: usize, t: usize) -> *const T {
@@ -54,32 +61,64 @@ impl<T> View<'_, T> {
     }
 }
 
-/// The key-padding mask as additive biases (0 keep, -inf drop) per batch row, and whether each
-/// (batch, key tile) keeps any key (fully dropped tiles are skipped).
+/// The key-padding mask [b, tk] as additive biases: 0 keeps a key, -inf drops it.
 pub(crate) struct KeyMask<T> {
     pub bias: Vec<T>,
-    pub tile_any: Vec<bool>,
+    pub tk: usize,
 }
 
 impl<T: AttnFloat> KeyMask<T> {
-    pub fn new(keep: &[bool], b: usize, tk: usize) -> Self {
-        let nkt = tk.div_ceil(BK);
-        let bias = keep.iter().map(|&k| if k { T::zero() } else { T::neg_infinity() }).collect();
-        let tile_any = (0..b * nkt).map(|i| keep[(i / nkt) * tk..][(i % nkt) * BK..((i % nkt + 1) * BK).min(tk)].iter().any(|&k| k)).collect();
-        KeyMask { bias, tile_any }
+    pub fn new(keep: &[bool], tk: usize) -> Self {
+        KeyMask { bias: keep.iter().map(|&k| if k { T::zero() } else { T::neg_infinity() }).collect(), tk }
+    }
+    /// Whether batch row `b` keeps any of keys j0..j0+nk (fully dropped tiles are skipped).
+    fn any(&self, b: usize, j0: usize, nk: usize) -> bool {
+        self.bias[b * self.tk + j0..][..nk].iter().any(|&x| x == T::zero())
     }
 }
 
-/// Scores of one tile: `s[r·BK + c] = scale·q[i0+r]·k[j0+c] + bias`, causal-masked (key j > query
+/// A copy of `x` [b, h, t, c] with contiguous rows (the tile GEMMs read B operands by rows), or
+/// None when its rows are contiguous already.
+fn rows_packed<T: AttnFloat>(p: &Dims, x: &View<T>, t: usize, c: usize) -> Option<Vec<T>> {
+    if x.st[3] == 1 {
+        return None;
+    }
+    let mut out = vec![T::zero(); p.b * p.h * t * c];
+    out.par_chunks_mut((t * c).max(1)).enumerate().for_each(|(bh, dst)| {
+        for (i, row) in dst.chunks_mut(c).enumerate() {
+            let src = x.row(bh / p.h, bh % p.h, i);
+            // SAFETY: row i of x has c elements at stride st3.
+            row.iter_mut().enumerate().for_each(|(j, y)| *y = unsafe { *src.add(j * x.st[3]) });
+        }
+    });
+    Some(out)
+}
+
+/// Rows j0..j0+nk of `x` [b, h, t, c] for one (b, h), transposed into `dst` (c rows of stride
+/// `ld`): the B operand of `q·kᵀ` and `dO·vᵀ` for one key tile.
+#[allow(clippy::too_many_arguments)]
+fn pack_tile_t<T: AttnFloat>(x: &View<T>, b: usize, h: usize, j0: usize, nk: usize, c: usize, dst: &mut [T], ld: usize) {
+    for jj in 0..nk {
+        let src = x.row(b, h, j0 + jj);
+        for cc in 0..c {
+            // SAFETY: row j0 + jj of x has c elements at stride st3.
+            dst[cc * ld + jj] = unsafe { *src.add(cc * x.st[3]) };
+        }
+    }
+}
+
+/// Scores of one tile: `s[r·ld + c] = scale·q[i0+r]·k[j0+c] + bias`, causal-masked (key j > query
 /// i is dropped: PyTorch's top-left aligned `is_causal`).
 #[allow(clippy::too_many_arguments)]
-fn scores<T: AttnFloat>(p: &Dims, q: &View<T>, k: &View<T>, mask: Option<&KeyMask<T>>, b: usize, h: usize, i0: usize, nq: usize, j0: usize, nk: usize, s: &mut [T]) {
-    // SAFETY: rows i0..i0+nq of q and j0..j0+nk of k exist; s holds nq rows of BK.
+/// `kt` is the tile's kᵀ (see [`pack_tile_t`]); both `kt` and `s` have rows of stride `ld`.
+fn scores<T: AttnFloat>(p: &Dims, q: &View<T>, kt: &[T], mask: Option<&KeyMask<T>>, b: usize, h: usize, i0: usize, nq: usize, j0: usize, nk: usize, s: &mut [T], ld: usize) {
+    assert!(nk <= ld && kt.len() >= (p.d - 1) * ld + nk && s.len() >= nq * ld);
+    // SAFETY: rows i0..i0+nq of q exist; kt is this tile's d×nk block; s holds nq rows of ld.
     unsafe {
-        T::gemm(nq, p.d, nk, T::from_f64(p.scale), q.row(b, h, i0), q.rs(), q.cs(), k.row(b, h, j0), k.cs(), k.rs(), T::zero(), s.as_mut_ptr(), BK as isize, 1);
+        T::tile(nq, nk, p.d, T::from_f64(p.scale), q.row(b, h, i0), q.rs(), q.cs(), kt.as_ptr(), ld, false, s.as_mut_ptr(), ld);
     }
     for r in 0..nq {
-        let row = &mut s[r * BK..r * BK + nk];
+        let row = &mut s[r * ld..r * ld + nk];
         if let Some(m) = mask {
             for (x, &bias) in row.iter_mut().zip(&m.bias[b * p.tk + j0..]) {
                 *x += bias;
@@ -109,22 +148,30 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
     if out.is_empty() && lse.is_empty() {
         return (out, lse);
     }
-    let nkt = p.tk.div_ceil(BK);
+    let nkt = p.tk.div_ceil(BK_F);
+    let v_rows = rows_packed(p, &v, p.tk, dv);
+    let v = v_rows.as_deref().map_or(v, |x| View::contiguous(x, p.h, p.tk, dv));
     out.par_chunks_mut((tq * dv).max(1)).zip(lse.par_chunks_mut(tq.max(1))).enumerate().for_each(|(bh, (o_bh, l_bh))| {
         let (b, h) = (bh / p.h, bh % p.h);
-        o_bh.par_chunks_mut((BQ * dv).max(1)).zip(l_bh.par_chunks_mut(BQ)).enumerate().for_each(|(it, (o, lse))| {
-            let (i0, nq) = (it * BQ, lse.len());
-            let mut s = vec![T::zero(); BQ * BK];
+        // kᵀ of this (b, h), tile by tile, shared by its query tiles
+        let mut kt = vec![T::zero(); nkt * p.d * BK_F];
+        for (jt, dst) in kt.chunks_mut(p.d * BK_F).enumerate() {
+            pack_tile_t(&k, b, h, jt * BK_F, BK_F.min(p.tk - jt * BK_F), p.d, dst, BK_F);
+        }
+        let kt = &kt;
+        o_bh.par_chunks_mut((BQ_F * dv).max(1)).zip(l_bh.par_chunks_mut(BQ_F)).enumerate().for_each(|(it, (o, lse))| {
+            let (i0, nq) = (it * BQ_F, lse.len());
+            let mut s = vec![T::zero(); BQ_F * BK_F];
             let mut m = vec![T::neg_infinity(); nq];
             let mut l = vec![T::zero(); nq];
-            for j0 in (0..key_end(p, i0, nq)).step_by(BK) {
-                let nk = BK.min(p.tk - j0);
-                if mask.is_some_and(|m| !m.tile_any[b * nkt + j0 / BK]) {
+            for j0 in (0..key_end(p, i0, nq)).step_by(BK_F) {
+                let nk = BK_F.min(p.tk - j0);
+                if mask.is_some_and(|m| !m.any(b, j0, nk)) {
                     continue;
                 }
-                scores(p, &q, &k, mask, b, h, i0, nq, j0, nk, &mut s);
+                scores(p, &q, &kt[j0 / BK_F * p.d * BK_F..], mask, b, h, i0, nq, j0, nk, &mut s, BK_F);
                 for r in 0..nq {
-                    let row = &mut s[r * BK..r * BK + nk];
+                    let row = &mut s[r * BK_F..r * BK_F + nk];
                     let m_new = m[r].max(T::row_max(row));
                     if m_new == T::neg_infinity() {
                         row.fill(T::zero());
@@ -140,7 +187,7 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
                 }
                 // SAFETY: s holds nq×nk probabilities; v rows j0..j0+nk exist; o is nq×dv.
                 unsafe {
-                    T::gemm(nq, nk, dv, T::one(), s.as_ptr(), BK as isize, 1, v.row(b, h, j0), v.rs(), v.cs(), T::one(), o.as_mut_ptr(), dv as isize, 1);
+                    T::tile(nq, dv, nk, T::one(), s.as_ptr(), BK_F as isize, 1, v.row(b, h, j0), v.st[2], true, o.as_mut_ptr(), dv);
                 }
             }
             for r in 0..nq {
@@ -185,16 +232,22 @@ pub(crate) fn backward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T
         }
     });
     // Key chunks per (b, h): enough tasks for the pool, decided by the shape alone.
-    let nkt = tk.div_ceil(BK);
+    let nkt = tk.div_ceil(BK_B);
     let chunks = nkt.min(MIN_TASKS.div_ceil(bhs));
     let per = nkt.div_ceil(chunks);
     let chunks = nkt.div_ceil(per);
     let mut dq_parts = vec![T::zero(); bhs * chunks * tq * d];
     let dsum = &dsum;
+    // B operands with contiguous rows: q, k, dO as they are (or copied), kᵀ and vᵀ per key tile.
+    let (q_rows, k_rows, g_rows) = (rows_packed(p, &q, tq, d), rows_packed(p, &k, tk, d), rows_packed(p, &sv.dout, tq, dv));
+    let q = q_rows.as_deref().map_or(q, |x| View::contiguous(x, p.h, tq, d));
+    let k = k_rows.as_deref().map_or(k, |x| View::contiguous(x, p.h, tk, d));
+    let dout = g_rows.as_deref().map_or(sv.dout, |x| View::contiguous(x, p.h, tq, dv));
+    let sv = &Saved { out: sv.out, lse: sv.lse, dout };
     dk.par_chunks_mut(tk * d).zip(dvv.par_chunks_mut(tk * dv)).zip(dq_parts.par_chunks_mut(chunks * tq * d)).enumerate().for_each(|(bh, ((dk_bh, dv_bh), dq_bh))| {
-        dk_bh.par_chunks_mut(per * BK * d).zip(dv_bh.par_chunks_mut(per * BK * dv)).zip(dq_bh.par_chunks_mut(tq * d)).enumerate().for_each(|(c, ((dk_c, dv_c), dq_c))| {
+        dk_bh.par_chunks_mut(per * BK_B * d).zip(dv_bh.par_chunks_mut(per * BK_B * dv)).zip(dq_bh.par_chunks_mut(tq * d)).enumerate().for_each(|(c, ((dk_c, dv_c), dq_c))| {
             let task = Task { p, q: &q, k: &k, v: &v, mask, sv, dsum: &dsum[bh * tq..(bh + 1) * tq], b: bh / p.h, h: bh % p.h };
-            task.run(c * per * BK, dk_c, dv_c, dq_c);
+            task.run(c * per * BK_B, dk_c, dv_c, dq_c);
         });
     });
     let dq = if chunks == 1 {
@@ -214,6 +267,7 @@ pub(crate) fn backward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T
 /// One backward task: the keys of one chunk of one (batch, head), against every query tile.
 struct Task<'a, T> {
     p: &'a Dims,
+    /// q and k with contiguous rows.
     q: &'a View<'a, T>,
     k: &'a View<'a, T>,
     v: &'a View<'a, T>,
@@ -231,55 +285,57 @@ impl<T: AttnFloat> Task<'_, T> {
         let (p, b, h) = (self.p, self.b, self.h);
         let (d, dvd) = (p.d, p.dv);
         let nkeys = dk.len() / d;
-        let nkt = p.tk.div_ceil(BK);
         let lse = &self.sv.lse[(b * p.h + h) * p.tq..][..p.tq];
         let dout = &self.sv.dout;
-        let mut s = vec![T::zero(); BQ * BK];
-        let mut dp = vec![T::zero(); BQ * BK];
+        let mut s = vec![T::zero(); BQ_B * BK_B];
+        let mut dp = vec![T::zero(); BQ_B * BK_B];
+        let (mut kt, mut vt) = (vec![T::zero(); d * BK_B], vec![T::zero(); dvd * BK_B]);
         let scale = T::from_f64(p.scale);
-        for j0 in (j_start..j_start + nkeys).step_by(BK) {
-            let nk = BK.min(p.tk - j0);
-            if self.mask.is_some_and(|m| !m.tile_any[b * nkt + j0 / BK]) {
+        for j0 in (j_start..j_start + nkeys).step_by(BK_B) {
+            let nk = BK_B.min(p.tk - j0);
+            if self.mask.is_some_and(|m| !m.any(b, j0, nk)) {
                 continue;
             }
             let (dk_j, dv_j) = (dk[(j0 - j_start) * d..].as_mut_ptr(), dv[(j0 - j_start) * dvd..].as_mut_ptr());
-            let i_start = if p.causal { j0 / BQ * BQ } else { 0 };
-            for i0 in (i_start..p.tq).step_by(BQ) {
-                let nq = BQ.min(p.tq - i0);
+            pack_tile_t(self.k, b, h, j0, nk, d, &mut kt, BK_B);
+            pack_tile_t(self.v, b, h, j0, nk, dvd, &mut vt, BK_B);
+            let i_start = if p.causal { j0 / BQ_B * BQ_B } else { 0 };
+            for i0 in (i_start..p.tq).step_by(BQ_B) {
+                let nq = BQ_B.min(p.tq - i0);
                 if key_end(p, i0, nq) <= j0 {
                     continue;
                 }
                 // P = exp(S - lse): the forward's probabilities, recomputed.
-                scores(p, self.q, self.k, self.mask, b, h, i0, nq, j0, nk, &mut s);
+                scores(p, self.q, &kt, self.mask, b, h, i0, nq, j0, nk, &mut s, BK_B);
                 for r in 0..nq {
-                    let row = &mut s[r * BK..r * BK + nk];
+                    let row = &mut s[r * BK_B..r * BK_B + nk];
                     if lse[i0 + r] == T::neg_infinity() {
                         row.fill(T::zero());
                     } else {
                         T::exp_sub_sum(row, lse[i0 + r]);
                     }
                 }
-                let (qi, gi, kj, vj) = (self.q.row(b, h, i0), dout.row(b, h, i0), self.k.row(b, h, j0), self.v.row(b, h, j0));
-                // SAFETY: all operands are in-bounds tiles: s/dp are nq×nk with leading dim BK,
+                let (qi, gi, kj) = (self.q.row(b, h, i0), dout.row(b, h, i0), self.k.row(b, h, j0));
+                // SAFETY: all operands are in-bounds tiles: s/dp are nq×nk with leading dim BK_B,
                 // dk_j/dv_j are nk rows of this task's exclusive output, dq rows i0..i0+nq.
                 unsafe {
                     // dV_j += Pᵀ dO_i
-                    T::gemm(nk, nq, dvd, T::one(), s.as_ptr(), 1, BK as isize, gi, dout.rs(), dout.cs(), T::one(), dv_j, dvd as isize, 1);
+                    T::tile(nk, dvd, nq, T::one(), s.as_ptr(), 1, BK_B as isize, gi, dout.st[2], true, dv_j, dvd);
                     // dP = dO_i V_jᵀ
-                    T::gemm(nq, dvd, nk, T::one(), gi, dout.rs(), dout.cs(), vj, self.v.cs(), self.v.rs(), T::zero(), dp.as_mut_ptr(), BK as isize, 1);
+                    T::tile(nq, nk, dvd, T::one(), gi, dout.rs(), dout.cs(), vt.as_ptr(), BK_B, false, dp.as_mut_ptr(), BK_B);
                 }
                 // dS = P ∘ (dP - D)
                 for r in 0..nq {
                     let di = self.dsum[i0 + r];
-                    for (x, &pr) in dp[r * BK..r * BK + nk].iter_mut().zip(&s[r * BK..r * BK + nk]) {
+                    for (x, &pr) in dp[r * BK_B..r * BK_B + nk].iter_mut().zip(&s[r * BK_B..r * BK_B + nk]) {
                         *x = pr * (*x - di);
                     }
                 }
                 unsafe {
                     // dK_j += scale · dSᵀ Q_i
-                    T::gemm(nk, nq, d, scale, dp.as_ptr(), 1, BK as isize, qi, self.q.rs(), self.q.cs(), T::one(), dk_j, d as isize, 1);
+                    T::tile(nk, d, nq, scale, dp.as_ptr(), 1, BK_B as isize, qi, self.q.st[2], true, dk_j, d);
                     // dQ_i += scale · dS K_j
-                    T::gemm(nq, nk, d, scale, dp.as_ptr(), BK as isize, 1, kj, self.k.rs(), self.k.cs(), T::one(), dq[i0 * d..].as_mut_ptr(), d as isize, 1);
+                    T::tile(nq, d, nk, scale, dp.as_ptr(), BK_B as isize, 1, kj, self.k.st[2], true, dq[i0 * d..].as_mut_ptr(), d);
                 }
             }
         }

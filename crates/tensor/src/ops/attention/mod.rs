@@ -1,8 +1,12 @@
 //! attention: fused scaled-dot-product attention, `softmax(q·kᵀ·scale + mask)·v`, with a fused
-//! backward. CPU: tiles of 64 queries × 64 keys with an online softmax (O(T) extra memory per row,
-//! no Tq×Tk matrix), rayon over (batch·head, query tile); the forward saves the per-row logsumexp
-//! and the backward recomputes the probabilities from it (see `cpu.rs`).
+//! backward. CPU (`cpu.rs`): tiles of 64 queries × 128 keys (64 × 64 in the backward) with an
+//! online softmax (O(T) extra memory per row, no Tq×Tk matrix), rayon over (batch·head, query
+//! tile); the forward saves the per-row logsumexp and the backward recomputes the probabilities
+//! from it. Tile GEMMs: `gemm512.rs` (AVX-512 f32) or matrixmultiply; softmax row primitives with
+//! AVX-512 / AVX2 / scalar bodies in `simd.rs`.
 mod cpu;
+#[cfg(target_arch = "x86_64")]
+mod gemm512;
 mod simd;
 
 use crate::autograd::{node, BackwardOp};
@@ -86,7 +90,7 @@ impl Operand {
 fn key_mask<T: AttnFloat>(opts: &AttentionOpts, p: &Dims) -> Result<Option<KeyMask<T>>> {
     let Some(m) = &opts.key_padding_mask else { return Ok(None) };
     let keep: Vec<bool> = m.to_vec_f64()?.into_iter().map(|x| x != 0.0).collect();
-    Ok(Some(KeyMask::new(&keep, p.b, p.tk)))
+    Ok(Some(KeyMask::new(&keep, p.tk)))
 }
 
 /// Forward in compute dtype `T`: (output with autograd history, lse [B, H, Tq] in `T`).
@@ -179,7 +183,8 @@ impl<T: AttnFloat> BackwardOp for AttentionBackward<T> {
                 return Ok(None);
             }
             let s: CpuStorage = T::into_storage(x);
-            Ok(Some(Tensor::from_storage(Storage::Cpu(s.to_dtype(like.dtype())), like.shape())?))
+            let s = if like.dtype() == T::DTYPE { s } else { s.to_dtype(like.dtype()) };
+            Ok(Some(Tensor::from_storage(Storage::Cpu(s), like.shape())?))
         };
         Ok(vec![wrap(dq, &self.q)?, wrap(dk, &self.k)?, wrap(dv, &self.v)?])
     }
