@@ -1,1 +1,304 @@
-//! GEMM through matrixmultiply (see ops/matmul.rs).
+//! GEMM on the CPU: `C = alpha·A·B + beta·C` over strided f32/f64 matrices, through matrixmultiply's
+//! packed AVX-512 / AVX2+FMA micro-kernels, with bounds checks and a rayon threading policy.
+//!
+//! # Safety model
+//! [`gemm`] is a safe function. Each operand is a [`Mat`]/[`MatMut`]: a slice plus the (offset, rows,
+//! cols, row stride, col stride) of a matrix inside it. Before any unsafe call the smallest and largest
+//! slice index the matrix can touch are computed with checked arithmetic and compared with the slice
+//! length, and C's strides are checked so that no two elements of C share an address (matrixmultiply
+//! requires this; A and B may use any stride, including 0 for broadcasting and negative strides).
+//! A, B are `&[T]` and C is `&mut [T]`, so C cannot alias A or B. Bad input is an `Err`, never UB.
+//!
+//! # Threads
+//! All parallelism is rayon's; matrixmultiply always runs single-threaded. How matrixmultiply picks its
+//! thread count (0.3.11, `src/threading.rs`): with its `threading` feature a process-global
+//! `Lazy<Registry>` reads `MATMUL_NUM_THREADS` once, at the first GEMM (default: physical cores,
+//! clamped to 1..=4), and builds a `thread-tree` pool; every later call may fork into that pool when
+//! `m·k + k·n ≥ 2·16384`. There is no per-call control, so with the feature on, a GEMM called from a
+//! rayon worker (a batched matmul, attention over batch·heads) would fork into a second pool and
+//! oversubscribe the cores, and forcing single-threaded GEMMs would need `std::env::set_var` before
+//! the lazy init (racy with other threads reading the environment). So the workspace builds
+//! matrixmultiply *without* `threading` and [`Threads::Auto`] splits a large GEMM into row or column
+//! panels of C run as rayon tasks, each a single-threaded matrixmultiply call. That nests safely inside
+//! other rayon loops (work stealing, no second pool) and measured as fast as matrixmultiply's own pool
+//! on 1024³ (see benches/ops/matmul.rs). Each element of C is computed by exactly one call with the same
+//! k-blocking, so results do not depend on the thread count.
+use crate::{CpuFloat, Error, Result};
+use rayon::prelude::*;
+
+/// Element types with a matrixmultiply kernel.
+pub trait GemmFloat: CpuFloat {
+    /// # Safety
+    /// The pointers and strides must describe in-bounds matrices; C's elements must not alias.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn raw_gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+impl GemmFloat for f32 {
+    unsafe fn raw_gemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, beta: f32, c: *mut f32, rsc: isize, csc: isize) {
+        matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+    }
+}
+
+impl GemmFloat for f64 {
+    unsafe fn raw_gemm(m: usize, k: usize, n: usize, alpha: f64, a: *const f64, rsa: isize, csa: isize, b: *const f64, rsb: isize, csb: isize, beta: f64, c: *mut f64, rsc: isize, csc: isize) {
+        matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+    }
+}
+
+/// How many threads one GEMM may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// The calling thread only (use inside rayon loops that already cover the cores).
+    Single,
+    /// Split large GEMMs into panels of C across the current rayon pool (safe to nest in rayon).
+    Auto,
+}
+
+/// A read-only strided matrix inside a slice: element (i, j) is `data[offset + i*rs + j*cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+/// A writable strided matrix inside a slice (see [`Mat`]); its elements must not alias each other.
+#[derive(Debug)]
+pub struct MatMut<'a, T> {
+    pub data: &'a mut [T],
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// A row-major `rows × cols` matrix starting at `data[0]`.
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Mat { data, offset: 0, rows, cols, rs: cols as isize, cs: 1 }
+    }
+    /// The transpose (a stride swap, no copy).
+    pub fn t(self) -> Self {
+        Mat { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+}
+
+impl<'a, T> MatMut<'a, T> {
+    /// A row-major `rows × cols` matrix starting at `data[0]`.
+    pub fn row_major(data: &'a mut [T], rows: usize, cols: usize) -> Self {
+        MatMut { data, offset: 0, rows, cols, rs: cols as isize, cs: 1 }
+    }
+}
+
+/// Parallel grain: GEMMs below this many flops (2·m·n·k) stay on one thread.
+pub const PAR_FLOPS: f64 = (1u64 << 23) as f64;
+
+/// The (min, max) slice index a `rows × cols` matrix at `offset` with strides (rs, cs) touches,
+/// or None when the matrix is empty. Errors when the arithmetic overflows.
+fn span(op: &'static str, offset: usize, rows: usize, cols: usize, rs: isize, cs: isize) -> Result<Option<(isize, isize)>> {
+    if rows == 0 || cols == 0 {
+        return Ok(None);
+    }
+    let ovf = || Error::msg(format!("{op}: matrix extent overflows (rows {rows}, cols {cols}, strides {rs}, {cs})"));
+    let base = isize::try_from(offset).map_err(|_| ovf())?;
+    let (mut lo, mut hi) = (base, base);
+    for (len, s) in [(rows, rs), (cols, cs)] {
+        let len = isize::try_from(len - 1).map_err(|_| ovf())?;
+        let ext = len.checked_mul(s).ok_or_else(ovf)?;
+        if ext < 0 {
+            lo = lo.checked_add(ext).ok_or_else(ovf)?;
+        } else {
+            hi = hi.checked_add(ext).ok_or_else(ovf)?;
+        }
+    }
+    Ok(Some((lo, hi)))
+}
+
+fn check_bounds(op: &'static str, what: &str, len: usize, offset: usize, rows: usize, cols: usize, rs: isize, cs: isize) -> Result<()> {
+    if let Some((lo, hi)) = span(op, offset, rows, cols, rs, cs)? {
+        if lo < 0 || hi as usize >= len {
+            return Err(Error::msg(format!(
+                "{op}: {what} ({rows}x{cols}, offset {offset}, strides ({rs}, {cs})) reaches index {} outside a buffer of {len}",
+                if lo < 0 { lo } else { hi }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// True when distinct (i, j) of a rows × cols matrix with strides (rs, cs) map to distinct addresses
+/// (a sufficient test: the inner stride's whole extent fits strictly inside one outer step).
+fn no_self_alias(rows: usize, cols: usize, rs: isize, cs: isize) -> bool {
+    let dims = [(rows, rs.unsigned_abs()), (cols, cs.unsigned_abs())];
+    let live: Vec<(usize, usize)> = dims.into_iter().filter(|&(n, _)| n > 1).collect();
+    match live.as_slice() {
+        [] => true,
+        [(_, s)] => *s > 0,
+        [a, b] => {
+            let (inner, outer) = if a.1 <= b.1 { (*a, *b) } else { (*b, *a) };
+            inner.1 > 0 && inner.1.checked_mul(inner.0 - 1).is_some_and(|e| e < outer.1)
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// A raw C pointer that rayon tasks may share; each task writes a disjoint panel.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+/// `C = alpha·A·B + beta·C` with A `m×k`, B `k×n`, C `m×n` (all strided; see the module docs).
+/// With `beta == 0` the old contents of C are ignored (NaNs included). Errors on mismatched shapes,
+/// out-of-bounds strides/offsets, or a C whose elements alias.
+pub fn gemm<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>, threads: Threads) -> Result<()> {
+    const OP: &str = "gemm";
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.rows != m || c.cols != n {
+        return Err(Error::msg(format!(
+            "{OP}: shapes do not chain: A {}x{}, B {}x{}, C {}x{}",
+            a.rows, a.cols, b.rows, b.cols, c.rows, c.cols
+        )));
+    }
+    check_bounds(OP, "C", c.data.len(), c.offset, m, n, c.rs, c.cs)?;
+    if !no_self_alias(m, n, c.rs, c.cs) {
+        return Err(Error::msg(format!("{OP}: C strides ({}, {}) make elements of a {m}x{n} output alias", c.rs, c.cs)));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k > 0 {
+        check_bounds(OP, "A", a.data.len(), a.offset, m, k, a.rs, a.cs)?;
+        check_bounds(OP, "B", b.data.len(), b.offset, k, n, b.rs, b.cs)?;
+    }
+    // Pointers to element (0, 0). In bounds: the checks above cover element (0, 0) of each non-empty
+    // matrix; for k == 0 matrixmultiply never reads A or B, and an empty slice's pointer is fine.
+    // Derived from the whole slice (not a sub-slice) so negative strides keep the slice's provenance.
+    let pa = if k > 0 { unsafe { a.data.as_ptr().add(a.offset) } } else { a.data.as_ptr() };
+    let pb = if k > 0 { unsafe { b.data.as_ptr().add(b.offset) } } else { b.data.as_ptr() };
+    let pc = SendPtr(unsafe { c.data.as_mut_ptr().add(c.offset) });
+    let (rsa, csa, rsb, csb, rsc, csc) = (a.rs, a.cs, b.rs, b.cs, c.rs, c.cs);
+
+    let flops = 2.0 * m as f64 * n as f64 * k as f64;
+    let nt = rayon::current_num_threads();
+    let split_m = m >= n;
+    let len = if split_m { m } else { n };
+    // Panels: one per thread, each at least 64 rows/cols (a multiple of 16, the widest micro-tile)
+    // so that re-packing the shared operand in every panel stays a small fraction of the work.
+    let parts = if threads == Threads::Single || nt < 2 || flops < PAR_FLOPS { 1 } else { nt.min(len / 64).max(1) };
+    if parts == 1 {
+        // SAFETY: bounds and C's non-aliasing were checked above; C is exclusively borrowed.
+        unsafe { T::raw_gemm(m, k, n, alpha, pa, rsa, csa, pb, rsb, csb, beta, pc.0, rsc, csc) };
+        return Ok(());
+    }
+    let chunk = len.div_ceil(parts).div_ceil(16) * 16;
+    let (sa, sb) = (SendPtr(pa as *mut T), SendPtr(pb as *mut T));
+    (0..len.div_ceil(chunk)).into_par_iter().for_each(move |p| {
+        let (sa, sb, pc) = (sa, sb, pc);
+        let start = p * chunk;
+        let size = chunk.min(len - start);
+        // SAFETY: each panel is a sub-rectangle of the checked matrices (rows [start, start+size) of
+        // A and C, or columns of B and C); panels of C are disjoint because C does not self-alias.
+        unsafe {
+            if split_m {
+                let o = start as isize;
+                T::raw_gemm(size, k, n, alpha, sa.0.offset(o * rsa), rsa, csa, sb.0, rsb, csb, beta, pc.0.offset(o * rsc), rsc, csc);
+            } else {
+                let o = start as isize;
+                T::raw_gemm(m, k, size, alpha, sa.0, rsa, csa, sb.0.offset(o * csb), rsb, csb, beta, pc.0.offset(o * csc), rsc, csc);
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, k: usize, n: usize, a: &[f64], b: &[f64]) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matches_naive_all_thread_modes_and_transposes() {
+        for &(m, k, n) in &[(1, 1, 1), (3, 7, 13), (130, 70, 200), (200, 257, 90), (5, 0, 4)] {
+            let a: Vec<f64> = (0..m * k).map(|i| ((i * 37 % 101) as f64 - 50.0) / 25.0).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| ((i * 53 % 97) as f64 - 48.0) / 30.0).collect();
+            let want = naive(m, k, n, &a, &b);
+            // B stored transposed (n×k row-major), read through swapped strides.
+            let bt: Vec<f64> = (0..n * k).map(|q| b[(q % k) * n + q / k]).collect();
+            for threads in [Threads::Single, Threads::Auto] {
+                let mut c = vec![f64::NAN; m * n];
+                gemm(1.0, Mat::row_major(&a, m, k), Mat::row_major(&bt, n, k).t(), 0.0, MatMut::row_major(&mut c, m, n), threads).unwrap();
+                for (x, y) in c.iter().zip(&want) {
+                    assert!((x - y).abs() < 1e-9 * (1.0 + y.abs()), "{m}x{k}x{n}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_out_of_bounds_and_aliasing() {
+        let a = vec![1.0f32; 12];
+        let mut c = vec![0.0f32; 9];
+        let ok = |c: &mut [f32]| gemm(1.0, Mat::row_major(&a, 3, 4), Mat::row_major(&a, 4, 3), 0.0, MatMut::row_major(c, 3, 3), Threads::Single);
+        assert!(ok(&mut c).is_ok());
+        assert_eq!(c[0], 4.0);
+        let short = Mat { offset: 1, ..Mat::row_major(&a, 3, 4) };
+        assert!(gemm(1.0, short, Mat::row_major(&a, 4, 3), 0.0, MatMut::row_major(&mut c, 3, 3), Threads::Single).is_err());
+        let neg = Mat { rs: -4, ..Mat::row_major(&a, 3, 4) };
+        assert!(gemm(1.0, neg, Mat::row_major(&a, 4, 3), 0.0, MatMut::row_major(&mut c, 3, 3), Threads::Single).is_err());
+        let alias = MatMut { rs: 1, cs: 1, ..MatMut::row_major(&mut c, 3, 3) };
+        assert!(gemm(1.0, Mat::row_major(&a, 3, 4), Mat::row_major(&a, 4, 3), 0.0, alias, Threads::Single).is_err());
+        let bad_chain = gemm(1.0, Mat::row_major(&a, 3, 4), Mat::row_major(&a, 3, 4), 0.0, MatMut::row_major(&mut c, 3, 3), Threads::Single);
+        assert!(bad_chain.unwrap_err().to_string().contains("gemm"));
+        // zero strides (broadcast) in A and B are fine
+        let bc = Mat { rs: 0, ..Mat::row_major(&a[..4], 3, 4) };
+        assert!(gemm(1.0, bc, Mat::row_major(&a, 4, 3), 0.0, MatMut::row_major(&mut c, 3, 3), Threads::Auto).is_ok());
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        // Big enough to be split into panels along m, then along n.
+        for &(m, k, n) in &[(300, 150, 200), (150, 170, 300)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 9.0).collect();
+            let run = |threads: usize, mode: Threads| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut c = vec![0f32; m * n];
+                pool.install(|| gemm(1.0, Mat::row_major(&a, m, k), Mat::row_major(&b, k, n), 0.0, MatMut::row_major(&mut c, m, n), mode)).unwrap();
+                c
+            };
+            let single = run(1, Threads::Single);
+            assert_eq!(single, run(2, Threads::Auto), "{m}x{k}x{n}");
+            assert_eq!(single, run(3, Threads::Auto), "{m}x{k}x{n}");
+        }
+    }
+}

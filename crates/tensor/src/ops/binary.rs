@@ -1,5 +1,6 @@
 //! Elementwise binary ops with numpy broadcasting (add, sub, mul, div) and scalar affine maps.
 use crate::autograd::{node, sum_to_shape, BackwardOp};
+use crate::cpu::simd;
 use crate::shape::broadcast_shapes;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
@@ -36,7 +37,30 @@ impl BinaryOp {
 /// Parallel grain: below this many elements, stay on one thread.
 pub(crate) const PAR_MIN: usize = 1 << 15;
 
-fn kernel<T: CpuFloat + CpuSlice>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<CpuStorage> {
+/// Elements per rayon task in the contiguous path.
+const CHUNK: usize = 1 << 14;
+
+/// `out = a op b` over equal-length unit-stride slices; f32 uses the SIMD primitives.
+trait BinaryElem: CpuFloat + CpuSlice {
+    fn slices(op: BinaryOp, a: &[Self], b: &[Self], out: &mut [Self]) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = op.apply(x, y);
+        }
+    }
+}
+impl BinaryElem for f64 {}
+impl BinaryElem for f32 {
+    fn slices(op: BinaryOp, a: &[f32], b: &[f32], out: &mut [f32]) {
+        match op {
+            BinaryOp::Add => simd::add(a, b, out),
+            BinaryOp::Sub => simd::sub(a, b, out),
+            BinaryOp::Mul => simd::mul(a, b, out),
+            BinaryOp::Div => simd::div(a, b, out),
+        }
+    }
+}
+
+fn kernel<T: BinaryElem>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<CpuStorage> {
     let n: usize = shape.iter().product();
     let mut out = vec![T::default(); n];
     let (sa, sb) = (a.storage(), b.storage());
@@ -45,16 +69,9 @@ fn kernel<T: CpuFloat + CpuSlice>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &
     if la.is_contiguous() && lb.is_contiguous() && a.shape() == shape && b.shape() == shape {
         let (va, vb) = (&va[la.offset()..la.offset() + n], &vb[lb.offset()..lb.offset() + n]);
         if n >= PAR_MIN {
-            out.par_chunks_mut(4096).enumerate().for_each(|(c, o)| {
-                let s = c * 4096;
-                for (i, x) in o.iter_mut().enumerate() {
-                    *x = op.apply(va[s + i], vb[s + i]);
-                }
-            });
+            out.par_chunks_mut(CHUNK).zip(va.par_chunks(CHUNK).zip(vb.par_chunks(CHUNK))).for_each(|(o, (x, y))| T::slices(op, x, y, o));
         } else {
-            for i in 0..n {
-                out[i] = op.apply(va[i], vb[i]);
-            }
+            T::slices(op, va, vb, &mut out);
         }
         return Ok(T::into_storage(out));
     }
@@ -78,6 +95,10 @@ fn kernel<T: CpuFloat + CpuSlice>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &
     let (ra, rb) = (row_offsets(&a_full), row_offsets(&b_full));
     let body = |(r, o): (usize, &mut [T])| {
         let (oa, ob) = (ra[r], rb[r]);
+        if sa_last == 1 && sb_last == 1 {
+            // rows that are unit-stride in both operands (e.g. a bias row broadcast over a batch)
+            return T::slices(op, &va[oa..oa + last], &vb[ob..ob + last], o);
+        }
         for (j, x) in o.iter_mut().enumerate() {
             *x = op.apply(va[oa + j * sa_last], vb[ob + j * sb_last]);
         }

@@ -1,1 +1,218 @@
-//! matmul (placeholder module, being written)
+//! Matrix product with numpy `matmul` rules: 2-D, batched with broadcast batch dims, 1-D operands.
+//!
+//! The CPU kernel hands every operand's strides straight to [`crate::cpu::gemm`], so transposed,
+//! permuted, narrowed or broadcast operands are read in place. The only copy is for a matrix whose last
+//! two dims both have a stride other than 0 or 1 (e.g. a view permuted so both of its matrix dims come
+//! from outer dims): it is made contiguous first so packing reads whole rows.
+//!
+//! Batched products choose one of three plans:
+//! - **fold**: when B is the same matrix for every batch and A's batch dims merge with its rows (the
+//!   linear-layer case `[B, T, C] x [C, N]`), the batch becomes rows of one big GEMM;
+//! - **rayon over batches** (single-threaded GEMMs) when there are many batches or small matrices;
+//! - **one threaded GEMM per batch**, in order, when there are few large ones.
+//!
+//! Backward: `dA = dC·Bᵀ`, `dB = Aᵀ·dC` (transposes are stride views). A gradient whose operand was
+//! broadcast over the batch is summed: when the operand has no batch dims of its own the sum is folded
+//! into the contraction (`dW = Σ_b X_bᵀ·dY_b` as one GEMM over `B·T`), otherwise with `sum_to_shape`.
+use crate::autograd::{node, sum_to_shape, BackwardOp};
+use crate::cpu::gemm::{gemm, GemmFloat, Mat, MatMut, Threads, PAR_FLOPS};
+use crate::shape::{broadcast_shapes, Layout};
+use crate::storage::{CpuSlice, Storage};
+use crate::{DType, Error, Result, Tensor};
+use rayon::prelude::*;
+
+/// One operand as the kernel sees it: a matrix (rows, cols, strides) repeated over the output batch.
+struct Operand {
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+    /// One stride per output batch dim (0 where this operand is broadcast).
+    bstrides: Vec<usize>,
+}
+
+impl Operand {
+    fn new(t: &Tensor, batch: &[usize]) -> Operand {
+        let (sh, st, r) = (t.shape(), t.strides(), t.rank());
+        let extra = batch.len() - (r - 2);
+        let bstrides = (0..batch.len())
+            .map(|i| if i < extra || sh[i - extra] == 1 { 0 } else { st[i - extra] })
+            .collect();
+        Operand { offset: t.layout().offset(), rows: sh[r - 2], cols: sh[r - 1], rs: st[r - 2], cs: st[r - 1], bstrides }
+    }
+    fn offsets(&self, batch: &[usize]) -> Vec<usize> {
+        Layout::new(batch.to_vec(), self.bstrides.clone(), self.offset).indices().collect()
+    }
+    fn mat<'a, T>(&self, data: &'a [T], offset: usize) -> Mat<'a, T> {
+        Mat { data, offset, rows: self.rows, cols: self.cols, rs: self.rs as isize, cs: self.cs as isize }
+    }
+    /// (size, stride) of every batch dim followed by `last`.
+    fn with_batch(&self, batch: &[usize], last: (usize, usize)) -> Vec<(usize, usize)> {
+        batch.iter().copied().zip(self.bstrides.iter().copied()).chain([last]).collect()
+    }
+}
+
+/// The stride of `dims` merged into one dim in row-major order, if they merge.
+fn fold(dims: &[(usize, usize)]) -> Option<usize> {
+    let live: Vec<(usize, usize)> = dims.iter().copied().filter(|d| d.0 != 1).collect();
+    if live.windows(2).any(|w| w[0].1 != w[1].1 * w[1].0) {
+        return None;
+    }
+    Some(live.last().map_or(0, |d| d.1))
+}
+
+/// A matrix both of whose dims are strided (neither stride 0 nor 1) is copied; anything else is read
+/// in place.
+fn regular(t: &Tensor) -> Result<Tensor> {
+    let (sh, st, r) = (t.shape(), t.strides(), t.rank());
+    let ok = sh[r - 2] <= 1 || sh[r - 1] <= 1 || st[r - 2] <= 1 || st[r - 1] <= 1;
+    if ok {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
+/// `C[batch, m, n] = A @ B` (or, with `reduce`, `C[m, n] = Σ_batch A @ B`) for rank ≥ 2 operands.
+fn kernel<T: GemmFloat + CpuSlice>(a: &Tensor, b: &Tensor, batch: &[usize], reduce: bool) -> Result<Vec<T>> {
+    let (sa, sb) = (a.storage(), b.storage());
+    let (da, db) = (sa.as_cpu()?.as_slice::<T>()?, sb.as_cpu()?.as_slice::<T>()?);
+    let (oa, ob) = (Operand::new(a, batch), Operand::new(b, batch));
+    let (m, k, n) = (oa.rows, oa.cols, ob.cols);
+    let nb: usize = batch.iter().product();
+    let mut out = vec![T::zero(); if reduce { m * n } else { nb * m * n }];
+    if m * n == 0 || nb == 0 {
+        return Ok(out);
+    }
+    let (one, zero) = (T::one(), T::zero());
+    if reduce {
+        // Σ_b A_b B_b = [A_0 | A_1 | ...] · [B_0; B_1; ...] when the batch merges with k on both sides.
+        if let (Some(sa_k), Some(sb_k)) = (fold(&oa.with_batch(batch, (k, oa.cs))), fold(&ob.with_batch(batch, (k, ob.rs)))) {
+            let am = Mat { cols: nb * k, cs: sa_k as isize, ..oa.mat(da, oa.offset) };
+            let bm = Mat { rows: nb * k, rs: sb_k as isize, ..ob.mat(db, ob.offset) };
+            gemm(one, am, bm, zero, MatMut::row_major(&mut out, m, n), Threads::Auto)?;
+        } else {
+            let (pa, pb) = (oa.offsets(batch), ob.offsets(batch));
+            for i in 0..nb {
+                let beta = if i == 0 { zero } else { one };
+                gemm(one, oa.mat(da, pa[i]), ob.mat(db, pb[i]), beta, MatMut::row_major(&mut out, m, n), Threads::Auto)?;
+            }
+        }
+        return Ok(out);
+    }
+    if nb > 1 && ob.bstrides.iter().all(|&s| s == 0) {
+        if let Some(s) = fold(&oa.with_batch(batch, (m, oa.rs))) {
+            let am = Mat { rows: nb * m, rs: s as isize, ..oa.mat(da, oa.offset) };
+            gemm(one, am, ob.mat(db, ob.offset), zero, MatMut::row_major(&mut out, nb * m, n), Threads::Auto)?;
+            return Ok(out);
+        }
+    }
+    let (pa, pb) = (oa.offsets(batch), ob.offsets(batch));
+    let flops = 2.0 * (m * n) as f64 * k as f64;
+    let one_gemm = |i: usize, c: &mut [T], threads: Threads| gemm(one, oa.mat(da, pa[i]), ob.mat(db, pb[i]), zero, MatMut::row_major(c, m, n), threads);
+    if nb > 1 && (flops < 4.0 * PAR_FLOPS || nb >= 2 * rayon::current_num_threads()) {
+        let grain = (PAR_FLOPS / flops.max(1.0)).ceil() as usize;
+        out.par_chunks_mut(m * n).with_min_len(grain.max(1)).enumerate().try_for_each(|(i, c)| one_gemm(i, c, Threads::Single))?;
+    } else {
+        for (i, c) in out.chunks_mut(m * n).enumerate() {
+            one_gemm(i, c, Threads::Auto)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Validates rank ≥ 2 operands; returns (batch shape, m, k, n). Errors name the op and both shapes.
+fn shapes(a: &[usize], b: &[usize], lhs: &[usize], rhs: &[usize]) -> Result<(Vec<usize>, usize, usize, usize)> {
+    let err = || Error::ShapeMismatch { op: "matmul", lhs: lhs.to_vec(), rhs: rhs.to_vec() };
+    let (ra, rb) = (a.len(), b.len());
+    if a[ra - 1] != b[rb - 2] {
+        return Err(err());
+    }
+    let batch = broadcast_shapes("matmul", &a[..ra - 2], &b[..rb - 2]).map_err(|_| err())?;
+    Ok((batch, a[ra - 2], a[ra - 1], b[rb - 1]))
+}
+
+/// The product of rank ≥ 2 operands without autograd history (forward and backward both use it).
+fn mm(a: &Tensor, b: &Tensor, reduce: bool) -> Result<Tensor> {
+    let (batch, m, _, n) = shapes(a.shape(), b.shape(), a.shape(), b.shape())?;
+    let dt = a.dtype();
+    let cd = dt.cpu_compute();
+    let (a, b) = (regular(&a.to_dtype(cd)?.detach())?, regular(&b.to_dtype(cd)?.detach())?);
+    let out = match cd {
+        DType::F32 => f32::into_storage(kernel::<f32>(&a, &b, &batch, reduce)?),
+        DType::F64 => f64::into_storage(kernel::<f64>(&a, &b, &batch, reduce)?),
+        d => return Err(Error::UnsupportedDType { op: "matmul", dtype: d }),
+    };
+    let mut shape = if reduce { Vec::new() } else { batch };
+    shape.extend([m, n]);
+    Tensor::from_storage(Storage::Cpu(out.to_dtype(dt)), &shape)
+}
+
+struct MatMul {
+    a: Tensor,
+    b: Tensor,
+}
+
+impl MatMul {
+    /// The gradient for `x` (the `a` or `b` operand) from the product `p @ q` whose batch covers the output.
+    fn grad(x: &Tensor, p: &Tensor, q: &Tensor, out_batch: usize) -> Result<Tensor> {
+        let own_batch: usize = x.shape()[..x.rank() - 2].iter().product();
+        if own_batch == 1 && out_batch > 1 {
+            mm(p, q, true)?.reshape(x.shape())
+        } else {
+            sum_to_shape(&mm(p, q, false)?, x.shape())
+        }
+    }
+}
+
+impl BackwardOp for MatMul {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.a.clone(), self.b.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (a, b) = (&self.a, &self.b);
+        let out_batch: usize = g.shape()[..g.rank() - 2].iter().product();
+        let ga = if a.requires_grad() { Some(Self::grad(a, g, &b.t()?, out_batch)?) } else { None };
+        let gb = if b.requires_grad() { Some(Self::grad(b, &a.t()?, g, out_batch)?) } else { None };
+        Ok(vec![ga, gb])
+    }
+}
+
+impl Tensor {
+    /// Matrix product with numpy `matmul` semantics.
+    ///
+    /// - `[m, k] @ [k, n] -> [m, n]`;
+    /// - batched `[..., m, k] @ [..., k, n] -> [..., m, n]`, batch dims broadcast (`[B, T, C] @ [C, N]`
+    ///   is one GEMM of `B·T` rows);
+    /// - a 1-D left operand `[k]` acts as `[1, k]` and a 1-D right operand `[k]` as `[k, 1]`, and that
+    ///   dim is removed from the result (`[k] @ [k]` is a 0-d dot product).
+    ///
+    /// Strided views (transposes, permutes, narrows, broadcasts) are read without copies. f32 and f64
+    /// compute natively; bf16/f16 compute in f32 and round the result. Differentiable in both operands.
+    ///
+    /// Errors: a 0-d operand, mismatched inner dims or non-broadcastable batch dims give
+    /// `ShapeMismatch` naming `matmul` and both shapes; differing dtypes or devices, or integer dtypes,
+    /// are errors too.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.check_same("matmul", rhs)?;
+        self.check_float("matmul")?;
+        let (ra, rb) = (self.rank(), rhs.rank());
+        if ra == 0 || rb == 0 {
+            return Err(Error::ShapeMismatch { op: "matmul", lhs: self.shape().to_vec(), rhs: rhs.shape().to_vec() });
+        }
+        let a = if ra == 1 { self.unsqueeze(0)? } else { self.clone() };
+        let b = if rb == 1 { rhs.unsqueeze(1)? } else { rhs.clone() };
+        shapes(a.shape(), b.shape(), self.shape(), rhs.shape())?;
+        let out = mm(&a, &b, false)?.with_history(&[&a, &b], || node(MatMul { a: a.clone(), b: b.clone() }));
+        match (ra, rb) {
+            (1, 1) => out.reshape(&[]),
+            (1, _) => out.squeeze(-2),
+            (_, 1) => out.squeeze(-1),
+            _ => Ok(out),
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Reductions over dims: sum, mean (max lives in `reduce_max`).
 use crate::autograd::{node, BackwardOp};
+use crate::cpu::simd;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Dim, Error, Result, Tensor};
 use rayon::prelude::*;
@@ -31,28 +32,76 @@ pub(crate) fn rows_for(x: &Tensor, dims: &[usize]) -> Result<(Tensor, usize, usi
     Ok((xp, outer, inner))
 }
 
-fn sum_rows<T: CpuFloat + CpuSlice>(x: &[T], outer: usize, inner: usize) -> CpuStorage {
-    let f = |r: usize| -> T {
-        // f64-free pairwise-ish: accumulate in chunks of 8 lanes for accuracy and speed.
-        let row = &x[r * inner..(r + 1) * inner];
-        let mut acc = [T::zero(); 8];
+/// Row sums; f32 overrides the row kernel with the SIMD sum.
+trait SumElem: CpuFloat + CpuSlice {
+    fn row_sum(row: &[Self]) -> Self {
+        // 8 partial sums for accuracy and speed.
+        let mut acc = [Self::zero(); 8];
         let mut chunks = row.chunks_exact(8);
         for c in &mut chunks {
             for k in 0..8 {
                 acc[k] += c[k];
             }
         }
-        let mut s = chunks.remainder().iter().copied().sum::<T>();
+        let mut s = chunks.remainder().iter().copied().sum::<Self>();
         for a in acc {
             s += a;
         }
         s
-    };
-    let out: Vec<T> = if outer * inner >= super::binary::PAR_MIN && outer > 1 {
-        (0..outer).into_par_iter().map(f).collect()
+    }
+    /// `acc += row`.
+    fn acc_row(acc: &mut [Self], row: &[Self]) {
+        for (a, &x) in acc.iter_mut().zip(row) {
+            *a += x;
+        }
+    }
+}
+impl SumElem for f64 {}
+impl SumElem for f32 {
+    fn row_sum(row: &[f32]) -> f32 {
+        simd::sum(row)
+    }
+    fn acc_row(acc: &mut [f32], row: &[f32]) {
+        simd::axpy(1.0, row, acc)
+    }
+}
+
+/// Fixed block length for splitting one long row over threads (fixed, so results are deterministic).
+const SUM_BLOCK: usize = 1 << 16;
+
+fn sum_rows<T: SumElem>(x: &[T], outer: usize, inner: usize) -> CpuStorage {
+    let out: Vec<T> = if outer == 1 && inner >= 2 * SUM_BLOCK {
+        let parts: Vec<T> = x.par_chunks(SUM_BLOCK).map(T::row_sum).collect();
+        vec![parts.into_iter().fold(T::zero(), |a, b| a + b)]
+    } else if outer * inner >= super::binary::PAR_MIN && outer > 1 {
+        x.par_chunks(inner).map(T::row_sum).collect()
     } else {
-        (0..outer).map(f).collect()
+        (0..outer).map(|r| T::row_sum(&x[r * inner..(r + 1) * inner])).collect()
     };
+    T::into_storage(out)
+}
+
+/// Sum over the leading `rows` of a contiguous [rows, cols] buffer (column sums): rows are added
+/// into per-block accumulators in fixed blocks (deterministic), then the blocks are added in order.
+fn sum_leading<T: SumElem>(x: &[T], rows: usize, cols: usize) -> CpuStorage {
+    const BLOCK_ROWS: usize = 64;
+    let block = |rs: &[T]| -> Vec<T> {
+        let mut acc = vec![T::zero(); cols];
+        for r in rs.chunks_exact(cols) {
+            T::acc_row(&mut acc, r);
+        }
+        acc
+    };
+    let x = &x[..rows * cols];
+    let parts: Vec<Vec<T>> = if rows * cols >= super::binary::PAR_MIN && rows > BLOCK_ROWS {
+        x.par_chunks(BLOCK_ROWS * cols).map(block).collect()
+    } else {
+        vec![block(x)]
+    };
+    let mut out = vec![T::zero(); cols];
+    for p in &parts {
+        T::acc_row(&mut out, p);
+    }
     T::into_storage(out)
 }
 
@@ -81,11 +130,24 @@ impl Tensor {
         dims.dedup();
         let (keep_shape, out_shape) = reduce_shapes("sum", self.shape(), &dims, keepdim)?;
         let dt = self.dtype();
-        let (xp, outer, inner) = rows_for(&self.to_dtype(dt.cpu_compute())?, &dims)?;
-        let out = match dt.cpu_compute() {
-            DType::F32 => xp.with_slice::<f32, _>(|v| sum_rows(v, outer, inner))?,
-            DType::F64 => xp.with_slice::<f64, _>(|v| sum_rows(v, outer, inner))?,
-            d => return Err(Error::UnsupportedDType { op: "sum", dtype: d }),
+        let xc = self.to_dtype(dt.cpu_compute())?;
+        let k = dims.len();
+        let out = if xc.is_contiguous() && k > 0 && k < xc.rank() && dims[k - 1] == k - 1 && xc.elem_count() > 0 {
+            // leading dims of a contiguous input (bias gradients): column sums, no transpose copy
+            let rows: usize = xc.shape()[..k].iter().product();
+            let cols = xc.elem_count() / rows;
+            match dt.cpu_compute() {
+                DType::F32 => xc.with_slice::<f32, _>(|v| sum_leading(v, rows, cols))?,
+                DType::F64 => xc.with_slice::<f64, _>(|v| sum_leading(v, rows, cols))?,
+                d => return Err(Error::UnsupportedDType { op: "sum", dtype: d }),
+            }
+        } else {
+            let (xp, outer, inner) = rows_for(&xc, &dims)?;
+            match dt.cpu_compute() {
+                DType::F32 => xp.with_slice::<f32, _>(|v| sum_rows(v, outer, inner))?,
+                DType::F64 => xp.with_slice::<f64, _>(|v| sum_rows(v, outer, inner))?,
+                d => return Err(Error::UnsupportedDType { op: "sum", dtype: d }),
+            }
         };
         let out = Tensor::from_storage(Storage::Cpu(out.to_dtype(dt)), &out_shape)?;
         Ok(out.with_history(&[self], || node(Sum { input: self.clone(), keep_shape })))

@@ -1,1 +1,235 @@
-//! attention (placeholder module, being written)
+//! attention: fused scaled-dot-product attention, `softmax(q·kᵀ·scale + mask)·v`, with a fused
+//! backward. CPU: tiles of 64 queries × 64 keys with an online softmax (O(T) extra memory per row,
+//! no Tq×Tk matrix), rayon over (batch·head, query tile); the forward saves the per-row logsumexp
+//! and the backward recomputes the probabilities from it (see `cpu.rs`).
+mod cpu;
+mod simd;
+
+use crate::autograd::{node, BackwardOp};
+use crate::storage::{CpuSlice, CpuStorage, Storage};
+use crate::{DType, Device, Error, Layout, Result, Tensor};
+use cpu::{Dims, KeyMask, Saved, View};
+use simd::AttnFloat;
+use std::sync::Arc;
+
+const OP: &str = "attention";
+
+/// Options of [`Tensor::attention`]. `Default` is: not causal, no mask, scale `1/sqrt(d)`.
+#[derive(Debug, Clone, Default)]
+pub struct AttentionOpts {
+    /// Query `i` sees keys `j <= i` only. Like PyTorch's `scaled_dot_product_attention(is_causal=True)`
+    /// this is aligned to the TOP-LEFT corner (`tril` of a Tq×Tk matrix of ones) also when Tq != Tk.
+    pub causal: bool,
+    /// `[B, Tk]`, any dtype: nonzero = a real token (kept), 0 = padding (its keys get no weight).
+    /// This is the Hugging Face `attention_mask` convention. Not differentiated.
+    pub key_padding_mask: Option<Tensor>,
+    /// Multiplies `q·kᵀ`; `None` means `1/sqrt(d)`.
+    pub scale: Option<f64>,
+}
+
+/// Validated sizes of a call.
+fn check(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Dims> {
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        if t.rank() != 4 {
+            return Err(Error::Shape { op: OP, shape: t.shape().to_vec(), msg: format!("{name} must have rank 4 [B, H, T, d]") });
+        }
+    }
+    q.check_float(OP)?;
+    q.check_same(OP, k)?;
+    q.check_same(OP, v)?;
+    let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+    if qs[..2] != ks[..2] || qs[3] != ks[3] {
+        return Err(Error::ShapeMismatch { op: OP, lhs: qs.to_vec(), rhs: ks.to_vec() });
+    }
+    if ks[..3] != vs[..3] {
+        return Err(Error::ShapeMismatch { op: OP, lhs: ks.to_vec(), rhs: vs.to_vec() });
+    }
+    if qs[3] == 0 || vs[3] == 0 {
+        return Err(Error::Shape { op: OP, shape: vs.to_vec(), msg: format!("head dims must be positive (q/k have {}, v has {})", qs[3], vs[3]) });
+    }
+    if q.device() != Device::Cpu {
+        return Err(Error::msg(format!("{OP}: only the CPU path exists yet (got a tensor on {})", q.device())));
+    }
+    let scale = opts.scale.unwrap_or(1.0 / (qs[3] as f64).sqrt());
+    if !scale.is_finite() {
+        return Err(Error::msg(format!("{OP}: scale must be finite, got {scale}")));
+    }
+    if let Some(m) = &opts.key_padding_mask {
+        if m.shape() != [qs[0], ks[2]] {
+            return Err(Error::ShapeMismatch { op: "attention (key_padding_mask must be [B, Tk])", lhs: m.shape().to_vec(), rhs: vec![qs[0], ks[2]] });
+        }
+        if m.device() != q.device() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: m.device(), rhs: q.device() });
+        }
+    }
+    Ok(Dims { b: qs[0], h: qs[1], tq: qs[2], tk: ks[2], d: qs[3], dv: vs[3], scale, causal: opts.causal })
+}
+
+/// A tensor in compute dtype `T`, with the storage handle that keeps its data alive.
+struct Operand {
+    t: Tensor,
+    s: Arc<Storage>,
+}
+
+impl Operand {
+    fn new(t: &Tensor, ct: DType) -> Result<Self> {
+        let t = crate::no_grad(|| t.detach().to_dtype(ct))?;
+        let s = t.storage();
+        Ok(Operand { t, s })
+    }
+    fn view<T: CpuSlice>(&self) -> Result<View<'_, T>> {
+        let st = self.t.strides();
+        Ok(View { data: self.s.as_cpu()?.as_slice::<T>()?, off: self.t.layout().offset(), st: [st[0], st[1], st[2], st[3]] })
+    }
+}
+
+fn key_mask<T: AttnFloat>(opts: &AttentionOpts, p: &Dims) -> Result<Option<KeyMask<T>>> {
+    let Some(m) = &opts.key_padding_mask else { return Ok(None) };
+    let keep: Vec<bool> = m.to_vec_f64()?.into_iter().map(|x| x != 0.0).collect();
+    Ok(Some(KeyMask::new(&keep, p.b, p.tk)))
+}
+
+/// Forward in compute dtype `T`: (output with autograd history, lse [B, H, Tq] in `T`).
+fn run<T: AttnFloat>(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, p: Dims) -> Result<(Tensor, Tensor)> {
+    let ct = T::DTYPE;
+    let (qo, ko, vo) = (Operand::new(q, ct)?, Operand::new(k, ct)?, Operand::new(v, ct)?);
+    let mask = key_mask::<T>(opts, &p)?;
+    let (o, lse) = cpu::forward(&p, qo.view::<T>()?, ko.view::<T>()?, vo.view::<T>()?, mask.as_ref());
+    let shape = [p.b, p.h, p.tq, p.dv];
+    let saved_o = Arc::new(Storage::Cpu(T::into_storage(o)));
+    let out = if q.dtype() == ct {
+        Tensor::from_parts(saved_o.clone(), Layout::contiguous(&shape), false, None)
+    } else {
+        Tensor::from_storage(Storage::Cpu(saved_o.as_cpu()?.to_dtype(q.dtype())), &shape)?
+    };
+    let lse_t = Tensor::from_vec(lse.clone(), &[p.b, p.h, p.tq])?;
+    let out = out.with_history(&[q, k, v], || {
+        node(AttentionBackward::<T> { q: q.clone(), k: k.clone(), v: v.clone(), mask, out: saved_o, lse, p })
+    });
+    Ok((out, lse_t))
+}
+
+/// Scaled-dot-product attention with its per-row logsumexp; see [`Tensor::attention`].
+///
+/// Returns `(out [B, H, Tq, dv], lse [B, H, Tq])`; `lse` is f32 (f64 for f64 inputs), holds
+/// `log Σ_j exp(scale·q_i·k_j)` over the kept keys, and is `-inf` for fully masked rows. Only `out`
+/// carries gradients.
+pub fn attention_with_lse(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<(Tensor, Tensor)> {
+    let p = check(q, k, v, opts)?;
+    match q.dtype().cpu_compute() {
+        DType::F32 => run::<f32>(q, k, v, opts, p),
+        DType::F64 => run::<f64>(q, k, v, opts, p),
+        d => Err(Error::UnsupportedDType { op: OP, dtype: d }),
+    }
+}
+
+/// Scaled-dot-product attention; see [`Tensor::attention`].
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {
+    Ok(attention_with_lse(q, k, v, opts)?.0)
+}
+
+impl Tensor {
+    /// Fused scaled-dot-product attention: `softmax(q·kᵀ·scale + mask)·v` over the last two dims.
+    ///
+    /// - `self` = q `[B, H, Tq, d]`, `k` `[B, H, Tk, d]`, `v` `[B, H, Tk, dv]` (any strides: a
+    ///   transposed `[B, T, H, d]` view is read in place); output `[B, H, Tq, dv]`, contiguous.
+    /// - `opts.causal`: query `i` sees keys `j <= i` (top-left aligned, as PyTorch's
+    ///   `is_causal`, also for Tq != Tk). `opts.key_padding_mask` `[B, Tk]`: nonzero keeps a key.
+    ///   `opts.scale` defaults to `1/sqrt(d)`.
+    /// - A query row whose keys are all masked outputs 0 (PyTorch gives NaN there), and its
+    ///   gradients are 0.
+    /// - f32 and f64; bf16 / f16 are computed in f32 and the result cast back.
+    /// - Differentiable in q, k, v with a fused backward (recomputes the probabilities tile by tile
+    ///   from the saved logsumexp); the mask gets no gradient. Deterministic run to run.
+    ///
+    /// Errors (naming `attention` and the shapes): ranks other than 4, mismatched B/H/d between q
+    /// and k or B/H/Tk between k and v, a mask that is not `[B, Tk]`, zero head dims, dtype or
+    /// device mismatches, non-float inputs.
+    pub fn attention(&self, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {
+        attention(self, k, v, opts)
+    }
+}
+
+struct AttentionBackward<T> {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Option<KeyMask<T>>,
+    /// The forward output in compute dtype (the storage alone: holding the output tensor would
+    /// make a reference cycle through its own node).
+    out: Arc<Storage>,
+    lse: Vec<T>,
+    p: Dims,
+}
+
+impl<T: AttnFloat> BackwardOp for AttentionBackward<T> {
+    fn name(&self) -> &'static str {
+        OP
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.q.clone(), self.k.clone(), self.v.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let ct = T::DTYPE;
+        let (qo, ko, vo, go) = (Operand::new(&self.q, ct)?, Operand::new(&self.k, ct)?, Operand::new(&self.v, ct)?, Operand::new(g, ct)?);
+        let saved = Saved { out: self.out.as_cpu()?.as_slice::<T>()?, lse: &self.lse, dout: go.view::<T>()? };
+        let (dq, dk, dv) = cpu::backward(&self.p, qo.view::<T>()?, ko.view::<T>()?, vo.view::<T>()?, self.mask.as_ref(), &saved);
+        let wrap = |x: Vec<T>, like: &Tensor| -> Result<Option<Tensor>> {
+            if !like.requires_grad() {
+                return Ok(None);
+            }
+            let s: CpuStorage = T::into_storage(x);
+            Ok(Some(Tensor::from_storage(Storage::Cpu(s.to_dtype(like.dtype())), like.shape())?))
+        };
+        Ok(vec![wrap(dq, &self.q)?, wrap(dk, &self.k)?, wrap(dv, &self.v)?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Forward + backward bits on a pool of `threads` threads.
+    fn bits(threads: usize, b: usize, h: usize) -> Vec<u32> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mk = |s, t| Tensor::randn(s, &[b, h, t, 32], 0.0, 1.0, DType::F32, Device::Cpu).unwrap().var();
+            let (q, k, v) = (mk(1, 150), mk(2, 200), mk(3, 200));
+            let out = q.attention(&k, &v, &AttentionOpts { causal: true, ..Default::default() }).unwrap();
+            out.mul(&out).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut all = out.to_vec::<f32>().unwrap();
+            for x in [&q, &k, &v] {
+                all.extend(x.grad().unwrap().to_vec::<f32>().unwrap());
+            }
+            all.into_iter().map(f32::to_bits).collect()
+        })
+    }
+
+    #[test]
+    fn thread_count_does_not_change_bits() {
+        // B·H = 2: the backward splits keys into chunks; B·H = 16: one task per (b, h)
+        for (b, h) in [(1, 2), (4, 4)] {
+            assert_eq!(bits(1, b, h), bits(3, b, h), "b {b} h {h}");
+        }
+    }
+}
+
+/// The composed (unfused) attention: `softmax(mask(q kᵀ · scale)) v` built from matmul,
+/// masked_fill, softmax_last_dim and matmul. It stores the full T×T matrix; it exists to test the
+/// fused op against. Rows whose keys are all masked give NaN here (as in PyTorch), where the fused op gives 0.
+pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {
+    let (tq, tk, d) = (q.dim(2)?, k.dim(2)?, q.dim(3)?);
+    let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut s = q.matmul(&k.t()?)?.mul_scalar(scale)?; // [B, H, Tq, Tk]
+    if opts.causal {
+        let rows = Tensor::arange(0.0, tq as f64, 1.0, s.dtype(), s.device())?.reshape(&[tq, 1])?;
+        let cols = Tensor::arange(0.0, tk as f64, 1.0, s.dtype(), s.device())?.reshape(&[1, tk])?;
+        s = s.masked_fill(&cols.gt(&rows)?, f64::NEG_INFINITY)?;
+    }
+    if let Some(m) = &opts.key_padding_mask {
+        let b = m.dim(0)?;
+        let drop = m.to_dtype(s.dtype())?.eq_scalar(0.0)?.reshape(&[b, 1, 1, tk])?;
+        s = s.masked_fill(&drop, f64::NEG_INFINITY)?;
+    }
+    s.softmax_last_dim()?.matmul(v)
+}

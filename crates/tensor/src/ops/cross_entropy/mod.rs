@@ -1,1 +1,106 @@
-//! cross_entropy (placeholder module, being written)
+//! Cross-entropy loss from logits `[N, C]` and i64 class targets `[N]`: fused log-softmax + NLL
+//! (the per-row log-sum-exp is saved) with a fused backward. Kernels in [`cpu`].
+use crate::autograd::{node, BackwardOp};
+use crate::storage::{CpuSlice, CpuStorage, Storage};
+use crate::{CpuFloat, DType, Error, Result, Tensor};
+use std::sync::Arc;
+
+pub mod cpu;
+
+const OP: &str = "cross_entropy";
+
+struct CrossEntropyBackward {
+    logits: Tensor,
+    targets: Arc<Vec<i64>>,
+    /// Per-row log-sum-exp in the compute dtype.
+    lse: CpuStorage,
+    count: usize,
+    ignore: i64,
+}
+
+impl BackwardOp for CrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        OP
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.logits.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let x = &self.logits;
+        let c = x.shape()[1];
+        let scale = if self.count == 0 { 0.0 } else { g.to_scalar()? / self.count as f64 };
+        let (t, ig) = (&self.targets[..], self.ignore);
+        let xc = x.detach().to_dtype(x.dtype().cpu_compute())?;
+        let dx = match self.lse.dtype() {
+            DType::F32 => {
+                let l = self.lse.as_slice::<f32>()?;
+                xc.with_slice::<f32, _>(|x| CpuStorage::F32(cpu::cross_entropy_bwd_f32(x, t, l, c, ig, scale as f32)))?
+            }
+            DType::F64 => {
+                let l = self.lse.as_slice::<f64>()?;
+                xc.with_slice::<f64, _>(|x| CpuStorage::F64(cpu::cross_entropy_bwd(x, t, l, c, ig, scale)))?
+            }
+            dt => return Err(Error::UnsupportedDType { op: OP, dtype: dt }),
+        };
+        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx.to_dtype(x.dtype())), x.shape())?)])
+    }
+}
+
+fn fwd<T: CpuFloat + CpuSlice>(xc: &Tensor, t: &[i64], c: usize, ignore: i64, k: fn(&[T], &[i64], usize, i64) -> (f64, Vec<T>)) -> Result<(f64, CpuStorage)> {
+    let (sum, lse) = xc.with_slice::<T, _>(|x| k(x, t, c, ignore))?;
+    Ok((sum, T::into_storage(lse)))
+}
+
+impl Tensor {
+    /// Mean cross-entropy of logits `self` (`[N, C]`, float) against class indices `targets`
+    /// (`[N]`, i64): `mean over rows with target != ignore_index of (logsumexp(x_i) - x_i[t_i])`,
+    /// as a 0-d tensor of `self`'s dtype (PyTorch's `F.cross_entropy(x, t, ignore_index=...)`
+    /// with `reduction="mean"`; use -100 for PyTorch's default ignore index).
+    ///
+    /// - Only rank-2 logits are accepted: flatten leading dims first (`reshape(&[B*T, C])`).
+    /// - If every row is ignored the loss is 0 and the gradient is 0 (PyTorch returns NaN; a fully
+    ///   masked batch should not poison training).
+    /// - Differentiable in `self` (fused backward `(softmax - onehot)/count`, 0 on ignored rows).
+    ///
+    /// Errors: logits not rank 2 or not float, targets not i64 or not `[N]`, device mismatch, a
+    /// target outside `0..C` that is not `ignore_index` (`IndexOutOfRange`).
+    pub fn cross_entropy(&self, targets: &Tensor, ignore_index: i64) -> Result<Tensor> {
+        self.check_float(OP)?;
+        if self.rank() != 2 {
+            return Err(Error::Shape { op: OP, shape: self.shape().to_vec(), msg: "logits must be [N, C] (flatten leading dims first)".into() });
+        }
+        if targets.dtype() != DType::I64 {
+            return Err(Error::DTypeMismatch { op: OP, lhs: targets.dtype(), rhs: DType::I64 });
+        }
+        if self.device() != targets.device() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: targets.device() });
+        }
+        let (n, c) = (self.shape()[0], self.shape()[1]);
+        if targets.shape() != [n] {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: targets.shape().to_vec() });
+        }
+        let t = targets.to_vec::<i64>()?;
+        let mut count = 0;
+        for &v in &t {
+            if v == ignore_index {
+                continue;
+            }
+            if v < 0 || v as usize >= c {
+                return Err(Error::IndexOutOfRange { op: OP, index: v, size: c });
+            }
+            count += 1;
+        }
+        let dt = self.dtype();
+        let xc = self.detach().to_dtype(dt.cpu_compute())?;
+        let (sum, lse) = match dt.cpu_compute() {
+            DType::F32 => fwd::<f32>(&xc, &t, c, ignore_index, cpu::cross_entropy_fwd_f32)?,
+            DType::F64 => fwd::<f64>(&xc, &t, c, ignore_index, cpu::cross_entropy_fwd::<f64>)?,
+            d => return Err(Error::UnsupportedDType { op: OP, dtype: d }),
+        };
+        let loss = if count == 0 { 0.0 } else { sum / count as f64 };
+        let out = Tensor::from_storage(Storage::Cpu(CpuStorage::from_f64_iter(dt, std::iter::once(loss))), &[])?;
+        Ok(out.with_history(&[self], || {
+            node(CrossEntropyBackward { logits: self.clone(), targets: Arc::new(t), lse, count, ignore: ignore_index })
+        }))
+    }
+}

@@ -1,1 +1,91 @@
-//! softmax (placeholder module, being written)
+//! Softmax and log-softmax over the last dim, numerically stable (max-subtracted), with fused
+//! backward kernels that use the saved output. Kernels in [`cpu`].
+use crate::autograd::{node, BackwardOp};
+use crate::storage::{CpuSlice, CpuStorage, Storage};
+use crate::{DType, Error, Result, Tensor};
+
+pub mod cpu;
+
+fn name(log: bool) -> &'static str {
+    if log {
+        "log_softmax"
+    } else {
+        "softmax"
+    }
+}
+
+struct SoftmaxBackward {
+    input: Tensor,
+    /// The output in the compute dtype (f32 or f64), without history.
+    y: Tensor,
+    log: bool,
+}
+
+impl BackwardOp for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        name(self.log)
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.input.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (y, log) = (&self.y, self.log);
+        let d = last_dim(y);
+        let g = g.to_dtype(y.dtype())?;
+        let dx = match y.dtype() {
+            DType::F32 => with2::<f32>(y, &g, |y, g| cpu::softmax_bwd_f32(y, g, d, log))?,
+            DType::F64 => with2::<f64>(y, &g, |y, g| cpu::softmax_bwd(y, g, d, log))?,
+            dt => return Err(Error::UnsupportedDType { op: name(log), dtype: dt }),
+        };
+        let dx = dx.to_dtype(self.input.dtype());
+        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx), self.input.shape())?)])
+    }
+}
+
+fn with2<T: CpuSlice>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[T], &[T]) -> Vec<T>) -> Result<CpuStorage> {
+    a.with_slice::<T, _>(|a| b.with_slice::<T, _>(|b| T::into_storage(f(a, b))))?
+}
+
+/// Length of the rows the op works on (a 0-d tensor is one row of one element).
+fn last_dim(t: &Tensor) -> usize {
+    t.shape().last().copied().unwrap_or(1)
+}
+
+fn softmax_impl(x: &Tensor, log: bool) -> Result<Tensor> {
+    let op = name(log);
+    x.check_float(op)?;
+    let (dt, d) = (x.dtype(), last_dim(x));
+    let xc = x.detach().to_dtype(dt.cpu_compute())?;
+    let y = match dt.cpu_compute() {
+        DType::F32 => xc.with_slice::<f32, _>(|v| CpuStorage::F32(cpu::softmax_fwd_f32(v, d, log)))?,
+        DType::F64 => xc.with_slice::<f64, _>(|v| CpuStorage::F64(cpu::softmax_fwd(v, d, log)))?,
+        c => return Err(Error::UnsupportedDType { op, dtype: c }),
+    };
+    let out = Tensor::from_storage(Storage::Cpu(y.to_dtype(dt)), x.shape())?;
+    let saved = || -> Result<Tensor> {
+        if dt == dt.cpu_compute() {
+            Ok(out.detach())
+        } else {
+            Tensor::from_storage(Storage::Cpu(y), x.shape())
+        }
+    };
+    let saved = if crate::is_grad_enabled() && x.requires_grad() { Some(saved()?) } else { None };
+    Ok(out.clone().with_history(&[x], || node(SoftmaxBackward { input: x.clone(), y: saved.expect("recorded only with grad"), log })))
+}
+
+impl Tensor {
+    /// Softmax over the last dim: `y = e^(x - max) / Σ e^(x - max)` per row. Any rank (a 0-d tensor
+    /// is one row); float dtypes (bf16/f16 computed in f32). `-inf` entries (masks) get 0; a row
+    /// that is entirely `-inf` gives NaN, as in PyTorch. Differentiable (fused backward
+    /// `dx = y·(dy - Σ dy·y)`). Errors: integer dtype.
+    pub fn softmax_last_dim(&self) -> Result<Tensor> {
+        softmax_impl(self, false)
+    }
+
+    /// Log-softmax over the last dim: `y = x - max - ln Σ e^(x - max)` per row. Same shapes, dtypes
+    /// and `-inf` behaviour as [`Tensor::softmax_last_dim`] (masked entries give `-inf`).
+    /// Differentiable (fused backward `dx = dy - softmax(x)·Σ dy`). Errors: integer dtype.
+    pub fn log_softmax_last_dim(&self) -> Result<Tensor> {
+        softmax_impl(self, true)
+    }
+}

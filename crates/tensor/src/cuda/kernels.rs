@@ -1,0 +1,123 @@
+//! The CUDA kernel sources, embedded at build time from the repository's `kernels/` folder.
+//!
+//! One `.cu` file per op, with the same stem as the CPU op (`kernels/layer_norm.cu` ↔
+//! `ops/layer_norm/`); `extern "C"` entry points named `<op>_<fwd|bwd>_<f32|bf16|f16>`.
+//! Headers (`common.cuh`, ...) are handed to NVRTC as in-memory headers, so compiling needs no
+//! files on disk and no CUDA include directory. See docs/KERNELS.md.
+
+/// One kernel source file.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelFile {
+    /// File stem, e.g. `"layer_norm"` for `kernels/layer_norm.cu`.
+    pub stem: &'static str,
+    /// The CUDA C++ source text.
+    pub source: &'static str,
+}
+
+macro_rules! kernel_file {
+    ($stem:literal) => {
+        KernelFile { stem: $stem, source: include_str!(concat!("../../../../kernels/", $stem, ".cu")) }
+    };
+}
+
+/// Every kernel file, in a fixed order.
+pub const KERNEL_FILES: &[KernelFile] = &[
+    kernel_file!("adamw"),
+    kernel_file!("attention"),
+    kernel_file!("copy"),
+    kernel_file!("cross_entropy"),
+    kernel_file!("dropout"),
+    kernel_file!("elementwise"),
+    kernel_file!("embedding"),
+    kernel_file!("gelu"),
+    kernel_file!("layer_norm"),
+    kernel_file!("reduce"),
+    kernel_file!("softmax"),
+];
+
+/// The headers every program may `#include "name"`: (include name, text).
+pub const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../../../../kernels/common.cuh")),
+    ("attention_bwd.cuh", include_str!("../../../../kernels/attention_bwd.cuh")),
+];
+
+/// The kernel file with this stem.
+pub fn file(stem: &str) -> Option<&'static KernelFile> {
+    KERNEL_FILES.iter().find(|f| f.stem == stem)
+}
+
+/// The 64-bit FNV-1a hash of bytes: stable across Rust versions and platforms (the disk-cache key).
+pub fn fnv1a64(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = seed ^ 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Hash of a kernel file together with every header it could include.
+pub fn source_hash(file: &KernelFile) -> u64 {
+    let mut h = fnv1a64(file.source.as_bytes(), 0);
+    for (name, text) in HEADERS {
+        h = fnv1a64(name.as_bytes(), h);
+        h = fnv1a64(text.as_bytes(), h);
+    }
+    h
+}
+
+/// The dropout RNG contract shared by kernels/dropout.cu and the CPU dropout: a uniform number
+/// in `[0, 1)` for element `idx` (row-major flat index) under `seed` (splitmix64 finaliser of
+/// `seed + golden * (idx + 1)`, top 24 bits). See docs/KERNELS.md.
+pub fn dropout_uniform(seed: u64, idx: u64) -> f32 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(idx.wrapping_add(1)));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 * (1.0 / 16_777_216.0)
+}
+
+/// Whether dropout with probability `p` keeps element `idx` (`u >= p`). A kept element is
+/// multiplied by `1.0f32 / (1.0f32 - p)` (computed in f32), a dropped one becomes 0.
+pub fn dropout_keep(seed: u64, idx: u64, p: f32) -> bool {
+    dropout_uniform(seed, idx) >= p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_file_is_embedded_and_includes_common() {
+        assert!(KERNEL_FILES.len() >= 11);
+        for f in KERNEL_FILES {
+            assert!(f.source.contains("#include \"common.cuh\""), "{} misses common.cuh", f.stem);
+            assert!(f.source.contains("extern \"C\""), "{} has no entry point", f.stem);
+        }
+        assert!(file("gelu").is_some() && file("nope").is_none());
+    }
+
+    #[test]
+    fn dropout_contract_matches_the_kernel_source() {
+        let src = file("dropout").unwrap().source;
+        for c in ["0x9E3779B97F4A7C15", "0xBF58476D1CE4E5B9", "0x94D049BB133111EB", "z >> 30", "z >> 27", "z >> 31", "z >> 40", "16777216", ">= p"] {
+            assert!(src.contains(c), "dropout.cu lost `{c}`");
+        }
+        // Known values: seed 0, idx 0 is splitmix64's first output for state 0 (0xE220A8397B1DCDAF).
+        assert_eq!(dropout_uniform(0, 0), (0xE220_A839_7B1D_CDAFu64 >> 40) as f32 / 16_777_216.0);
+        // Cross-checked against dropout.cu itself, run under kernels/emu (seed 42, idx 0..3).
+        let want = [12_441_394u32, 2_682_851, 4_674_151].map(|k| k as f32 / 16_777_216.0);
+        assert_eq!([0, 1, 2].map(|i| dropout_uniform(42, i)), want);
+        let kept = (0..100_000u64).filter(|&i| dropout_keep(42, i, 0.1)).count();
+        assert!((89_000..91_000).contains(&kept), "{kept}");
+        assert!((0..1000u64).all(|i| dropout_keep(7, i, 0.0)) && !(0..1000u64).any(|i| dropout_keep(7, i, 1.0)));
+    }
+
+    #[test]
+    fn hash_is_stable_and_sensitive() {
+        assert_eq!(fnv1a64(b"", 0), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a", 0), 0xaf63_dc4c_8601_ec8c);
+        let g = file("gelu").unwrap();
+        assert_ne!(source_hash(g), source_hash(file("softmax").unwrap()));
+    }
+}

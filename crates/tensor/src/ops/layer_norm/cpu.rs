@@ -1,0 +1,270 @@
+//! CPU kernels of LayerNorm over rows of length `d`, forward and fused backward.
+//!
+//! Forward, per row: `mean`, `var = mean((x - mean)²)` (biased, two passes in L1),
+//! `rstd = 1/√(var + eps)`, `y = (x - mean)·rstd·w + b`; `mean` and `rstd` are saved.
+//! Backward, per row, with `x̂ = (x - mean)·rstd` and `g = dy·w`:
+//! `dx = rstd·(g - mean(g) - x̂·mean(g·x̂))`, `dw += dy·x̂`, `db += dy` — one pass for the two row
+//! sums and one that writes `dx` and accumulates `dw`, `db`. Rows are split into blocks that depend
+//! only on the shape; each block sums its own `dw`/`db` partials and the partials are added in block
+//! order, so the result does not depend on the thread count or scheduling.
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::vf32::{F256, F512, VF32};
+use crate::cpu::simd::{self, Level};
+use crate::ops::binary::PAR_MIN;
+use crate::ops::softmax::cpu::sum64;
+use crate::CpuFloat;
+use rayon::prelude::*;
+
+/// Forward outputs: `y`, and per row `mean` and `rstd`.
+pub struct LnForward<T> {
+    pub y: Vec<T>,
+    pub mean: Vec<T>,
+    pub rstd: Vec<T>,
+}
+
+/// Backward outputs: `dx`, `dw`, `db` (`dw`/`db` have `d` elements).
+pub struct LnBackward<T> {
+    pub dx: Vec<T>,
+    pub dw: Vec<T>,
+    pub db: Vec<T>,
+}
+
+/// Signature of the forward kernels: `(x, weight, bias, d, eps)`.
+pub type FwdFn<T> = fn(&[T], Option<&[T]>, Option<&[T]>, usize, f64) -> LnForward<T>;
+/// Signature of the backward kernels: `(x, dy, weight, mean, rstd, d)`.
+pub type BwdFn<T> = fn(&[T], &[T], Option<&[T]>, &[T], &[T], usize) -> LnBackward<T>;
+
+/// Rows per block: a function of the shape only (see the module docs).
+fn block_rows(rows: usize, d: usize) -> usize {
+    rows.div_ceil(64).max((1 << 13) / d.max(1)).max(1)
+}
+
+/// Runs `k(x, y, mean, rstd)` on blocks of rows (in parallel for large inputs).
+fn par_blocks<T: Send + Sync, R: Send>(
+    x: &[T],
+    y: &mut [T],
+    m: &mut [T],
+    r: &mut [T],
+    d: usize,
+    k: impl Fn(&[T], &mut [T], &mut [T], &mut [T]) -> R + Sync,
+) -> Vec<R> {
+    let br = block_rows(m.len(), d);
+    let it = |((x, y), (m, r)): ((&[T], &mut [T]), (&mut [T], &mut [T]))| k(x, y, m, r);
+    if x.len() >= PAR_MIN {
+        x.par_chunks(br * d).zip(y.par_chunks_mut(br * d)).zip(m.par_chunks_mut(br).zip(r.par_chunks_mut(br))).map(it).collect()
+    } else {
+        x.chunks(br * d).zip(y.chunks_mut(br * d)).zip(m.chunks_mut(br).zip(r.chunks_mut(br))).map(it).collect()
+    }
+}
+
+fn ones_zeros<T: CpuFloat>(w: Option<&[T]>, b: Option<&[T]>, d: usize) -> (Vec<T>, Vec<T>) {
+    (w.map_or_else(|| vec![T::one(); d], <[T]>::to_vec), b.map_or_else(|| vec![T::zero(); d], <[T]>::to_vec))
+}
+
+/// Generic forward (f64, and f32 at the scalar level). `x` has `rows·d` elements.
+pub fn layer_norm_fwd<T: CpuFloat>(x: &[T], w: Option<&[T]>, b: Option<&[T]>, d: usize, eps: f64) -> LnForward<T> {
+    let rows = if d == 0 { 0 } else { x.len() / d };
+    let (mut y, mut mean, mut rstd) = (vec![T::zero(); x.len()], vec![T::zero(); rows], vec![T::zero(); rows]);
+    let (w, b) = ones_zeros(w, b, d);
+    let (inv_d, eps) = (T::one() / T::from_f64(d as f64), T::from_f64(eps));
+    par_blocks(x, &mut y, &mut mean, &mut rstd, d, |x, y, m, r| {
+        for (i, (x, y)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+            let mu = sum64(x.iter().copied()) * inv_d;
+            let var = sum64(x.iter().map(|&v| (v - mu) * (v - mu))) * inv_d;
+            let rs = T::one() / (var + eps).sqrt();
+            for j in 0..d {
+                y[j] = (x[j] - mu) * rs * w[j] + b[j];
+            }
+            (m[i], r[i]) = (mu, rs);
+        }
+    });
+    LnForward { y, mean, rstd }
+}
+
+/// Generic fused backward.
+pub fn layer_norm_bwd<T: CpuFloat>(x: &[T], dy: &[T], w: Option<&[T]>, mean: &[T], rstd: &[T], d: usize) -> LnBackward<T> {
+    let (w, _) = ones_zeros(w, None, d);
+    let inv_d = T::one() / T::from_f64(d as f64);
+    bwd_driver(x, dy, mean, rstd, d, |x, dy, dx, m, r, dw, db| {
+        for (i, ((x, dy), dx)) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)).enumerate() {
+            let (mu, rs) = (m[i], r[i]);
+            let a = sum64((0..d).map(|j| dy[j] * w[j])) * inv_d;
+            let c = sum64((0..d).map(|j| dy[j] * w[j] * (x[j] - mu) * rs)) * inv_d;
+            for j in 0..d {
+                let xh = (x[j] - mu) * rs;
+                dx[j] = rs * (dy[j] * w[j] - a - xh * c);
+                dw[j] += dy[j] * xh;
+                db[j] += dy[j];
+            }
+        }
+    })
+}
+
+/// Splits rows into blocks, runs `k(x, dy, dx, mean, rstd, dw_partial, db_partial)` per block and
+/// sums the partials in block order.
+fn bwd_driver<T: CpuFloat>(x: &[T], dy: &[T], mean: &[T], rstd: &[T], d: usize, k: impl Fn(&[T], &[T], &mut [T], &[T], &[T], &mut [T], &mut [T]) + Sync) -> LnBackward<T> {
+    let mut dx = vec![T::zero(); x.len()];
+    if d == 0 || x.is_empty() {
+        return LnBackward { dx, dw: vec![T::zero(); d], db: vec![T::zero(); d] };
+    }
+    let br = block_rows(mean.len(), d);
+    let run = |(i, dx): (usize, &mut [T])| {
+        let (lo, hi) = (i * br, (i * br + br).min(mean.len()));
+        let (mut dw, mut db) = (vec![T::zero(); d], vec![T::zero(); d]);
+        k(&x[lo * d..hi * d], &dy[lo * d..hi * d], dx, &mean[lo..hi], &rstd[lo..hi], &mut dw, &mut db);
+        (dw, db)
+    };
+    let parts: Vec<(Vec<T>, Vec<T>)> = if x.len() >= PAR_MIN {
+        dx.par_chunks_mut(br * d).enumerate().map(run).collect()
+    } else {
+        dx.chunks_mut(br * d).enumerate().map(run).collect()
+    };
+    let (mut dw, mut db) = (vec![T::zero(); d], vec![T::zero(); d]);
+    for (pw, pb) in &parts {
+        for j in 0..d {
+            dw[j] += pw[j];
+            db[j] += pb[j];
+        }
+    }
+    LnBackward { dx, dw, db }
+}
+
+/// f32 forward with the best SIMD level.
+pub fn layer_norm_fwd_f32(x: &[f32], w: Option<&[f32]>, b: Option<&[f32]>, d: usize, eps: f64) -> LnForward<f32> {
+    let lvl = simd::level();
+    if lvl == Level::Scalar || d == 0 {
+        return layer_norm_fwd(x, w, b, d, eps);
+    }
+    let rows = x.len() / d;
+    let (mut y, mut mean, mut rstd) = (vec![0f32; x.len()], vec![0f32; rows], vec![0f32; rows]);
+    let (w, b) = ones_zeros(w, b, d);
+    par_blocks(x, &mut y, &mut mean, &mut rstd, d, |x, y, m, r| match lvl {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { fwd_avx512(x, y, m, r, &w, &b, eps as f32) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { fwd_avx2(x, y, m, r, &w, &b, eps as f32) },
+        _ => unreachable!(),
+    });
+    LnForward { y, mean, rstd }
+}
+
+/// f32 fused backward with the best SIMD level.
+pub fn layer_norm_bwd_f32(x: &[f32], dy: &[f32], w: Option<&[f32]>, mean: &[f32], rstd: &[f32], d: usize) -> LnBackward<f32> {
+    let lvl = simd::level();
+    if lvl == Level::Scalar || d == 0 {
+        return layer_norm_bwd(x, dy, w, mean, rstd, d);
+    }
+    let (w, _) = ones_zeros(w, None, d);
+    bwd_driver(x, dy, mean, rstd, d, |x, dy, dx, m, r, dw, db| match lvl {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { bwd_avx512(x, dy, dx, m, r, &w, dw, db) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { bwd_avx2(x, dy, dx, m, r, &w, dw, db) },
+        _ => unreachable!(),
+    })
+}
+
+// ----- SIMD bodies ----------------------------------------------------------------------------------
+
+/// Loads lanes `i..` of `s` (a full vector, or the zero-padded tail when fewer remain).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn ld<V: VF32>(s: &[f32], i: usize) -> V {
+    if i + V::LANES <= s.len() {
+        V::load(s.as_ptr().add(i))
+    } else {
+        V::load_tail(&s[i..], 0.0)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn st<V: VF32>(v: V, s: &mut [f32], i: usize) {
+    if i + V::LANES <= s.len() {
+        v.store(s.as_mut_ptr().add(i))
+    } else {
+        v.store_tail(&mut s[i..])
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [f32], m: &mut [f32], r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let d = w.len();
+    let inv_d = 1.0 / d as f32;
+    for (i, (x, y)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+        let mut s = V::splat(0.0);
+        for j in (0..d).step_by(V::LANES) {
+            s = s.add(ld::<V>(x, j));
+        }
+        let mu = s.hsum() * inv_d;
+        let (muv, mut q) = (V::splat(mu), V::splat(0.0));
+        let main = d / V::LANES * V::LANES;
+        for j in (0..main).step_by(V::LANES) {
+            let c = V::load(x.as_ptr().add(j)).sub(muv);
+            q = c.fma(c, q);
+        }
+        if main < d {
+            // the padded lanes hold `mu`, so they add 0
+            let c = V::load_tail(&x[main..], mu).sub(muv);
+            q = c.fma(c, q);
+        }
+        let rs = 1.0 / (q.hsum() * inv_d + eps).sqrt();
+        let (rsv, sh) = (V::splat(rs), V::splat(-mu * rs));
+        for j in (0..d).step_by(V::LANES) {
+            let xh = ld::<V>(x, j).fma(rsv, sh);
+            st(xh.fma(ld::<V>(w, j), ld::<V>(b, j)), y, j);
+        }
+        (m[i], r[i]) = (mu, rs);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn bwd_rows<V: VF32>(x: &[f32], dy: &[f32], dx: &mut [f32], m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
+    let d = w.len();
+    let inv_d = 1.0 / d as f32;
+    for (i, ((x, dy), dx)) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)).enumerate() {
+        let (rsv, sh) = (V::splat(r[i]), V::splat(-m[i] * r[i]));
+        let (mut a, mut c) = (V::splat(0.0), V::splat(0.0));
+        for j in (0..d).step_by(V::LANES) {
+            let g = ld::<V>(dy, j).mul(ld::<V>(w, j));
+            let xh = ld::<V>(x, j).fma(rsv, sh);
+            a = a.add(g);
+            c = g.fma(xh, c);
+        }
+        let (av, cv) = (V::splat(a.hsum() * inv_d), V::splat(c.hsum() * inv_d));
+        for j in (0..d).step_by(V::LANES) {
+            let g = ld::<V>(dy, j);
+            let xh = ld::<V>(x, j).fma(rsv, sh);
+            let t = xh.fnma(cv, g.mul(ld::<V>(w, j)).sub(av));
+            st(t.mul(rsv), dx, j);
+            st(g.fma(xh, ld::<V>(dw, j)), dw, j);
+            st(ld::<V>(db, j).add(g), db, j);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fwd_avx512(x: &[f32], y: &mut [f32], m: &mut [f32], r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    fwd_rows::<F512>(x, y, m, r, w, b, eps)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fwd_avx2(x: &[f32], y: &mut [f32], m: &mut [f32], r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    fwd_rows::<F256>(x, y, m, r, w, b, eps)
+}
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn bwd_avx512(x: &[f32], dy: &[f32], dx: &mut [f32], m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
+    bwd_rows::<F512>(x, dy, dx, m, r, w, dw, db)
+}
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bwd_avx2(x: &[f32], dy: &[f32], dx: &mut [f32], m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
+    bwd_rows::<F256>(x, dy, dx, m, r, w, dw, db)
+}

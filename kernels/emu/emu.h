@@ -1,0 +1,65 @@
+// Minimal CPU emulation of the CUDA execution model for testing kiln's kernels (f32 paths).
+// Blocks run one after another; the threads of a block run concurrently as std::threads.
+#pragma once
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <thread>
+#include <vector>
+#include <algorithm>
+#include <memory>
+using std::min; using std::max;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define asm(...) ((void)0)
+struct dim3e { unsigned x = 1, y = 1, z = 1; };
+inline thread_local dim3e threadIdx;
+inline dim3e blockIdx, blockDim, gridDim;
+alignas(16) inline float smem[1 << 16];  // "extern __shared__ float smem[]" resolves here
+inline std::unique_ptr<std::barrier<>> g_block_bar;
+inline std::vector<std::unique_ptr<std::barrier<>>> g_warp_bar;
+inline std::vector<std::vector<uint64_t>> g_warp_slot;
+inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
+inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
+template <typename T> T warp_exchange(T v, int src) {
+  int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  uint64_t bits = 0; memcpy(&bits, &v, sizeof(T));
+  g_warp_slot[w][lane] = bits;
+  g_warp_bar[w]->arrive_and_wait();
+  uint64_t r = g_warp_slot[w][src & 31];
+  g_warp_bar[w]->arrive_and_wait();
+  T out; memcpy(&out, &r, sizeof(T)); return out;
+}
+template <typename T> T __shfl_xor_sync(unsigned, T v, int o) { return warp_exchange(v, (threadIdx.x & 31) ^ o); }
+template <typename T> T __shfl_sync(unsigned, T v, int src) { return warp_exchange(v, src); }
+inline unsigned __ballot_sync(unsigned, bool p) {
+  int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  g_warp_slot[w][lane] = p;
+  g_warp_bar[w]->arrive_and_wait();
+  unsigned m = 0; for (int l = 0; l < 32; ++l) if (g_warp_slot[w][l]) m |= 1u << l;
+  g_warp_bar[w]->arrive_and_wait();
+  return m;
+}
+// launch(grid, block, [&]{ kernel(args...); })
+inline void launch(dim3e grid, dim3e block, const std::function<void()>& body) {
+  gridDim = grid; blockDim = block;
+  int nt = block.x; int nw = (nt + 31) / 32;
+  for (unsigned by = 0; by < grid.y; ++by) for (unsigned bx = 0; bx < grid.x; ++bx) {
+    blockIdx = {bx, by, 1};
+    g_block_bar = std::make_unique<std::barrier<>>(nt);
+    g_warp_bar.clear(); g_warp_slot.assign(nw, std::vector<uint64_t>(32));
+    for (int w = 0; w < nw; ++w) g_warp_bar.push_back(std::make_unique<std::barrier<>>(32));
+    std::vector<std::thread> ts;
+    for (int t = 0; t < nt; ++t) ts.emplace_back([t, &body] { threadIdx = {(unsigned)t, 0, 0}; body(); });
+    for (auto& t : ts) t.join();
+  }
+}

@@ -1,0 +1,132 @@
+// CPU emulation tests of kernels/{gelu,layer_norm,softmax,cross_entropy,elementwise,reduce,embedding,adamw,dropout,copy}.cu
+// against double-precision references. Run with kernels/emu/run.sh.
+#include "emu.h"
+#include <cstdio>
+#include <random>
+#include "gen/gelu.cu"
+#include "gen/layer_norm.cu"
+#include "gen/softmax.cu"
+#include "gen/cross_entropy.cu"
+#include "gen/elementwise.cu"
+#include "gen/reduce.cu"
+#include "gen/embedding.cu"
+#include "gen/adamw.cu"
+#include "gen/dropout.cu"
+#include "gen/copy.cu"
+
+static std::mt19937 rng(99);
+static std::vector<float> randv(size_t n, float s = 1.f) { std::normal_distribution<float> d(0.f, s); std::vector<float> v(n); for (auto& x : v) x = d(rng); return v; }
+int fails = 0;
+template <typename A, typename B> double err(const A& a, const B& b) {
+  double m = 0, s = 1e-12; for (size_t i = 0; i < b.size(); ++i) s = std::max(s, std::fabs((double)b[i]));
+  if (a.size() != b.size()) return 1e9;
+  for (size_t i = 0; i < b.size(); ++i) { double d = std::fabs((double)a[i] - (double)b[i]); if (!(d <= m)) m = d; } return m / s; }
+void check(const char* what, double e, double tol = 1e-5) { printf("%-36s err %.3g %s\n", what, e, e < tol ? "ok" : "FAIL"); if (!(e < tol)) fails++; }
+
+int main() {
+  // ---- layer_norm
+  { int R = 37, C = 100; auto x = randv(R * C, 2.f), w = randv(C), b = randv(C), g = randv(R * C);
+    for (auto& v : x) v += 3.f;
+    std::vector<float> out(R * C), mean(R), rstd(R), dx(R * C), dw(C), db(C);
+    launch({(unsigned)R}, {256}, [&] { layer_norm_fwd_f32(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), R, C, 1e-5f); });
+    std::vector<double> ro(R * C), rdx(R * C), rdw(C, 0), rdb(C, 0);
+    for (int r = 0; r < R; ++r) { double mu = 0, var = 0; for (int c = 0; c < C; ++c) mu += x[r * C + c]; mu /= C; for (int c = 0; c < C; ++c) var += (x[r * C + c] - mu) * (x[r * C + c] - mu); var /= C; double rs = 1 / std::sqrt(var + 1e-5);
+      double a = 0, bb = 0; for (int c = 0; c < C; ++c) { double xh = (x[r * C + c] - mu) * rs; ro[r * C + c] = xh * w[c] + b[c]; a += g[r * C + c] * w[c]; bb += g[r * C + c] * w[c] * xh; rdw[c] += g[r * C + c] * xh; rdb[c] += g[r * C + c]; }
+      for (int c = 0; c < C; ++c) { double xh = (x[r * C + c] - mu) * rs; rdx[r * C + c] = rs * (g[r * C + c] * w[c] - a / C - xh * bb / C); } }
+    check("layer_norm_fwd", err(out, ro));
+    int parts = 5; std::vector<float> pw(parts * C, NAN), pb(parts * C, NAN);
+    launch({(unsigned)parts}, {256}, [&] { layer_norm_bwd_f32(dx.data(), pw.data(), pb.data(), mean.data(), rstd.data(), g.data(), x.data(), w.data(), R, C); });
+    launch({1}, {256}, [&] { layer_norm_bwd_reduce_f32(dw.data(), db.data(), pw.data(), pb.data(), parts, C); });
+    check("layer_norm_bwd dx", err(dx, rdx)); check("layer_norm_bwd dw", err(dw, rdw)); check("layer_norm_bwd db", err(db, rdb));
+  }
+  // ---- softmax / log_softmax
+  { int R = 9, C = 300; auto x = randv(R * C, 3.f), g = randv(R * C); x[5] = -INFINITY;
+    for (int lg = 0; lg < 2; ++lg) {
+      std::vector<float> y(R * C), dx(R * C); std::vector<double> ry(R * C), rdx(R * C);
+      for (int r = 0; r < R; ++r) { double m = -INFINITY, s = 0; for (int c = 0; c < C; ++c) m = std::max(m, (double)x[r * C + c]); for (int c = 0; c < C; ++c) s += std::exp(x[r * C + c] - m);
+        for (int c = 0; c < C; ++c) ry[r * C + c] = lg ? x[r * C + c] - m - std::log(s) : std::exp(x[r * C + c] - m) / s;
+        double dot = 0; for (int c = 0; c < C; ++c) dot += lg ? g[r * C + c] : g[r * C + c] * ry[r * C + c];
+        for (int c = 0; c < C; ++c) rdx[r * C + c] = lg ? g[r * C + c] - std::exp(ry[r * C + c]) * dot : ry[r * C + c] * (g[r * C + c] - dot); }
+      if (lg) { launch({(unsigned)R}, {256}, [&] { log_softmax_fwd_f32(y.data(), x.data(), R, C); }); bool ninf = std::isinf(y[5]) && y[5] < 0; launch({(unsigned)R}, {256}, [&] { log_softmax_bwd_f32(dx.data(), y.data(), g.data(), R, C); }); ry[5] = y[5] = ninf ? 0 : 1; }
+      else { launch({(unsigned)R}, {64}, [&] { softmax_fwd_f32(y.data(), x.data(), R, C); }); launch({(unsigned)R}, {64}, [&] { softmax_bwd_f32(dx.data(), y.data(), g.data(), R, C); }); }
+      if (lg) { /* restore -inf position for the bwd reference: exp(-inf)=0 */ }
+      check(lg ? "log_softmax_fwd" : "softmax_fwd", err(y, ry)); check(lg ? "log_softmax_bwd" : "softmax_bwd", err(dx, rdx));
+    } }
+  // ---- cross_entropy
+  { int R = 7, V = 1000; auto x = randv(R * V, 2.f); std::vector<long long> t = {3, 999, -100, 0, 500, 42, 7};
+    std::vector<float> loss(R), lse(R), dl(R * V), dloss = {0.5f};
+    launch({(unsigned)R}, {256}, [&] { cross_entropy_fwd_f32(loss.data(), lse.data(), x.data(), t.data(), R, V, -100); });
+    launch({(unsigned)R}, {256}, [&] { cross_entropy_bwd_f32(dl.data(), lse.data(), dloss.data(), x.data(), t.data(), R, V, 0, -100); });
+    std::vector<double> rl(R), rd(R * V);
+    for (int r = 0; r < R; ++r) { double m = -INFINITY, s = 0; for (int c = 0; c < V; ++c) m = std::max(m, (double)x[r * V + c]); for (int c = 0; c < V; ++c) s += std::exp(x[r * V + c] - m); double l = m + std::log(s);
+      rl[r] = t[r] == -100 ? 0 : l - x[r * V + t[r]]; for (int c = 0; c < V; ++c) rd[r * V + c] = t[r] == -100 ? 0 : 0.5 * (std::exp(x[r * V + c] - l) - (c == t[r])); }
+    check("cross_entropy_fwd", err(loss, rl)); check("cross_entropy_bwd", err(dl, rd)); }
+  // ---- elementwise: binary with broadcast [4,1,5] + [3,1] -> [4,3,5], lhs transposed storage
+  { std::vector<float> a = randv(20), b = randv(3), out(60); std::vector<double> r(60);
+    // lhs logical [4,1,5] stored as [5,4] (transposed): element (i,0,k) at k*4+i -> strides (1, 0, 4); broadcast over dim1 (3)
+    Layout la{}, lb{}; long long sh[3] = {4, 3, 5};
+    for (int d = 0; d < 3; ++d) la.shape[d] = lb.shape[d] = sh[d]; la.rank = lb.rank = 3;
+    la.stride[0] = 1; la.stride[1] = 0; la.stride[2] = 4; lb.stride[0] = 0; lb.stride[1] = 1; lb.stride[2] = 0;
+    for (int i = 0; i < 4; ++i) for (int j = 0; j < 3; ++j) for (int k = 0; k < 5; ++k) r[(i * 3 + j) * 5 + k] = (double)a[k * 4 + i] / b[j];
+    launch({1}, {32}, [&] { binary_fwd_f32(out.data(), a.data(), b.data(), la, lb, 60, B_DIV); });
+    check("binary_fwd broadcast+strided", err(out, r), 1e-6);
+    std::vector<float> u(60), du(60); auto g = randv(60); std::vector<double> ru(60), rdu(60);
+    for (int i = 0; i < 60; ++i) { double s = 1 / (1 + std::exp(-(double)out[i])); ru[i] = out[i] * s; rdu[i] = g[i] * s * (1 + out[i] * (1 - s)); }
+    Layout lc{}; lc.shape[0] = 60; lc.stride[0] = 1; lc.rank = 1; lc.contiguous = 1;
+    launch({2}, {64}, [&] { unary_fwd_f32(u.data(), out.data(), lc, 60, U_SILU); });
+    launch({2}, {64}, [&] { unary_bwd_f32(du.data(), out.data(), u.data(), g.data(), 60, U_SILU); });
+    check("unary_fwd silu", err(u, ru)); check("unary_bwd silu", err(du, rdu));
+    // copy permute [2,3,4] -> permute(2,0,1) = [4,2,3], strides (1, 12, 4)
+    auto src = randv(24); std::vector<float> dst(24), back(24, NAN); std::vector<double> rc(24);
+    for (int i = 0; i < 4; ++i) for (int j = 0; j < 2; ++j) for (int k = 0; k < 3; ++k) rc[(i * 2 + j) * 3 + k] = src[j * 12 + k * 4 + i];
+    Layout lp{}; lp.rank = 3; lp.shape[0] = 4; lp.shape[1] = 2; lp.shape[2] = 3; lp.stride[0] = 1; lp.stride[1] = 12; lp.stride[2] = 4;
+    launch({1}, {256}, [&] { copy_f32(dst.data(), src.data(), lp, 24); });
+    launch({1}, {256}, [&] { copy_to_strided_f32(back.data(), dst.data(), lp, 24); });
+    check("copy permute", err(dst, rc), 1e-9); check("copy_to_strided roundtrip", err(back, src), 1e-9); }
+  // ---- reduce
+  { int R = 50, C = 33; auto x = randv(R * C); x[3 * C + 7] = 9.f; x[3 * C + 20] = 9.f;
+    std::vector<float> s(R), m(R), cs(C); std::vector<long long> am(R); std::vector<double> rs(R, 0), rm(R, -INFINITY), rcs(C, 0); std::vector<long long> ram(R);
+    for (int r = 0; r < R; ++r) for (int c = 0; c < C; ++c) { rs[r] += x[r * C + c]; rcs[c] += x[r * C + c]; if (x[r * C + c] > rm[r]) { rm[r] = x[r * C + c]; ram[r] = c; } }
+    launch({(unsigned)R}, {64}, [&] { reduce_sum_last_f32(s.data(), x.data(), R, C); });
+    launch({(unsigned)R}, {96}, [&] { reduce_max_last_f32(m.data(), am.data(), x.data(), R, C); });
+    int parts = 3; std::vector<float> part(parts * C);
+    launch({(unsigned)((C + 31) / 32), (unsigned)parts}, {256}, [&] { reduce_sum_rows_partial_f32(part.data(), x.data(), R, C); });
+    launch({1}, {256}, [&] { reduce_sum_rows_finish_f32(cs.data(), part.data(), parts, C); });
+    bool argok = am == ram; check("reduce_sum_last", err(s, rs)); check("reduce_max_last", err(m, rm) + (argok ? 0 : 1)); check("reduce_sum_rows", err(cs, rcs)); }
+  // ---- embedding
+  { int V = 23, D = 37, N = 150; auto w = randv(V * D), g = randv(N * D); std::vector<long long> ids(N);
+    for (int i = 0; i < N; ++i) ids[i] = (i * 7 + i / 3) % V; ids[10] = 22;
+    std::vector<float> out(N * D), dw(V * D, NAN); std::vector<double> ro(N * D), rdw(V * D, 0);
+    for (int i = 0; i < N; ++i) for (int d = 0; d < D; ++d) { ro[i * D + d] = w[ids[i] * D + d]; rdw[ids[i] * D + d] += g[i * D + d]; }
+    launch({(unsigned)N}, {32}, [&] { embedding_fwd_f32(out.data(), w.data(), ids.data(), N, D, V); });
+    int Rb = 4;  // rows per block; smem in floats: acc + tile ids + masks
+    launch({(unsigned)((V + Rb - 1) / Rb)}, {64}, [&] { embedding_bwd_f32(dw.data(), g.data(), ids.data(), N, D, V, Rb); });
+    check("embedding_fwd", err(out, ro), 1e-9); check("embedding_bwd", err(dw, rdw)); }
+  // ---- gelu (vs central differences) + bf16 rounding path
+  { int n = 1003; auto x = randv(n, 2.f), g = randv(n);
+    for (int ta = 0; ta < 2; ++ta) { std::vector<float> y(n), dx(n); std::vector<double> ry(n), rdx(n);
+      for (int i = 0; i < n; ++i) { auto f = [&](double v) { return ta ? 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v))) : 0.5 * v * (1 + std::erf(v / std::sqrt(2.))); };
+        ry[i] = f(x[i]); rdx[i] = g[i] * (f(x[i] + 1e-5) - f(x[i] - 1e-5)) / 2e-5; }
+      launch({2}, {128}, [&] { gelu_fwd_f32(y.data(), x.data(), n, ta); });
+      launch({2}, {128}, [&] { gelu_bwd_f32(dx.data(), x.data(), g.data(), n, ta); });
+      check(ta ? "gelu_fwd tanh" : "gelu_fwd erf", err(y, ry)); check(ta ? "gelu_bwd tanh" : "gelu_bwd erf", err(dx, rdx), 1e-4); } }
+  // ---- bf16 path (8-element packs + tail; the emulator uses the pre-sm_80 software rounding)
+  { int n = 1001; auto x = randv(n, 2.f); std::vector<bf16> xb(n), yb(n); double e = 0;
+    for (int i = 0; i < n; ++i) xb[i] = from_f32<bf16>(x[i]);
+    launch({1}, {64}, [&] { gelu_fwd_bf16(yb.data(), xb.data(), n, 0); });
+    for (int i = 0; i < n; ++i) { double v = to_f32(xb[i]); double r = 0.5 * v * (1 + std::erf(v / std::sqrt(2.))); e = std::max(e, std::fabs(to_f32(yb[i]) - r) / (std::fabs(r) + 1e-2)); }
+    check("gelu_fwd_bf16 (rel. to bf16 eps)", e / 0.0078125, 0.51); }
+  // ---- dropout + adamw
+  { int n = 20001; auto x = randv(n); std::vector<float> y(n); float p = 0.3f; unsigned long long seed = 12345;
+    launch({4}, {256}, [&] { dropout_fwd_f32(y.data(), x.data(), n, p, seed); });
+    int kept = 0; double e = 0; for (int i = 0; i < n; ++i) { float u = dropout_uniform(seed, i); float want = u >= p ? x[i] * (1.0f / (1.0f - p)) : 0.f; e = std::max(e, (double)std::fabs(y[i] - want)); kept += u >= p; }
+    printf("dropout kept %d of %d (p=%.2f); u(42,0..2) = %.8f %.8f %.8f\n", kept, n, p, dropout_uniform(42, 0), dropout_uniform(42, 1), dropout_uniform(42, 2));
+    check("dropout_fwd", e, 1e-9);
+    auto w = randv(n), gg = randv(n); std::vector<float> m(n, 0.1f), v(n, 0.2f), w0 = w; std::vector<double> rw(n);
+    for (int i = 0; i < n; ++i) { double pp = w0[i]; pp -= 1e-3 * 0.01 * pp; double mi = 0.9 * 0.1 + 0.1 * gg[i] * 0.5, vi = 0.999 * 0.2 + 0.001 * (gg[i] * 0.5) * (gg[i] * 0.5); double bc1 = 1 - std::pow(0.9, 3), bc2 = 1 - std::pow(0.999, 3); rw[i] = pp - 1e-3 * (mi / bc1) / (std::sqrt(vi / bc2) + 1e-8); }
+    float bc1 = 1 - std::pow(0.9f, 3), bc2 = 1 - std::pow(0.999f, 3);
+    launch({4}, {256}, [&] { adamw_step_f32(w.data(), nullptr, m.data(), v.data(), gg.data(), n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, bc1, bc2, 0.5f); });
+    check("adamw_step", err(w, rw)); }
+  printf(fails ? "FAILURES: %d\n" : "all ok\n", fails);
+  return fails != 0;
+}

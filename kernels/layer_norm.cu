@@ -1,0 +1,125 @@
+// layer_norm.cu — LayerNorm over the last dim of a contiguous [rows, cols] tensor.
+// CPU counterpart: crates/tensor/src/ops/layer_norm/.
+//
+//   layer_norm_fwd_<T>(T* out, float* mean, float* rstd, const T* inp, const T* weight,
+//                      const T* bias, int rows, int cols, float eps)
+//     grid = rows, block = 256 (any multiple of 32). out = (x - mean) * rstd * weight + bias.
+//     mean/rstd ([rows], f32) are saved for backward; they may be null (inference).
+//     weight/bias may be null (no affine).
+//   layer_norm_bwd_<T>(T* dinp, float* dweight_part, float* dbias_part, const float* mean,
+//                      const float* rstd, const T* dout, const T* inp, const T* weight,
+//                      int rows, int cols)
+//     grid = nparts (any number <= rows), block = 256, dynamic smem = (2 * cols + 32) * 4 bytes.
+//     Block b handles rows b, b + nparts, ...; writes dinp (not accumulated) and its partial column
+//     sums dweight_part[b, :] = sum dout * xhat, dbias_part[b, :] = sum dout (f32, [nparts, cols]).
+//     weight == null: no affine; the partial pointers are then ignored (may be null).
+//   layer_norm_bwd_reduce_<T>(T* dweight, T* dbias, const float* dweight_part,
+//                             const float* dbias_part, int nparts, int cols)
+//     grid = ceil(cols / 256), block = 256: sums the partials over parts in a fixed order
+//     (deterministic: no atomics anywhere). Writes dweight/dbias (not accumulated).
+#include "common.cuh"
+
+template <typename T>
+__device__ void layer_norm_fwd(T* out, float* mean_out, float* rstd_out, const T* inp, const T* weight,
+                               const T* bias, int rows, int cols, float eps) {
+    __shared__ float scratch[32];
+    int row = blockIdx.x;
+    if (row >= rows) return;
+    const T* x = inp + (i64)row * cols;
+    T* y = out + (i64)row * cols;
+    // pass 1: mean
+    float s = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) s += to_f32(x[c]);
+    float mean = block_sum(s, scratch) / cols;
+    // pass 2: variance around the mean (two-pass: no cancellation)
+    float v = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float d = to_f32(x[c]) - mean;
+        v += d * d;
+    }
+    float rstd = rsqrtf(block_sum(v, scratch) / cols + eps);
+    // pass 3: normalise and apply the affine transform
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float h = (to_f32(x[c]) - mean) * rstd;
+        if (weight) h *= to_f32(weight[c]);
+        if (bias) h += to_f32(bias[c]);
+        y[c] = from_f32<T>(h);
+    }
+    if (threadIdx.x == 0) {
+        if (mean_out) mean_out[row] = mean;
+        if (rstd_out) rstd_out[row] = rstd;
+    }
+}
+
+template <typename T>
+__device__ void layer_norm_bwd(T* dinp, float* dw_part, float* db_part, const float* mean, const float* rstd,
+                               const T* dout, const T* inp, const T* weight, int rows, int cols) {
+    extern __shared__ float smem[];
+    float* dw_acc = smem;             // [cols]: column c is only touched by thread c % blockDim.x
+    float* db_acc = smem + cols;      // [cols]
+    float* scratch = smem + 2 * cols; // [32]
+    bool affine = weight != nullptr;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) { dw_acc[c] = 0.f; db_acc[c] = 0.f; }
+    for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+        const T* x = inp + (i64)row * cols;
+        const T* g = dout + (i64)row * cols;
+        T* dx = dinp + (i64)row * cols;
+        float mu = mean[row], rs = rstd[row];
+        // dxhat = dout * w;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        float a = 0.f, b = 0.f;
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            float xhat = (to_f32(x[c]) - mu) * rs;
+            float dxhat = to_f32(g[c]) * (affine ? to_f32(weight[c]) : 1.f);
+            a += dxhat;
+            b += dxhat * xhat;
+        }
+        a = block_sum(a, scratch) / cols;
+        b = block_sum(b, scratch) / cols;
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            float xhat = (to_f32(x[c]) - mu) * rs;
+            float gc = to_f32(g[c]);
+            float dxhat = gc * (affine ? to_f32(weight[c]) : 1.f);
+            dx[c] = from_f32<T>(rs * (dxhat - a - xhat * b));
+            dw_acc[c] += gc * xhat;
+            db_acc[c] += gc;
+        }
+    }
+    if (!affine) return;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {  // same thread wrote dw_acc[c]: no sync needed
+        dw_part[(i64)blockIdx.x * cols + c] = dw_acc[c];
+        db_part[(i64)blockIdx.x * cols + c] = db_acc[c];
+    }
+}
+
+template <typename T>
+__device__ void layer_norm_bwd_reduce(T* dweight, T* dbias, const float* dw_part, const float* db_part,
+                                      int nparts, int cols) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    float w = 0.f, b = 0.f;
+    for (int p = 0; p < nparts; ++p) {  // fixed order: deterministic
+        w += dw_part[(i64)p * cols + c];
+        b += db_part[(i64)p * cols + c];
+    }
+    if (dweight) dweight[c] = from_f32<T>(w);
+    if (dbias) dbias[c] = from_f32<T>(b);
+}
+
+#define LN_KERNELS(T, S)                                                                           \
+    extern "C" __global__ void layer_norm_fwd_##S(T* out, float* mean, float* rstd, const T* inp,  \
+                                                  const T* weight, const T* bias, int rows,        \
+                                                  int cols, float eps) {                           \
+        layer_norm_fwd(out, mean, rstd, inp, weight, bias, rows, cols, eps);                       \
+    }                                                                                              \
+    extern "C" __global__ void layer_norm_bwd_##S(T* dinp, float* dw_part, float* db_part,         \
+                                                  const float* mean, const float* rstd,            \
+                                                  const T* dout, const T* inp, const T* weight,    \
+                                                  int rows, int cols) {                            \
+        layer_norm_bwd(dinp, dw_part, db_part, mean, rstd, dout, inp, weight, rows, cols);         \
+    }                                                                                              \
+    extern "C" __global__ void layer_norm_bwd_reduce_##S(T* dweight, T* dbias, const float* dw_part, \
+                                                         const float* db_part, int nparts,         \
+                                                         int cols) {                               \
+        layer_norm_bwd_reduce(dweight, dbias, dw_part, db_part, nparts, cols);                     \
+    }
+KILN_FOR_FLOATS(LN_KERNELS)

@@ -1,0 +1,215 @@
+//! matmul: values against a naive triple loop (f32, f64, bf16), every layout/plan of the CPU kernel
+//! (2-D, threaded panels, folded batches, rayon over batches, broadcast batch dims, transposed /
+//! narrowed / permuted / broadcast operands, the copy path), f64 gradchecks, and shape errors.
+use kiln::tensor::testing::{assert_close, gradcheck, rand_var};
+use kiln::{DType, Device, Tensor};
+
+fn randn(seed: u64, shape: &[usize], dt: DType) -> Tensor {
+    Tensor::randn(seed, shape, 0.0, 1.0, dt, Device::Cpu).unwrap()
+}
+
+/// Naive matmul in f64 of rank ≥ 2 operands with numpy batch broadcasting.
+fn naive(a: &Tensor, b: &Tensor) -> Tensor {
+    let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
+    let (ra, rb) = (sa.len(), sb.len());
+    let (m, k, n) = (sa[ra - 2], sa[ra - 1], sb[rb - 1]);
+    assert_eq!(sb[rb - 2], k);
+    let r = ra.max(rb);
+    let pad = |s: &[usize]| -> Vec<usize> { std::iter::repeat_n(1, r - s.len()).chain(s[..s.len() - 2].iter().copied()).collect() };
+    let (ba, bb) = (pad(&sa), pad(&sb));
+    let batch: Vec<usize> = ba.iter().zip(&bb).map(|(&x, &y)| if x == 1 { y } else { x }).collect();
+    let nb: usize = batch.iter().product();
+    let (va, vb) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+    let mut out = vec![0.0; nb * m * n];
+    for q in 0..nb {
+        // multi-index of batch q, then the linear batch index into each operand
+        let (mut rem, mut ia, mut ib, mut sa_acc, mut sb_acc) = (q, 0, 0, 1, 1);
+        for d in (0..batch.len()).rev() {
+            let c = rem % batch[d];
+            rem /= batch[d];
+            ia += if ba[d] == 1 { 0 } else { c * sa_acc };
+            ib += if bb[d] == 1 { 0 } else { c * sb_acc };
+            sa_acc *= ba[d];
+            sb_acc *= bb[d];
+        }
+        for i in 0..m {
+            for j in 0..n {
+                out[(q * m + i) * n + j] = (0..k).map(|p| va[(ia * m + i) * k + p] * vb[(ib * k + p) * n + j]).sum();
+            }
+        }
+    }
+    let mut shape = batch;
+    shape.extend([m, n]);
+    Tensor::from_vec(out, &shape).unwrap()
+}
+
+fn check(what: &str, a: &Tensor, b: &Tensor) {
+    let got = a.matmul(b).unwrap();
+    let want = naive(a, b);
+    assert_eq!(got.shape(), want.shape(), "{what}");
+    let tol = if a.dtype() == DType::F64 { 1e-11 } else { 1e-4 };
+    assert_close(&format!("{what} ({})", a.dtype()), &got.to_dtype(DType::F64).unwrap(), &want, tol);
+}
+
+#[test]
+fn two_d_odd_sizes_against_naive() {
+    for dt in [DType::F32, DType::F64] {
+        for (i, &(m, k, n)) in [(1, 1, 1), (1, 7, 1), (3, 7, 13), (13, 1, 7), (7, 13, 3), (17, 33, 65), (0, 3, 2), (3, 0, 2)].iter().enumerate() {
+            let a = randn(10 + i as u64, &[m, k], dt);
+            let b = randn(20 + i as u64, &[k, n], dt);
+            check(&format!("{m}x{k}x{n}"), &a, &b);
+        }
+        // big enough for the threaded panel split, along m (m >= n) and along n
+        check("panels m", &randn(1, &[300, 170], dt), &randn(2, &[170, 150], dt));
+        check("panels n", &randn(3, &[150, 170], dt), &randn(4, &[170, 300], dt));
+    }
+}
+
+#[test]
+fn strided_operands_against_naive() {
+    for dt in [DType::F32, DType::F64] {
+        let (m, k, n) = (7, 13, 5);
+        let at = randn(1, &[k, m], dt).t().unwrap(); // column-major A
+        let bt = randn(2, &[n, k], dt).t().unwrap(); // column-major B
+        let an = randn(3, &[m, k + 4], dt).narrow(1, 2, k).unwrap(); // row stride k+4
+        let bn = randn(4, &[k + 1, n + 3], dt).narrow(0, 1, k).unwrap().narrow(1, 3, n).unwrap();
+        let b = randn(5, &[k, n], dt);
+        check("A transposed", &at, &b);
+        check("B transposed", &an, &bt);
+        check("both transposed", &at, &bt);
+        check("narrowed", &an, &bn);
+        // no unit stride in either matrix dim: the copy path
+        let ai = randn(6, &[m, k, 3], dt).narrow(2, 1, 1).unwrap().squeeze(2).unwrap();
+        assert!(ai.strides()[0] != 1 && ai.strides()[1] != 1);
+        check("irregular A", &ai, &bt);
+        // zero strides inside the matrix (a broadcast row / column)
+        let ab = randn(7, &[1, k], dt).broadcast_as(&[m, k]).unwrap();
+        let bb = randn(8, &[k, 1], dt).broadcast_as(&[k, n]).unwrap();
+        check("broadcast rows", &ab, &bb);
+    }
+}
+
+#[test]
+fn batched_and_broadcast_against_naive() {
+    for dt in [DType::F32, DType::F64] {
+        // rayon over batches (many small), per-batch threaded GEMMs (few large)
+        check("batched small", &randn(1, &[6, 5, 7], dt), &randn(2, &[6, 7, 3], dt));
+        check("batched large", &randn(3, &[3, 160, 150], dt), &randn(4, &[3, 150, 170], dt));
+        // linear layer: [B, T, C] @ [C, N] folds into one GEMM; a permuted input cannot fold
+        check("fold", &randn(5, &[4, 9, 6], dt), &randn(6, &[6, 5], dt));
+        let xp = randn(7, &[9, 4, 6], dt).permute(&[1, 0, 2]).unwrap();
+        check("no fold (permuted batch)", &xp, &randn(8, &[6, 5], dt));
+        // broadcast batch dims on both sides, and a rank difference
+        check("broadcast batch", &randn(9, &[2, 1, 3, 4], dt), &randn(10, &[3, 4, 5], dt));
+        check("broadcast both", &randn(11, &[2, 1, 3, 4], dt), &randn(12, &[1, 3, 4, 2], dt));
+        check("left broadcast", &randn(13, &[3, 4], dt), &randn(14, &[2, 3, 4, 5], dt));
+        // attention-shaped: q @ kᵀ with k a transposed view of [B, H, T, d]
+        let q = randn(15, &[2, 3, 8, 4], dt);
+        let kt = randn(16, &[2, 3, 8, 4], dt).transpose(-2, -1).unwrap();
+        check("q @ k^T", &q, &kt);
+        check("empty batch", &randn(17, &[0, 3, 4], dt), &randn(18, &[4, 2], dt));
+    }
+}
+
+#[test]
+fn one_d_operands() {
+    let v = randn(1, &[4], DType::F64);
+    let m = randn(2, &[4, 3], DType::F64);
+    let mt = randn(3, &[2, 3, 4], DType::F64);
+    let vm = v.matmul(&m).unwrap();
+    assert_eq!(vm.shape(), &[3]);
+    assert_close("v @ M", &vm, &naive(&v.reshape(&[1, 4]).unwrap(), &m).reshape(&[3]).unwrap(), 1e-12);
+    let mv = mt.matmul(&v).unwrap();
+    assert_eq!(mv.shape(), &[2, 3]);
+    assert_close("M @ v", &mv, &naive(&mt, &v.reshape(&[4, 1]).unwrap()).reshape(&[2, 3]).unwrap(), 1e-12);
+    let dot = v.matmul(&v).unwrap();
+    assert_eq!(dot.shape(), &[] as &[usize]);
+    let want: f64 = v.to_vec::<f64>().unwrap().iter().map(|x| x * x).sum();
+    assert!((dot.to_scalar().unwrap() - want).abs() < 1e-12);
+}
+
+#[test]
+fn half_types_compute_in_f32() {
+    for dt in [DType::BF16, DType::F16] {
+        let a = randn(1, &[2, 9, 17], dt);
+        let b = randn(2, &[17, 5], dt);
+        let got = a.matmul(&b).unwrap();
+        assert_eq!(got.dtype(), dt);
+        let want = naive(&a, &b);
+        // inputs are exact in both; the error is the final rounding to the half type
+        assert_close(&format!("{dt} matmul"), &got.to_dtype(DType::F64).unwrap(), &want, 2e-2);
+    }
+    let a = randn(3, &[3, 4], DType::BF16).var();
+    let b = randn(4, &[4, 2], DType::BF16).var();
+    a.matmul(&b).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(a.grad().unwrap().dtype(), DType::BF16);
+    assert_eq!(b.grad().unwrap().shape(), &[4, 2]);
+}
+
+#[test]
+fn gradcheck_2d_and_odd_sizes() {
+    for (i, &(m, k, n)) in [(1, 1, 1), (3, 4, 5), (7, 3, 1), (1, 13, 3)].iter().enumerate() {
+        let s = 100 + 2 * i as u64;
+        gradcheck(&format!("matmul {m}x{k}x{n}"), &[rand_var(s, &[m, k]), rand_var(s + 1, &[k, n])], |x| x[0].matmul(&x[1])).unwrap();
+    }
+}
+
+#[test]
+fn gradcheck_batched_and_broadcast() {
+    gradcheck("batched", &[rand_var(1, &[2, 3, 4]), rand_var(2, &[2, 4, 3])], |x| x[0].matmul(&x[1])).unwrap();
+    // B shared by every batch: dB folds the batch into the contraction
+    gradcheck("fold", &[rand_var(3, &[2, 3, 4]), rand_var(4, &[4, 5])], |x| x[0].matmul(&x[1])).unwrap();
+    // A shared: dA is a reduction that cannot fold (loops with beta = 1)
+    gradcheck("left shared", &[rand_var(5, &[3, 4]), rand_var(6, &[2, 4, 5])], |x| x[0].matmul(&x[1])).unwrap();
+    gradcheck("broadcast batch dims", &[rand_var(7, &[2, 1, 3, 4]), rand_var(8, &[3, 4, 2])], |x| x[0].matmul(&x[1])).unwrap();
+    gradcheck("size-1 batch dims", &[rand_var(9, &[1, 3, 4]), rand_var(10, &[2, 1, 4, 2])], |x| x[0].matmul(&x[1])).unwrap();
+    gradcheck("1-D left", &[rand_var(11, &[4]), rand_var(12, &[2, 4, 3])], |x| x[0].matmul(&x[1])).unwrap();
+    gradcheck("1-D right", &[rand_var(13, &[2, 3, 4]), rand_var(14, &[4])], |x| x[0].matmul(&x[1])).unwrap();
+    gradcheck("dot", &[rand_var(15, &[5]), rand_var(16, &[5])], |x| x[0].matmul(&x[1])).unwrap();
+}
+
+#[test]
+fn gradcheck_non_contiguous_operands() {
+    gradcheck("transposed", &[rand_var(1, &[4, 3]), rand_var(2, &[5, 4])], |x| x[0].t()?.matmul(&x[1].t()?)).unwrap();
+    gradcheck("narrowed", &[rand_var(3, &[3, 7]), rand_var(4, &[6, 2])], |x| x[0].narrow(1, 2, 4)?.matmul(&x[1].narrow(0, 1, 4)?)).unwrap();
+    gradcheck("permuted batch (no fold)", &[rand_var(5, &[3, 2, 4]), rand_var(6, &[4, 2])], |x| x[0].permute(&[1, 0, 2])?.matmul(&x[1])).unwrap();
+    gradcheck("irregular (copy path)", &[rand_var(7, &[3, 4, 2]), rand_var(8, &[4, 2])], |x| x[0].narrow(2, 1, 1)?.squeeze(2)?.matmul(&x[1])).unwrap();
+    gradcheck("q @ k^T", &[rand_var(9, &[2, 3, 2]), rand_var(10, &[2, 4, 2])], |x| x[0].matmul(&x[1].transpose(-2, -1)?)).unwrap();
+    // the same leaf on both sides
+    gradcheck("x @ x^T", &[rand_var(11, &[3, 4])], |x| x[0].matmul(&x[0].t()?)).unwrap();
+}
+
+#[test]
+fn backward_of_large_shapes_matches_naive() {
+    // dW = Σ_b X_bᵀ dY_b through the folded threaded GEMM, against naive sums (f64).
+    let x = randn(1, &[3, 70, 90], DType::F64).var();
+    let w = randn(2, &[90, 110], DType::F64).var();
+    let dy = randn(3, &[3, 70, 110], DType::F64);
+    x.matmul(&w).unwrap().backward_with(dy.clone()).unwrap();
+    let xt = x.detach().transpose(-2, -1).unwrap().contiguous().unwrap();
+    let want_dw = naive(&xt, &dy).sum(0, false).unwrap();
+    assert_close("dW", &w.grad().unwrap(), &want_dw, 1e-11);
+    let want_dx = naive(&dy, &w.detach().t().unwrap().contiguous().unwrap());
+    assert_close("dX", &x.grad().unwrap(), &want_dx, 1e-11);
+}
+
+#[test]
+fn errors_name_the_op_and_shapes() {
+    let a = Tensor::zeros(&[2, 3], DType::F32, Device::Cpu).unwrap();
+    let b = Tensor::zeros(&[4, 5], DType::F32, Device::Cpu).unwrap();
+    let e = a.matmul(&b).unwrap_err().to_string();
+    assert!(e.contains("matmul") && e.contains("[2, 3]") && e.contains("[4, 5]"), "{e}");
+    let a3 = Tensor::zeros(&[2, 3, 4], DType::F32, Device::Cpu).unwrap();
+    let b3 = Tensor::zeros(&[3, 4, 5], DType::F32, Device::Cpu).unwrap();
+    let e = a3.matmul(&b3).unwrap_err().to_string();
+    assert!(e.contains("matmul") && e.contains("[2, 3, 4]") && e.contains("[3, 4, 5]"), "{e}");
+    let v = Tensor::zeros(&[4], DType::F32, Device::Cpu).unwrap();
+    let e = a.matmul(&v).unwrap_err().to_string();
+    assert!(e.contains("matmul") && e.contains("[2, 3]") && e.contains("[4]"), "{e}");
+    assert!(Tensor::scalar(1.0f32).matmul(&a).unwrap_err().to_string().contains("matmul"));
+    let d = Tensor::zeros(&[3, 2], DType::F64, Device::Cpu).unwrap();
+    assert!(a.matmul(&d).unwrap_err().to_string().contains("dtype"));
+    let i = Tensor::zeros(&[3, 2], DType::I64, Device::Cpu).unwrap();
+    let ai = Tensor::zeros(&[2, 3], DType::I64, Device::Cpu).unwrap();
+    assert!(ai.matmul(&i).unwrap_err().to_string().contains("matmul"));
+}
