@@ -3,8 +3,9 @@
 //! Parameter names are Hugging Face's (`bert.encoder.layer.0.attention.self.query.weight`, ...).
 use crate::config::BertConfig;
 use crate::gpt::check_ids;
-use crate::nn::{Activation, Dropout, Embedding, FeedForward, ForwardCtx, LayerNorm, Linear, QkvProj, SelfAttention};
-use crate::params::{Init, ParamStore};
+use crate::config::Activation;
+use crate::nn::{activate, Dropout, Embedding, FeedForward, ForwardCtx, LayerNorm, Linear, QkvProj, SelfAttention};
+use crate::params::{Init, Param, ParamStore};
 use kiln_tensor::{DType, Error, Result, Tensor};
 
 /// One post-LN encoder layer.
@@ -36,7 +37,7 @@ impl BertLayer {
             ffn: FeedForward {
                 up: lin("intermediate.dense", c, cfg.intermediate_size)?,
                 down: lin("output.dense", cfg.intermediate_size, c)?,
-                act: Activation::from_hf(&cfg.hidden_act)?,
+                act: cfg.activation()?,
             },
             out_ln: LayerNorm::new(ps, &format!("{p}.output.LayerNorm"), c, eps)?,
             dropout: Dropout { p: cfg.hidden_dropout_prob },
@@ -132,23 +133,23 @@ pub struct BertLmHead {
     pub act: Activation,
     pub ln: LayerNorm,
     pub decoder: Linear,
-    pub bias: Tensor,
+    pub bias: Param,
 }
 
 impl BertLmHead {
-    fn new(ps: &ParamStore, cfg: &BertConfig, word_emb: &Tensor) -> Result<Self> {
+    fn new(ps: &ParamStore, cfg: &BertConfig, word_emb: &Param) -> Result<Self> {
         let (c, std) = (cfg.hidden_size, cfg.initializer_range);
         Ok(BertLmHead {
             dense: Linear::new(ps, "cls.predictions.transform.dense", c, c, true, std)?,
-            act: Activation::from_hf(&cfg.hidden_act)?,
+            act: cfg.activation()?,
             ln: LayerNorm::new(ps, "cls.predictions.transform.LayerNorm", c, cfg.layer_norm_eps)?,
             decoder: Linear::tied(word_emb),
             bias: ps.get_or_init("cls.predictions.bias", &[cfg.vocab_size], Init::Zeros)?,
         })
     }
     fn forward(&self, h: &Tensor) -> Result<Tensor> {
-        let x = self.ln.forward(&self.act.forward(&self.dense.forward(h)?)?)?;
-        self.decoder.forward(&x)?.add(&self.bias)
+        let x = self.ln.forward(&activate(self.act, &self.dense.forward(h)?)?)?;
+        self.decoder.forward(&x)?.add(&self.bias.tensor())
     }
 }
 
@@ -229,7 +230,7 @@ impl BertWithHead {
             BertTask::TokenClassification => BertHead::TokenClassification(Linear::new(ps, "classifier", c, nl, true, std)?),
             BertTask::QuestionAnswering => BertHead::QuestionAnswering(Linear::new(ps, "qa_outputs", c, 2, true, std)?),
         };
-        Ok(BertWithHead { bert, head, dropout: Dropout { p: cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob) } })
+        Ok(BertWithHead { bert, head, dropout: Dropout { p: cfg.extra.get("classifier_dropout").and_then(|v| v.as_f64()).unwrap_or(cfg.hidden_dropout_prob) } })
     }
 
     pub fn forward(

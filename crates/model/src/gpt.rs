@@ -1,7 +1,7 @@
 //! GPT-2: token + position embeddings, pre-LN blocks with causal attention, final LayerNorm, and
 //! an LM head tied to the token embedding. Parameter names are Hugging Face's (`transformer.h.0.attn.c_attn.weight`, ...).
 use crate::config::Gpt2Config;
-use crate::nn::{Activation, Dropout, Embedding, FeedForward, ForwardCtx, LayerNorm, Linear, QkvProj, SelfAttention};
+use crate::nn::{Dropout, Embedding, FeedForward, ForwardCtx, LayerNorm, Linear, QkvProj, SelfAttention};
 use crate::params::ParamStore;
 use kiln_tensor::{DType, Error, Result, Tensor};
 
@@ -21,7 +21,7 @@ impl Gpt2Block {
         let std = cfg.initializer_range;
         // GPT-2 scales the init of residual projections by 1/sqrt(2 * n_layer).
         let proj_std = std / (2.0 * cfg.n_layer as f64).sqrt();
-        let inner = cfg.inner_dim();
+        let inner = cfg.inner_size();
         Ok(Gpt2Block {
             ln_1: LayerNorm::new(ps, &format!("{p}.ln_1"), c, eps)?,
             attn: SelfAttention {
@@ -35,7 +35,7 @@ impl Gpt2Block {
             mlp: FeedForward {
                 up: Linear::conv1d(ps, &format!("{p}.mlp.c_fc"), c, inner, std)?,
                 down: Linear::conv1d(ps, &format!("{p}.mlp.c_proj"), inner, c, proj_std)?,
-                act: Activation::from_hf(&cfg.activation_function)?,
+                act: cfg.activation()?,
             },
             resid_dropout: Dropout { p: cfg.resid_pdrop },
         })

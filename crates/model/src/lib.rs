@@ -12,6 +12,10 @@
 //! | [`tokenize`] | load or train tokenizers (byte-level BPE, WordPiece) |
 //! | [`data`] | causal-LM windows, MLM masking, NSP pairs, padding, resumable positions |
 //! | [`rng`] | the serialisable ChaCha8 generator used by the data pipeline |
+//! | [`nn`] | layers: Linear, Embedding, LayerNorm, Dropout, SelfAttention, FeedForward |
+//! | [`bert`], [`gpt`] | BERT (+ heads) and GPT-2 with HF parameter names |
+//! | [`model`] | [`model::Model`]: any model built from a config |
+//! | [`trainer`] | the training loop: accumulation, clipping, schedules, eval, checkpoints, resume |
 //! | [`train_state`] | `training_state.safetensors` and whole checkpoint directories |
 //!
 //! ```
@@ -30,11 +34,15 @@
 //! # Ok::<(), kiln_tensor::Error>(())
 //! ```
 mod adamw_kernel;
+pub mod bert;
 mod bert_batcher;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod gpt;
 pub mod io;
+pub mod model;
+pub mod nn;
 pub mod optim;
 pub mod params;
 pub mod rng;
@@ -42,6 +50,7 @@ pub mod sched;
 pub mod st_io;
 pub mod tokenize;
 pub mod train_state;
+pub mod trainer;
 
 pub use checkpoint::{load_params, save_params, HfNameMap, LoadOptions, LoadReport};
 pub use config::{BertConfig, Gpt2Config, ModelConfig};

@@ -43,7 +43,12 @@ impl Model {
     /// The training loss of a batch (causal LM, MLM or MLM + NSP).
     pub fn loss(&self, b: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
         let out = match self {
-            Model::Gpt2(m) => m.forward(&b.input_ids, Some(&b.attention_mask), Some(&b.labels), ctx)?.loss,
+            Model::Gpt2(m) => {
+                // Batcher labels are already the next tokens (no HF-style shift here).
+                let logits = m.forward(&b.input_ids, Some(&b.attention_mask), None, ctx)?.logits;
+                let (bs, t, v) = crate::nn::dims3(&logits)?;
+                Some(logits.reshape(&[bs * t, v])?.cross_entropy(&b.labels.contiguous()?.reshape(&[bs * t])?, -100)?)
+            }
             Model::Bert(m) => {
                 let labels = BertLabels { labels: Some(b.labels.clone()), next_sentence_label: b.next_sentence_label.clone(), ..Default::default() };
                 m.forward(&b.input_ids, Some(&b.attention_mask), Some(&b.token_type_ids), &labels, ctx)?.loss

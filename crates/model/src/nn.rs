@@ -3,7 +3,8 @@
 //!
 //! Parameters are created through a [`ParamStore`] under their Hugging Face names, so a model's
 //! parameter names are exactly the checkpoint's tensor names.
-use crate::params::{Init, ParamStore};
+use crate::config::Activation;
+use crate::params::{Init, Param, ParamStore};
 use kiln_tensor::ops::attention::AttentionOpts;
 use kiln_tensor::{Result, Tensor};
 use std::cell::Cell;
@@ -34,32 +35,11 @@ impl ForwardCtx {
     }
 }
 
-/// The activation of the feed-forward block (`hidden_act` / `activation_function` in HF configs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Exact erf GELU (BERT's "gelu").
-    Gelu,
-    /// tanh approximation (GPT-2's "gelu_new").
-    GeluTanh,
-    Relu,
-}
-
-impl Activation {
-    /// Parses an HF activation name.
-    pub fn from_hf(name: &str) -> Result<Self> {
-        Ok(match name {
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "relu" => Activation::Relu,
-            other => return Err(kiln_tensor::Error::msg(format!("unsupported activation '{other}' (expected gelu, gelu_new or relu)"))),
-        })
-    }
-    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Activation::Gelu => x.gelu(),
-            Activation::GeluTanh => x.gelu_tanh(),
-            Activation::Relu => x.relu(),
-        }
+/// Applies an activation (`hidden_act` / `activation_function` of the HF config).
+pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
+    match act {
+        Activation::Gelu => x.gelu(),
+        Activation::GeluTanh => x.gelu_tanh(),
     }
 }
 
@@ -67,8 +47,8 @@ impl Activation {
 /// (GPT-2's `Conv1D`, weight [in, out]).
 #[derive(Clone)]
 pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
+    pub weight: Param,
+    pub bias: Option<Param>,
     conv1d: bool,
 }
 
@@ -86,7 +66,7 @@ impl Linear {
         Ok(Linear { weight, bias, conv1d: true })
     }
     /// A bias-free projection onto a shared `[out, in]` matrix (LM heads tied to an embedding).
-    pub fn tied(weight: &Tensor) -> Self {
+    pub fn tied(weight: &Param) -> Self {
         Linear { weight: weight.clone(), bias: None, conv1d: false }
     }
     /// Applies to the last dim of `x` ([..., in] → [..., out]) as one 2-D GEMM.
@@ -95,10 +75,10 @@ impl Linear {
         let lead: Vec<usize> = x.shape()[..x.rank().saturating_sub(1)].to_vec();
         let rows: usize = lead.iter().product();
         let x2 = x.reshape(&[rows, d_in])?;
-        let w = if self.conv1d { self.weight.clone() } else { self.weight.t()? };
+        let w = if self.conv1d { self.weight.tensor() } else { self.weight.tensor().t()? };
         let mut y = x2.matmul(&w)?;
         if let Some(b) = &self.bias {
-            y = y.add(b)?;
+            y = y.add(&b.tensor())?;
         }
         let mut shape = lead;
         shape.push(*y.shape().last().unwrap_or(&0));
@@ -109,7 +89,7 @@ impl Linear {
 /// A lookup table `weight [num, dim]`.
 #[derive(Clone)]
 pub struct Embedding {
-    pub weight: Tensor,
+    pub weight: Param,
 }
 
 impl Embedding {
@@ -118,15 +98,15 @@ impl Embedding {
     }
     /// ids (i64, any shape) → [..ids, dim]. Ids out of range are an error.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        Tensor::embedding(ids, &self.weight)
+        Tensor::embedding(ids, &self.weight.tensor())
     }
 }
 
 /// LayerNorm over the last dim with affine weight and bias.
 #[derive(Clone)]
 pub struct LayerNorm {
-    pub weight: Tensor,
-    pub bias: Tensor,
+    pub weight: Param,
+    pub bias: Param,
     pub eps: f64,
 }
 
@@ -137,7 +117,7 @@ impl LayerNorm {
         Ok(LayerNorm { weight, bias, eps })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.layer_norm(Some(&self.weight), Some(&self.bias), self.eps)
+        x.layer_norm(Some(&self.weight.tensor()), Some(&self.bias.tensor()), self.eps)
     }
 }
 
@@ -212,7 +192,7 @@ pub struct FeedForward {
 
 impl FeedForward {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&self.act.forward(&self.up.forward(x)?)?)
+        self.down.forward(&activate(self.act, &self.up.forward(x)?)?)
     }
 }
 
