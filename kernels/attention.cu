@@ -5,7 +5,7 @@
 // Layout: q [B, H, Tq, D], k / v [B, H, Tk, D], out / dq [B, H, Tq, D], dk / dv [B, H, Tk, D],
 // all contiguous; lse / delta [B, H, Tq] f32. D <= 128 at run time (32/64/80/96/128 in practice).
 // Masks: key j is visible to query i iff key_mask[b, j] != 0 (key_mask: [B, Tk] f32, may be null)
-// and, when causal, j <= i + (Tk - Tq) (bottom-right aligned; the usual j <= i when Tq == Tk).
+// and, when causal, j <= i (top-left aligned like PyTorch is_causal and the CPU op, also when Tq != Tk).
 // A query that sees no key gets out = 0, lse = -inf and zero gradients.
 //
 //   attention_fwd_<T>(T* out, float* lse, const T* q, const T* k, const T* v, const float* key_mask,
@@ -56,7 +56,7 @@ __device__ void attention_fwd(T* out, float* lse, const T* q, const T* k, const 
     float* k_s = v_s + ATT_TILE * D;         // [TILE][D+1] (lane l reads row l: padded)
     int bh = blockIdx.y, b = bh / H;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int q0 = blockIdx.x * BQ, offset = Tk - Tq;
+    int q0 = blockIdx.x * BQ, offset = 0;  // top-left causal alignment, as the CPU op and PyTorch is_causal
     const T* qb = q + (i64)bh * Tq * D;
     const T* kb = k + (i64)bh * Tk * D;
     const T* vb = v + (i64)bh * Tk * D;

@@ -16,7 +16,7 @@ __device__ void attention_bwd_dq(T* dq, const float* lse, const float* delta, co
     float* v_s = k_s + ATT_TILE * (D + 1); // [TILE][D+1]
     int bh = blockIdx.y, b = bh / H;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int q0 = blockIdx.x * BQ, offset = Tk - Tq;
+    int q0 = blockIdx.x * BQ, offset = 0;  // top-left causal alignment, as the CPU op and PyTorch is_causal
     const T* kb = k + (i64)bh * Tk * D;
     const T* vb = v + (i64)bh * Tk * D;
     load_rows(q_s, D, q + (i64)bh * Tq * D, q0, BQ, Tq, D);
@@ -93,7 +93,7 @@ __device__ void attention_bwd_dkdv(T* dk, T* dv, const float* lse, const float* 
     float* do_s = q_s + ATT_TILE * (D + 1); // [TILE][D+1]
     int bh = blockIdx.y, b = bh / H;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int k0 = blockIdx.x * BK, offset = Tk - Tq;
+    int k0 = blockIdx.x * BK, offset = 0;  // top-left causal alignment, as the CPU op and PyTorch is_causal
     const T* qb = q + (i64)bh * Tq * D;
     const T* dob = dout + (i64)bh * Tq * D;
     load_rows(k_s, D, k + (i64)bh * Tk * D, k0, BK, Tk, D);

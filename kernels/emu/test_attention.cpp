@@ -22,7 +22,7 @@ void run(int B, int H, int Tq, int Tk, int D, bool causal, bool use_mask) {
   std::vector<float> mask(B * Tk, 1.f);
   if (use_mask) { for (int b = 0; b < B; ++b) for (int j = 0; j < Tk; ++j) mask[b * Tk + j] = ((j * 7 + b) % 5 == 0) ? 0.f : 1.f; if (B > 1) for (int j = 0; j < Tk; ++j) mask[1 * Tk + j] = 0.f; /* batch 1 fully masked */ }
   const float* mp = use_mask ? mask.data() : nullptr;
-  int off = Tk - Tq;
+  int off = 0;  // top-left causal alignment (PyTorch is_causal), as the CPU op
   // reference in double
   std::vector<double> ro(nq, 0), rl((size_t)B * H * Tq), rdq(nq, 0), rdk(nk, 0), rdv(nk, 0);
   for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h) {

@@ -28,8 +28,11 @@ impl AttentionDims {
         if self.head_dim == 0 || self.head_dim > 128 {
             return Err(Error::msg(format!("{op}: head_dim {} is outside 1..=128", self.head_dim)));
         }
-        for v in [self.batch * self.heads, self.q_len, self.kv_len] {
+        for v in [self.q_len, self.kv_len] {
             to_i32(op, v)?;
+        }
+        if self.batch * self.heads > 65_535 {
+            return Err(Error::msg(format!("{op}: batch * heads = {} exceeds the grid's 65535 y-blocks", self.batch * self.heads)));
         }
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! Dropout with a counter-based RNG: whether element `i` (row-major index) is kept depends only on
 //! `(seed, i)`, so any device, thread count or chunking produces the same mask.
 //!
-//! The generator is SplitMix64 evaluated at a counter: `key = mix64(seed)`,
-//! `h = mix64(key + (i + 1)·0x9E3779B97F4A7C15)` (wrapping), `u = h >> 32`; the element is kept
-//! when `u >= threshold(p) = min(round(p·2³²), 2³² - 1)`, i.e. with probability `1 - p`, and kept
-//! values are scaled by `1/(1 - p)`. `mix64` is the SplitMix64 finalizer (see [`mix64`]).
+//! The mask follows the contract shared with `kernels/dropout.cu` (docs/KERNELS.md), implemented once
+//! in [`crate::cuda::kernels::dropout_uniform`]: a SplitMix64 finalizer of `seed + golden·(i + 1)`,
+//! top 24 bits as a uniform `u` in [0, 1); the element is kept when `u >= p` (as f32), i.e. with
+//! probability `1 - p`, and kept values are scaled by `1/(1 - p)`.
 use crate::autograd::{node, BackwardOp};
 use crate::ops::binary::PAR_MIN;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
@@ -13,41 +13,27 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 const OP: &str = "dropout";
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 const CHUNK: usize = 1 << 14;
 
-/// The SplitMix64 output function (a bijective 64-bit mixer).
-#[inline(always)]
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The 32-bit threshold for drop probability `p` in [0, 1).
-pub fn threshold(p: f64) -> u32 {
-    (p * 4_294_967_296.0).round().min(u32::MAX as f64) as u32
+/// The keep threshold for drop probability `p` in [0, 1) (the kernel compares in f32).
+pub fn threshold(p: f64) -> f32 {
+    p as f32
 }
 
 /// Whether element `index` is kept for `seed` and threshold `thr` (see the module docs).
 #[inline(always)]
-pub fn keep(seed: u64, index: u64, thr: u32) -> bool {
-    keep_with_key(mix64(seed), index, thr)
-}
-
-#[inline(always)]
-fn keep_with_key(key: u64, index: u64, thr: u32) -> bool {
-    (mix64(key.wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN))) >> 32) as u32 >= thr
+pub fn keep(seed: u64, index: u64, thr: f32) -> bool {
+    crate::cuda::kernels::dropout_keep(seed, index, thr)
 }
 
 fn fwd_kernel<T: CpuFloat>(x: &[T], seed: u64, p: f64) -> (Vec<T>, Vec<u8>) {
-    let (key, thr, scale) = (mix64(seed), threshold(p), T::from_f64(1.0 / (1.0 - p)));
+    let (key, thr, scale) = (seed, threshold(p), T::from_f64(1.0 / (1.0 - p)));
     let mut y = vec![T::zero(); x.len()];
     let mut mask = vec![0u8; x.len()];
     let run = |(k, (y, m)): (usize, (&mut [T], &mut [u8]))| {
         let base = (k * CHUNK) as u64;
         for i in 0..y.len() {
-            let kp = keep_with_key(key, base + i as u64, thr);
+            let kp = keep(key, base + i as u64, thr);
             m[i] = kp as u8;
             y[i] = if kp { x[k * CHUNK + i] * scale } else { T::zero() };
         }
