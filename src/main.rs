@@ -1,3 +1,45 @@
+//! The `kiln` command line: train, forward, generate, eval, kernels, bench.
+use clap::{Parser, Subcommand};
+
+mod cli;
+mod corpus;
+mod plot;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "kiln: a tensor engine with BERT and GPT-2 that train by backprop")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a model (default: a tiny GPT on the built-in corpus, about a minute on 2 cores).
+    Train(cli::train::TrainArgs),
+    /// Run one forward (and optionally backward) pass on a JSON batch and write the outputs.
+    Forward(cli::forward::ForwardArgs),
+    /// Generate text from a GPT-2 checkpoint.
+    Generate(cli::generate::GenerateArgs),
+    /// Held-out loss and perplexity of a checkpoint on a text file.
+    Eval(cli::eval::EvalArgs),
+    /// Compile every CUDA kernel with NVRTC and print registers / spills / shared memory.
+    Kernels(cli::kernels::KernelsArgs),
+    /// Time the ops against this machine's measured ceilings.
+    Bench(cli::bench::BenchArgs),
+}
+
 fn main() {
-    println!("kiln: CLI coming with the models issue");
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Train(a) => cli::train::run(a),
+        Cmd::Forward(a) => cli::forward::run(a),
+        Cmd::Generate(a) => cli::generate::run(a),
+        Cmd::Eval(a) => cli::eval::run(a),
+        Cmd::Kernels(a) => cli::kernels::run(a),
+        Cmd::Bench(a) => cli::bench::run(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

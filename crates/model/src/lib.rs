@@ -1,1 +1,60 @@
-//! kiln-model: layers, BERT, GPT-2, checkpoints, training.
+//! kiln-model: the model-side infrastructure of kiln — Hugging Face configs and checkpoints, named
+//! parameters, optimizers and schedules, tokenizers and data pipelines, and the training-state file.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | `config.json` for BERT / GPT-2 (HF field names), presets, validation |
+//! | [`params`] | [`params::ParamStore`] / [`params::Param`]: named parameters, freeze, no-decay |
+//! | [`checkpoint`] | `model.safetensors` with HF names and their quirks, [`checkpoint::LoadReport`] |
+//! | [`st_io`] | raw safetensors I/O (f32 / f16 / bf16 / f64 / ints), atomic writes |
+//! | [`optim`] | [`optim::AdamW`] (PyTorch semantics), [`optim::Sgd`], [`optim::clip_grad_norm`] |
+//! | [`sched`] | warm-up + constant / linear / cosine learning-rate schedules |
+//! | [`tokenize`] | load or train tokenizers (byte-level BPE, WordPiece) |
+//! | [`data`] | causal-LM windows, MLM masking, NSP pairs, padding, resumable positions |
+//! | [`rng`] | the serialisable ChaCha8 generator used by the data pipeline |
+//! | [`nn`] | layers: Linear, Embedding, LayerNorm, Dropout, SelfAttention, FeedForward |
+//! | [`bert`], [`gpt`] | BERT (+ heads) and GPT-2 with HF parameter names |
+//! | [`model`] | [`model::Model`]: any model built from a config |
+//! | [`trainer`] | the training loop: accumulation, clipping, schedules, eval, checkpoints, resume |
+//! | [`train_state`] | `training_state.safetensors` and whole checkpoint directories |
+//!
+//! ```
+//! use kiln_model::{checkpoint, config::ModelConfig, params::{Init, ParamStore}};
+//! use kiln_tensor::{DType, Device};
+//! let cfg = ModelConfig::preset("bert-tiny")?;
+//! let store = ParamStore::new(42, DType::F32, Device::Cpu);
+//! store.get_or_init("bert.embeddings.word_embeddings.weight", &[cfg.vocab_size(), cfg.hidden_size()], Init::Normal { std: 0.02 })?;
+//! let dir = std::env::temp_dir().join(format!("kiln-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let map = checkpoint::HfNameMap::bert();
+//! checkpoint::save_params(dir.join("model.safetensors"), &store, &map, None)?;
+//! let report = checkpoint::load_params(dir.join("model.safetensors"), &store, &map, &checkpoint::LoadOptions::strict())?;
+//! assert!(report.is_clean());
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok::<(), kiln_tensor::Error>(())
+//! ```
+mod adamw_kernel;
+pub mod bert;
+mod bert_batcher;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod gpt;
+pub mod io;
+pub mod model;
+pub mod nn;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod sched;
+pub mod st_io;
+pub mod tokenize;
+pub mod train_state;
+pub mod trainer;
+
+pub use checkpoint::{load_params, save_params, HfNameMap, LoadOptions, LoadReport};
+pub use config::{BertConfig, Gpt2Config, ModelConfig};
+pub use optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer};
+pub use params::{Init, Param, ParamStore};
+pub use sched::{Decay, LrSchedule};
+pub use train_state::TrainState;

@@ -1,0 +1,213 @@
+//! GPT-2: token + position embeddings, pre-LN blocks with causal attention, final LayerNorm, and
+//! an LM head tied to the token embedding. Parameter names are Hugging Face's (`transformer.h.0.attn.c_attn.weight`, ...).
+use crate::config::Gpt2Config;
+use crate::nn::{Dropout, Embedding, FeedForward, ForwardCtx, LayerNorm, Linear, QkvProj, SelfAttention};
+use crate::params::ParamStore;
+use kiln_tensor::{DType, Error, Result, Tensor};
+
+/// One pre-LN transformer block.
+pub struct Gpt2Block {
+    pub ln_1: LayerNorm,
+    pub attn: SelfAttention,
+    pub ln_2: LayerNorm,
+    pub mlp: FeedForward,
+    pub resid_dropout: Dropout,
+}
+
+impl Gpt2Block {
+    fn new(ps: &ParamStore, cfg: &Gpt2Config, i: usize) -> Result<Self> {
+        let (c, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
+        let p = format!("transformer.h.{i}");
+        let std = cfg.initializer_range;
+        // GPT-2 scales the init of residual projections by 1/sqrt(2 * n_layer).
+        let proj_std = std / (2.0 * cfg.n_layer as f64).sqrt();
+        let inner = cfg.inner_size();
+        Ok(Gpt2Block {
+            ln_1: LayerNorm::new(ps, &format!("{p}.ln_1"), c, eps)?,
+            attn: SelfAttention {
+                qkv: QkvProj::Fused(Linear::conv1d(ps, &format!("{p}.attn.c_attn"), c, 3 * c, std)?),
+                out: Linear::conv1d(ps, &format!("{p}.attn.c_proj"), c, c, proj_std)?,
+                n_head: cfg.n_head,
+                causal: true,
+                attn_dropout: Dropout { p: cfg.attn_pdrop },
+            },
+            ln_2: LayerNorm::new(ps, &format!("{p}.ln_2"), c, eps)?,
+            mlp: FeedForward {
+                up: Linear::conv1d(ps, &format!("{p}.mlp.c_fc"), c, inner, std)?,
+                down: Linear::conv1d(ps, &format!("{p}.mlp.c_proj"), inner, c, proj_std)?,
+                act: cfg.activation()?,
+            },
+            resid_dropout: Dropout { p: cfg.resid_pdrop },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &ForwardCtx) -> Result<Tensor> {
+        let a = self.attn.forward(&self.ln_1.forward(x)?, mask, ctx)?;
+        let x = x.add(&self.resid_dropout.forward(&a, ctx)?)?;
+        let m = self.mlp.forward(&self.ln_2.forward(&x)?)?;
+        x.add(&self.resid_dropout.forward(&m, ctx)?)
+    }
+}
+
+/// GPT2Model: embeddings + blocks + final LayerNorm.
+pub struct Gpt2Model {
+    pub cfg: Gpt2Config,
+    pub wte: Embedding,
+    pub wpe: Embedding,
+    pub blocks: Vec<Gpt2Block>,
+    pub ln_f: LayerNorm,
+    pub embd_dropout: Dropout,
+}
+
+impl Gpt2Model {
+    pub fn new(ps: &ParamStore, cfg: &Gpt2Config) -> Result<Self> {
+        cfg.validate()?;
+        let std = cfg.initializer_range;
+        Ok(Gpt2Model {
+            cfg: cfg.clone(),
+            wte: Embedding::new(ps, "transformer.wte", cfg.vocab_size, cfg.n_embd, std)?,
+            wpe: Embedding::new(ps, "transformer.wpe", cfg.n_positions, cfg.n_embd, std / 2.0)?,
+            blocks: (0..cfg.n_layer).map(|i| Gpt2Block::new(ps, cfg, i)).collect::<Result<_>>()?,
+            ln_f: LayerNorm::new(ps, "transformer.ln_f", cfg.n_embd, cfg.layer_norm_epsilon)?,
+            embd_dropout: Dropout { p: cfg.embd_pdrop },
+        })
+    }
+
+    /// input_ids [B, T] (i64) + optional attention_mask [B, T] (1 = real token) → hidden [B, T, C].
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, ctx: &ForwardCtx) -> Result<Tensor> {
+        let (_, t) = check_ids(input_ids, self.cfg.n_positions, "gpt2")?;
+        let pos = Tensor::arange(0.0, t as f64, 1.0, DType::I64, input_ids.device())?;
+        let x = self.wte.forward(input_ids)?.add(&self.wpe.forward(&pos)?)?;
+        let mut x = self.embd_dropout.forward(&x, ctx)?;
+        for b in &self.blocks {
+            x = b.forward(&x, attention_mask, ctx)?;
+        }
+        self.ln_f.forward(&x)
+    }
+}
+
+/// What a causal-LM forward returns.
+pub struct LmOutput {
+    pub last_hidden_state: Tensor,
+    pub logits: Tensor,
+    /// Mean next-token cross-entropy over labels != -100 (labels are shifted inside, as in HF).
+    pub loss: Option<Tensor>,
+}
+
+/// GPT2LMHeadModel: GPT2Model + LM head tied to `transformer.wte.weight`.
+pub struct Gpt2LmHeadModel {
+    pub transformer: Gpt2Model,
+}
+
+impl Gpt2LmHeadModel {
+    pub fn new(ps: &ParamStore, cfg: &Gpt2Config) -> Result<Self> {
+        Ok(Gpt2LmHeadModel { transformer: Gpt2Model::new(ps, cfg)? })
+    }
+
+    /// Logits [B, T, V]; with `labels` [B, T] also the shifted LM loss.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: Option<&Tensor>, ctx: &ForwardCtx) -> Result<LmOutput> {
+        let h = self.transformer.forward(input_ids, attention_mask, ctx)?;
+        let logits = Linear::tied(&self.transformer.wte.weight).forward(&h)?;
+        let loss = match labels {
+            Some(l) => Some(shifted_lm_loss(&logits, l)?),
+            None => None,
+        };
+        Ok(LmOutput { last_hidden_state: h, logits, loss })
+    }
+}
+
+/// Cross-entropy of logits[:, :-1] against labels[:, 1:], ignoring -100.
+pub fn shifted_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = crate::nn::dims3(logits)?;
+    if labels.shape() != [b, t] {
+        return Err(Error::ShapeMismatch { op: "lm_loss", lhs: vec![b, t], rhs: labels.shape().to_vec() });
+    }
+    if t < 2 {
+        return Err(Error::msg("lm_loss: need at least 2 positions to shift labels"));
+    }
+    let lg = logits.narrow(1, 0, t - 1)?.reshape(&[b * (t - 1), v])?;
+    let lb = labels.narrow(1, 1, t - 1)?.contiguous()?.reshape(&[b * (t - 1)])?;
+    lg.cross_entropy(&lb, -100)
+}
+
+/// Validates `[B, T]` i64 ids with T ≤ max positions; returns (B, T).
+pub fn check_ids(ids: &Tensor, max_pos: usize, model: &str) -> Result<(usize, usize)> {
+    if ids.dtype() != DType::I64 {
+        return Err(Error::msg(format!("{model}: input_ids must be i64, got {}", ids.dtype())));
+    }
+    let &[b, t] = ids.shape() else {
+        return Err(Error::Shape { op: "input_ids", shape: ids.shape().to_vec(), msg: "expected [batch, seq]".into() });
+    };
+    if t == 0 || b == 0 {
+        return Err(Error::Shape { op: "input_ids", shape: vec![b, t], msg: "empty batch".into() });
+    }
+    if t > max_pos {
+        return Err(Error::msg(format!("{model}: sequence length {t} exceeds the maximum of {max_pos} positions")));
+    }
+    Ok((b, t))
+}
+
+/// Sampling settings for [`Gpt2LmHeadModel::generate`].
+#[derive(Debug, Clone, Copy)]
+pub struct SampleOptions {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f64,
+    /// Keep the k most likely tokens (0 = all).
+    pub top_k: usize,
+    pub seed: u64,
+    /// Stop after emitting this token.
+    pub eos: Option<i64>,
+}
+
+impl Gpt2LmHeadModel {
+    /// Continues `prompt` (token ids, at least one) token by token: greedy when temperature is 0,
+    /// otherwise softmax(logits / temperature) restricted to the top-k, sampled with a seeded RNG.
+    /// The context is cut to the last `n_positions` tokens.
+    pub fn generate(&self, prompt: &[i64], o: &SampleOptions) -> Result<Vec<i64>> {
+        use rand::{Rng, SeedableRng};
+        if prompt.is_empty() {
+            return Err(Error::msg("generate: the prompt encodes to no tokens"));
+        }
+        let v = self.transformer.cfg.vocab_size as i64;
+        if let Some(bad) = prompt.iter().find(|&&t| t < 0 || t >= v) {
+            return Err(Error::IndexOutOfRange { op: "generate", index: *bad, size: v as usize });
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(o.seed);
+        let mut ids = prompt.to_vec();
+        let ctx = ForwardCtx::eval();
+        let max_t = self.transformer.cfg.n_positions;
+        for _ in 0..o.max_new_tokens {
+            let window = &ids[ids.len().saturating_sub(max_t)..];
+            let x = Tensor::from_vec(window.to_vec(), &[1, window.len()])?;
+            let logits = kiln_tensor::no_grad(|| self.forward(&x, None, None, &ctx))?.logits;
+            let last = logits.narrow(1, window.len() - 1, 1)?.to_dtype(DType::F64)?.to_vec::<f64>()?;
+            let next = if o.temperature <= 0.0 {
+                last.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+            } else {
+                let mut order: Vec<usize> = (0..last.len()).collect();
+                order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+                if o.top_k > 0 {
+                    order.truncate(o.top_k);
+                }
+                let m = last[order[0]];
+                let w: Vec<f64> = order.iter().map(|&i| ((last[i] - m) / o.temperature).exp()).collect();
+                let mut u = rng.random::<f64>() * w.iter().sum::<f64>();
+                let mut pick = order[order.len() - 1];
+                for (k, &i) in order.iter().enumerate() {
+                    if u < w[k] {
+                        pick = i;
+                        break;
+                    }
+                    u -= w[k];
+                }
+                pick
+            };
+            ids.push(next as i64);
+            if o.eos == Some(next as i64) {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+}

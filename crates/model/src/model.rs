@@ -1,0 +1,89 @@
+//! One handle over every model kiln builds from a config: GPT-2 LM or BERT with a head.
+use crate::bert::{BertLabels, BertTask, BertWithHead};
+use crate::config::ModelConfig;
+use crate::data::Batch;
+use crate::gpt::Gpt2LmHeadModel;
+use crate::nn::ForwardCtx;
+use crate::params::ParamStore;
+use kiln_tensor::{Error, Result, Tensor};
+
+/// A model built from a [`ModelConfig`], its parameters living in a [`ParamStore`].
+pub enum Model {
+    Gpt2(Gpt2LmHeadModel),
+    Bert(BertWithHead),
+}
+
+/// Named outputs of a forward pass (HF output names).
+#[derive(Default)]
+pub struct Outputs {
+    pub tensors: Vec<(String, Tensor)>,
+    pub loss: Option<Tensor>,
+}
+
+impl Model {
+    /// Builds the model for `cfg`: GPT-2 → GPT2LMHeadModel; BERT → the head named by the
+    /// config's `architectures` (default BertForMaskedLM).
+    pub fn build(cfg: &ModelConfig, ps: &ParamStore) -> Result<Model> {
+        match cfg {
+            ModelConfig::Gpt2(c) => Ok(Model::Gpt2(Gpt2LmHeadModel::new(ps, c)?)),
+            ModelConfig::Bert(c) => {
+                let arch = c.extra.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("BertForMaskedLM");
+                let task = BertTask::from_architecture(arch)
+                    .ok_or_else(|| Error::msg(format!("unsupported BERT architecture '{arch}' (BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering)")))?;
+                Ok(Model::Bert(BertWithHead::new(ps, c, task)?))
+            }
+        }
+    }
+
+    /// Whether the BERT head is pre-training (MLM + NSP).
+    pub fn is_pretraining(&self) -> bool {
+        matches!(self, Model::Bert(b) if matches!(b.head, crate::bert::BertHead::PreTraining(..)))
+    }
+
+    /// The training loss of a batch (causal LM, MLM or MLM + NSP).
+    pub fn loss(&self, b: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
+        let out = match self {
+            Model::Gpt2(m) => {
+                // Batcher labels are already the next tokens (no HF-style shift here).
+                let logits = m.forward(&b.input_ids, Some(&b.attention_mask), None, ctx)?.logits;
+                let (bs, t, v) = crate::nn::dims3(&logits)?;
+                Some(logits.reshape(&[bs * t, v])?.cross_entropy(&b.labels.contiguous()?.reshape(&[bs * t])?, -100)?)
+            }
+            Model::Bert(m) => {
+                let labels = BertLabels { labels: Some(b.labels.clone()), next_sentence_label: b.next_sentence_label.clone(), ..Default::default() };
+                m.forward(&b.input_ids, Some(&b.attention_mask), Some(&b.token_type_ids), &labels, ctx)?.loss
+            }
+        };
+        out.ok_or_else(|| Error::msg("the batch produced no loss (missing labels?)"))
+    }
+
+    /// A forward pass with optional inputs, returning every named output.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, token_type_ids: Option<&Tensor>, labels: &BertLabels, ctx: &ForwardCtx) -> Result<Outputs> {
+        let mut o = Outputs::default();
+        match self {
+            Model::Gpt2(m) => {
+                let r = m.forward(input_ids, attention_mask, labels.labels.as_ref(), ctx)?;
+                o.tensors.push(("last_hidden_state".into(), r.last_hidden_state));
+                o.tensors.push(("logits".into(), r.logits));
+                o.loss = r.loss;
+            }
+            Model::Bert(m) => {
+                let r = m.forward(input_ids, attention_mask, token_type_ids, labels, ctx)?;
+                for (k, v) in [
+                    ("last_hidden_state", r.last_hidden_state),
+                    ("pooler_output", r.pooler_output),
+                    ("logits", r.logits),
+                    ("seq_relationship_logits", r.seq_relationship_logits),
+                    ("start_logits", r.start_logits),
+                    ("end_logits", r.end_logits),
+                ] {
+                    if let Some(v) = v {
+                        o.tensors.push((k.to_string(), v));
+                    }
+                }
+                o.loss = r.loss;
+            }
+        }
+        Ok(o)
+    }
+}

@@ -1,0 +1,205 @@
+//! Layers built from kiln-tensor ops: Linear, Embedding, LayerNorm, Dropout, multi-head
+//! self-attention on the fused attention op, and the GELU feed-forward.
+//!
+//! Parameters are created through a [`ParamStore`] under their Hugging Face names, so a model's
+//! parameter names are exactly the checkpoint's tensor names.
+use crate::config::Activation;
+use crate::params::{Init, Param, ParamStore};
+use kiln_tensor::ops::attention::AttentionOpts;
+use kiln_tensor::{Result, Tensor};
+use std::cell::Cell;
+
+/// Per-forward settings: training mode (dropout on) and the dropout seed stream.
+///
+/// Each dropout call draws the next seed from `seed`, so a forward pass is reproducible from
+/// (seed, train) alone — which is what makes `--resume` exact.
+pub struct ForwardCtx {
+    pub train: bool,
+    seed: u64,
+    counter: Cell<u64>,
+}
+
+impl ForwardCtx {
+    /// Inference: dropout off.
+    pub fn eval() -> Self {
+        ForwardCtx { train: false, seed: 0, counter: Cell::new(0) }
+    }
+    /// Training with dropout seeds derived from `seed` (e.g. a hash of the run seed and the step).
+    pub fn train(seed: u64) -> Self {
+        ForwardCtx { train: true, seed, counter: Cell::new(0) }
+    }
+    fn next_seed(&self) -> u64 {
+        let c = self.counter.get();
+        self.counter.set(c + 1);
+        self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(c.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5851_F42D)
+    }
+}
+
+/// Applies an activation (`hidden_act` / `activation_function` of the HF config).
+pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
+    match act {
+        Activation::Gelu => x.gelu(),
+        Activation::GeluTanh => x.gelu_tanh(),
+    }
+}
+
+/// `y = x W^T + b` (PyTorch `nn.Linear`, weight [out, in]) or, with `conv1d` layout, `y = x W + b`
+/// (GPT-2's `Conv1D`, weight [in, out]).
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    conv1d: bool,
+}
+
+impl Linear {
+    /// An `nn.Linear` named `{name}.weight` / `{name}.bias`.
+    pub fn new(ps: &ParamStore, name: &str, d_in: usize, d_out: usize, bias: bool, std: f64) -> Result<Self> {
+        let weight = ps.get_or_init(&format!("{name}.weight"), &[d_out, d_in], Init::Normal { std })?;
+        let bias = if bias { Some(ps.get_or_init(&format!("{name}.bias"), &[d_out], Init::Zeros)?) } else { None };
+        Ok(Linear { weight, bias, conv1d: false })
+    }
+    /// A GPT-2 `Conv1D` (weight stored [in, out]).
+    pub fn conv1d(ps: &ParamStore, name: &str, d_in: usize, d_out: usize, std: f64) -> Result<Self> {
+        let weight = ps.get_or_init(&format!("{name}.weight"), &[d_in, d_out], Init::Normal { std })?;
+        let bias = Some(ps.get_or_init(&format!("{name}.bias"), &[d_out], Init::Zeros)?);
+        Ok(Linear { weight, bias, conv1d: true })
+    }
+    /// A bias-free projection onto a shared `[out, in]` matrix (LM heads tied to an embedding).
+    pub fn tied(weight: &Param) -> Self {
+        Linear { weight: weight.clone(), bias: None, conv1d: false }
+    }
+    /// Applies to the last dim of `x` ([..., in] → [..., out]) as one 2-D GEMM.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let d_in = *x.shape().last().unwrap_or(&0);
+        let lead: Vec<usize> = x.shape()[..x.rank().saturating_sub(1)].to_vec();
+        let rows: usize = lead.iter().product();
+        let x2 = x.reshape(&[rows, d_in])?;
+        let w = if self.conv1d { self.weight.tensor() } else { self.weight.tensor().t()? };
+        let mut y = x2.matmul(&w)?;
+        if let Some(b) = &self.bias {
+            y = y.add(&b.tensor())?;
+        }
+        let mut shape = lead;
+        shape.push(*y.shape().last().unwrap_or(&0));
+        y.reshape(&shape)
+    }
+}
+
+/// A lookup table `weight [num, dim]`.
+#[derive(Clone)]
+pub struct Embedding {
+    pub weight: Param,
+}
+
+impl Embedding {
+    pub fn new(ps: &ParamStore, name: &str, num: usize, dim: usize, std: f64) -> Result<Self> {
+        Ok(Embedding { weight: ps.get_or_init(&format!("{name}.weight"), &[num, dim], Init::Normal { std })? })
+    }
+    /// ids (i64, any shape) → [..ids, dim]. Ids out of range are an error.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Tensor::embedding(ids, &self.weight.tensor())
+    }
+}
+
+/// LayerNorm over the last dim with affine weight and bias.
+#[derive(Clone)]
+pub struct LayerNorm {
+    pub weight: Param,
+    pub bias: Param,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(ps: &ParamStore, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        let weight = ps.get_or_init(&format!("{name}.weight"), &[dim], Init::Ones)?;
+        let bias = ps.get_or_init(&format!("{name}.bias"), &[dim], Init::Zeros)?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.layer_norm(Some(&self.weight.tensor()), Some(&self.bias.tensor()), self.eps)
+    }
+}
+
+/// Dropout with probability `p`, active only in training contexts.
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    pub p: f64,
+}
+
+impl Dropout {
+    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        if !ctx.train || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        x.dropout(self.p, ctx.next_seed(), true)
+    }
+}
+
+/// Multi-head self-attention over the fused attention op. Projections are either three
+/// `nn.Linear`s (BERT: query/key/value) or one fused `Conv1D` (GPT-2: c_attn).
+#[derive(Clone)]
+pub struct SelfAttention {
+    pub qkv: QkvProj,
+    pub out: Linear,
+    pub n_head: usize,
+    pub causal: bool,
+    pub attn_dropout: Dropout,
+}
+
+/// How q, k, v are projected.
+#[derive(Clone)]
+pub enum QkvProj {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+impl SelfAttention {
+    /// x [B, T, C] (+ key padding mask [B, T], 1 = keep) → [B, T, C].
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &ForwardCtx) -> Result<Tensor> {
+        let (b, t, c) = dims3(x)?;
+        let h = self.n_head;
+        let d = c / h;
+        let (q, k, v) = match &self.qkv {
+            QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            QkvProj::Fused(p) => {
+                let qkv = p.forward(x)?;
+                let parts = qkv.split(&[c, c, c], 2)?;
+                (parts[0].clone(), parts[1].clone(), parts[2].clone())
+            }
+        };
+        let heads = |z: &Tensor| -> Result<Tensor> { z.reshape(&[b, t, h, d])?.permute(&[0, 2, 1, 3]) };
+        let opts = AttentionOpts { causal: self.causal, key_padding_mask: mask.cloned(), scale: None };
+        if ctx.train && self.attn_dropout.p > 0.0 {
+            // The fused kernel never materialises the probabilities, so there is nothing to drop:
+            // attention-probability dropout is not applied (hidden-state dropout still is).
+            static WARN: std::sync::Once = std::sync::Once::new();
+            WARN.call_once(|| eprintln!("kiln: attention-probability dropout ({}) is not applied by the fused attention op", self.attn_dropout.p));
+        }
+        let y = heads(&q)?.attention(&heads(&k)?, &heads(&v)?, &opts)?;
+        let y = y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, c])?;
+        self.out.forward(&y)
+    }
+}
+
+/// The GELU feed-forward: `down(act(up(x)))`.
+#[derive(Clone)]
+pub struct FeedForward {
+    pub up: Linear,
+    pub down: Linear,
+    pub act: Activation,
+}
+
+impl FeedForward {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down.forward(&activate(self.act, &self.up.forward(x)?)?)
+    }
+}
+
+/// (B, T, C) of a rank-3 tensor, or a shape error.
+pub fn dims3(x: &Tensor) -> Result<(usize, usize, usize)> {
+    match x.shape() {
+        &[b, t, c] => Ok((b, t, c)),
+        s => Err(kiln_tensor::Error::Shape { op: "dims3", shape: s.to_vec(), msg: "expected [batch, seq, hidden]".into() }),
+    }
+}

@@ -1,0 +1,198 @@
+//! Reading and writing `.safetensors` files as kiln tensors.
+//!
+//! Reading never reinterprets the file buffer in place (its alignment is not guaranteed): bytes are
+//! copied into typed vectors with `bytemuck::pod_collect_to_vec`. Every failure names the file;
+//! truncated files and garbage headers are errors, never panics. Writing goes through
+//! [`crate::io::atomic_write`].
+use crate::io::{atomic_write, io_err};
+use half::{bf16, f16};
+use kiln_tensor::{CpuStorage, DType, Device, Error, Result, Storage, Tensor};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors, View};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+
+#[cfg(target_endian = "big")]
+compile_error!("kiln's safetensors I/O assumes a little-endian host");
+
+/// A parsed safetensors file held in memory: raw bytes plus the parsed header.
+pub struct StFile {
+    path: String,
+    bytes: Vec<u8>,
+}
+
+/// One tensor's header entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+}
+
+impl StFile {
+    /// Reads and validates `path` (header, offsets, total length).
+    pub fn open(path: impl AsRef<Path>) -> Result<StFile> {
+        let p = path.as_ref();
+        let bytes = std::fs::read(p).map_err(|e| io_err(p, e))?;
+        Self::from_bytes(bytes, &p.display().to_string())
+    }
+
+    /// Validates an in-memory file; `origin` is named in errors.
+    pub fn from_bytes(bytes: Vec<u8>, origin: &str) -> Result<StFile> {
+        SafeTensors::deserialize(&bytes).map_err(|e| st_err(origin, e))?;
+        Ok(StFile { path: origin.to_string(), bytes })
+    }
+
+    fn st(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("validated in open")
+    }
+
+    /// The file path (or origin label).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self.st().names().into_iter().map(|s| s.to_string()).collect();
+        n.sort();
+        n
+    }
+
+    /// Header entry of `name`.
+    pub fn info(&self, name: &str) -> Option<StInfo> {
+        let t = self.st().tensor(name).ok()?;
+        Some(StInfo { dtype: t.dtype(), shape: t.shape().to_vec() })
+    }
+
+    /// The `__metadata__` map of the header.
+    pub fn metadata(&self) -> HashMap<String, String> {
+        SafeTensors::read_metadata(&self.bytes)
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone())
+            .unwrap_or_default()
+    }
+
+    /// Tensor `name` as a CPU tensor. F32, F64, F16, BF16 and I64 keep their dtype; I32, I16, I8, U8
+    /// and BOOL become I64. Other dtypes are an error naming the tensor and the file.
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        let st = self.st();
+        let v = st.tensor(name).map_err(|e| Error::msg(format!("{}: tensor '{name}': {e}", self.path)))?;
+        view_to_tensor(&v).map_err(|e| Error::msg(format!("{}: tensor '{name}': {e}", self.path)))
+    }
+
+    /// All tensors, sorted by name.
+    pub fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        self.names().into_iter().map(|n| self.tensor(&n).map(|t| (n, t))).collect()
+    }
+}
+
+fn st_err(origin: &str, e: safetensors::SafeTensorError) -> Error {
+    use safetensors::SafeTensorError as E;
+    let hint = match e {
+        E::HeaderTooSmall | E::InvalidHeaderLength | E::MetadataIncompleteBuffer | E::HeaderTooLarge => {
+            " (the file is truncated, corrupt or not a safetensors file)"
+        }
+        E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) => " (the header is not valid safetensors JSON)",
+        E::InvalidOffset(_) | E::TensorInvalidInfo | E::ValidationOverflow => " (the header's offsets do not match the data)",
+        _ => "",
+    };
+    Error::msg(format!("{origin}: cannot read safetensors: {e}{hint}"))
+}
+
+fn view_to_tensor(v: &TensorView<'_>) -> Result<Tensor> {
+    let d = v.data();
+    let shape = v.shape();
+    let storage = match v.dtype() {
+        Dtype::F32 => CpuStorage::F32(bytemuck::pod_collect_to_vec::<u8, f32>(d)),
+        Dtype::F64 => CpuStorage::F64(bytemuck::pod_collect_to_vec::<u8, f64>(d)),
+        Dtype::F16 => CpuStorage::F16(bytemuck::pod_collect_to_vec::<u8, u16>(d).into_iter().map(f16::from_bits).collect()),
+        Dtype::BF16 => CpuStorage::BF16(bytemuck::pod_collect_to_vec::<u8, u16>(d).into_iter().map(bf16::from_bits).collect()),
+        Dtype::I64 => CpuStorage::I64(bytemuck::pod_collect_to_vec::<u8, i64>(d)),
+        Dtype::I32 => CpuStorage::I64(bytemuck::pod_collect_to_vec::<u8, i32>(d).into_iter().map(i64::from).collect()),
+        Dtype::I16 => CpuStorage::I64(bytemuck::pod_collect_to_vec::<u8, i16>(d).into_iter().map(i64::from).collect()),
+        Dtype::I8 => CpuStorage::I64(d.iter().map(|&b| b as i8 as i64).collect()),
+        Dtype::U8 | Dtype::BOOL => CpuStorage::I64(d.iter().map(|&b| b as i64).collect()),
+        other => return Err(Error::msg(format!("unsupported safetensors dtype {other:?}"))),
+    };
+    Tensor::from_storage(Storage::Cpu(storage), shape)
+}
+
+/// The safetensors dtype of a kiln dtype.
+pub fn st_dtype(d: DType) -> Dtype {
+    match d {
+        DType::F32 => Dtype::F32,
+        DType::F64 => Dtype::F64,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        DType::I64 => Dtype::I64,
+    }
+}
+
+/// A tensor's bytes ready for serialisation.
+struct Raw {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for &Raw {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn tensor_bytes(t: &Tensor) -> Result<Raw> {
+    let t = t.to_device(Device::Cpu)?;
+    let w = t.storage_window()?;
+    let data = match &w {
+        CpuStorage::F32(v) => bytemuck::cast_slice::<f32, u8>(v).to_vec(),
+        CpuStorage::F64(v) => bytemuck::cast_slice::<f64, u8>(v).to_vec(),
+        CpuStorage::F16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+        CpuStorage::BF16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+        CpuStorage::I64(v) => bytemuck::cast_slice::<i64, u8>(v).to_vec(),
+    };
+    Ok(Raw { dtype: st_dtype(t.dtype()), shape: t.shape().to_vec(), data })
+}
+
+/// Serialises `tensors` (any device/layout; converted to `dtype` when given and the tensor is a
+/// float) with `metadata` (HF loaders want `{"format": "pt"}`, which is added when absent).
+pub fn to_safetensors_bytes(tensors: &[(String, Tensor)], dtype: Option<DType>, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    let mut raws = Vec::with_capacity(tensors.len());
+    let mut seen = std::collections::HashSet::new();
+    for (name, t) in tensors {
+        if !seen.insert(name.as_str()) {
+            return Err(Error::msg(format!("safetensors: duplicate tensor name '{name}'")));
+        }
+        let t = match dtype {
+            Some(d) if t.dtype().is_float() && d.is_float() => t.to_dtype(d)?,
+            _ => t.clone(),
+        };
+        raws.push((name.clone(), tensor_bytes(&t)?));
+    }
+    let mut meta = metadata.unwrap_or_default();
+    meta.entry("format".into()).or_insert_with(|| "pt".into());
+    safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), Some(meta))
+        .map_err(|e| Error::msg(format!("safetensors: cannot serialize: {e}")))
+}
+
+/// Writes `tensors` to `path` atomically (see [`to_safetensors_bytes`]).
+pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)], dtype: Option<DType>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let p = path.as_ref();
+    let bytes = to_safetensors_bytes(tensors, dtype, metadata).map_err(|e| Error::msg(format!("{}: {e}", p.display())))?;
+    atomic_write(p, &bytes)
+}
+
+/// Reads every tensor of `path` (sorted by name) as CPU tensors.
+pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
+    StFile::open(path)?.tensors()
+}

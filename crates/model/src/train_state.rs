@@ -1,0 +1,130 @@
+//! The training-state file and whole-checkpoint helpers.
+//!
+//! `training_state.safetensors` holds the optimizer's state tensors (f32, exact) and, in the
+//! header's `__metadata__` under `kiln_train_state`, a JSON [`TrainState`]: step, optimizer kind,
+//! hyper-parameters and per-parameter step counts, data position, RNG states, config hash and any
+//! trainer extras. Restoring all of it (plus the f32 weights in `model.safetensors`) makes a
+//! resumed CPU run bit-identical to an uninterrupted one.
+//!
+//! A checkpoint directory ([`save_checkpoint`]) is HF-loadable: `config.json`, `model.safetensors`
+//! (HF names), `tokenizer.json`, plus `training_state.safetensors`. Each file is written to a
+//! temporary file in the same directory, fsynced and renamed; the training state is written last.
+use crate::checkpoint::{save_params, HfNameMap};
+use crate::config::ModelConfig;
+use crate::data::DataPosition;
+use crate::optim::OptimState;
+use crate::params::ParamStore;
+use crate::rng::RngState;
+use crate::st_io::{write_safetensors, StFile};
+use crate::tokenize::{save_tokenizer, Tokenizer};
+use kiln_tensor::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// File names inside a checkpoint directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const TRAIN_STATE_FILE: &str = "training_state.safetensors";
+const META_KEY: &str = "kiln_train_state";
+const FORMAT_VERSION: u32 = 1;
+
+/// Everything besides weights and optimizer tensors that a resumed run needs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer updates done so far.
+    pub step: u64,
+    /// [`ModelConfig::hash_hex`] of the model being trained (checked on resume).
+    pub config_hash: String,
+    /// Where the data pipeline is.
+    pub data: DataPosition,
+    /// Other generators (e.g. `"dropout"`).
+    #[serde(default)]
+    pub rngs: BTreeMap<String, RngState>,
+    /// Trainer-specific values (arguments, tokens seen, loss scale, ...).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+    /// Optimizer state; its tensors go to the file body, the rest to the JSON header.
+    #[serde(skip)]
+    pub optimizer: OptimState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    version: u32,
+    #[serde(flatten)]
+    state: TrainState,
+    optimizer_kind: String,
+    optimizer_hyper: serde_json::Value,
+    optimizer_steps: BTreeMap<String, u64>,
+}
+
+impl TrainState {
+    /// Errors unless the state was saved for a model with `cfg`'s hash.
+    pub fn check_config(&self, cfg: &ModelConfig) -> Result<()> {
+        let h = cfg.hash_hex()?;
+        if !self.config_hash.is_empty() && self.config_hash != h {
+            return Err(Error::msg(format!(
+                "training state was saved for a different model config (hash {} vs {h}); resume with the same config",
+                self.config_hash
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn state_path(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join(TRAIN_STATE_FILE)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Writes the training state to `path` (a file, or a directory to hold `training_state.safetensors`).
+pub fn save_train_state(path: impl AsRef<Path>, st: &TrainState) -> Result<()> {
+    let p = state_path(path.as_ref());
+    let h = Header {
+        version: FORMAT_VERSION,
+        state: st.clone(),
+        optimizer_kind: st.optimizer.kind.clone(),
+        optimizer_hyper: st.optimizer.hyper.clone(),
+        optimizer_steps: st.optimizer.steps.clone(),
+    };
+    let json = serde_json::to_string(&h).map_err(|e| Error::msg(format!("{}: cannot serialize training state: {e}", p.display())))?;
+    let meta: HashMap<String, String> = [(META_KEY.to_string(), json)].into_iter().collect();
+    write_safetensors(&p, &st.optimizer.tensors, None, Some(meta))
+}
+
+/// Reads a training state written by [`save_train_state`] (`path`: the file or its directory).
+pub fn load_train_state(path: impl AsRef<Path>) -> Result<TrainState> {
+    let p = state_path(path.as_ref());
+    let f = StFile::open(&p)?;
+    let meta = f.metadata();
+    let json = meta.get(META_KEY).ok_or_else(|| Error::msg(format!("{}: not a kiln training-state file (no '{META_KEY}' metadata)", p.display())))?;
+    let h: Header = serde_json::from_str(json).map_err(|e| Error::msg(format!("{}: bad training-state metadata: {e}", p.display())))?;
+    if h.version != FORMAT_VERSION {
+        return Err(Error::msg(format!("{}: training-state format {} is not supported (expected {FORMAT_VERSION})", p.display(), h.version)));
+    }
+    let mut st = h.state;
+    st.optimizer = OptimState { kind: h.optimizer_kind, hyper: h.optimizer_hyper, steps: h.optimizer_steps, tensors: f.tensors()? };
+    Ok(st)
+}
+
+/// Writes a full checkpoint directory (created if needed): `config.json`, `model.safetensors`
+/// (f32, HF names per `cfg`'s model type), `tokenizer.json` when given, and the training state when
+/// given (last).
+pub fn save_checkpoint(dir: impl AsRef<Path>, cfg: &ModelConfig, store: &ParamStore, tok: Option<&Tokenizer>, state: Option<&TrainState>) -> Result<()> {
+    let d = dir.as_ref();
+    std::fs::create_dir_all(d).map_err(|e| Error::Io { path: d.display().to_string(), source: e })?;
+    save_params(d.join(MODEL_FILE), store, &HfNameMap::for_model_type(cfg.model_type()), None)?;
+    cfg.save(d.join(CONFIG_FILE))?;
+    if let Some(t) = tok {
+        save_tokenizer(t, d.join(TOKENIZER_FILE))?;
+    }
+    if let Some(s) = state {
+        save_train_state(d.join(TRAIN_STATE_FILE), s)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! The training loop behind `kiln train`, usable as a library: data → model → loss → backward →
+//! clip → AdamW with a schedule, gradient accumulation, held-out evaluation, atomic checkpoints and
+//! exact resume.
+use crate::config::ModelConfig;
+use crate::data::Batch;
+use crate::model::Model;
+use crate::nn::ForwardCtx;
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer};
+use crate::params::ParamStore;
+use crate::sched::LrSchedule;
+use crate::train_state::{save_checkpoint, TrainState};
+use kiln_tensor::{no_grad, Error, Result};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// A source of training batches whose position can be saved and restored.
+pub trait BatchSource {
+    fn next_batch(&mut self) -> Result<Batch>;
+    fn position(&self) -> crate::data::DataPosition;
+    fn set_position(&mut self, p: &crate::data::DataPosition) -> Result<()>;
+}
+
+impl BatchSource for crate::data::CausalLmBatcher {
+    fn next_batch(&mut self) -> Result<Batch> {
+        crate::data::CausalLmBatcher::next_batch(self)
+    }
+    fn position(&self) -> crate::data::DataPosition {
+        crate::data::CausalLmBatcher::position(self)
+    }
+    fn set_position(&mut self, p: &crate::data::DataPosition) -> Result<()> {
+        crate::data::CausalLmBatcher::set_position(self, p)
+    }
+}
+
+impl BatchSource for crate::data::BertBatcher {
+    fn next_batch(&mut self) -> Result<Batch> {
+        crate::data::BertBatcher::next_batch(self)
+    }
+    fn position(&self) -> crate::data::DataPosition {
+        crate::data::BertBatcher::position(self)
+    }
+    fn set_position(&mut self, p: &crate::data::DataPosition) -> Result<()> {
+        crate::data::BertBatcher::set_position(self, p)
+    }
+}
+
+/// Hyper-parameters of a run.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub steps: u64,
+    pub schedule: LrSchedule,
+    pub adamw: AdamWConfig,
+    /// Global-norm clipping threshold (0 = off).
+    pub clip: f64,
+    /// Micro-batches per update.
+    pub accum: usize,
+    pub seed: u64,
+    /// Evaluate on held-out batches every N updates (0 = only at the end).
+    pub eval_every: u64,
+    pub eval_batches: usize,
+    /// Checkpoint every N updates (0 = only at the end); needs `out`.
+    pub ckpt_every: u64,
+    pub out: Option<PathBuf>,
+}
+
+/// One logged update.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLog {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub step_ms: f64,
+    pub tokens_per_s: f64,
+}
+
+/// One evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalLog {
+    pub step: u64,
+    pub loss: f64,
+    pub perplexity: f64,
+}
+
+/// Receives progress (a progress bar, plain lines, JSON lines, a test recorder...).
+pub trait TrainObserver {
+    fn on_step(&mut self, _log: &StepLog) {}
+    fn on_eval(&mut self, _log: &EvalLog) {}
+    fn on_checkpoint(&mut self, _dir: &std::path::Path, _step: u64) {}
+}
+
+/// Everything a run needs besides its options.
+pub struct Trainer<'a> {
+    pub cfg: ModelConfig,
+    pub store: ParamStore,
+    pub model: Model,
+    pub tokenizer: Option<&'a tokenizers::Tokenizer>,
+    pub optimizer: AdamW,
+    pub step: u64,
+    pub losses: Vec<(u64, f64)>,
+    pub evals: Vec<EvalLog>,
+}
+
+/// The dropout seed of micro-batch `micro` of update `step`: a pure function, so resumed runs replay it.
+pub fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (micro as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z ^ (z >> 31)
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(cfg: ModelConfig, store: ParamStore, tokenizer: Option<&'a tokenizers::Tokenizer>, adamw: AdamWConfig) -> Result<Self> {
+        let model = Model::build(&cfg, &store)?;
+        Ok(Trainer { cfg, store, model, tokenizer, optimizer: AdamW::new(adamw), step: 0, losses: Vec::new(), evals: Vec::new() })
+    }
+
+    /// Restores optimizer moments, the step and the data position from a training-state file.
+    pub fn restore(&mut self, st: &TrainState, data: &mut dyn BatchSource) -> Result<()> {
+        st.check_config(&self.cfg)?;
+        self.optimizer.load_state(&st.optimizer)?;
+        data.set_position(&st.data)?;
+        self.step = st.step;
+        if let Some(l) = st.extra.get("losses").and_then(|v| serde_json::from_value::<Vec<(u64, f64)>>(v.clone()).ok()) {
+            self.losses = l;
+        }
+        Ok(())
+    }
+
+    /// Mean loss over `n` batches from `eval`, without gradients.
+    pub fn evaluate(&self, eval: &mut dyn BatchSource, n: usize) -> Result<f64> {
+        let ctx = ForwardCtx::eval();
+        let mut total = 0.0;
+        for _ in 0..n.max(1) {
+            let b = eval.next_batch()?;
+            total += no_grad(|| self.model.loss(&b, &ctx))?.to_scalar()?;
+        }
+        Ok(total / n.max(1) as f64)
+    }
+
+    /// Writes the checkpoint directory (weights, config, tokenizer, training state) atomically per file.
+    pub fn save(&self, dir: &std::path::Path, data: &dyn BatchSource) -> Result<()> {
+        let st = TrainState {
+            step: self.step,
+            config_hash: self.cfg.hash_hex()?,
+            data: data.position(),
+            extra: serde_json::json!({ "losses": self.losses }),
+            optimizer: self.optimizer.state()?,
+            ..Default::default()
+        };
+        save_checkpoint(dir, &self.cfg, &self.store, self.tokenizer, Some(&st))
+    }
+
+    /// Runs updates `self.step .. opts.steps`. A non-finite loss stops the run with an error and
+    /// leaves the last checkpoint in place.
+    pub fn run(&mut self, opts: &TrainOptions, data: &mut dyn BatchSource, mut eval: Option<&mut dyn BatchSource>, obs: &mut dyn TrainObserver) -> Result<()> {
+        if opts.accum == 0 {
+            return Err(Error::msg("train: gradient accumulation must be at least 1"));
+        }
+        let params = self.store.trainable();
+        // Every evaluation reads the same held-out batches.
+        let eval_start = eval.as_deref().map(|e| e.position());
+        while self.step < opts.steps {
+            let t0 = Instant::now();
+            let lr = opts.schedule.lr_at(self.step);
+            self.optimizer.set_lr(lr);
+            let mut loss_sum = 0.0;
+            let mut tokens = 0usize;
+            for micro in 0..opts.accum {
+                let b = data.next_batch()?;
+                tokens += b.input_ids.elem_count();
+                let ctx = ForwardCtx::train(dropout_seed(opts.seed, self.step, micro));
+                let loss = self.model.loss(&b, &ctx)?;
+                let l = loss.to_scalar()?;
+                if !l.is_finite() {
+                    for p in &params {
+                        p.zero_grad();
+                    }
+                    return Err(Error::msg(format!(
+                        "train: the loss became {l} at step {}; stopping (the last checkpoint, if any, is left as it was). Try a lower --lr.",
+                        self.step
+                    )));
+                }
+                loss_sum += l;
+                let scaled = if opts.accum > 1 { loss.mul_scalar(1.0 / opts.accum as f64)? } else { loss };
+                scaled.backward()?;
+            }
+            let grad_norm = if opts.clip > 0.0 { clip_grad_norm(&params, opts.clip)? } else { crate::optim::grad_norm(&params)? };
+            no_grad(|| self.optimizer.step(&params))?;
+            for p in &params {
+                p.zero_grad();
+            }
+            self.step += 1;
+            let loss = loss_sum / opts.accum as f64;
+            self.losses.push((self.step, loss));
+            let secs = t0.elapsed().as_secs_f64();
+            obs.on_step(&StepLog { step: self.step, loss, lr, grad_norm, step_ms: secs * 1e3, tokens_per_s: tokens as f64 / secs });
+            let last = self.step == opts.steps;
+            if let Some(ev) = eval.as_deref_mut() {
+                if last || (opts.eval_every > 0 && self.step % opts.eval_every == 0) {
+                    if let Some(p) = &eval_start {
+                        ev.set_position(p)?;
+                    }
+                    let l = self.evaluate(ev, opts.eval_batches)?;
+                    let e = EvalLog { step: self.step, loss: l, perplexity: l.exp() };
+                    self.evals.push(e);
+                    obs.on_eval(&e);
+                }
+            }
+            if let Some(dir) = &opts.out {
+                if last || (opts.ckpt_every > 0 && self.step % opts.ckpt_every == 0) {
+                    self.save(dir, data)?;
+                    obs.on_checkpoint(dir, self.step);
+                }
+            }
+        }
+        Ok(())
+    }
+}

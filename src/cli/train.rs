@@ -1,0 +1,267 @@
+//! `kiln train`: from a preset, a config-only directory, a checkpoint, or `--resume`.
+use crate::{corpus, plot};
+use clap::Args;
+use kiln::model::config::ModelConfig;
+use kiln::model::data::{encode_documents, encode_stream, BertBatcher, CausalLmBatcher};
+use kiln::model::gpt::SampleOptions;
+use kiln::model::model::Model;
+use kiln::model::optim::AdamWConfig;
+use kiln::model::params::ParamStore;
+use kiln::model::sched::{Decay, LrSchedule};
+use kiln::model::tokenize::{self, SpecialIds};
+use kiln::model::train_state::load_train_state;
+use kiln::model::trainer::{BatchSource, EvalLog, StepLog, TrainObserver, TrainOptions, Trainer};
+use kiln::model::{HfNameMap, LoadOptions};
+use kiln::{DType, Device, Error, Result};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// A preset (gpt2-tiny, bert-tiny, gpt2, gpt2-medium, bert-base, bert-large) or an HF directory.
+    #[arg(long, default_value = "gpt2-tiny")]
+    pub model: String,
+    /// A UTF-8 text file to train on (default: the built-in generated corpus).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Train on the built-in generated corpus (the default when --data is absent).
+    #[arg(long, conflicts_with = "data")]
+    pub synthetic: bool,
+    /// A tokenizer.json (default: the model directory's, else one trained on the data).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long, default_value_t = 250)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 20)]
+    pub warmup: u64,
+    /// constant, linear or cosine decay after warm-up.
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Gradient accumulation: micro-batches per update.
+    #[arg(long, default_value_t = 1)]
+    pub accum: usize,
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Where the checkpoint, tokenizer and loss curve go.
+    #[arg(long, default_value = "out/run")]
+    pub out: PathBuf,
+    /// Continue a run from its checkpoint directory (exactly, on the CPU).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: u64,
+    #[arg(long, default_value_t = 4)]
+    pub eval_batches: usize,
+    /// Checkpoint every N updates (0 = only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub ckpt_every: u64,
+    /// Vocabulary size of a tokenizer trained here.
+    #[arg(long, default_value_t = 512)]
+    pub vocab: usize,
+    /// One JSON object per line (step, loss, lr, step_ms, tokens_per_s).
+    #[arg(long)]
+    pub json: bool,
+    /// Tokens of sample text printed at the end (GPT-2 only; 0 = none).
+    #[arg(long, default_value_t = 60)]
+    pub sample_tokens: usize,
+}
+
+struct Progress {
+    json: bool,
+    bar: Option<indicatif::ProgressBar>,
+    every: u64,
+}
+
+impl TrainObserver for Progress {
+    fn on_step(&mut self, l: &StepLog) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"step": l.step, "loss": l.loss, "lr": l.lr, "grad_norm": l.grad_norm, "step_ms": l.step_ms, "tokens_per_s": l.tokens_per_s})
+            );
+        } else if let Some(b) = &self.bar {
+            b.set_position(l.step);
+            b.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", l.loss, l.lr, l.tokens_per_s));
+        } else if l.step == 1 || l.step % self.every == 0 {
+            println!("step {:>5}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} ms  {:.0} tok/s", l.step, l.loss, l.lr, l.grad_norm, l.step_ms, l.tokens_per_s);
+        }
+    }
+    fn on_eval(&mut self, e: &EvalLog) {
+        let line = format!("eval  step {:>5}  loss {:.4}  perplexity {:.2}", e.step, e.loss, e.perplexity);
+        if self.json {
+            println!("{}", serde_json::json!({"step": e.step, "eval_loss": e.loss, "perplexity": e.perplexity}));
+        } else if let Some(b) = &self.bar {
+            b.println(line);
+        } else {
+            println!("{line}");
+        }
+    }
+    fn on_checkpoint(&mut self, dir: &Path, step: u64) {
+        if !self.json {
+            let line = format!("checkpoint  step {step}  -> {}", dir.display());
+            match &self.bar {
+                Some(b) => b.println(line),
+                None => println!("{line}"),
+            }
+        }
+    }
+}
+
+fn model_spec(args: &TrainArgs) -> (Option<PathBuf>, String) {
+    if let Some(r) = &args.resume {
+        return (Some(r.clone()), String::new());
+    }
+    let p = Path::new(&args.model);
+    if p.is_dir() {
+        (Some(p.to_path_buf()), String::new())
+    } else {
+        (None, args.model.clone())
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let device: Device = args.device.parse()?;
+    kiln::tensor::cuda::check_device(device)?;
+    if args.dtype.parse::<DType>()? != DType::F32 {
+        return Err(Error::msg(format!("train: --dtype {} is not supported yet on this backend; use f32", args.dtype)));
+    }
+    if args.batch == 0 || args.seq < 2 || args.steps == 0 {
+        return Err(Error::msg("train: --batch, --steps must be positive and --seq at least 2"));
+    }
+    let decay: Decay = args.schedule.parse()?;
+    let (dir, preset) = model_spec(&args);
+    let mut cfg = match &dir {
+        Some(d) => ModelConfig::load(d.join("config.json"))?,
+        None => ModelConfig::preset(&preset)?,
+    };
+    // Text: the user's file, or the built-in corpus. Held out: the last 10%.
+    let text = match &args.data {
+        Some(p) => kiln::model::data::read_text(p)?,
+        None => corpus::default_corpus(args.seed, 400_000),
+    };
+    let cut = text.char_indices().map(|(i, _)| i).find(|&i| i >= text.len() * 9 / 10).unwrap_or(text.len());
+    let (train_text, eval_text) = text.split_at(cut);
+    // Tokenizer: explicit, in the model dir, or trained here on the training text.
+    let tok = match tokenize::find_tokenizer(args.tokenizer.as_deref(), dir.as_deref())? {
+        Some(t) => t,
+        None => {
+            if dir.as_ref().is_some_and(|d| d.join("model.safetensors").exists()) {
+                return Err(Error::msg("train: the checkpoint has weights but no tokenizer.json; pass --tokenizer"));
+            }
+            let t = match cfg.model_type() {
+                "gpt2" => tokenize::train_bpe_from_texts(&[train_text], args.vocab)?,
+                _ => tokenize::train_wordpiece_from_texts(&[train_text], args.vocab)?,
+            };
+            tokenize::sync_config(&mut cfg, &t);
+            t
+        }
+    };
+    if tok.get_vocab_size(true) > cfg.vocab_size() {
+        return Err(Error::msg(format!("train: tokenizer has {} tokens but the model's vocab_size is {}", tok.get_vocab_size(true), cfg.vocab_size())));
+    }
+    if args.seq > cfg.max_positions() {
+        return Err(Error::msg(format!("train: --seq {} exceeds the model's {} positions", args.seq, cfg.max_positions())));
+    }
+    let store = ParamStore::new(args.seed, DType::F32, device);
+    let adamw = AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() };
+    let mut trainer = Trainer::new(cfg.clone(), store.clone(), Some(&tok), adamw)?;
+    if let Some(d) = &dir {
+        let w = d.join("model.safetensors");
+        if w.exists() {
+            kiln::model::load_params(&w, &store, &HfNameMap::for_model_type(cfg.model_type()), &LoadOptions::strict())?;
+        }
+    }
+    let (mut data, mut eval): (Box<dyn BatchSource>, Box<dyn BatchSource>) = match cfg.model_type() {
+        "gpt2" => {
+            let eot = SpecialIds::of(&tok).eot;
+            let tr = encode_stream(&tok, train_text, eot)?;
+            let ev = encode_stream(&tok, eval_text, eot)?;
+            (Box::new(CausalLmBatcher::new(tr, args.batch, args.seq, args.seed)?), Box::new(CausalLmBatcher::new(ev, args.batch, args.seq, args.seed ^ 1)?))
+        }
+        _ => {
+            let nsp = matches!(&trainer.model, m if m.is_pretraining());
+            let sp = SpecialIds::of(&tok);
+            let v = cfg.vocab_size();
+            (
+                Box::new(BertBatcher::new(encode_documents(&tok, train_text)?, &sp, v, args.batch, args.seq, args.seed, nsp)?),
+                Box::new(BertBatcher::new(encode_documents(&tok, eval_text)?, &sp, v, args.batch, args.seq, args.seed ^ 1, nsp)?),
+            )
+        }
+    };
+    if let Some(r) = &args.resume {
+        let st = load_train_state(r.join("training_state.safetensors"))?;
+        trainer.restore(&st, data.as_mut())?;
+        if trainer.step >= args.steps {
+            return Err(Error::msg(format!("train: the checkpoint is already at step {} (>= --steps {})", trainer.step, args.steps)));
+        }
+    }
+    let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
+    std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), source: e })?;
+    let total = args.steps;
+    let schedule = LrSchedule { peak_lr: args.lr, min_lr: args.lr * 0.1, warmup_steps: args.warmup.min(total), total_steps: total, decay };
+    let opts = TrainOptions {
+        steps: total,
+        schedule,
+        adamw,
+        clip: args.clip,
+        accum: args.accum,
+        seed: args.seed,
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        ckpt_every: args.ckpt_every,
+        out: Some(out.clone()),
+    };
+    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(total);
+        if let Ok(s) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})") {
+            b.set_style(s);
+        }
+        b.set_position(trainer.step);
+        b
+    });
+    if !args.json {
+        println!(
+            "kiln train: {} ({} params, {} layers), {} tokens/step, {} steps, lr {:.1e}, device {device}, out {}",
+            cfg.model_type(),
+            store.num_params(),
+            cfg.num_layers(),
+            args.batch * args.seq * args.accum,
+            total,
+            args.lr,
+            out.display()
+        );
+    }
+    let mut progress = Progress { json: args.json, bar, every: 25 };
+    let t0 = std::time::Instant::now();
+    trainer.run(&opts, data.as_mut(), Some(eval.as_mut()), &mut progress)?;
+    if let Some(b) = &progress.bar {
+        b.finish();
+    }
+    let svg = out.join("loss.svg");
+    plot::loss_curve(&svg, &trainer.losses, &trainer.evals)?;
+    if !args.json {
+        println!("done in {:.1}s; loss curve -> {}", t0.elapsed().as_secs_f64(), svg.display());
+    }
+    if let (Model::Gpt2(m), true) = (&trainer.model, args.sample_tokens > 0 && !args.json) {
+        let prompt = tok.encode("The", false).map_err(|e| Error::msg(format!("tokenizer: {e}")))?.get_ids().iter().map(|&i| i as i64).collect::<Vec<_>>();
+        let ids = m.generate(&prompt, &SampleOptions { max_new_tokens: args.sample_tokens, temperature: 0.8, top_k: 40, seed: args.seed, eos: None })?;
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        println!("sample: {}", tok.decode(&ids, true).map_err(|e| Error::msg(format!("tokenizer: {e}")))?);
+    }
+    Ok(())
+}
