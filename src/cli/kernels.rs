@@ -13,8 +13,18 @@ pub struct KernelsArgs {
     pub out: Option<PathBuf>,
 }
 
+#[cfg(feature = "cuda")]
 pub fn run(a: KernelsArgs) -> Result<()> {
-    let reports = kiln::tensor::cuda::nvrtc::compile_all(&a.arch, a.out.as_deref())?;
-    println!("{}", kiln::tensor::cuda::nvrtc::format_report(&reports));
+    use kiln::tensor::cuda::report;
+    let reports = match &a.out {
+        Some(d) => report::compile_all_into(&a.arch, d)?,
+        None => report::compile_all(&a.arch)?,
+    };
+    println!("{}", report::format_report(&reports));
     Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn run(_a: KernelsArgs) -> Result<()> {
+    Err(kiln::Error::CudaUnavailable("this build has no CUDA support (build with the default `cuda` feature)".into()))
 }

@@ -84,9 +84,11 @@ impl BertModel {
         cfg.validate()?;
         let (c, std) = (cfg.hidden_size, cfg.initializer_range);
         let n = |s: &str| join(prefix, s);
+        let mut word = Embedding::new(ps, &n("embeddings.word_embeddings"), cfg.vocab_size, c, std)?;
+        word.padding_idx = Some(cfg.pad_token_id.unwrap_or(0) as i64);
         Ok(BertModel {
             cfg: cfg.clone(),
-            word: Embedding::new(ps, &n("embeddings.word_embeddings"), cfg.vocab_size, c, std)?,
+            word,
             position: Embedding::new(ps, &n("embeddings.position_embeddings"), cfg.max_position_embeddings, c, std)?,
             token_type: Embedding::new(ps, &n("embeddings.token_type_embeddings"), cfg.type_vocab_size, c, std)?,
             emb_ln: LayerNorm::new(ps, &n("embeddings.LayerNorm"), c, cfg.layer_norm_eps)?,

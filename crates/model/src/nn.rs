@@ -90,15 +90,25 @@ impl Linear {
 #[derive(Clone)]
 pub struct Embedding {
     pub weight: Param,
+    /// Like PyTorch's `padding_idx`: this row gets no gradient (BERT's word embeddings).
+    pub padding_idx: Option<i64>,
 }
 
 impl Embedding {
     pub fn new(ps: &ParamStore, name: &str, num: usize, dim: usize, std: f64) -> Result<Self> {
-        Ok(Embedding { weight: ps.get_or_init(&format!("{name}.weight"), &[num, dim], Init::Normal { std })? })
+        Ok(Embedding { weight: ps.get_or_init(&format!("{name}.weight"), &[num, dim], Init::Normal { std })?, padding_idx: None })
     }
     /// ids (i64, any shape) → [..ids, dim]. Ids out of range are an error.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        Tensor::embedding(ids, &self.weight.tensor())
+        let e = Tensor::embedding(ids, &self.weight.tensor())?;
+        match self.padding_idx {
+            Some(pad) if e.requires_grad() => {
+                // Same values; the padding positions take the detached copy, so no gradient reaches that row.
+                let m = ids.eq_scalar(pad as f64)?.to_dtype(e.dtype())?.unsqueeze(ids.rank())?;
+                e.sub(&e.mul(&m)?)?.add(&e.detach().mul(&m)?)
+            }
+            _ => Ok(e),
+        }
     }
 }
 

@@ -1,0 +1,132 @@
+//! The `kiln` binary end to end: forward parity through the CLI, exact resume, and bad input
+//! (clear error, non-zero exit, nothing overwritten).
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails unless the command failed with a message containing `want`.
+fn assert_fails(o: &Output, want: &str) {
+    assert!(!o.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&o.stdout));
+    let e = stderr(o);
+    assert!(e.contains(want), "stderr does not mention '{want}': {e}");
+    assert!(!e.contains("panicked"), "panicked: {e}");
+}
+
+#[test]
+fn forward_through_the_cli_matches_transformers() {
+    let d = tmp("fwd");
+    let out = d.join("out.safetensors");
+    let fx = fixture("gpt2_lm");
+    let o = kiln(&["forward", "--model", fx.to_str().unwrap(), "--batch", fx.join("batch.json").to_str().unwrap(), "--out", out.to_str().unwrap(), "--grads"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours: std::collections::HashMap<_, _> = kiln::model::st_io::read_safetensors(&out).unwrap().into_iter().collect();
+    let theirs: std::collections::HashMap<_, _> = kiln::model::st_io::read_safetensors(fx.join("expected.safetensors")).unwrap().into_iter().collect();
+    for key in ["logits", "last_hidden_state", "loss", "grad.transformer.wte.weight", "grad.transformer.h.1.attn.c_attn.weight"] {
+        let (a, b) = (ours[key].to_vec_f64().unwrap(), theirs[key].to_vec_f64().unwrap());
+        let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale;
+        assert!(err < 1e-3, "{key}: {err}");
+    }
+}
+
+fn loss_lines(o: &Output) -> Vec<(u64, String)> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), format!("{}", v["loss"])))
+        .collect()
+}
+
+/// 8 steps in one go equal 4 steps + resume for 4 more, loss for loss, bit for bit.
+#[test]
+fn resume_is_exact() {
+    let d = tmp("resume");
+    let common = ["--steps", "8", "--batch", "4", "--seq", "32", "--eval-every", "0", "--vocab", "300", "--json", "--sample-tokens", "0"];
+    let full = d.join("full");
+    let o = kiln(&[&["train", "--out", full.to_str().unwrap()][..], &common].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = loss_lines(&o);
+    assert_eq!(want.len(), 8);
+    let part = d.join("part");
+    let mut first = common.to_vec();
+    first[1] = "4";
+    let o = kiln(&[&["train", "--out", part.to_str().unwrap()][..], &first].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(loss_lines(&o)[..], want[..4]);
+    let o = kiln(&[&["train", "--resume", part.to_str().unwrap()][..], &common].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(loss_lines(&o)[..], want[4..], "resumed losses differ from the uninterrupted run");
+}
+
+fn write(p: &Path, s: &str) {
+    std::fs::write(p, s).unwrap();
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let d = tmp("bad");
+    let fx = fixture("gpt2_lm");
+    let batch = fx.join("batch.json");
+    let out = d.join("out.safetensors");
+    write(&out, "keep me");
+    let run_fwd = |model: &Path, batch: &Path| kiln(&["forward", "--model", model.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    // missing model directory / config
+    assert_fails(&run_fwd(&d.join("nope"), &batch), "does not exist");
+    let m = d.join("m1");
+    std::fs::create_dir_all(&m).unwrap();
+    assert_fails(&run_fwd(&m, &batch), "config.json");
+    // corrupt config JSON
+    write(&m.join("config.json"), "{ not json");
+    assert_fails(&run_fwd(&m, &batch), "config.json");
+    // corrupt / truncated weights
+    std::fs::copy(fx.join("config.json"), m.join("config.json")).unwrap();
+    let w = std::fs::read(fx.join("model.safetensors")).unwrap();
+    std::fs::write(m.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    assert_fails(&run_fwd(&m, &batch), "model.safetensors");
+    // shape mismatch: a config with another hidden size
+    let cfg = std::fs::read_to_string(fx.join("config.json")).unwrap().replace("\"n_embd\": 32", "\"n_embd\": 64");
+    write(&m.join("config.json"), &cfg);
+    std::fs::write(m.join("model.safetensors"), &w).unwrap();
+    assert_fails(&run_fwd(&m, &batch), "shape");
+    // ids >= vocab, too long sequences, bad batch JSON
+    let b = d.join("b.json");
+    write(&b, r#"{"input_ids": [[1, 2, 100000]]}"#);
+    assert_fails(&run_fwd(&fx, &b), "out of range");
+    let long: Vec<String> = (0..100).map(|_| "1".to_string()).collect();
+    write(&b, &format!(r#"{{"input_ids": [[{}]]}}"#, long.join(",")));
+    assert_fails(&run_fwd(&fx, &b), "exceeds");
+    write(&b, r#"{"input_ids": [[1, 2], [3]]}"#);
+    assert_fails(&run_fwd(&fx, &b), "input_ids");
+    write(&b, "[1, 2");
+    assert_fails(&run_fwd(&fx, &b), "invalid JSON");
+    // the output file was never touched
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
+    // empty training data
+    let empty = d.join("empty.txt");
+    write(&empty, "   \n");
+    assert_fails(&kiln(&["train", "--data", empty.to_str().unwrap(), "--out", d.join("o").to_str().unwrap(), "--steps", "1"]), "empty");
+    // unwritable output (a path under a regular file)
+    let o = kiln(&["forward", "--model", fx.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", out.join("x.safetensors").to_str().unwrap()]);
+    assert!(!o.status.success() && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+    // CUDA requested on a machine without it
+    assert_fails(&kiln(&["train", "--device", "cuda", "--steps", "1"]), "CUDA");
+}
