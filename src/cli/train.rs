@@ -30,7 +30,7 @@ pub struct TrainArgs {
     /// A tokenizer.json (default: the model directory's, else one trained on the data).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 600)]
     pub steps: u64,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
