@@ -6,14 +6,7 @@ use crate::{DType, Error, Result, Tensor};
 
 pub mod cpu;
 
-/// `s` converted to `dt`, moved (not copied) when it already has that dtype.
-pub(crate) fn into_dtype(s: CpuStorage, dt: DType) -> CpuStorage {
-    if s.dtype() == dt {
-        s
-    } else {
-        s.to_dtype(dt)
-    }
-}
+pub(crate) use crate::ops::binary::into_dtype;
 
 fn name(log: bool) -> &'static str {
     if log {
