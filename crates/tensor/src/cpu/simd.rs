@@ -4,24 +4,91 @@
 //! [`force_level`] to check every path against the scalar one. Each primitive has a scalar body here
 //! and `#[target_feature]` bodies in `simd/avx2.rs` and `simd/avx512.rs`.
 //!
+//! The vector bodies are written once, generic over [`VF32`](super::vf32::VF32) (`simd/body.rs`,
+//! and the math functions `exp`, `tanh`, `log` in `vf32.rs`), and instantiated below for AVX-512F
+//! and AVX2+FMA inside `#[target_feature]` functions.
+//!
 //! Accuracy (f32, measured against an f64 reference in `tests/simd.rs`):
-//! - `exp_inplace`: range reduction `x = n·ln2 + r`, degree-7 polynomial for `e^r`, scaling by `2^n`
-//!   in two steps (so results that underflow to subnormals round once); ≤ ~2 ulp. `exp(-inf) = 0`,
-//!   `exp(x > 88.73) = inf`, NaN propagates. The scalar body calls `f32::exp`.
-//! - `tanh_inplace`: odd polynomial for `|x| < 0.5`, `1 - 2/(e^{2|x|} + 1)` above; relative error
-//!   ≤ ~3e-7; `tanh(±inf) = ±1`.
-//! - `erf_inplace`: `x + x·P(x²)` for `|x| < 1` and `1 - e^{-x²}·Q(1/(1 + x/2))` up to 4 (beyond that
-//!   erf rounds to ±1); both polynomials fitted by us (relative-error minimax-like fit, degree 6 and
-//!   7); absolute error ≤ ~1.5e-7. The scalar body uses the same polynomials.
-//! - `log_inplace`: `x = m·2^e`, m ∈ [√½, √2), odd series in f = (m-1)/(m+1); ≤ ~2 ulp. The
-//!   scalar body calls `f32::ln`.
+//! - `exp_inplace`: ≤ ~2 ulp, subnormal results round once, `exp(-inf) = 0`, `exp(x > 88.73) = inf`,
+//!   NaN propagates (see `VF32::exp`). The scalar body calls `f32::exp`.
+//! - `tanh_inplace`: relative error ≤ ~3e-7; `tanh(±inf) = ±1`.
+//! - `log_inplace`: ≤ ~2 ulp, subnormals included. The scalar body calls `f32::ln`.
 //! - `max` returns NaN when any element is NaN (like PyTorch's max), at every level.
+//! (The one vector erf is GELU's, in `ops/gelu/cpu.rs`.)
 use std::sync::atomic::{AtomicU8, Ordering};
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod body;
+
+/// One module of `#[target_feature]` entry points per SIMD level, all calling the generic bodies.
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+macro_rules! simd_level {
+    ($m:ident, $feat:literal, $V:ty) => {
+        mod $m {
+            use super::body;
+            use crate::cpu::vf32::VF32;
+            type V = $V;
+            #[target_feature(enable = $feat)]
+            pub unsafe fn exp_inplace(x: &mut [f32]) {
+                body::map_inplace::<V>(x, |v| v.exp())
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn tanh_inplace(x: &mut [f32]) {
+                body::map_inplace::<V>(x, |v| v.tanh())
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn log_inplace(x: &mut [f32]) {
+                body::map_inplace::<V>(x, |v| v.log())
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn scale(x: &mut [f32], alpha: f32) {
+                let k = V::splat(alpha);
+                body::map_inplace::<V>(x, |v| v.mul(k))
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+                let p = x.as_mut_ptr();
+                body::exp_sum_row::<V>(p, x.len(), m, Some(p))
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn sum(x: &[f32]) -> f32 {
+                body::sum::<V>(x)
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn max(x: &[f32]) -> f32 {
+                body::max::<V>(x)
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+                body::dot::<V>(a, b)
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+                body::axpy::<V>(alpha, x, y)
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
+                body::zip_map::<V>(a, b, out, |x, y| x.add(y))
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn sub(a: &[f32], b: &[f32], out: &mut [f32]) {
+                body::zip_map::<V>(a, b, out, |x, y| x.sub(y))
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn mul(a: &[f32], b: &[f32], out: &mut [f32]) {
+                body::zip_map::<V>(a, b, out, |x, y| x.mul(y))
+            }
+            #[target_feature(enable = $feat)]
+            pub unsafe fn div(a: &[f32], b: &[f32], out: &mut [f32]) {
+                body::zip_map::<V>(a, b, out, |x, y| x.div(y))
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+simd_level!(avx512, "avx512f", crate::cpu::vf32::F512);
+#[cfg(target_arch = "x86_64")]
+simd_level!(avx2, "avx2,fma", crate::cpu::vf32::F256);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -106,9 +173,10 @@ pub fn tanh_inplace(x: &mut [f32]) {
     dispatch!(tanh_inplace(x))
 }
 
-/// `x[i] = erf(x[i])` (absolute error ≤ ~1.5e-7).
-pub fn erf_inplace(x: &mut [f32]) {
-    dispatch!(erf_inplace(x))
+/// `x[i] = exp(x[i] - m)`, returning the sum of the new values (`x[i] = -inf` gives 0). The row
+/// step of every online / two-pass softmax.
+pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+    dispatch!(exp_sub_sum(x, m))
 }
 
 /// `x[i] = ln(x[i])` (≤ ~2 ulp; `ln(±0) = -inf`, negative → NaN, `ln(inf) = inf`, subnormals exact-range).
@@ -184,52 +252,9 @@ fn check3(name: &str, a: &[f32], b: &[f32], out: &[f32]) {
     assert!(a.len() == b.len() && a.len() == out.len(), "simd::{name}: length mismatch ({}, {}, {})", a.len(), b.len(), out.len());
 }
 
-// ----- shared constants ------------------------------------------------------------------------
-
-/// exp: inputs are clamped to [EXP_LO, EXP_HI] (outside, the result is 0 or inf anyway).
-pub(crate) const EXP_LO: f32 = -104.0;
-pub(crate) const EXP_HI: f32 = 88.8;
-pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
-/// ln 2 split so that `n * LN2_HI` is exact for |n| < 2^15 (Cody–Waite).
-pub(crate) const LN2_HI: f32 = 0.693_359_4;
-pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
-/// Taylor coefficients 1/k! for k = 7 down to 0: e^r by Horner's rule, |r| ≤ ln2/2
-/// (truncation error 5e-9 relative).
-pub(crate) const EXP_C: [f32; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
-
-/// log: ln(m) = 2f·(1 + f²/3 + f⁴/5 + ...), f = (m-1)/(m+1), m ∈ [√½, √2); coefficients 2/(2k+1)
-/// from the highest down (|f| ≤ 0.1716, truncation error < 1e-10).
-pub(crate) const LOG_C: [f32; 6] = [2.0 / 11.0, 2.0 / 9.0, 2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0, 2.0];
-pub(crate) const SQRT2: f32 = std::f32::consts::SQRT_2;
-/// ln 2 split for `e·ln2`: the high part has 16 significant bits so `e·LN2_HI_L` is exact.
-pub(crate) const LN2_HI_L: f32 = 0.693_145_75;
-pub(crate) const LN2_LO_L: f32 = 1.428_606_8e-6;
-
-/// tanh: below this |x| the odd Taylor polynomial is used.
-pub(crate) const TANH_SMALL: f32 = 0.5;
-/// tanh(x) = x + x·s·P(s), s = x²; coefficients of P from the highest power down (Taylor series).
-pub(crate) const TANH_C: [f32; 8] = [
-    (6_404_582.0 / 10_854_718_875.0) as f32,
-    (-929_569.0 / 638_512_875.0) as f32,
-    (21_844.0 / 6_081_075.0) as f32,
-    (-1_382.0 / 155_925.0) as f32,
-    (62.0 / 2_835.0) as f32,
-    (-17.0 / 315.0) as f32,
-    (2.0 / 15.0) as f32,
-    (-1.0 / 3.0) as f32,
-];
-
-/// erf(x) = x + x·P(x²) for |x| < 1; coefficients of P from the highest power down.
-pub(crate) const ERF_SMALL_C: [f32; 7] =
-    [7.854_221_6e-5, -8.010_311e-4, 5.188_342_6e-3, -2.685_382e-2, 1.128_358_54e-1, -3.761_262_6e-1, 1.283_791_7e-1];
-/// erf(x) = 1 - e^{-x²}·Q(t), t = 1/(1 + x/2), for 1 ≤ x ≤ 4; coefficients of Q from the highest down.
-pub(crate) const ERF_LARGE_C: [f32; 8] =
-    [1.191_563_76e-1, -4.706_195e-1, 5.625_353e-1, -1.031_085_3e-1, 3.476_000_4e-1, 2.597_358_5e-1, 2.849_062_4e-1, -1.538_312_2e-4];
-pub(crate) const ERF_CLAMP: f32 = 4.0;
-
 // ----- scalar bodies -----------------------------------------------------------------------------
 pub(crate) mod scalar {
-    use super::*;
+    use crate::cpu::vf32::{TANH_C, TANH_SMALL};
 
     pub fn exp_inplace(x: &mut [f32]) {
         for v in x {
@@ -265,32 +290,13 @@ pub(crate) mod scalar {
         }
     }
 
-    pub fn erf_one(x: f32) -> f32 {
-        let a = x.abs();
-        if a < 1.0 {
-            let s = x * x;
-            let mut p = ERF_SMALL_C[0];
-            for &c in &ERF_SMALL_C[1..] {
-                p = p * s + c;
-            }
-            return x + x * p;
-        }
-        if a.is_nan() {
-            return x;
-        }
-        let a = a.min(ERF_CLAMP);
-        let t = 1.0 / (0.5 * a + 1.0);
-        let mut q = ERF_LARGE_C[0];
-        for &c in &ERF_LARGE_C[1..] {
-            q = q * t + c;
-        }
-        (1.0 - (-a * a).exp() * q).copysign(x)
-    }
-
-    pub fn erf_inplace(x: &mut [f32]) {
+    pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+        let mut s = 0.0;
         for v in x {
-            *v = erf_one(*v);
+            *v = (*v - m).exp();
+            s += *v;
         }
+        s
     }
 
     pub fn sum(x: &[f32]) -> f32 {

@@ -1,6 +1,6 @@
 //! Element types of the attention kernels: single-threaded tile GEMMs (matrixmultiply) and the
-//! row primitives of the online softmax (max, fused `exp(x - m)` with its sum), with AVX-512 /
-//! AVX2+FMA bodies for f32 chosen at run time by [`crate::cpu::simd::level`].
+//! row primitives of the online softmax (max, fused `exp(x - m)` with its sum; for f32 the shared
+//! SIMD primitives of [`crate::cpu::simd`], chosen at run time by its level).
 use crate::cpu::simd::{level, Level};
 use crate::storage::CpuSlice;
 use crate::CpuFloat;
@@ -95,165 +95,10 @@ impl AttnFloat for f32 {
         Self::gemm(m, k, n, alpha, a, rsa, csa, b, ldb as isize, 1, if acc { 1.0 } else { 0.0 }, c, ldc as isize, 1)
     }
     fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
-        match level() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `level()` only reports levels the CPU supports.
-            Level::Avx512 => unsafe { x86::exp_sub_sum_avx512(x, m) },
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => unsafe { x86::exp_sub_sum_avx2(x, m) },
-            _ => exp_sub_sum_scalar(x, m),
-        }
+        crate::cpu::simd::exp_sub_sum(x, m)
     }
     fn row_max(x: &[f32]) -> f32 {
-        match level() {
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => unsafe { x86::max_avx512(x) },
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => unsafe { x86::max_avx2(x) },
-            _ => x.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-        }
-    }
-}
-
-fn exp_sub_sum_scalar(x: &mut [f32], m: f32) -> f32 {
-    let mut s = 0.0;
-    for v in x {
-        *v = (*v - m).exp();
-        s += *v;
-    }
-    s
-}
-
-/// Cephes-style expf: `exp(x) = 2^n · exp(r)`, `r = x - n·ln2` in [-ln2/2, ln2/2], a degree-7
-/// polynomial for `exp(r)` (≈ 1 ulp). Inputs below ln(FLT_MIN) (including -inf) give 0.
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    const LO: f32 = -87.336_55;
-    const HI: f32 = 88.376_26;
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const P: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn exp16(x: __m512) -> __m512 {
-        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(LO));
-        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(LO)), _mm512_set1_ps(HI));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-        let mut p = _mm512_set1_ps(P[0]);
-        for &c in &P[1..] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        let r2 = _mm512_mul_ps(r, r);
-        let y = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
-        _mm512_maskz_mov_ps(!under, _mm512_scalef_ps(y, n))
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32) -> f32 {
-        let (n, p) = (x.len(), x.as_mut_ptr());
-        let mv = _mm512_set1_ps(m);
-        let mut acc = _mm512_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), mv));
-            _mm512_storeu_ps(p.add(i), e);
-            acc = _mm512_add_ps(acc, e);
-            i += 16;
-        }
-        if i < n {
-            let k: __mmask16 = (1u32 << (n - i)).wrapping_sub(1) as u16;
-            let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), mv));
-            let e = _mm512_maskz_mov_ps(k, e);
-            _mm512_mask_storeu_ps(p.add(i), k, e);
-            acc = _mm512_add_ps(acc, e);
-        }
-        _mm512_reduce_add_ps(acc)
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn max_avx512(x: &[f32]) -> f32 {
-        let (n, p) = (x.len(), x.as_ptr());
-        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-        let mut acc = ninf;
-        let mut i = 0;
-        while i + 16 <= n {
-            acc = _mm512_max_ps(acc, _mm512_loadu_ps(p.add(i)));
-            i += 16;
-        }
-        if i < n {
-            let k: __mmask16 = (1u32 << (n - i)).wrapping_sub(1) as u16;
-            acc = _mm512_max_ps(acc, _mm512_mask_loadu_ps(ninf, k, p.add(i)));
-        }
-        _mm512_reduce_max_ps(acc)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp8(x: __m256) -> __m256 {
-        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(LO));
-        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(LO)), _mm256_set1_ps(HI));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)));
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-        let mut p = _mm256_set1_ps(P[0]);
-        for &c in &P[1..] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let r2 = _mm256_mul_ps(r, r);
-        let y = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-        // 2^n through the exponent bits; n is in [-126, 127] after the clamp.
-        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
-        _mm256_andnot_ps(under, _mm256_mul_ps(y, pow2))
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_sub_sum_avx2(x: &mut [f32], m: f32) -> f32 {
-        let (n, p) = (x.len(), x.as_mut_ptr());
-        let mv = _mm256_set1_ps(m);
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 8 <= n {
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mv));
-            _mm256_storeu_ps(p.add(i), e);
-            acc = _mm256_add_ps(acc, e);
-            i += 8;
-        }
-        if i < n {
-            // the tail through a buffer padded with -inf (exp gives 0 there)
-            let mut buf = [f32::NEG_INFINITY; 8];
-            buf[..n - i].copy_from_slice(&x[i..]);
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(buf.as_ptr()), mv));
-            _mm256_storeu_ps(buf.as_mut_ptr(), e);
-            acc = _mm256_add_ps(acc, e);
-            x[i..].copy_from_slice(&buf[..n - i]);
-        }
-        hsum8(acc)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn max_avx2(x: &[f32]) -> f32 {
-        let (n, p) = (x.len(), x.as_ptr());
-        let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
-        let mut i = 0;
-        while i + 8 <= n {
-            acc = _mm256_max_ps(acc, _mm256_loadu_ps(p.add(i)));
-            i += 8;
-        }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        lanes.iter().chain(&x[i..]).copied().fold(f32::NEG_INFINITY, f32::max)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum8(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
+        crate::cpu::simd::max(x)
     }
 }
 
@@ -268,7 +113,7 @@ mod tests {
             let x: Vec<f32> = (0..n).map(|i| if i % 5 == 3 { f32::NEG_INFINITY } else { ((i * 37 % 23) as f32 - 11.0) * 0.9 }).collect();
             let m = 3.5f32;
             let mut want = x.clone();
-            let want_sum = exp_sub_sum_scalar(&mut want, m);
+            let want_sum = with_level(crate::cpu::simd::Level::Scalar, || f32::exp_sub_sum(&mut want, m));
             let want_max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             for l in available_levels() {
                 let (got, sum, mx) = with_level(l, || {

@@ -7,7 +7,9 @@ use crate::cpu::simd::{self, Level};
 use crate::cpu::vf32::{F256, F512, VF32};
 use crate::ops::binary::PAR_MIN;
 #[cfg(target_arch = "x86_64")]
-use crate::ops::softmax::cpu::{exp_sum_row, max_row};
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::simd::body::exp_sum_row;
+use crate::ops::softmax::cpu::max_row;
 use crate::ops::softmax::cpu::{sum64, uninit_vec};
 use crate::CpuFloat;
 use rayon::prelude::*;
@@ -134,7 +136,7 @@ pub fn cross_entropy_bwd_f32(x: &[f32], targets: &[i64], lse: &[f32], c: usize, 
 #[inline(always)]
 unsafe fn max_ls_row<V: VF32>(x: &[f32]) -> (f32, f32) {
     let m = max_row::<V>(x);
-    (m, exp_sum_row::<V>(x, m, None).ln())
+    (m, exp_sum_row::<V>(x.as_ptr(), x.len(), m, None).ln())
 }
 
 #[cfg(target_arch = "x86_64")]

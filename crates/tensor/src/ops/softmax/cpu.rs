@@ -9,6 +9,8 @@
 use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::simd::body::exp_sum_row;
 use crate::ops::binary::PAR_MIN;
 use crate::CpuFloat;
 use rayon::prelude::*;
@@ -139,32 +141,6 @@ pub(crate) unsafe fn max_row<V: VF32>(x: &[f32]) -> f32 {
     m0.max(m1).hmax()
 }
 
-/// `Σ e^(x-m)` over a row; with `y` (room for `x.len()` floats), also stores each `e^(x-m)` there.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(crate) unsafe fn exp_sum_row<V: VF32>(x: &[f32], m: f32, y: Option<*mut f32>) -> f32 {
-    let (n, l) = (x.len(), V::LANES);
-    let mv = V::splat(m);
-    let mut acc = V::splat(0.0);
-    let mut i = 0;
-    while i + l <= n {
-        let e = V::load(x.as_ptr().add(i)).sub(mv).exp();
-        if let Some(y) = y {
-            e.store(y.add(i));
-        }
-        acc = acc.add(e);
-        i += l;
-    }
-    if i < n {
-        let e = V::load_tail(&x[i..], f32::NEG_INFINITY).sub(mv).exp();
-        if let Some(y) = y {
-            e.store_part(y.add(i), n - i);
-        }
-        acc = acc.add(e);
-    }
-    acc.hsum()
-}
-
 /// `y *= a` over a row of `n` (initialized) floats.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -202,10 +178,10 @@ unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [MaybeUninit<f32>], d: usize, log
         let yp = y.as_mut_ptr().cast::<f32>();
         let m = max_row::<V>(x);
         if log {
-            let ls = exp_sum_row::<V>(x, m, None).ln();
+            let ls = exp_sum_row::<V>(x.as_ptr(), x.len(), m, None).ln();
             shift_row::<V>(x, yp, m, ls);
         } else {
-            let s = exp_sum_row::<V>(x, m, Some(yp));
+            let s = exp_sum_row::<V>(x.as_ptr(), x.len(), m, Some(yp));
             scale_row::<V>(yp, d, 1.0 / s);
         }
     }
