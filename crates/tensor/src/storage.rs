@@ -86,6 +86,15 @@ impl CpuStorage {
     pub fn copy_range(&self, start: usize, len: usize) -> Self {
         self.gather(start..start + len)
     }
+    /// Converts an owned buffer to `dtype`, without the copy [`CpuStorage::to_dtype`] makes when the
+    /// dtype already matches (the common case: kernels computed in the tensor's own dtype).
+    pub fn into_dtype(self, dtype: DType) -> Self {
+        if dtype == self.dtype() {
+            self
+        } else {
+            self.to_dtype(dtype)
+        }
+    }
     /// Converts to another dtype (round-to-nearest-even for half types; floats truncate to i64).
     pub fn to_dtype(&self, dtype: DType) -> Self {
         if dtype == self.dtype() {

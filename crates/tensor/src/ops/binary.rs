@@ -35,16 +35,6 @@ impl BinaryOp {
     }
 }
 
-/// Converts an owned buffer to `dt`, without the copy `CpuStorage::to_dtype` makes when the dtype
-/// already matches (the common f32/f64 case: kernels computed in the tensor's own dtype).
-pub(crate) fn into_dtype(s: CpuStorage, dt: DType) -> CpuStorage {
-    if s.dtype() == dt {
-        s
-    } else {
-        s.to_dtype(dt)
-    }
-}
-
 /// Parallel grain: below this many elements, stay on one thread.
 pub(crate) const PAR_MIN: usize = 1 << 15;
 
@@ -186,7 +176,7 @@ pub(crate) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         DType::F64 => kernel::<f64>(op, &ac, &bc, &shape)?,
         d => return Err(Error::UnsupportedDType { op: op.name(), dtype: d }),
     };
-    let out = Tensor::from_storage(Storage::Cpu(into_dtype(out, dt)), &shape)?;
+    let out = Tensor::from_storage(Storage::Cpu(out.into_dtype(dt)), &shape)?;
     Ok(out.with_history(&[a, b], || node(Binary { op, a: a.clone(), b: b.clone() })))
 }
 
@@ -239,7 +229,7 @@ impl Tensor {
             DType::F64 => x.with_slice::<f64, _>(|v| affine_kernel(v, mul, add))?,
             d => return Err(Error::UnsupportedDType { op: "affine", dtype: d }),
         };
-        let out = Tensor::from_storage(Storage::Cpu(into_dtype(out, dt)), self.shape())?;
+        let out = Tensor::from_storage(Storage::Cpu(out.into_dtype(dt)), self.shape())?;
         Ok(out.with_history(&[self], || node(Affine { input: self.clone(), mul })))
     }
     pub fn add_scalar(&self, v: f64) -> Result<Tensor> {

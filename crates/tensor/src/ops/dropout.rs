@@ -7,7 +7,6 @@
 //! probability `1 - p`, and kept values are scaled by `1/(1 - p)`.
 use crate::autograd::{node, BackwardOp};
 use crate::ops::binary::PAR_MIN;
-use crate::ops::softmax::into_dtype;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
 use rayon::prelude::*;
@@ -78,7 +77,7 @@ impl BackwardOp for DropoutBackward {
             DType::F64 => gc.with_slice::<f64, _>(|g| CpuStorage::F64(bwd_kernel(g, &self.mask, self.scale)))?,
             d => return Err(Error::UnsupportedDType { op: OP, dtype: d }),
         };
-        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(into_dtype(dx, dt)), self.input.shape())?)])
+        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx.into_dtype(dt)), self.input.shape())?)])
     }
 }
 
@@ -110,7 +109,7 @@ impl Tensor {
             d => return Err(Error::UnsupportedDType { op: OP, dtype: d }),
         };
         let scale = 1.0 / (1.0 - p);
-        Tensor::from_op(Storage::Cpu(into_dtype(y, dt)), self.shape(), &[self], || {
+        Tensor::from_op(Storage::Cpu(y.into_dtype(dt)), self.shape(), &[self], || {
             node(DropoutBackward { input: self.clone(), mask: Arc::new(mask), scale })
         })
     }

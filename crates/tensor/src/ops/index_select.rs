@@ -26,15 +26,6 @@ fn read_ids(op: &'static str, ids: &Tensor, size: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// `s` as `dt`, without the copy `CpuStorage::to_dtype` makes when the dtype already matches.
-fn cast(s: CpuStorage, dt: DType) -> CpuStorage {
-    if s.dtype() == dt {
-        s
-    } else {
-        s.to_dtype(dt)
-    }
-}
-
 /// (outer, size, inner) around `dim`.
 fn split3(shape: &[usize], dim: usize) -> (usize, usize, usize) {
     (shape[..dim].iter().product(), shape[dim], shape[dim + 1..].iter().product())
@@ -135,7 +126,7 @@ impl BackwardOp for IndexSelect {
             DType::F64 => f64::into_storage(gc.with_slice::<f64, _>(|s| select_backward(s, dims, &self.ids))?),
             d => return Err(Error::UnsupportedDType { op: self.op, dtype: d }),
         };
-        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(cast(dx, dt)), shape)?)])
+        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx.into_dtype(dt)), shape)?)])
     }
 }
 
@@ -324,6 +315,6 @@ impl Tensor {
             _ => return Err(Error::UnsupportedDType { op: "scatter_add", dtype: cd }),
         }
         let (x, index, src) = (self.clone(), index.clone(), src.clone());
-        Tensor::from_op(Storage::Cpu(cast(dst, dt)), x.shape(), &[&x, &src], || node(ScatterAdd { input: x.clone(), src: src.clone(), dim: d, index }))
+        Tensor::from_op(Storage::Cpu(dst.into_dtype(dt)), x.shape(), &[&x, &src], || node(ScatterAdd { input: x.clone(), src: src.clone(), dim: d, index }))
     }
 }

@@ -1,7 +1,6 @@
 //! Reductions over dims: sum, mean (max lives in `reduce_max`).
 use crate::autograd::{node, BackwardOp};
 use crate::cpu::simd;
-use crate::ops::binary::into_dtype;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Dim, Error, Result, Tensor};
 use rayon::prelude::*;
@@ -150,7 +149,7 @@ impl Tensor {
                 d => return Err(Error::UnsupportedDType { op: "sum", dtype: d }),
             }
         };
-        let out = Tensor::from_storage(Storage::Cpu(into_dtype(out, dt)), &out_shape)?;
+        let out = Tensor::from_storage(Storage::Cpu(out.into_dtype(dt)), &out_shape)?;
         Ok(out.with_history(&[self], || node(Sum { input: self.clone(), keep_shape })))
     }
     /// Sum over one dim.

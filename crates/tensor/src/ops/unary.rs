@@ -6,7 +6,7 @@
 //! the saved input `x` and output `y`.
 use crate::autograd::{node, sum_to_shape, BackwardOp};
 use crate::cpu::simd;
-use crate::ops::binary::{build_chunks, into_dtype, PAR_MIN};
+use crate::ops::binary::{build_chunks, PAR_MIN};
 use crate::shape::broadcast_shapes;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
@@ -197,7 +197,7 @@ impl BackwardOp for Unary {
             DType::F64 => g.with_slice::<f64, _>(|g| x.with_slice::<f64, _>(|x| y.with_slice::<f64, _>(|y| bwd_kernel(op, g, x, y))))???,
             d => return Err(Error::UnsupportedDType { op: op.name(), dtype: d }),
         };
-        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(into_dtype(out, dt)), self.x.shape())?)])
+        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(out.into_dtype(dt)), self.x.shape())?)])
     }
 }
 
@@ -211,7 +211,7 @@ pub(crate) fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
         DType::F64 => xc.with_slice::<f64, _>(|v| fwd_kernel(op, v))?,
         d => return Err(Error::UnsupportedDType { op: op.name(), dtype: d }),
     };
-    let out = Tensor::from_storage(Storage::Cpu(into_dtype(out, dt)), x.shape())?;
+    let out = Tensor::from_storage(Storage::Cpu(out.into_dtype(dt)), x.shape())?;
     let y = out.detach();
     Ok(out.with_history(&[x], || node(Unary { op, x: x.clone(), y })))
 }
@@ -259,7 +259,7 @@ impl BackwardOp for Pow {
             if !like.requires_grad() {
                 return Ok(None);
             }
-            let full = Tensor::from_storage(Storage::Cpu(into_dtype(s, dt)), &shape)?;
+            let full = Tensor::from_storage(Storage::Cpu(s.into_dtype(dt)), &shape)?;
             Ok(Some(sum_to_shape(&full, like.shape())?))
         };
         Ok(vec![finish(gx, &self.base)?, finish(ge, &self.exponent)?])
@@ -329,7 +329,7 @@ impl Tensor {
             DType::F64 => x.with_slice::<f64, _>(|x| e.with_slice::<f64, _>(|e| pow_kernel(x, e)))??,
             d => return Err(Error::UnsupportedDType { op: "pow", dtype: d }),
         };
-        let out = Tensor::from_storage(Storage::Cpu(into_dtype(out, dt)), &shape)?;
+        let out = Tensor::from_storage(Storage::Cpu(out.into_dtype(dt)), &shape)?;
         let z = out.detach();
         Ok(out.with_history(&[self, exponent], || node(Pow { base: self.clone(), exponent: exponent.clone(), z })))
     }

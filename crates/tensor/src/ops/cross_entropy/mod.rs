@@ -1,7 +1,6 @@
 //! Cross-entropy loss from logits `[N, C]` and i64 class targets `[N]`: fused log-softmax + NLL
 //! (the per-row log-sum-exp is saved) with a fused backward. Kernels in [`cpu`].
 use crate::autograd::{node, BackwardOp};
-use crate::ops::softmax::into_dtype;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
 use std::sync::Arc;
@@ -43,7 +42,7 @@ impl BackwardOp for CrossEntropyBackward {
             }
             dt => return Err(Error::UnsupportedDType { op: OP, dtype: dt }),
         };
-        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(into_dtype(dx, x.dtype())), x.shape())?)])
+        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx.into_dtype(x.dtype())), x.shape())?)])
     }
 }
 

@@ -1,7 +1,6 @@
 //! GELU, exact (erf; BERT's `"gelu"`) and tanh approximation (GPT-2's `"gelu_new"`), with a fused
 //! backward. Kernels in [`cpu`].
 use crate::autograd::{node, BackwardOp};
-use crate::ops::softmax::into_dtype;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Error, Result, Tensor};
 
@@ -47,7 +46,7 @@ impl BackwardOp for GeluBackward {
             DType::F64 => with2::<f64>(&xc, &gc, |x, g| cpu::gelu_bwd(x, g, self.approx))?,
             d => return Err(Error::UnsupportedDType { op, dtype: d }),
         };
-        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(into_dtype(dx, dt)), x.shape())?)])
+        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx.into_dtype(dt)), x.shape())?)])
     }
 }
 
@@ -66,7 +65,7 @@ fn gelu_impl(x: &Tensor, approx: GeluApprox) -> Result<Tensor> {
         DType::F64 => xc.with_slice::<f64, _>(|v| CpuStorage::F64(cpu::gelu_fwd(v, approx)))?,
         d => return Err(Error::UnsupportedDType { op, dtype: d }),
     };
-    Tensor::from_op(Storage::Cpu(into_dtype(y, dt)), x.shape(), &[x], || node(GeluBackward { input: x.clone(), approx }))
+    Tensor::from_op(Storage::Cpu(y.into_dtype(dt)), x.shape(), &[x], || node(GeluBackward { input: x.clone(), approx }))
 }
 
 impl Tensor {

@@ -2,7 +2,6 @@
 //! per-row mean and rstd; the fused backward computes dx, dweight and dbias in one kernel
 //! (deterministic reduction over rows). Kernels in [`cpu`].
 use crate::autograd::{node, BackwardOp};
-use crate::ops::softmax::into_dtype;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
 
@@ -31,7 +30,7 @@ fn bwd<T: CpuFloat + CpuSlice>(op: &LayerNormBackward, g: &Tensor, k: cpu::BwdFn
     let (mean, rstd) = (op.mean.as_slice::<T>()?, op.rstd.as_slice::<T>()?);
     let r = xc.with_slice::<T, _>(|x| gc.with_slice::<T, _>(|dy| k(x, dy, w.as_deref(), mean, rstd, d)))??;
     let wrap = |v: Vec<T>, like: &Tensor| -> Result<Tensor> {
-        Tensor::from_storage(Storage::Cpu(into_dtype(T::into_storage(v), like.dtype())), like.shape())
+        Tensor::from_storage(Storage::Cpu(T::into_storage(v).into_dtype(like.dtype())), like.shape())
     };
     let mut out = vec![Some(wrap(r.dx, &op.x)?)];
     if let Some(w) = &op.w {
@@ -78,7 +77,7 @@ fn fwd<T: CpuFloat + CpuSlice>(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor
     let ws = w.map(data::<T>).transpose()?;
     let bs = b.map(data::<T>).transpose()?;
     let r = xc.with_slice::<T, _>(|xs| k(xs, ws.as_deref(), bs.as_deref(), d, eps))?;
-    let y = Tensor::from_storage(Storage::Cpu(into_dtype(T::into_storage(r.y), x.dtype())), x.shape())?;
+    let y = Tensor::from_storage(Storage::Cpu(T::into_storage(r.y).into_dtype(x.dtype())), x.shape())?;
     let inputs: Vec<&Tensor> = [Some(x), w, b].into_iter().flatten().collect();
     let (mean, rstd) = (T::into_storage(r.mean), T::into_storage(r.rstd));
     Ok(y.with_history(&inputs, || node(LayerNormBackward { x: x.clone(), w: w.cloned(), b: b.cloned(), mean, rstd })))

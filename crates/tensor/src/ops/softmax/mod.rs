@@ -6,7 +6,6 @@ use crate::{DType, Error, Result, Tensor};
 
 pub mod cpu;
 
-pub(crate) use crate::ops::binary::into_dtype;
 
 fn name(log: bool) -> &'static str {
     if log {
@@ -39,7 +38,7 @@ impl BackwardOp for SoftmaxBackward {
             DType::F64 => with2::<f64>(y, &g, |y, g| cpu::softmax_bwd(y, g, d, log))?,
             dt => return Err(Error::UnsupportedDType { op: name(log), dtype: dt }),
         };
-        let dx = into_dtype(dx, self.input.dtype());
+        let dx = dx.into_dtype(self.input.dtype());
         Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx), self.input.shape())?)])
     }
 }
