@@ -36,6 +36,27 @@ pub struct OptimState {
     pub tensors: Vec<(String, Tensor)>,
 }
 
+impl OptimState {
+    /// A state of `kind` with `cfg` as its hyper-parameters.
+    fn new<C: Serialize>(kind: &str, cfg: &C, steps: BTreeMap<String, u64>, tensors: Vec<(String, Tensor)>) -> Result<Self> {
+        let hyper = serde_json::to_value(cfg).map_err(|e| Error::msg(format!("{kind}: {e}")))?;
+        Ok(OptimState { kind: kind.into(), hyper, steps, tensors })
+    }
+
+    /// Checks that this state is of `kind`, restores the hyper-parameters into `cfg` (when
+    /// present) and returns a lookup `name -> tensor` whose misses are errors naming the tensor.
+    fn open<'a, C: serde::de::DeserializeOwned>(&'a self, kind: &'static str, cfg: &mut C) -> Result<impl Fn(&str) -> Result<&'a Tensor> + 'a> {
+        if self.kind != kind {
+            return Err(Error::msg(format!("{kind}: cannot load optimizer state of kind '{}'", self.kind)));
+        }
+        if !self.hyper.is_null() {
+            *cfg = serde_json::from_value(self.hyper.clone()).map_err(|e| Error::msg(format!("{kind}: bad hyper-parameters in state: {e}")))?;
+        }
+        let map: BTreeMap<&str, &Tensor> = self.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        Ok(move |k: &str| -> Result<&'a Tensor> { map.get(k).copied().ok_or_else(|| Error::msg(format!("{kind}: state tensor '{k}' missing"))) })
+    }
+}
+
 /// What every optimizer offers.
 pub trait Optimizer {
     /// One update of every parameter in `params` that has a gradient and is not frozen.
@@ -169,23 +190,13 @@ impl Optimizer for AdamW {
             tensors.push((format!("exp_avg.{name}"), Tensor::from_slice(&s.m, &[n])?));
             tensors.push((format!("exp_avg_sq.{name}"), Tensor::from_slice(&s.v, &[n])?));
         }
-        let hyper = serde_json::to_value(self.cfg).map_err(|e| Error::msg(format!("adamw: {e}")))?;
-        Ok(OptimState { kind: "adamw".into(), hyper, steps, tensors })
+        OptimState::new("adamw", &self.cfg, steps, tensors)
     }
     fn load_state(&mut self, s: &OptimState) -> Result<()> {
-        if s.kind != "adamw" {
-            return Err(Error::msg(format!("adamw: cannot load optimizer state of kind '{}'", s.kind)));
-        }
-        if !s.hyper.is_null() {
-            self.cfg = serde_json::from_value(s.hyper.clone()).map_err(|e| Error::msg(format!("adamw: bad hyper-parameters in state: {e}")))?;
-        }
-        let map: BTreeMap<&str, &Tensor> = s.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let lookup = s.open("adamw", &mut self.cfg)?;
         let mut state = BTreeMap::new();
         for (name, &step) in &s.steps {
-            let get = |k: String| -> Result<Vec<f32>> {
-                let t = map.get(k.as_str()).ok_or_else(|| Error::msg(format!("adamw: state tensor '{k}' missing")))?;
-                t.to_dtype(DType::F32)?.to_vec::<f32>()
-            };
+            let get = |k: String| -> Result<Vec<f32>> { lookup(&k)?.to_dtype(DType::F32)?.to_vec::<f32>() };
             let (m, v) = (get(format!("exp_avg.{name}"))?, get(format!("exp_avg_sq.{name}"))?);
             if m.len() != v.len() {
                 return Err(Error::msg(format!("adamw: moments of '{name}' differ in size")));
@@ -257,23 +268,15 @@ impl Optimizer for Sgd {
             steps.insert(name.clone(), *s);
             tensors.push((format!("momentum_buffer.{name}"), Tensor::from_slice(b, &[b.len()])?));
         }
-        let hyper = serde_json::to_value(self.cfg).map_err(|e| Error::msg(format!("sgd: {e}")))?;
-        Ok(OptimState { kind: "sgd".into(), hyper, steps, tensors })
+        OptimState::new("sgd", &self.cfg, steps, tensors)
     }
     fn load_state(&mut self, s: &OptimState) -> Result<()> {
-        if s.kind != "sgd" {
-            return Err(Error::msg(format!("sgd: cannot load optimizer state of kind '{}'", s.kind)));
-        }
-        if !s.hyper.is_null() {
-            self.cfg = serde_json::from_value(s.hyper.clone()).map_err(|e| Error::msg(format!("sgd: bad hyper-parameters in state: {e}")))?;
-        }
-        let map: BTreeMap<&str, &Tensor> = s.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        self.bufs.clear();
+        let lookup = s.open("sgd", &mut self.cfg)?;
+        let mut bufs = BTreeMap::new();
         for (name, &step) in &s.steps {
-            let k = format!("momentum_buffer.{name}");
-            let t = map.get(k.as_str()).ok_or_else(|| Error::msg(format!("sgd: state tensor '{k}' missing")))?;
-            self.bufs.insert(name.clone(), (step, t.to_vec_f64()?));
+            bufs.insert(name.clone(), (step, lookup(&format!("momentum_buffer.{name}"))?.to_vec_f64()?));
         }
+        self.bufs = bufs;
         Ok(())
     }
 }
