@@ -28,19 +28,24 @@ fn temp_cache(name: &str) -> PathBuf {
     dir
 }
 
-/// Entry points every file must define, for each of f32 / bf16 / f16.
-const FLOAT_KERNELS: &[(&str, &[&str])] = &[
-    ("adamw", &["adamw_step"]),
-    ("attention", &["attention_fwd", "attention_bwd_preprocess", "attention_bwd_dq", "attention_bwd_dkdv"]),
-    ("copy", &["copy", "copy_to_strided"]),
-    ("cross_entropy", &["cross_entropy_fwd", "cross_entropy_bwd"]),
-    ("dropout", &["dropout_fwd", "dropout_bwd"]),
-    ("elementwise", &["unary_fwd", "unary_bwd", "binary_fwd", "affine_fwd", "fill"]),
-    ("embedding", &["embedding_fwd", "embedding_bwd"]),
-    ("gelu", &["gelu_fwd", "gelu_bwd"]),
-    ("layer_norm", &["layer_norm_fwd", "layer_norm_bwd", "layer_norm_bwd_reduce"]),
-    ("reduce", &["reduce_sum_last", "reduce_max_last", "reduce_sum_rows_partial", "reduce_sum_rows_finish"]),
-    ("softmax", &["softmax_fwd", "softmax_bwd", "log_softmax_fwd", "log_softmax_bwd"]),
+const ALL: &[&str] = &["f32", "bf16", "f16"];
+const HALF: &[&str] = &["bf16", "f16"];
+
+/// Entry points every file must define, each for every listed dtype (`<op>_<dtype>`).
+const FLOAT_KERNELS: &[(&str, &[&str], &[&str])] = &[
+    ("adamw", &["adamw_step"], ALL),
+    ("attention", &["attention_fwd", "attention_bwd_preprocess", "attention_bwd_dq", "attention_bwd_dkdv"], ALL),
+    // tensor cores take 16-bit inputs only
+    ("attention_tc", &["attention_fwd_tc_d64", "attention_fwd_tc_d128"], HALF),
+    ("copy", &["copy", "copy_to_strided"], ALL),
+    ("cross_entropy", &["cross_entropy_fwd", "cross_entropy_bwd"], ALL),
+    ("dropout", &["dropout_fwd", "dropout_bwd"], ALL),
+    ("elementwise", &["unary_fwd", "unary_bwd", "binary_fwd", "affine_fwd", "fill"], ALL),
+    ("embedding", &["embedding_fwd", "embedding_bwd"], ALL),
+    ("gelu", &["gelu_fwd", "gelu_bwd"], ALL),
+    ("layer_norm", &["layer_norm_fwd", "layer_norm_bwd", "layer_norm_bwd_reduce"], ALL),
+    ("reduce", &["reduce_sum_last", "reduce_max_last", "reduce_sum_rows_partial", "reduce_sum_rows_finish"], ALL),
+    ("softmax", &["softmax_fwd", "softmax_bwd", "log_softmax_fwd", "log_softmax_bwd"], ALL),
 ];
 
 #[test]
@@ -80,9 +85,9 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
                 other => panic!("{stem}: expected a CUBIN for {arch}, got {other:?}"),
             }
             let names: Vec<&str> = c.kernels.iter().map(|k| k.kernel.as_str()).collect();
-            let (_, ops) = FLOAT_KERNELS.iter().find(|(s, _)| *s == stem).unwrap();
+            let (_, ops, dtypes) = FLOAT_KERNELS.iter().find(|(s, _, _)| *s == stem).unwrap();
             for op in *ops {
-                for dt in ["f32", "bf16", "f16"] {
+                for dt in *dtypes {
                     let want = format!("{op}_{dt}");
                     assert!(names.contains(&want.as_str()), "{stem}.cu for {arch}: no entry point {want} in {names:?}");
                 }

@@ -17,6 +17,8 @@ using std::min; using std::max;
 #define __forceinline__ inline
 #define __shared__ static
 #define asm(...) ((void)0)
+#define KILN_EMU 1
+#define __launch_bounds__(...)
 struct dim3e { unsigned x = 1, y = 1, z = 1; };
 inline thread_local dim3e threadIdx;
 inline dim3e blockIdx, blockDim, gridDim;

@@ -24,6 +24,7 @@ macro_rules! kernel_file {
 pub const KERNEL_FILES: &[KernelFile] = &[
     kernel_file!("adamw"),
     kernel_file!("attention"),
+    kernel_file!("attention_tc"),
     kernel_file!("copy"),
     kernel_file!("cross_entropy"),
     kernel_file!("dropout"),
@@ -39,6 +40,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
 pub const HEADERS: &[(&str, &str)] = &[
     ("common.cuh", include_str!("../../../../kernels/common.cuh")),
     ("attention_bwd.cuh", include_str!("../../../../kernels/attention_bwd.cuh")),
+    ("tensor_core.cuh", include_str!("../../../../kernels/tensor_core.cuh")),
 ];
 
 /// The kernel file with this stem.

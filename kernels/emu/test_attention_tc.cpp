@@ -1,0 +1,76 @@
+// CPU emulation test of kernels/attention_tc.cu (tensor-core forward, bf16 and f16) against a
+// double-precision attention on the same 16-bit-rounded inputs, with odd Tq / Tk, causal (Tq != Tk)
+// and key-padding masks (one batch fully masked). Run with kernels/emu/run.sh.
+#include "emu.h"
+#include <cstdio>
+#include <random>
+#include "gen/attention_tc.cu"
+
+static std::mt19937 rng(4321);
+int fails = 0;
+static void check(const char* what, double err, double tol) { printf("%-44s max err %.3g %s\n", what, err, err < tol ? "ok" : "FAIL"); if (!(err < tol)) fails++; }
+
+template <typename T, int D>
+void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
+  float scale = 1.f / std::sqrt((float)D);
+  size_t nq = (size_t)B * H * Tq * D, nk = (size_t)B * H * Tk * D;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  auto mk = [&](size_t n, std::vector<T>& h, std::vector<double>& f) {
+    h.resize(n); f.resize(n);
+    for (size_t i = 0; i < n; ++i) { h[i].bits = emu_f2h(nd(rng), T{}); f[i] = emu_h2f(h[i].bits, T{}); }
+  };
+  std::vector<T> q, k, v; std::vector<double> qf, kf, vf;
+  mk(nq, q, qf); mk(nk, k, kf); mk(nk, v, vf);
+  std::vector<float> mask(B * Tk, 1.f);
+  if (use_mask) { for (int b = 0; b < B; ++b) for (int j = 0; j < Tk; ++j) mask[b * Tk + j] = ((j * 7 + b) % 5 == 0) ? 0.f : 1.f; if (B > 1) for (int j = 0; j < Tk; ++j) mask[Tk + j] = 0.f; }
+  const float* mp = use_mask ? mask.data() : nullptr;
+  std::vector<double> ro(nq, 0), rl((size_t)B * H * Tq);
+  double omax = 1e-12;
+  for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h) {
+    size_t bh = (size_t)b * H + h;
+    for (int i = 0; i < Tq; ++i) {
+      std::vector<double> s(Tk); std::vector<char> ok(Tk); double m = -INFINITY;
+      for (int j = 0; j < Tk; ++j) {
+        ok[j] = (!use_mask || mask[b * Tk + j] != 0) && (!causal || j <= i);
+        double acc = 0; for (int d = 0; d < D; ++d) acc += qf[(bh * Tq + i) * D + d] * kf[(bh * Tk + j) * D + d];
+        s[j] = acc * scale; if (ok[j]) m = std::max(m, s[j]);
+      }
+      double l = 0; std::vector<double> p(Tk, 0);
+      if (m > -INFINITY) for (int j = 0; j < Tk; ++j) if (ok[j]) { p[j] = std::exp(s[j] - m); l += p[j]; }
+      rl[bh * Tq + i] = l > 0 ? m + std::log(l) : -INFINITY;
+      for (int d = 0; d < D; ++d) { double acc = 0; for (int j = 0; j < Tk; ++j) acc += p[j] * vf[(bh * Tk + j) * D + d]; ro[(bh * Tq + i) * D + d] = l > 0 ? acc / l : 0; omax = std::max(omax, std::fabs(ro[(bh * Tq + i) * D + d])); }
+    }
+  }
+  std::vector<T> out(nq); for (auto& x : out) x.bits = 0x7fc0;  // poisoned with NaN
+  std::vector<float> lse((size_t)B * H * Tq, NAN);
+  size_t sm = 2 * 64 * (D + 8) * 2;
+  if (sm > sizeof(smem)) { printf("smem too big\n"); exit(1); }
+  launch({(unsigned)((Tq + 63) / 64), (unsigned)(B * H)}, {128}, [&] {
+    if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_fwd_tc_d64_bf16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc_d128_bf16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+    else { if (D == 64) attention_fwd_tc_d64_f16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc_d128_f16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+  });
+  double eo = 0, el = 0;
+  for (size_t i = 0; i < nq; ++i) { double d = std::fabs(emu_h2f(out[i].bits, T{}) - ro[i]); if (!(d <= eo)) eo = d; }
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(rl[i])) { if (!(std::isinf(lse[i]) && lse[i] < 0)) el = 1e9; }
+    else { double d = std::fabs(lse[i] - rl[i]) / (1.0 + std::fabs(rl[i])); if (!(d <= el)) el = d; }
+  }
+  char buf[160];
+  snprintf(buf, sizeof buf, "%s B%d H%d Tq%d Tk%d D%d causal%d mask%d", std::is_same_v<T, bf16> ? "bf16" : "f16", B, H, Tq, Tk, D, causal, use_mask);
+  printf("%s\n", buf);
+  // out: 16-bit output rounding (2^-9 relative) plus P rounded to 16 bits before P V
+  check("  out (abs err / max |out|)", eo / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
+  check("  lse (rel)", el, 1e-4);
+}
+
+int main() {
+  run<bf16, 64>(1, 1, 5, 5, false, false);
+  run<bf16, 64>(2, 2, 67, 67, true, false);
+  run<bf16, 64>(2, 1, 33, 131, true, true);
+  run<bf16, 128>(1, 2, 100, 70, false, true);
+  run<bf16, 128>(1, 1, 130, 130, true, false);
+  run<f16, 64>(1, 2, 70, 97, false, false);
+  run<f16, 128>(2, 1, 65, 40, true, true);
+  printf(fails ? "FAILURES: %d\n" : "all ok\n", fails);
+  return fails != 0;
+}
