@@ -1,4 +1,5 @@
-// attention_tc.cu — tensor-core fused attention forward (sm_80+, bf16 / f16 in, f32 accumulation):
+// attention_tc.cu — tensor-core fused attention, forward and backward (sm_80+, bf16 / f16 in, f32
+// accumulation):
 // the `tc` variant of attention.cu (which stays the simple reference variant). FlashAttention-2
 // structure: a block owns 64 query rows (4 warps x 16), streams 64-key tiles of K and V through
 // shared memory (cp.async), computes S = Q K^T and O += P V with mma.sync m16n8k16 (operands by
@@ -17,24 +18,40 @@
 //                                           int D, float scale, int causal)
 //     grid = (ceil(Tq / 64), B * H), block = 128,
 //     dynamic smem = 2 * 64 * (D + 8) * 2 bytes (18 KB at D = 64, 34 KB at D = 128).
+//   Backward (attention_tc_bwd.cuh; delta from attention_bwd_preprocess_<T> of attention.cu first):
+//   attention_bwd_dq_tc_d{64,128}_{bf16,f16}(T* dq, const float* lse, const float* delta,
+//       const T* q, const T* k, const T* v, const T* dout, const float* key_mask, <dims as fwd>)
+//     grid = (ceil(Tq / 64), B * H), block = 128, dynamic smem = 2 * 64 * (D + 8) * 2 bytes
+//     (as the forward: 18 KB at D = 64, 34 KB at D = 128).
+//   attention_bwd_dkdv_tc_d{64,128}_{bf16,f16}(T* dk, T* dv, const float* lse, const float* delta,
+//       const T* q, const T* k, const T* v, const T* dout, const float* key_mask, <dims as fwd>)
+//     grid = (ceil(Tk / 64), B * H), block = 128, dynamic smem = (2 * 64 + 2 * 32) * (D + 8) * 2
+//     + 2 * 32 * 4 bytes (27.9 KB at D = 64, 52.5 KB at D = 128: above 48 KB, opt in with
+//     cudaFuncSetAttribute(MaxDynamicSharedMemorySize)).
+//   Each output element is written by exactly one block (no atomics): deterministic.
 #include "tensor_core.cuh"
 
 #define TC_WARPS 4
 #define TC_BQ 64  // query rows per block (16 per warp)
 #define TC_BK 64  // keys per tile
 
-// Copies rows [row0, row0 + 64) of a [rows, D] 16-bit matrix to shared memory (row stride LDS),
-// zero-filling rows past `rows`. Every thread issues D / 8 * 64 / 128 16-byte copies.
-template <typename T, int D>
+// Copies rows [row0, row0 + ROWS) of a [rows, D] 16-bit matrix to shared memory (row stride
+// D + 8), zero-filling rows past `rows`, with 16-byte cp.async copies (one commit group).
+template <typename T, int D, int ROWS = TC_BK>
 __device__ __forceinline__ void tc_load_tile(T* dst, const T* src, int row0, int rows) {
     constexpr int LDS = D + 8, CHUNKS = D / 8;  // 16-byte chunks per row
-    for (int idx = threadIdx.x; idx < TC_BK * CHUNKS; idx += TC_WARPS * 32) {
+    for (int idx = threadIdx.x; idx < ROWS * CHUNKS; idx += TC_WARPS * 32) {
         int r = idx / CHUNKS, ch = idx - r * CHUNKS;
         int g = row0 + r;
         bool ok = g < rows;
         cp_async16(dst + r * LDS + ch * 8, src + (ok ? (i64)g * D + ch * 8 : 0), ok);
     }
     cp_async_commit();
+}
+
+// Key j visible to query i (both in range): the same rule as attention.cu.
+__device__ __forceinline__ bool tc_visible(const float* key_mask, int b, int Tq, int Tk, int i, int j, int causal) {
+    return i < Tq && j < Tk && (!causal || j <= i) && (key_mask == nullptr || key_mask[(i64)b * Tk + j] != 0.f);
 }
 
 template <typename T, int D>
@@ -101,9 +118,7 @@ __device__ void attention_fwd_tc(T* out, float* lse, const T* q, const T* k, con
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 int j = k0 + t * 8 + 2 * c + (e & 1), i = i0 + (e >> 1) * 8;
-                bool ok = j < Tk && i < Tq && (!causal || j <= i) &&
-                          (key_mask == nullptr || key_mask[(i64)b * Tk + j] != 0.f);
-                s[t][e] = ok ? s[t][e] * sl2 : -KILN_INF;
+                s[t][e] = tc_visible(key_mask, b, Tq, Tk, i, j, causal) ? s[t][e] * sl2 : -KILN_INF;
                 mx[e >> 1] = fmaxf(mx[e >> 1], s[t][e]);
             }
         }
@@ -172,12 +187,28 @@ __device__ void attention_fwd_tc(T* out, float* lse, const T* q, const T* k, con
     }
 }
 
+#include "attention_tc_bwd.cuh"
+
 #define ATT_TC_KERNEL(T, S, DIM)                                                                    \
     extern "C" __global__ void __launch_bounds__(128)                                              \
         attention_fwd_tc_d##DIM##_##S(T* out, float* lse, const T* q, const T* k, const T* v,      \
                                       const float* key_mask, int B, int H, int Tq, int Tk, int D,  \
                                       float scale, int causal) {                                   \
         attention_fwd_tc<T, DIM>(out, lse, q, k, v, key_mask, B, H, Tq, Tk, scale, causal);        \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc_d##DIM##_##S(            \
+        T* dq, const float* lse, const float* delta, const T* q, const T* k, const T* v,           \
+        const T* dout, const float* key_mask, int B, int H, int Tq, int Tk, int D, float scale,    \
+        int causal) {                                                                              \
+        attention_bwd_dq_tc<T, DIM>(dq, lse, delta, q, k, v, dout, key_mask, H, Tq, Tk, scale,     \
+                                    causal);                                                       \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) attention_bwd_dkdv_tc_d##DIM##_##S(          \
+        T* dk, T* dv, const float* lse, const float* delta, const T* q, const T* k, const T* v,    \
+        const T* dout, const float* key_mask, int B, int H, int Tq, int Tk, int D, float scale,    \
+        int causal) {                                                                              \
+        attention_bwd_dkdv_tc<T, DIM>(dk, dv, lse, delta, q, k, v, dout, key_mask, H, Tq, Tk,      \
+                                      scale, causal);                                              \
     }
 ATT_TC_KERNEL(bf16, bf16, 64)
 ATT_TC_KERNEL(bf16, bf16, 128)

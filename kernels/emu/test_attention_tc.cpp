@@ -1,4 +1,4 @@
-// CPU emulation test of kernels/attention_tc.cu (tensor-core forward, bf16 and f16) against a
+// CPU emulation test of kernels/attention_tc.cu (tensor-core forward and backward, bf16 and f16) against a
 // double-precision attention on the same 16-bit-rounded inputs, with odd Tq / Tk, causal (Tq != Tk)
 // and key-padding masks (one batch fully masked). Run with kernels/emu/run.sh.
 #include "emu.h"
@@ -24,7 +24,8 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   std::vector<float> mask(B * Tk, 1.f);
   if (use_mask) { for (int b = 0; b < B; ++b) for (int j = 0; j < Tk; ++j) mask[b * Tk + j] = ((j * 7 + b) % 5 == 0) ? 0.f : 1.f; if (B > 1) for (int j = 0; j < Tk; ++j) mask[Tk + j] = 0.f; }
   const float* mp = use_mask ? mask.data() : nullptr;
-  std::vector<double> ro(nq, 0), rl((size_t)B * H * Tq);
+  auto dof_h = std::vector<T>(); std::vector<double> dof; mk(nq, dof_h, dof);
+  std::vector<double> ro(nq, 0), rl((size_t)B * H * Tq), rdq(nq, 0), rdk(nk, 0), rdv(nk, 0);
   double omax = 1e-12;
   for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h) {
     size_t bh = (size_t)b * H + h;
@@ -39,6 +40,18 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
       if (m > -INFINITY) for (int j = 0; j < Tk; ++j) if (ok[j]) { p[j] = std::exp(s[j] - m); l += p[j]; }
       rl[bh * Tq + i] = l > 0 ? m + std::log(l) : -INFINITY;
       for (int d = 0; d < D; ++d) { double acc = 0; for (int j = 0; j < Tk; ++j) acc += p[j] * vf[(bh * Tk + j) * D + d]; ro[(bh * Tq + i) * D + d] = l > 0 ? acc / l : 0; omax = std::max(omax, std::fabs(ro[(bh * Tq + i) * D + d])); }
+      if (l > 0) for (int j = 0; j < Tk; ++j) p[j] /= l;
+      double delta = 0; for (int d = 0; d < D; ++d) delta += dof[(bh * Tq + i) * D + d] * ro[(bh * Tq + i) * D + d];
+      for (int j = 0; j < Tk; ++j) {
+        if (p[j] == 0) continue;
+        double dp = 0; for (int d = 0; d < D; ++d) dp += dof[(bh * Tq + i) * D + d] * vf[(bh * Tk + j) * D + d];
+        double ds = p[j] * (dp - delta);
+        for (int d = 0; d < D; ++d) {
+          rdq[(bh * Tq + i) * D + d] += scale * ds * kf[(bh * Tk + j) * D + d];
+          rdk[(bh * Tk + j) * D + d] += scale * ds * qf[(bh * Tq + i) * D + d];
+          rdv[(bh * Tk + j) * D + d] += p[j] * dof[(bh * Tq + i) * D + d];
+        }
+      }
     }
   }
   std::vector<T> out(nq); for (auto& x : out) x.bits = 0x7fc0;  // poisoned with NaN
@@ -49,6 +62,26 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
     if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_fwd_tc_d64_bf16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc_d128_bf16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
     else { if (D == 64) attention_fwd_tc_d64_f16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc_d128_f16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
   });
+  // backward: delta = rowsum(dO * O) from the kernel's own output (as attention_bwd_preprocess)
+  std::vector<float> delta((size_t)B * H * Tq);
+  for (size_t r = 0; r < delta.size(); ++r) { double acc = 0; for (int d = 0; d < D; ++d) acc += dof[r * D + d] * emu_h2f(out[r * D + d].bits, T{}); delta[r] = (float)acc; }
+  std::vector<T> dq(nq), dk(nk), dv(nk);
+  for (auto* vv : {&dq, &dk, &dv}) for (auto& x : *vv) x.bits = 0x7fc0;
+  size_t sm_kv = (2 * 64 + 2 * 32) * (D + 8) * 2 + 2 * 32 * 4;
+  if (sm_kv > sizeof(smem)) { printf("smem too big\n"); exit(1); }
+  launch({(unsigned)((Tq + 63) / 64), (unsigned)(B * H)}, {128}, [&] {
+    if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_bwd_dq_tc_d64_bf16(dq.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_dq_tc_d128_bf16(dq.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+    else { if (D == 64) attention_bwd_dq_tc_d64_f16(dq.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_dq_tc_d128_f16(dq.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+  });
+  launch({(unsigned)((Tk + 63) / 64), (unsigned)(B * H)}, {128}, [&] {
+    if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_bwd_dkdv_tc_d64_bf16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_dkdv_tc_d128_bf16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+    else { if (D == 64) attention_bwd_dkdv_tc_d64_f16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_dkdv_tc_d128_f16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+  });
+  auto rel = [&](const std::vector<T>& got, const std::vector<double>& ref) {
+    double mx = 1e-12, e = 0; for (double x : ref) mx = std::max(mx, std::fabs(x));
+    for (size_t i = 0; i < got.size(); ++i) { double d = std::fabs(emu_h2f(got[i].bits, T{}) - ref[i]); if (!(d <= e)) e = d; }
+    return e / mx;
+  };
   double eo = 0, el = 0;
   for (size_t i = 0; i < nq; ++i) { double d = std::fabs(emu_h2f(out[i].bits, T{}) - ro[i]); if (!(d <= eo)) eo = d; }
   for (size_t i = 0; i < lse.size(); ++i) {
@@ -61,6 +94,10 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   // out: 16-bit output rounding (2^-9 relative) plus P rounded to 16 bits before P V
   check("  out (abs err / max |out|)", eo / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
   check("  lse (rel)", el, 1e-4);
+  double gt = std::is_same_v<T, bf16> ? 1e-2 : 1.5e-3;  // 16-bit P / dS / output rounding
+  check("  dq (abs err / max |dq|)", rel(dq, rdq), gt);
+  check("  dk (abs err / max |dk|)", rel(dk, rdk), gt);
+  check("  dv (abs err / max |dv|)", rel(dv, rdv), gt);
 }
 
 int main() {

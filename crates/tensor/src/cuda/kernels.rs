@@ -41,6 +41,7 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("common.cuh", include_str!("../../../../kernels/common.cuh")),
     ("attention_bwd.cuh", include_str!("../../../../kernels/attention_bwd.cuh")),
     ("tensor_core.cuh", include_str!("../../../../kernels/tensor_core.cuh")),
+    ("attention_tc_bwd.cuh", include_str!("../../../../kernels/attention_tc_bwd.cuh")),
 ];
 
 /// The kernel file with this stem.

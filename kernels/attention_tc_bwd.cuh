@@ -1,0 +1,221 @@
+// attention_tc_bwd.cuh — the two tensor-core backward passes of attention_tc.cu (included by it;
+// see its header for the launch contract). Both recompute P = exp2(S * scale * log2(e) - lse2)
+// tile by tile from the saved logsumexp; dS = P * (dP - delta) with delta = rowsum(dO * O).
+// Same fragment conventions as the forward (tensor_core.cuh): a warp owns 16 rows, g = lane / 4,
+// c = lane % 4 and accumulator element e of n-tile t sits at row g + 8 * (e / 2), column
+// 8 t + 2 c + e % 2.
+#pragma once
+
+#define TC_BK2 32  // keys (dQ pass) or queries (dK/dV pass) per streamed tile
+
+// lse in base 2; +inf for a query that sees no key (lse = -inf), so that its P row is exactly 0
+__device__ __forceinline__ float tc_lse2(float lse) { return lse == -KILN_INF ? KILN_INF : lse * 1.4426950408889634f; }
+
+// dQ pass: each warp owns 16 query rows (Q and dO fragments stay in registers); 32-key tiles of K
+// and V stream through shared memory.  dQ_i = scale * sum_j dS_ij K_j.
+template <typename T, int D>
+__device__ void attention_bwd_dq_tc(T* dq, const float* lse, const float* delta, const T* q, const T* k,
+                                    const T* v, const T* dout, const float* key_mask, int H, int Tq,
+                                    int Tk, float scale, int causal) {
+    constexpr int LDS = D + 8, KS = D / 16, NT = TC_BK2 / 8, DT = D / 8;
+    extern __shared__ float smem[];
+    T* sA = reinterpret_cast<T*>(smem);  // [64][LDS]: Q, then dO, then the K tile
+    T* sB = sA + TC_BQ * LDS;             // [64][LDS]: the V tile
+    const int bh = blockIdx.y, b = bh / H;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int q0 = blockIdx.x * TC_BQ, i0 = q0 + warp * 16 + g;
+    const float sl2 = scale * 1.4426950408889634f;
+    const T* kb = k + (i64)bh * Tk * D;
+    const T* vb = v + (i64)bh * Tk * D;
+
+    u32 qf[KS][4], of[KS][4];
+    tc_load_tile<T, D, TC_BQ>(sA, q + (i64)bh * Tq * D, q0, Tq);
+    tc_load_tile<T, D, TC_BQ>(sB, dout + (i64)bh * Tq * D, q0, Tq);
+    cp_async_wait_all();
+    __syncthreads();
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+        ldmatrix_x4(qf[ks], sA + (warp * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+        ldmatrix_x4(of[ks], sB + (warp * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+    }
+    float l2[2], dl[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        int i = i0 + 8 * r;
+        l2[r] = i < Tq ? tc_lse2(lse[(i64)bh * Tq + i]) : KILN_INF;
+        dl[r] = i < Tq ? delta[(i64)bh * Tq + i] : 0.f;
+    }
+    float acc[DT][4];
+#pragma unroll
+    for (int t = 0; t < DT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+
+    const int k_end = causal ? min(Tk, q0 + TC_BQ) : Tk;
+    for (int k0 = 0; k0 < k_end; k0 += TC_BK2) {
+        __syncthreads();  // previous tiles (or the Q / dO staging) consumed
+        tc_load_tile<T, D, TC_BK2>(sA, kb, k0, Tk);
+        tc_load_tile<T, D, TC_BK2>(sB, vb, k0, Tk);
+        cp_async_wait_all();
+        __syncthreads();
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[t][e] = dp[t][e] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+            for (int t = 0; t < NT; t += 2) {
+                u32 kf[4], vf[4];
+                int off = (t * 8 + (lane >> 4) * 8 + (lane & 7)) * LDS + ks * 16 + ((lane >> 3) & 1) * 8;
+                ldmatrix_x4(kf, sA + off);
+                ldmatrix_x4(vf, sB + off);
+                mma_16816(s[t], qf[ks], kf, T{});       // S = Q K^T
+                mma_16816(s[t + 1], qf[ks], kf + 2, T{});
+                mma_16816(dp[t], of[ks], vf, T{});      // dP = dO V^T
+                mma_16816(dp[t + 1], of[ks], vf + 2, T{});
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int r = e >> 1, i = i0 + 8 * r, j = k0 + t * 8 + 2 * c + (e & 1);
+                float p = tc_visible(key_mask, b, Tq, Tk, i, j, causal) ? exp2f(s[t][e] * sl2 - l2[r]) : 0.f;
+                s[t][e] = p * (dp[t][e] - dl[r]);  // dS
+            }
+        }
+        // dQ += dS K: dS (16 x 32 keys) from registers, K (32 x D) through ldmatrix.trans
+#pragma unroll
+        for (int kk = 0; kk < TC_BK2 / 16; ++kk) {
+            u32 pf[4] = {pack2(s[2 * kk][0], s[2 * kk][1], T{}), pack2(s[2 * kk][2], s[2 * kk][3], T{}),
+                         pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T{}), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T{})};
+#pragma unroll
+            for (int t = 0; t < DT; t += 2) {
+                u32 kf[4];
+                ldmatrix_x4_trans(kf, sA + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDS + (t + (lane >> 4)) * 8);
+                mma_16816(acc[t], pf, kf, T{});
+                mma_16816(acc[t + 1], pf, kf + 2, T{});
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        int i = i0 + 8 * r;
+        if (i >= Tq) continue;
+        T* row = dq + ((i64)bh * Tq + i) * D;
+#pragma unroll
+        for (int t = 0; t < DT; ++t)
+            *reinterpret_cast<u32*>(row + t * 8 + 2 * c) = pack2(acc[t][2 * r] * scale, acc[t][2 * r + 1] * scale, T{});
+    }
+}
+
+// dK/dV pass: each warp owns 16 key rows (K and V of the block's 64 keys stay in shared memory);
+// 32-query tiles of Q and dO stream through.  dV_j = sum_i P_ij dO_i;  dK_j = scale sum_i dS_ij Q_i.
+// Works on the transposed scores: S^T = K Q^T (16 keys x 32 queries per warp).
+template <typename T, int D>
+__device__ void attention_bwd_dkdv_tc(T* dk, T* dv, const float* lse, const float* delta, const T* q,
+                                      const T* k, const T* v, const T* dout, const float* key_mask, int H,
+                                      int Tq, int Tk, float scale, int causal) {
+    constexpr int LDS = D + 8, KS = D / 16, NT = TC_BK2 / 8, DT = D / 8;
+    extern __shared__ float smem[];
+    T* sK = reinterpret_cast<T*>(smem);   // [64][LDS]
+    T* sV = sK + TC_BQ * LDS;              // [64][LDS]
+    T* sQ = sV + TC_BQ * LDS;              // [32][LDS]
+    T* sO = sQ + TC_BK2 * LDS;             // [32][LDS]: dO
+    float* sL = reinterpret_cast<float*>(sO + TC_BK2 * LDS);  // [32]: lse2 of the query tile
+    float* sD = sL + TC_BK2;                                   // [32]: delta
+    const int bh = blockIdx.y, b = bh / H;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int k0 = blockIdx.x * TC_BQ, j0 = k0 + warp * 16 + g;
+    const float sl2 = scale * 1.4426950408889634f;
+    const T* qb = q + (i64)bh * Tq * D;
+    const T* ob = dout + (i64)bh * Tq * D;
+    tc_load_tile<T, D, TC_BQ>(sK, k + (i64)bh * Tk * D, k0, Tk);
+    tc_load_tile<T, D, TC_BQ>(sV, v + (i64)bh * Tk * D, k0, Tk);
+
+    float dka[DT][4], dva[DT][4];
+#pragma unroll
+    for (int t = 0; t < DT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dka[t][e] = dva[t][e] = 0.f;
+
+    // causal (top-left): queries before k0 see none of this block's keys
+    const int i_start = causal ? (k0 / TC_BK2) * TC_BK2 : 0;
+    for (int qt = i_start; qt < Tq; qt += TC_BK2) {
+        __syncthreads();  // previous query tile consumed
+        tc_load_tile<T, D, TC_BK2>(sQ, qb, qt, Tq);
+        tc_load_tile<T, D, TC_BK2>(sO, ob, qt, Tq);
+        if (threadIdx.x < TC_BK2) {
+            int i = qt + threadIdx.x;
+            sL[threadIdx.x] = i < Tq ? tc_lse2(lse[(i64)bh * Tq + i]) : KILN_INF;
+            sD[threadIdx.x] = i < Tq ? delta[(i64)bh * Tq + i] : 0.f;
+        }
+        cp_async_wait_all();
+        __syncthreads();
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[t][e] = dp[t][e] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            u32 kf[4], vf[4];  // A fragments: this warp's 16 keys of K and of V
+            ldmatrix_x4(kf, sK + (warp * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+            ldmatrix_x4(vf, sV + (warp * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int t = 0; t < NT; t += 2) {
+                u32 qf[4], of[4];
+                int off = (t * 8 + (lane >> 4) * 8 + (lane & 7)) * LDS + ks * 16 + ((lane >> 3) & 1) * 8;
+                ldmatrix_x4(qf, sQ + off);
+                ldmatrix_x4(of, sO + off);
+                mma_16816(s[t], kf, qf, T{});       // S^T = K Q^T
+                mma_16816(s[t + 1], kf, qf + 2, T{});
+                mma_16816(dp[t], vf, of, T{});      // dP^T = V dO^T
+                mma_16816(dp[t + 1], vf, of + 2, T{});
+            }
+        }
+        float pt[NT][4];  // P^T; s becomes dS^T
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int il = t * 8 + 2 * c + (e & 1), j = j0 + 8 * (e >> 1);
+                float p = tc_visible(key_mask, b, Tq, Tk, qt + il, j, causal) ? exp2f(s[t][e] * sl2 - sL[il]) : 0.f;
+                pt[t][e] = p;
+                s[t][e] = p * (dp[t][e] - sD[il]);
+            }
+        }
+        // dV += P^T dO and dK += dS^T Q: A from registers, B (queries x D) through ldmatrix.trans
+#pragma unroll
+        for (int kk = 0; kk < TC_BK2 / 16; ++kk) {
+            u32 pf[4] = {pack2(pt[2 * kk][0], pt[2 * kk][1], T{}), pack2(pt[2 * kk][2], pt[2 * kk][3], T{}),
+                         pack2(pt[2 * kk + 1][0], pt[2 * kk + 1][1], T{}), pack2(pt[2 * kk + 1][2], pt[2 * kk + 1][3], T{})};
+            u32 sf[4] = {pack2(s[2 * kk][0], s[2 * kk][1], T{}), pack2(s[2 * kk][2], s[2 * kk][3], T{}),
+                         pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T{}), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T{})};
+#pragma unroll
+            for (int t = 0; t < DT; t += 2) {
+                u32 of[4], qf[4];
+                int off = (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDS + (t + (lane >> 4)) * 8;
+                ldmatrix_x4_trans(of, sO + off);
+                ldmatrix_x4_trans(qf, sQ + off);
+                mma_16816(dva[t], pf, of, T{});
+                mma_16816(dva[t + 1], pf, of + 2, T{});
+                mma_16816(dka[t], sf, qf, T{});
+                mma_16816(dka[t + 1], sf, qf + 2, T{});
+            }
+        }
+    }
+    cp_async_wait_all();  // the K / V copies, when no query tile ran
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        int j = j0 + 8 * r;
+        if (j >= Tk) continue;
+        T* krow = dk + ((i64)bh * Tk + j) * D;
+        T* vrow = dv + ((i64)bh * Tk + j) * D;
+#pragma unroll
+        for (int t = 0; t < DT; ++t) {
+            *reinterpret_cast<u32*>(krow + t * 8 + 2 * c) = pack2(dka[t][2 * r] * scale, dka[t][2 * r + 1] * scale, T{});
+            *reinterpret_cast<u32*>(vrow + t * 8 + 2 * c) = pack2(dva[t][2 * r], dva[t][2 * r + 1], T{});
+        }
+    }
+}
