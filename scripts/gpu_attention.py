@@ -116,12 +116,18 @@ class Module:
                 keep.append(ctypes.c_void_p(0))
             elif isinstance(a, float):
                 keep.append(ctypes.c_float(a))
+            elif isinstance(a, I64):
+                keep.append(ctypes.c_longlong(int(a)))
             else:
                 keep.append(ctypes.c_int(int(a)))
         params = (ctypes.c_void_p * len(keep))(*[ctypes.cast(ctypes.pointer(k), ctypes.c_void_p) for k in keep])
         stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
         self._check(self.cu.cuLaunchKernel(f, *[ctypes.c_uint(x) for x in grid], *[ctypes.c_uint(x) for x in block],
                                            ctypes.c_uint(smem), stream, params, None), f"cuLaunchKernel({name})")
+
+
+class I64(int):
+    """An `i64` kernel argument (plain Python ints are passed as `int`)."""
 
 
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
