@@ -172,5 +172,45 @@ __device__ __forceinline__ void map2(T* out, const T* a, const T* b, i64 n, F f)
         out[i] = from_f32<T>(f(i, to_f32(a[i]), to_f32(b[i])));
 }
 
+// ---- a row held in one warp's registers (the `_warp` kernel variants) ------------------------------
+// Rows of `cols` elements with cols % Pack<T>::N == 0 and 16-byte aligned rows, cols <= WR_MAX_COLS:
+// lane l holds packs l, l + 32, ... (at most WR_PACKS of them), so a row is read from memory once.
+#define WR_PACKS 8
+template <typename T> struct WarpRow {
+    static constexpr int N = Pack<T>::N;
+    float v[WR_PACKS][N];
+    // loads the row; missing lanes get `fill`
+    __device__ __forceinline__ void load(const T* row, int cols, float fill) {
+        int lane = threadIdx.x & 31, np = cols / N;
+#pragma unroll
+        for (int p = 0; p < WR_PACKS; ++p) {
+            int pi = p * 32 + lane;
+            if (pi < np) {
+                Pack<T> x = load_pack(row + (i64)pi * N);
+#pragma unroll
+                for (int k = 0; k < N; ++k) v[p][k] = to_f32(x.v[k]);
+            } else {
+#pragma unroll
+                for (int k = 0; k < N; ++k) v[p][k] = fill;
+            }
+        }
+    }
+    __device__ __forceinline__ void store(T* row, int cols) const {
+        int lane = threadIdx.x & 31, np = cols / N;
+#pragma unroll
+        for (int p = 0; p < WR_PACKS; ++p) {
+            int pi = p * 32 + lane;
+            if (pi < np) {
+                Pack<T> x;
+#pragma unroll
+                for (int k = 0; k < N; ++k) x.v[k] = from_f32<T>(v[p][k]);
+                store_pack(row + (i64)pi * N, x);
+            }
+        }
+    }
+    // whether pack p of this lane is inside the row
+    __device__ __forceinline__ static bool valid(int p, int cols) { return p * 32 + (threadIdx.x & 31) < cols / N; }
+};
+
 // Instantiates `extern "C"` entry points NAME_f32 / NAME_bf16 / NAME_f16 from a macro M(T, SUFFIX).
 #define KILN_FOR_FLOATS(M) M(float, f32) M(bf16, bf16) M(f16, f16)

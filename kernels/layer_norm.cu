@@ -17,6 +17,9 @@
 //                             const float* dbias_part, int nparts, int cols)
 //     grid = ceil(cols / 256), block = 256: sums the partials over parts in a fixed order
 //     (deterministic: no atomics anywhere). Writes dweight/dbias (not accumulated).
+//   layer_norm_fwd_warp_<T>(same arguments as layer_norm_fwd): one warp per row held in registers
+//     (x read once, 16-byte accesses); cols % (16 / sizeof(T)) == 0, 16-byte aligned pointers,
+//     cols <= 32 * WR_PACKS * (16 / sizeof(T)). grid = ceil(rows / 8), block = 256.
 #include "common.cuh"
 
 template <typename T>
@@ -105,11 +108,59 @@ __device__ void layer_norm_bwd_reduce(T* dweight, T* dbias, const float* dw_part
     if (dbias) dbias[c] = from_f32<T>(b);
 }
 
+template <typename T>
+__device__ void layer_norm_fwd_warp(T* out, float* mean_out, float* rstd_out, const T* inp, const T* weight,
+                                    const T* bias, int rows, int cols, float eps) {
+    constexpr int N = WarpRow<T>::N;
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= rows) return;  // warp-uniform
+    WarpRow<T> r;
+    r.load(inp + (i64)row * cols, cols, 0.f);
+    float s = 0.f;
+#pragma unroll
+    for (int p = 0; p < WR_PACKS; ++p)
+#pragma unroll
+        for (int k = 0; k < N; ++k) s += r.v[p][k];
+    float mean = warp_sum(s) / cols;
+    float v = 0.f;  // two-pass variance, from the registers
+#pragma unroll
+    for (int p = 0; p < WR_PACKS; ++p)
+        if (WarpRow<T>::valid(p, cols))
+#pragma unroll
+            for (int k = 0; k < N; ++k) v += (r.v[p][k] - mean) * (r.v[p][k] - mean);
+    float rstd = rsqrtf(warp_sum(v) / cols + eps);
+#pragma unroll
+    for (int p = 0; p < WR_PACKS; ++p) {
+        if (!WarpRow<T>::valid(p, cols)) continue;
+        int c0 = (p * 32 + lane) * N;
+        Pack<T> w, b;
+        if (weight) w = load_pack(weight + c0);
+        if (bias) b = load_pack(bias + c0);
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+            float h = (r.v[p][k] - mean) * rstd;
+            if (weight) h *= to_f32(w.v[k]);
+            if (bias) h += to_f32(b.v[k]);
+            r.v[p][k] = h;
+        }
+    }
+    r.store(out + (i64)row * cols, cols);
+    if (lane == 0) {
+        if (mean_out) mean_out[row] = mean;
+        if (rstd_out) rstd_out[row] = rstd;
+    }
+}
+
 #define LN_KERNELS(T, S)                                                                           \
     extern "C" __global__ void layer_norm_fwd_##S(T* out, float* mean, float* rstd, const T* inp,  \
                                                   const T* weight, const T* bias, int rows,        \
                                                   int cols, float eps) {                           \
         layer_norm_fwd(out, mean, rstd, inp, weight, bias, rows, cols, eps);                       \
+    }                                                                                              \
+    extern "C" __global__ void layer_norm_fwd_warp_##S(T* out, float* mean, float* rstd,           \
+                                                       const T* inp, const T* weight, const T* bias, \
+                                                       int rows, int cols, float eps) {            \
+        layer_norm_fwd_warp(out, mean, rstd, inp, weight, bias, rows, cols, eps);                  \
     }                                                                                              \
     extern "C" __global__ void layer_norm_bwd_##S(T* dinp, float* dw_part, float* db_part,         \
                                                   const float* mean, const float* rstd,            \

@@ -55,7 +55,7 @@ def run(out_dir, rows, cols, dtypes):
         emit({"op": "copy", "variant": "torch", "device": "cuda", "dtype": s, "shape": [rows, cols], "median_ms": med,
               "min_ms": lo, "max_ms": hi, "gb_per_s": copy_gbs, "pct_of_copy": 100.0})
 
-        def measure(op, kiln_fn, torch_fn, check, nbytes):
+        def measure(op, kiln_fn, torch_fn, check, nbytes, kiln_variant="kiln"):
             nonlocal fails
             got, want = kiln_fn(), torch_fn()
             torch.cuda.synchronize()
@@ -64,15 +64,15 @@ def run(out_dir, rows, cols, dtypes):
             tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dt]
             ok = err <= tol
             fails += not ok
-            for var, fn in (("kiln", kiln_fn), ("torch", torch_fn)):
-                if var == "kiln" and not ok:
-                    emit({"op": op, "variant": "kiln", "device": "cuda", "dtype": s, "shape": [rows, cols], "median_ms": float("nan"),
+            for var, fn in ((kiln_variant, kiln_fn), ("torch", torch_fn)):
+                if var != "torch" and not ok:
+                    emit({"op": op, "variant": var, "device": "cuda", "dtype": s, "shape": [rows, cols], "median_ms": float("nan"),
                           "gb_per_s": 0.0, "error": f"WRONG: max rel err {err:.2e} > {tol}"})
                     continue
                 med, lo, hi = time_ms(fn)
                 gbs = nbytes / med / 1e6
                 emit({"op": op, "variant": var, "device": "cuda", "dtype": s, "shape": [rows, cols], "median_ms": med, "min_ms": lo,
-                      "max_ms": hi, "gb_per_s": gbs, "pct_of_copy": 100 * gbs / copy_gbs, "max_rel_err": err if var == "kiln" else 0.0})
+                      "max_ms": hi, "gb_per_s": gbs, "pct_of_copy": 100 * gbs / copy_gbs, "max_rel_err": err if var != "torch" else 0.0})
 
         for tanh in (0, 1):
             name = "gelu_tanh" if tanh else "gelu"
@@ -101,8 +101,21 @@ def run(out_dir, rows, cols, dtypes):
             o = torch.full_like(x, float("nan"))
             mods["softmax"].launch(f"softmax_bwd_{s}", (rows, 1, 1), (256, 1, 1), 0, o, yt, g, rows, cols)
             return o
+        def sm_fwd_w():
+            o = torch.full_like(x, float("nan"))
+            mods["softmax"].launch(f"softmax_fwd_warp_{s}", (math.ceil(rows / 8), 1, 1), (256, 1, 1), 0, o, x, rows, cols)
+            return o
+
+        def sm_bwd_w():
+            o = torch.full_like(x, float("nan"))
+            mods["softmax"].launch(f"softmax_bwd_warp_{s}", (math.ceil(rows / 8), 1, 1), (256, 1, 1), 0, o, yt, g, rows, cols)
+            return o
+        warp_ok = cols % (16 // esz) == 0 and cols <= 32 * 8 * (16 // esz)
         measure("softmax_fwd", sm_fwd, lambda: torch.softmax(x, -1), lambda t: [t], 2 * n * esz)
         measure("softmax_bwd", sm_bwd, lambda: torch.ops.aten._softmax_backward_data(g, yt, -1, dt), lambda t: [t], 3 * n * esz)
+        if warp_ok:
+            measure("softmax_fwd", sm_fwd_w, lambda: torch.softmax(x, -1), lambda t: [t], 2 * n * esz, "warp")
+            measure("softmax_bwd", sm_bwd_w, lambda: torch.ops.aten._softmax_backward_data(g, yt, -1, dt), lambda t: [t], 3 * n * esz, "warp")
 
         eps = 1e-5
         _, mean_t, rstd_t = torch.ops.aten.native_layer_norm(x, [cols], w, b, eps)
@@ -113,6 +126,12 @@ def run(out_dir, rows, cols, dtypes):
             mean = torch.full((rows,), float("nan"), device="cuda")
             rstd = torch.full((rows,), float("nan"), device="cuda")
             mods["layer_norm"].launch(f"layer_norm_fwd_{s}", (rows, 1, 1), (256, 1, 1), 0, o, mean, rstd, x, w, b, rows, cols, eps)
+            return o, mean, rstd
+        def ln_fwd_w():
+            o = torch.full_like(x, float("nan"))
+            mean = torch.full((rows,), float("nan"), device="cuda")
+            rstd = torch.full((rows,), float("nan"), device="cuda")
+            mods["layer_norm"].launch(f"layer_norm_fwd_warp_{s}", (math.ceil(rows / 8), 1, 1), (256, 1, 1), 0, o, mean, rstd, x, w, b, rows, cols, eps)
             return o, mean, rstd
         nparts = min(rows, SM_COUNT * 4)
 
@@ -128,6 +147,9 @@ def run(out_dir, rows, cols, dtypes):
             return dx, dw, db
         measure("layer_norm_fwd", ln_fwd, lambda: torch.ops.aten.native_layer_norm(x, [cols], w, b, eps),
                 lambda t: [t[0], t[1].reshape(-1), t[2].reshape(-1)], 2 * n * esz + stats)
+        if warp_ok:
+            measure("layer_norm_fwd", ln_fwd_w, lambda: torch.ops.aten.native_layer_norm(x, [cols], w, b, eps),
+                    lambda t: [t[0], t[1].reshape(-1), t[2].reshape(-1)], 2 * n * esz + stats, "warp")
         measure("layer_norm_bwd", ln_bwd, lambda: torch.ops.aten.native_layer_norm_backward(g, x, [cols], mean_t, rstd_t, w, b, [True, True, True]),
                 lambda t: list(t), 3 * n * esz + stats)
         del x, g, y, yt

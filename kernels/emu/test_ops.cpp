@@ -34,6 +34,9 @@ int main() {
       double a = 0, bb = 0; for (int c = 0; c < C; ++c) { double xh = (x[r * C + c] - mu) * rs; ro[r * C + c] = xh * w[c] + b[c]; a += g[r * C + c] * w[c]; bb += g[r * C + c] * w[c] * xh; rdw[c] += g[r * C + c] * xh; rdb[c] += g[r * C + c]; }
       for (int c = 0; c < C; ++c) { double xh = (x[r * C + c] - mu) * rs; rdx[r * C + c] = rs * (g[r * C + c] * w[c] - a / C - xh * bb / C); } }
     check("layer_norm_fwd", err(out, ro));
+    { std::vector<float> o2(R * C, NAN), m2(R, NAN), r2(R, NAN);
+      launch({(unsigned)((R + 7) / 8)}, {256}, [&] { layer_norm_fwd_warp_f32(o2.data(), m2.data(), r2.data(), x.data(), w.data(), b.data(), R, C, 1e-5f); });
+      check("layer_norm_fwd_warp", err(o2, ro)); check("layer_norm_fwd_warp mean/rstd", std::max(err(m2, mean), err(r2, rstd))); }
     int parts = 5; std::vector<float> pw(parts * C, NAN), pb(parts * C, NAN);
     launch({(unsigned)parts}, {256}, [&] { layer_norm_bwd_f32(dx.data(), pw.data(), pb.data(), mean.data(), rstd.data(), g.data(), x.data(), w.data(), R, C); });
     launch({1}, {256}, [&] { layer_norm_bwd_reduce_f32(dw.data(), db.data(), pw.data(), pb.data(), parts, C); });
@@ -51,6 +54,10 @@ int main() {
       else { launch({(unsigned)R}, {64}, [&] { softmax_fwd_f32(y.data(), x.data(), R, C); }); launch({(unsigned)R}, {64}, [&] { softmax_bwd_f32(dx.data(), y.data(), g.data(), R, C); }); }
       if (lg) { /* restore -inf position for the bwd reference: exp(-inf)=0 */ }
       check(lg ? "log_softmax_fwd" : "softmax_fwd", err(y, ry)); check(lg ? "log_softmax_bwd" : "softmax_bwd", err(dx, rdx));
+      { std::vector<float> y2(R * C, NAN), dx2(R * C, NAN); unsigned gb = (R + 7) / 8;
+        if (lg) { launch({gb}, {256}, [&] { log_softmax_fwd_warp_f32(y2.data(), x.data(), R, C); }); bool ninf = std::isinf(y2[5]) && y2[5] < 0; launch({gb}, {256}, [&] { log_softmax_bwd_warp_f32(dx2.data(), y2.data(), g.data(), R, C); }); y2[5] = ninf ? 0 : 1; }
+        else { launch({gb}, {256}, [&] { softmax_fwd_warp_f32(y2.data(), x.data(), R, C); }); launch({gb}, {256}, [&] { softmax_bwd_warp_f32(dx2.data(), y.data(), g.data(), R, C); }); }
+        check(lg ? "log_softmax_fwd_warp" : "softmax_fwd_warp", err(y2, ry)); check(lg ? "log_softmax_bwd_warp" : "softmax_bwd_warp", err(dx2, rdx)); }
     } }
   // ---- cross_entropy
   { int R = 7, V = 1000; auto x = randv(R * V, 2.f); std::vector<long long> t = {3, 999, -100, 0, 500, 42, 7};
