@@ -34,6 +34,8 @@ pub mod ops;
 #[cfg(feature = "cuda")]
 pub mod ops_nn;
 #[cfg(feature = "cuda")]
+pub mod ops_train;
+#[cfg(feature = "cuda")]
 pub mod storage;
 #[cfg(feature = "cuda")]
 pub use storage::CudaStorage;

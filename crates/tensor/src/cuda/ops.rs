@@ -14,19 +14,19 @@ use half::{bf16, f16};
 macro_rules! float_dispatch {
     ($op:expr, $dt:expr, $T:ident => $body:expr) => {
         match $dt {
-            DType::F32 => {
+            $crate::DType::F32 => {
                 type $T = f32;
                 $body
             }
-            DType::BF16 => {
-                type $T = bf16;
+            $crate::DType::BF16 => {
+                type $T = half::bf16;
                 $body
             }
-            DType::F16 => {
-                type $T = f16;
+            $crate::DType::F16 => {
+                type $T = half::f16;
                 $body
             }
-            d => Err(Error::UnsupportedDType { op: $op, dtype: d }),
+            d => Err($crate::Error::UnsupportedDType { op: $op, dtype: d }),
         }
     };
 }

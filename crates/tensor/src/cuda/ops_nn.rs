@@ -3,8 +3,7 @@
 use super::blas::GemmSpec;
 use super::ops::{contiguous, float_dispatch, same_device, storage_of};
 use super::storage::{out_buf, CudaStorage};
-use crate::{DType, Error, Result, Tensor};
-use half::{bf16, f16};
+use crate::{Error, Result, Tensor};
 
 /// `(trans, batch_stride)` when `t = [batch.., r, c]` is a strided batch of tightly packed
 /// matrices (row-major, or the transpose of one); `None` when it needs a copy first.
