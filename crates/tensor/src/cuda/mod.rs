@@ -84,6 +84,19 @@ pub fn device_count() -> usize {
     }
 }
 
+/// Peak bytes held by tensors on `device` (the caching allocator's high-water mark), or `None`
+/// for the CPU or a device that was never used.
+pub fn peak_memory_bytes(device: Device) -> Option<usize> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(n) = device {
+        if n < device_count() {
+            return device::CudaBackend::get(n).ok().map(|b| b.allocator().stats().peak_bytes);
+        }
+    }
+    let _ = device;
+    None
+}
+
 /// Whether a CUDA device can be used in this process.
 pub fn is_available() -> bool {
     device_count() > 0
