@@ -196,6 +196,7 @@ impl<T: AttnFloat> BackwardOp for AttentionBackward<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Device;
 
     /// Forward + backward bits on a pool of `threads` threads.
     fn bits(threads: usize, b: usize, h: usize) -> Vec<u32> {
