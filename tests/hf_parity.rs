@@ -14,8 +14,19 @@ use kiln::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// The fixtures folder: `KILN_FIXTURES_DIR` when set (the test binary copied to another machine,
+/// see scripts/gpu_run.sh), else the source tree's tests/fixtures.
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    match std::env::var_os("KILN_FIXTURES_DIR") {
+        Some(d) => PathBuf::from(d).join(name),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name),
+    }
+}
+
+/// The device the models run on: `KILN_TEST_DEVICE` (e.g. `cuda`), default CPU. Parameters are
+/// created there and every batch tensor is uploaded; the comparisons download.
+fn device() -> Device {
+    std::env::var("KILN_TEST_DEVICE").ok().filter(|v| !v.is_empty()).map_or(Device::Cpu, |v| v.parse().expect("KILN_TEST_DEVICE"))
 }
 
 fn rel_err(ours: &Tensor, theirs: &Tensor) -> f64 {
@@ -35,7 +46,7 @@ struct Fixture {
 fn load(name: &str) -> Fixture {
     let dir = fixture(name);
     let cfg = ModelConfig::load(dir.join("config.json")).unwrap();
-    let store = ParamStore::new(0, DType::F32, Device::Cpu);
+    let store = ParamStore::new(0, DType::F32, device());
     let batch = serde_json::from_str(&std::fs::read_to_string(dir.join("batch.json")).unwrap()).unwrap();
     let expected = read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
     Fixture { cfg, store, batch, expected }
@@ -43,7 +54,7 @@ fn load(name: &str) -> Fixture {
 
 fn field(v: &serde_json::Value, key: &str) -> Option<Tensor> {
     let x = v.get(key)?.as_array()?;
-    if x.first()?.is_array() {
+    let t = if x.first()?.is_array() {
         let rows: Vec<Vec<i64>> = x.iter().map(|r| r.as_array().unwrap().iter().map(|e| e.as_i64().unwrap()).collect()).collect();
         let t = rows[0].len();
         Some(Tensor::from_vec(rows.concat(), &[rows.len(), t]).unwrap())
@@ -51,7 +62,8 @@ fn field(v: &serde_json::Value, key: &str) -> Option<Tensor> {
         let f: Vec<i64> = x.iter().map(|e| e.as_i64().unwrap()).collect();
         let n = f.len();
         Some(Tensor::from_vec(f, &[n]).unwrap())
-    }
+    };
+    t.map(|t| t.to_device(device()).unwrap())
 }
 
 /// Builds the model, loads the fixture weights strictly, runs forward + backward and compares.

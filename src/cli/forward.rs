@@ -59,14 +59,17 @@ pub fn run(a: ForwardArgs) -> Result<()> {
         return Err(Error::msg("batch: 'input_ids' must be a list of rows"));
     }
     let l = super::load_model_dir(&a.model, 0, device)?;
+    // the batch is read on the host; the model runs where its parameters are
+    let up = |t: Option<Tensor>| t.map(|t| t.to_device(device)).transpose();
+    let ids = ids.to_device(device)?;
     let labels = BertLabels {
-        labels: int_field(&v, "labels")?,
-        next_sentence_label: int_field(&v, "next_sentence_label")?,
-        start_positions: int_field(&v, "start_positions")?,
-        end_positions: int_field(&v, "end_positions")?,
+        labels: up(int_field(&v, "labels")?)?,
+        next_sentence_label: up(int_field(&v, "next_sentence_label")?)?,
+        start_positions: up(int_field(&v, "start_positions")?)?,
+        end_positions: up(int_field(&v, "end_positions")?)?,
     };
-    let mask = int_field(&v, "attention_mask")?;
-    let tt = int_field(&v, "token_type_ids")?;
+    let mask = up(int_field(&v, "attention_mask")?)?;
+    let tt = up(int_field(&v, "token_type_ids")?)?;
     let out = l.model.forward(&ids, mask.as_ref(), tt.as_ref(), &labels, &ForwardCtx::eval())?;
     let mut tensors: Vec<(String, Tensor)> = out.tensors.iter().map(|(k, t)| (k.clone(), t.detach())).collect();
     if let Some(loss) = &out.loss {
@@ -82,6 +85,7 @@ pub fn run(a: ForwardArgs) -> Result<()> {
     } else if a.grads {
         return Err(Error::msg("forward: --grads needs labels in the batch"));
     }
+    let tensors = tensors.into_iter().map(|(k, t)| Ok((k, t.to_device(kiln::Device::Cpu)?))).collect::<Result<Vec<_>>>()?;
     kiln::model::st_io::write_safetensors(&a.out, &tensors, None, None)?;
     println!("wrote {} tensors to {}", tensors.len(), a.out.display());
     Ok(())

@@ -257,6 +257,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if !args.json {
         println!("done in {:.1}s; loss curve -> {}", t0.elapsed().as_secs_f64(), svg.display());
     }
+    if let Some(peak) = kiln::tensor::cuda::peak_memory_bytes(device) {
+        if args.json {
+            println!("{{\"peak_device_mem_bytes\":{peak},\"device\":\"{device}\"}}");
+        } else {
+            println!("peak device memory ({device}): {:.1} MiB (caching-allocator high-water mark)", peak as f64 / (1u64 << 20) as f64);
+        }
+    }
     if let (Model::Gpt2(m), true) = (&trainer.model, args.sample_tokens > 0 && !args.json) {
         let prompt = tok.encode("The", false).map_err(|e| Error::msg(format!("tokenizer: {e}")))?.get_ids().iter().map(|&i| i as i64).collect::<Vec<_>>();
         let ids = m.generate(&prompt, &SampleOptions { max_new_tokens: args.sample_tokens, temperature: 0.8, top_k: 40, seed: args.seed, eos: None })?;

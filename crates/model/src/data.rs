@@ -34,6 +34,20 @@ pub struct Batch {
     pub next_sentence_label: Option<Tensor>,
 }
 
+impl Batch {
+    /// The batch on `device` (batchers build it on the host; the trainer uploads it to the
+    /// parameters' device).
+    pub fn to_device(&self, device: kiln_tensor::Device) -> Result<Batch> {
+        Ok(Batch {
+            input_ids: self.input_ids.to_device(device)?,
+            labels: self.labels.to_device(device)?,
+            attention_mask: self.attention_mask.to_device(device)?,
+            token_type_ids: self.token_type_ids.to_device(device)?,
+            next_sentence_label: self.next_sentence_label.as_ref().map(|t| t.to_device(device)).transpose()?,
+        })
+    }
+}
+
 /// Where a batcher is: the epoch, the cursor inside the epoch's order and named RNG states.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataPosition {

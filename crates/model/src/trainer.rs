@@ -131,7 +131,7 @@ impl<'a> Trainer<'a> {
         let ctx = ForwardCtx::eval();
         let mut total = 0.0;
         for _ in 0..n.max(1) {
-            let b = eval.next_batch()?;
+            let b = eval.next_batch()?.to_device(self.store.device())?;
             total += no_grad(|| self.model.loss(&b, &ctx))?.to_scalar()?;
         }
         Ok(total / n.max(1) as f64)
@@ -166,7 +166,7 @@ impl<'a> Trainer<'a> {
             let mut loss_sum = 0.0;
             let mut tokens = 0usize;
             for micro in 0..opts.accum {
-                let b = data.next_batch()?;
+                let b = data.next_batch()?.to_device(self.store.device())?;
                 tokens += b.input_ids.elem_count();
                 let ctx = ForwardCtx::train(dropout_seed(opts.seed, self.step, micro));
                 let loss = self.model.loss(&b, &ctx)?;

@@ -161,6 +161,22 @@ impl BackwardOp for Identity {
     }
 }
 
+/// Backward of a device transfer: move the gradient back.
+pub(crate) struct ToDevice {
+    pub input: Tensor,
+}
+impl BackwardOp for ToDevice {
+    fn name(&self) -> &'static str {
+        "to_device"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.input.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(g.to_device(self.input.device())?)])
+    }
+}
+
 /// Backward of a dtype cast: cast the gradient back.
 pub(crate) struct Cast {
     pub input: Tensor,

@@ -174,13 +174,19 @@ impl Storage {
     pub fn as_cpu(&self) -> Result<&CpuStorage> {
         match self {
             Storage::Cpu(c) => Ok(c),
-            Storage::Cuda(c) => Err(Error::DeviceMismatch { op: "as_cpu", lhs: c.device(), rhs: Device::Cpu }),
+            Storage::Cuda(c) => Err(cpu_kernel_on_cuda(c.device())),
         }
     }
     pub fn as_cpu_mut(&mut self) -> Result<&mut CpuStorage> {
         match self {
             Storage::Cpu(c) => Ok(c),
-            Storage::Cuda(c) => Err(Error::DeviceMismatch { op: "as_cpu_mut", lhs: c.device(), rhs: Device::Cpu }),
+            Storage::Cuda(c) => Err(cpu_kernel_on_cuda(c.device())),
         }
     }
+}
+
+/// The error a CPU kernel returns when it is handed a CUDA buffer: the op has no CUDA arm yet
+/// (ops never copy to the host behind the caller's back).
+fn cpu_kernel_on_cuda(device: Device) -> Error {
+    Error::Cuda(format!("this op is not implemented on CUDA yet (a CPU kernel was reached with a tensor on {device}; move it with .to_device(Device::Cpu))"))
 }

@@ -121,7 +121,7 @@ impl Tensor {
     }
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         cuda::check_device(device)?;
-        Self::from_storage(Storage::Cpu(CpuStorage::zeros(dtype, shape.iter().product())), shape)
+        Self::from_storage(Storage::Cpu(CpuStorage::zeros(dtype, shape.iter().product())), shape)?.to_device(device)
     }
     pub fn ones(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         Self::full(1.0, shape, dtype, device)
@@ -246,6 +246,9 @@ impl Tensor {
             return Err(Error::DeviceMismatch { op: "assign", lhs: self.device(), rhs: src.device() });
         }
         let src = src.contiguous()?;
+        if self.device().is_cuda() {
+            return self.assign_cuda(&src);
+        }
         let data = src.storage_window()?;
         self.update_storage(|s| {
             let n = self.elem_count();
@@ -329,8 +332,8 @@ impl Tensor {
         if self.is_contiguous() && self.layout().offset() == 0 && self.storage_len() == self.elem_count() {
             return Ok(self.clone());
         }
-        let w = self.storage_window()?;
-        let out = Self::from_storage(Storage::Cpu(w), self.shape())?;
+        let w = self.device_storage(|t| Ok(Storage::Cpu(t.storage_window()?)), |t| cuda_contiguous(t))?;
+        let out = Self::from_storage(w, self.shape())?;
         Ok(out.with_history(&[self], || Arc::new(autograd::Identity { input: self.clone() })))
     }
 
@@ -343,8 +346,8 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
-        let w = self.storage_window()?.to_dtype(dtype);
-        let out = Self::from_storage(Storage::Cpu(w), self.shape())?;
+        let w = self.device_storage(|t| Ok(Storage::Cpu(t.storage_window()?.to_dtype(dtype))), |t| cuda_cast(t, dtype))?;
+        let out = Self::from_storage(w, self.shape())?;
         if !(dtype.is_float() && self.dtype().is_float()) {
             return Ok(out);
         }
@@ -358,7 +361,23 @@ impl Tensor {
             return Ok(self.clone());
         }
         cuda::check_device(device)?;
-        Err(Error::CudaUnavailable(format!("cannot move a tensor to {device}")))
+        let storage = match (self.device(), device) {
+            (Device::Cpu, Device::Cuda(n)) => cuda_upload(self, n)?,
+            (Device::Cuda(_), Device::Cpu) => cuda_download(self)?,
+            // cuda:a -> cuda:b goes through the host.
+            (Device::Cuda(_), Device::Cuda(n)) => cuda_upload(&self.to_device(Device::Cpu)?, n)?,
+            (Device::Cpu, Device::Cpu) => unreachable!("same device returned above"),
+        };
+        Ok(Self::from_storage(storage, self.shape())?.with_history(&[self], || Arc::new(autograd::ToDevice { input: self.clone() })))
+    }
+
+    /// Runs `cpu` or `cuda` depending on where this tensor lives (the storage-level dispatch of
+    /// the data-movement methods above).
+    fn device_storage(&self, cpu: impl FnOnce(&Tensor) -> Result<Storage>, cuda: impl FnOnce(&Tensor) -> Result<Storage>) -> Result<Storage> {
+        match self.device() {
+            Device::Cpu => cpu(self),
+            Device::Cuda(_) => cuda(self),
+        }
     }
 
     /// Errors unless `other` has the same dtype and device (names `op`).
@@ -382,5 +401,53 @@ impl Tensor {
     /// Row-major strides of this tensor's shape.
     pub fn contiguous_strides(&self) -> Vec<usize> {
         contiguous_strides(self.shape())
+    }
+}
+
+// ----- CUDA data movement (stand-ins that error when the `cuda` feature is off) -----------------
+#[cfg(feature = "cuda")]
+fn cuda_contiguous(t: &Tensor) -> Result<Storage> {
+    Ok(Storage::Cuda(cuda::ops::contiguous(t)?))
+}
+#[cfg(feature = "cuda")]
+fn cuda_cast(t: &Tensor, dtype: DType) -> Result<Storage> {
+    Ok(Storage::Cuda(cuda::ops::cast(t, dtype)?))
+}
+#[cfg(feature = "cuda")]
+fn cuda_upload(t: &Tensor, ordinal: usize) -> Result<Storage> {
+    Ok(Storage::Cuda(cuda::ops::upload(t, ordinal)?))
+}
+#[cfg(feature = "cuda")]
+fn cuda_download(t: &Tensor) -> Result<Storage> {
+    Ok(Storage::Cpu(cuda::ops::download(t)?))
+}
+#[cfg(not(feature = "cuda"))]
+fn cuda_contiguous(_: &Tensor) -> Result<Storage> {
+    Err(cuda::check_device(Device::Cuda(0)).unwrap_err())
+}
+#[cfg(not(feature = "cuda"))]
+fn cuda_cast(_: &Tensor, _: DType) -> Result<Storage> {
+    Err(cuda::check_device(Device::Cuda(0)).unwrap_err())
+}
+#[cfg(not(feature = "cuda"))]
+fn cuda_upload(_: &Tensor, n: usize) -> Result<Storage> {
+    Err(cuda::check_device(Device::Cuda(n)).unwrap_err())
+}
+#[cfg(not(feature = "cuda"))]
+fn cuda_download(_: &Tensor) -> Result<Storage> {
+    Err(cuda::check_device(Device::Cuda(0)).unwrap_err())
+}
+
+impl Tensor {
+    /// `assign` for a CUDA tensor: the new data replaces the storage handle (other holders of the
+    /// old storage keep the old data, as with the CPU copy-on-write). Only whole, contiguous
+    /// tensors (parameters) can be assigned on CUDA.
+    fn assign_cuda(&self, src: &Tensor) -> Result<()> {
+        if !(self.is_contiguous() && self.layout().offset() == 0 && self.storage_len() == self.elem_count()) {
+            return Err(cuda::not_implemented("assign into a CUDA view"));
+        }
+        let new = src.contiguous()?.storage();
+        *self.0.storage.write().unwrap() = new;
+        Ok(())
     }
 }

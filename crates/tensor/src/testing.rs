@@ -82,3 +82,56 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
     let e = max_rel_err(a, b).unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(e <= tol, "{what}: max relative error {e:.3e} > {tol:.1e}");
 }
+
+// ----- GPU tests -----------------------------------------------------------------------------------
+
+/// The CUDA device GPU tests run on, or `None` after printing `SKIPPED (no CUDA device): <test>`
+/// to stderr. With a device it also turns on NaN-poisoning of every new op output buffer, so an
+/// element a kernel forgets to write fails the comparison.
+///
+/// Set `KILN_REQUIRE_GPU=1` (the GPU-machine runner does) to make a missing device a test
+/// failure instead of a skip.
+pub fn gpu_device(test: &str) -> Option<Device> {
+    if crate::cuda::is_available() {
+        #[cfg(feature = "cuda")]
+        crate::cuda::storage::set_poison(true);
+        return Some(Device::Cuda(0));
+    }
+    if std::env::var("KILN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("{test}: KILN_REQUIRE_GPU=1 but no CUDA device was found (libcuda.so.1 not loadable or no GPU)");
+    }
+    eprintln!("SKIPPED (no CUDA device): {test}");
+    None
+}
+
+/// Tolerance of a GPU result against the CPU reference, as the largest `|gpu - cpu|` over the
+/// largest `|cpu|` (scale-relative, so sums over many elements do not need special cases).
+/// One row per dtype: f32 (strict FP32 GEMM, f32 kernels), bf16 (8 bits of mantissa), f16.
+pub fn gpu_tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 2e-5,
+        DType::BF16 => 2e-2,
+        DType::F16 => 4e-3,
+        DType::F64 => 1e-12,
+        DType::I64 => 0.0,
+    }
+}
+
+/// `max|a - b| / max|b|` over all elements (0 when both are all zero); NaN anywhere gives NaN.
+pub fn scaled_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    if a.shape() != b.shape() {
+        return Err(Error::ShapeMismatch { op: "scaled_err", lhs: a.shape().to_vec(), rhs: b.shape().to_vec() });
+    }
+    let (va, vb) = (a.to_vec_f64()?, b.to_vec_f64()?);
+    let mut num = 0.0f64;
+    let mut den = 0.0f64;
+    for (x, y) in va.iter().zip(&vb) {
+        let d = (x - y).abs();
+        if d.is_nan() {
+            return Ok(f64::NAN);
+        }
+        num = num.max(d);
+        den = den.max(y.abs());
+    }
+    Ok(if num == 0.0 { 0.0 } else { num / den.max(1e-30) })
+}

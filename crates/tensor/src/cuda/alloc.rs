@@ -28,6 +28,8 @@ pub struct AllocStats {
     pub in_use_bytes: usize,
     /// Bytes sitting in free lists.
     pub cached_bytes: usize,
+    /// High-water mark of `in_use_bytes` (peak device memory held by tensors).
+    pub peak_bytes: usize,
     /// Requests served from a free list / by a fresh device allocation.
     pub hits: u64,
     pub misses: u64,
@@ -73,6 +75,7 @@ impl CachingAllocator {
                 p.stats.misses += 1;
             }
             p.stats.in_use_bytes += bytes;
+            p.stats.peak_bytes = p.stats.peak_bytes.max(p.stats.in_use_bytes);
             ptr
         };
         let ptr = match cached {

@@ -6,8 +6,8 @@
 //! toolkit, and every probe here answers `false` / `Err` instead of panicking when libcuda or
 //! libnvrtc is missing.
 //!
-//! `CudaStorage` is still the placeholder: the launchers are not wired into the ops yet.
-use crate::{DType, Device, Error, Result};
+//! [`storage::CudaStorage`] holds device buffers; [`ops`] dispatches tensor ops to the launchers.
+use crate::{Device, Error, Result};
 
 pub mod kernels;
 #[cfg(feature = "cuda")]
@@ -29,17 +29,31 @@ pub mod nvrtc;
 #[cfg(feature = "cuda")]
 pub mod report;
 
-/// Device buffers (placeholder: no value of this type can exist without the CUDA backend).
+#[cfg(feature = "cuda")]
+pub mod ops;
+#[cfg(feature = "cuda")]
+pub mod ops_nn;
+#[cfg(feature = "cuda")]
+pub mod ops_train;
+#[cfg(feature = "cuda")]
+pub mod storage;
+#[cfg(feature = "cuda")]
+pub use storage::CudaStorage;
+
+/// Device buffers (stand-in without the `cuda` feature: no value of this type can exist, so the
+/// `Storage::Cuda` match arms need no `#[cfg]`).
+#[cfg(not(feature = "cuda"))]
 #[derive(Debug, Clone)]
 pub struct CudaStorage {
     never: std::convert::Infallible,
 }
 
+#[cfg(not(feature = "cuda"))]
 impl CudaStorage {
     pub fn device(&self) -> Device {
         match self.never {}
     }
-    pub fn dtype(&self) -> DType {
+    pub fn dtype(&self) -> crate::DType {
         match self.never {}
     }
     pub fn len(&self) -> usize {
@@ -70,6 +84,19 @@ pub fn device_count() -> usize {
     }
 }
 
+/// Peak bytes held by tensors on `device` (the caching allocator's high-water mark), or `None`
+/// for the CPU or a device that was never used.
+pub fn peak_memory_bytes(device: Device) -> Option<usize> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(n) = device {
+        if n < device_count() {
+            return device::CudaBackend::get(n).ok().map(|b| b.allocator().stats().peak_bytes);
+        }
+    }
+    let _ = device;
+    None
+}
+
 /// Whether a CUDA device can be used in this process.
 pub fn is_available() -> bool {
     device_count() > 0
@@ -87,26 +114,27 @@ pub fn nvrtc_available() -> bool {
     }
 }
 
-/// Checks that `device` can be used, with a clear error when it cannot.
-///
-/// Until `CudaStorage` is wired to the launchers, a CUDA device is always refused (even when one
-/// is present) so that no op silently runs on the CPU for a tensor labelled `cuda`.
+/// Checks that `device` can be used, with a clear error when it cannot (no CUDA feature, no
+/// driver / device, or an ordinal past the device count). Never panics.
 pub fn check_device(device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
         Device::Cuda(n) if !cfg!(feature = "cuda") => Err(Error::CudaUnavailable(format!(
             "device cuda:{n} requested, but this build of kiln has no CUDA backend (feature `cuda` is off); use --device cpu"
         ))),
-        Device::Cuda(n) => Err(Error::CudaUnavailable(match device_count() {
-            0 => format!(
-                "device cuda:{n} requested, but no CUDA driver/device was found (libcuda.so.1 not loadable or no GPU); use --device cpu"
-            ),
-            count if n >= count => format!("device cuda:{n} requested, but only {count} CUDA device(s) exist"),
-            count => format!(
-                "device cuda:{n} requested: {count} CUDA device(s) found, but CUDA tensors are not wired into the ops yet; use --device cpu"
-            ),
-        })),
+        Device::Cuda(n) => match device_count() {
+            0 => Err(Error::CudaUnavailable(format!(
+                "device cuda:{n} requested, but no CUDA device was found (no CUDA driver: libcuda.so.1 not loadable, or no GPU); use --device cpu"
+            ))),
+            count if n >= count => Err(Error::CudaUnavailable(format!("device cuda:{n} requested, but only {count} CUDA device(s) exist"))),
+            _ => Ok(()),
+        },
     }
+}
+
+/// The error of an op reached with CUDA tensors that has no CUDA path yet.
+pub fn not_implemented(op: &str) -> Error {
+    Error::Cuda(format!("op {op} is not implemented on CUDA yet"))
 }
 
 #[cfg(feature = "cuda")]
@@ -134,7 +162,11 @@ mod tests {
         assert_eq!(is_available(), n > 0);
         assert!(check_device(Device::Cpu).is_ok());
         let e = check_device(Device::Cuda(0));
-        assert!(matches!(e, Err(Error::CudaUnavailable(_))), "{e:?}");
+        assert_eq!(e.is_ok(), n > 0, "{e:?}");
+        if n == 0 {
+            assert!(matches!(e, Err(Error::CudaUnavailable(_))), "{e:?}");
+        }
+        assert!(check_device(Device::Cuda(n)).is_err());
         let _ = nvrtc_available();
     }
 }

@@ -169,6 +169,18 @@ pub(crate) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.check_same(op.name(), b)?;
     a.check_float(op.name())?;
     let shape = broadcast_shapes(op.name(), a.shape(), b.shape())?;
+    #[cfg(feature = "cuda")]
+    if a.device().is_cuda() {
+        use crate::cuda::launch::BinaryOp as K;
+        let k = match op {
+            BinaryOp::Add => K::Add,
+            BinaryOp::Sub => K::Sub,
+            BinaryOp::Mul => K::Mul,
+            BinaryOp::Div => K::Div,
+        };
+        let out = crate::cuda::ops::binary(op.name(), a, b, &shape, k)?;
+        return Tensor::from_op(Storage::Cuda(out), &shape, &[a, b], || node(Binary { op, a: a.clone(), b: b.clone() }));
+    }
     let dt = a.dtype();
     let (ac, bc) = (a.to_dtype(dt.cpu_compute())?.detach(), b.to_dtype(dt.cpu_compute())?.detach());
     let out = match dt.cpu_compute() {
@@ -222,6 +234,11 @@ impl Tensor {
     /// `self * mul + add`, elementwise.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
         self.check_float("affine")?;
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let out = crate::cuda::ops::affine(self, mul, add)?;
+            return Tensor::from_op(Storage::Cuda(out), self.shape(), &[self], || node(Affine { input: self.clone(), mul }));
+        }
         let dt = self.dtype();
         let x = self.to_dtype(dt.cpu_compute())?;
         let out = match dt.cpu_compute() {

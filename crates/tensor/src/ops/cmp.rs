@@ -70,6 +70,9 @@ fn cmp(op: CmpOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 fn cmp_scalar(op: CmpOp, a: &Tensor, v: f64) -> Result<Tensor> {
     let a = a.detach();
+    if a.device().is_cuda() {
+        return cmp_scalar_cuda(op, &a, v);
+    }
     // Compared in f64, so `lt_scalar(2.5)` on an i64 tensor means `x < 2.5`, not `x < 2`.
     let out = match a.dtype() {
         DType::F32 => scalar_kernel::<f32>(op, &a, v)?,
@@ -131,4 +134,17 @@ impl Tensor {
     pub fn ge_scalar(&self, v: f64) -> Result<Tensor> {
         cmp_scalar(CmpOp::Ge, self, v)
     }
+}
+
+/// `==` / `!=` against a scalar for i64 tensors on CUDA (token ids vs a padding id), composed from
+/// device kernels: for integers `relu(1 - |x - v|)` is exactly 1 where `x == v` and 0 elsewhere
+/// (exact in f32 for |x|, |v| < 2^24). The other comparisons and dtypes have no CUDA arm yet.
+fn cmp_scalar_cuda(op: CmpOp, a: &Tensor, v: f64) -> Result<Tensor> {
+    let exact = a.dtype() == DType::I64 && v.fract() == 0.0 && v.abs() < (1u64 << 24) as f64;
+    if !(exact && matches!(op, CmpOp::Eq | CmpOp::Ne)) {
+        return Err(crate::cuda::not_implemented(&format!("{} (scalar compare of a {} tensor)", op.name(), a.dtype())));
+    }
+    let eq = a.to_dtype(DType::F32)?.add_scalar(-v)?.abs()?.neg()?.add_scalar(1.0)?.relu()?;
+    let m = if op == CmpOp::Eq { eq } else { eq.neg()?.add_scalar(1.0)? };
+    m.to_dtype(DType::I64)
 }

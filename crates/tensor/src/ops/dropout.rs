@@ -101,6 +101,10 @@ impl Tensor {
         if !train || p == 0.0 {
             return Ok(self.clone());
         }
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            return crate::cuda::ops_train::dropout(self, p, seed);
+        }
         let dt = self.dtype();
         let xc = self.detach().to_dtype(dt.cpu_compute())?;
         let (y, mask) = match dt.cpu_compute() {

@@ -131,6 +131,10 @@ impl BackwardOp for IndexSelect {
 }
 
 fn index_select_impl(op: &'static str, x: &Tensor, dim: usize, ids: Vec<usize>) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda::ops_train::index_select(op, x, dim, &ids);
+    }
     let dims = split3(x.shape(), dim);
     let out = per_dtype!(x, |s| select_rows(s, dims, &ids));
     let mut shape = x.shape().to_vec();

@@ -135,7 +135,15 @@ fn shapes(a: &[usize], b: &[usize], lhs: &[usize], rhs: &[usize]) -> Result<(Vec
 
 /// The product of rank ≥ 2 operands without autograd history (forward and backward both use it).
 fn mm(a: &Tensor, b: &Tensor, reduce: bool) -> Result<Tensor> {
-    let (batch, m, _, n) = shapes(a.shape(), b.shape(), a.shape(), b.shape())?;
+    let (batch, m, k, n) = shapes(a.shape(), b.shape(), a.shape(), b.shape())?;
+    #[cfg(feature = "cuda")]
+    if a.device().is_cuda() {
+        let mut shape = batch.clone();
+        shape.extend([m, n]);
+        let out = Tensor::from_storage(Storage::Cuda(crate::cuda::ops_nn::matmul(a, b, &batch, m, k, n)?), &shape)?;
+        return if reduce && !batch.is_empty() { out.sum_dims(&(0..batch.len()).collect::<Vec<_>>(), false) } else { Ok(out) };
+    }
+    let _ = k;
     let dt = a.dtype();
     let cd = dt.cpu_compute();
     let (a, b) = (regular(&a.to_dtype(cd)?.detach())?, regular(&b.to_dtype(cd)?.detach())?);

@@ -129,6 +129,11 @@ impl Tensor {
         dims.sort_unstable();
         dims.dedup();
         let (keep_shape, out_shape) = reduce_shapes("sum", self.shape(), &dims, keepdim)?;
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            let out = crate::cuda::ops_nn::sum_dims(self, &dims)?;
+            return Tensor::from_op(Storage::Cuda(out), &out_shape, &[self], || node(Sum { input: self.clone(), keep_shape }));
+        }
         let dt = self.dtype();
         let xc = self.to_dtype(dt.cpu_compute())?;
         let k = dims.len();

@@ -188,6 +188,12 @@ impl BackwardOp for Unary {
         vec![self.x.clone()]
     }
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        #[cfg(feature = "cuda")]
+        if self.x.device().is_cuda() {
+            let k = crate::cuda::ops::unary_code(self.op).ok_or_else(|| crate::cuda::not_implemented(self.op.name()))?;
+            let out = crate::cuda::ops::unary_bwd(self.op.name(), g, &self.x.detach(), &self.y, k)?;
+            return Ok(vec![Some(Tensor::from_storage(Storage::Cuda(out), self.x.shape())?)]);
+        }
         let dt = self.x.dtype();
         let cd = dt.cpu_compute();
         let (g, x, y) = (g.to_dtype(cd)?, self.x.detach().to_dtype(cd)?, self.y.to_dtype(cd)?);
@@ -204,6 +210,13 @@ impl BackwardOp for Unary {
 /// Runs `op` on a float CPU tensor (half types computed in f32) and records its backward.
 pub(crate) fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     x.check_float(op.name())?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        let k = crate::cuda::ops::unary_code(op).ok_or_else(|| crate::cuda::not_implemented(op.name()))?;
+        let out = Tensor::from_storage(Storage::Cuda(crate::cuda::ops::unary(op.name(), x, k)?), x.shape())?;
+        let y = out.detach();
+        return Ok(out.with_history(&[x], || node(Unary { op, x: x.clone(), y })));
+    }
     let dt = x.dtype();
     let xc = x.to_dtype(dt.cpu_compute())?;
     let out = match dt.cpu_compute() {

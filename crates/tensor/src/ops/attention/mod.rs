@@ -5,13 +5,15 @@
 //! from it. Tile GEMMs: `gemm512.rs` (AVX-512 f32) or matrixmultiply; softmax row primitives with
 //! AVX-512 / AVX2 / scalar bodies in `simd.rs`.
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 #[cfg(target_arch = "x86_64")]
 mod gemm512;
 mod simd;
 
 use crate::autograd::{node, BackwardOp};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
-use crate::{DType, Device, Error, Layout, Result, Tensor};
+use crate::{DType, Error, Layout, Result, Tensor};
 use cpu::{Dims, KeyMask, Saved, View};
 use simd::AttnFloat;
 use std::sync::Arc;
@@ -50,9 +52,6 @@ fn check(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Dim
     }
     if qs[3] == 0 || vs[3] == 0 {
         return Err(Error::Shape { op: OP, shape: vs.to_vec(), msg: format!("head dims must be positive (q/k have {}, v has {})", qs[3], vs[3]) });
-    }
-    if q.device() != Device::Cpu {
-        return Err(Error::msg(format!("{OP}: only the CPU path exists yet (got a tensor on {})", q.device())));
     }
     let scale = opts.scale.unwrap_or(1.0 / (qs[3] as f64).sqrt());
     if !scale.is_finite() {
@@ -120,6 +119,10 @@ fn run<T: AttnFloat>(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, p
 /// carries gradients.
 pub fn attention_with_lse(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<(Tensor, Tensor)> {
     let p = check(q, k, v, opts)?;
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return cuda::run(q, k, v, opts, p);
+    }
     match q.dtype().cpu_compute() {
         DType::F32 => run::<f32>(q, k, v, opts, p),
         DType::F64 => run::<f64>(q, k, v, opts, p),
@@ -193,6 +196,7 @@ impl<T: AttnFloat> BackwardOp for AttentionBackward<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Device;
 
     /// Forward + backward bits on a pool of `threads` threads.
     fn bits(threads: usize, b: usize, h: usize) -> Vec<u32> {

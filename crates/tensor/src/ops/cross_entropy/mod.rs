@@ -96,6 +96,10 @@ impl Tensor {
             }
             count += 1;
         }
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            return crate::cuda::ops_train::cross_entropy(self, targets, ignore_index, count);
+        }
         let dt = self.dtype();
         let xc = self.detach().to_dtype(dt.cpu_compute())?;
         let (sum, lse) = match dt.cpu_compute() {

@@ -39,6 +39,12 @@ impl BackwardOp for GeluBackward {
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let op = self.approx.name();
         let x = &self.input;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let k = crate::cuda::ops::gelu_code(self.approx == GeluApprox::Tanh);
+            let dx = crate::cuda::ops::gelu_bwd(&x.detach(), g, k)?;
+            return Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), x.shape())?)]);
+        }
         let dt = x.dtype();
         let (xc, gc) = (x.detach().to_dtype(dt.cpu_compute())?, g.to_dtype(dt.cpu_compute())?);
         let dx = match dt.cpu_compute() {
@@ -58,6 +64,11 @@ fn with2<T: CpuSlice>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[T], &[T]) -> Vec<
 fn gelu_impl(x: &Tensor, approx: GeluApprox) -> Result<Tensor> {
     let op = approx.name();
     x.check_float(op)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        let y = crate::cuda::ops::gelu(x, crate::cuda::ops::gelu_code(approx == GeluApprox::Tanh))?;
+        return Tensor::from_op(Storage::Cuda(y), x.shape(), &[x], || node(GeluBackward { input: x.clone(), approx }));
+    }
     let dt = x.dtype();
     let xc = x.detach().to_dtype(dt.cpu_compute())?;
     let y = match dt.cpu_compute() {

@@ -6,6 +6,8 @@ use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 const OP: &str = "layer_norm";
 
@@ -101,6 +103,10 @@ impl Tensor {
         let d = self.shape()[self.rank() - 1];
         check_param(self, weight, d)?;
         check_param(self, bias, d)?;
+        #[cfg(feature = "cuda")]
+        if self.device().is_cuda() {
+            return cuda::layer_norm(self, weight, bias, eps);
+        }
         match self.dtype().cpu_compute() {
             DType::F32 => fwd::<f32>(self, weight, bias, eps, cpu::layer_norm_fwd_f32),
             DType::F64 => fwd::<f64>(self, weight, bias, eps, cpu::layer_norm_fwd::<f64>),

@@ -31,6 +31,11 @@ impl BackwardOp for SoftmaxBackward {
     }
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (y, log) = (&self.y, self.log);
+        #[cfg(feature = "cuda")]
+        if y.device().is_cuda() {
+            let dx = crate::cuda::ops::softmax_bwd(y, g, log)?;
+            return Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), self.input.shape())?)]);
+        }
         let d = last_dim(y);
         let g = g.to_dtype(y.dtype())?;
         let dx = match y.dtype() {
@@ -55,6 +60,13 @@ fn last_dim(t: &Tensor) -> usize {
 fn softmax_impl(x: &Tensor, log: bool) -> Result<Tensor> {
     let op = name(log);
     x.check_float(op)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        // the kernels compute in f32 and the backward reads the saved output in x's dtype
+        let out = Tensor::from_storage(Storage::Cuda(crate::cuda::ops::softmax(x, log)?), x.shape())?;
+        let y = out.detach();
+        return Ok(out.with_history(&[x], || node(SoftmaxBackward { input: x.clone(), y, log })));
+    }
     let (dt, d) = (x.dtype(), last_dim(x));
     let xc = x.detach().to_dtype(dt.cpu_compute())?;
     let y = match dt.cpu_compute() {

@@ -1,0 +1,244 @@
+//! Tensor-level CUDA dispatch: each op's forward (and fused backward) calls one of these when its
+//! inputs live on a CUDA device. They take tensors (any layout), launch the kernels of
+//! `launch*.rs` and return a fresh contiguous [`CudaStorage`]; the op wraps it in a `Tensor` and
+//! records the same backward node as on the CPU. f32 / bf16 / f16 only (the kernels' types);
+//! f64 on CUDA is an `UnsupportedDType` error naming the op.
+use super::launch::{self, KLayout, KernelCopy};
+use super::launch_nn::GeluApprox;
+use super::storage::{out_buf, CudaElem, CudaStorage};
+use crate::storage::{CpuStorage, Storage};
+use crate::{DType, Device, Error, Result, Tensor};
+use half::{bf16, f16};
+
+/// Runs `$body` with `$T` bound to the kernel float type of `$dt` (f32 / bf16 / f16).
+macro_rules! float_dispatch {
+    ($op:expr, $dt:expr, $T:ident => $body:expr) => {
+        match $dt {
+            $crate::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::DType::BF16 => {
+                type $T = half::bf16;
+                $body
+            }
+            $crate::DType::F16 => {
+                type $T = half::f16;
+                $body
+            }
+            d => Err($crate::Error::UnsupportedDType { op: $op, dtype: d }),
+        }
+    };
+}
+pub(crate) use float_dispatch;
+
+/// The CUDA storage of `t`, or a device error naming `op`.
+pub fn storage_of(op: &'static str, t: &Tensor) -> Result<CudaStorage> {
+    match &*t.storage() {
+        Storage::Cuda(c) => Ok(c.clone()),
+        Storage::Cpu(_) => Err(Error::DeviceMismatch { op, lhs: t.device(), rhs: Device::Cpu }),
+    }
+}
+
+/// Errors with `DeviceMismatch` (naming `op` and both devices) unless all tensors share a device.
+pub fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    if let Some(first) = ts.first() {
+        for t in &ts[1..] {
+            if t.device() != first.device() {
+                return Err(Error::DeviceMismatch { op, lhs: first.device(), rhs: t.device() });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn copy_t<T: CudaElem + KernelCopy>(t: &Tensor, c: &CudaStorage) -> Result<CudaStorage> {
+    let b = c.backend();
+    let src = c.slice::<T>("contiguous")?;
+    let kl = KLayout::from_layout(t.layout())?;
+    let mut out = out_buf::<T>(b, t.elem_count())?;
+    b.copy::<T>(&mut out.slice_mut(..), &src.slice(t.layout().offset()..), &kl)?;
+    Ok(CudaStorage::from_slice(out, b))
+}
+
+/// A contiguous copy of `t` (the storage itself when `t` already covers it exactly).
+pub fn contiguous(t: &Tensor) -> Result<CudaStorage> {
+    let c = storage_of("contiguous", t)?;
+    if t.is_contiguous() && t.layout().offset() == 0 && c.len() == t.elem_count() {
+        return Ok(c);
+    }
+    match t.dtype() {
+        DType::F32 => copy_t::<f32>(t, &c),
+        DType::F64 => copy_t::<f64>(t, &c),
+        DType::BF16 => copy_t::<bf16>(t, &c),
+        DType::F16 => copy_t::<f16>(t, &c),
+        DType::I64 => copy_t::<i64>(t, &c),
+    }
+}
+
+/// Uploads a CPU tensor's elements (row-major) to `cuda:ordinal`.
+pub fn upload(t: &Tensor, ordinal: usize) -> Result<CudaStorage> {
+    CudaStorage::from_cpu(&t.storage_window()?, ordinal)
+}
+
+/// Downloads a CUDA tensor's elements (row-major).
+pub fn download(t: &Tensor) -> Result<CpuStorage> {
+    contiguous(t)?.to_cpu()
+}
+
+fn cast_t<A: launch::KernelFloat + CudaElem, B: launch::KernelFloat + CudaElem>(c: &CudaStorage) -> Result<CudaStorage> {
+    let b = c.backend();
+    let mut out = out_buf::<B>(b, c.len())?;
+    b.cast::<A, B>(&mut out.slice_mut(..), &c.slice::<A>("to_dtype")?.slice(..))?;
+    Ok(CudaStorage::from_slice(out, b))
+}
+
+/// `t` converted to `dtype` on its device. Float <-> float and i64 -> f32 run as kernels; the
+/// other pairs (f64, to i64) go through the host (a transfer, not a compute fallback).
+pub fn cast(t: &Tensor, dtype: DType) -> Result<CudaStorage> {
+    let c = contiguous(t)?;
+    let (from, to) = (t.dtype(), dtype);
+    let kernel_type = |d: DType| matches!(d, DType::F32 | DType::BF16 | DType::F16);
+    if kernel_type(from) && kernel_type(to) {
+        return float_dispatch!("to_dtype", from, A => float_dispatch!("to_dtype", to, B => cast_t::<A, B>(&c)));
+    }
+    if from == DType::I64 && to == DType::F32 {
+        let b = c.backend();
+        let mut out = out_buf::<f32>(b, c.len())?;
+        b.cast_i64_f32(&mut out.slice_mut(..), &c.slice::<i64>("to_dtype")?.slice(..))?;
+        return Ok(CudaStorage::from_slice(out, b));
+    }
+    CudaStorage::from_cpu(&c.to_cpu()?.to_dtype(to), c.backend().ordinal())
+}
+
+/// Maps kiln's unary op to the kernel's op code (None: no CUDA kernel for it).
+pub fn unary_code(op: crate::ops::unary::UnaryOp) -> Option<launch::UnaryOp> {
+    use crate::ops::unary::UnaryOp as U;
+    use launch::UnaryOp as K;
+    Some(match op {
+        U::Exp => K::Exp,
+        U::Log => K::Log,
+        U::Sqrt => K::Sqrt,
+        U::Tanh => K::Tanh,
+        U::Sqr => K::Sqr,
+        U::Recip => K::Recip,
+        U::Abs => K::Abs,
+        U::Relu => K::Relu,
+        U::Powf(_) => return None,
+    })
+}
+
+/// `op(x)` elementwise (any layout in, contiguous out).
+pub fn unary(name: &'static str, x: &Tensor, op: launch::UnaryOp) -> Result<CudaStorage> {
+    let c = storage_of(name, x)?;
+    let b = c.backend().clone();
+    let kl = KLayout::from_layout(x.layout())?;
+    float_dispatch!(name, x.dtype(), T => {
+        let mut out = out_buf::<T>(&b, x.elem_count())?;
+        b.unary_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>(name)?.slice(x.layout().offset()..), &kl, op)?;
+        Ok(CudaStorage::from_slice(out, &b))
+    })
+}
+
+/// `g * op'(x)` given the saved input `x` and output `y` (all the same shape).
+pub fn unary_bwd(name: &'static str, g: &Tensor, x: &Tensor, y: &Tensor, op: launch::UnaryOp) -> Result<CudaStorage> {
+    same_device(name, &[g, x, y])?;
+    let (gc, xc, yc) = (contiguous(g)?, contiguous(x)?, contiguous(y)?);
+    let b = gc.backend().clone();
+    float_dispatch!(name, x.dtype(), T => {
+        let mut out = out_buf::<T>(&b, x.elem_count())?;
+        let (xs, ys, gs) = (xc.slice::<T>(name)?, yc.slice::<T>(name)?, gc.slice::<T>(name)?);
+        b.unary_bwd::<T>(&mut out.slice_mut(..), &xs.slice(..), &ys.slice(..), &gs.slice(..), op)?;
+        Ok(CudaStorage::from_slice(out, &b))
+    })
+}
+
+/// `a op b` with numpy broadcasting to `shape`.
+pub fn binary(name: &'static str, a: &Tensor, b_: &Tensor, shape: &[usize], op: launch::BinaryOp) -> Result<CudaStorage> {
+    same_device(name, &[a, b_])?;
+    let (ca, cb) = (storage_of(name, a)?, storage_of(name, b_)?);
+    let (fa, fb) = (a.broadcast_as(shape)?, b_.broadcast_as(shape)?);
+    let (la, lb) = (KLayout::from_layout(fa.layout())?, KLayout::from_layout(fb.layout())?);
+    let be = ca.backend().clone();
+    let n: usize = shape.iter().product();
+    float_dispatch!(name, a.dtype(), T => {
+        let mut out = out_buf::<T>(&be, n)?;
+        let (sa, sb) = (ca.slice::<T>(name)?, cb.slice::<T>(name)?);
+        be.binary_fwd::<T>(&mut out.slice_mut(..), &sa.slice(fa.layout().offset()..), &la, &sb.slice(fb.layout().offset()..), &lb, op)?;
+        Ok(CudaStorage::from_slice(out, &be))
+    })
+}
+
+/// `x * mul + add`.
+pub fn affine(x: &Tensor, mul: f64, add: f64) -> Result<CudaStorage> {
+    let c = contiguous(x)?;
+    let b = c.backend().clone();
+    float_dispatch!("affine", x.dtype(), T => {
+        let mut out = out_buf::<T>(&b, x.elem_count())?;
+        b.affine_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>("affine")?.slice(..), mul as f32, add as f32)?;
+        Ok(CudaStorage::from_slice(out, &b))
+    })
+}
+
+/// Maps kiln's GELU flavour to the kernel's.
+pub fn gelu_code(tanh: bool) -> GeluApprox {
+    if tanh {
+        GeluApprox::Tanh
+    } else {
+        GeluApprox::Erf
+    }
+}
+
+/// GELU forward.
+pub fn gelu(x: &Tensor, approx: GeluApprox) -> Result<CudaStorage> {
+    let c = contiguous(x)?;
+    let b = c.backend().clone();
+    float_dispatch!("gelu", x.dtype(), T => {
+        let mut out = out_buf::<T>(&b, x.elem_count())?;
+        b.gelu_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>("gelu")?.slice(..), approx)?;
+        Ok(CudaStorage::from_slice(out, &b))
+    })
+}
+
+/// GELU backward: `dx = g * gelu'(x)` (fused kernel).
+pub fn gelu_bwd(x: &Tensor, g: &Tensor, approx: GeluApprox) -> Result<CudaStorage> {
+    same_device("gelu_bwd", &[x, g])?;
+    let (xc, gc) = (contiguous(x)?, contiguous(g)?);
+    let b = xc.backend().clone();
+    float_dispatch!("gelu_bwd", x.dtype(), T => {
+        let mut out = out_buf::<T>(&b, x.elem_count())?;
+        b.gelu_bwd::<T>(&mut out.slice_mut(..), &xc.slice::<T>("gelu_bwd")?.slice(..), &gc.slice::<T>("gelu_bwd")?.slice(..), approx)?;
+        Ok(CudaStorage::from_slice(out, &b))
+    })
+}
+
+fn rows_cols(t: &Tensor) -> (usize, usize) {
+    let cols = t.shape().last().copied().unwrap_or(1);
+    let rows = if cols == 0 { 0 } else { t.elem_count() / cols };
+    (rows, cols)
+}
+
+/// (log-)softmax over the last dim.
+pub fn softmax(x: &Tensor, log: bool) -> Result<CudaStorage> {
+    let c = contiguous(x)?;
+    let b = c.backend().clone();
+    let (rows, cols) = rows_cols(x);
+    float_dispatch!("softmax", x.dtype(), T => {
+        let mut out = out_buf::<T>(&b, x.elem_count())?;
+        b.softmax_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>("softmax")?.slice(..), rows, cols, log)?;
+        Ok(CudaStorage::from_slice(out, &b))
+    })
+}
+
+/// (log-)softmax backward from the saved output `y` (fused kernel).
+pub fn softmax_bwd(y: &Tensor, g: &Tensor, log: bool) -> Result<CudaStorage> {
+    same_device("softmax_bwd", &[y, g])?;
+    let (yc, gc) = (contiguous(y)?, contiguous(g)?);
+    let b = yc.backend().clone();
+    let (rows, cols) = rows_cols(y);
+    float_dispatch!("softmax_bwd", y.dtype(), T => {
+        let mut out = out_buf::<T>(&b, y.elem_count())?;
+        b.softmax_bwd::<T>(&mut out.slice_mut(..), &yc.slice::<T>("softmax_bwd")?.slice(..), &gc.slice::<T>("softmax_bwd")?.slice(..), rows, cols, log)?;
+        Ok(CudaStorage::from_slice(out, &b))
+    })
+}

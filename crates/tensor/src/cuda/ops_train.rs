@@ -1,0 +1,163 @@
+//! CUDA forward + fused backward of the training ops: embedding / index_select along dim 0
+//! (deterministic scatter-add backward), dropout (counter-based RNG shared with the CPU, so no
+//! mask is stored) and cross-entropy (saved log-sum-exp). Each returns the result `Tensor` with
+//! its backward node recorded, like the CPU path.
+use super::ops::{contiguous, float_dispatch, same_device, storage_of};
+use super::storage::{out_buf, CudaStorage};
+use crate::autograd::{node, BackwardOp};
+use crate::storage::{CpuStorage, Storage};
+use crate::{DType, Result, Tensor};
+
+/// Rows `ids` of `x` viewed as `[size, inner]` (select along dim 0): `[ids.len(), inner]`.
+fn select_rows(op: &'static str, x: &Tensor, ids: &CudaStorage, size: usize, inner: usize) -> Result<CudaStorage> {
+    let xc = contiguous(x)?;
+    let be = xc.backend().clone();
+    let n = ids.len();
+    float_dispatch!(op, x.dtype(), T => {
+        let mut out = out_buf::<T>(&be, n * inner)?;
+        be.embedding_fwd::<T>(&mut out.slice_mut(..), &xc.slice::<T>(op)?.slice(..), &ids.slice::<i64>(op)?.slice(..), inner, size)?;
+        Ok(CudaStorage::from_slice(out, &be))
+    })
+}
+
+struct SelectRowsBackward {
+    op: &'static str,
+    input: Tensor,
+    ids: CudaStorage,
+}
+
+impl BackwardOp for SelectRowsBackward {
+    fn name(&self) -> &'static str {
+        self.op
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.input.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let shape = self.input.shape();
+        let size = shape[0];
+        let inner: usize = shape[1..].iter().product();
+        let gc = contiguous(g)?;
+        let be = gc.backend().clone();
+        let op = self.op;
+        let dx = float_dispatch!(op, g.dtype(), T => {
+            let mut out = out_buf::<T>(&be, size * inner)?;
+            be.embedding_bwd::<T>(&mut out.slice_mut(..), &gc.slice::<T>(op)?.slice(..), &self.ids.slice::<i64>(op)?.slice(..), inner, size)?;
+            Ok(CudaStorage::from_slice(out, &be))
+        })?;
+        Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), shape)?)])
+    }
+}
+
+/// `index_select(0, ids)` of a CUDA tensor (the ids were validated on the host). Other dims are
+/// not implemented on CUDA yet.
+pub fn index_select(op: &'static str, x: &Tensor, dim: usize, ids: &[usize]) -> Result<Tensor> {
+    if dim != 0 {
+        return Err(super::not_implemented(&format!("{op} along dim {dim} (only dim 0)")));
+    }
+    let size = x.shape()[0];
+    let inner: usize = x.shape()[1..].iter().product();
+    let host = CpuStorage::I64(ids.iter().map(|&i| i as i64).collect());
+    let ids = CudaStorage::from_cpu(&host, storage_of(op, x)?.backend().ordinal())?;
+    let out = select_rows(op, x, &ids, size, inner)?;
+    let mut shape = x.shape().to_vec();
+    shape[0] = ids.len();
+    Tensor::from_op(Storage::Cuda(out), &shape, &[x], || node(SelectRowsBackward { op, input: x.clone(), ids }))
+}
+
+fn dropout_run(x: &Tensor, p: f64, seed: u64, bwd: bool) -> Result<CudaStorage> {
+    let xc = contiguous(x)?;
+    let be = xc.backend().clone();
+    float_dispatch!("dropout", x.dtype(), T => {
+        let mut out = out_buf::<T>(&be, x.elem_count())?;
+        let (o, i) = (&mut out.slice_mut(..), &xc.slice::<T>("dropout")?.slice(..));
+        if bwd { be.dropout_bwd::<T>(o, i, p as f32, seed)? } else { be.dropout_fwd::<T>(o, i, p as f32, seed)? }
+        Ok(CudaStorage::from_slice(out, &be))
+    })
+}
+
+struct DropoutBackward {
+    input: Tensor,
+    p: f64,
+    seed: u64,
+}
+
+impl BackwardOp for DropoutBackward {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.input.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let dx = dropout_run(g, self.p, self.seed, true)?;
+        Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), self.input.shape())?)])
+    }
+}
+
+/// Inverted dropout in training mode (`0 < p < 1`, already validated); the backward recomputes
+/// the mask from `(seed, index)`.
+pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    let y = dropout_run(x, p, seed, false)?;
+    Tensor::from_op(Storage::Cuda(y), x.shape(), &[x], || node(DropoutBackward { input: x.clone(), p, seed }))
+}
+
+struct CrossEntropyBackward {
+    logits: Tensor,
+    targets: Tensor,
+    lse: CudaStorage,
+    count: usize,
+    ignore: i64,
+}
+
+impl BackwardOp for CrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "cross_entropy"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.logits.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let op = "cross_entropy";
+        let x = &self.logits;
+        let (rows, vocab) = (x.shape()[0], x.shape()[1]);
+        let scale = if self.count == 0 { 0.0 } else { 1.0 / self.count as f64 };
+        // dloss = g / count, one f32 broadcast to every row (stays on the device: no sync)
+        let dloss = contiguous(&g.to_dtype(DType::F32)?.affine(scale, 0.0)?)?;
+        let (xc, tc) = (contiguous(&x.detach())?, contiguous(&self.targets)?);
+        let be = xc.backend().clone();
+        let dx = float_dispatch!(op, x.dtype(), T => {
+            let mut out = out_buf::<T>(&be, rows * vocab)?;
+            be.cross_entropy_bwd::<T>(
+                &mut out.slice_mut(..), &self.lse.slice::<f32>(op)?.slice(..), &dloss.slice::<f32>(op)?.slice(..),
+                &xc.slice::<T>(op)?.slice(..), &tc.slice::<i64>(op)?.slice(..), rows, vocab, self.ignore,
+            )?;
+            Ok(CudaStorage::from_slice(out, &be))
+        })?;
+        Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), x.shape())?)])
+    }
+}
+
+/// Mean cross-entropy of `[N, C]` logits over the `count` non-ignored targets (validated on the
+/// host by the caller), a 0-d tensor of the logits' dtype on the device.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore: i64, count: usize) -> Result<Tensor> {
+    let op = "cross_entropy";
+    same_device(op, &[logits, targets])?;
+    let (rows, vocab) = (logits.shape()[0], logits.shape()[1]);
+    let (xc, tc) = (contiguous(logits)?, contiguous(targets)?);
+    let be = xc.backend().clone();
+    let mut losses = out_buf::<f32>(&be, rows)?;
+    let mut lse = out_buf::<f32>(&be, rows)?;
+    float_dispatch!(op, logits.dtype(), T => {
+        be.cross_entropy_fwd::<T>(
+            &mut losses.slice_mut(..), &mut lse.slice_mut(..), &xc.slice::<T>(op)?.slice(..), &tc.slice::<i64>(op)?.slice(..), rows, vocab, ignore,
+        )
+    })?;
+    let losses = Tensor::from_storage(Storage::Cuda(CudaStorage::from_slice(losses, &be)), &[rows])?;
+    let scale = if count == 0 { 0.0 } else { 1.0 / count as f64 };
+    let loss = crate::no_grad(|| losses.sum_all()?.affine(scale, 0.0)?.to_dtype(logits.dtype()))?;
+    let lse = CudaStorage::from_slice(lse, &be);
+    let targets = targets.detach();
+    Ok(Tensor::from_storage(Storage::Cuda(storage_of(op, &loss)?), &[])?
+        .with_history(&[logits], || node(CrossEntropyBackward { logits: logits.clone(), targets, lse, count, ignore })))
+}

@@ -1,0 +1,85 @@
+//! Fused attention on CUDA (`kernels/attention.cu`): the forward saves `lse` (f32, on the device)
+//! and the backward runs the blockwise kernels. Limits of the CUDA path (clear errors): head dims
+//! of q/k and v must be equal and at most 128, and a causal call needs `Tq == Tk` (the kernel's
+//! causal mask is aligned bottom-right, kiln's top-left; they agree only for square calls).
+use super::cpu::Dims;
+use super::{AttentionOpts, OP};
+use crate::autograd::{node, BackwardOp};
+use crate::cuda::launch_attn::AttentionDims;
+use crate::cuda::ops::{contiguous, float_dispatch};
+use crate::cuda::storage::out_buf;
+use crate::cuda::{not_implemented, CudaStorage};
+use crate::storage::Storage;
+use crate::{DType, Result, Tensor};
+
+struct AttentionCudaBackward {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Option<CudaStorage>,
+    out: CudaStorage,
+    lse: CudaStorage,
+    dims: AttentionDims,
+}
+
+impl BackwardOp for AttentionCudaBackward {
+    fn name(&self) -> &'static str {
+        OP
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.q.clone(), self.k.clone(), self.v.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (qc, kc, vc, gc) = (contiguous(&self.q.detach())?, contiguous(&self.k.detach())?, contiguous(&self.v.detach())?, contiguous(g)?);
+        let be = qc.backend().clone();
+        let d = &self.dims;
+        let (dq, dk, dv) = float_dispatch!(OP, self.q.dtype(), T => {
+            let mut dq = out_buf::<T>(&be, self.q.elem_count())?;
+            let mut dk = out_buf::<T>(&be, self.k.elem_count())?;
+            let mut dv = out_buf::<T>(&be, self.v.elem_count())?;
+            let mask = self.mask.as_ref().map(|m| m.slice::<f32>(OP)).transpose()?.map(|s| s.slice(..));
+            be.attention_bwd::<T>(
+                &mut dq.slice_mut(..), &mut dk.slice_mut(..), &mut dv.slice_mut(..), &self.lse.slice::<f32>(OP)?.slice(..),
+                &self.out.slice::<T>(OP)?.slice(..), &gc.slice::<T>(OP)?.slice(..), &qc.slice::<T>(OP)?.slice(..),
+                &kc.slice::<T>(OP)?.slice(..), &vc.slice::<T>(OP)?.slice(..), mask.as_ref(), d,
+            )?;
+            Ok((CudaStorage::from_slice(dq, &be), CudaStorage::from_slice(dk, &be), CudaStorage::from_slice(dv, &be)))
+        })?;
+        let wrap = |s: CudaStorage, like: &Tensor| Tensor::from_storage(Storage::Cuda(s), like.shape()).map(Some);
+        Ok(vec![wrap(dq, &self.q)?, wrap(dk, &self.k)?, wrap(dv, &self.v)?])
+    }
+}
+
+/// The CUDA forward of `attention_with_lse` (shapes validated by the caller).
+pub(super) fn run(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, p: Dims) -> Result<(Tensor, Tensor)> {
+    if p.dv != p.d {
+        return Err(not_implemented("attention with a v head dim different from q/k's"));
+    }
+    if p.causal && p.tq != p.tk {
+        return Err(not_implemented("causal attention with Tq != Tk"));
+    }
+    let dims = AttentionDims { batch: p.b, heads: p.h, q_len: p.tq, kv_len: p.tk, head_dim: p.d, scale: p.scale as f32, causal: p.causal };
+    let (qc, kc, vc) = (contiguous(q)?, contiguous(k)?, contiguous(v)?);
+    let mask = match &opts.key_padding_mask {
+        Some(m) => Some(contiguous(&m.detach().to_dtype(DType::F32)?)?),
+        None => None,
+    };
+    let be = qc.backend().clone();
+    let mut lse = out_buf::<f32>(&be, p.b * p.h * p.tq)?;
+    let out = float_dispatch!(OP, q.dtype(), T => {
+        let mut out = out_buf::<T>(&be, q.elem_count())?;
+        let mv = mask.as_ref().map(|m| m.slice::<f32>(OP)).transpose()?.map(|s| s.slice(..));
+        be.attention_fwd::<T>(
+            &mut out.slice_mut(..), &mut lse.slice_mut(..), &qc.slice::<T>(OP)?.slice(..), &kc.slice::<T>(OP)?.slice(..),
+            &vc.slice::<T>(OP)?.slice(..), mv.as_ref(), &dims,
+        )?;
+        Ok(CudaStorage::from_slice(out, &be))
+    })?;
+    let lse = CudaStorage::from_slice(lse, &be);
+    let lse_t = Tensor::from_storage(Storage::Cuda(lse.clone()), &[p.b, p.h, p.tq])?;
+    let saved = out.clone();
+    let o = Tensor::from_storage(Storage::Cuda(out), q.shape())?.with_history(&[q, k, v], || {
+        node(AttentionCudaBackward { q: q.clone(), k: k.clone(), v: v.clone(), mask, out: saved, lse, dims })
+    });
+    Ok((o, lse_t))
+}

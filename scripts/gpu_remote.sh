@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Runs ON the GPU machine (no Rust there), from the folder scripts/gpu_run.sh packed:
+#   bash gpu-carry/gpu_remote.sh [tests|cli|sanitize|all]     (default: tests)
+#   tests    nvidia-smi, library discovery, kiln-tensor unit tests, kernels_compile, gpu_ops,
+#            hf_parity on cpu and on cuda, `kiln kernels`                      (~3-6 min)
+#   cli      `kiln train --device cuda` GPT-2 + BERT (--json), `kiln forward --device cuda` on
+#            every HF fixture compared with the fixture's expected outputs        (~2-4 min)
+#   sanitize compute-sanitizer memcheck and racecheck on the gpu_ops tests       (~5-9 min)
+# Each device-tool command may run 10 minutes: run the stages as separate commands.
+# Logs: $OUT/gpu-logs/<stage>/*.log and $OUT/gpu-logs/<stage>/SUMMARY (PASS/FAIL per step).
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+STAGE_NAME="${1:-tests}"
+OUT="${OUT:-$HERE/out}"
+WORK="${KILN_GPU_WORK:-/tmp/kiln-gpu}"
+mkdir -p "$WORK"
+if [ ! -x "$WORK/bin/kiln" ] || [ "$HERE/payload.tar.xz" -nt "$WORK/bin/kiln" ]; then
+  rm -rf "$WORK"/{bin,tests,fixtures}
+  tar -C "$WORK" -xJf "$HERE/payload.tar.xz" 2>/dev/null ||
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$HERE/payload.tar.xz" "$WORK"
+fi
+KILN="$WORK/bin/kiln"
+T="$WORK/tests"
+FIX="$WORK/fixtures"
+
+# ----- libraries: libcuda (driver), libnvrtc.so.13 + builtins, libcublas(Lt).so.13, CUDA headers
+dirs=()
+add_dir() { [ -d "$1" ] && case ":${LD_LIBRARY_PATH:-}:" in *":$1:"*) ;; *) dirs+=("$1"); LD_LIBRARY_PATH="$1${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}";; esac; }
+find_lib() { # $1 = file name: ldconfig, the toolkit, then pip wheels (nvidia.* packages)
+  local p
+  p=$(ldconfig -p 2>/dev/null | awk -v n="$1" '$1 == n {print $NF; exit}')
+  [ -n "$p" ] && { echo "$p"; return; }
+  for d in ${CUDA_HOME:-/usr/local/cuda}/lib64 /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/lib64 /usr/lib/x86_64-linux-gnu; do
+    [ -e "$d/$1" ] && { echo "$d/$1"; return; }
+  done
+  python3 - "$1" 2>/dev/null <<'PY'
+import glob, os, site, sys
+roots = site.getsitepackages() + [site.getusersitepackages()]
+try:
+    import nvidia
+    roots += list(nvidia.__path__)
+except Exception:
+    pass
+for r in roots:
+    hits = glob.glob(os.path.join(r, "**", sys.argv[1]), recursive=True)
+    if hits:
+        print(hits[0]); break
+PY
+}
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
+for lib in libnvrtc.so.13 libnvrtc-builtins.so.13.0 libcublas.so.13 libcublasLt.so.13; do
+  p=$(find_lib "$lib")
+  [ -n "$p" ] && add_dir "$(dirname "$(readlink -f "$p")")" && add_dir "$(dirname "$p")"
+done
+export LD_LIBRARY_PATH
+if [ -z "${KILN_CUDA_INCLUDE:-}" ]; then
+  for d in ${CUDA_HOME:-/usr/local/cuda}/include /usr/local/cuda/include /usr/local/cuda/targets/x86_64-linux/include; do
+    [ -f "$d/cuda_bf16.h" ] && { export KILN_CUDA_INCLUDE="$d"; break; }
+  done
+fi
+export KILN_CACHE_DIR="$WORK/kernel-cache" KILN_REQUIRE_GPU=1 KILN_REQUIRE_NVRTC=1 RUST_BACKTRACE=1
+export KILN_FIXTURES_DIR="$FIX"
+
+LOG="$OUT/gpu-logs/$STAGE_NAME"
+mkdir -p "$LOG"
+SUMMARY="$LOG/SUMMARY"
+: >"$SUMMARY"
+step() { # step NAME TIMEOUT_S CMD... : runs with a time limit, logs, records PASS/FAIL
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  echo "=== $name: $*" | tee -a "$LOG/commands.log"
+  timeout "$limit" "$@" >"$LOG/$name.log" 2>&1
+  local rc=$?
+  local verdict=PASS
+  [ $rc -ne 0 ] && verdict="FAIL (rc $rc$([ $rc -eq 124 ] && echo ', timed out'))"
+  echo "$verdict  $name  $(( $(date +%s) - t0 ))s" | tee -a "$SUMMARY"
+  tail -n 5 "$LOG/$name.log"
+}
+
+stage_tests() {
+  { cat "$WORK/BUILD_INFO"; echo; date -u; uname -a; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; echo "KILN_CUDA_INCLUDE=${KILN_CUDA_INCLUDE:-}";
+    for l in libcuda.so.1 libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13; do echo "$l -> $(find_lib $l)"; done
+    ldd "$KILN"; } >"$LOG/env.log" 2>&1
+  step nvidia-smi 60 nvidia-smi
+  step tensor_lib 300 "$T/kiln_tensor_lib" --test-threads=1
+  step kernels_compile 300 "$T/kernels_compile" --test-threads=1 --nocapture
+  step gpu_ops 420 "$T/gpu_ops" --test-threads=1 --nocapture
+  step hf_parity_cpu 300 "$T/hf_parity" --test-threads=2
+  step hf_parity_cuda 300 env KILN_TEST_DEVICE=cuda "$T/hf_parity" --test-threads=1
+  step kiln_kernels 300 "$KILN" kernels --arch sm_90 --out "$LOG/kernels"
+}
+
+stage_cli() {
+  local run="$WORK/runs"
+  rm -rf "$run"; mkdir -p "$run"
+  step train_gpt2_cuda 300 "$KILN" train --model gpt2-tiny --device cuda --steps 30 --batch 8 --seq 64 --json --sample-tokens 0 --out "$run/gpt2"
+  step train_bert_cuda 300 "$KILN" train --model bert-tiny --device cuda --steps 30 --batch 8 --seq 64 --json --out "$run/bert"
+  for fx in "$FIX"/*/; do
+    fx=${fx%/}; n=$(basename "$fx")
+    [ -f "$fx/batch.json" ] && [ -f "$fx/expected.safetensors" ] || continue
+    step "forward_cuda_$n" 120 "$KILN" forward --model "$fx" --batch "$fx/batch.json" --device cuda --out "$run/$n.safetensors"
+    [ -f "$run/$n.safetensors" ] && step "compare_$n" 120 python3 "$WORK/compare_safetensors.py" "$run/$n.safetensors" "$fx/expected.safetensors" 1e-4
+  done
+}
+
+stage_sanitize() {
+  local cs
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+  if [ -z "$cs" ]; then echo "FAIL  compute-sanitizer not found" | tee -a "$SUMMARY"; return; fi
+  # Smaller shapes are not available to a test binary: run the quick tests under racecheck, all under memcheck.
+  step memcheck 420 "$cs" --tool memcheck --leak-check no --error-exitcode 99 "$T/gpu_ops" --test-threads=1
+  step racecheck 240 "$cs" --tool racecheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 --skip attention_fused
+  step racecheck_attention 300 "$cs" --tool racecheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 attention_fused
+}
+
+case "$STAGE_NAME" in
+  tests) stage_tests ;;
+  cli) stage_cli ;;
+  sanitize) stage_sanitize ;;
+  all) stage_tests; stage_cli; stage_sanitize ;;
+  *) echo "usage: $0 [tests|cli|sanitize|all]" >&2; exit 2 ;;
+esac
+echo "--- $STAGE_NAME summary (logs in $LOG)"
+cat "$SUMMARY"
+! grep -q '^FAIL' "$SUMMARY"

@@ -1,0 +1,236 @@
+//! Every wired CUDA op against the CPU reference, values and gradients, in f32 / bf16 / f16, on
+//! random odd-sized shapes (strided views included). New op outputs are poisoned with NaN before
+//! each launch (see `testing::gpu_device`), so an element a kernel forgets to write fails.
+//!
+//! Without a CUDA device every test prints `SKIPPED (no CUDA device): <test>` and passes (set
+//! `KILN_REQUIRE_GPU=1` to make that a failure, as scripts/gpu_remote.sh does). The tests that
+//! do not need a device (`no_device_*`) check the errors of the GPU-less path.
+use kiln::tensor::ops::attention::AttentionOpts;
+use kiln::tensor::testing::{gpu_device, gpu_tol, scaled_err};
+use kiln::{DType, Device, Error, Result, Tensor};
+
+const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+/// Seeded CPU input of `dt` (values N(0,1), or `|x| + 0.5` when `positive`).
+fn input(seed: u64, shape: &[usize], dt: DType, positive: bool) -> Tensor {
+    let x = Tensor::randn(seed, shape, 0.0, 1.0, DType::F32, Device::Cpu).unwrap();
+    let x = if positive { x.abs().unwrap().add_scalar(0.5).unwrap() } else { x };
+    x.to_dtype(dt).unwrap()
+}
+
+/// Runs `f` on the CPU (f32, from the dtype-rounded inputs) and on `dev` (in each dtype), compares
+/// outputs and, with `grad`, the gradients of `sum(f(x) * w)` for a fixed random `w`.
+fn check(name: &str, dev: Device, shapes: &[&[usize]], positive: bool, grad: bool, f: impl Fn(&[Tensor]) -> Result<Tensor>) {
+    for dt in DTYPES {
+        let what = format!("{name} [{dt}]");
+        let host: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| input(17 + i as u64, s, dt, positive)).collect();
+        let ref_in: Vec<Tensor> = host.iter().map(|x| x.to_dtype(DType::F32).unwrap().var()).collect();
+        let gpu_in: Vec<Tensor> = host.iter().map(|x| x.to_device(dev).unwrap().var()).collect();
+        let y_ref = f(&ref_in).unwrap_or_else(|e| panic!("{what}: cpu: {e}"));
+        let y = f(&gpu_in).unwrap_or_else(|e| panic!("{what}: cuda: {e}"));
+        assert_eq!(y.device(), dev, "{what}: output device");
+        assert_eq!(y.shape(), y_ref.shape(), "{what}: output shape");
+        let tol = gpu_tol(dt);
+        let e = scaled_err(&y.to_dtype(DType::F32).unwrap(), &y_ref).unwrap();
+        assert!(e <= tol, "{what}: forward scaled error {e:.3e} > {tol:.1e}");
+        if !grad {
+            continue;
+        }
+        let w = Tensor::randn(99, y_ref.shape(), 0.0, 1.0, DType::F32, Device::Cpu).unwrap();
+        y_ref.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        let wd = w.to_dtype(y.dtype()).unwrap().to_device(dev).unwrap();
+        y.mul(&wd).unwrap().sum_all().unwrap().backward().unwrap_or_else(|e| panic!("{what}: cuda backward: {e}"));
+        let gtol = if dt == DType::F32 { tol } else { 2.0 * tol };
+        for (i, (a, b)) in gpu_in.iter().zip(&ref_in).enumerate() {
+            let (ga, gb) = (a.grad().unwrap_or_else(|| panic!("{what}: no gradient for input {i}")), b.grad().unwrap());
+            assert_eq!(ga.device(), dev, "{what}: gradient {i} device");
+            let e = scaled_err(&ga.to_dtype(DType::F32).unwrap(), &gb).unwrap();
+            assert!(e <= gtol, "{what}: gradient {i} scaled error {e:.3e} > {gtol:.1e}");
+        }
+        eprintln!("ok: {what}");
+    }
+}
+
+macro_rules! gpu_test {
+    ($name:ident, |$dev:ident| $body:block) => {
+        #[test]
+        fn $name() {
+            let Some($dev) = gpu_device(stringify!($name)) else { return };
+            $body
+        }
+    };
+}
+
+gpu_test!(transfers_round_trip, |dev| {
+    for dt in [DType::F32, DType::F64, DType::BF16, DType::F16, DType::I64] {
+        let x = input(1, &[3, 5, 7], DType::F32, false).mul_scalar(10.0).unwrap().to_dtype(dt).unwrap();
+        let g = x.to_device(dev).unwrap();
+        assert_eq!((g.device(), g.dtype(), g.shape()), (dev, dt, x.shape()));
+        assert_eq!(g.to_vec_f64().unwrap(), x.to_vec_f64().unwrap(), "{dt}: upload/download");
+        let t = x.permute(&[2, 0, 1]).unwrap();
+        let gt = g.permute(&[2, 0, 1]).unwrap().contiguous().unwrap();
+        assert_eq!(gt.to_vec_f64().unwrap(), t.to_vec_f64().unwrap(), "{dt}: permute copy");
+        let n = g.narrow(1, 1, 3).unwrap().to_device(Device::Cpu).unwrap();
+        assert_eq!(n.to_vec_f64().unwrap(), x.narrow(1, 1, 3).unwrap().to_vec_f64().unwrap(), "{dt}: narrow download");
+    }
+    let z = Tensor::zeros(&[1, 1], DType::F32, dev).unwrap();
+    assert_eq!((z.device(), z.to_vec::<f32>().unwrap()), (dev, vec![0.0]));
+    let r = Tensor::randn(5, &[17, 1000], 0.0, 1.0, DType::BF16, dev).unwrap();
+    assert_eq!(r.to_vec_f64().unwrap(), Tensor::randn(5, &[17, 1000], 0.0, 1.0, DType::BF16, Device::Cpu).unwrap().to_vec_f64().unwrap());
+});
+
+gpu_test!(casts_match_cpu, |dev| {
+    let x = input(2, &[17, 1000], DType::F32, false);
+    for a in [DType::F32, DType::BF16, DType::F16, DType::F64] {
+        for b in [DType::F32, DType::BF16, DType::F16, DType::F64, DType::I64] {
+            let want = x.to_dtype(a).unwrap().to_dtype(b).unwrap();
+            let got = x.to_dtype(a).unwrap().to_device(dev).unwrap().to_dtype(b).unwrap();
+            assert_eq!(got.device(), dev);
+            assert_eq!(got.to_vec_f64().unwrap(), want.to_vec_f64().unwrap(), "cast {a} -> {b}");
+        }
+    }
+    let ids = Tensor::from_vec(vec![3i64, -2, 0, 1 << 20], &[4]).unwrap();
+    assert_eq!(ids.to_device(dev).unwrap().to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap(), vec![3.0, -2.0, 0.0, (1 << 20) as f32]);
+});
+
+gpu_test!(unary_ops, |dev| {
+    type F = fn(&Tensor) -> Result<Tensor>;
+    let ops: [(&str, F, bool); 8] = [
+        ("exp", Tensor::exp, false),
+        ("log", Tensor::log, true),
+        ("sqrt", Tensor::sqrt, true),
+        ("tanh", Tensor::tanh, false),
+        ("sqr", Tensor::sqr, false),
+        ("recip", Tensor::recip, true),
+        ("abs", Tensor::abs, false),
+        ("relu", Tensor::relu, false),
+    ];
+    for (name, op, positive) in ops {
+        check(name, dev, &[&[3, 5, 7]], positive, true, |x| op(&x[0]));
+        check(&format!("{name} (transposed view)"), dev, &[&[17, 33]], positive, true, |x| op(&x[0].t()?));
+        check(&format!("{name} 1x1"), dev, &[&[1, 1]], positive, true, |x| op(&x[0]));
+    }
+});
+
+gpu_test!(binary_ops_broadcast, |dev| {
+    check("add", dev, &[&[3, 5, 7], &[5, 1]], false, true, |x| x[0].add(&x[1]));
+    check("sub", dev, &[&[17, 1000], &[1000]], false, true, |x| x[0].sub(&x[1]));
+    check("mul", dev, &[&[3, 5, 7], &[3, 1, 7]], false, true, |x| x[0].mul(&x[1]));
+    check("div", dev, &[&[3, 5, 7], &[7]], true, true, |x| x[0].div(&x[1]));
+    check("mul (transposed lhs)", dev, &[&[7, 5], &[5, 7]], false, true, |x| x[0].t()?.mul(&x[1]));
+    check("affine", dev, &[&[17, 1000]], false, true, |x| x[0].affine(-1.5, 0.25));
+    check("neg 1x1", dev, &[&[1, 1]], false, true, |x| x[0].neg());
+});
+
+gpu_test!(reductions, |dev| {
+    check("sum dims 0,2", dev, &[&[3, 5, 7]], false, true, |x| x[0].sum_dims(&[0, 2], false));
+    check("sum leading (bias grad)", dev, &[&[17, 1000]], false, true, |x| x[0].sum_dims(&[0], true));
+    check("sum last", dev, &[&[17, 1000]], false, true, |x| x[0].sum(-1, false));
+    check("mean_all", dev, &[&[3, 5, 7]], false, true, |x| x[0].mean_all());
+    check("sum of a permuted view", dev, &[&[3, 5, 7]], false, true, |x| x[0].permute(&[2, 0, 1])?.sum_dims(&[1], false));
+});
+
+gpu_test!(matmul_cublas, |dev| {
+    check("mm", dev, &[&[5, 7], &[7, 4]], false, true, |x| x[0].matmul(&x[1]));
+    check("mm 17x33x1000", dev, &[&[17, 33], &[33, 1000]], false, true, |x| x[0].matmul(&x[1]));
+    check("mm 1x1", dev, &[&[1, 1], &[1, 1]], false, true, |x| x[0].matmul(&x[1]));
+    check("activations @ weight", dev, &[&[3, 5, 7], &[7, 9]], false, true, |x| x[0].matmul(&x[1]));
+    check("transposed operands", dev, &[&[7, 5], &[9, 7]], false, true, |x| x[0].t()?.matmul(&x[1].t()?));
+    check("batched broadcast", dev, &[&[2, 3, 5, 7], &[3, 7, 4]], false, true, |x| x[0].matmul(&x[1]));
+    check("vector @ matrix", dev, &[&[7], &[7, 3]], false, true, |x| x[0].matmul(&x[1]));
+});
+
+gpu_test!(gelu_both_forms, |dev| {
+    check("gelu", dev, &[&[17, 1000]], false, true, |x| x[0].gelu());
+    check("gelu_tanh", dev, &[&[17, 1000]], false, true, |x| x[0].gelu_tanh());
+    check("gelu (strided)", dev, &[&[3, 5, 7]], false, true, |x| x[0].permute(&[2, 1, 0])?.gelu());
+});
+
+gpu_test!(softmax_and_log_softmax, |dev| {
+    for shape in [&[3usize, 5, 7][..], &[17, 1000], &[1, 1]] {
+        check("softmax", dev, &[shape], false, true, |x| x[0].softmax_last_dim());
+        check("log_softmax", dev, &[shape], false, true, |x| x[0].log_softmax_last_dim());
+    }
+});
+
+gpu_test!(layer_norm_fused, |dev| {
+    check("layer_norm w+b", dev, &[&[17, 1000], &[1000], &[1000]], false, true, |x| x[0].layer_norm(Some(&x[1]), Some(&x[2]), 1e-5));
+    check("layer_norm no affine", dev, &[&[3, 5, 7]], false, true, |x| x[0].layer_norm(None, None, 1e-12));
+    check("layer_norm bias only", dev, &[&[3, 5, 7], &[7]], false, true, |x| x[0].layer_norm(None, Some(&x[1]), 1e-5));
+    check("layer_norm weight only", dev, &[&[3, 5, 7], &[7]], false, true, |x| x[0].layer_norm(Some(&x[1]), None, 1e-5));
+});
+
+gpu_test!(embedding_and_index_select, |dev| {
+    let ids = Tensor::from_vec(vec![3i64, 0, 49, 3, 3, 7, 12, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 40], &[3, 7]).unwrap();
+    check("embedding", dev, &[&[50, 24]], false, true, |x| Tensor::embedding(&ids.to_device(x[0].device())?, &x[0]));
+    let rows = Tensor::from_vec(vec![4i64, 0, 4, 2], &[4]).unwrap();
+    check("index_select dim 0", dev, &[&[5, 3, 7]], false, true, |x| x[0].index_select(0, &rows.to_device(x[0].device())?));
+});
+
+gpu_test!(dropout_same_mask_as_cpu, |dev| {
+    check("dropout", dev, &[&[17, 1000]], false, true, |x| x[0].dropout(0.3, 1234, true));
+    check("dropout (strided)", dev, &[&[3, 5, 7]], false, true, |x| x[0].t()?.dropout(0.1, 7, true));
+});
+
+gpu_test!(cross_entropy_fused, |dev| {
+    let targets = Tensor::from_vec((0..37).map(|i| if i % 5 == 0 { -100 } else { (i * 7) % 50 }).collect::<Vec<i64>>(), &[37]).unwrap();
+    check("cross_entropy", dev, &[&[37, 50]], false, true, |x| x[0].cross_entropy(&targets.to_device(x[0].device())?, -100));
+    let t1 = Tensor::from_vec(vec![999i64], &[1]).unwrap();
+    check("cross_entropy 1x1000", dev, &[&[1, 1000]], false, true, |x| x[0].cross_entropy(&t1.to_device(x[0].device())?, -100));
+});
+
+gpu_test!(attention_fused, |dev| {
+    for d in [32usize, 64, 80, 96, 128] {
+        let (b, h, t) = (2, 3, 97);
+        let shape = [b, h, t, d];
+        check(&format!("attention d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
+            x[0].attention(&x[1], &x[2], &AttentionOpts::default())
+        });
+        check(&format!("attention causal d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
+            x[0].attention(&x[1], &x[2], &AttentionOpts { causal: true, ..Default::default() })
+        });
+        let mask: Vec<i64> = (0..b * t).map(|i| if i >= t && i % t >= t - 20 { 0 } else { 1 }).collect();
+        let mask = Tensor::from_vec(mask, &[b, t]).unwrap();
+        check(&format!("attention key padding d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
+            let m = mask.to_device(x[0].device())?;
+            x[0].attention(&x[1], &x[2], &AttentionOpts { key_padding_mask: Some(m), ..Default::default() })
+        });
+    }
+    // Tq != Tk (not causal) and a permuted (non-contiguous) q, as the models produce
+    check("attention Tq != Tk", dev, &[&[1, 2, 5, 32], &[1, 2, 9, 32], &[1, 2, 9, 32]], false, true, |x| {
+        x[0].attention(&x[1], &x[2], &AttentionOpts::default())
+    });
+    check("attention permuted q", dev, &[&[2, 7, 3, 64], &[2, 3, 7, 64], &[2, 3, 7, 64]], false, true, |x| {
+        x[0].permute(&[0, 2, 1, 3])?.attention(&x[1], &x[2], &AttentionOpts { causal: true, ..Default::default() })
+    });
+});
+
+gpu_test!(errors_not_fallbacks, |dev| {
+    let x = Tensor::randn(0, &[3, 5], 0.0, 1.0, DType::F32, dev).unwrap();
+    let c = Tensor::randn(0, &[3, 5], 0.0, 1.0, DType::F32, Device::Cpu).unwrap();
+    match x.add(&c) {
+        Err(Error::DeviceMismatch { op, lhs, rhs }) => assert_eq!((op, lhs, rhs), ("add", dev, Device::Cpu)),
+        other => panic!("mixed devices must be DeviceMismatch, got {other:?}"),
+    }
+    // an op with no CUDA arm yet: a clear error, never a silent CPU fallback
+    let e = x.eq_scalar(0.0).expect_err("eq_scalar has no CUDA arm yet");
+    assert!(e.to_string().contains("not implemented on CUDA"), "{e}");
+    let e = x.to_dtype(DType::F64).unwrap().exp().expect_err("f64 has no CUDA kernels");
+    assert!(e.to_string().contains("exp"), "{e}");
+});
+
+#[test]
+fn no_device_errors_are_clear() {
+    if kiln::tensor::cuda::is_available() {
+        eprintln!("SKIPPED (a CUDA device exists): no_device_errors_are_clear");
+        return;
+    }
+    for e in [
+        Tensor::zeros(&[2], DType::F32, Device::Cuda(0)).unwrap_err(),
+        Tensor::randn(0, &[2], 0.0, 1.0, DType::F32, Device::Cuda(0)).unwrap_err(),
+        Tensor::ones(&[2], DType::F32, Device::Cpu).unwrap().to_device(Device::Cuda(0)).unwrap_err(),
+    ] {
+        assert!(matches!(e, Error::CudaUnavailable(_)), "{e:?}");
+        assert!(e.to_string().to_lowercase().contains("cuda"), "{e}");
+    }
+}
