@@ -29,6 +29,7 @@
 //     + 2 * 32 * 4 bytes (27.9 KB at D = 64, 52.5 KB at D = 128: above 48 KB, opt in with
 //     cudaFuncSetAttribute(MaxDynamicSharedMemorySize)).
 //   Each output element is written by exactly one block (no atomics): deterministic.
+#include "common.cuh"
 #include "tensor_core.cuh"
 
 #define TC_WARPS 4
