@@ -1,7 +1,7 @@
 //! `kiln generate`: greedy or sampled continuation from a GPT-2 checkpoint.
 use clap::Args;
 use kiln::model::gpt::SampleOptions;
-use kiln::model::model::Model;
+use kiln::model::tokenize;
 use kiln::{Device, Error, Result};
 use std::path::PathBuf;
 
@@ -27,15 +27,11 @@ pub struct GenerateArgs {
 pub fn run(a: GenerateArgs) -> Result<()> {
     let device: Device = a.device.parse()?;
     let l = super::load_model_dir(&a.model, 0, device)?;
-    let Model::Gpt2(m) = &l.model else {
-        return Err(Error::msg("generate: the model is not a GPT-2 (causal LM)"));
-    };
+    let m = l.model.as_gpt2().map_err(|e| Error::msg(format!("generate: {e}")))?;
     let tok = l.tokenizer.ok_or_else(|| Error::msg(format!("generate: no tokenizer.json in {}", a.model.display())))?;
-    let enc = tok.encode(a.prompt.as_str(), false).map_err(|e| Error::msg(format!("tokenizer: {e}")))?;
-    let prompt: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
-    let eos = kiln::model::tokenize::SpecialIds::of(&tok).eot.map(|i| i as i64);
+    let prompt = tokenize::encode_ids(&tok, &a.prompt)?;
+    let eos = tokenize::SpecialIds::of(&tok).eot.map(|i| i as i64);
     let ids = m.generate(&prompt, &SampleOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, seed: a.seed, eos })?;
-    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-    println!("{}", tok.decode(&ids, true).map_err(|e| Error::msg(format!("tokenizer: {e}")))?);
+    println!("{}", tokenize::decode_ids(&tok, &ids)?);
     Ok(())
 }

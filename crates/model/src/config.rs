@@ -337,6 +337,24 @@ impl ModelConfig {
             }
         }
     }
+    /// The HF architecture name (`architectures[0]` of `config.json`, e.g.
+    /// `"BertForSequenceClassification"`), which picks the head [`crate::model::Model::build`] puts on a BERT.
+    pub fn architecture(&self) -> Option<&str> {
+        let extra = match self {
+            ModelConfig::Bert(c) => &c.extra,
+            ModelConfig::Gpt2(c) => &c.extra,
+        };
+        extra.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str())
+    }
+    /// Sets `architectures` to `[name]` (e.g. turn a `bert-tiny` preset into a
+    /// `BertForSequenceClassification`; set the label count with [`BertConfig::set_num_labels`]).
+    pub fn set_architecture(&mut self, name: &str) {
+        let extra = match self {
+            ModelConfig::Bert(c) => &mut c.extra,
+            ModelConfig::Gpt2(c) => &mut c.extra,
+        };
+        extra.insert("architectures".into(), serde_json::json!([name]));
+    }
     /// Longest sequence the position embeddings allow.
     pub fn max_positions(&self) -> usize {
         match self {

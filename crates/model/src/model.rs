@@ -5,7 +5,8 @@ use crate::data::Batch;
 use crate::gpt::Gpt2LmHeadModel;
 use crate::nn::ForwardCtx;
 use crate::params::ParamStore;
-use kiln_tensor::{Error, Result, Tensor};
+use kiln_tensor::{DType, Device, Error, Result, Tensor};
+use std::path::Path;
 
 /// A model built from a [`ModelConfig`], its parameters living in a [`ParamStore`].
 pub enum Model {
@@ -20,6 +21,13 @@ pub struct Outputs {
     pub loss: Option<Tensor>,
 }
 
+impl Outputs {
+    /// The output named `name` (`"logits"`, `"pooler_output"`, ...), if the model produced it.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|(k, _)| k == name).map(|(_, t)| t)
+    }
+}
+
 impl Model {
     /// Builds the model for `cfg`: GPT-2 → GPT2LMHeadModel; BERT → the head named by the
     /// config's `architectures` (default BertForMaskedLM).
@@ -27,11 +35,19 @@ impl Model {
         match cfg {
             ModelConfig::Gpt2(c) => Ok(Model::Gpt2(Gpt2LmHeadModel::new(ps, c)?)),
             ModelConfig::Bert(c) => {
-                let arch = c.extra.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("BertForMaskedLM");
+                let arch = cfg.architecture().unwrap_or("BertForMaskedLM");
                 let task = BertTask::from_architecture(arch)
                     .ok_or_else(|| Error::msg(format!("unsupported BERT architecture '{arch}' (BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering)")))?;
                 Ok(Model::Bert(BertWithHead::new(ps, c, task)?))
             }
+        }
+    }
+
+    /// The GPT-2 language model, or an error naming what was expected (for callers that need one).
+    pub fn as_gpt2(&self) -> Result<&Gpt2LmHeadModel> {
+        match self {
+            Model::Gpt2(m) => Ok(m),
+            Model::Bert(_) => Err(Error::msg("expected a GPT-2 (causal LM) model, got a BERT")),
         }
     }
 
@@ -85,5 +101,46 @@ impl Model {
             }
         }
         Ok(o)
+    }
+}
+
+/// A model loaded from a Hugging Face-layout directory: `config.json`, `model.safetensors` when
+/// present (a directory with only `config.json` means freshly initialised weights) and
+/// `tokenizer.json` when present.
+///
+/// ```no_run
+/// use kiln_model::model::LoadedModel;
+/// let m = LoadedModel::from_dir("tests/fixtures/gpt2_lm", 0, kiln_tensor::Device::Cpu)?;
+/// let gpt = m.model.as_gpt2()?;
+/// # Ok::<(), kiln_tensor::Error>(())
+/// ```
+pub struct LoadedModel {
+    pub cfg: ModelConfig,
+    /// The parameters (f32 on the requested device), under their HF names.
+    pub store: ParamStore,
+    pub model: Model,
+    pub tokenizer: Option<crate::tokenize::Tokenizer>,
+}
+
+impl LoadedModel {
+    /// Loads `dir` strictly (every weight of the model must be in the file, with its shape);
+    /// `seed` initialises the weights when the directory has no `model.safetensors`. Missing
+    /// directories, bad configs and mismatched weights are errors naming the file.
+    pub fn from_dir(dir: impl AsRef<Path>, seed: u64, device: Device) -> Result<LoadedModel> {
+        let dir = dir.as_ref();
+        kiln_tensor::cuda::check_device(device)?;
+        if !dir.is_dir() {
+            return Err(Error::msg(format!("model directory {} does not exist", dir.display())));
+        }
+        let cfg = ModelConfig::load(dir.join(crate::train_state::CONFIG_FILE))?;
+        let store = ParamStore::new(seed, DType::F32, device);
+        let model = Model::build(&cfg, &store)?;
+        let weights = dir.join(crate::train_state::MODEL_FILE);
+        if weights.exists() {
+            let map = crate::checkpoint::HfNameMap::for_model_type(cfg.model_type());
+            crate::checkpoint::load_params(&weights, &store, &map, &crate::checkpoint::LoadOptions::strict())?;
+        }
+        let tokenizer = crate::tokenize::find_tokenizer(None, Some(dir))?;
+        Ok(LoadedModel { cfg, store, model, tokenizer })
     }
 }

@@ -237,3 +237,17 @@ pub fn encode_many(tok: &Tokenizer, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
     let encs = tok.encode_batch(texts.to_vec(), false).map_err(|e| tk_err("encode", e))?;
     Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
 }
+
+/// Encodes one text without special tokens, as the i64 ids models take
+/// (e.g. the prompt of [`crate::gpt::Gpt2LmHeadModel::generate`]).
+pub fn encode_ids(tok: &Tokenizer, text: &str) -> Result<Vec<i64>> {
+    let enc = tok.encode(text, false).map_err(|e| tk_err("encode", e))?;
+    Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+}
+
+/// Decodes i64 ids (e.g. the output of generation) to text, skipping special tokens. Ids outside
+/// `0..2³²` are an error.
+pub fn decode_ids(tok: &Tokenizer, ids: &[i64]) -> Result<String> {
+    let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i).map_err(|_| Error::msg(format!("tokenizer: decode: id {i} is out of range")))).collect::<Result<_>>()?;
+    tok.decode(&ids, true).map_err(|e| tk_err("decode", e))
+}
