@@ -132,6 +132,39 @@ pub fn check_device(device: Device) -> Result<()> {
     }
 }
 
+/// Waits until every queued operation on `device` has finished (a no-op on the CPU).
+pub fn synchronize(device: Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(n) = device {
+        check_device(device)?;
+        return device::CudaBackend::get(n)?.synchronize();
+    }
+    let _ = device;
+    Ok(())
+}
+
+/// Runs `f` and returns its result with the time it took in milliseconds: on a CUDA device the
+/// time between two events recorded on the device's stream before and after `f` (so it counts
+/// the GPU work `f` queued, not the host-side launch time alone); on the CPU, wall-clock time.
+/// For benchmarks; call [`synchronize`] first so earlier work is not counted.
+pub fn time_ms<R>(device: Device, f: impl FnOnce() -> Result<R>) -> Result<(R, f64)> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(n) = device {
+        check_device(device)?;
+        let b = device::CudaBackend::get(n)?;
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = b.stream().record_event(flags)?;
+        let r = f()?;
+        let end = b.stream().record_event(flags)?;
+        let ms = start.elapsed_ms(&end)?;
+        return Ok((r, ms as f64));
+    }
+    let _ = device;
+    let t = std::time::Instant::now();
+    let r = f()?;
+    Ok((r, t.elapsed().as_secs_f64() * 1e3))
+}
+
 /// The error of an op reached with CUDA tensors that has no CUDA path yet.
 pub fn not_implemented(op: &str) -> Error {
     Error::Cuda(format!("op {op} is not implemented on CUDA yet"))

@@ -1,0 +1,347 @@
+//! The op cases of `kiln bench`: the ceilings (copy, GEMM), the memory-bound fused ops (GELU,
+//! LayerNorm, softmax, cross-entropy), matmul and fused attention, forward and backward.
+//! Variants on the CPU: one per SIMD level this machine has (`scalar` is the plain reference
+//! variant), plus `composed` (the op built from primitive ops, as an unfused engine runs it) where
+//! kiln has one. On CUDA: `cuda`, checked against the same op run on the CPU (`cpu`, untimed).
+//! Work is counted as in ../shared/notes/perf-anchors.md and scripts/torch_bench.py.
+use super::harness::{Case, Thunk, Variant, Work};
+use kiln::tensor::cpu::simd::{self, Level};
+use kiln::tensor::ops::attention::{attention_reference, AttentionOpts};
+use kiln::tensor::ops::gelu::GeluApprox;
+use kiln::{DType, Device, Result, Tensor};
+use std::rc::Rc;
+
+/// Where and how big.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub device: Device,
+}
+
+impl Ctx {
+    /// Input sets rotated between calls (more on a GPU, whose 60 MB L2 would otherwise serve them).
+    fn sets(&self, bytes_per_set: usize) -> usize {
+        match self.device {
+            Device::Cpu => 2,
+            Device::Cuda(_) => ((256usize << 20) / bytes_per_set.max(1)).clamp(2, 16),
+        }
+    }
+}
+
+type OpFn = Rc<dyn Fn(&[Tensor]) -> Result<Tensor>>;
+
+/// Forward alone, backward alone (the forward runs untimed before each call), or both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pass {
+    Fwd,
+    Bwd,
+    FwdBwd,
+}
+
+impl Pass {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Pass::Fwd => "fwd",
+            Pass::Bwd => "bwd",
+            Pass::FwdBwd => "fwd_bwd",
+        }
+    }
+}
+
+pub fn level_name(l: Level) -> &'static str {
+    match l {
+        Level::Scalar => "scalar",
+        Level::Avx2 => "avx2",
+        Level::Avx512 => "avx512",
+    }
+}
+
+fn randn(seed: u64, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+    Tensor::randn(seed, shape, 0.0, 1.0, DType::F32, Device::Cpu)?.to_dtype(dtype)?.to_device(device)
+}
+
+/// The timed thunk of `pass` over one input set: `grad_mask[i]` says which inputs get gradients.
+fn prep_pass(pass: Pass, f: &OpFn, inputs: &[Tensor], dy: &Tensor) -> Result<Thunk<'static>> {
+    let ins: Vec<Tensor> = inputs.to_vec();
+    let f = f.clone();
+    let dy = dy.clone();
+    let grads = |ins: &[Tensor]| -> Vec<Tensor> { ins.iter().filter(|t| t.requires_grad()).filter_map(|t| t.grad()).collect() };
+    match pass {
+        Pass::Fwd => Ok(Box::new(move || Ok(vec![kiln::tensor::no_grad(|| f(&ins))?]))),
+        Pass::Bwd => {
+            ins.iter().for_each(|t| t.zero_grad());
+            let out = f(&ins)?;
+            Ok(Box::new(move || {
+                out.backward_with(dy)?;
+                Ok(grads(&ins))
+            }))
+        }
+        Pass::FwdBwd => {
+            ins.iter().for_each(|t| t.zero_grad());
+            Ok(Box::new(move || {
+                f(&ins)?.backward_with(dy)?;
+                Ok(grads(&ins))
+            }))
+        }
+    }
+}
+
+/// One op: random input sets on the device (`needs_grad[i]`: input i is a leaf with gradients),
+/// the fused body, and optionally a composed body.
+pub struct OpSpec<'s> {
+    pub op: &'s str,
+    pub dtype: DType,
+    pub shape: String,
+    pub causal: bool,
+    pub inputs: Vec<(Vec<usize>, bool)>,
+    /// Non-random inputs (integer targets, ...), appended after the random ones.
+    pub fixed: Vec<Tensor>,
+    pub out_shape: Vec<usize>,
+    pub fused: OpFn,
+    pub composed: Option<OpFn>,
+    /// Work per pass.
+    pub work: Box<dyn Fn(Pass) -> Work + 's>,
+}
+
+/// The cases of `spec` for each pass in `passes`.
+pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<Vec<Case<'static>>> {
+    let set_bytes: usize = spec.inputs.iter().map(|(s, _)| s.iter().product::<usize>() * spec.dtype.size_in_bytes()).sum();
+    let n_sets = ctx.sets(set_bytes);
+    let make_set = |k: u64, device: Device| -> Result<Vec<Tensor>> {
+        let mut v = Vec::new();
+        for (i, (shape, grad)) in spec.inputs.iter().enumerate() {
+            let t = randn(seed + 1000 * k + i as u64, shape, spec.dtype, device)?;
+            v.push(if *grad { t.var() } else { t });
+        }
+        for t in &spec.fixed {
+            v.push(t.to_device(device)?);
+        }
+        Ok(v)
+    };
+    let dy_of = |device: Device| -> Result<Tensor> {
+        if spec.out_shape.is_empty() {
+            Tensor::ones(&[], spec.dtype, device)
+        } else {
+            randn(seed + 999, &spec.out_shape, spec.dtype, device)
+        }
+    };
+    let sets: Rc<Vec<Vec<Tensor>>> = Rc::new((0..n_sets as u64).map(|k| make_set(k, ctx.device)).collect::<Result<_>>()?);
+    let dy = dy_of(ctx.device)?;
+    let mut cases = Vec::new();
+    for &pass in passes {
+        let mut variants: Vec<Variant<'static>> = Vec::new();
+        let mk = |name: &str, level: Option<Level>, timed: bool, f: OpFn, sets: Rc<Vec<Vec<Tensor>>>, dy: Tensor| Variant {
+            name: name.into(),
+            level,
+            timed,
+            prep: Box::new(move |i| prep_pass(pass, &f, &sets[i % sets.len()], &dy)),
+        };
+        let default_variant;
+        match ctx.device {
+            Device::Cpu => {
+                if let Some(c) = &spec.composed {
+                    variants.push(mk("composed", Some(simd::detected()), true, c.clone(), sets.clone(), dy.clone()));
+                }
+                for l in simd::available_levels() {
+                    variants.push(mk(level_name(l), Some(l), true, spec.fused.clone(), sets.clone(), dy.clone()));
+                }
+                default_variant = level_name(simd::detected()).to_string();
+            }
+            Device::Cuda(_) => {
+                let cpu_set = Rc::new(vec![make_set(0, Device::Cpu)?]);
+                variants.push(mk("cpu", None, false, spec.fused.clone(), cpu_set, dy_of(Device::Cpu)?));
+                variants.push(mk("cuda", None, true, spec.fused.clone(), sets.clone(), dy.clone()));
+                if let Some(c) = &spec.composed {
+                    variants.push(mk("composed", None, true, c.clone(), sets.clone(), dy.clone()));
+                }
+                default_variant = "cuda".to_string();
+            }
+        }
+        cases.push(Case {
+            op: format!("{}_{}", spec.op, pass.suffix()),
+            device: ctx.device,
+            dtype: spec.dtype,
+            shape: spec.shape.clone(),
+            causal: spec.causal,
+            work: (spec.work)(pass),
+            variants,
+            default_variant,
+            extra: Default::default(),
+        });
+    }
+    Ok(cases)
+}
+
+fn gelu_tanh_composed(x: &Tensor) -> Result<Tensor> {
+    let x3 = x.mul(x)?.mul(x)?;
+    let u = x.add(&x3.mul_scalar(0.044715)?)?.mul_scalar((2.0 / std::f64::consts::PI).sqrt())?;
+    x.mul(&u.tanh()?.add_scalar(1.0)?)?.mul_scalar(0.5)
+}
+
+fn layer_norm_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let xc = x.sub(&x.mean(-1, true)?)?;
+    let rstd = xc.mul(&xc)?.mean(-1, true)?.add_scalar(eps)?.sqrt()?.recip()?;
+    xc.mul(&rstd)?.mul(w)?.add(b)
+}
+
+fn softmax_composed(x: &Tensor) -> Result<Tensor> {
+    let e = x.sub(&x.max(-1, true)?.detach())?.exp()?;
+    e.div(&e.sum(-1, true)?)
+}
+
+/// GELU (erf and tanh), LayerNorm, softmax over `[rows, d]` and cross-entropy over `[n, classes]`.
+pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: (usize, usize)) -> Result<Vec<Case<'static>>> {
+    let (n, e) = ((rows * d) as u64, dtype.size_in_bytes() as u64);
+    let shape = format!("{rows}x{d}");
+    let all = [Pass::Fwd, Pass::Bwd];
+    let mut cases = Vec::new();
+    for (op, approx) in [("gelu", GeluApprox::Erf), ("gelu_tanh", GeluApprox::Tanh)] {
+        let spec = OpSpec {
+            op,
+            dtype,
+            shape: shape.clone(),
+            causal: false,
+            inputs: vec![(vec![rows, d], true)],
+            fixed: vec![],
+            out_shape: vec![rows, d],
+            fused: Rc::new(move |t| t[0].gelu_with(approx)),
+            composed: (approx == GeluApprox::Tanh).then(|| Rc::new(|t: &[Tensor]| gelu_tanh_composed(&t[0])) as OpFn),
+            work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { 2 * n * e } else { 3 * n * e })),
+        };
+        cases.extend(op_cases(ctx, &spec, &all, 10)?);
+    }
+    let (r, dd) = (rows as u64, d as u64);
+    let spec = OpSpec {
+        op: "layer_norm",
+        dtype,
+        shape: shape.clone(),
+        causal: false,
+        inputs: vec![(vec![rows, d], true), (vec![d], true), (vec![d], true)],
+        fixed: vec![],
+        out_shape: vec![rows, d],
+        fused: Rc::new(|t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5)),
+        composed: Some(Rc::new(|t| layer_norm_composed(&t[0], &t[1], &t[2], 1e-5))),
+        // fwd: x, w, b read; y written, mean and rstd (f32) saved. bwd: dy, x, mean, rstd, w read; dx, dw, db written.
+        work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { (2 * n + 2 * dd) * e + 2 * r * 4 } else { (3 * n + 3 * dd) * e + 2 * r * 4 })),
+    };
+    cases.extend(op_cases(ctx, &spec, &all, 20)?);
+    let spec = OpSpec {
+        op: "softmax",
+        dtype,
+        shape: shape.clone(),
+        causal: false,
+        inputs: vec![(vec![rows, d], true)],
+        fixed: vec![],
+        out_shape: vec![rows, d],
+        fused: Rc::new(|t| t[0].softmax_last_dim()),
+        composed: Some(Rc::new(|t| softmax_composed(&t[0]))),
+        work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { 2 * n * e } else { 3 * n * e })),
+    };
+    cases.extend(op_cases(ctx, &spec, &all, 30)?);
+    let (cn, classes) = ce;
+    let targets: Vec<i64> = (0..cn as i64).map(|i| if i % 17 == 5 { -100 } else { (i * 7919) % classes as i64 }).collect();
+    let (nc, cn64) = ((cn * classes) as u64, cn as u64);
+    let spec = OpSpec {
+        op: "cross_entropy",
+        dtype,
+        shape: format!("{cn}x{classes}"),
+        causal: false,
+        inputs: vec![(vec![cn, classes], true)],
+        fixed: vec![Tensor::from_vec(targets, &[cn])?],
+        out_shape: vec![],
+        fused: Rc::new(|t| t[0].cross_entropy(&t[1], -100)),
+        composed: None,
+        // fwd: logits and targets read, per-row logsumexp saved, the loss written; bwd: logits, targets, lse read, dlogits written.
+        work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { nc * e + cn64 * 12 + 4 } else { 2 * nc * e + cn64 * 12 })),
+    };
+    cases.extend(op_cases(ctx, &spec, &all, 40)?);
+    Ok(cases)
+}
+
+/// Fused attention on `[b, h, t, d]`, forward / backward / both; FLOPs as FlashAttention counts them.
+pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, usize), causal: bool, passes: &[Pass], composed: bool) -> Result<Vec<Case<'static>>> {
+    let fwd = 4.0 * (b * h * t * t * d) as f64 / if causal { 2.0 } else { 1.0 };
+    let opts = AttentionOpts { causal, ..Default::default() };
+    let o2 = opts.clone();
+    let spec = OpSpec {
+        op: "attention",
+        dtype,
+        shape: format!("{b}x{h}x{t}x{d}"),
+        causal,
+        inputs: vec![(vec![b, h, t, d], true); 3],
+        fixed: vec![],
+        out_shape: vec![b, h, t, d],
+        fused: Rc::new(move |x| x[0].attention(&x[1], &x[2], &opts)),
+        composed: composed.then(|| Rc::new(move |x: &[Tensor]| attention_reference(&x[0], &x[1], &x[2], &o2)) as OpFn),
+        work: Box::new(move |p| Work::Flops(fwd * if p == Pass::Fwd { 1.0 } else if p == Pass::Bwd { 2.5 } else { 3.5 })),
+    };
+    op_cases(ctx, &spec, passes, 50)
+}
+
+/// `[m, k] × [k, n]`: the GEMM ceiling. Checked against the same product computed in f64.
+pub fn matmul(ctx: &Ctx, dtype: DType, m: usize, n: usize, k: usize) -> Result<Case<'static>> {
+    let a = randn(61, &[m, k], dtype, ctx.device)?;
+    let bm = randn(62, &[k, n], dtype, ctx.device)?;
+    let (a64, b64) = (a.to_device(Device::Cpu)?.to_dtype(DType::F64)?, bm.to_device(Device::Cpu)?.to_dtype(DType::F64)?);
+    let name = if ctx.device == Device::Cpu { "matrixmultiply" } else { "cublas" };
+    let variants = vec![
+        Variant { name: "f64-reference".into(), level: None, timed: false, prep: Box::new(move |_| { let (a, b) = (a64.clone(), b64.clone()); Ok(Box::new(move || Ok(vec![a.matmul(&b)?])) as Thunk) }) },
+        Variant { name: name.into(), level: None, timed: true, prep: Box::new(move |_| { let (a, b) = (a.clone(), bm.clone()); Ok(Box::new(move || Ok(vec![a.matmul(&b)?])) as Thunk) }) },
+    ];
+    Ok(Case {
+        op: "matmul".into(),
+        device: ctx.device,
+        dtype,
+        shape: format!("{m}x{n}x{k}"),
+        causal: false,
+        work: Work::Flops(2.0 * (m * n * k) as f64),
+        variants,
+        default_variant: name.into(),
+        extra: Default::default(),
+    })
+}
+
+/// The copy-bandwidth ceiling over `[rows, d]` (bytes: read + write). CPU: a rayon-parallel
+/// `copy_from_slice` into a preallocated buffer; CUDA: the elementwise `affine(1, 0)` kernel.
+pub fn copy(ctx: &Ctx, dtype: DType, rows: usize, d: usize) -> Result<Case<'static>> {
+    let n = rows * d;
+    let bytes = 2 * (n * dtype.size_in_bytes()) as u64;
+    let variant = match ctx.device {
+        Device::Cpu => {
+            use rayon::prelude::*;
+            let src = randn(71, &[n], DType::F32, Device::Cpu)?.to_vec::<f32>()?;
+            let mut dst = vec![1.0f32; n];
+            let chunk = n.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
+            let mut run = move || {
+                dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+                dst[n / 2] != src[n / 2]
+            };
+            let cell = std::cell::RefCell::new(move || run());
+            let cell = Rc::new(cell);
+            Variant {
+                name: "rayon-memcpy".into(),
+                level: None,
+                timed: true,
+                prep: Box::new(move |_| {
+                    let c = cell.clone();
+                    Ok(Box::new(move || if (c.borrow_mut())() { Err(kiln::Error::msg("copy: destination differs from source")) } else { Ok(vec![]) }) as Thunk)
+                }),
+            }
+        }
+        Device::Cuda(_) => {
+            let x = randn(71, &[rows, d], dtype, ctx.device)?;
+            Variant { name: "affine(1,0)".into(), level: None, timed: true, prep: Box::new(move |_| { let x = x.clone(); Ok(Box::new(move || Ok(vec![x.affine(1.0, 0.0)?])) as Thunk) }) }
+        }
+    };
+    let name = variant.name.clone();
+    Ok(Case {
+        op: "copy".into(),
+        device: ctx.device,
+        dtype: if ctx.device == Device::Cpu { DType::F32 } else { dtype },
+        shape: format!("{rows}x{d}"),
+        causal: false,
+        work: Work::Bytes(bytes),
+        variants: vec![variant],
+        default_variant: name,
+        extra: Default::default(),
+    })
+}

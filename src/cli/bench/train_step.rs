@@ -1,0 +1,140 @@
+//! Training-step rows of `kiln bench`: one full step (forward, backward, AdamW) of a GPT-2-style
+//! causal LM and a BERT-style MLM at batch × seq, as scripts/torch_bench.py runs them in PyTorch
+//! (same configs, dropout off, AdamW lr 1e-4 wd 0.01). FLOPs: 6·P·tokens + 12·L·T·d·tokens.
+//! Peak memory: the process's resident high-water mark (VmHWM), reset before the row where Linux
+//! allows it (`/proc/self/clear_refs`), and the device allocator's peak on CUDA.
+use super::harness::{Stats, TimerCfg, Work};
+use super::row::Row;
+use kiln::model::config::{BertConfig, Gpt2Config, ModelConfig};
+use kiln::model::data::Batch;
+use kiln::model::model::Model;
+use kiln::model::nn::ForwardCtx;
+use kiln::model::{AdamW, AdamWConfig, Optimizer, ParamStore};
+use kiln::tensor::{cuda, no_grad};
+use kiln::{DType, Device, Error, Result, Tensor};
+
+/// The step configs: (op, config, layers, width).
+pub fn configs(quick: bool) -> Result<Vec<(&'static str, ModelConfig)>> {
+    let (l, d, h, v, ffn) = if quick { (1, 32, 2, 256, 64) } else { (4, 256, 4, 8192, 1024) };
+    let mut g: Gpt2Config = serde_json::from_str("{}").map_err(|e| Error::msg(e.to_string()))?;
+    (g.n_layer, g.n_embd, g.n_head, g.vocab_size, g.n_positions) = (l, d, h, v, 128);
+    (g.resid_pdrop, g.embd_pdrop, g.attn_pdrop) = (0.0, 0.0, 0.0);
+    (g.bos_token_id, g.eos_token_id) = (Some(0), Some(0)); // as torch_bench.py (the default 50256 is past a small vocab)
+    let mut b: BertConfig = serde_json::from_str("{}").map_err(|e| Error::msg(e.to_string()))?;
+    (b.num_hidden_layers, b.hidden_size, b.num_attention_heads, b.intermediate_size, b.vocab_size) = (l, d, h, ffn, v);
+    (b.hidden_dropout_prob, b.attention_probs_dropout_prob) = (0.0, 0.0);
+    Ok(vec![("train_step_gpt", ModelConfig::Gpt2(g)), ("train_step_bert", ModelConfig::Bert(b))])
+}
+
+/// A seeded batch: GPT labels are the next tokens; BERT labels every ~7th position (-100 elsewhere).
+fn batch(cfg: &ModelConfig, b: usize, t: usize, device: Device) -> Result<Batch> {
+    let v = cfg.vocab_size() as u64;
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s % v) as i64
+    };
+    let ids: Vec<i64> = (0..b * (t + 1)).map(|_| next()).collect();
+    let (inp, lab): (Vec<i64>, Vec<i64>) = match cfg {
+        ModelConfig::Gpt2(_) => ids.chunks(t + 1).flat_map(|r| (0..t).map(move |i| (r[i], r[i + 1]))).unzip(),
+        ModelConfig::Bert(_) => ids.chunks(t + 1).flat_map(|r| (0..t).map(move |i| (r[i], if (i * 7 + 3) % 20 < 3 { r[i] } else { -100 }))).unzip(),
+    };
+    Batch {
+        input_ids: Tensor::from_vec(inp, &[b, t])?,
+        labels: Tensor::from_vec(lab, &[b, t])?,
+        attention_mask: Tensor::from_vec(vec![1i64; b * t], &[b, t])?,
+        token_type_ids: Tensor::from_vec(vec![0i64; b * t], &[b, t])?,
+        next_sentence_label: None,
+    }
+    .to_device(device)
+}
+
+/// Resets the resident-set high-water mark (Linux ≥ 4.0); false where it cannot.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// VmHWM in MB, where /proc has it.
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some((kb / 1024.0 * 10.0).round() / 10.0)
+}
+
+/// Times `steps` training steps after 2 warm-up steps; one row per config.
+pub fn rows(device: Device, quick: bool, steps: usize, filter: &dyn Fn(&str) -> bool) -> Result<Vec<Row>> {
+    let (b, t) = if quick { (2, 16) } else { (8, 128) };
+    let mut out = Vec::new();
+    for (op, cfg) in configs(quick)? {
+        if !filter(op) {
+            continue;
+        }
+        let mut row = Row::new(op, "kiln", device, DType::F32, &format!("{b}x{t}"), false);
+        match step_row(&cfg, device, b, t, steps, &mut row) {
+            Ok(()) => {}
+            Err(e) => row.status = format!("error: {e}"),
+        }
+        out.push(row);
+    }
+    Ok(out)
+}
+
+fn step_row(cfg: &ModelConfig, device: Device, b: usize, t: usize, steps: usize, row: &mut Row) -> Result<()> {
+    let reset = reset_peak_rss();
+    let store = ParamStore::new(0, DType::F32, device);
+    let model = Model::build(cfg, &store)?;
+    let params = store.trainable();
+    let n_params: usize = params.iter().map(|p| p.elem_count()).sum();
+    let mut opt = AdamW::new(AdamWConfig { lr: 1e-4, weight_decay: 0.01, ..Default::default() });
+    let data = batch(cfg, b, t, device)?;
+    let mut losses = Vec::new();
+    let mut step = |i: usize| -> Result<()> {
+        let loss = model.loss(&data, &ForwardCtx::train(i as u64))?;
+        loss.backward()?;
+        no_grad(|| opt.step(&params))?;
+        params.iter().for_each(|p| p.zero_grad());
+        let l = loss.to_scalar()?;
+        if !l.is_finite() {
+            return Err(Error::msg(format!("the loss became {l} at step {i}")));
+        }
+        losses.push(l);
+        Ok(())
+    };
+    let cfg_t = TimerCfg { warmup: 2, min_iters: steps, max_iters: steps, target_s: 0.0 };
+    let mut times = Vec::new();
+    for i in 0..cfg_t.warmup + cfg_t.max_iters {
+        cuda::synchronize(device)?;
+        let ((), ms) = cuda::time_ms(device, || step(i))?;
+        if i >= cfg_t.warmup {
+            times.push(ms);
+        }
+    }
+    let s = Stats::of(times);
+    let tokens = (b * t) as f64;
+    let (layers, width) = (cfg.num_layers() as f64, cfg.hidden_size() as f64);
+    let flops = 6.0 * n_params as f64 * tokens + 12.0 * layers * t as f64 * width * tokens;
+    row.set_stats(&s, Work::Flops(flops));
+    let x = &mut row.extra;
+    x.insert("tokens_per_s".into(), (((tokens / (s.median_ms / 1e3)) * 10.0).round() / 10.0).into());
+    x.insert("params".into(), n_params.into());
+    x.insert("batch".into(), b.into());
+    x.insert("seq".into(), t.into());
+    x.insert("first_loss".into(), losses.first().copied().unwrap_or(f64::NAN).into());
+    x.insert("last_loss".into(), losses.last().copied().unwrap_or(f64::NAN).into());
+    x.insert("flops_formula".into(), "6*P*tokens + 12*L*T*d*tokens".into());
+    let cfg_json = match cfg {
+        ModelConfig::Gpt2(c) => serde_json::to_value(c),
+        ModelConfig::Bert(c) => serde_json::to_value(c),
+    };
+    x.insert("config".into(), cfg_json.map_err(|e| Error::msg(e.to_string()))?);
+    if let Some(mb) = peak_rss_mb() {
+        x.insert("peak_rss_mb".into(), mb.into());
+        x.insert("peak_rss_is_per_row".into(), reset.into());
+    }
+    if let Some(bytes) = cuda::peak_memory_bytes(device) {
+        x.insert("peak_gpu_mem_mb".into(), (((bytes as f64 / 1048576.0) * 10.0).round() / 10.0).into());
+    }
+    Ok(())
+}
