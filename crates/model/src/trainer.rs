@@ -89,6 +89,9 @@ pub trait TrainObserver {
     fn on_checkpoint(&mut self, _dir: &std::path::Path, _step: u64) {}
 }
 
+/// `()` observes nothing (a quiet run).
+impl TrainObserver for () {}
+
 /// Everything a run needs besides its options.
 pub struct Trainer<'a> {
     pub cfg: ModelConfig,
@@ -150,8 +153,10 @@ impl<'a> Trainer<'a> {
         save_checkpoint(dir, &self.cfg, &self.store, self.tokenizer, Some(&st))
     }
 
-    /// Runs updates `self.step .. opts.steps`. A non-finite loss stops the run with an error and
-    /// leaves the last checkpoint in place.
+    /// Runs updates `self.step .. opts.steps`. A non-finite loss or gradient norm, or weights
+    /// that became non-finite before a checkpoint, stop the run with an error naming the step
+    /// (1-based, as in [`StepLog::step`]); nothing is written then, so the last checkpoint in
+    /// `opts.out` stays as it was.
     pub fn run(&mut self, opts: &TrainOptions, data: &mut dyn BatchSource, mut eval: Option<&mut dyn BatchSource>, obs: &mut dyn TrainObserver) -> Result<()> {
         if opts.accum == 0 {
             return Err(Error::msg("train: gradient accumulation must be at least 1"));
@@ -172,19 +177,16 @@ impl<'a> Trainer<'a> {
                 let loss = self.model.loss(&b, &ctx)?;
                 let l = loss.to_scalar()?;
                 if !l.is_finite() {
-                    for p in &params {
-                        p.zero_grad();
-                    }
-                    return Err(Error::msg(format!(
-                        "train: the loss became {l} at step {}; stopping (the last checkpoint, if any, is left as it was). Try a lower --lr.",
-                        self.step
-                    )));
+                    return Err(stop(&params, format!("the loss became {l}"), self.step + 1, opts));
                 }
                 loss_sum += l;
                 let scaled = if opts.accum > 1 { loss.mul_scalar(1.0 / opts.accum as f64)? } else { loss };
                 scaled.backward()?;
             }
             let grad_norm = if opts.clip > 0.0 { clip_grad_norm(&params, opts.clip)? } else { crate::optim::grad_norm(&params)? };
+            if !grad_norm.is_finite() {
+                return Err(stop(&params, format!("the gradient norm became {grad_norm}"), self.step + 1, opts));
+            }
             no_grad(|| self.optimizer.step(&params))?;
             for p in &params {
                 p.zero_grad();
@@ -208,6 +210,11 @@ impl<'a> Trainer<'a> {
             }
             if let Some(dir) = &opts.out {
                 if last || (opts.ckpt_every > 0 && self.step % opts.ckpt_every == 0) {
+                    // A finite loss and gradient can still give non-finite weights (an absurd
+                    // learning rate): never overwrite a good checkpoint with them.
+                    if let Some(name) = first_non_finite(&params)? {
+                        return Err(stop(&params, format!("parameter '{name}' became non-finite in the update (lr {lr:.3e})"), self.step, opts));
+                    }
                     self.save(dir, data)?;
                     obs.on_checkpoint(dir, self.step);
                 }
@@ -215,4 +222,31 @@ impl<'a> Trainer<'a> {
         }
         Ok(())
     }
+}
+
+/// The error that stops a run at `step` (1-based) after `what` went wrong; drops the gradients.
+fn stop(params: &[crate::params::Param], what: String, step: u64, opts: &TrainOptions) -> Error {
+    for p in params {
+        p.zero_grad();
+    }
+    let ckpt = match &opts.out {
+        Some(d) => format!("the last checkpoint in {}, if any, is left as it was", d.display()),
+        None => "no checkpoint was being written".to_string(),
+    };
+    Error::msg(format!("train: {what} at step {step}; stopping ({ckpt}). Try a lower learning rate (--lr)."))
+}
+
+/// The name of the first parameter holding a NaN or an infinity, if any.
+pub fn first_non_finite(params: &[crate::params::Param]) -> Result<Option<String>> {
+    for p in params {
+        let t = p.tensor();
+        let bad = match (t.dtype(), t.device()) {
+            (kiln_tensor::DType::F32, kiln_tensor::Device::Cpu) => t.with_slice::<f32, _>(|s| s.iter().any(|x| !x.is_finite()))?,
+            _ => t.to_vec_f64()?.iter().any(|x| !x.is_finite()),
+        };
+        if bad {
+            return Ok(Some(p.name().to_string()));
+        }
+    }
+    Ok(None)
 }
