@@ -27,8 +27,8 @@ pub(crate) trait AttnFloat: CpuFloat + CpuSlice {
 
     /// The tile GEMM of the kernels: `C (=|+=) alpha·A·B`, B with contiguous rows of stride `ldb`
     /// (`B[p][j] = b[p·ldb + j]`), C with rows of stride `ldc`, A with any strides. f32 at the
-    /// AVX-512 level uses the register-blocked kernel of `gemm512.rs`; everything else goes
-    /// through matrixmultiply.
+    /// AVX-512 level uses the register-blocked kernel of `gemm512.rs`, at the AVX2 level that of
+    /// `gemm256.rs`; everything else goes through matrixmultiply.
     ///
     /// # Safety
     /// As for [`AttnFloat::raw_gemm`].
@@ -89,8 +89,10 @@ impl AttnFloat for f32 {
     }
     unsafe fn tile(m: usize, n: usize, k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, ldb: usize, acc: bool, c: *mut f32, ldc: usize) {
         #[cfg(target_arch = "x86_64")]
-        if level() == Level::Avx512 {
-            return super::gemm512::sgemm(m, n, k, alpha, a, rsa, csa, b, ldb, acc, c, ldc);
+        match level() {
+            Level::Avx512 => return super::gemm512::sgemm(m, n, k, alpha, a, rsa, csa, b, ldb, acc, c, ldc),
+            Level::Avx2 => return super::gemm256::sgemm(m, n, k, alpha, a, rsa, csa, b, ldb, acc, c, ldc),
+            Level::Scalar => {}
         }
         Self::gemm(m, k, n, alpha, a, rsa, csa, b, ldb as isize, 1, if acc { 1.0 } else { 0.0 }, c, ldc as isize, 1)
     }
