@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs ON the GPU machine (no Rust there), from the folder scripts/gpu_run.sh packed:
-#   bash gpu-carry/gpu_remote.sh [tests|cli|sanitize|all]     (default: tests)
+#   bash gpu-carry/gpu_remote.sh [tests|cli|sanitize|bench|all]     (default: tests)
 #   tests    nvidia-smi, library discovery, kiln-tensor unit tests, kernels_compile, gpu_ops,
 #            hf_parity on cpu and on cuda, `kiln kernels`                      (~3-6 min)
 #   cli      `kiln train --device cuda` GPT-2 + BERT (--json), `kiln forward --device cuda` on
 #            every HF fixture compared with the fixture's expected outputs        (~2-4 min)
 #   sanitize compute-sanitizer memcheck and racecheck on the gpu_ops tests       (~5-9 min)
+#   bench    `kiln bench --device cuda` (ceilings, every op and variant, the attention sweep,
+#            training steps) and scripts/torch_bench.py --device cuda on the same card, then the
+#            side-by-side table and the charts (--compare, --plot)                  (~5-8 min)
 # Each device-tool command may run 10 minutes: run the stages as separate commands.
 # Logs: $OUT/gpu-logs/<stage>/*.log and $OUT/gpu-logs/<stage>/SUMMARY (PASS/FAIL per step).
 set -uo pipefail
@@ -113,12 +116,19 @@ stage_sanitize() {
   step racecheck_attention 300 "$cs" --tool racecheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 attention_fused
 }
 
+stage_bench() {
+  step kiln_bench_cuda 330 "$KILN" bench --device cuda --json --target-s 0.1 --out "$LOG/kiln_cuda.jsonl"
+  step torch_bench_cuda 240 python3 "$WORK/torch_bench.py" --device cuda --json --target-s 0.1 --out "$LOG/torch_cuda.jsonl"
+  step compare 60 "$KILN" bench --from "$LOG/kiln_cuda.jsonl" --compare "$LOG/torch_cuda.jsonl" --plot "$LOG"
+}
+
 case "$STAGE_NAME" in
   tests) stage_tests ;;
+  bench) stage_bench ;;
   cli) stage_cli ;;
   sanitize) stage_sanitize ;;
   all) stage_tests; stage_cli; stage_sanitize ;;
-  *) echo "usage: $0 [tests|cli|sanitize|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [tests|cli|sanitize|bench|all]" >&2; exit 2 ;;
 esac
 echo "--- $STAGE_NAME summary (logs in $LOG)"
 cat "$SUMMARY"

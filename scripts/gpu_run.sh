@@ -44,6 +44,7 @@ cp target/release/kiln "$STAGE/bin/kiln"
 strip --strip-all "$STAGE"/bin/* "$STAGE"/tests/*
 cp -r tests/fixtures "$STAGE/fixtures"
 cp scripts/compare_safetensors.py "$STAGE/compare_safetensors.py"
+cp scripts/torch_bench.py "$STAGE/torch_bench.py"
 {
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m), $(rustc --version)"
@@ -53,7 +54,7 @@ rm -f "$json"
 
 rm -rf "$CARRY"
 mkdir -p "$CARRY"
-tar -C "$STAGE" -cJf "$CARRY/payload.tar.xz" bin tests fixtures compare_safetensors.py BUILD_INFO
+tar -C "$STAGE" -cJf "$CARRY/payload.tar.xz" bin tests fixtures compare_safetensors.py torch_bench.py BUILD_INFO
 cp scripts/gpu_remote.sh "$CARRY/gpu_remote.sh"
 total=$(du -sb "$CARRY" | cut -f1)
 cat "$STAGE/BUILD_INFO"

@@ -214,8 +214,9 @@ class Bench:
         return self.emit("matmul", dtype_s, (m, n, k), times, flops=2 * m * n * k, method="torch.mm (MxNxK)", tf32=tf32)
 
     # -------------------------------------------------------------- attention
-    def attention(self, dtype_s, b, h, t, d, causal, backend=None, variant="torch"):
-        ops = [o for o in ("attention_fwd", "attention_bwd", "attention_fwd_bwd") if self.wants(o)]
+    def attention(self, dtype_s, b, h, t, d, causal, backend=None, variant="torch",
+                  passes=("attention_fwd", "attention_bwd", "attention_fwd_bwd")):
+        ops = [o for o in passes if self.wants(o)]
         if not ops:
             return
         dtype = DT[dtype_s]
@@ -256,6 +257,29 @@ class Bench:
                 self.emit("attention_fwd_bwd", dtype_s, shape, times, flops=3.5 * fwd_flops,
                           method="SDPA forward + torch.autograd.grad", **extra)
                 del sets
+
+    # -------------------------------------------------------------- cross-entropy
+    def cross_entropy(self, dtype_s, n, classes):
+        """F.cross_entropy(logits [n, classes], targets, ignore_index=-100), mean over kept rows. Bytes as kiln counts
+        them: fwd reads logits + targets and writes the loss and a per-row f32 logsumexp; bwd reads logits, targets
+        and the logsumexp and writes dlogits."""
+        dtype = DT[dtype_s]
+        t = torch.tensor([-100 if i % 17 == 5 else (i * 7919) % classes for i in range(n)], device=self.device)
+        e = torch.tensor([], dtype=dtype).element_size()
+        if self.wants("cross_entropy_fwd"):
+            sets = [self.randn(n, classes, dtype=dtype) for _ in range(n_copies(self.device, n * classes * e))]
+            with torch.no_grad():
+                times = self.timer.run(lambda x: F.cross_entropy(x, t, ignore_index=-100), sets)
+            self.emit("cross_entropy_fwd", dtype_s, (n, classes), times, bytes_=n * classes * e + n * 12 + 4,
+                      method="F.cross_entropy(ignore_index=-100)")
+        if self.wants("cross_entropy_bwd"):
+            sets = []
+            for _ in range(n_copies(self.device, n * classes * e)):
+                x = self.randn(n, classes, dtype=dtype).requires_grad_(True)
+                sets.append((F.cross_entropy(x, t, ignore_index=-100), x))
+            times = self.timer.run(lambda a: torch.autograd.grad(a[0], a[1], retain_graph=True), sets)
+            self.emit("cross_entropy_bwd", dtype_s, (n, classes), times, bytes_=2 * n * classes * e + n * 12,
+                      method="torch.autograd.grad(loss, logits, retain_graph=True) on a prebuilt F.cross_entropy graph")
 
     # -------------------------------------------------------------- training steps
     def train_step(self, which, cfg, batch, seq, amp_bf16):
@@ -365,8 +389,14 @@ def cpu_suite(bench: Bench, args):
     bench.matmul("f32", 1024, 1024, 1024)
     for dt in args.dtypes:
         bench.elementwise_suite(dt, (8192, 768), MEM_OPS)
+        bench.cross_entropy(dt, 1024, 8192)
     for causal in (False, True):
         bench.attention("f32", 8, 4, 512, 64, causal)
+    # kiln bench's CPU sweep: B*N = 4096 tokens, H 4, d 64 (FlashAttention's B*N = 16k, H*d = 2048 is for GPUs)
+    if not args.no_sweep:
+        for n in (256, 512, 1024, 2048):
+            for causal in (False, True):
+                bench.attention("f32", 4096 // n, 4, n, 64, causal, passes=("attention_fwd", "attention_fwd_bwd"))
     if bench.wants("train_step_gpt"):
         bench.train_step("gpt", GPT_CPU, 8, 128, amp_bf16=False)
     if bench.wants("train_step_bert"):
@@ -428,6 +458,7 @@ def main() -> int:
     ap.add_argument("--gpt-batch", type=int, default=16, help="CUDA GPT-2 124M batch at T=1024")
     ap.add_argument("--sdpa-backends", default="flash", help="CUDA attention backends: flash,cudnn,efficient,math")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training-step models")
+    ap.add_argument("--no-sweep", action="store_true", help="CPU: skip the attention sequence-length sweep")
     ap.add_argument("--no-isolate", action="store_true", help="run training steps in this process")
     args = ap.parse_args()
 
@@ -460,7 +491,8 @@ def main() -> int:
     isolate = not args.no_isolate
     if isolate:  # training steps in child processes, run after the kernels
         train_ops = [o for o in TRAIN_OPS if args.ops is None or o in args.ops]
-        args.ops = (args.ops or set(MEM_OPS) | {"matmul", "attention_fwd", "attention_bwd", "attention_fwd_bwd"}) - set(TRAIN_OPS)
+        args.ops = (args.ops or set(MEM_OPS) | {"matmul", "attention_fwd", "attention_bwd", "attention_fwd_bwd",
+                                                 "cross_entropy_fwd", "cross_entropy_bwd"}) - set(TRAIN_OPS)
     bench = Bench(args)
     (cpu_suite if cpu else cuda_suite)(bench, args)
     if isolate:

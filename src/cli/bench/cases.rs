@@ -98,6 +98,9 @@ pub struct OpSpec<'s> {
     pub out_shape: Vec<usize>,
     pub fused: OpFn,
     pub composed: Option<OpFn>,
+    /// On CUDA: check against the op run on the CPU first (off for sizes the CPU would take
+    /// minutes over; such rows say `"checked": false`).
+    pub check_on_cpu: bool,
     /// Work per pass.
     pub work: Box<dyn Fn(Pass) -> Work + 's>,
 }
@@ -147,14 +150,20 @@ pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<
                 default_variant = level_name(simd::detected()).to_string();
             }
             Device::Cuda(_) => {
-                let cpu_set = Rc::new(vec![make_set(0, Device::Cpu)?]);
-                variants.push(mk("cpu", None, false, spec.fused.clone(), cpu_set, dy_of(Device::Cpu)?));
+                if spec.check_on_cpu {
+                    let cpu_set = Rc::new(vec![make_set(0, Device::Cpu)?]);
+                    variants.push(mk("cpu", None, false, spec.fused.clone(), cpu_set, dy_of(Device::Cpu)?));
+                }
                 variants.push(mk("cuda", None, true, spec.fused.clone(), sets.clone(), dy.clone()));
                 if let Some(c) = &spec.composed {
                     variants.push(mk("composed", None, true, c.clone(), sets.clone(), dy.clone()));
                 }
                 default_variant = "cuda".to_string();
             }
+        }
+        let mut extra = serde_json::Map::new();
+        if ctx.device != Device::Cpu && !spec.check_on_cpu {
+            extra.insert("checked".into(), false.into());
         }
         cases.push(Case {
             op: format!("{}_{}", spec.op, pass.suffix()),
@@ -165,7 +174,7 @@ pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<
             work: (spec.work)(pass),
             variants,
             default_variant,
-            extra: Default::default(),
+            extra,
         });
     }
     Ok(cases)
@@ -205,6 +214,7 @@ pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: (usize, 
             out_shape: vec![rows, d],
             fused: Rc::new(move |t| t[0].gelu_with(approx)),
             composed: (approx == GeluApprox::Tanh).then(|| Rc::new(|t: &[Tensor]| gelu_tanh_composed(&t[0])) as OpFn),
+            check_on_cpu: true,
             work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { 2 * n * e } else { 3 * n * e })),
         };
         cases.extend(op_cases(ctx, &spec, &all, 10)?);
@@ -220,6 +230,7 @@ pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: (usize, 
         out_shape: vec![rows, d],
         fused: Rc::new(|t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5)),
         composed: Some(Rc::new(|t| layer_norm_composed(&t[0], &t[1], &t[2], 1e-5))),
+        check_on_cpu: true,
         // fwd: x, w, b read; y written, mean and rstd (f32) saved. bwd: dy, x, mean, rstd, w read; dx, dw, db written.
         work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { (2 * n + 2 * dd) * e + 2 * r * 4 } else { (3 * n + 3 * dd) * e + 2 * r * 4 })),
     };
@@ -234,6 +245,7 @@ pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: (usize, 
         out_shape: vec![rows, d],
         fused: Rc::new(|t| t[0].softmax_last_dim()),
         composed: Some(Rc::new(|t| softmax_composed(&t[0]))),
+        check_on_cpu: true,
         work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { 2 * n * e } else { 3 * n * e })),
     };
     cases.extend(op_cases(ctx, &spec, &all, 30)?);
@@ -250,6 +262,7 @@ pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: (usize, 
         out_shape: vec![],
         fused: Rc::new(|t| t[0].cross_entropy(&t[1], -100)),
         composed: None,
+        check_on_cpu: true,
         // fwd: logits and targets read, per-row logsumexp saved, the loss written; bwd: logits, targets, lse read, dlogits written.
         work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { nc * e + cn64 * 12 + 4 } else { 2 * nc * e + cn64 * 12 })),
     };
@@ -258,7 +271,9 @@ pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: (usize, 
 }
 
 /// Fused attention on `[b, h, t, d]`, forward / backward / both; FLOPs as FlashAttention counts them.
-pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, usize), causal: bool, passes: &[Pass], composed: bool) -> Result<Vec<Case<'static>>> {
+/// `composed`: add the composed variant (stores the T×T matrix); `check_on_cpu`: as in [`OpSpec`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, usize), causal: bool, passes: &[Pass], composed: bool, check_on_cpu: bool) -> Result<Vec<Case<'static>>> {
     let fwd = 4.0 * (b * h * t * t * d) as f64 / if causal { 2.0 } else { 1.0 };
     let opts = AttentionOpts { causal, ..Default::default() };
     let o2 = opts.clone();
@@ -272,6 +287,7 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
         out_shape: vec![b, h, t, d],
         fused: Rc::new(move |x| x[0].attention(&x[1], &x[2], &opts)),
         composed: composed.then(|| Rc::new(move |x: &[Tensor]| attention_reference(&x[0], &x[1], &x[2], &o2)) as OpFn),
+        check_on_cpu,
         work: Box::new(move |p| Work::Flops(fwd * if p == Pass::Fwd { 1.0 } else if p == Pass::Bwd { 2.5 } else { 3.5 })),
     };
     op_cases(ctx, &spec, passes, 50)
