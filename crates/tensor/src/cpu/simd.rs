@@ -4,7 +4,7 @@
 //! [`force_level`] to check every path against the scalar one. Each primitive has a scalar body here
 //! and `#[target_feature]` bodies in `simd/avx2.rs` and `simd/avx512.rs`.
 //!
-//! The vector bodies are written once, generic over [`VF32`](super::vf32::VF32) (`simd/body.rs`,
+//! The vector bodies are written once, generic over the crate-private `VF32` trait (`simd/body.rs`,
 //! and the math functions `exp`, `tanh`, `log` in `vf32.rs`), and instantiated below for AVX-512F
 //! and AVX2+FMA inside `#[target_feature]` functions.
 //!
