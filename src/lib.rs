@@ -2,4 +2,6 @@
 //! This facade re-exports the workspace crates.
 pub use kiln_model as model;
 pub use kiln_tensor as tensor;
+
+pub mod lab;
 pub use kiln_tensor::{DType, Device, Error, Result, Tensor};

@@ -4,7 +4,7 @@
 //!   attention, training steps) as GFLOP/s against the GEMM rate — kiln beside the other engine.
 //! - `attention.svg`: attention GFLOP/s (or TFLOP/s) against the sequence length N.
 use super::report::best_by_id;
-use super::row::Row;
+use kiln::lab::row::Row;
 use kiln::{Error, Result};
 use plotters::prelude::*;
 use std::path::Path;

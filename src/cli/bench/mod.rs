@@ -2,16 +2,13 @@
 //! forward and backward, in every variant; each variant is checked against the reference variant
 //! before it is timed (a wrong one is reported, not timed). See docs/RESULTS.md for how to read it
 //! and scripts/torch_bench.py for the PyTorch side (same ids, same JSON).
-mod cases;
 mod charts;
-pub mod harness;
 mod report;
-pub mod row;
-mod train_step;
 
-use cases::{Ctx, Pass};
 use clap::Args;
-use harness::{run_case, Case, TimerCfg};
+use kiln::lab::cases::{self, Ctx, Pass};
+use kiln::lab::harness::{run_case, Case, TimerCfg};
+use kiln::lab::{row, train_step};
 use kiln::{DType, Device, Error, Result};
 use row::Row;
 use std::io::Write;

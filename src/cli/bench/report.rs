@@ -1,6 +1,6 @@
 //! Printing `kiln bench` rows: the table, JSON lines, and the side-by-side ratio table against
 //! another engine's rows (scripts/torch_bench.py writes the same JSON).
-use super::row::Row;
+use kiln::lab::row::Row;
 use std::collections::BTreeMap;
 
 /// The rate column: GB/s for byte-counted rows, GFLOP/s for FLOP-counted ones.
@@ -80,7 +80,7 @@ pub fn ratio_line(r: &Ratio) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::bench::harness::{Stats, Work};
+    use kiln::lab::harness::{Stats, Work};
     use kiln::{DType, Device};
 
     fn row(variant: &str, ms: f64, default: bool) -> Row {

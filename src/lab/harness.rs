@@ -2,9 +2,9 @@
 //! variant is first run once and checked against the case's reference variant, and only a variant
 //! that matches is timed (warm-up, then the median of many calls, input sets rotated).
 use super::row::Row;
-use kiln::tensor::cpu::simd::{self, Level};
-use kiln::tensor::cuda;
-use kiln::{DType, Device, Result, Tensor};
+use crate::tensor::cpu::simd::{self, Level};
+use crate::tensor::cuda;
+use crate::{DType, Device, Result, Tensor};
 
 /// What one call of a case does, for the throughput columns.
 #[derive(Debug, Clone, Copy)]
@@ -134,60 +134,74 @@ fn outputs_f64(ts: &[Tensor]) -> Result<Vec<Vec<f64>>> {
 
 /// Times `v` under `cfg` on `device`: warm-up calls, then calls until `target_s` / `max_iters`.
 pub fn time_variant(v: &mut Variant, device: Device, cfg: &TimerCfg) -> Result<Stats> {
-    let level = v.level;
-    let prep = &mut v.prep;
-    at_level(level, || {
-        let mut times = Vec::new();
-        let mut spent = 0.0;
-        for i in 0..cfg.warmup + cfg.max_iters {
-            let thunk = prep(i)?;
-            cuda::synchronize(device)?;
-            let (_, ms) = cuda::time_ms(device, thunk)?;
-            if i >= cfg.warmup {
-                times.push(ms);
-                spent += ms / 1e3;
-                if times.len() >= cfg.min_iters && spent >= cfg.target_s {
-                    break;
-                }
+    let mut times = Vec::new();
+    let mut spent = 0.0;
+    for i in 0..cfg.warmup + cfg.max_iters {
+        let ms = time_once(v, device, i)?;
+        if i >= cfg.warmup {
+            times.push(ms);
+            spent += ms / 1e3;
+            if times.len() >= cfg.min_iters && spent >= cfg.target_s {
+                break;
             }
         }
-        Ok(Stats::of(times))
+    }
+    Ok(Stats::of(times))
+}
+
+/// Runs each variant of `case` once on input set 0 and compares its outputs with the reference
+/// (first) variant's. Per variant: `Ok(None)` for the reference itself, `Ok(Some(err))` for a
+/// match, `Err(status)` (`wrong: ...`, `error: ...`, `unchecked: ...`) otherwise.
+pub fn check(case: &mut Case) -> Vec<std::result::Result<Option<f64>, String>> {
+    let tol = tolerance(case.dtype);
+    let mut reference: Option<std::result::Result<Vec<Vec<f64>>, String>> = None;
+    let mut verdicts = Vec::new();
+    for v in case.variants.iter_mut() {
+        let out = at_level(v.level, || -> Result<Vec<Vec<f64>>> { outputs_f64(&(v.prep)(0)?()?) }).map_err(|e| e.to_string());
+        let verdict = match (&out, &reference) {
+            (Err(e), _) => Err(format!("error: {e}")),
+            (Ok(_), None) => Ok(None),
+            (Ok(_), Some(Err(e))) => Err(format!("unchecked: the reference variant failed ({e})")),
+            (Ok(o), Some(Ok(r))) => match scaled_err(o, r) {
+                Ok(e) if e <= tol => Ok(Some(e)),
+                Ok(e) => Err(format!("wrong: error {e:.3e} against the reference exceeds {tol:.1e}")),
+                Err(e) => Err(format!("wrong: {e}")),
+            },
+        };
+        if reference.is_none() {
+            reference = Some(out);
+        }
+        verdicts.push(verdict);
+    }
+    verdicts
+}
+
+/// One timed call of `v` on input set `i` (untimed setup first; earlier device work excluded).
+pub fn time_once(v: &mut Variant, device: Device, i: usize) -> Result<f64> {
+    let prep = &mut v.prep;
+    at_level(v.level, || {
+        let thunk = prep(i)?;
+        cuda::synchronize(device)?;
+        Ok(cuda::time_ms(device, thunk)?.1)
     })
 }
 
 /// Checks every variant of `case` against its reference, times those that match, and returns
 /// one row per timed variant (a wrong or failing variant gets a row with its status, untimed).
 pub fn run_case(mut case: Case, cfg: &TimerCfg) -> Vec<Row> {
+    let verdicts = check(&mut case);
     let mut rows = Vec::new();
-    let mut reference: Option<std::result::Result<Vec<Vec<f64>>, String>> = None;
-    let tol = tolerance(case.dtype);
-    for v in case.variants.iter_mut() {
-        let level = v.level;
-        let out = at_level(level, || -> Result<Vec<Vec<f64>>> { outputs_f64(&(v.prep)(0)?()?) }).map_err(|e| e.to_string());
+    for (v, verdict) in case.variants.iter_mut().zip(verdicts) {
         let mut row = Row::new(&case.op, &v.name, case.device, case.dtype, &case.shape, case.causal);
         row.default = (v.name == case.default_variant).then_some(true);
         row.extra = case.extra.clone();
-        let is_ref = reference.is_none();
-        let check = match (&out, &reference) {
-            (Err(e), _) => Err(format!("error: {e}")),
-            (Ok(_), None) => Ok(0.0),
-            (Ok(_), Some(Err(e))) => Err(format!("unchecked: the reference variant failed ({e})")),
-            (Ok(o), Some(Ok(r))) => match scaled_err(o, r) {
-                Ok(e) if e <= tol => Ok(e),
-                Ok(e) => Err(format!("wrong: error {e:.3e} against the reference exceeds {tol:.1e}")),
-                Err(e) => Err(format!("wrong: {e}")),
-            },
-        };
-        if is_ref {
-            reference = Some(out);
-        }
-        match check {
+        match verdict {
             Err(status) => {
                 row.status = status;
                 rows.push(row);
             }
             Ok(err) => {
-                row.max_err = (!is_ref).then_some(err);
+                row.max_err = err;
                 if !v.timed {
                     continue;
                 }

@@ -5,10 +5,10 @@
 //! kiln has one. On CUDA: `cuda`, checked against the same op run on the CPU (`cpu`, untimed).
 //! Work is counted as in ../shared/notes/perf-anchors.md and scripts/torch_bench.py.
 use super::harness::{Case, Thunk, Variant, Work};
-use kiln::tensor::cpu::simd::{self, Level};
-use kiln::tensor::ops::attention::{attention_reference, AttentionOpts};
-use kiln::tensor::ops::gelu::GeluApprox;
-use kiln::{DType, Device, Result, Tensor};
+use crate::tensor::cpu::simd::{self, Level};
+use crate::tensor::ops::attention::{attention_reference, AttentionOpts};
+use crate::tensor::ops::gelu::GeluApprox;
+use crate::{DType, Device, Result, Tensor};
 use std::rc::Rc;
 
 /// Where and how big.
@@ -66,7 +66,7 @@ fn prep_pass(pass: Pass, f: &OpFn, inputs: &[Tensor], dy: &Tensor) -> Result<Thu
     let dy = dy.clone();
     let grads = |ins: &[Tensor]| -> Vec<Tensor> { ins.iter().filter(|t| t.requires_grad()).filter_map(|t| t.grad()).collect() };
     match pass {
-        Pass::Fwd => Ok(Box::new(move || Ok(vec![kiln::tensor::no_grad(|| f(&ins))?]))),
+        Pass::Fwd => Ok(Box::new(move || Ok(vec![crate::tensor::no_grad(|| f(&ins))?]))),
         Pass::Bwd => {
             ins.iter().for_each(|t| t.zero_grad());
             let out = f(&ins)?;
@@ -339,7 +339,7 @@ pub fn copy(ctx: &Ctx, dtype: DType, rows: usize, d: usize) -> Result<Case<'stat
                 timed: true,
                 prep: Box::new(move |_| {
                     let c = cell.clone();
-                    Ok(Box::new(move || if (c.borrow_mut())() { Err(kiln::Error::msg("copy: destination differs from source")) } else { Ok(vec![]) }) as Thunk)
+                    Ok(Box::new(move || if (c.borrow_mut())() { Err(crate::Error::msg("copy: destination differs from source")) } else { Ok(vec![]) }) as Thunk)
                 }),
             }
         }

@@ -1,7 +1,7 @@
 //! One result row of `kiln bench` / `scripts/torch_bench.py`: the JSON both write, one object per
 //! line. Ids are `<op>/<device>/<dtype>/<shape>[/causal]`, the same in both, so rows pair up.
 use super::harness::{Stats, Work};
-use kiln::{DType, Device};
+use crate::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -125,18 +125,18 @@ impl Row {
 }
 
 /// Parses JSON lines (blank lines and lines starting with `#` are skipped); errors name the line.
-pub fn parse_jsonl(text: &str, origin: &str) -> kiln::Result<Vec<Row>> {
+pub fn parse_jsonl(text: &str, origin: &str) -> crate::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let l = line.trim();
         if l.is_empty() || l.starts_with('#') {
             continue;
         }
-        let row: Row = serde_json::from_str(l).map_err(|e| kiln::Error::msg(format!("{origin}:{}: not a bench row: {e}", i + 1)))?;
+        let row: Row = serde_json::from_str(l).map_err(|e| crate::Error::msg(format!("{origin}:{}: not a bench row: {e}", i + 1)))?;
         rows.push(row);
     }
     if rows.is_empty() {
-        return Err(kiln::Error::msg(format!("{origin}: no bench rows in the file")));
+        return Err(crate::Error::msg(format!("{origin}: no bench rows in the file")));
     }
     Ok(rows)
 }

@@ -5,13 +5,13 @@
 //! allows it (`/proc/self/clear_refs`), and the device allocator's peak on CUDA.
 use super::harness::{Stats, TimerCfg, Work};
 use super::row::Row;
-use kiln::model::config::{BertConfig, Gpt2Config, ModelConfig};
-use kiln::model::data::Batch;
-use kiln::model::model::Model;
-use kiln::model::nn::ForwardCtx;
-use kiln::model::{AdamW, AdamWConfig, Optimizer, ParamStore};
-use kiln::tensor::{cuda, no_grad};
-use kiln::{DType, Device, Error, Result, Tensor};
+use crate::model::config::{BertConfig, Gpt2Config, ModelConfig};
+use crate::model::data::Batch;
+use crate::model::model::Model;
+use crate::model::nn::ForwardCtx;
+use crate::model::{AdamW, AdamWConfig, Optimizer, ParamStore};
+use crate::tensor::{cuda, no_grad};
+use crate::{DType, Device, Error, Result, Tensor};
 
 /// The step configs: (op, config, layers, width).
 pub fn configs(quick: bool) -> Result<Vec<(&'static str, ModelConfig)>> {
@@ -81,44 +81,70 @@ pub fn rows(device: Device, quick: bool, steps: usize, filter: &dyn Fn(&str) -> 
     Ok(out)
 }
 
-fn step_row(cfg: &ModelConfig, device: Device, b: usize, t: usize, steps: usize, row: &mut Row) -> Result<()> {
-    let reset = reset_peak_rss();
-    let store = ParamStore::new(0, DType::F32, device);
-    let model = Model::build(cfg, &store)?;
-    let params = store.trainable();
-    let n_params: usize = params.iter().map(|p| p.elem_count()).sum();
-    let mut opt = AdamW::new(AdamWConfig { lr: 1e-4, weight_decay: 0.01, ..Default::default() });
-    let data = batch(cfg, b, t, device)?;
-    let mut losses = Vec::new();
-    let mut step = |i: usize| -> Result<()> {
-        let loss = model.loss(&data, &ForwardCtx::train(i as u64))?;
+/// One model, its optimizer and a fixed batch, ready to take training steps.
+pub struct TrainStep {
+    model: Model,
+    params: Vec<crate::model::Param>,
+    opt: AdamW,
+    data: Batch,
+    steps: u64,
+    /// Parameters (tied weights counted once).
+    pub n_params: usize,
+    /// FLOPs of one step: 6·P·tokens + 12·L·T·d·tokens.
+    pub flops: f64,
+    /// Tokens per step.
+    pub tokens: usize,
+}
+
+impl TrainStep {
+    /// A freshly initialised model for `cfg` on `device` with a seeded `[b, t]` batch.
+    pub fn new(cfg: &ModelConfig, device: Device, b: usize, t: usize) -> Result<TrainStep> {
+        let store = ParamStore::new(0, DType::F32, device);
+        let model = Model::build(cfg, &store)?;
+        let params = store.trainable();
+        let n_params: usize = params.iter().map(|p| p.elem_count()).sum();
+        let tokens = b * t;
+        let (layers, width) = (cfg.num_layers() as f64, cfg.hidden_size() as f64);
+        let flops = 6.0 * n_params as f64 * tokens as f64 + 12.0 * layers * t as f64 * width * tokens as f64;
+        let opt = AdamW::new(AdamWConfig { lr: 1e-4, weight_decay: 0.01, ..Default::default() });
+        Ok(TrainStep { model, params, opt, data: batch(cfg, b, t, device)?, steps: 0, n_params, flops, tokens })
+    }
+
+    /// Forward, backward, AdamW, zero the gradients; returns the loss (an error if not finite).
+    pub fn step(&mut self) -> Result<f64> {
+        let loss = self.model.loss(&self.data, &ForwardCtx::train(self.steps))?;
         loss.backward()?;
-        no_grad(|| opt.step(&params))?;
-        params.iter().for_each(|p| p.zero_grad());
+        no_grad(|| self.opt.step(&self.params))?;
+        self.params.iter().for_each(|p| p.zero_grad());
         let l = loss.to_scalar()?;
         if !l.is_finite() {
-            return Err(Error::msg(format!("the loss became {l} at step {i}")));
+            return Err(Error::msg(format!("the loss became {l} at step {}", self.steps)));
         }
-        losses.push(l);
-        Ok(())
-    };
+        self.steps += 1;
+        Ok(l)
+    }
+}
+
+fn step_row(cfg: &ModelConfig, device: Device, b: usize, t: usize, steps: usize, row: &mut Row) -> Result<()> {
+    let reset = reset_peak_rss();
+    let mut ts = TrainStep::new(cfg, device, b, t)?;
+    let mut losses = Vec::new();
     let cfg_t = TimerCfg { warmup: 2, min_iters: steps, max_iters: steps, target_s: 0.0 };
     let mut times = Vec::new();
     for i in 0..cfg_t.warmup + cfg_t.max_iters {
         cuda::synchronize(device)?;
-        let ((), ms) = cuda::time_ms(device, || step(i))?;
+        let (l, ms) = cuda::time_ms(device, || ts.step())?;
+        losses.push(l);
         if i >= cfg_t.warmup {
             times.push(ms);
         }
     }
     let s = Stats::of(times);
-    let tokens = (b * t) as f64;
-    let (layers, width) = (cfg.num_layers() as f64, cfg.hidden_size() as f64);
-    let flops = 6.0 * n_params as f64 * tokens + 12.0 * layers * t as f64 * width * tokens;
-    row.set_stats(&s, Work::Flops(flops));
+    let tokens = ts.tokens as f64;
+    row.set_stats(&s, Work::Flops(ts.flops));
     let x = &mut row.extra;
     x.insert("tokens_per_s".into(), (((tokens / (s.median_ms / 1e3)) * 10.0).round() / 10.0).into());
-    x.insert("params".into(), n_params.into());
+    x.insert("params".into(), ts.n_params.into());
     x.insert("batch".into(), b.into());
     x.insert("seq".into(), t.into());
     x.insert("first_loss".into(), losses.first().copied().unwrap_or(f64::NAN).into());
