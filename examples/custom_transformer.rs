@@ -88,7 +88,7 @@ struct TinyLm {
 
 impl TinyLm {
     fn new(ps: &ParamStore, vocab: usize, max_t: usize, d: usize, layers: usize, heads: usize) -> Result<TinyLm> {
-        if heads == 0 || d % heads != 0 {
+        if heads == 0 || !d.is_multiple_of(heads) {
             return Err(Error::msg(format!("--dim {d} must be a positive multiple of --heads {heads}")));
         }
         let std = 0.02;

@@ -57,7 +57,7 @@ fn parse_ids(s: &str) -> Result<Vec<i64>> {
 }
 
 pub fn run(a: &Args) -> Result<Summary> {
-    if !(a.temperature > 0.0) {
+    if a.temperature.is_nan() || a.temperature <= 0.0 {
         return Err(Error::msg(format!("--temperature must be > 0 (got {}): it scales the top-k sampling; the greedy continuation is always printed", a.temperature)));
     }
     let dir = a.model.clone().or_else(default_model_dir).ok_or_else(|| Error::msg("no model directory given and tests/fixtures/gpt2_lm not found; pass one"))?;
