@@ -326,7 +326,9 @@ pub fn copy(ctx: &Ctx, dtype: DType, rows: usize, d: usize) -> Result<Case<'stat
             use rayon::prelude::*;
             let src = randn(71, &[n], DType::F32, Device::Cpu)?.to_vec::<f32>()?;
             let mut dst = vec![1.0f32; n];
-            let chunk = n.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
+            // one piece per thread: pieces this large let memcpy use non-temporal stores (measured
+            // 1.2 ms for 25 MB on 2 threads, against 2.5 ms with 4 pieces per thread)
+            let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
             let mut run = move || {
                 dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
                 dst[n / 2] != src[n / 2]

@@ -14,7 +14,9 @@ fn err(path: &Path, e: &dyn std::fmt::Display) -> Error {
 }
 
 /// Horizontal bars for one roof: (label, kiln rate, other rate).
-fn bar_panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, path: &Path, title: &str, unit: &str, roof: Option<f64>, bars: &[(String, Option<f64>, Option<f64>)]) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn bar_panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, path: &Path, title: &str, unit: &str, roof: Option<f64>, bars: &[(String, Option<f64>, Option<f64>)], other_label: &str) -> Result<()> {
+    let other_label = other_label.to_string();
     let max = bars.iter().flat_map(|b| [b.1, b.2]).flatten().chain(roof).fold(1e-9f64, f64::max) * 1.15;
     let n = bars.len().max(1);
     let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
@@ -56,7 +58,7 @@ fn bar_panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, path: &Path
     chart
         .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
         .map_err(|e| err(path, &e))?
-        .label("other engine")
+        .label(other_label)
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 18, y + 5)], RGBColor(230, 120, 30).filled()));
     chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(|e| err(path, &e))?;
     Ok(())
@@ -96,35 +98,40 @@ pub fn roofline(dir: &Path, kiln: &[Row], other: &[Row], title: &str) -> Result<
     root.fill(&WHITE).map_err(|e| err(&path, &e))?;
     let root = root.titled(title, ("sans-serif", 20)).map_err(|e| err(&path, &e))?;
     let (left, right) = root.split_horizontally(700);
-    bar_panel(&left, &path, "memory-bound kernels vs copy bandwidth", "GB/s", copy, &mem)?;
-    bar_panel(&right, &path, "compute-bound kernels vs GEMM", "GFLOP/s", gemm, &comp)?;
+    let other_name = other.first().map(|r| r.variant.clone()).unwrap_or_else(|| "other engine".into());
+    bar_panel(&left, &path, "memory-bound kernels vs copy bandwidth", "GB/s", copy, &mem, &other_name)?;
+    bar_panel(&right, &path, "compute-bound kernels vs GEMM", "GFLOP/s", gemm, &comp, &other_name)?;
     root.present().map_err(|e| err(&path, &e))?;
     drop(root);
     Ok(path)
 }
 
-/// Writes `attention.svg`: GFLOP/s against N for every attention op / causal / head-dim series.
+/// Writes `attention.svg`: GFLOP/s against N for every attention op / causal / head-dim series;
+/// kiln thick, the other engine thin, the same colour for the same series.
 pub fn attention_chart(dir: &Path, kiln: &[Row], other: &[Row], title: &str) -> Result<std::path::PathBuf> {
     let path = dir.join("attention.svg");
-    // series key: (engine, op, causal, d) -> [(N, GFLOP/s)]
-    let mut series: std::collections::BTreeMap<(String, String, bool, String), Vec<(f64, f64)>> = Default::default();
-    for (engine, rows) in [("kiln", kiln), ("other", other)] {
+    // series key: (op, causal, d) -> engine -> [(log2 N, GFLOP/s)]
+    type Series = std::collections::BTreeMap<(String, bool, String), std::collections::BTreeMap<usize, Vec<(f64, f64)>>>;
+    let mut series: Series = Default::default();
+    let other_name = other.first().map(|r| r.variant.clone()).unwrap_or_else(|| "other".into());
+    for (engine, rows) in [(0usize, kiln), (1, other)] {
         for (_, r) in best_by_id(rows) {
             let dims: Vec<f64> = r.shape.split('x').filter_map(|s| s.parse().ok()).collect();
             if !r.op.starts_with("attention") || dims.len() != 4 {
                 continue;
             }
             if let Some(g) = r.gflops {
-                series.entry((engine.into(), r.op.clone(), r.causal, format!("d{}", dims[3]))).or_default().push((dims[2], g));
+                series.entry((r.op.clone(), r.causal, format!("d{}", dims[3]))).or_default().entry(engine).or_default().push((dims[2].log2(), g));
             }
         }
     }
-    series.retain(|_, v| v.len() >= 2);
+    series.retain(|_, e| e.get(&0).is_some_and(|v| v.len() >= 2));
     if series.is_empty() {
         return Err(Error::msg("attention chart: fewer than two sequence lengths measured for every series"));
     }
-    let (xmin, xmax) = series.values().flatten().fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let ymax = series.values().flatten().fold(0.0f64, |m, p| m.max(p.1)) * 1.15;
+    let pts = || series.values().flat_map(|e| e.values()).flatten();
+    let (xmin, xmax) = pts().fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let ymax = pts().fold(0.0f64, |m, p| m.max(p.1)) * 1.15;
     let svg = path.clone();
     let root = SVGBackend::new(&svg, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&path, &e))?;
@@ -133,23 +140,33 @@ pub fn attention_chart(dir: &Path, kiln: &[Row], other: &[Row], title: &str) -> 
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((xmin * 0.9..xmax * 1.1).log_scale(), 0.0..ymax)
+        .build_cartesian_2d((xmin - 0.3)..(xmax + 0.3), 0.0..ymax)
         .map_err(|e| err(&path, &e))?;
-    chart.configure_mesh().x_desc("sequence length N").y_desc("GFLOP/s").draw().map_err(|e| err(&path, &e))?;
-    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK, RGBColor(230, 120, 30), RGBColor(120, 60, 160)];
-    for (i, ((engine, op, causal, d), mut pts)) in series.into_iter().enumerate() {
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let ticks = (xmax - xmin).round() as usize + 1;
+    chart
+        .configure_mesh()
+        .x_labels(ticks * 2 + 2)
+        .x_label_formatter(&|x| if (x - x.round()).abs() < 0.05 { format!("{}", 2f64.powf(x.round()) as u64) } else { String::new() })
+        .x_desc("sequence length N")
+        .y_desc("GFLOP/s")
+        .draw()
+        .map_err(|e| err(&path, &e))?;
+    let palette = [BLUE, RED, RGBColor(0, 150, 0), MAGENTA, RGBColor(0, 150, 170), BLACK, RGBColor(230, 120, 30), RGBColor(120, 60, 160)];
+    for (i, ((op, causal, d), engines)) in series.into_iter().enumerate() {
         let c = palette[i % palette.len()];
-        let style = if engine == "kiln" { c.stroke_width(2) } else { c.stroke_width(1) };
-        let label = format!("{engine} {op} {d}{}", if causal { " causal" } else { "" });
-        chart
-            .draw_series(LineSeries::new(pts.clone(), style))
-            .map_err(|e| err(&path, &e))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(|e| err(&path, &e))?;
+        for (engine, mut pts) in engines {
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let style = if engine == 0 { c.stroke_width(3) } else { c.mix(0.6).stroke_width(1) };
+            let name = if engine == 0 { "kiln" } else { other_name.as_str() };
+            chart
+                .draw_series(LineSeries::new(pts.clone(), style))
+                .map_err(|e| err(&path, &e))?
+                .label(format!("{name} {op} {d}{}", if causal { " causal" } else { "" }))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, if engine == 0 { 4 } else { 2 }, c.filled()))).map_err(|e| err(&path, &e))?;
+        }
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(|e| err(&path, &e))?;
+    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(|e| err(&path, &e))?;
     root.present().map_err(|e| err(&path, &e))?;
     drop(root);
     Ok(path)

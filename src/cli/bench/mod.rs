@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Write roofline.svg and attention.svg into this directory.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Title of the charts (default: kiln's version and the device).
+    #[arg(long)]
+    pub title: Option<String>,
     /// Do not measure: read kiln's rows from this JSON-lines file (for --compare / --plot).
     #[arg(long)]
     pub from: Option<PathBuf>,
@@ -282,7 +285,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if let Some(dir) = &a.plot {
         let dev = rows.first().map(|r| r.device.clone()).unwrap_or_default();
-        let title = format!("kiln {} ({dev})", env!("CARGO_PKG_VERSION"));
+        let title = a.title.clone().unwrap_or_else(|| format!("kiln {} ({dev})", env!("CARGO_PKG_VERSION")));
         let mut made = vec![charts::roofline(dir, &rows, &other, &title)?];
         match charts::attention_chart(dir, &rows, &other, &format!("{title}: attention")) {
             Ok(p) => made.push(p),
