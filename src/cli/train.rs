@@ -137,8 +137,9 @@ fn model_spec(args: &TrainArgs) -> (Option<PathBuf>, String) {
 pub fn run(args: TrainArgs) -> Result<()> {
     let device: Device = args.device.parse()?;
     kiln::tensor::cuda::check_device(device)?;
-    if args.dtype.parse::<DType>()? != DType::F32 {
-        return Err(Error::msg(format!("train: --dtype {} is not supported yet on this backend; use f32", args.dtype)));
+    let compute_dtype: DType = args.dtype.parse()?;
+    if !matches!(compute_dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(Error::msg(format!("train: --dtype {} is not supported (f32, or bf16 / f16 mixed precision)", args.dtype)));
     }
     if args.batch == 0 || args.seq < 2 || args.steps == 0 {
         return Err(Error::msg("train: --batch, --steps must be positive and --seq at least 2"));
@@ -225,6 +226,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eval_batches: args.eval_batches,
         ckpt_every: args.ckpt_every,
         out: Some(out.clone()),
+        compute_dtype,
     };
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(total);

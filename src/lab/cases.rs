@@ -105,6 +105,26 @@ pub struct OpSpec<'s> {
     pub work: Box<dyn Fn(Pass) -> Work + 's>,
 }
 
+impl<'s> OpSpec<'s> {
+    /// An op over one `[rows, d]` input with gradients, output of the same shape, no composed
+    /// variant, checked on the CPU; set the other fields with struct-update syntax.
+    pub fn rowwise(op: &'s str, dtype: DType, rows: usize, d: usize, fused: OpFn, work: Box<dyn Fn(Pass) -> Work + 's>) -> Self {
+        OpSpec {
+            op,
+            dtype,
+            shape: format!("{rows}x{d}"),
+            causal: false,
+            inputs: vec![(vec![rows, d], true)],
+            fixed: vec![],
+            out_shape: vec![rows, d],
+            fused,
+            composed: None,
+            check_on_cpu: true,
+            work,
+        }
+    }
+}
+
 /// The cases of `spec` for each pass in `passes`.
 pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<Vec<Case<'static>>> {
     let set_bytes: usize = spec.inputs.iter().map(|(s, _)| s.iter().product::<usize>() * spec.dtype.size_in_bytes()).sum();
@@ -200,71 +220,37 @@ fn softmax_composed(x: &Tensor) -> Result<Tensor> {
 /// GELU (erf and tanh), LayerNorm, softmax over `[rows, d]` and cross-entropy over `[n, classes]`.
 pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: (usize, usize)) -> Result<Vec<Case<'static>>> {
     let (n, e) = ((rows * d) as u64, dtype.size_in_bytes() as u64);
-    let shape = format!("{rows}x{d}");
     let all = [Pass::Fwd, Pass::Bwd];
     let mut cases = Vec::new();
+    // elementwise: x read, y written; backward: x and dy read, dx written
+    let ew = move |p| Work::Bytes(if p == Pass::Fwd { 2 * n * e } else { 3 * n * e });
     for (op, approx) in [("gelu", GeluApprox::Erf), ("gelu_tanh", GeluApprox::Tanh)] {
         let spec = OpSpec {
-            op,
-            dtype,
-            shape: shape.clone(),
-            causal: false,
-            inputs: vec![(vec![rows, d], true)],
-            fixed: vec![],
-            out_shape: vec![rows, d],
-            fused: Rc::new(move |t| t[0].gelu_with(approx)),
             composed: (approx == GeluApprox::Tanh).then(|| Rc::new(|t: &[Tensor]| gelu_tanh_composed(&t[0])) as OpFn),
-            check_on_cpu: true,
-            work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { 2 * n * e } else { 3 * n * e })),
+            ..OpSpec::rowwise(op, dtype, rows, d, Rc::new(move |t| t[0].gelu_with(approx)), Box::new(ew))
         };
         cases.extend(op_cases(ctx, &spec, &all, 10)?);
     }
     let (r, dd) = (rows as u64, d as u64);
+    // fwd: x, w, b read; y written, mean and rstd (f32) saved. bwd: dy, x, mean, rstd, w read; dx, dw, db written.
+    let ln_work = move |p| Work::Bytes(if p == Pass::Fwd { (2 * n + 2 * dd) * e + 2 * r * 4 } else { (3 * n + 3 * dd) * e + 2 * r * 4 });
     let spec = OpSpec {
-        op: "layer_norm",
-        dtype,
-        shape: shape.clone(),
-        causal: false,
         inputs: vec![(vec![rows, d], true), (vec![d], true), (vec![d], true)],
-        fixed: vec![],
-        out_shape: vec![rows, d],
-        fused: Rc::new(|t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5)),
         composed: Some(Rc::new(|t| layer_norm_composed(&t[0], &t[1], &t[2], 1e-5))),
-        check_on_cpu: true,
-        // fwd: x, w, b read; y written, mean and rstd (f32) saved. bwd: dy, x, mean, rstd, w read; dx, dw, db written.
-        work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { (2 * n + 2 * dd) * e + 2 * r * 4 } else { (3 * n + 3 * dd) * e + 2 * r * 4 })),
+        ..OpSpec::rowwise("layer_norm", dtype, rows, d, Rc::new(|t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5)), Box::new(ln_work))
     };
     cases.extend(op_cases(ctx, &spec, &all, 20)?);
-    let spec = OpSpec {
-        op: "softmax",
-        dtype,
-        shape: shape.clone(),
-        causal: false,
-        inputs: vec![(vec![rows, d], true)],
-        fixed: vec![],
-        out_shape: vec![rows, d],
-        fused: Rc::new(|t| t[0].softmax_last_dim()),
-        composed: Some(Rc::new(|t| softmax_composed(&t[0]))),
-        check_on_cpu: true,
-        work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { 2 * n * e } else { 3 * n * e })),
-    };
+    let spec = OpSpec { composed: Some(Rc::new(|t| softmax_composed(&t[0]))), ..OpSpec::rowwise("softmax", dtype, rows, d, Rc::new(|t| t[0].softmax_last_dim()), Box::new(ew)) };
     cases.extend(op_cases(ctx, &spec, &all, 30)?);
     let (cn, classes) = ce;
     let targets: Vec<i64> = (0..cn as i64).map(|i| if i % 17 == 5 { -100 } else { (i * 7919) % classes as i64 }).collect();
     let (nc, cn64) = ((cn * classes) as u64, cn as u64);
+    // fwd: logits and targets read, per-row logsumexp saved, the loss written; bwd: logits, targets, lse read, dlogits written.
+    let ce_work = move |p| Work::Bytes(if p == Pass::Fwd { nc * e + cn64 * 12 + 4 } else { 2 * nc * e + cn64 * 12 });
     let spec = OpSpec {
-        op: "cross_entropy",
-        dtype,
-        shape: format!("{cn}x{classes}"),
-        causal: false,
-        inputs: vec![(vec![cn, classes], true)],
         fixed: vec![Tensor::from_vec(targets, &[cn])?],
         out_shape: vec![],
-        fused: Rc::new(|t| t[0].cross_entropy(&t[1], -100)),
-        composed: None,
-        check_on_cpu: true,
-        // fwd: logits and targets read, per-row logsumexp saved, the loss written; bwd: logits, targets, lse read, dlogits written.
-        work: Box::new(move |p| Work::Bytes(if p == Pass::Fwd { nc * e + cn64 * 12 + 4 } else { 2 * nc * e + cn64 * 12 })),
+        ..OpSpec::rowwise("cross_entropy", dtype, cn, classes, Rc::new(|t| t[0].cross_entropy(&t[1], -100)), Box::new(ce_work))
     };
     cases.extend(op_cases(ctx, &spec, &all, 40)?);
     Ok(cases)

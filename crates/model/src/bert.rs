@@ -117,7 +117,7 @@ impl BertModel {
             }
         }
         let x = self.word.forward(input_ids)?.add(&self.position.forward(&pos)?)?.add(&self.token_type.forward(&tt)?)?;
-        let mut x = self.dropout.forward(&self.emb_ln.forward(&x)?, ctx)?;
+        let mut x = self.dropout.forward(&ctx.to_compute(&self.emb_ln.forward(&x)?)?, ctx)?;
         for l in &self.layers {
             x = l.forward(&x, attention_mask, ctx)?;
         }
@@ -151,7 +151,8 @@ impl BertLmHead {
     }
     fn forward(&self, h: &Tensor) -> Result<Tensor> {
         let x = self.ln.forward(&activate(self.act, &self.dense.forward(h)?)?)?;
-        self.decoder.forward(&x)?.add(&self.bias.tensor())
+        let y = self.decoder.forward(&x)?;
+        y.add(&self.bias.tensor().to_dtype(y.dtype())?)
     }
 }
 
@@ -253,7 +254,8 @@ impl BertWithHead {
             if lab.elem_count() != rows {
                 return Err(Error::ShapeMismatch { op: "labels", lhs: logits.shape()[..logits.rank() - 1].to_vec(), rhs: lab.shape().to_vec() });
             }
-            logits.reshape(&[rows, n])?.cross_entropy(&lab.contiguous()?.reshape(&[rows])?, ignore)
+            // in f32 also when the logits are half precision
+            logits.reshape(&[rows, n])?.to_dtype(DType::F32)?.cross_entropy(&lab.contiguous()?.reshape(&[rows])?, ignore)
         };
         match &self.head {
             BertHead::MaskedLm(lm) => {

@@ -78,7 +78,7 @@ impl Gpt2Model {
         let (_, t) = check_ids(input_ids, self.cfg.n_positions, "gpt2")?;
         let pos = Tensor::arange(0.0, t as f64, 1.0, DType::I64, input_ids.device())?;
         let x = self.wte.forward(input_ids)?.add(&self.wpe.forward(&pos)?)?;
-        let mut x = self.embd_dropout.forward(&x, ctx)?;
+        let mut x = self.embd_dropout.forward(&ctx.to_compute(&x)?, ctx)?;
         for b in &self.blocks {
             x = b.forward(&x, attention_mask, ctx)?;
         }
@@ -125,7 +125,8 @@ pub fn shifted_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     if t < 2 {
         return Err(Error::msg("lm_loss: need at least 2 positions to shift labels"));
     }
-    let lg = logits.narrow(1, 0, t - 1)?.reshape(&[b * (t - 1), v])?;
+    // the loss is computed in f32 also when the logits are half precision
+    let lg = logits.narrow(1, 0, t - 1)?.reshape(&[b * (t - 1), v])?.to_dtype(DType::F32)?;
     let lb = labels.narrow(1, 1, t - 1)?.contiguous()?.reshape(&[b * (t - 1)])?;
     lg.cross_entropy(&lb, -100)
 }

@@ -6,27 +6,49 @@
 use crate::config::Activation;
 use crate::params::{Init, Param, ParamStore};
 use kiln_tensor::ops::attention::AttentionOpts;
-use kiln_tensor::{Result, Tensor};
+use kiln_tensor::{DType, Result, Tensor};
 use std::cell::Cell;
 
-/// Per-forward settings: training mode (dropout on) and the dropout seed stream.
+/// Per-forward settings: training mode (dropout on), the dropout seed stream, and the compute
+/// dtype of the activations.
 ///
 /// Each dropout call draws the next seed from `seed`, so a forward pass is reproducible from
 /// (seed, train) alone — which is what makes `--resume` exact.
+///
+/// **Mixed precision.** With a compute dtype of bf16 or f16 ([`ForwardCtx::with_compute_dtype`]) the
+/// models cast their embeddings' output to it; from there every [`Linear`] runs its GEMM in that
+/// dtype (its f32 weight is cast on the way in, and the cast's backward returns f32 gradients to
+/// the f32 master weight), element-wise ops, GELU and attention follow their inputs, while
+/// [`LayerNorm`] and the losses compute in f32 (as PyTorch's autocast does). Parameters, their
+/// gradients and the optimizer state stay f32.
 pub struct ForwardCtx {
     pub train: bool,
     seed: u64,
     counter: Cell<u64>,
+    compute: DType,
 }
 
 impl ForwardCtx {
     /// Inference: dropout off.
     pub fn eval() -> Self {
-        ForwardCtx { train: false, seed: 0, counter: Cell::new(0) }
+        ForwardCtx { train: false, seed: 0, counter: Cell::new(0), compute: DType::F32 }
     }
     /// Training with dropout seeds derived from `seed` (e.g. a hash of the run seed and the step).
     pub fn train(seed: u64) -> Self {
-        ForwardCtx { train: true, seed, counter: Cell::new(0) }
+        ForwardCtx { train: true, seed, counter: Cell::new(0), compute: DType::F32 }
+    }
+    /// The same context computing activations in `dtype` (f32, bf16 or f16; see the type's docs).
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute = dtype;
+        self
+    }
+    /// The dtype activations are computed in (f32 unless mixed precision is on).
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
+    }
+    /// `x` in the compute dtype (a no-op when it already is).
+    pub fn to_compute(&self, x: &Tensor) -> Result<Tensor> {
+        x.to_dtype(self.compute)
     }
     fn next_seed(&self) -> u64 {
         let c = self.counter.get();
@@ -75,10 +97,12 @@ impl Linear {
         let lead: Vec<usize> = x.shape()[..x.rank().saturating_sub(1)].to_vec();
         let rows: usize = lead.iter().product();
         let x2 = x.reshape(&[rows, d_in])?;
-        let w = if self.conv1d { self.weight.tensor() } else { self.weight.tensor().t()? };
+        // mixed precision: the GEMM runs in the activations' dtype (a no-op cast in f32)
+        let w = self.weight.tensor().to_dtype(x.dtype())?;
+        let w = if self.conv1d { w } else { w.t()? };
         let mut y = x2.matmul(&w)?;
         if let Some(b) = &self.bias {
-            y = y.add(&b.tensor())?;
+            y = y.add(&b.tensor().to_dtype(x.dtype())?)?;
         }
         let mut shape = lead;
         shape.push(*y.shape().last().unwrap_or(&0));
@@ -126,8 +150,11 @@ impl LayerNorm {
         let bias = ps.get_or_init(&format!("{name}.bias"), &[dim], Init::Zeros)?;
         Ok(LayerNorm { weight, bias, eps })
     }
+    /// Computes in f32 (half-precision inputs are upcast, the output cast back to their dtype).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.layer_norm(Some(&self.weight.tensor()), Some(&self.bias.tensor()), self.eps)
+        let dt = x.dtype();
+        let y = x.to_dtype(DType::F32)?.layer_norm(Some(&self.weight.tensor()), Some(&self.bias.tensor()), self.eps)?;
+        y.to_dtype(dt)
     }
 }
 

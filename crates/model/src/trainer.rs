@@ -9,7 +9,7 @@ use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer};
 use crate::params::ParamStore;
 use crate::sched::LrSchedule;
 use crate::train_state::{save_checkpoint, TrainState};
-use kiln_tensor::{no_grad, Error, Result};
+use kiln_tensor::{no_grad, DType, Error, Result};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -61,6 +61,47 @@ pub struct TrainOptions {
     /// Checkpoint every N updates (0 = only at the end); needs `out`.
     pub ckpt_every: u64,
     pub out: Option<PathBuf>,
+    /// Activations' dtype: f32, or mixed precision with bf16 / f16 activations and GEMMs over f32
+    /// master weights and optimizer state (see [`ForwardCtx`]); f16 adds dynamic loss scaling.
+    pub compute_dtype: DType,
+}
+
+/// Dynamic loss scaling for f16 training, with the semantics of PyTorch's `GradScaler`: the loss
+/// is multiplied by `scale` before backward and the gradients divided by it after; an update whose
+/// gradients overflowed is skipped and halves the scale; `growth_interval` finite updates in a row
+/// double it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossScaler {
+    pub scale: f64,
+    pub growth_interval: u64,
+    /// Finite updates since the last change of scale.
+    pub good: u64,
+    /// Updates skipped so far because the gradients overflowed.
+    pub skipped: u64,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        LossScaler { scale: 65536.0, growth_interval: 2000, good: 0, skipped: 0 }
+    }
+}
+
+impl LossScaler {
+    /// Records one update's outcome; returns whether the optimizer may step.
+    pub fn update(&mut self, grads_finite: bool) -> bool {
+        if !grads_finite {
+            self.scale = (self.scale * 0.5).max(f64::MIN_POSITIVE);
+            self.good = 0;
+            self.skipped += 1;
+            return false;
+        }
+        self.good += 1;
+        if self.good >= self.growth_interval {
+            self.scale *= 2.0;
+            self.good = 0;
+        }
+        true
+    }
 }
 
 /// One logged update.
@@ -102,6 +143,8 @@ pub struct Trainer<'a> {
     pub step: u64,
     pub losses: Vec<(u64, f64)>,
     pub evals: Vec<EvalLog>,
+    /// Used when `compute_dtype` is f16; saved in and restored from the training state.
+    pub scaler: LossScaler,
 }
 
 /// The dropout seed of micro-batch `micro` of update `step`: a pure function, so resumed runs replay it.
@@ -114,7 +157,7 @@ pub fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
 impl<'a> Trainer<'a> {
     pub fn new(cfg: ModelConfig, store: ParamStore, tokenizer: Option<&'a tokenizers::Tokenizer>, adamw: AdamWConfig) -> Result<Self> {
         let model = Model::build(&cfg, &store)?;
-        Ok(Trainer { cfg, store, model, tokenizer, optimizer: AdamW::new(adamw), step: 0, losses: Vec::new(), evals: Vec::new() })
+        Ok(Trainer { cfg, store, model, tokenizer, optimizer: AdamW::new(adamw), step: 0, losses: Vec::new(), evals: Vec::new(), scaler: LossScaler::default() })
     }
 
     /// Restores optimizer moments, the step and the data position from a training-state file.
@@ -125,6 +168,12 @@ impl<'a> Trainer<'a> {
         self.step = st.step;
         if let Some(l) = st.extra.get("losses").and_then(|v| serde_json::from_value::<Vec<(u64, f64)>>(v.clone()).ok()) {
             self.losses = l;
+        }
+        if let Some(v) = st.extra.get("loss_scale") {
+            let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
+            if let (Some(scale), Some(good), Some(skipped)) = (f("scale"), f("good"), f("skipped")) {
+                self.scaler = LossScaler { scale, good: good as u64, skipped: skipped as u64, ..self.scaler };
+            }
         }
         Ok(())
     }
@@ -146,7 +195,8 @@ impl<'a> Trainer<'a> {
             step: self.step,
             config_hash: self.cfg.hash_hex()?,
             data: data.position(),
-            extra: serde_json::json!({ "losses": self.losses }),
+            extra: serde_json::json!({ "losses": self.losses,
+                "loss_scale": { "scale": self.scaler.scale, "good": self.scaler.good, "skipped": self.scaler.skipped } }),
             optimizer: self.optimizer.state()?,
             ..Default::default()
         };
@@ -161,6 +211,10 @@ impl<'a> Trainer<'a> {
         if opts.accum == 0 {
             return Err(Error::msg("train: gradient accumulation must be at least 1"));
         }
+        if !matches!(opts.compute_dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::msg(format!("train: compute dtype {} is not supported (f32, bf16 or f16)", opts.compute_dtype)));
+        }
+        let scaling = opts.compute_dtype == DType::F16;
         let params = self.store.trainable();
         // Every evaluation reads the same held-out batches.
         let eval_start = eval.as_deref().map(|e| e.position());
@@ -173,21 +227,32 @@ impl<'a> Trainer<'a> {
             for micro in 0..opts.accum {
                 let b = data.next_batch()?.to_device(self.store.device())?;
                 tokens += b.input_ids.elem_count();
-                let ctx = ForwardCtx::train(dropout_seed(opts.seed, self.step, micro));
+                let ctx = ForwardCtx::train(dropout_seed(opts.seed, self.step, micro)).with_compute_dtype(opts.compute_dtype);
                 let loss = self.model.loss(&b, &ctx)?;
                 let l = loss.to_scalar()?;
                 if !l.is_finite() {
                     return Err(stop(&params, format!("the loss became {l}"), self.step + 1, opts));
                 }
                 loss_sum += l;
-                let scaled = if opts.accum > 1 { loss.mul_scalar(1.0 / opts.accum as f64)? } else { loss };
+                let factor = if scaling { self.scaler.scale } else { 1.0 } / opts.accum as f64;
+                let scaled = if factor != 1.0 { loss.mul_scalar(factor)? } else { loss };
                 scaled.backward()?;
             }
-            let grad_norm = if opts.clip > 0.0 { clip_grad_norm(&params, opts.clip)? } else { crate::optim::grad_norm(&params)? };
-            if !grad_norm.is_finite() {
+            if scaling {
+                crate::optim::scale_grads(&params, 1.0 / self.scaler.scale)?;
+            }
+            let mut grad_norm = crate::optim::grad_norm(&params)?;
+            // f16: an overflow skips this update and lowers the scale; otherwise it stops the run
+            let step_ok = if scaling { self.scaler.update(grad_norm.is_finite()) } else { true };
+            if !grad_norm.is_finite() && !scaling {
                 return Err(stop(&params, format!("the gradient norm became {grad_norm}"), self.step + 1, opts));
             }
-            no_grad(|| self.optimizer.step(&params))?;
+            if step_ok {
+                if opts.clip > 0.0 {
+                    grad_norm = clip_grad_norm(&params, opts.clip)?;
+                }
+                no_grad(|| self.optimizer.step(&params))?;
+            }
             for p in &params {
                 p.zero_grad();
             }
