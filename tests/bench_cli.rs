@@ -88,11 +88,27 @@ fn bad_inputs_are_clear_errors() {
     let o = kiln(&["bench", "--quick", "--op", "softmax_fwd", "--compare", dir.join("missing.jsonl").to_str().unwrap()]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("cannot read"));
     assert!(o.stdout.is_empty(), "a bad --compare file must fail before measuring");
+    let o = kiln(&["bench", "--quick", "--op", "softmx"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--op softmx: matches no op"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = kiln(&["bench", "--quick", "--variant", "avx3"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no such variant"));
     let o = kiln(&["bench", "--quick", "--dtypes", "f8"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unknown dtype"));
     let o = kiln(&["bench", "--device", "cuda:7", "--quick"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).to_lowercase().contains("cuda"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_op_filter_is_a_substring_of_op_names() {
+    let o = kiln(&["bench", "--quick", "--json", "--op", "bwd", "--variant", "scalar,kiln"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = rows(&String::from_utf8_lossy(&o.stdout));
+    let ops: std::collections::BTreeSet<&str> = r.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    for op in ["gelu_bwd", "gelu_tanh_bwd", "layer_norm_bwd", "softmax_bwd", "cross_entropy_bwd", "attention_bwd", "attention_fwd_bwd"] {
+        assert!(ops.contains(op), "--op bwd lost {op}: {ops:?}");
+    }
+    assert!(ops.iter().all(|op| op.contains("bwd") || ["copy", "matmul"].contains(op)), "{ops:?}");
 }
 
 #[test]

@@ -93,6 +93,27 @@ gpu_test!(casts_match_cpu, |dev| {
     assert_eq!(ids.to_device(dev).unwrap().to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap(), vec![3.0, -2.0, 0.0, (1 << 20) as f32]);
 });
 
+gpu_test!(cat_split_and_narrow_backward, |dev| {
+    // cat along every dim of odd shapes (one input a strided view), and split / narrow, whose
+    // backward pads with zeros through cat (GPT-2's fused c_attn split takes this path)
+    for d in 0..3 {
+        let mut b = vec![3, 5, 7];
+        b[d] = 2;
+        let shapes: [&[usize]; 2] = [&[3, 5, 7], &b];
+        check(&format!("cat dim {d}"), dev, &shapes, false, true, |x| Tensor::cat(&[x[0].clone(), x[1].clone(), x[0].clone()], d));
+    }
+    check("cat of a transposed view", dev, &[&[4, 6], &[6, 3]], false, true, |x| Tensor::cat(&[x[0].clone(), x[1].t()?], 1));
+    check("split then recombine", dev, &[&[5, 9]], false, true, |x| {
+        let p = x[0].split(&[2, 3, 4], 1)?;
+        p[2].mul(&p[2])?.sum_dims(&[1], true)?.add(&p[0].sum_dims(&[1], true)?)
+    });
+    check("narrow", dev, &[&[4, 11, 3]], false, true, |x| x[0].narrow(1, 3, 5));
+    let empty = Tensor::zeros(&[3, 0], DType::F32, dev).unwrap();
+    let a = input(5, &[3, 2], DType::F32, false).to_device(dev).unwrap();
+    let c = Tensor::cat(&[empty, a.clone()], 1).unwrap();
+    assert_eq!(c.to_vec::<f32>().unwrap(), a.to_vec::<f32>().unwrap(), "cat with an empty input");
+});
+
 gpu_test!(unary_ops, |dev| {
     type F = fn(&Tensor) -> Result<Tensor>;
     let ops: [(&str, F, bool); 8] = [

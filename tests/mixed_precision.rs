@@ -86,7 +86,7 @@ fn half_precision_losses_and_gradients_track_f32() {
 }
 
 fn curve(dtype: DType, steps: u64) -> (Vec<f64>, LossScaler) {
-    let text = read_text(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tinyshakespeare.txt")).unwrap();
+    let text = read_text(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tinyshakespeare.txt")).unwrap();
     let ids: Vec<u32> = text.bytes().take(200_000).map(u32::from).collect();
     let cfg = tiny("gpt2-tiny", 256);
     let store = ParamStore::new(7, DType::F32, Device::Cpu);

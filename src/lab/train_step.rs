@@ -127,6 +127,7 @@ impl TrainStep {
 
 fn step_row(cfg: &ModelConfig, device: Device, b: usize, t: usize, steps: usize, row: &mut Row) -> Result<()> {
     let reset = reset_peak_rss();
+    cuda::reset_peak_memory(device);
     let mut ts = TrainStep::new(cfg, device, b, t)?;
     let mut losses = Vec::new();
     let cfg_t = TimerCfg { warmup: 2, min_iters: steps, max_iters: steps, target_s: 0.0 };

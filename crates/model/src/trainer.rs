@@ -247,6 +247,10 @@ impl<'a> Trainer<'a> {
             if !grad_norm.is_finite() && !scaling {
                 return Err(stop(&params, format!("the gradient norm became {grad_norm}"), self.step + 1, opts));
             }
+            if !step_ok && self.scaler.scale < 1.0 {
+                // overflow is what a scale below 1 cannot cause: the gradients are NaN for good
+                return Err(stop(&params, format!("the f16 gradients stayed non-finite down to loss scale {}", self.scaler.scale), self.step + 1, opts));
+            }
             if step_ok {
                 if opts.clip > 0.0 {
                     grad_norm = clip_grad_norm(&params, opts.clip)?;

@@ -79,6 +79,14 @@ fn write_rows(path: &PathBuf, rows: &[Row]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// Every op `kiln bench` measures (the ceilings `copy` and `matmul` always run).
+const OPS: &[&str] = &[
+    "copy", "matmul", "gelu_fwd", "gelu_bwd", "gelu_tanh_fwd", "gelu_tanh_bwd", "layer_norm_fwd", "layer_norm_bwd", "softmax_fwd", "softmax_bwd",
+    "cross_entropy_fwd", "cross_entropy_bwd", "attention_fwd", "attention_bwd", "attention_fwd_bwd", "train_step_gpt", "train_step_bert",
+];
+/// Every variant name a case can have.
+const VARIANTS: &[&str] = &["scalar", "avx2", "avx512", "composed", "cuda", "matrixmultiply", "cublas", "rayon-memcpy", "affine(1,0)", "kiln"];
+
 /// Which ops and variants run.
 struct Filter {
     ops: Option<Vec<String>>,
@@ -89,9 +97,24 @@ impl Filter {
     fn op(&self, op: &str) -> bool {
         self.ops.as_ref().is_none_or(|v| v.iter().any(|o| op.contains(o.as_str())))
     }
-    /// Whether some op named `family`_... may pass (cheap pre-check before building inputs).
+    /// Whether some op of `family` (a prefix of [`OPS`] names) may pass: a cheap pre-check
+    /// before building inputs, consistent with [`Filter::op`].
     fn family(&self, family: &str) -> bool {
-        self.ops.as_ref().is_none_or(|v| v.iter().any(|o| family.contains(o.as_str()) || o.contains(family)))
+        OPS.iter().filter(|op| op.starts_with(family)).any(|op| self.op(op))
+    }
+    /// An error naming the filters that match no op, or no variant.
+    fn check(&self) -> Result<()> {
+        for o in self.ops.iter().flatten() {
+            if !OPS.iter().any(|op| op.contains(o.as_str())) {
+                return Err(Error::msg(format!("--op {o}: matches no op (ops: {})", OPS.join(", "))));
+            }
+        }
+        for v in self.variants.iter().flatten() {
+            if !VARIANTS.contains(&v.as_str()) {
+                return Err(Error::msg(format!("--variant {v}: no such variant (variants: {})", VARIANTS.join(", "))));
+            }
+        }
+        Ok(())
     }
     /// Keeps the case's selected variants; the reference (first) stays, untimed if not selected.
     fn apply<'a>(&self, mut c: Case<'a>) -> Option<Case<'a>> {
@@ -227,9 +250,10 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
     }
 
     // 4. training steps
-    if filter.variants.is_none() {
+    if filter.variants.as_ref().is_none_or(|v| v.iter().any(|x| x == "kiln")) {
         let steps = if quick { 2 } else { a.train_steps.max(1) };
         let tr = train_step::rows(device, quick, steps, &|op| filter.op(op))?;
+        // (the "kiln" variant of a training step is its only one)
         emit(&mut rows, tr, a.json, ceil);
     }
     Ok(rows)
@@ -254,6 +278,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ops: a.op.as_ref().map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()),
         variants: a.variant.as_ref().map(|s| s.split(',').map(|x| x.trim().to_string()).collect()),
     };
+    filter.check()?;
     // read the comparison file first: a bad file fails before minutes of measuring
     let other = a.compare.as_ref().map(read_rows).transpose()?.unwrap_or_default();
     if let Some(dir) = &a.plot {

@@ -133,6 +133,12 @@ impl CachingAllocator {
     pub fn stats(&self) -> AllocStats {
         self.lock().stats
     }
+
+    /// Restarts the high-water mark from the bytes held now (like `torch.cuda.reset_peak_memory_stats`).
+    pub fn reset_peak(&self) {
+        let mut p = self.lock();
+        p.stats.peak_bytes = p.stats.in_use_bytes;
+    }
 }
 
 impl Drop for CachingAllocator {

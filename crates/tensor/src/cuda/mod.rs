@@ -97,6 +97,20 @@ pub fn peak_memory_bytes(device: Device) -> Option<usize> {
     None
 }
 
+/// Restarts the peak reported by [`peak_memory_bytes`] from what `device` holds now (no-op on the CPU
+/// or a device never used).
+pub fn reset_peak_memory(device: Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(n) = device {
+        if n < device_count() {
+            if let Ok(b) = device::CudaBackend::get(n) {
+                b.allocator().reset_peak();
+            }
+        }
+    }
+    let _ = device;
+}
+
 /// Whether a CUDA device can be used in this process.
 pub fn is_available() -> bool {
     device_count() > 0
@@ -144,8 +158,8 @@ pub fn synchronize(device: Device) -> Result<()> {
 }
 
 /// Runs `f` and returns its result with the time it took in milliseconds: on a CUDA device the
-/// time between two events recorded on the device's stream before and after `f` (so it counts
-/// the GPU work `f` queued, not the host-side launch time alone); on the CPU, wall-clock time.
+/// time between two events recorded on the device's stream before and after `f` (the GPU work `f`
+/// queued, plus any gaps while the host was still launching it); on the CPU, wall-clock time.
 /// For benchmarks; call [`synchronize`] first so earlier work is not counted.
 pub fn time_ms<R>(device: Device, f: impl FnOnce() -> Result<R>) -> Result<(R, f64)> {
     #[cfg(feature = "cuda")]

@@ -76,6 +76,37 @@ pub fn contiguous(t: &Tensor) -> Result<CudaStorage> {
     }
 }
 
+fn cat_t<T: CudaElem + KernelCopy>(tensors: &[Tensor], d: usize, shape: &[usize]) -> Result<CudaStorage> {
+    let first = storage_of("cat", &tensors[0])?;
+    let b = first.backend();
+    let mut out = out_buf::<T>(b, shape.iter().product())?;
+    let strides = crate::shape::contiguous_strides(shape);
+    let mut at = 0usize; // position along dim d
+    for t in tensors {
+        if t.elem_count() > 0 {
+            let src = contiguous(t)?;
+            // t's block of the output: t's shape, the output's strides, starting at `at` along d
+            let dst = KLayout::new(t.shape(), &strides)?;
+            b.copy_to_strided::<T>(&mut out.slice_mut(at * strides[d]..), &src.slice::<T>("cat")?.slice(..), &dst)?;
+        }
+        at += t.shape()[d];
+    }
+    Ok(CudaStorage::from_slice(out, b))
+}
+
+/// Concatenation along `d` of same-dtype CUDA tensors into a new contiguous `shape` (checked by
+/// the caller): one strided scatter per input, each output element written exactly once.
+pub fn cat(tensors: &[Tensor], d: usize, shape: &[usize]) -> Result<CudaStorage> {
+    match tensors.first().map(|t| t.dtype()) {
+        None => Err(Error::msg("cat: no tensors given")),
+        Some(DType::F32) => cat_t::<f32>(tensors, d, shape),
+        Some(DType::F64) => cat_t::<f64>(tensors, d, shape),
+        Some(DType::BF16) => cat_t::<bf16>(tensors, d, shape),
+        Some(DType::F16) => cat_t::<f16>(tensors, d, shape),
+        Some(DType::I64) => cat_t::<i64>(tensors, d, shape),
+    }
+}
+
 /// Uploads a CPU tensor's elements (row-major) to `cuda:ordinal`.
 pub fn upload(t: &Tensor, ordinal: usize) -> Result<CudaStorage> {
     CudaStorage::from_cpu(&t.storage_window()?, ordinal)

@@ -26,6 +26,15 @@ impl BackwardOp for Cat {
     }
 }
 
+#[cfg(feature = "cuda")]
+fn cuda_cat(tensors: &[Tensor], d: usize, shape: &[usize]) -> Result<Storage> {
+    Ok(Storage::Cuda(crate::cuda::ops::cat(tensors, d, shape)?))
+}
+#[cfg(not(feature = "cuda"))]
+fn cuda_cat(tensors: &[Tensor], _: usize, _: &[usize]) -> Result<Storage> {
+    Err(crate::cuda::check_device(tensors[0].device()).unwrap_err())
+}
+
 impl Tensor {
     /// Concatenates along `dim`; all other dims must match.
     pub fn cat<D: Dim>(tensors: &[Tensor], dim: D) -> Result<Tensor> {
@@ -41,6 +50,11 @@ impl Tensor {
             }
             shape[d] += t.shape()[d];
         }
+        let inputs: Vec<&Tensor> = tensors.iter().collect();
+        if let crate::Device::Cuda(_) = first.device() {
+            let out = cuda_cat(tensors, d, &shape)?;
+            return Tensor::from_op(out, &shape, &inputs, || node(Cat { inputs: tensors.to_vec(), dim: d }));
+        }
         let outer: usize = shape[..d].iter().product();
         let inner: usize = shape[d + 1..].iter().product();
         let windows: Vec<CpuStorage> = tensors.iter().map(|t| t.storage_window()).collect::<Result<_>>()?;
@@ -55,7 +69,6 @@ impl Tensor {
             }
         }
         let out = concat_blocks(&windows, &plan, &lens, first.dtype());
-        let inputs: Vec<&Tensor> = tensors.iter().collect();
         Tensor::from_op(Storage::Cpu(out), &shape, &inputs, || node(Cat { inputs: tensors.to_vec(), dim: d }))
     }
 
