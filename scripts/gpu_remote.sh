@@ -122,13 +122,34 @@ stage_bench() {
   step compare 60 "$KILN" bench --from "$LOG/kiln_cuda.jsonl" --compare "$LOG/torch_cuda.jsonl" --plot "$LOG"
 }
 
+# One short pass over everything, for a 15-minute device budget (~8 min): the GPU tests, CUDA
+# training and forward, the kernel benchmarks beside PyTorch, and sanitizer runs on a subset.
+stage_short() {
+  { cat "$WORK/BUILD_INFO"; date -u; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; ldd "$KILN"; } >"$LOG/env.log" 2>&1
+  step nvidia-smi 30 nvidia-smi
+  step kernels_compile 120 "$T/kernels_compile" --test-threads=4 --nocapture
+  step gpu_ops 150 "$T/gpu_ops" --test-threads=1 --nocapture
+  step hf_parity_cuda 90 env KILN_TEST_DEVICE=cuda "$T/hf_parity" --test-threads=1
+  step tensor_lib 60 "$T/kiln_tensor_lib" --test-threads=4
+  local run="$WORK/runs"; rm -rf "$run"; mkdir -p "$run"
+  step train_gpt2_cuda_bf16 60 "$KILN" train --model gpt2-tiny --device cuda --dtype bf16 --steps 30 --batch 8 --seq 64 --json --out "$run/gpt2"
+  step train_bert_cuda 60 "$KILN" train --model bert-tiny --device cuda --steps 30 --batch 8 --seq 64 --json --out "$run/bert"
+  step kiln_bench_cuda 150 "$KILN" bench --device cuda --json --no-sweep --target-s 0.05 --min-iters 10 --train-steps 5 --out "$LOG/kiln_cuda.jsonl"
+  step torch_bench_cuda 120 python3 "$WORK/torch_bench.py" --device cuda --json --target-s 0.05 --min-iters 10 --train-iters 5 --op copy,matmul,gelu_fwd,gelu_bwd,layer_norm_fwd,layer_norm_bwd,softmax_fwd,softmax_bwd,attention_fwd,attention_bwd,attention_fwd_bwd --out "$LOG/torch_cuda.jsonl"
+  step compare 30 "$KILN" bench --from "$LOG/kiln_cuda.jsonl" --compare "$LOG/torch_cuda.jsonl" --plot "$LOG"
+  local cs; cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+  step memcheck_subset 60 "$cs" --tool memcheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 cat_split softmax layer_norm
+  step racecheck_attention 60 "$cs" --tool racecheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 attention_fused
+}
+
 case "$STAGE_NAME" in
   tests) stage_tests ;;
+  short) stage_short ;;
   bench) stage_bench ;;
   cli) stage_cli ;;
   sanitize) stage_sanitize ;;
   all) stage_tests; stage_cli; stage_sanitize ;;
-  *) echo "usage: $0 [tests|cli|sanitize|bench|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [tests|cli|sanitize|bench|short|all]" >&2; exit 2 ;;
 esac
 echo "--- $STAGE_NAME summary (logs in $LOG)"
 cat "$SUMMARY"
