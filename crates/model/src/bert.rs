@@ -293,7 +293,7 @@ impl BertWithHead {
                     // HF clamps positions to [0, T] and ignores T.
                     let clamp = |p: &Tensor| -> Result<Tensor> {
                         let v: Vec<i64> = p.to_vec::<i64>()?.into_iter().map(|x| x.clamp(0, t as i64)).collect();
-                        Tensor::from_vec(v, &[b])
+                        Tensor::from_vec(v, &[b])?.to_device(start.device())
                     };
                     let ls = flat_ce(&start, &clamp(s)?, t as i64)?;
                     let le = flat_ce(&end, &clamp(e)?, t as i64)?;
