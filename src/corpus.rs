@@ -44,14 +44,15 @@ fn sentence(rng: &mut ChaCha8Rng) -> String {
     }
 }
 
-/// About `chars` characters of generated text, paragraphs of 3-6 sentences.
+/// About `chars` characters of generated text: documents (paragraphs separated by a blank line)
+/// of 3-6 sentences, one sentence per line, as BERT's next-sentence data expects.
 pub fn default_corpus(seed: u64, chars: usize) -> String {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = String::with_capacity(chars + 256);
     while out.len() < chars {
         let n = rng.random_range(3..7);
         let para: Vec<String> = (0..n).map(|_| sentence(&mut rng)).collect();
-        out.push_str(&para.join(" "));
+        out.push_str(&para.join("\n"));
         out.push_str("\n\n");
     }
     out
