@@ -262,6 +262,7 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
     let fwd = 4.0 * (b * h * t * t * d) as f64 / if causal { 2.0 } else { 1.0 };
     let opts = AttentionOpts { causal, ..Default::default() };
     let o2 = opts.clone();
+    let o3 = opts.clone();
     let spec = OpSpec {
         op: "attention",
         dtype,
@@ -275,7 +276,25 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
         check_on_cpu,
         work: Box::new(move |p| Work::Flops(fwd * if p == Pass::Fwd { 1.0 } else if p == Pass::Bwd { 2.5 } else { 3.5 })),
     };
-    op_cases(ctx, &spec, passes, 50)
+    let mut cases = op_cases(ctx, &spec, passes, 50)?;
+    if ctx.device != Device::Cpu {
+        // the simple kernels of attention.cu as a timed variant beside the tensor-core ones
+        // (the choice made in the forward is kept by its backward)
+        let simple: OpFn = Rc::new(move |x| {
+            crate::tensor::cuda::force_simple_attention(true);
+            let r = x[0].attention(&x[1], &x[2], &o3);
+            crate::tensor::cuda::force_simple_attention(false);
+            r
+        });
+        let spec = OpSpec { fused: simple, composed: None, ..spec };
+        for (c, extra) in cases.iter_mut().zip(op_cases(ctx, &spec, passes, 50)?) {
+            c.variants.extend(extra.variants.into_iter().filter(|v| v.name == "cuda").map(|mut v| {
+                v.name = "cuda-simple".into();
+                v
+            }));
+        }
+    }
+    Ok(cases)
 }
 
 /// `[m, k] × [k, n]`: the GEMM ceiling. Checked against the same product computed in f64.

@@ -88,7 +88,7 @@ const OPS: &[&str] = &[
     "cross_entropy_fwd", "cross_entropy_bwd", "attention_fwd", "attention_bwd", "attention_fwd_bwd", "train_step_gpt", "train_step_bert",
 ];
 /// Every variant name a case can have.
-const VARIANTS: &[&str] = &["scalar", "avx2", "avx512", "composed", "cuda", "matrixmultiply", "cublas", "rayon-memcpy", "affine(1,0)", "kiln"];
+const VARIANTS: &[&str] = &["scalar", "avx2", "avx512", "composed", "cuda", "cuda-simple", "matrixmultiply", "cublas", "rayon-memcpy", "affine(1,0)", "kiln"];
 
 /// Which ops and variants run.
 struct Filter {

@@ -1,4 +1,6 @@
-//! Launchers for attention.cu: the simple fused attention forward and its blockwise backward.
+//! Launchers for attention.cu (the simple fused attention forward and its blockwise backward, any
+//! head dim up to 128, f32 / bf16 / f16) and attention_tc.cu (the tensor-core kernels: bf16 / f16,
+//! head dim 64 or 128, sm_80+), chosen per call by [`AttentionDims::kernel`].
 //! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
 use super::device::CudaBackend;
 use super::launch::{allow_smem, check_len, to_i32, KernelFloat, NULL_PTR};
@@ -22,6 +24,26 @@ pub struct AttentionDims {
 /// Rows per block of the kernels (attention.cu: 4 warps x 4 query rows fwd, x 2 rows bwd).
 const FWD_ROWS: usize = 16;
 const BWD_ROWS: usize = 8;
+/// Query (and key) rows per block of the tensor-core kernels.
+const TC_ROWS: usize = 64;
+
+/// Which attention kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// attention.cu: the simple (reference) kernels.
+    Simple,
+    /// attention_tc.cu: mma.sync tensor-core kernels (bf16 / f16, head dim 64 / 128, sm_80+).
+    TensorCore,
+}
+
+static FORCE_SIMPLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes later attention forwards use the simple kernels even where the tensor-core ones apply
+/// (process-wide; for the reference variant of `kiln bench` and for tests). A forward's choice is
+/// kept by its backward.
+pub fn force_simple_attention(on: bool) {
+    FORCE_SIMPLE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
 
 impl AttentionDims {
     fn check(&self, op: &'static str) -> Result<()> {
@@ -35,6 +57,16 @@ impl AttentionDims {
             return Err(Error::msg(format!("{op}: batch * heads = {} exceeds the grid's 65535 y-blocks", self.batch * self.heads)));
         }
         Ok(())
+    }
+    /// The kernels for this call on a device of `arch` (e.g. "sm_90") with elements `suffix`.
+    pub fn kernel(&self, arch: &str, suffix: &str) -> AttnKernel {
+        let sm: u32 = arch.trim_start_matches("sm_").trim_end_matches(|c: char| c.is_alphabetic()).parse().unwrap_or(0);
+        let eligible = matches!(suffix, "bf16" | "f16") && matches!(self.head_dim, 64 | 128) && sm >= 80;
+        if eligible && !FORCE_SIMPLE.load(std::sync::atomic::Ordering::Relaxed) {
+            AttnKernel::TensorCore
+        } else {
+            AttnKernel::Simple
+        }
     }
     fn q_elems(&self) -> usize {
         self.batch * self.heads * self.q_len * self.head_dim
@@ -53,11 +85,12 @@ impl AttentionDims {
 
 impl CudaBackend {
     /// `out = softmax(scale * q k^T + masks) v`; saves `lse` (`[batch, heads, q_len]` f32).
-    /// `key_mask` (`[batch, kv_len]` f32, nonzero = attend) hides padding keys.
+    /// `key_mask` (`[batch, kv_len]` f32, nonzero = attend) hides padding keys. `kernel` from
+    /// [`AttentionDims::kernel`]; the backward must use the same.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_fwd<T: KernelFloat>(
         &self, out: &mut CudaViewMut<T>, lse: &mut CudaViewMut<f32>, q: &CudaView<T>, k: &CudaView<T>, v: &CudaView<T>,
-        key_mask: Option<&CudaView<f32>>, dims: &AttentionDims,
+        key_mask: Option<&CudaView<f32>>, dims: &AttentionDims, kernel: AttnKernel,
     ) -> Result<()> {
         let op = "attention_fwd";
         dims.check(op)?;
@@ -73,8 +106,13 @@ impl CudaBackend {
             return Ok(());
         }
         let d = dims.head_dim;
-        let smem = ((48 * d + 32 * (d + 1)) * 4) as u32;
-        let f = self.function("attention", &format!("attention_fwd_{}", T::SUFFIX))?;
+        let tc = kernel == AttnKernel::TensorCore;
+        let (f, smem, rows) = if tc {
+            let f = self.function("attention_tc", &format!("attention_fwd_tc_d{d}_{}", T::SUFFIX))?;
+            (f, (2 * TC_ROWS * (d + 8) * 2) as u32, TC_ROWS)
+        } else {
+            (self.function("attention", &format!("attention_fwd_{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS)
+        };
         allow_smem(&f, smem)?;
         let [bb, hh, tq, tk, dd, causal] = dims.args();
         let mut b = self.stream().launch_builder(&f);
@@ -84,7 +122,7 @@ impl CudaBackend {
             None => b.arg(&NULL_PTR),
         };
         b.arg(&bb).arg(&hh).arg(&tq).arg(&tk).arg(&dd).arg(&dims.scale).arg(&causal);
-        let grid = (dims.q_len.div_ceil(FWD_ROWS) as u32, (dims.batch * dims.heads) as u32, 1);
+        let grid = (dims.q_len.div_ceil(rows) as u32, (dims.batch * dims.heads) as u32, 1);
         unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (128, 1, 1), shared_mem_bytes: smem }) }?;
         Ok(())
     }
@@ -95,7 +133,7 @@ impl CudaBackend {
     pub fn attention_bwd<T: KernelFloat>(
         &self, dq: &mut CudaViewMut<T>, dk: &mut CudaViewMut<T>, dv: &mut CudaViewMut<T>, lse: &CudaView<f32>,
         out: &CudaView<T>, dout: &CudaView<T>, q: &CudaView<T>, k: &CudaView<T>, v: &CudaView<T>,
-        key_mask: Option<&CudaView<f32>>, dims: &AttentionDims,
+        key_mask: Option<&CudaView<f32>>, dims: &AttentionDims, kernel: AttnKernel,
     ) -> Result<()> {
         let op = "attention_bwd";
         dims.check(op)?;
@@ -125,13 +163,19 @@ impl CudaBackend {
             let cfg = LaunchConfig { grid_dim: (dims.rows().div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
             unsafe { b.launch(cfg) }?;
         }
-        let smem = ((16 * d + 64 * (d + 1)) * 4) as u32;
+        let tc = kernel == AttnKernel::TensorCore;
         // 2. dQ over key tiles, 3. dK / dV over query tiles
         for (pass, len) in [("dq", dims.q_len), ("dkdv", dims.kv_len)] {
             if len == 0 {
                 continue;
             }
-            let f = self.function("attention", &format!("attention_bwd_{pass}_{}", T::SUFFIX))?;
+            let (f, smem, rows) = if tc {
+                let f = self.function("attention_tc", &format!("attention_bwd_{pass}_tc_d{d}_{}", T::SUFFIX))?;
+                let smem = if pass == "dq" { 2 * TC_ROWS * (d + 8) * 2 } else { (2 * 64 + 2 * 32) * (d + 8) * 2 + 2 * 32 * 4 };
+                (f, smem as u32, TC_ROWS)
+            } else {
+                (self.function("attention", &format!("attention_bwd_{pass}_{}", T::SUFFIX))?, ((16 * d + 64 * (d + 1)) * 4) as u32, BWD_ROWS)
+            };
             allow_smem(&f, smem)?;
             let mut b = self.stream().launch_builder(&f);
             if pass == "dq" {
@@ -145,7 +189,7 @@ impl CudaBackend {
                 None => b.arg(&NULL_PTR),
             };
             b.arg(&bb).arg(&hh).arg(&tq).arg(&tk).arg(&dd).arg(&dims.scale).arg(&causal);
-            let cfg = LaunchConfig { grid_dim: (len.div_ceil(BWD_ROWS) as u32, bh, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem };
+            let cfg = LaunchConfig { grid_dim: (len.div_ceil(rows) as u32, bh, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem };
             unsafe { b.launch(cfg) }?;
         }
         Ok(())

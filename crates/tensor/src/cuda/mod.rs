@@ -97,6 +97,15 @@ pub fn peak_memory_bytes(device: Device) -> Option<usize> {
     None
 }
 
+/// While `on`, CUDA attention forwards use the simple kernels of attention.cu even where the
+/// tensor-core kernels of attention_tc.cu apply (bf16 / f16, head dim 64 / 128, sm_80+). For the
+/// reference variant of `kiln bench` and for tests; a no-op without the `cuda` feature.
+pub fn force_simple_attention(on: bool) {
+    #[cfg(feature = "cuda")]
+    launch_attn::force_simple_attention(on);
+    let _ = on;
+}
+
 /// Restarts the peak reported by [`peak_memory_bytes`] from what `device` holds now (no-op on the CPU
 /// or a device never used).
 pub fn reset_peak_memory(device: Device) {

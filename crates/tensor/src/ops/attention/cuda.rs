@@ -1,11 +1,13 @@
-//! Fused attention on CUDA (`kernels/attention.cu`): the forward saves `lse` (f32, on the device)
-//! and the backward runs the blockwise kernels. Limits of the CUDA path (clear errors): head dims
+//! Fused attention on CUDA: the tensor-core kernels of `kernels/attention_tc.cu` for bf16 / f16 with
+//! head dim 64 or 128 on sm_80+, the simple kernels of `kernels/attention.cu` otherwise (or when
+//! [`crate::cuda::launch_attn::force_simple_attention`] is on). The forward saves `lse` (f32, on the
+//! device) and records which kernels ran; the backward runs their blockwise passes. Limits of the CUDA path (clear errors): head dims
 //! of q/k and v must be equal and at most 128, and a causal call needs `Tq == Tk` (the kernel's
 //! causal mask is aligned bottom-right, kiln's top-left; they agree only for square calls).
 use super::cpu::Dims;
 use super::{AttentionOpts, OP};
 use crate::autograd::{node, BackwardOp};
-use crate::cuda::launch_attn::AttentionDims;
+use crate::cuda::launch_attn::{AttentionDims, AttnKernel};
 use crate::cuda::ops::{contiguous, float_dispatch};
 use crate::cuda::storage::out_buf;
 use crate::cuda::{not_implemented, CudaStorage};
@@ -20,6 +22,7 @@ struct AttentionCudaBackward {
     out: CudaStorage,
     lse: CudaStorage,
     dims: AttentionDims,
+    kernel: AttnKernel,
 }
 
 impl BackwardOp for AttentionCudaBackward {
@@ -41,7 +44,7 @@ impl BackwardOp for AttentionCudaBackward {
             be.attention_bwd::<T>(
                 &mut dq.slice_mut(..), &mut dk.slice_mut(..), &mut dv.slice_mut(..), &self.lse.slice::<f32>(OP)?.slice(..),
                 &self.out.slice::<T>(OP)?.slice(..), &gc.slice::<T>(OP)?.slice(..), &qc.slice::<T>(OP)?.slice(..),
-                &kc.slice::<T>(OP)?.slice(..), &vc.slice::<T>(OP)?.slice(..), mask.as_ref(), d,
+                &kc.slice::<T>(OP)?.slice(..), &vc.slice::<T>(OP)?.slice(..), mask.as_ref(), d, self.kernel,
             )?;
             Ok((CudaStorage::from_slice(dq, &be), CudaStorage::from_slice(dk, &be), CudaStorage::from_slice(dv, &be)))
         })?;
@@ -65,13 +68,14 @@ pub(super) fn run(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, p: D
         None => None,
     };
     let be = qc.backend().clone();
+    let kernel = dims.kernel(be.arch(), match q.dtype() { DType::BF16 => "bf16", DType::F16 => "f16", _ => "f32" });
     let mut lse = out_buf::<f32>(&be, p.b * p.h * p.tq)?;
     let out = float_dispatch!(OP, q.dtype(), T => {
         let mut out = out_buf::<T>(&be, q.elem_count())?;
         let mv = mask.as_ref().map(|m| m.slice::<f32>(OP)).transpose()?.map(|s| s.slice(..));
         be.attention_fwd::<T>(
             &mut out.slice_mut(..), &mut lse.slice_mut(..), &qc.slice::<T>(OP)?.slice(..), &kc.slice::<T>(OP)?.slice(..),
-            &vc.slice::<T>(OP)?.slice(..), mv.as_ref(), &dims,
+            &vc.slice::<T>(OP)?.slice(..), mv.as_ref(), &dims, kernel,
         )?;
         Ok(CudaStorage::from_slice(out, &be))
     })?;
@@ -79,7 +83,7 @@ pub(super) fn run(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, p: D
     let lse_t = Tensor::from_storage(Storage::Cuda(lse.clone()), &[p.b, p.h, p.tq])?;
     let saved = out.clone();
     let o = Tensor::from_storage(Storage::Cuda(out), q.shape())?.with_history(&[q, k, v], || {
-        node(AttentionCudaBackward { q: q.clone(), k: k.clone(), v: v.clone(), mask, out: saved, lse, dims })
+        node(AttentionCudaBackward { q: q.clone(), k: k.clone(), v: v.clone(), mask, out: saved, lse, dims, kernel })
     });
     Ok((o, lse_t))
 }
