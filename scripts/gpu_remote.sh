@@ -144,14 +144,22 @@ stage_short() {
   step kiln_kernels 60 "$KILN" kernels --arch sm_90
 }
 
+# The fused attention alone (about a minute): its GPU tests against the CPU, and kiln bench's
+# attention rows (tensor-core and simple kernels) at a FlashAttention sweep point.
+stage_attn() {
+  step gpu_ops_attention 90 "$T/gpu_ops" --test-threads=1 --nocapture attention_fused
+  step kiln_bench_attention 90 "$KILN" bench --device cuda --json --op attention --no-sweep --target-s 0.02 --min-iters 5 --out "$LOG/kiln_attn.jsonl"
+}
+
 case "$STAGE_NAME" in
   tests) stage_tests ;;
+  attn) stage_attn ;;
   short) stage_short ;;
   bench) stage_bench ;;
   cli) stage_cli ;;
   sanitize) stage_sanitize ;;
   all) stage_tests; stage_cli; stage_sanitize ;;
-  *) echo "usage: $0 [tests|cli|sanitize|bench|short|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [tests|cli|sanitize|bench|short|attn|all]" >&2; exit 2 ;;
 esac
 echo "--- $STAGE_NAME summary (logs in $LOG)"
 cat "$SUMMARY"
