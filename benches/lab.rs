@@ -60,7 +60,7 @@ fn ops(c: &mut Criterion) {
         let ctx = Ctx { device };
         let dtypes = if device == Device::Cpu { [DType::F32, DType::BF16] } else { [DType::BF16, DType::F32] };
         for dt in dtypes {
-            for case in cases::memory_bound(&ctx, dt, 8192, 768, (1024, 8192)).expect("memory-bound cases") {
+            for case in cases::memory_bound(&ctx, dt, 8192, 768, Some((1024, 8192))).expect("memory-bound cases") {
                 register(c, case);
             }
         }

@@ -195,7 +195,14 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
     let mut all: Vec<Case> = Vec::new();
     for &dt in &dtypes {
         if ["gelu", "layer_norm", "softmax", "cross_entropy"].iter().any(|o| filter.family(o)) {
-            all.extend(cases::memory_bound(&ctx, dt, rows_d, d, ce)?);
+            all.extend(cases::memory_bound(&ctx, dt, rows_d, d, Some(ce))?);
+            // on a GPU also the >= 256 MB shapes (as torch_bench.py): [B·T, 768] at 262144 rows
+            // (GPT-2 width, 384 MB in f32) and long 4096-element rows
+            if !cpu && !quick {
+                for (r, c) in [(262_144, 768), (32_768, 4096)] {
+                    all.extend(cases::memory_bound(&ctx, dt, r, c, None)?);
+                }
+            }
         }
     }
     let att_dt = if cpu { DType::F32 } else { DType::BF16 };
