@@ -98,6 +98,8 @@ pub struct OpSpec<'s> {
     pub out_shape: Vec<usize>,
     pub fused: OpFn,
     pub composed: Option<OpFn>,
+    /// On CUDA: further timed variants `(name, body)` on the same inputs (e.g. another kernel).
+    pub cuda_alternatives: Vec<(&'static str, OpFn)>,
     /// On CUDA: check against the op run on the CPU first (off for sizes the CPU would take
     /// minutes over; such rows say `"checked": false`).
     pub check_on_cpu: bool,
@@ -119,6 +121,7 @@ impl<'s> OpSpec<'s> {
             out_shape: vec![rows, d],
             fused,
             composed: None,
+            cuda_alternatives: vec![],
             check_on_cpu: true,
             work,
         }
@@ -177,6 +180,9 @@ pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<
                 // (no composed variant on CUDA: some of the primitive ops it is built from, e.g.
                 // max over a dim and masked_fill, have no CUDA path yet)
                 variants.push(mk("cuda", None, true, spec.fused.clone(), sets.clone(), dy.clone()));
+                for (name, f) in &spec.cuda_alternatives {
+                    variants.push(mk(name, None, true, f.clone(), sets.clone(), dy.clone()));
+                }
                 default_variant = "cuda".to_string();
             }
         }
@@ -264,6 +270,14 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
     let opts = AttentionOpts { causal, ..Default::default() };
     let o2 = opts.clone();
     let o3 = opts.clone();
+    // on CUDA also the simple kernels of attention.cu, timed beside the tensor-core ones (the
+    // choice made in the forward is kept by its backward)
+    let simple: OpFn = Rc::new(move |x| {
+        crate::tensor::cuda::force_simple_attention(true);
+        let r = x[0].attention(&x[1], &x[2], &o3);
+        crate::tensor::cuda::force_simple_attention(false);
+        r
+    });
     let spec = OpSpec {
         op: "attention",
         dtype,
@@ -274,28 +288,11 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
         out_shape: vec![b, h, t, d],
         fused: Rc::new(move |x| x[0].attention(&x[1], &x[2], &opts)),
         composed: composed.then(|| Rc::new(move |x: &[Tensor]| attention_reference(&x[0], &x[1], &x[2], &o2)) as OpFn),
+        cuda_alternatives: vec![("cuda-simple", simple)],
         check_on_cpu,
         work: Box::new(move |p| Work::Flops(fwd * if p == Pass::Fwd { 1.0 } else if p == Pass::Bwd { 2.5 } else { 3.5 })),
     };
-    let mut cases = op_cases(ctx, &spec, passes, 50)?;
-    if ctx.device != Device::Cpu {
-        // the simple kernels of attention.cu as a timed variant beside the tensor-core ones
-        // (the choice made in the forward is kept by its backward)
-        let simple: OpFn = Rc::new(move |x| {
-            crate::tensor::cuda::force_simple_attention(true);
-            let r = x[0].attention(&x[1], &x[2], &o3);
-            crate::tensor::cuda::force_simple_attention(false);
-            r
-        });
-        let spec = OpSpec { fused: simple, composed: None, ..spec };
-        for (c, extra) in cases.iter_mut().zip(op_cases(ctx, &spec, passes, 50)?) {
-            c.variants.extend(extra.variants.into_iter().filter(|v| v.name == "cuda").map(|mut v| {
-                v.name = "cuda-simple".into();
-                v
-            }));
-        }
-    }
-    Ok(cases)
+    op_cases(ctx, &spec, passes, 50)
 }
 
 /// `[m, k] × [k, n]`: the GEMM ceiling. Checked against the same product computed in f64.

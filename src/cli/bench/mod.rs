@@ -145,9 +145,7 @@ impl Filter {
 
 fn emit(rows: &mut Vec<Row>, new: Vec<Row>, json: bool, ceil: (Option<f64>, Option<f64>)) {
     for mut r in new {
-        if r.op != "copy" && !(r.op == "matmul" && r.extra.contains_key("ceiling")) {
-            r.set_ceiling(ceil.0, ceil.1);
-        }
+        r.set_ceiling(ceil.0, ceil.1); // (None, None) for the ceiling rows themselves
         let line = if json { serde_json::to_string(&r).unwrap_or_default() } else { report::table_line(&r) };
         println!("{line}");
         let _ = std::io::stdout().flush();
@@ -171,7 +169,6 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
         None => vec![DType::BF16, DType::F32],
     };
     let mut rows = Vec::new();
-    let mut ceil = (None, None);
     let env = serde_json::json!({"env": {"kiln": env!("CARGO_PKG_VERSION"), "device": row::device_name(device),
         "threads": rayon::current_num_threads(), "simd": cases::level_name(kiln::tensor::cpu::simd::detected()),
         "quick": quick, "load1": std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().map(String::from))}});
@@ -187,7 +184,7 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
         }
         emit(&mut rows, new, a.json, (None, None));
     }
-    ceil = charts::ceilings(&rows).max_with(ceil);
+    let ceil = charts::ceilings(&rows);
 
     // 2. the ops
     let (rows_d, d) = if quick { (33, 96) } else { (8192, 768) };
@@ -268,19 +265,6 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
         emit(&mut rows, tr, a.json, ceil);
     }
     Ok(rows)
-}
-
-trait MaxWith {
-    fn max_with(self, other: Self) -> Self;
-}
-impl MaxWith for (Option<f64>, Option<f64>) {
-    fn max_with(self, o: Self) -> Self {
-        let m = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(x), Some(y)) => Some(x.max(y)),
-            (x, y) => x.or(y),
-        };
-        (m(self.0, o.0), m(self.1, o.1))
-    }
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
