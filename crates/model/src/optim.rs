@@ -304,8 +304,16 @@ pub fn clip_grad_norm(params: &[Param], max_norm: f64) -> Result<f64> {
         return Err(Error::msg(format!("clip_grad_norm: max_norm must be > 0, got {max_norm}")));
     }
     let total = grad_norm(params)?;
+    clip_grads_to(params, total, max_norm)?;
+    Ok(total)
+}
+
+/// The scaling half of [`clip_grad_norm`] for a caller that already has the global norm `total`
+/// (from [`grad_norm`]): scales every gradient by `max_norm / (total + 1e-6)` when that is below 1;
+/// a non-finite `total` leaves them as they are.
+pub fn clip_grads_to(params: &[Param], total: f64, max_norm: f64) -> Result<()> {
     if !total.is_finite() {
-        return Ok(total);
+        return Ok(());
     }
     let coef = max_norm / (total + 1e-6);
     if coef < 1.0 {
@@ -319,7 +327,7 @@ pub fn clip_grad_norm(params: &[Param], max_norm: f64) -> Result<f64> {
             Ok(())
         })?;
     }
-    Ok(total)
+    Ok(())
 }
 
 /// Multiplies every gradient by `factor` (e.g. `1 / accumulation_steps`).

@@ -5,7 +5,7 @@ use crate::config::ModelConfig;
 use crate::data::Batch;
 use crate::model::Model;
 use crate::nn::ForwardCtx;
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer};
+use crate::optim::{clip_grads_to, AdamW, AdamWConfig, Optimizer};
 use crate::params::ParamStore;
 use crate::sched::LrSchedule;
 use crate::train_state::{save_checkpoint, TrainState};
@@ -241,7 +241,7 @@ impl<'a> Trainer<'a> {
             if scaling {
                 crate::optim::scale_grads(&params, 1.0 / self.scaler.scale)?;
             }
-            let mut grad_norm = crate::optim::grad_norm(&params)?;
+            let grad_norm = crate::optim::grad_norm(&params)?;
             // f16: an overflow skips this update and lowers the scale; otherwise it stops the run
             let step_ok = if scaling { self.scaler.update(grad_norm.is_finite()) } else { true };
             if !grad_norm.is_finite() && !scaling {
@@ -253,7 +253,7 @@ impl<'a> Trainer<'a> {
             }
             if step_ok {
                 if opts.clip > 0.0 {
-                    grad_norm = clip_grad_norm(&params, opts.clip)?;
+                    clip_grads_to(&params, grad_norm, opts.clip)?;
                 }
                 no_grad(|| self.optimizer.step(&params))?;
             }
