@@ -150,11 +150,12 @@ impl LayerNorm {
         let bias = ps.get_or_init(&format!("{name}.bias"), &[dim], Init::Zeros)?;
         Ok(LayerNorm { weight, bias, eps })
     }
-    /// Computes in f32 (half-precision inputs are upcast, the output cast back to their dtype).
+    /// Computes in the parameters' dtype (f32 master weights under mixed precision: half-precision
+    /// inputs are upcast and the output cast back to their dtype; a no-op cast otherwise).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dt = x.dtype();
-        let y = x.to_dtype(DType::F32)?.layer_norm(Some(&self.weight.tensor()), Some(&self.bias.tensor()), self.eps)?;
-        y.to_dtype(dt)
+        let (w, b) = (self.weight.tensor(), self.bias.tensor());
+        let y = x.to_dtype(w.dtype())?.layer_norm(Some(&w), Some(&b), self.eps)?;
+        y.to_dtype(x.dtype())
     }
 }
 
