@@ -63,7 +63,7 @@ impl Model {
                 // Batcher labels are already the next tokens (no HF-style shift here).
                 let logits = m.forward(&b.input_ids, Some(&b.attention_mask), None, ctx)?.logits;
                 let (bs, t, v) = crate::nn::dims3(&logits)?;
-                Some(logits.reshape(&[bs * t, v])?.to_dtype(kiln_tensor::DType::F32)?.cross_entropy(&b.labels.contiguous()?.reshape(&[bs * t])?, -100)?)
+                Some(logits.reshape(&[bs * t, v])?.to_dtype(DType::F32)?.cross_entropy(&b.labels.contiguous()?.reshape(&[bs * t])?, -100)?)
             }
             Model::Bert(m) => {
                 let labels = BertLabels { labels: Some(b.labels.clone()), next_sentence_label: b.next_sentence_label.clone(), ..Default::default() };

@@ -68,7 +68,7 @@ pub(super) fn run(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, p: D
         None => None,
     };
     let be = qc.backend().clone();
-    let kernel = dims.kernel(be.arch(), match q.dtype() { DType::BF16 => "bf16", DType::F16 => "f16", _ => "f32" });
+    let kernel = dims.kernel(be.arch(), q.dtype().as_str());
     let mut lse = out_buf::<f32>(&be, p.b * p.h * p.tq)?;
     let out = float_dispatch!(OP, q.dtype(), T => {
         let mut out = out_buf::<T>(&be, q.elem_count())?;
