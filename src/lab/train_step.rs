@@ -3,7 +3,7 @@
 //! (same configs, dropout off, AdamW lr 1e-4 wd 0.01). FLOPs: 6·P·tokens + 12·L·T·d·tokens.
 //! Peak memory: the process's resident high-water mark (VmHWM), reset before the row where Linux
 //! allows it (`/proc/self/clear_refs`), and the device allocator's peak on CUDA.
-use super::harness::{Stats, TimerCfg, Work};
+use super::harness::{Stats, Work};
 use super::row::Row;
 use crate::model::config::{BertConfig, Gpt2Config, ModelConfig};
 use crate::model::data::Batch;
@@ -72,9 +72,8 @@ pub fn rows(device: Device, quick: bool, steps: usize, filter: &dyn Fn(&str) -> 
             continue;
         }
         let mut row = Row::new(op, "kiln", device, DType::F32, &format!("{b}x{t}"), false);
-        match step_row(&cfg, device, b, t, steps, &mut row) {
-            Ok(()) => {}
-            Err(e) => row.status = format!("error: {e}"),
+        if let Err(e) = step_row(&cfg, device, b, t, steps, &mut row) {
+            row.status = format!("error: {e}");
         }
         out.push(row);
     }
@@ -130,13 +129,13 @@ fn step_row(cfg: &ModelConfig, device: Device, b: usize, t: usize, steps: usize,
     cuda::reset_peak_memory(device);
     let mut ts = TrainStep::new(cfg, device, b, t)?;
     let mut losses = Vec::new();
-    let cfg_t = TimerCfg { warmup: 2, min_iters: steps, max_iters: steps, target_s: 0.0 };
+    const WARMUP: usize = 2;
     let mut times = Vec::new();
-    for i in 0..cfg_t.warmup + cfg_t.max_iters {
+    for i in 0..WARMUP + steps {
         cuda::synchronize(device)?;
         let (l, ms) = cuda::time_ms(device, || ts.step())?;
         losses.push(l);
-        if i >= cfg_t.warmup {
+        if i >= WARMUP {
             times.push(ms);
         }
     }
