@@ -140,3 +140,35 @@ pub(crate) unsafe fn exp_sum_row<V: VF32>(x: *const f32, n: usize, m: f32, y: Op
     }
     acc.hsum()
 }
+
+/// `Σ` of `f(j, acc)` over the full vectors `j = 0, L, 2L, … < main` (`main` a multiple of `LANES`),
+/// with four independent accumulators so that the adds do not wait on each other's latency.
+#[inline(always)]
+pub(crate) unsafe fn acc4<V: VF32>(main: usize, f: impl Fn(usize, V) -> V) -> V {
+    let l = V::LANES;
+    let mut a = [V::splat(0.0); 4];
+    let mut j = 0;
+    while j + 4 * l <= main {
+        for (k, a) in a.iter_mut().enumerate() {
+            *a = f(j + k * l, *a);
+        }
+        j += 4 * l;
+    }
+    while j < main {
+        a[0] = f(j, a[0]);
+        j += l;
+    }
+    a[0].add(a[1]).add(a[2].add(a[3]))
+}
+
+/// Prefetches into L1 the cache line holding `p[j]` when `j` is a multiple of 16 floats (one
+/// line per 64 bytes). The row kernels call it in a row's last pass with `p` the *next* row, so
+/// that row is on its way from memory while this one is finished in L1 (the hardware prefetchers
+/// alone leave each row's first pass waiting on DRAM). `p` may point past the data: a prefetch
+/// never faults.
+#[inline(always)]
+pub(crate) unsafe fn prefetch_line(p: *const f32, j: usize) {
+    if j % 16 == 0 {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(j).cast());
+    }
+}

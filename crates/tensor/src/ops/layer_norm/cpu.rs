@@ -9,6 +9,8 @@
 //! order, so the result does not depend on the thread count or scheduling.
 use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
+use crate::cpu::simd::body::{acc4, prefetch_line};
+#[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
 use crate::ops::binary::PAR_MIN;
 use crate::ops::softmax::cpu::{sum64, uninit_vec};
@@ -214,17 +216,17 @@ unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [Out<f32>], m: &mut [f32], r: &mu
     let d = w.len();
     let inv_d = 1.0 / d as f32;
     for (i, (x, y)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
-        let mut s = V::splat(0.0);
-        for j in (0..d).step_by(V::LANES) {
-            s = s.add(ld::<V>(x, j));
+        let (xp, main) = (x.as_ptr(), d / V::LANES * V::LANES);
+        let mut s = acc4::<V>(main, |j, a| a.add(V::load(xp.add(j))));
+        if main < d {
+            s = s.add(V::load_tail(&x[main..], 0.0));
         }
         let mu = s.hsum() * inv_d;
-        let (muv, mut q) = (V::splat(mu), V::splat(0.0));
-        let main = d / V::LANES * V::LANES;
-        for j in (0..main).step_by(V::LANES) {
-            let c = V::load(x.as_ptr().add(j)).sub(muv);
-            q = c.fma(c, q);
-        }
+        let muv = V::splat(mu);
+        let mut q = acc4::<V>(main, |j, a| {
+            let c = V::load(xp.add(j)).sub(muv);
+            c.fma(c, a)
+        });
         if main < d {
             // the padded lanes hold `mu`, so they add 0
             let c = V::load_tail(&x[main..], mu).sub(muv);
@@ -232,9 +234,11 @@ unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [Out<f32>], m: &mut [f32], r: &mu
         }
         let rs = 1.0 / (q.hsum() * inv_d + eps).sqrt();
         let (rsv, sh) = (V::splat(rs), V::splat(-mu * rs));
+        let yp: *mut f32 = y.as_mut_ptr().cast();
         for j in (0..d).step_by(V::LANES) {
+            prefetch_line(xp.wrapping_add(d), j);
             let xh = ld::<V>(x, j).fma(rsv, sh);
-            st(xh.fma(ld::<V>(w, j), ld::<V>(b, j)), y.as_mut_ptr().cast(), d, j);
+            st(xh.fma(ld::<V>(w, j), ld::<V>(b, j)), yp, d, j);
         }
         (m[i], r[i]) = (mu, rs);
     }
@@ -245,25 +249,60 @@ unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [Out<f32>], m: &mut [f32], r: &mu
 #[inline(always)]
 unsafe fn bwd_rows<V: VF32>(x: &[f32], dy: &[f32], dx: &mut [Out<f32>], m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
     let d = w.len();
+    let rows = m.len();
+    let dxp: *mut f32 = dx.as_mut_ptr().cast();
+    // two rows at a time: each vector of `w`, `dw`, `db` is loaded (and `dw`, `db` stored) once
+    // per pair instead of once per row; an odd last row goes alone
+    let mut i = 0;
+    while i + 2 <= rows {
+        bwd_group::<V, 2>(x.as_ptr().add(i * d), dy.as_ptr().add(i * d), dxp.add(i * d), &m[i..i + 2], &r[i..i + 2], w, dw, db);
+        i += 2;
+    }
+    if i < rows {
+        bwd_group::<V, 1>(x.as_ptr().add(i * d), dy.as_ptr().add(i * d), dxp.add(i * d), &m[i..], &r[i..], w, dw, db);
+    }
+}
+
+/// The backward of `R` consecutive rows starting at `x`, `dy`, `dx` (rows of `w.len()` floats).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn bwd_group<V: VF32, const R: usize>(x: *const f32, dy: *const f32, dx: *mut f32, m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
+    let d = w.len();
     let inv_d = 1.0 / d as f32;
-    for (i, ((x, dy), dx)) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)).enumerate() {
-        let (rsv, sh) = (V::splat(r[i]), V::splat(-m[i] * r[i]));
-        let (mut a, mut c) = (V::splat(0.0), V::splat(0.0));
-        for j in (0..d).step_by(V::LANES) {
-            let g = ld::<V>(dy, j).mul(ld::<V>(w, j));
-            let xh = ld::<V>(x, j).fma(rsv, sh);
-            a = a.add(g);
-            c = g.fma(xh, c);
+    let row = |p: *const f32, k: usize| std::slice::from_raw_parts(p.add(k * d), d);
+    let rsv: [V; R] = std::array::from_fn(|k| V::splat(r[k]));
+    let sh: [V; R] = std::array::from_fn(|k| V::splat(-m[k] * r[k]));
+    // per row Σg and Σg·x̂ (g = dy·w); the R rows' sums are independent chains
+    let z = V::splat(0.0);
+    let (mut a, mut c) = ([z; R], [z; R]);
+    for j in (0..d).step_by(V::LANES) {
+        let wv = ld::<V>(w, j);
+        for k in 0..R {
+            let g = ld::<V>(row(dy, k), j).mul(wv);
+            let xh = ld::<V>(row(x, k), j).fma(rsv[k], sh[k]);
+            a[k] = a[k].add(g);
+            c[k] = g.fma(xh, c[k]);
         }
-        let (av, cv) = (V::splat(a.hsum() * inv_d), V::splat(c.hsum() * inv_d));
-        for j in (0..d).step_by(V::LANES) {
-            let g = ld::<V>(dy, j);
-            let xh = ld::<V>(x, j).fma(rsv, sh);
-            let t = xh.fnma(cv, g.mul(ld::<V>(w, j)).sub(av));
-            st(t.mul(rsv), dx.as_mut_ptr().cast(), d, j);
-            st(g.fma(xh, ld::<V>(dw, j)), dw.as_mut_ptr(), d, j);
-            st(ld::<V>(db, j).add(g), db.as_mut_ptr(), d, j);
+    }
+    let av: [V; R] = std::array::from_fn(|k| V::splat(a[k].hsum() * inv_d));
+    let cv: [V; R] = std::array::from_fn(|k| V::splat(c[k].hsum() * inv_d));
+    let next = R * d;
+    for j in (0..d).step_by(V::LANES) {
+        let wv = ld::<V>(w, j);
+        let (mut dwv, mut dbv) = (ld::<V>(dw, j), ld::<V>(db, j));
+        for k in 0..R {
+            prefetch_line(x.wrapping_add(next + k * d), j);
+            prefetch_line(dy.wrapping_add(next + k * d), j);
+            let g = ld::<V>(row(dy, k), j);
+            let xh = ld::<V>(row(x, k), j).fma(rsv[k], sh[k]);
+            let t = xh.fnma(cv[k], g.mul(wv).sub(av[k]));
+            st(t.mul(rsv[k]), dx.add(k * d), d, j);
+            dwv = g.fma(xh, dwv);
+            dbv = dbv.add(g);
         }
+        st(dwv, dw.as_mut_ptr(), d, j);
+        st(dbv, db.as_mut_ptr(), d, j);
     }
 }
 

@@ -10,7 +10,7 @@ use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
 #[cfg(target_arch = "x86_64")]
-use crate::cpu::simd::body::exp_sum_row;
+use crate::cpu::simd::body::{acc4, exp_sum_row, prefetch_line};
 use crate::ops::binary::PAR_MIN;
 use crate::CpuFloat;
 use rayon::prelude::*;
@@ -141,13 +141,14 @@ pub(crate) unsafe fn max_row<V: VF32>(x: &[f32]) -> f32 {
     m0.max(m1).hmax()
 }
 
-/// `y *= a` over a row of `n` (initialized) floats.
+/// `y *= a` over a row of `n` (initialized) floats, prefetching the row at `next`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn scale_row<V: VF32>(y: *mut f32, n: usize, a: f32) {
+unsafe fn scale_row<V: VF32>(y: *mut f32, n: usize, a: f32, next: *const f32) {
     let (l, av) = (V::LANES, V::splat(a));
     let mut i = 0;
     while i + l <= n {
+        prefetch_line(next, i);
         V::load(y.add(i)).mul(av).store(y.add(i));
         i += l;
     }
@@ -156,13 +157,15 @@ unsafe fn scale_row<V: VF32>(y: *mut f32, n: usize, a: f32) {
     }
 }
 
-/// `y = (x - m) - c` over a row (in this order: exact for the max element even when `m` is huge).
+/// `y = (x - m) - c` over a row (in this order: exact for the max element even when `m` is huge),
+/// prefetching the row at `next`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn shift_row<V: VF32>(x: &[f32], y: *mut f32, m: f32, c: f32) {
+unsafe fn shift_row<V: VF32>(x: &[f32], y: *mut f32, m: f32, c: f32, next: *const f32) {
     let (n, l, mv, cv) = (x.len(), V::LANES, V::splat(m), V::splat(c));
     let mut i = 0;
     while i + l <= n {
+        prefetch_line(next, i);
         V::load(x.as_ptr().add(i)).sub(mv).sub(cv).store(y.add(i));
         i += l;
     }
@@ -177,12 +180,13 @@ unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [MaybeUninit<f32>], d: usize, log
     for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
         let yp = y.as_mut_ptr().cast::<f32>();
         let m = max_row::<V>(x);
+        let next = x.as_ptr().wrapping_add(d);
         if log {
             let ls = exp_sum_row::<V>(x.as_ptr(), x.len(), m, None).ln();
-            shift_row::<V>(x, yp, m, ls);
+            shift_row::<V>(x, yp, m, ls, next);
         } else {
             let s = exp_sum_row::<V>(x.as_ptr(), x.len(), m, Some(yp));
-            scale_row::<V>(yp, d, 1.0 / s);
+            scale_row::<V>(yp, d, 1.0 / s, next);
         }
     }
 }
@@ -194,14 +198,15 @@ unsafe fn bwd_rows<V: VF32>(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], 
     for ((y, dy), dx) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
         let main = d / l * l;
         let (yp, gp, op) = (y.as_ptr(), dy.as_ptr(), dx.as_mut_ptr().cast::<f32>());
-        // s = Σ dy (log) or Σ dy·y (softmax)
-        let mut acc = V::splat(0.0);
-        let mut i = 0;
-        while i < main {
+        // s = Σ dy (log) or Σ dy·y (softmax), four accumulators
+        let mut acc = acc4::<V>(main, |i, a| {
             let g = V::load(gp.add(i));
-            acc = if log { acc.add(g) } else { g.fma(V::load(yp.add(i)), acc) };
-            i += l;
-        }
+            if log {
+                a.add(g)
+            } else {
+                g.fma(V::load(yp.add(i)), a)
+            }
+        });
         let (yt, gt) = (V::load_tail(&y[main..], 0.0), V::load_tail(&dy[main..], 0.0));
         if main < d {
             acc = if log { acc.add(gt) } else { gt.fma(yt, acc) };
@@ -209,6 +214,8 @@ unsafe fn bwd_rows<V: VF32>(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], 
         let s = V::splat(acc.hsum());
         let mut i = 0;
         while i < main {
+            prefetch_line(yp.wrapping_add(d), i);
+            prefetch_line(gp.wrapping_add(d), i);
             bwd_elem(V::load(yp.add(i)), V::load(gp.add(i)), s, log).store(op.add(i));
             i += l;
         }
