@@ -168,7 +168,7 @@ pub(crate) unsafe fn acc4<V: VF32>(main: usize, f: impl Fn(usize, V) -> V) -> V 
 /// never faults.
 #[inline(always)]
 pub(crate) unsafe fn prefetch_line(p: *const f32, j: usize) {
-    if j % 16 == 0 {
+    if j.is_multiple_of(16) {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(j).cast());
     }
 }
