@@ -7,6 +7,11 @@
 //! case's reference before it is benchmarked; a wrong one is reported and skipped.
 //! GPU calls are timed with CUDA events (`iter_custom`); throughput is bytes or FLOPs (criterion
 //! prints FLOP/s as elem/s). Run: `cargo bench --bench lab -- <filter>`.
+/// The allocator the `kiln` binary uses (src/main.rs), so training-step rows match `kiln bench`.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln::lab::cases::{self, Ctx, Pass};
 use kiln::lab::harness::{check, time_once, Case, Work};

@@ -38,7 +38,7 @@ def rows(path):
             r = json.loads(line)
             if "env" in r or r.get("status", "ok") != "ok" or "median_ms" not in r:
                 continue
-            if r.get("variant") not in (None, "torch") and not r.get("default"):
+            if r.get("variant") not in (None, "torch", "kiln") and not r.get("default"):
                 continue
             out[r["id"]] = r
     return out

@@ -1,6 +1,16 @@
 //! The `kiln` command line: train, forward, generate, eval, kernels, bench.
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator (feature `mimalloc`, default on). glibc serves blocks
+/// of 32 MB and more (logits, their gradients) with fresh `mmap`s and trims freed heap, so a CPU
+/// training step page-faults and zero-fills its large buffers again every step; mimalloc keeps the
+/// freed pages. Measured on the 2-vCPU dev machine, interleaved runs: GPT-style train step
+/// 390 -> 330 ms, peak RSS 286 -> 388 MB. A library user gets the same with these two lines in
+/// their own binary.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod corpus;
 mod plot;
