@@ -15,11 +15,12 @@
 //! broadcast over the batch is summed: when the operand has no batch dims of its own the sum is folded
 //! into the contraction (`dW = Σ_b X_bᵀ·dY_b` as one GEMM over `B·T`), otherwise with `sum_to_shape`.
 use crate::autograd::{node, sum_to_shape, BackwardOp};
-use crate::cpu::gemm::{gemm, GemmFloat, Mat, MatMut, Threads, PAR_FLOPS};
+use crate::cpu::gemm::{gemm, gemm_uninit, GemmFloat, Mat, MatMut, Threads, PAR_FLOPS};
 use crate::shape::{broadcast_shapes, Layout};
 use crate::storage::{CpuSlice, Storage};
 use crate::{DType, Error, Result, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// One operand as the kernel sees it: a matrix (rows, cols, strides) repeated over the output batch.
 struct Operand {
@@ -81,9 +82,9 @@ fn kernel<T: GemmFloat + CpuSlice>(a: &Tensor, b: &Tensor, batch: &[usize], redu
     let (oa, ob) = (Operand::new(a, batch), Operand::new(b, batch));
     let (m, k, n) = (oa.rows, oa.cols, ob.cols);
     let nb: usize = batch.iter().product();
-    let mut out = vec![T::zero(); if reduce { m * n } else { nb * m * n }];
+    let len = if reduce { m * n } else { nb * m * n };
     if m * n == 0 || nb == 0 {
-        return Ok(out);
+        return Ok(vec![T::zero(); len]);
     }
     let (one, zero) = (T::one(), T::zero());
     if reduce {
@@ -91,35 +92,43 @@ fn kernel<T: GemmFloat + CpuSlice>(a: &Tensor, b: &Tensor, batch: &[usize], redu
         if let (Some(sa_k), Some(sb_k)) = (fold(&oa.with_batch(batch, (k, oa.cs))), fold(&ob.with_batch(batch, (k, ob.rs)))) {
             let am = Mat { cols: nb * k, cs: sa_k as isize, ..oa.mat(da, oa.offset) };
             let bm = Mat { rows: nb * k, rs: sb_k as isize, ..ob.mat(db, ob.offset) };
-            gemm(one, am, bm, zero, MatMut::row_major(&mut out, m, n), Threads::Auto)?;
-        } else {
-            let (pa, pb) = (oa.offsets(batch), ob.offsets(batch));
-            for i in 0..nb {
-                let beta = if i == 0 { zero } else { one };
-                gemm(one, oa.mat(da, pa[i]), ob.mat(db, pb[i]), beta, MatMut::row_major(&mut out, m, n), Threads::Auto)?;
-            }
+            return fresh(len, |c| gemm_uninit(one, am, bm, c, Threads::Auto));
+        }
+        let mut out = vec![zero; len];
+        let (pa, pb) = (oa.offsets(batch), ob.offsets(batch));
+        for i in 0..nb {
+            let beta = if i == 0 { zero } else { one };
+            gemm(one, oa.mat(da, pa[i]), ob.mat(db, pb[i]), beta, MatMut::row_major(&mut out, m, n), Threads::Auto)?;
         }
         return Ok(out);
     }
     if nb > 1 && ob.bstrides.iter().all(|&s| s == 0) {
         if let Some(s) = fold(&oa.with_batch(batch, (m, oa.rs))) {
             let am = Mat { rows: nb * m, rs: s as isize, ..oa.mat(da, oa.offset) };
-            gemm(one, am, ob.mat(db, ob.offset), zero, MatMut::row_major(&mut out, nb * m, n), Threads::Auto)?;
-            return Ok(out);
+            return fresh(len, |c| gemm_uninit(one, am, ob.mat(db, ob.offset), c, Threads::Auto));
         }
     }
     let (pa, pb) = (oa.offsets(batch), ob.offsets(batch));
     let flops = 2.0 * (m * n) as f64 * k as f64;
-    let one_gemm = |i: usize, c: &mut [T], threads: Threads| gemm(one, oa.mat(da, pa[i]), ob.mat(db, pb[i]), zero, MatMut::row_major(c, m, n), threads);
-    if nb > 1 && (flops < 4.0 * PAR_FLOPS || nb >= 2 * rayon::current_num_threads()) {
-        let grain = (PAR_FLOPS / flops.max(1.0)).ceil() as usize;
-        out.par_chunks_mut(m * n).with_min_len(grain.max(1)).enumerate().try_for_each(|(i, c)| one_gemm(i, c, Threads::Single))?;
-    } else {
-        for (i, c) in out.chunks_mut(m * n).enumerate() {
-            one_gemm(i, c, Threads::Auto)?;
+    let one_gemm = |i: usize, c: &mut [MaybeUninit<T>], threads: Threads| gemm_uninit(one, oa.mat(da, pa[i]), ob.mat(db, pb[i]), c, threads);
+    fresh(len, |out| {
+        if nb > 1 && (flops < 4.0 * PAR_FLOPS || nb >= 2 * rayon::current_num_threads()) {
+            let grain = (PAR_FLOPS / flops.max(1.0)).ceil() as usize;
+            out.par_chunks_mut(m * n).with_min_len(grain.max(1)).enumerate().try_for_each(|(i, c)| one_gemm(i, c, Threads::Single))
+        } else {
+            out.chunks_mut(m * n).enumerate().try_for_each(|(i, c)| one_gemm(i, c, Threads::Auto))
         }
-    }
-    Ok(out)
+    })
+}
+
+/// A `Vec` of `len` elements that `fill` writes completely (each caller's GEMMs, with β = 0, write
+/// every element of their disjoint, covering blocks), without zero-filling it first.
+fn fresh<T>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>]) -> Result<()>) -> Result<Vec<T>> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len])?;
+    // SAFETY: `fill` succeeded, so every element was written (see the callers).
+    unsafe { v.set_len(len) };
+    Ok(v)
 }
 
 /// Validates rank ≥ 2 operands; returns (batch shape, m, k, n). Errors name the op and both shapes.
