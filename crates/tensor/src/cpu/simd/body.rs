@@ -40,23 +40,12 @@ pub(super) unsafe fn zip_map<V: VF32>(a: &[f32], b: &[f32], out: &mut [f32], f: 
 /// tail lanes of `a` and `b` are padded with 0, so `f(0, 0, acc)` must be `acc`.
 #[inline(always)]
 unsafe fn reduce_sum<V: VF32>(a: *const f32, b: *const f32, n: usize, f: impl Fn(V, V, V) -> V) -> f32 {
-    let l = V::LANES;
-    let mut acc = [V::splat(0.0); 4];
-    let mut i = 0;
-    while i + 4 * l <= n {
-        for (k, s) in acc.iter_mut().enumerate() {
-            *s = f(V::load(a.add(i + k * l)), V::load(b.add(i + k * l)), *s);
-        }
-        i += 4 * l;
+    let main = n / V::LANES * V::LANES;
+    let mut acc = acc4::<V>(main, |i, s| f(V::load(a.add(i)), V::load(b.add(i)), s));
+    if main < n {
+        acc = f(V::load_part(a.add(main), n - main, 0.0), V::load_part(b.add(main), n - main, 0.0), acc);
     }
-    while i + l <= n {
-        acc[0] = f(V::load(a.add(i)), V::load(b.add(i)), acc[0]);
-        i += l;
-    }
-    if i < n {
-        acc[1] = f(V::load_part(a.add(i), n - i, 0.0), V::load_part(b.add(i), n - i, 0.0), acc[1]);
-    }
-    acc[0].add(acc[1]).add(acc[2].add(acc[3])).hsum()
+    acc.hsum()
 }
 
 /// Sum of all elements.
