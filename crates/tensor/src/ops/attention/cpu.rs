@@ -117,6 +117,12 @@ fn scores<T: AttnFloat>(p: &Dims, q: &View<T>, kt: &[T], mask: Option<&KeyMask<T
     unsafe {
         T::tile(nq, nk, p.d, T::from_f64(p.scale), q.row(b, h, i0), q.rs(), q.cs(), kt.as_ptr(), ld, false, s.as_mut_ptr(), ld);
     }
+    mask_scores(p, mask, b, i0, nq, j0, nk, s, ld);
+}
+
+/// Adds the key-padding bias to a tile of scores and drops the causally hidden keys.
+#[allow(clippy::too_many_arguments)]
+fn mask_scores<T: AttnFloat>(p: &Dims, mask: Option<&KeyMask<T>>, b: usize, i0: usize, nq: usize, j0: usize, nk: usize, s: &mut [T], ld: usize) {
     for r in 0..nq {
         let row = &mut s[r * ld..r * ld + nk];
         if let Some(m) = mask {
@@ -153,8 +159,17 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
     let v = v_rows.as_deref().map_or(v, |x| View::contiguous(x, p.h, p.tk, dv));
     out.par_chunks_mut((tq * dv).max(1)).zip(lse.par_chunks_mut(tq.max(1))).enumerate().for_each(|(bh, (o_bh, l_bh))| {
         let (b, h) = (bh / p.h, bh % p.h);
-        // kᵀ of this (b, h), tile by tile, shared by its query tiles
-        let mut kt = vec![T::zero(); nkt * p.d * BK_F];
+        // kᵀ and v of this (b, h) as packed B panels, shared by its query tiles (where the type
+        // and SIMD level have a packed-B tile kernel)
+        // SAFETY: rows 0..tk of k and v exist (tk > 0 checked), each with d / dv elements.
+        let (kp, vp) = if p.tk > 0 {
+            unsafe { (T::pack_panels(p.d, p.tk, k.row(b, h, 0), k.cs(), k.rs()), T::pack_panels(p.tk, dv, v.row(b, h, 0), v.st[2] as isize, v.st[3] as isize)) }
+        } else {
+            (None, None)
+        };
+        let panels = kp.as_deref().zip(vp.as_deref());
+        // otherwise kᵀ tile by tile
+        let mut kt = vec![T::zero(); if panels.is_some() { 0 } else { nkt * p.d * BK_F }];
         for (jt, dst) in kt.chunks_mut(p.d * BK_F).enumerate() {
             pack_tile_t(&k, b, h, jt * BK_F, BK_F.min(p.tk - jt * BK_F), p.d, dst, BK_F);
         }
@@ -169,7 +184,16 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
                 if mask.is_some_and(|m| !m.any(b, j0, nk)) {
                     continue;
                 }
-                scores(p, &q, &kt[j0 / BK_F * p.d * BK_F..], mask, b, h, i0, nq, j0, nk, &mut s, BK_F);
+                match panels {
+                    // SAFETY: rows i0..i0+nq of q exist; the panels hold kᵀ (d × tk) and v (tk × dv)
+                    // of this (b, h), and j0 is a multiple of 16; s holds nq rows of BK_F.
+                    Some((kp, _)) => unsafe {
+                        let kj = kp.as_ptr().add(j0 / 16 * p.d * 16);
+                        T::tile_panels(nq, nk, p.d, T::from_f64(p.scale), q.row(b, h, i0), q.rs(), q.cs(), kj, p.d * 16, false, s.as_mut_ptr(), BK_F);
+                        mask_scores(p, mask, b, i0, nq, j0, nk, &mut s, BK_F);
+                    },
+                    None => scores(p, &q, &kt[j0 / BK_F * p.d * BK_F..], mask, b, h, i0, nq, j0, nk, &mut s, BK_F),
+                }
                 for r in 0..nq {
                     let row = &mut s[r * BK_F..r * BK_F + nk];
                     let m_new = m[r].max(T::row_max(row));
@@ -187,7 +211,10 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
                 }
                 // SAFETY: s holds nq×nk probabilities; v rows j0..j0+nk exist; o is nq×dv.
                 unsafe {
-                    T::tile(nq, dv, nk, T::one(), s.as_ptr(), BK_F as isize, 1, v.row(b, h, j0), v.st[2], true, o.as_mut_ptr(), dv);
+                    match panels {
+                        Some((_, vp)) => T::tile_panels(nq, dv, nk, T::one(), s.as_ptr(), BK_F as isize, 1, vp.as_ptr().add(j0 * 16), p.tk * 16, true, o.as_mut_ptr(), dv),
+                        None => T::tile(nq, dv, nk, T::one(), s.as_ptr(), BK_F as isize, 1, v.row(b, h, j0), v.st[2], true, o.as_mut_ptr(), dv),
+                    }
                 }
             }
             for r in 0..nq {

@@ -42,47 +42,75 @@ pub(super) unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: *const f
         return;
     }
     PANELS.with_borrow_mut(|buf| {
-        let np = n.div_ceil(NR);
-        if buf.len() < np * k * NR {
-            buf.resize(np * k * NR, 0.0);
-        }
-        pack_panels(n, k, b, ldb, buf.as_mut_ptr());
-        for jp in 0..np {
-            let (bp, w) = (buf.as_ptr().add(jp * k * NR), NR.min(n - jp * NR));
-            let cj = c.add(jp * NR);
-            let mut i = 0;
-            while i < m {
-                let r = MR.min(m - i);
-                let (ai, ci) = (a.offset(i as isize * rsa), cj.add(i * ldc));
-                match r {
-                    6 => block::<6>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-                    5 => block::<5>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-                    4 => block::<4>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-                    3 => block::<3>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-                    2 => block::<2>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-                    _ => block::<1>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-                }
-                i += r;
-            }
-        }
+        pack_panels(k, n, b, ldb as isize, 1, buf);
+        sgemm_panels(m, n, k, alpha, a, rsa, csa, buf.as_ptr(), k * NR, acc, c, ldc);
     })
 }
 
-/// Copies the k × n matrix B (rows of stride `ldb`) into `ceil(n / 16)` panels of k × 16 at `dst`,
-/// zero-filling the columns past `n`.
-#[inline(always)]
-unsafe fn pack_panels(n: usize, k: usize, b: *const f32, ldb: usize, dst: *mut f32) {
+/// [`sgemm`] with B already in panels (see [`pack_panels`]): panel `jp` (columns `16·jp ..`) starts
+/// at `panels + jp·pstride` and holds its rows `p = 0..k` at `+ 16·p`, so a panel layout packed
+/// for more rows serves any run of them by offsetting `panels`.
+///
+/// # Safety
+/// As for [`sgemm`]; the panels cover k rows and n columns (zero-padded to a multiple of 16).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn sgemm_panels(m: usize, n: usize, k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, panels: *const f32, pstride: usize, acc: bool, c: *mut f32, ldc: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                std::ptr::write_bytes(c.add(i * ldc), 0, n);
+            }
+        }
+        return;
+    }
     for jp in 0..n.div_ceil(NR) {
+        let (bp, w) = (panels.add(jp * pstride), NR.min(n - jp * NR));
+        let cj = c.add(jp * NR);
+        let mut i = 0;
+        while i < m {
+            let r = MR.min(m - i);
+            let (ai, ci) = (a.offset(i as isize * rsa), cj.add(i * ldc));
+            match r {
+                6 => block::<6>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
+                5 => block::<5>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
+                4 => block::<4>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
+                3 => block::<3>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
+                2 => block::<2>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
+                _ => block::<1>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
+            }
+            i += r;
+        }
+    }
+}
+
+/// Packs the k × n matrix `B[p][j] = b[p·rsb + j·csb]` into `dst` as `ceil(n / 16)` panels of
+/// k × 16 (zero-filled past `n`): the layout [`sgemm_panels`] reads, with `pstride = 16·k`.
+///
+/// # Safety
+/// Every element of B is in bounds; the CPU supports avx2.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn pack_panels(k: usize, n: usize, b: *const f32, rsb: isize, csb: isize, dst: &mut Vec<f32>) {
+    let np = n.div_ceil(NR);
+    if dst.len() < np * k * NR {
+        dst.resize(np * k * NR, 0.0);
+    }
+    let dst = dst.as_mut_ptr();
+    for jp in 0..np {
         let (j0, w) = (jp * NR, NR.min(n - jp * NR));
         let d = dst.add(jp * k * NR);
         for p in 0..k {
-            let (s, o) = (b.add(p * ldb + j0), d.add(p * NR));
-            if w == NR {
+            let (s, o) = (b.offset(p as isize * rsb + j0 as isize * csb), d.add(p * NR));
+            if w == NR && csb == 1 {
                 _mm256_storeu_ps(o, _mm256_loadu_ps(s));
                 _mm256_storeu_ps(o.add(8), _mm256_loadu_ps(s.add(8)));
             } else {
-                std::ptr::copy_nonoverlapping(s, o, w);
-                std::ptr::write_bytes(o.add(w), 0, NR - w);
+                for j in 0..NR {
+                    *o.add(j) = if j < w { *s.offset(j as isize * csb) } else { 0.0 };
+                }
             }
         }
     }

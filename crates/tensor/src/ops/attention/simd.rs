@@ -40,6 +40,26 @@ pub(crate) trait AttnFloat: CpuFloat + CpuSlice {
         Self::gemm(m, k, n, alpha, a, rsa, csa, b, ldb as isize, 1, beta, c, ldc as isize, 1)
     }
 
+    /// B (`B[p][j] = b[p·rsb + j·csb]`, k × n) packed once for many [`AttnFloat::tile_panels`] calls,
+    /// or None where this type and SIMD level have no packed-B kernel (then use [`AttnFloat::tile`]).
+    ///
+    /// # Safety
+    /// Every element of B is in bounds.
+    unsafe fn pack_panels(_k: usize, _n: usize, _b: *const Self, _rsb: isize, _csb: isize) -> Option<Vec<Self>> {
+        None
+    }
+
+    /// [`AttnFloat::tile`] with B from [`AttnFloat::pack_panels`]: `panels` points at row `p0` of
+    /// the 16-column panel holding column `j0` (`packed + (j0 / 16)·pstride + 16·p0`, `j0` a
+    /// multiple of 16), `pstride` is 16 × the packed row count.
+    ///
+    /// # Safety
+    /// As for [`AttnFloat::tile`]; only call with panels this type packed.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_panels(_m: usize, _n: usize, _k: usize, _alpha: Self, _a: *const Self, _rsa: isize, _csa: isize, _panels: *const Self, _pstride: usize, _acc: bool, _c: *mut Self, _ldc: usize) {
+        unreachable!("tile_panels without pack_panels")
+    }
+
     /// [`AttnFloat::raw_gemm`], split into pieces small enough that matrixmultiply never threads.
     ///
     /// # Safety
@@ -98,6 +118,19 @@ impl AttnFloat for f32 {
             return super::gemm256::sgemm(m, n, k, alpha, a, rsa, csa, b, ldb, acc, c, ldc);
         }
         Self::gemm(m, k, n, alpha, a, rsa, csa, b, ldb as isize, 1, if acc { 1.0 } else { 0.0 }, c, ldc as isize, 1)
+    }
+    unsafe fn pack_panels(k: usize, n: usize, b: *const f32, rsb: isize, csb: isize) -> Option<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        if level() == Level::Avx2 {
+            let mut v = Vec::new();
+            super::gemm256::pack_panels(k, n, b, rsb, csb, &mut v);
+            return Some(v);
+        }
+        None
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_panels(m: usize, n: usize, k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, panels: *const f32, pstride: usize, acc: bool, c: *mut f32, ldc: usize) {
+        super::gemm256::sgemm_panels(m, n, k, alpha, a, rsa, csa, panels, pstride, acc, c, ldc)
     }
     fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
         crate::cpu::simd::exp_sub_sum(x, m)
