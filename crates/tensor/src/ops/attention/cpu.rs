@@ -324,8 +324,20 @@ impl<T: AttnFloat> Task<'_, T> {
                 continue;
             }
             let (dk_j, dv_j) = (dk[(j0 - j_start) * d..].as_mut_ptr(), dv[(j0 - j_start) * dvd..].as_mut_ptr());
-            pack_tile_t(self.k, b, h, j0, nk, d, &mut kt, BK_B);
-            pack_tile_t(self.v, b, h, j0, nk, dvd, &mut vt, BK_B);
+            // the B operands fixed for this key tile, packed once where there is a packed-B kernel:
+            // K_jᵀ (scores), V_jᵀ (dP), K_j (dQ)
+            let (kr, vr) = (self.k.row(b, h, j0), self.v.row(b, h, j0));
+            // SAFETY: rows j0..j0+nk of k and v exist, with d / dv elements each.
+            let panels = unsafe {
+                match (T::pack_panels(d, nk, kr, self.k.cs(), self.k.rs()), T::pack_panels(dvd, nk, vr, self.v.cs(), self.v.rs()), T::pack_panels(nk, d, kr, self.k.rs(), self.k.cs())) {
+                    (Some(kt_p), Some(vt_p), Some(kj_p)) => Some((kt_p, vt_p, kj_p)),
+                    _ => None,
+                }
+            };
+            if panels.is_none() {
+                pack_tile_t(self.k, b, h, j0, nk, d, &mut kt, BK_B);
+                pack_tile_t(self.v, b, h, j0, nk, dvd, &mut vt, BK_B);
+            }
             let i_start = if p.causal { j0 / BQ_B * BQ_B } else { 0 };
             for i0 in (i_start..p.tq).step_by(BQ_B) {
                 let nq = BQ_B.min(p.tq - i0);
@@ -333,7 +345,14 @@ impl<T: AttnFloat> Task<'_, T> {
                     continue;
                 }
                 // P = exp(S - lse): the forward's probabilities, recomputed.
-                scores(p, self.q, &kt, self.mask, b, h, i0, nq, j0, nk, &mut s, BK_B);
+                match &panels {
+                    // SAFETY: rows i0..i0+nq of q exist; the panels hold K_jᵀ (d × nk); s holds nq rows of BK_B.
+                    Some((kt_p, _, _)) => unsafe {
+                        T::tile_panels(nq, nk, d, scale, self.q.row(b, h, i0), self.q.rs(), self.q.cs(), kt_p.as_ptr(), d * 16, false, s.as_mut_ptr(), BK_B);
+                        mask_scores(p, self.mask, b, i0, nq, j0, nk, &mut s, BK_B);
+                    },
+                    None => scores(p, self.q, &kt, self.mask, b, h, i0, nq, j0, nk, &mut s, BK_B),
+                }
                 for r in 0..nq {
                     let row = &mut s[r * BK_B..r * BK_B + nk];
                     if lse[i0 + r] == T::neg_infinity() {
@@ -349,7 +368,10 @@ impl<T: AttnFloat> Task<'_, T> {
                     // dV_j += Pᵀ dO_i
                     T::tile(nk, dvd, nq, T::one(), s.as_ptr(), 1, BK_B as isize, gi, dout.st[2], true, dv_j, dvd);
                     // dP = dO_i V_jᵀ
-                    T::tile(nq, nk, dvd, T::one(), gi, dout.rs(), dout.cs(), vt.as_ptr(), BK_B, false, dp.as_mut_ptr(), BK_B);
+                    match &panels {
+                        Some((_, vt_p, _)) => T::tile_panels(nq, nk, dvd, T::one(), gi, dout.rs(), dout.cs(), vt_p.as_ptr(), dvd * 16, false, dp.as_mut_ptr(), BK_B),
+                        None => T::tile(nq, nk, dvd, T::one(), gi, dout.rs(), dout.cs(), vt.as_ptr(), BK_B, false, dp.as_mut_ptr(), BK_B),
+                    }
                 }
                 // dS = P ∘ (dP - D)
                 for r in 0..nq {
@@ -362,7 +384,10 @@ impl<T: AttnFloat> Task<'_, T> {
                     // dK_j += scale · dSᵀ Q_i
                     T::tile(nk, d, nq, scale, dp.as_ptr(), 1, BK_B as isize, qi, self.q.st[2], true, dk_j, d);
                     // dQ_i += scale · dS K_j
-                    T::tile(nq, d, nk, scale, dp.as_ptr(), BK_B as isize, 1, kj, self.k.st[2], true, dq[i0 * d..].as_mut_ptr(), d);
+                    match &panels {
+                        Some((_, _, kj_p)) => T::tile_panels(nq, d, nk, scale, dp.as_ptr(), BK_B as isize, 1, kj_p.as_ptr(), nk * 16, true, dq[i0 * d..].as_mut_ptr(), d),
+                        None => T::tile(nq, d, nk, scale, dp.as_ptr(), BK_B as isize, 1, kj, self.k.st[2], true, dq[i0 * d..].as_mut_ptr(), d),
+                    }
                 }
             }
         }
