@@ -107,22 +107,49 @@ fn pack_tile_t<T: AttnFloat>(x: &View<T>, b: usize, h: usize, j0: usize, nk: usi
     }
 }
 
-/// Scores of one tile: `s[r·ld + c] = scale·q[i0+r]·k[j0+c] + bias`, causal-masked (key j > query
-/// i is dropped: PyTorch's top-left aligned `is_causal`).
-#[allow(clippy::too_many_arguments)]
-/// `kt` is the tile's kᵀ (see [`pack_tile_t`]); both `kt` and `s` have rows of stride `ld`.
-fn scores<T: AttnFloat>(p: &Dims, q: &View<T>, kt: &[T], mask: Option<&KeyMask<T>>, b: usize, h: usize, i0: usize, nq: usize, j0: usize, nk: usize, s: &mut [T], ld: usize) {
-    assert!(nk <= ld && kt.len() >= (p.d - 1) * ld + nk && s.len() >= nq * ld);
-    // SAFETY: rows i0..i0+nq of q exist; kt is this tile's d×nk block; s holds nq rows of ld.
-    unsafe {
-        T::tile(nq, nk, p.d, T::from_f64(p.scale), q.row(b, h, i0), q.rs(), q.cs(), kt.as_ptr(), ld, false, s.as_mut_ptr(), ld);
-    }
-    mask_scores(p, mask, b, i0, nq, j0, nk, s, ld);
+/// The B operand of a tile GEMM: rows read in place, or panels from [`AttnFloat::pack_panels`].
+#[derive(Clone, Copy)]
+enum BOp<T> {
+    /// `B[p][j] = b[p·ldb + j]`: (b, ldb).
+    Rows(*const T, usize),
+    /// (pointer at the tile's first row and 16-column panel, panel stride); see [`AttnFloat::tile_panels`].
+    Panels(*const T, usize),
 }
 
-/// Adds the key-padding bias to a tile of scores and drops the causally hidden keys.
+impl<T> BOp<T> {
+    /// The k × n matrix held in `x` with rows of stride `ld` (checked to fit).
+    fn rows(x: &[T], ld: usize, k: usize, n: usize) -> Self {
+        assert!(n <= ld && x.len() >= (k - 1) * ld + n);
+        BOp::Rows(x.as_ptr(), ld)
+    }
+}
+
+/// [`AttnFloat::tile`] or [`AttnFloat::tile_panels`], by the form of B.
+///
+/// # Safety
+/// As for [`AttnFloat::tile`]; B covers k rows and n columns.
 #[allow(clippy::too_many_arguments)]
-fn mask_scores<T: AttnFloat>(p: &Dims, mask: Option<&KeyMask<T>>, b: usize, i0: usize, nq: usize, j0: usize, nk: usize, s: &mut [T], ld: usize) {
+unsafe fn tile_b<T: AttnFloat>(m: usize, n: usize, k: usize, alpha: T, a: *const T, rsa: isize, csa: isize, b: BOp<T>, acc: bool, c: *mut T, ldc: usize) {
+    match b {
+        BOp::Rows(b, ldb) => T::tile(m, n, k, alpha, a, rsa, csa, b, ldb, acc, c, ldc),
+        BOp::Panels(b, pstride) => T::tile_panels(m, n, k, alpha, a, rsa, csa, b, pstride, acc, c, ldc),
+    }
+}
+
+/// Scores of one tile: `s[r·ld + c] = scale·q[i0+r]·k[j0+c] + bias`, causal-masked (key j > query
+/// i is dropped: PyTorch's top-left aligned `is_causal`). `kt` is the tile's kᵀ (d × nk: see
+/// [`pack_tile_t`], or panels); `s` has rows of stride `ld`.
+///
+/// # Safety
+/// `kt` covers d rows and nk columns.
+#[allow(clippy::too_many_arguments)]
+unsafe fn scores<T: AttnFloat>(p: &Dims, q: &View<T>, kt: BOp<T>, mask: Option<&KeyMask<T>>, b: usize, h: usize, i0: usize, nq: usize, j0: usize, nk: usize, s: &mut [T], ld: usize) {
+    assert!(nk <= ld && s.len() >= nq * ld);
+    // SAFETY: rows i0..i0+nq of q exist; kt is this tile's d×nk block (the caller's contract); s
+    // holds nq rows of ld.
+    unsafe {
+        tile_b(nq, nk, p.d, T::from_f64(p.scale), q.row(b, h, i0), q.rs(), q.cs(), kt, false, s.as_mut_ptr(), ld);
+    }
     for r in 0..nq {
         let row = &mut s[r * ld..r * ld + nk];
         if let Some(m) = mask {
@@ -184,16 +211,13 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
                 if mask.is_some_and(|m| !m.any(b, j0, nk)) {
                     continue;
                 }
-                match panels {
-                    // SAFETY: rows i0..i0+nq of q exist; the panels hold kᵀ (d × tk) and v (tk × dv)
-                    // of this (b, h), and j0 is a multiple of 16; s holds nq rows of BK_F.
-                    Some((kp, _)) => unsafe {
-                        let kj = kp.as_ptr().add(j0 / 16 * p.d * 16);
-                        T::tile_panels(nq, nk, p.d, T::from_f64(p.scale), q.row(b, h, i0), q.rs(), q.cs(), kj, p.d * 16, false, s.as_mut_ptr(), BK_F);
-                        mask_scores(p, mask, b, i0, nq, j0, nk, &mut s, BK_F);
-                    },
-                    None => scores(p, &q, &kt[j0 / BK_F * p.d * BK_F..], mask, b, h, i0, nq, j0, nk, &mut s, BK_F),
-                }
+                let kt_j = match panels {
+                    // j0 is a multiple of BK_F, so of 16: its panel starts at j0 / 16
+                    Some((kp, _)) => BOp::Panels(kp[j0 / 16 * p.d * 16..].as_ptr(), p.d * 16),
+                    None => BOp::rows(&kt[j0 / BK_F * p.d * BK_F..], BK_F, p.d, nk),
+                };
+                // SAFETY: either form holds kᵀ of keys j0..j0+nk (d rows).
+                unsafe { scores(p, &q, kt_j, mask, b, h, i0, nq, j0, nk, &mut s, BK_F) };
                 for r in 0..nq {
                     let row = &mut s[r * BK_F..r * BK_F + nk];
                     let m_new = m[r].max(T::row_max(row));
@@ -209,12 +233,13 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
                     }
                     m[r] = m_new;
                 }
-                // SAFETY: s holds nq×nk probabilities; v rows j0..j0+nk exist; o is nq×dv.
+                let v_j = match panels {
+                    Some((_, vp)) => BOp::Panels(vp[j0 * 16..].as_ptr(), p.tk * 16),
+                    None => BOp::Rows(v.row(b, h, j0), v.st[2]),
+                };
+                // SAFETY: s holds nq×nk probabilities; v_j holds v rows j0..j0+nk; o is nq×dv.
                 unsafe {
-                    match panels {
-                        Some((_, vp)) => T::tile_panels(nq, dv, nk, T::one(), s.as_ptr(), BK_F as isize, 1, vp.as_ptr().add(j0 * 16), p.tk * 16, true, o.as_mut_ptr(), dv),
-                        None => T::tile(nq, dv, nk, T::one(), s.as_ptr(), BK_F as isize, 1, v.row(b, h, j0), v.st[2], true, o.as_mut_ptr(), dv),
-                    }
+                    tile_b(nq, dv, nk, T::one(), s.as_ptr(), BK_F as isize, 1, v_j, true, o.as_mut_ptr(), dv);
                 }
             }
             for r in 0..nq {
@@ -334,10 +359,14 @@ impl<T: AttnFloat> Task<'_, T> {
                     _ => None,
                 }
             };
-            if panels.is_none() {
-                pack_tile_t(self.k, b, h, j0, nk, d, &mut kt, BK_B);
-                pack_tile_t(self.v, b, h, j0, nk, dvd, &mut vt, BK_B);
-            }
+            let (kt_j, vt_j, k_j) = match &panels {
+                Some((kt_p, vt_p, kj_p)) => (BOp::Panels(kt_p.as_ptr(), d * 16), BOp::Panels(vt_p.as_ptr(), dvd * 16), BOp::Panels(kj_p.as_ptr(), nk * 16)),
+                None => {
+                    pack_tile_t(self.k, b, h, j0, nk, d, &mut kt, BK_B);
+                    pack_tile_t(self.v, b, h, j0, nk, dvd, &mut vt, BK_B);
+                    (BOp::rows(&kt, BK_B, d, nk), BOp::rows(&vt, BK_B, dvd, nk), BOp::Rows(kr, self.k.st[2]))
+                }
+            };
             let i_start = if p.causal { j0 / BQ_B * BQ_B } else { 0 };
             for i0 in (i_start..p.tq).step_by(BQ_B) {
                 let nq = BQ_B.min(p.tq - i0);
@@ -345,14 +374,8 @@ impl<T: AttnFloat> Task<'_, T> {
                     continue;
                 }
                 // P = exp(S - lse): the forward's probabilities, recomputed.
-                match &panels {
-                    // SAFETY: rows i0..i0+nq of q exist; the panels hold K_jᵀ (d × nk); s holds nq rows of BK_B.
-                    Some((kt_p, _, _)) => unsafe {
-                        T::tile_panels(nq, nk, d, scale, self.q.row(b, h, i0), self.q.rs(), self.q.cs(), kt_p.as_ptr(), d * 16, false, s.as_mut_ptr(), BK_B);
-                        mask_scores(p, self.mask, b, i0, nq, j0, nk, &mut s, BK_B);
-                    },
-                    None => scores(p, self.q, &kt, self.mask, b, h, i0, nq, j0, nk, &mut s, BK_B),
-                }
+                // SAFETY: kt_j holds K_jᵀ (d × nk).
+                unsafe { scores(p, self.q, kt_j, self.mask, b, h, i0, nq, j0, nk, &mut s, BK_B) };
                 for r in 0..nq {
                     let row = &mut s[r * BK_B..r * BK_B + nk];
                     if lse[i0 + r] == T::neg_infinity() {
@@ -361,17 +384,14 @@ impl<T: AttnFloat> Task<'_, T> {
                         T::exp_sub_sum(row, lse[i0 + r]);
                     }
                 }
-                let (qi, gi, kj) = (self.q.row(b, h, i0), dout.row(b, h, i0), self.k.row(b, h, j0));
+                let (qi, gi) = (self.q.row(b, h, i0), dout.row(b, h, i0));
                 // SAFETY: all operands are in-bounds tiles: s/dp are nq×nk with leading dim BK_B,
                 // dk_j/dv_j are nk rows of this task's exclusive output, dq rows i0..i0+nq.
                 unsafe {
                     // dV_j += Pᵀ dO_i
                     T::tile(nk, dvd, nq, T::one(), s.as_ptr(), 1, BK_B as isize, gi, dout.st[2], true, dv_j, dvd);
                     // dP = dO_i V_jᵀ
-                    match &panels {
-                        Some((_, vt_p, _)) => T::tile_panels(nq, nk, dvd, T::one(), gi, dout.rs(), dout.cs(), vt_p.as_ptr(), dvd * 16, false, dp.as_mut_ptr(), BK_B),
-                        None => T::tile(nq, nk, dvd, T::one(), gi, dout.rs(), dout.cs(), vt.as_ptr(), BK_B, false, dp.as_mut_ptr(), BK_B),
-                    }
+                    tile_b(nq, nk, dvd, T::one(), gi, dout.rs(), dout.cs(), vt_j, false, dp.as_mut_ptr(), BK_B);
                 }
                 // dS = P ∘ (dP - D)
                 for r in 0..nq {
@@ -384,10 +404,7 @@ impl<T: AttnFloat> Task<'_, T> {
                     // dK_j += scale · dSᵀ Q_i
                     T::tile(nk, d, nq, scale, dp.as_ptr(), 1, BK_B as isize, qi, self.q.st[2], true, dk_j, d);
                     // dQ_i += scale · dS K_j
-                    match &panels {
-                        Some((_, _, kj_p)) => T::tile_panels(nq, d, nk, scale, dp.as_ptr(), BK_B as isize, 1, kj_p.as_ptr(), nk * 16, true, dq[i0 * d..].as_mut_ptr(), d),
-                        None => T::tile(nq, d, nk, scale, dp.as_ptr(), BK_B as isize, 1, kj, self.k.st[2], true, dq[i0 * d..].as_mut_ptr(), d),
-                    }
+                    tile_b(nq, d, nk, scale, dp.as_ptr(), BK_B as isize, 1, k_j, true, dq[i0 * d..].as_mut_ptr(), d);
                 }
             }
         }

@@ -30,16 +30,9 @@ thread_local! {
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, ldb: usize, acc: bool, c: *mut f32, ldc: usize) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !acc {
-            for i in 0..m {
-                std::ptr::write_bytes(c.add(i * ldc), 0, n);
-            }
-        }
-        return;
+    if m == 0 || n == 0 || k == 0 {
+        // nothing to pack; sgemm_panels handles these without reading B
+        return sgemm_panels(m, n, k, alpha, a, rsa, csa, std::ptr::null(), 0, acc, c, ldc);
     }
     PANELS.with_borrow_mut(|buf| {
         pack_panels(k, n, b, ldb as isize, 1, buf);
