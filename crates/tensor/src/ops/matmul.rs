@@ -15,6 +15,7 @@
 //! broadcast over the batch is summed: when the operand has no batch dims of its own the sum is folded
 //! into the contraction (`dW = Σ_b X_bᵀ·dY_b` as one GEMM over `B·T`), otherwise with `sum_to_shape`.
 use crate::autograd::{node, sum_to_shape, BackwardOp};
+use crate::ops::softmax::cpu::try_uninit_vec;
 use crate::cpu::gemm::{gemm, gemm_uninit, GemmFloat, Mat, MatMut, Threads, PAR_FLOPS};
 use crate::shape::{broadcast_shapes, Layout};
 use crate::storage::{CpuSlice, Storage};
@@ -121,14 +122,11 @@ fn kernel<T: GemmFloat + CpuSlice>(a: &Tensor, b: &Tensor, batch: &[usize], redu
     })
 }
 
-/// A `Vec` of `len` elements that `fill` writes completely (each caller's GEMMs, with β = 0, write
-/// every element of their disjoint, covering blocks), without zero-filling it first.
+/// A `Vec` of `len` elements written once by the GEMMs of `fill`: each caller's GEMMs (β = 0) write
+/// every element of their disjoint blocks, which cover the buffer, so no zero-fill comes first.
 fn fresh<T>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>]) -> Result<()>) -> Result<Vec<T>> {
-    let mut v = Vec::with_capacity(len);
-    fill(&mut v.spare_capacity_mut()[..len])?;
-    // SAFETY: `fill` succeeded, so every element was written (see the callers).
-    unsafe { v.set_len(len) };
-    Ok(v)
+    // SAFETY: on Ok, `fill` wrote every element (see above).
+    unsafe { try_uninit_vec(len, fill) }
 }
 
 /// Validates rank ≥ 2 operands; returns (batch shape, m, k, n). Errors name the op and both shapes.

@@ -50,13 +50,13 @@ unsafe fn reduce_sum<V: VF32>(a: *const f32, b: *const f32, n: usize, f: impl Fn
 
 /// Sum of all elements.
 #[inline(always)]
-pub(super) unsafe fn sum<V: VF32>(x: &[f32]) -> f32 {
+pub(crate) unsafe fn sum<V: VF32>(x: &[f32]) -> f32 {
     reduce_sum::<V>(x.as_ptr(), x.as_ptr(), x.len(), |v, _, s| s.add(v))
 }
 
 /// Dot product of equal-length slices.
 #[inline(always)]
-pub(super) unsafe fn dot<V: VF32>(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) unsafe fn dot<V: VF32>(a: &[f32], b: &[f32]) -> f32 {
     reduce_sum::<V>(a.as_ptr(), b.as_ptr(), a.len(), |x, y, s| x.fma(y, s))
 }
 

@@ -9,7 +9,7 @@
 //! order, so the result does not depend on the thread count or scheduling.
 use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
-use crate::cpu::simd::body::{acc4, prefetch_line};
+use crate::cpu::simd::body::{acc4, prefetch_line, sum};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
 use crate::ops::binary::PAR_MIN;
@@ -217,11 +217,7 @@ unsafe fn fwd_rows<V: VF32>(x: &[f32], y: &mut [Out<f32>], m: &mut [f32], r: &mu
     let inv_d = 1.0 / d as f32;
     for (i, (x, y)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
         let (xp, main) = (x.as_ptr(), d / V::LANES * V::LANES);
-        let mut s = acc4::<V>(main, |j, a| a.add(V::load(xp.add(j))));
-        if main < d {
-            s = s.add(V::load_tail(&x[main..], 0.0));
-        }
-        let mu = s.hsum() * inv_d;
+        let mu = sum::<V>(x) * inv_d;
         let muv = V::splat(mu);
         let mut q = acc4::<V>(main, |j, a| {
             let c = V::load(xp.add(j)).sub(muv);

@@ -10,9 +10,9 @@ use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
 #[cfg(target_arch = "x86_64")]
-use crate::cpu::simd::body::{acc4, exp_sum_row, prefetch_line};
+use crate::cpu::simd::body::{dot, exp_sum_row, prefetch_line, sum};
 use crate::ops::binary::PAR_MIN;
-use crate::CpuFloat;
+use crate::{CpuFloat, Result};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -25,10 +25,22 @@ const CHUNK: usize = 1 << 14;
 /// # Safety
 /// `f` must initialize every element of the slice it is given.
 pub(crate) unsafe fn uninit_vec<T>(n: usize, f: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let filled: Result<Vec<T>> = try_uninit_vec(n, |s| {
+        f(s);
+        Ok(())
+    });
+    filled.unwrap_or_else(|_| unreachable!("the fill cannot fail"))
+}
+
+/// [`uninit_vec`] with a fill that may fail; on `Err` nothing is read and the buffer is freed.
+///
+/// # Safety
+/// When `f` returns `Ok`, it must have initialized every element of the slice it was given.
+pub(crate) unsafe fn try_uninit_vec<T>(n: usize, f: impl FnOnce(&mut [MaybeUninit<T>]) -> Result<()>) -> Result<Vec<T>> {
     let mut v = Vec::with_capacity(n);
-    f(&mut v.spare_capacity_mut()[..n]);
+    f(&mut v.spare_capacity_mut()[..n])?;
     v.set_len(n);
-    v
+    Ok(v)
 }
 
 /// Runs `k` on matching chunks of whole rows of `a` and `out` (and `b` when given), in parallel
@@ -198,20 +210,9 @@ unsafe fn bwd_rows<V: VF32>(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], 
     for ((y, dy), dx) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
         let main = d / l * l;
         let (yp, gp, op) = (y.as_ptr(), dy.as_ptr(), dx.as_mut_ptr().cast::<f32>());
-        // s = Σ dy (log) or Σ dy·y (softmax), four accumulators
-        let mut acc = acc4::<V>(main, |i, a| {
-            let g = V::load(gp.add(i));
-            if log {
-                a.add(g)
-            } else {
-                g.fma(V::load(yp.add(i)), a)
-            }
-        });
+        // s = Σ dy (log) or Σ dy·y (softmax)
+        let s = V::splat(if log { sum::<V>(dy) } else { dot::<V>(dy, y) });
         let (yt, gt) = (V::load_tail(&y[main..], 0.0), V::load_tail(&dy[main..], 0.0));
-        if main < d {
-            acc = if log { acc.add(gt) } else { gt.fma(yt, acc) };
-        }
-        let s = V::splat(acc.hsum());
         let mut i = 0;
         while i < main {
             prefetch_line(yp.wrapping_add(d), i);
