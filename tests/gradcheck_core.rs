@@ -41,6 +41,42 @@ fn views_and_noncontiguous_inputs() {
 }
 
 #[test]
+fn narrow_gradients_add_into_one_input() {
+    // q, k, v narrowed out of one projection and split into heads (views of the narrows), as the
+    // attention layer does: the three gradients are added into their windows of one sum in place
+    let a = rand_var(10, &[2, 3, 12]);
+    let p = a.split(&[4, 4, 4], 2).unwrap();
+    let h = p[1].reshape(&[2, 3, 2, 2]).unwrap();
+    assert_eq!(h.strides(), &[36, 12, 2, 1], "splitting the last dim of a narrow is a view");
+    gradcheck("qkv split into heads", &[a.clone()], |x| {
+        let p = x[0].split(&[4, 4, 4], 2)?;
+        let heads = |t: &Tensor| t.reshape(&[2, 3, 2, 2])?.permute(&[0, 2, 1, 3]);
+        let y = heads(&p[0])?.mul(&heads(&p[1])?)?.add(&heads(&p[2])?)?;
+        y.permute(&[0, 2, 1, 3])?.reshape(&[2, 3, 4])
+    })
+    .unwrap();
+    // overlapping windows along every dim, and a tensor whose first gradient is the very tensor an
+    // add also hands to its other input (the leaf x, read last: it must not be written in place)
+    // (both operand orders, so that either the add or the narrows reach `t` first)
+    for (dim, flip) in [(0, false), (1, false), (2, false), (0, true), (2, true)] {
+        let n = a.shape()[dim];
+        gradcheck("overlapping narrows + full use", &[a.clone()], |x| {
+            let t = x[0].affine(2.0, 0.0)?;
+            let u = &x[0];
+            let s = if flip { u.add(&t)? } else { t.add(u)? };
+            let (w1, w2) = (t.narrow(dim, 0, n - 1)?, t.narrow(dim, 1, n - 1)?);
+            let (l, r) = (s.narrow(dim, 0, n - 1)?.mul(&w1)?, w2.mul(&w2)?);
+            if flip {
+                r.add(&l)
+            } else {
+                l.add(&r)
+            }
+        })
+        .unwrap();
+    }
+}
+
+#[test]
 fn autograd_semantics() {
     let a = rand_var(9, &[2, 3]);
     // gradients accumulate across backward calls on fresh graphs

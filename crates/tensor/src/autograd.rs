@@ -15,6 +15,12 @@ pub trait BackwardOp: Send + Sync {
     /// Given dL/d(output), returns dL/d(input) for each input (None where no gradient flows).
     /// Runs with grad mode off; gradients have the input's shape.
     fn backward(&self, grad_out: &Tensor) -> Result<Vec<Option<Tensor>>>;
+    /// For a single-input op whose gradient covers only part of its input (narrow): add the gradient
+    /// for `grad_out` into `acc`, the input's gradient summed so far, in place, and return true; or
+    /// return false (the default), leaving `acc` as it was, to have `backward` + add do it.
+    fn accumulate(&self, _grad_out: &Tensor, _acc: &mut Option<Tensor>) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 thread_local! {
@@ -90,6 +96,18 @@ impl Tensor {
                 Some(op) => {
                     t.0.freed.store(true, std::sync::atomic::Ordering::Relaxed);
                     let inputs = op.inputs();
+                    if let [inp] = inputs.as_slice() {
+                        if inp.requires_grad() {
+                            let mut acc = grads.remove(&inp.id());
+                            let done = op.accumulate(&g, &mut acc)?;
+                            if let Some(a) = acc {
+                                grads.insert(inp.id(), a);
+                            }
+                            if done {
+                                continue;
+                            }
+                        }
+                    }
                     let in_grads = op.backward(&g)?;
                     if in_grads.len() != inputs.len() {
                         return Err(Error::Backward(format!("{}: returned {} gradients for {} inputs", op.name(), in_grads.len(), inputs.len())));

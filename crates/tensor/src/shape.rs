@@ -112,6 +112,46 @@ impl Layout {
     }
 }
 
+/// Strides that let a view with `old` shape/strides be read as `new_shape` without a copy, or None
+/// when the elements of `new_shape` cannot be reached by one set of strides (e.g. merging a
+/// transposed pair of dims).
+///
+/// The old dims are walked innermost first in maximal runs that are contiguous with respect to each
+/// other ("chunks"); each chunk must be covered exactly by a run of new dims, which then step through
+/// it row-major from the chunk's innermost stride. Size-1 dims fit anywhere.
+pub fn view_strides(old_shape: &[usize], old_strides: &[usize], new_shape: &[usize]) -> Option<Vec<usize>> {
+    let numel: usize = old_shape.iter().product();
+    if numel == 0 || old_shape.is_empty() {
+        // nothing to address, or a single element: any row-major strides do
+        return (new_shape.iter().product::<usize>() == numel).then(|| contiguous_strides(new_shape));
+    }
+    let mut strides = vec![0usize; new_shape.len()];
+    let mut nd = new_shape.len(); // new dims not placed yet: 0..nd
+    let mut base = old_strides[old_shape.len() - 1];
+    let (mut chunk_n, mut view_n) = (1usize, 1usize);
+    for od in (0..old_shape.len()).rev() {
+        chunk_n *= old_shape[od];
+        let chunk_ends = od == 0 || (old_shape[od - 1] != 1 && old_strides[od - 1] != chunk_n * base);
+        if !chunk_ends {
+            continue;
+        }
+        while nd > 0 && (view_n < chunk_n || new_shape[nd - 1] == 1) {
+            nd -= 1;
+            strides[nd] = view_n * base;
+            view_n *= new_shape[nd];
+        }
+        if view_n != chunk_n {
+            return None;
+        }
+        if od > 0 {
+            base = old_strides[od - 1];
+            chunk_n = 1;
+            view_n = 1;
+        }
+    }
+    (nd == 0).then_some(strides)
+}
+
 /// Iterator over storage offsets of a strided layout in logical row-major order.
 pub struct StridedIndex<'a> {
     layout: &'a Layout,
@@ -150,6 +190,39 @@ impl Iterator for StridedIndex<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn view_strides_split_merge_and_refuse() {
+        // [B, T, 3C] narrowed to its first C columns, split into heads: a view
+        let (b, t, c, h) = (2, 5, 12, 3);
+        let st = [t * 3 * c, 3 * c, 1];
+        assert_eq!(view_strides(&[b, t, c], &st, &[b, t, h, c / h]), Some(vec![t * 3 * c, 3 * c, c / h, 1]));
+        // merging B and T of that narrow is fine (T steps 3C, B steps T·3C); merging T and C is not
+        assert_eq!(view_strides(&[b, t, c], &st, &[b * t, c]), Some(vec![3 * c, 1]));
+        assert_eq!(view_strides(&[b, t, c], &st, &[b, t * c]), None);
+        // a transposed matrix cannot be flattened, but size-1 dims can be added anywhere
+        assert_eq!(view_strides(&[3, 4], &[1, 3], &[12]), None);
+        assert_eq!(view_strides(&[3, 4], &[1, 3], &[3, 1, 4]), Some(vec![1, 12, 3]));
+        // contiguous input: plain row-major strides
+        assert_eq!(view_strides(&[2, 3, 4], &[12, 4, 1], &[6, 4]), Some(vec![4, 1]));
+        // wrong element count, empty and scalar cases
+        assert_eq!(view_strides(&[2, 3], &[3, 1], &[7]), None);
+        assert_eq!(view_strides(&[0, 3], &[3, 1], &[3, 0]), Some(vec![0, 1]));
+        assert_eq!(view_strides(&[], &[], &[1, 1]), Some(vec![1, 1]));
+        // every view it returns addresses the same elements as the copy would
+        let cases: [(&[usize], &[usize], &[usize]); 4] = [
+            (&[4, 6], &[12, 1], &[2, 2, 6]),
+            (&[3, 2, 5], &[1, 15, 3], &[3, 2, 5, 1]),
+            (&[2, 6, 4], &[48, 8, 2], &[12, 2, 2]),
+            (&[6, 4, 1], &[4, 1, 9], &[2, 3, 2, 2]),
+        ];
+        for (shape, stv, new) in cases {
+            let old = Layout::new(shape.to_vec(), stv.to_vec(), 3);
+            let ns = view_strides(shape, stv, new).expect("viewable");
+            let want: Vec<usize> = old.indices().collect();
+            assert_eq!(Layout::new(new.to_vec(), ns, 3).indices().collect::<Vec<_>>(), want, "{shape:?} {stv:?} -> {new:?}");
+        }
+    }
+
     #[test]
     fn strided_index_transposed() {
         // a 2x3 row-major buffer read as its 3x2 transpose

@@ -72,19 +72,21 @@ impl CpuStorage {
             CpuStorage::I64(v) => v[i] as f64,
         }
     }
-    /// Gathers the elements at `idx` (storage offsets) into a new buffer of the same dtype.
-    pub fn gather(&self, idx: impl Iterator<Item = usize>) -> Self {
-        match self {
-            CpuStorage::F32(v) => CpuStorage::F32(idx.map(|i| v[i]).collect()),
-            CpuStorage::F64(v) => CpuStorage::F64(idx.map(|i| v[i]).collect()),
-            CpuStorage::BF16(v) => CpuStorage::BF16(idx.map(|i| v[i]).collect()),
-            CpuStorage::F16(v) => CpuStorage::F16(idx.map(|i| v[i]).collect()),
-            CpuStorage::I64(v) => CpuStorage::I64(idx.map(|i| v[i]).collect()),
-        }
-    }
     /// A contiguous sub-range copy `[start, start+len)`.
     pub fn copy_range(&self, start: usize, len: usize) -> Self {
-        self.gather(start..start + len)
+        self.gather_view(&crate::shape::Layout::new(vec![len], vec![1], start))
+    }
+    /// The elements of the view `layout` (row-major) in a new buffer: a coalesced, threaded
+    /// strided copy ([`crate::cpu::strided::gather`]).
+    pub fn gather_view(&self, layout: &crate::shape::Layout) -> Self {
+        use crate::cpu::strided::gather;
+        match self {
+            CpuStorage::F32(v) => CpuStorage::F32(gather(v, layout)),
+            CpuStorage::F64(v) => CpuStorage::F64(gather(v, layout)),
+            CpuStorage::BF16(v) => CpuStorage::BF16(gather(v, layout)),
+            CpuStorage::F16(v) => CpuStorage::F16(gather(v, layout)),
+            CpuStorage::I64(v) => CpuStorage::I64(gather(v, layout)),
+        }
     }
     /// Converts an owned buffer to `dtype`, without the copy [`CpuStorage::to_dtype`] makes when the
     /// dtype already matches (the common case: kernels computed in the tensor's own dtype).

@@ -289,7 +289,7 @@ impl Tensor {
         if self.is_contiguous() {
             Ok(cpu.copy_range(self.layout().offset(), self.elem_count()))
         } else {
-            Ok(cpu.gather(self.layout().indices()))
+            Ok(cpu.gather_view(self.layout()))
         }
     }
 
@@ -302,7 +302,7 @@ impl Tensor {
             let o = self.layout().offset();
             Ok(f(&all[o..o + self.elem_count()]))
         } else {
-            let g = cpu.gather(self.layout().indices());
+            let g = cpu.gather_view(self.layout());
             Ok(f(g.as_slice::<T>()?))
         }
     }

@@ -1,7 +1,12 @@
 //! Views that share storage: reshape, transpose/permute, narrow, broadcast, (un)squeeze.
 use crate::autograd::{node, sum_to_shape, BackwardOp};
-use crate::shape::{contiguous_strides, Layout};
-use crate::{Dim, Error, Result, Tensor};
+use crate::shape::{contiguous_strides, view_strides, Layout};
+use crate::ops::binary::PAR_MIN;
+use crate::storage::{CpuStorage, Storage};
+use crate::{CpuFloat, DType, Device, Dim, Error, Result, Tensor};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 struct Reshape {
     input: Tensor,
@@ -55,6 +60,94 @@ impl BackwardOp for Narrow {
         let len = g.shape()[self.dim];
         Ok(vec![Some(g.pad_dim(self.dim, self.start, full - self.start - len)?)])
     }
+    /// Splits (q, k, v out of one projection, ...) send several narrows' gradients to one input:
+    /// after the first (padded with zeros), each further one is added into its window of the sum in
+    /// place, instead of being padded to the full shape and added over all of it.
+    fn accumulate(&self, g: &Tensor, acc: &mut Option<Tensor>) -> Result<bool> {
+        let Some(prev) = acc.as_ref() else { return Ok(false) };
+        if g.device() != Device::Cpu || prev.device() != Device::Cpu || prev.dtype() != g.dtype() || !matches!(g.dtype(), DType::F32 | DType::F64) {
+            return Ok(false);
+        }
+        let prev = acc.take().expect("checked above");
+        // Only a sum no other handle can see is written in place (another input may hold the very
+        // same gradient tensor, e.g. both sides of an add); anything else is copied first.
+        let owned = Arc::strong_count(&prev.0) == 1 && prev.is_contiguous() && prev.layout().offset() == 0 && prev.storage().len() == prev.elem_count();
+        let sum = if owned { prev } else { Tensor::from_storage(Storage::Cpu(prev.storage_window()?), prev.shape())? };
+        let g = g.contiguous()?;
+        let gs = g.storage();
+        let w = Window::new(sum.shape(), self.dim, self.start, g.shape()[self.dim]);
+        sum.update_storage(|s| {
+            match (s.as_cpu_mut()?, gs.as_cpu()?) {
+                (CpuStorage::F32(a), CpuStorage::F32(b)) => w.add(&b[g.layout().offset()..], a),
+                (CpuStorage::F64(a), CpuStorage::F64(b)) => w.add(&b[g.layout().offset()..], a),
+                _ => unreachable!("dtypes checked above"),
+            }
+            Ok(())
+        })?;
+        *acc = Some(sum);
+        Ok(true)
+    }
+}
+
+/// A window `start..start+len` along one dim of a row-major `shape`: `outer` rows of `row`
+/// elements, the window being `win` elements at `off` in each.
+struct Window {
+    outer: usize,
+    row: usize,
+    off: usize,
+    win: usize,
+}
+
+impl Window {
+    fn new(shape: &[usize], dim: usize, start: usize, len: usize) -> Self {
+        let inner: usize = shape[dim + 1..].iter().product();
+        Window { outer: shape[..dim].iter().product(), row: shape[dim] * inner, off: start * inner, win: len * inner }
+    }
+    /// `acc[window] += g` (g: the window's elements, row-major).
+    fn add<T: CpuFloat>(&self, g: &[T], acc: &mut [T]) {
+        if self.win == 0 {
+            return;
+        }
+        let body = |(a, b): (&mut [T], &[T])| {
+            for (x, &y) in a[self.off..self.off + self.win].iter_mut().zip(b) {
+                *x += y;
+            }
+        };
+        let (acc, g) = (&mut acc[..self.outer * self.row], &g[..self.outer * self.win]);
+        if g.len() >= PAR_MIN && self.outer > 1 {
+            acc.par_chunks_mut(self.row).zip(g.par_chunks(self.win)).for_each(body);
+        } else {
+            acc.chunks_mut(self.row).zip(g.chunks(self.win)).for_each(body);
+        }
+    }
+    /// A new buffer of `outer · row` elements: zeros outside the window, `g` in it, in one pass.
+    fn pad<T: CpuFloat>(&self, g: &[T]) -> Vec<T> {
+        let n = self.outer * self.row;
+        if self.win == 0 {
+            return vec![T::zero(); n];
+        }
+        let body = |(o, src): (&mut [MaybeUninit<T>], &[T])| {
+            let (before, rest) = o.split_at_mut(self.off);
+            let (mid, after) = rest.split_at_mut(self.win);
+            for x in before.iter_mut().chain(after.iter_mut()) {
+                x.write(T::zero());
+            }
+            for (x, &y) in mid.iter_mut().zip(src) {
+                x.write(y);
+            }
+        };
+        let mut out: Vec<T> = Vec::with_capacity(n);
+        let (spare, g) = (&mut out.spare_capacity_mut()[..n], &g[..self.outer * self.win]);
+        if n >= PAR_MIN && self.outer > 1 {
+            spare.par_chunks_mut(self.row).zip(g.par_chunks(self.win)).for_each(body);
+        } else {
+            spare.chunks_mut(self.row).zip(g.chunks(self.win)).for_each(body);
+        }
+        // SAFETY: `body` wrote each of the `outer` rows of `row` elements in full (zeros around the
+        // window, `g` inside it).
+        unsafe { out.set_len(n) };
+        out
+    }
 }
 
 struct Broadcast {
@@ -73,8 +166,11 @@ impl BackwardOp for Broadcast {
 }
 
 impl Tensor {
-    /// Same elements, new shape (one dim may be `usize::MAX`... use [`Tensor::reshape_infer`] for -1).
-    /// A view when contiguous, otherwise a copy.
+    /// Same elements, new shape (use [`Tensor::reshape_infer`] for -1).
+    /// A view whenever the new shape can be addressed with strides over the same storage (always for
+    /// a contiguous tensor; for a strided one when only dims that are contiguous with respect to each
+    /// other are merged, e.g. splitting the last dim of a narrowed `[B, T, 3C]` into heads), otherwise
+    /// a copy, as PyTorch's `reshape` does.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != self.elem_count() {
@@ -83,7 +179,11 @@ impl Tensor {
         if shape == self.shape() {
             return Ok(self.clone());
         }
-        let src = if self.is_contiguous() { self.clone() } else { self.contiguous()? };
+        if let Some(strides) = view_strides(self.shape(), self.strides(), shape) {
+            let layout = Layout::new(shape.to_vec(), strides, self.layout().offset());
+            return Ok(self.view_with(layout, || node(Reshape { input: self.clone() })));
+        }
+        let src = self.contiguous()?;
         let layout = Layout::new(shape.to_vec(), contiguous_strides(shape), src.layout().offset());
         Ok(src.view_with(layout, || node(Reshape { input: src.clone() })))
     }
@@ -176,17 +276,17 @@ impl Tensor {
         Ok(self.view_with(layout, || node(Broadcast { input: self.clone() })))
     }
 
-    /// Inserts a size-1 dim at `dim` (0..=rank).
+    /// Inserts a size-1 dim at `dim` (0..=rank). Always a view.
     pub fn unsqueeze(&self, dim: usize) -> Result<Tensor> {
         if dim > self.rank() {
             return Err(Error::DimOutOfRange { op: "unsqueeze", dim: dim as i64, rank: self.rank() });
         }
         let mut shape = self.shape().to_vec();
         shape.insert(dim, 1);
-        self.reshape_view_or_copy(&shape)
+        self.reshape(&shape)
     }
 
-    /// Removes a size-1 dim.
+    /// Removes a size-1 dim. Always a view.
     pub fn squeeze<D: Dim>(&self, dim: D) -> Result<Tensor> {
         let d = dim.resolve(self.rank(), "squeeze")?;
         if self.shape()[d] != 1 {
@@ -194,7 +294,7 @@ impl Tensor {
         }
         let mut shape = self.shape().to_vec();
         shape.remove(d);
-        self.reshape_view_or_copy(&shape)
+        self.reshape(&shape)
     }
 
     /// Merges all dims into one.
@@ -202,21 +302,23 @@ impl Tensor {
         self.reshape(&[self.elem_count()])
     }
 
-    // Inserting/removing size-1 dims never needs a copy: keep strides of the other dims.
-    fn reshape_view_or_copy(&self, shape: &[usize]) -> Result<Tensor> {
-        let mut strides = Vec::with_capacity(shape.len());
-        let mut src = self.shape().iter().zip(self.strides()).filter(|(&d, _)| d != 1).map(|(_, &s)| s);
-        for &d in shape {
-            strides.push(if d == 1 { 0 } else { src.next().unwrap_or(0) });
-        }
-        let layout = Layout::new(shape.to_vec(), strides, self.layout().offset());
-        Ok(self.view_with(layout, || node(Reshape { input: self.clone() })))
-    }
-
     /// Zero-pads `before` and `after` elements around dim `d` (used by narrow's backward).
     pub fn pad_dim(&self, d: usize, before: usize, after: usize) -> Result<Tensor> {
         if before == 0 && after == 0 {
             return Ok(self.clone());
+        }
+        if self.device() == Device::Cpu && matches!(self.dtype(), DType::F32 | DType::F64) {
+            let mut shape = self.shape().to_vec();
+            shape[d] += before + after;
+            let w = Window::new(&shape, d, before, self.shape()[d]);
+            let g = self.contiguous()?;
+            let st = g.storage();
+            let out = match st.as_cpu()? {
+                CpuStorage::F32(v) => CpuStorage::F32(w.pad(&v[g.layout().offset()..])),
+                CpuStorage::F64(v) => CpuStorage::F64(w.pad(&v[g.layout().offset()..])),
+                _ => unreachable!("dtype checked above"),
+            };
+            return Tensor::from_storage(Storage::Cpu(out), &shape);
         }
         let mut parts = Vec::new();
         let mut zshape = self.shape().to_vec();

@@ -1,0 +1,155 @@
+//! Strided copies on the CPU: a view's elements gathered into a new row-major buffer
+//! (`contiguous()`, `reshape` of a permuted view, ...).
+//!
+//! The layout is first coalesced (size-1 dims dropped, dims that are contiguous with respect to each
+//! other merged), so a narrow or a head permute becomes a loop over a few long runs: unit-stride runs
+//! are `memcpy`s, the rest a strided loop. Large copies are split into blocks of whole runs across
+//! rayon's threads; each block finds its starting index once and then steps an odometer.
+use crate::shape::Layout;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Copies at or above this many elements are split across threads.
+const PAR_MIN: usize = 1 << 15;
+/// Elements per parallel block (rounded to whole runs).
+const BLOCK: usize = 1 << 14;
+
+/// `(shape, strides)` of `layout` with size-1 dims dropped and mergeable neighbours merged, outermost
+/// first. Empty for a single element.
+pub fn coalesce(layout: &Layout) -> (Vec<usize>, Vec<usize>) {
+    let mut shape: Vec<usize> = Vec::with_capacity(layout.rank());
+    let mut strides: Vec<usize> = Vec::with_capacity(layout.rank());
+    for (&n, &s) in layout.shape().iter().zip(layout.strides()) {
+        if n == 1 {
+            continue;
+        }
+        match (shape.last_mut(), strides.last_mut()) {
+            // the previous dim steps exactly over one whole run of this one: merge them
+            (Some(pn), Some(ps)) if *ps == n * s => {
+                *pn *= n;
+                *ps = s;
+            }
+            _ => {
+                shape.push(n);
+                strides.push(s);
+            }
+        }
+    }
+    (shape, strides)
+}
+
+/// The elements of the view `layout` over `src`, row-major, in a new buffer.
+pub fn gather<T: Copy + Send + Sync>(src: &[T], layout: &Layout) -> Vec<T> {
+    let n = layout.elem_count();
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    let (shape, strides) = coalesce(layout);
+    let base = layout.offset();
+    let (run, run_stride) = match (shape.last(), strides.last()) {
+        (Some(&r), Some(&s)) => (r, s),
+        _ => (1, 1),
+    };
+    let outer = &shape[..shape.len().saturating_sub(1)];
+    let outer_strides = &strides[..strides.len().saturating_sub(1)];
+    // the last element read must be in bounds (indexing below checks each run too)
+    let last = base + shape.iter().zip(&strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>();
+    assert!(last < src.len(), "strided gather: view ends at {last}, storage has {}", src.len());
+
+    let fill = |first_run: usize, dst: &mut [MaybeUninit<T>]| {
+        // odometer over the outer dims, started at run `first_run`
+        let mut idx = vec![0usize; outer.len()];
+        let mut rem = first_run;
+        let mut off = base;
+        for d in (0..outer.len()).rev() {
+            idx[d] = rem % outer[d];
+            rem /= outer[d];
+            off += idx[d] * outer_strides[d];
+        }
+        for row in dst.chunks_mut(run) {
+            if run_stride == 1 {
+                for (o, &x) in row.iter_mut().zip(&src[off..off + run]) {
+                    o.write(x);
+                }
+            } else {
+                for (j, o) in row.iter_mut().enumerate() {
+                    o.write(src[off + j * run_stride]);
+                }
+            }
+            for d in (0..outer.len()).rev() {
+                idx[d] += 1;
+                off += outer_strides[d];
+                if idx[d] < outer[d] {
+                    break;
+                }
+                off -= outer[d] * outer_strides[d];
+                idx[d] = 0;
+            }
+        }
+    };
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if n >= PAR_MIN && rayon::current_num_threads() > 1 {
+        let runs_per_block = (BLOCK / run).max(1);
+        spare.par_chunks_mut(runs_per_block * run).enumerate().for_each(|(b, dst)| fill(b * runs_per_block, dst));
+    } else {
+        fill(0, spare);
+    }
+    // SAFETY: `fill` wrote every one of the first `n` elements (chunks of `run` cover `spare` exactly,
+    // since `run` divides `n`); a panic inside it unwinds before this line.
+    unsafe { out.set_len(n) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(src: &[f32], l: &Layout) -> Vec<f32> {
+        l.indices().map(|i| src[i]).collect()
+    }
+
+    #[test]
+    fn coalesce_merges_and_drops() {
+        // [2, 3, 4] contiguous → one run of 24
+        assert_eq!(coalesce(&Layout::contiguous(&[2, 3, 4])), (vec![24], vec![1]));
+        // a narrow along the last dim keeps two dims
+        assert_eq!(coalesce(&Layout::new(vec![2, 3, 2], vec![12, 4, 1], 1)), (vec![6, 2], vec![4, 1]));
+        // size-1 dims vanish; a single element has no dims
+        assert_eq!(coalesce(&Layout::new(vec![1, 1], vec![7, 3], 5)), (vec![], vec![]));
+    }
+
+    #[test]
+    fn gather_matches_the_index_walk() {
+        let src: Vec<f32> = (0..5000).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let cases = [
+            Layout::contiguous(&[7, 11]),
+            Layout::new(vec![11, 7], vec![1, 11], 0),                 // transpose
+            Layout::new(vec![3, 5, 2, 7], vec![210, 7, 105, 1], 3),   // head permute of [3, 2, 5, 7] + offset
+            Layout::new(vec![4, 9, 5], vec![135, 15, 1], 10),          // narrow of the last dim
+            Layout::new(vec![6, 1, 5], vec![0, 9, 1], 2),              // broadcast row
+            Layout::new(vec![1], vec![1], 4999),                       // single element at the end
+            Layout::new(vec![3, 0, 2], vec![2, 2, 1], 0),              // empty
+        ];
+        for l in &cases {
+            assert_eq!(gather(&src, l), reference(&src, l), "{l:?}");
+        }
+    }
+
+    #[test]
+    fn gather_parallel_blocks_and_short_runs() {
+        // big enough to split across threads; runs of 3 do not divide the block size
+        let src: Vec<f32> = (0..300_000).map(|i| (i % 9973) as f32).collect();
+        let l = Layout::new(vec![40, 700, 3], vec![3 * 2500, 3, 1], 17);
+        assert_eq!(gather(&src, &l), reference(&src, &l));
+        let t = Layout::new(vec![500, 600], vec![1, 500], 0); // stride-500 inner loop, 300k elements
+        assert_eq!(gather(&src, &t), reference(&src, &t));
+    }
+
+    #[test]
+    #[should_panic(expected = "strided gather")]
+    fn gather_refuses_out_of_bounds_views() {
+        let src = [0f32; 10];
+        gather(&src, &Layout::new(vec![2, 5], vec![5, 1], 1));
+    }
+}
