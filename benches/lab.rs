@@ -21,6 +21,8 @@ use kiln::{DType, Device};
 use std::time::Duration;
 
 fn devices() -> Vec<Device> {
+    #[cfg(feature = "mimalloc")]
+    kiln::keep_freed_memory(); // as the `kiln` binary does (called again per group: an idempotent option)
     let mut d = vec![Device::Cpu];
     if cuda::is_available() {
         d.push(Device::Cuda(0));

@@ -39,6 +39,8 @@ enum Cmd {
 }
 
 fn main() {
+    #[cfg(feature = "mimalloc")]
+    kiln::keep_freed_memory();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Train(a) => cli::train::run(a),

@@ -300,11 +300,18 @@ pub fn matmul(ctx: &Ctx, dtype: DType, m: usize, n: usize, k: usize) -> Result<C
     let a = randn(61, &[m, k], dtype, ctx.device)?;
     let bm = randn(62, &[k, n], dtype, ctx.device)?;
     let (a64, b64) = (a.to_device(Device::Cpu)?.to_dtype(DType::F64)?, bm.to_device(Device::Cpu)?.to_dtype(DType::F64)?);
-    let name = if ctx.device == Device::Cpu { "matrixmultiply" } else { "cublas" };
-    let variants = vec![
+    // CPU: kiln's blocked AVX2 GEMM (the default) and matrixmultiply, which matmul falls back to
+    // below AVX2 (forcing the scalar level selects it; it still picks its own SIMD kernel)
+    let (name, alternatives): (&str, &[(&str, Level)]) = if ctx.device == Device::Cpu { ("kiln", &[("matrixmultiply", Level::Scalar)]) } else { ("cublas", &[]) };
+    let timed = |vname: &str, level: Option<Level>| {
+        let (a, b) = (a.clone(), bm.clone());
+        Variant { name: vname.into(), level, timed: true, prep: Box::new(move |_| { let (a, b) = (a.clone(), b.clone()); Ok(Box::new(move || Ok(vec![a.matmul(&b)?])) as Thunk) }) }
+    };
+    let mut variants = vec![
         Variant { name: "f64-reference".into(), level: None, timed: false, prep: Box::new(move |_| { let (a, b) = (a64.clone(), b64.clone()); Ok(Box::new(move || Ok(vec![a.matmul(&b)?])) as Thunk) }) },
-        Variant { name: name.into(), level: None, timed: true, prep: Box::new(move |_| { let (a, b) = (a.clone(), bm.clone()); Ok(Box::new(move || Ok(vec![a.matmul(&b)?])) as Thunk) }) },
+        timed(name, None),
     ];
+    variants.extend(alternatives.iter().map(|&(v, l)| timed(v, Some(l))));
     Ok(Case {
         op: "matmul".into(),
         device: ctx.device,

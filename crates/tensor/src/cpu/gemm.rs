@@ -51,11 +51,44 @@ pub trait GemmFloat: CpuFloat {
         rsc: isize,
         csc: isize,
     );
+    /// kiln's own blocked GEMM for this type, when the CPU and C's layout allow it (row-major C):
+    /// returns false to leave the call to [`GemmFloat::raw_gemm`]. Arguments as for `raw_gemm`.
+    ///
+    /// # Safety
+    /// As for `raw_gemm`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn blocked_gemm(
+        _m: usize,
+        _k: usize,
+        _n: usize,
+        _alpha: Self,
+        _a: *const Self,
+        _rsa: isize,
+        _csa: isize,
+        _b: *const Self,
+        _rsb: isize,
+        _csb: isize,
+        _beta: Self,
+        _c: *mut Self,
+        _rsc: isize,
+        _csc: isize,
+        _parallel: bool,
+    ) -> bool {
+        false
+    }
 }
 
 impl GemmFloat for f32 {
     unsafe fn raw_gemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, beta: f32, c: *mut f32, rsc: isize, csc: isize) {
         matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn blocked_gemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, beta: f32, c: *mut f32, rsc: isize, csc: isize, parallel: bool) -> bool {
+        if csc != 1 || rsc < 0 || !super::sgemm::available() {
+            return false;
+        }
+        super::sgemm::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc as usize, parallel);
+        true
     }
 }
 
@@ -246,11 +279,16 @@ unsafe fn gemm_at<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T,
 
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
     let nt = rayon::current_num_threads();
+    let parallel = threads == Threads::Auto && nt > 1 && flops >= PAR_FLOPS;
+    // SAFETY: bounds and C's non-aliasing were checked above; C is exclusively borrowed.
+    if unsafe { T::blocked_gemm(m, k, n, alpha, pa, rsa, csa, pb, rsb, csb, beta, pc.0, rsc, csc, parallel) } {
+        return Ok(());
+    }
     let split_m = m >= n;
     let len = if split_m { m } else { n };
     // Panels: one per thread, each at least 64 rows/cols (a multiple of 16, the widest micro-tile)
     // so that re-packing the shared operand in every panel stays a small fraction of the work.
-    let parts = if threads == Threads::Single || nt < 2 || flops < PAR_FLOPS { 1 } else { nt.min(len / 64).max(1) };
+    let parts = if parallel { nt.min(len / 64).max(1) } else { 1 };
     if parts == 1 {
         // SAFETY: bounds and C's non-aliasing were checked above; C is exclusively borrowed.
         unsafe { T::raw_gemm(m, k, n, alpha, pa, rsa, csa, pb, rsb, csb, beta, pc.0, rsc, csc) };

@@ -2,14 +2,12 @@
 //! backward. CPU (`cpu.rs`): tiles of 64 queries × 128 keys (64 × 64 in the backward) with an
 //! online softmax (O(T) extra memory per row, no Tq×Tk matrix), rayon over (batch·head, query
 //! tile); the forward saves the per-row logsumexp and the backward recomputes the probabilities
-//! from it. Tile GEMMs: `gemm512.rs` (AVX-512 f32), `gemm256.rs` (AVX2 + FMA f32) or
+//! from it. Tile GEMMs: `gemm512.rs` (AVX-512 f32), `cpu/gemm256.rs` (AVX2 + FMA f32) or
 //! matrixmultiply (scalar level, f64); softmax row primitives with
 //! AVX-512 / AVX2 / scalar bodies in `simd.rs`.
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
-#[cfg(target_arch = "x86_64")]
-mod gemm256;
 #[cfg(target_arch = "x86_64")]
 mod gemm512;
 mod simd;

@@ -115,7 +115,7 @@ impl AttnFloat for f32 {
         }
         #[cfg(target_arch = "x86_64")]
         if level() == Level::Avx2 {
-            return super::gemm256::sgemm(m, n, k, alpha, a, rsa, csa, b, ldb, acc, c, ldc);
+            return crate::cpu::gemm256::sgemm(m, n, k, alpha, a, rsa, csa, b, ldb, acc, c, ldc);
         }
         Self::gemm(m, k, n, alpha, a, rsa, csa, b, ldb as isize, 1, if acc { 1.0 } else { 0.0 }, c, ldc as isize, 1)
     }
@@ -123,14 +123,14 @@ impl AttnFloat for f32 {
         #[cfg(target_arch = "x86_64")]
         if level() == Level::Avx2 {
             let mut v = Vec::new();
-            super::gemm256::pack_panels(k, n, b, rsb, csb, &mut v);
+            crate::cpu::gemm256::pack_panels(k, n, b, rsb, csb, &mut v);
             return Some(v);
         }
         None
     }
     #[cfg(target_arch = "x86_64")]
     unsafe fn tile_panels(m: usize, n: usize, k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, panels: *const f32, pstride: usize, acc: bool, c: *mut f32, ldc: usize) {
-        super::gemm256::sgemm_panels(m, n, k, alpha, a, rsa, csa, panels, pstride, acc, c, ldc)
+        crate::cpu::gemm256::sgemm_panels(m, n, k, alpha, a, rsa, csa, panels, pstride, acc, c, ldc)
     }
     fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
         crate::cpu::simd::exp_sub_sum(x, m)

@@ -1,5 +1,6 @@
-//! AVX2 + FMA f32 tile GEMM for the attention kernels: `C (=|+=) alpha·A·B`, B with contiguous rows
-//! (any row stride), A with any strides, C with rows of stride `ldc`.
+//! AVX2 + FMA f32 tile GEMM: `C (=|+=) alpha·A·B`, B with contiguous rows (any row stride), A with
+//! any strides, C with rows of stride `ldc`. The attention kernels call it on their tiles; the
+//! blocked matmul GEMM (`cpu/sgemm.rs`) calls [`sgemm_panels`] on its packed blocks.
 //!
 //! B is copied into panels of 16 columns (`panel[p·16 + j]`, zero-padded past `n`) in a per-thread
 //! buffer, then a 6 × 16 register block (12 ymm accumulators, two B loads and six broadcasts of A
@@ -29,7 +30,7 @@ thread_local! {
 /// The CPU supports avx2 and fma; every addressed element is in bounds; C does not alias A or B.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, ldb: usize, acc: bool, c: *mut f32, ldc: usize) {
+pub(crate) unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, ldb: usize, acc: bool, c: *mut f32, ldc: usize) {
     if m == 0 || n == 0 || k == 0 {
         // nothing to pack; sgemm_panels handles these without reading B
         return sgemm_panels(m, n, k, alpha, a, rsa, csa, std::ptr::null(), 0, acc, c, ldc);
@@ -48,7 +49,7 @@ pub(super) unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: *const f
 /// As for [`sgemm`]; the panels cover k rows and n columns (zero-padded to a multiple of 16).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn sgemm_panels(m: usize, n: usize, k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, panels: *const f32, pstride: usize, acc: bool, c: *mut f32, ldc: usize) {
+pub(crate) unsafe fn sgemm_panels(m: usize, n: usize, k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, panels: *const f32, pstride: usize, acc: bool, c: *mut f32, ldc: usize) {
     if m == 0 || n == 0 {
         return;
     }
@@ -86,7 +87,7 @@ pub(super) unsafe fn sgemm_panels(m: usize, n: usize, k: usize, alpha: f32, a: *
 /// # Safety
 /// Every element of B is in bounds; the CPU supports avx2.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn pack_panels(k: usize, n: usize, b: *const f32, rsb: isize, csb: isize, dst: &mut Vec<f32>) {
+pub(crate) unsafe fn pack_panels(k: usize, n: usize, b: *const f32, rsb: isize, csb: isize, dst: &mut Vec<f32>) {
     let np = n.div_ceil(NR);
     if dst.len() < np * k * NR {
         dst.resize(np * k * NR, 0.0);
@@ -112,7 +113,7 @@ pub(super) unsafe fn pack_panels(k: usize, n: usize, b: *const f32, rsb: isize, 
 /// One `R` × 16 block of C (`w` ≤ 16 of its columns inside C) from R rows of A and one B panel.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn block<const R: usize>(k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, bp: *const f32, acc: bool, c: *mut f32, ldc: usize, w: usize) {
+pub(crate) unsafe fn block<const R: usize>(k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, bp: *const f32, acc: bool, c: *mut f32, ldc: usize, w: usize) {
     let z = _mm256_setzero_ps();
     let (mut lo, mut hi) = ([z; R], [z; R]);
     let rows: [*const f32; R] = std::array::from_fn(|r| a.offset(r as isize * rsa));
