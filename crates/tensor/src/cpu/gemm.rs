@@ -1,5 +1,7 @@
-//! GEMM on the CPU: `C = alpha·A·B + beta·C` over strided f32/f64 matrices, through matrixmultiply's
-//! packed AVX-512 / AVX2+FMA micro-kernels, with bounds checks and a rayon threading policy.
+//! GEMM on the CPU: `C = alpha·A·B + beta·C` over strided f32/f64 matrices, with bounds checks and a
+//! rayon threading policy. f32 with a row-major C on AVX2 + FMA runs kiln's blocked GEMM
+//! (`cpu/sgemm.rs`, [`GemmFloat::blocked_gemm`]); everything else runs matrixmultiply's packed
+//! micro-kernels, threaded as described below.
 //!
 //! # Safety model
 //! [`gemm`] is a safe function. Each operand is a [`Mat`]/[`MatMut`]: a slice plus the (offset, rows,
