@@ -213,3 +213,48 @@ fn errors_name_the_op_and_shapes() {
     let ai = Tensor::zeros(&[2, 3], DType::I64, Device::Cpu).unwrap();
     assert!(ai.matmul(&i).unwrap_err().to_string().contains("matmul"));
 }
+
+#[test]
+fn matmul_bias_matches_matmul_plus_add() {
+    // the fused linear (bias added inside the GEMM) against the composed ops: odd sizes, a transposed
+    // weight view, a shape big enough for the threaded blocked path, f32 and f64, values and grads
+    for dt in [DType::F32, DType::F64] {
+        for &(m, k, n, wt) in &[(1, 1, 1, false), (7, 13, 5, true), (130, 70, 45, false), (300, 257, 131, true)] {
+            let x = randn(70, &[m, k], dt).requires_grad_(true);
+            let w = if wt { randn(71, &[n, k], dt).t().unwrap() } else { randn(71, &[k, n], dt) }.requires_grad_(true);
+            let b = randn(72, &[n], dt).requires_grad_(true);
+            let dy = randn(73, &[m, n], dt);
+            let fused = x.matmul_bias(&w, &b).unwrap();
+            let composed = x.matmul(&w).unwrap().add(&b).unwrap();
+            let tol = if dt == DType::F32 { 2e-5 } else { 1e-12 };
+            assert_close(&format!("matmul_bias {m}x{k}x{n} {dt}"), &fused, &composed, tol);
+            let grads = |y: &Tensor| {
+                for t in [&x, &w, &b] {
+                    t.zero_grad();
+                }
+                y.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
+                [x.grad().unwrap(), w.grad().unwrap(), b.grad().unwrap()]
+            };
+            let (gf, gc) = (grads(&fused), grads(&composed));
+            for (name, (f, c)) in ["dx", "dw", "db"].iter().zip(gf.iter().zip(&gc)) {
+                assert_close(&format!("matmul_bias {name} {m}x{k}x{n} {dt}"), f, c, tol * 10.0);
+            }
+        }
+    }
+    gradcheck("matmul_bias", &[rand_var(74, &[5, 4]), rand_var(75, &[4, 3]), rand_var(76, &[3])], |t| t[0].matmul_bias(&t[1], &t[2])).unwrap();
+    gradcheck("matmul_bias transposed weight", &[rand_var(77, &[6, 5]), rand_var(78, &[3, 5]), rand_var(79, &[3])], |t| t[0].matmul_bias(&t[1].t()?, &t[2])).unwrap();
+}
+
+#[test]
+fn matmul_bias_errors_name_the_op() {
+    let x = Tensor::zeros(&[4, 3], DType::F32, Device::Cpu).unwrap();
+    let w = Tensor::zeros(&[3, 5], DType::F32, Device::Cpu).unwrap();
+    for bias in [Tensor::zeros(&[4], DType::F32, Device::Cpu).unwrap(), Tensor::zeros(&[1, 5], DType::F32, Device::Cpu).unwrap()] {
+        let e = x.matmul_bias(&w, &bias).unwrap_err().to_string();
+        assert!(e.contains("matmul_bias") && e.contains("[4, 3]"), "{e}");
+    }
+    let e = x.matmul_bias(&x, &Tensor::zeros(&[3], DType::F32, Device::Cpu).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("matmul_bias"), "{e}");
+    let e = x.matmul_bias(&w, &Tensor::zeros(&[5], DType::F64, Device::Cpu).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("matmul_bias") && e.contains("dtype"), "{e}");
+}

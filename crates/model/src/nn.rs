@@ -100,10 +100,11 @@ impl Linear {
         // mixed precision: the GEMM runs in the activations' dtype (a no-op cast in f32)
         let w = self.weight.tensor().to_dtype(x.dtype())?;
         let w = if self.conv1d { w } else { w.t()? };
-        let mut y = x2.matmul(&w)?;
-        if let Some(b) = &self.bias {
-            y = y.add(&b.tensor().to_dtype(x.dtype())?)?;
-        }
+        // one GEMM that adds the bias on its output tiles (composed matmul + add off the CPU fast path)
+        let y = match &self.bias {
+            Some(b) => x2.matmul_bias(&w, &b.tensor().to_dtype(x.dtype())?)?,
+            None => x2.matmul(&w)?,
+        };
         let mut shape = lead;
         shape.push(*y.shape().last().unwrap_or(&0));
         y.reshape(&shape)

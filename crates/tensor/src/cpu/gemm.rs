@@ -54,7 +54,8 @@ pub trait GemmFloat: CpuFloat {
         csc: isize,
     );
     /// kiln's own blocked GEMM for this type, when the CPU and C's layout allow it (row-major C):
-    /// returns false to leave the call to [`GemmFloat::raw_gemm`]. Arguments as for `raw_gemm`.
+    /// returns false to leave the call to [`GemmFloat::raw_gemm`]. Arguments as for `raw_gemm`, plus
+    /// `bias` (null: none), a row of n added to every row of C.
     ///
     /// # Safety
     /// As for `raw_gemm`.
@@ -74,6 +75,7 @@ pub trait GemmFloat: CpuFloat {
         _c: *mut Self,
         _rsc: isize,
         _csc: isize,
+        _bias: *const Self,
         _parallel: bool,
     ) -> bool {
         false
@@ -85,11 +87,11 @@ impl GemmFloat for f32 {
         matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
     }
     #[cfg(target_arch = "x86_64")]
-    unsafe fn blocked_gemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, beta: f32, c: *mut f32, rsc: isize, csc: isize, parallel: bool) -> bool {
+    unsafe fn blocked_gemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, beta: f32, c: *mut f32, rsc: isize, csc: isize, bias: *const f32, parallel: bool) -> bool {
         if csc != 1 || rsc < 0 || !super::sgemm::available() {
             return false;
         }
-        super::sgemm::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc as usize, parallel);
+        super::sgemm::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc as usize, bias, parallel);
         true
     }
 }
@@ -228,7 +230,7 @@ unsafe impl<T: Send> Sync for SendPtr<T> {}
 pub fn gemm<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>, threads: Threads) -> Result<()> {
     let cg = Geom { offset: c.offset, rows: c.rows, cols: c.cols, rs: c.rs, cs: c.cs };
     // SAFETY: C is an initialized slice of `c.data.len()` elements, exclusively borrowed.
-    unsafe { gemm_at(alpha, a, b, beta, c.data.as_mut_ptr(), c.data.len(), cg, threads) }
+    unsafe { gemm_at(alpha, a, b, beta, c.data.as_mut_ptr(), c.data.len(), cg, None, threads) }
 }
 
 /// `C = alpha·A·B` into `c`, a row-major `a.rows × b.cols` matrix filling the whole slice, which
@@ -242,16 +244,31 @@ pub fn gemm_uninit<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, c: &mut
     }
     let cg = Geom { offset: 0, rows: m, cols: n, rs: n as isize, cs: 1 };
     // SAFETY: `c` is exclusively borrowed; β = 0, so no element of C is read before it is written.
-    unsafe { gemm_at(alpha, a, b, T::zero(), c.as_mut_ptr().cast(), c.len(), cg, threads) }
+    unsafe { gemm_at(alpha, a, b, T::zero(), c.as_mut_ptr().cast(), c.len(), cg, None, threads) }
 }
 
-/// The body of [`gemm`] and [`gemm_uninit`]: C is the matrix `cg` inside `c_len` elements at `c_data`.
+/// `C = alpha·A·B + bias` (the bias row added to every row) into uninitialized `c`, as
+/// [`gemm_uninit`]. The blocked f32 GEMM adds the bias inside its tasks, on tiles of C that are in
+/// cache; elsewhere C is first filled with the bias rows and the GEMM accumulates onto them.
+pub fn gemm_bias_uninit<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, bias: &[T], c: &mut [MaybeUninit<T>], threads: Threads) -> Result<()> {
+    let (m, n) = (a.rows, b.cols);
+    if c.len() != m * n || bias.len() != n {
+        return Err(Error::msg(format!("gemm: output buffer of {} elements and a bias of {} for a {m}x{n} result", c.len(), bias.len())));
+    }
+    let cg = Geom { offset: 0, rows: m, cols: n, rs: n as isize, cs: 1 };
+    // SAFETY: `c` is exclusively borrowed; β = 0 and the bias path writes C before reading it.
+    unsafe { gemm_at(alpha, a, b, T::zero(), c.as_mut_ptr().cast(), c.len(), cg, Some(bias), threads) }
+}
+
+/// The body of [`gemm`], [`gemm_uninit`] and [`gemm_bias_uninit`]: C is the matrix `cg` inside
+/// `c_len` elements at `c_data`; `bias` (n elements, only with `beta` zero and a row-major C) is
+/// added to every row.
 ///
 /// # Safety
 /// `c_data` points to `c_len` elements that nothing else accesses during the call; they must be
 /// initialized unless `beta` is zero.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_at<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c_data: *mut T, c_len: usize, cg: Geom, threads: Threads) -> Result<()> {
+unsafe fn gemm_at<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, mut beta: T, c_data: *mut T, c_len: usize, cg: Geom, bias: Option<&[T]>, threads: Threads) -> Result<()> {
     const OP: &str = "gemm";
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k || cg.rows != m || cg.cols != n {
@@ -282,9 +299,18 @@ unsafe fn gemm_at<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T,
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
     let nt = rayon::current_num_threads();
     let parallel = threads == Threads::Auto && nt > 1 && flops >= PAR_FLOPS;
+    let bias_ptr = bias.map_or(std::ptr::null(), |b| b.as_ptr());
     // SAFETY: bounds and C's non-aliasing were checked above; C is exclusively borrowed.
-    if unsafe { T::blocked_gemm(m, k, n, alpha, pa, rsa, csa, pb, rsb, csb, beta, pc.0, rsc, csc, parallel) } {
+    if unsafe { T::blocked_gemm(m, k, n, alpha, pa, rsa, csa, pb, rsb, csb, beta, pc.0, rsc, csc, bias_ptr, parallel) } {
         return Ok(());
+    }
+    if let Some(bias) = bias {
+        // C starts as the bias rows (row-major, checked by the callers), the GEMM accumulates onto it
+        for i in 0..m {
+            // SAFETY: row i of the checked, row-major C (n elements at offset i·rsc)
+            unsafe { std::ptr::copy_nonoverlapping(bias.as_ptr(), pc.0.offset(i as isize * rsc), n) };
+        }
+        beta = T::one();
     }
     let split_m = m >= n;
     let len = if split_m { m } else { n };

@@ -46,18 +46,36 @@ pub(crate) fn available() -> bool {
     super::simd::level() >= super::simd::Level::Avx2
 }
 
-/// `C = alpha·A·B + beta·C` with `A[i][p] = a[i·rsa + p·csa]`, `B[p][j] = b[p·rsb + j·csb]`,
-/// `C[i][j] = c[i·ldc + j]`; `beta == 0` never reads C. `parallel`: split across rayon's threads.
+/// `C = alpha·A·B + beta·C (+ bias)` with `A[i][p] = a[i·rsa + p·csa]`, `B[p][j] = b[p·rsb + j·csb]`,
+/// `C[i][j] = c[i·ldc + j]`; `beta == 0` never reads C. `bias` (null: none) is a row of n added to
+/// every row of C: each task writes it into its tile of C just before its first block of k, while
+/// the tile is in cache, instead of a separate pass over C. `parallel`: split across rayon's threads.
 ///
 /// # Safety
-/// [`available`]; every addressed element of A, B (when k > 0) and C is in bounds; C's rows do not
-/// overlap (`ldc ≥ n` or m ≤ 1) and C does not alias A or B.
+/// [`available`]; every addressed element of A, B (when k > 0), C and the bias is in bounds; C's rows
+/// do not overlap (`ldc ≥ n` or m ≤ 1) and C does not alias A, B or the bias.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, beta: f32, c: *mut f32, ldc: usize, parallel: bool) {
+pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, beta: f32, c: *mut f32, ldc: usize, bias: *const f32, parallel: bool) {
     if m == 0 || n == 0 {
         return;
     }
-    let c = Ptr(c);
+    let (c, bias) = (Ptr(c), Ptr(bias as *mut f32));
+    // adds the bias to rows i0..i1, columns j0..j0 + w of C (a copy when the rows were not yet written)
+    let add_bias = |i0: usize, i1: usize, j0: usize, w: usize, overwrite: bool| {
+        if bias.get().is_null() {
+            return;
+        }
+        // SAFETY: in bounds per the caller's contract; rows of C do not overlap the bias
+        let bv = unsafe { std::slice::from_raw_parts(bias.get().add(j0), w) };
+        for i in i0..i1 {
+            let row = unsafe { std::slice::from_raw_parts_mut(c.get().add(i * ldc + j0), w) };
+            if overwrite {
+                row.copy_from_slice(bv);
+            } else {
+                row.iter_mut().zip(bv).for_each(|(x, &y)| *x += y);
+            }
+        }
+    };
     if beta != 0.0 && beta != 1.0 {
         for i in 0..m {
             for x in std::slice::from_raw_parts_mut(c.0.add(i * ldc), n) {
@@ -71,6 +89,7 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f
                 std::ptr::write_bytes(c.0.add(i * ldc), 0, n);
             }
         }
+        add_bias(0, m, 0, n, false);
         return;
     }
     let nt = if parallel { rayon::current_num_threads() } else { 1 };
@@ -107,9 +126,11 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f
             let (i0, i1) = ((r * strips / rb) * 6, ((r + 1) * strips / rb * 6).min(m));
             let (jp0, jp1) = (g * np / groups, (g + 1) * np / groups);
             let cols = (jp1 * NR).min(nc) - jp0 * NR;
+            // with a bias, the tile starts as (beta·C +) bias and every block of k adds to it
+            add_bias(i0, i1, jc + jp0 * NR, cols, beta == 0.0);
             for pc in (0..k).step_by(KC) {
-                // the first block of k overwrites C (unless beta = 1); later ones add to it
-                let acc = pc > 0 || beta != 0.0;
+                // the first block of k overwrites C (unless beta = 1 or there is a bias); later ones add
+                let acc = pc > 0 || beta != 0.0 || !bias.get().is_null();
                 // SAFETY: rows i0..i1 of A and C, columns jc + 16·jp0 .. of C: in bounds (caller)
                 // and disjoint between tasks; the panels were packed above for all k rows.
                 unsafe {
@@ -316,12 +337,14 @@ mod tests {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let (pa, rsa, csa) = if ta { (at.as_ptr(), 1, m as isize) } else { (av.as_ptr(), k as isize, 1) };
                 let (pb, rsb, csb) = if tb { (bt.as_ptr(), 1, k as isize) } else { (bv.as_ptr(), n as isize, 1) };
-                for (beta, parallel) in [(0.0f32, false), (0.0, true), (1.0, true), (0.5, false)] {
+                let bias: Vec<f32> = (0..n).map(|j| val(j + 11)).collect();
+                for (beta, parallel, with_bias) in [(0.0f32, false, false), (0.0, true, false), (1.0, true, false), (0.5, false, false), (0.0, true, true), (0.5, false, true)] {
+                    let bp = if with_bias { bias.as_ptr() } else { std::ptr::null() };
                     let init = |s: usize| if beta == 0.0 { f32::NAN } else { val(s + 3) };
                     let ldc = n + 3; // rows of C padded: the padding must stay untouched
                     let mut c: Vec<f32> = (0..m * ldc).map(init).collect();
                     let before = c.clone();
-                    unsafe { sgemm(m, k, n, 1.5, pa, rsa, csa, pb, rsb, csb, beta, c.as_mut_ptr(), ldc, parallel) };
+                    unsafe { sgemm(m, k, n, 1.5, pa, rsa, csa, pb, rsb, csb, beta, c.as_mut_ptr(), ldc, bp, parallel) };
                     for i in 0..m {
                         for j in 0..ldc {
                             let got = c[i * ldc + j];
@@ -330,8 +353,8 @@ mod tests {
                                 continue;
                             }
                             let old = if beta == 0.0 { 0.0 } else { beta as f64 * before[i * ldc + j] as f64 };
-                            let w = 1.5 * want[i * n + j] + old;
-                            assert!((got as f64 - w).abs() <= 2e-5 * (k as f64).sqrt() * (1.0 + w.abs()), "{m}x{k}x{n} ta {ta} tb {tb} beta {beta}: ({i}, {j}) {got} vs {w}");
+                            let w = 1.5 * want[i * n + j] + old + if with_bias { bias[j] as f64 } else { 0.0 };
+                            assert!((got as f64 - w).abs() <= 2e-5 * (k as f64).sqrt() * (1.0 + w.abs()), "{m}x{k}x{n} ta {ta} tb {tb} beta {beta} bias {with_bias}: ({i}, {j}) {got} vs {w}");
                         }
                     }
                 }
@@ -346,7 +369,7 @@ mod tests {
             return;
         }
         let mut c = vec![f32::NAN; 12];
-        unsafe { sgemm(3, 0, 4, 1.0, [0f32].as_ptr(), 0, 1, [0f32].as_ptr(), 4, 1, 0.0, c.as_mut_ptr(), 4, true) };
+        unsafe { sgemm(3, 0, 4, 1.0, [0f32].as_ptr(), 0, 1, [0f32].as_ptr(), 4, 1, 0.0, c.as_mut_ptr(), 4, std::ptr::null(), true) };
         assert!(c.iter().all(|&x| x == 0.0));
         let (m, k, n) = (300, 600, 200);
         let av: Vec<f32> = (0..m * k).map(|s| ((s * 37 % 101) as f32 - 50.0) / 7.0).collect();
@@ -354,7 +377,7 @@ mod tests {
         let run = |threads: usize, parallel: bool| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let mut c = vec![0f32; m * n];
-            pool.install(|| unsafe { sgemm(m, k, n, 1.0, av.as_ptr(), k as isize, 1, bv.as_ptr(), n as isize, 1, 0.0, c.as_mut_ptr(), n, parallel) });
+            pool.install(|| unsafe { sgemm(m, k, n, 1.0, av.as_ptr(), k as isize, 1, bv.as_ptr(), n as isize, 1, 0.0, c.as_mut_ptr(), n, std::ptr::null(), parallel) });
             c
         };
         let one = run(1, false);

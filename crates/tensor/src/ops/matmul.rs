@@ -16,7 +16,7 @@
 //! into the contraction (`dW = Σ_b X_bᵀ·dY_b` as one GEMM over `B·T`), otherwise with `sum_to_shape`.
 use crate::autograd::{node, sum_to_shape, BackwardOp};
 use crate::ops::softmax::cpu::try_uninit_vec;
-use crate::cpu::gemm::{gemm, gemm_uninit, GemmFloat, Mat, MatMut, Threads, PAR_FLOPS};
+use crate::cpu::gemm::{gemm, gemm_bias_uninit, gemm_uninit, GemmFloat, Mat, MatMut, Threads, PAR_FLOPS};
 use crate::shape::{broadcast_shapes, Layout};
 use crate::storage::{CpuSlice, Storage};
 use crate::{DType, Error, Result, Tensor};
@@ -199,7 +199,67 @@ impl BackwardOp for MatMul {
     }
 }
 
+/// `x @ w + bias` for 2-D f32/f64 CPU operands of one dtype: one GEMM that adds the bias inside.
+fn mm_bias<T: GemmFloat + CpuSlice>(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (x, w) = (regular(&x.detach())?, regular(&w.detach())?);
+    let bias = bias.contiguous()?;
+    let (sx, sw, sb) = (x.storage(), w.storage(), bias.storage());
+    let (dx, dw) = (sx.as_cpu()?.as_slice::<T>()?, sw.as_cpu()?.as_slice::<T>()?);
+    let db = &sb.as_cpu()?.as_slice::<T>()?[bias.layout().offset()..];
+    let (ox, ow) = (Operand::new(&x, &[]), Operand::new(&w, &[]));
+    let (m, n) = (ox.rows, ow.cols);
+    let out = fresh(m * n, |c| gemm_bias_uninit(T::one(), ox.mat(dx, ox.offset), ow.mat(dw, ow.offset), &db[..n], c, Threads::Auto))?;
+    Tensor::from_storage(Storage::Cpu(T::into_storage(out)), &[m, n])
+}
+
+/// Autograd of [`Tensor::matmul_bias`]: the two GEMM gradients, and the bias gradient summed over rows.
+struct MatMulBias {
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor,
+}
+
+impl BackwardOp for MatMulBias {
+    fn name(&self) -> &'static str {
+        "matmul_bias"
+    }
+    fn inputs(&self) -> Vec<Tensor> {
+        vec![self.x.clone(), self.w.clone(), self.bias.clone()]
+    }
+    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let gx = if self.x.requires_grad() { Some(mm(g, &self.w.t()?, false)?) } else { None };
+        let gw = if self.w.requires_grad() { Some(mm(&self.x.t()?, g, false)?) } else { None };
+        let gb = if self.bias.requires_grad() { Some(g.sum_dims(&[0], false)?) } else { None };
+        Ok(vec![gx, gw, gb])
+    }
+}
+
 impl Tensor {
+    /// `self @ w + bias` for `self` `[m, k]`, `w` `[k, n]` and `bias` `[n]` (added to every row): a
+    /// linear layer. On the CPU in f32/f64 the bias is added by the GEMM itself, on tiles of the
+    /// output that are in cache, instead of a second pass over the output; its backward is
+    /// matmul's plus the bias gradient `Σ_rows dY`. Other dtypes and devices compose
+    /// `matmul` + `add`. Shapes, dtypes and devices are checked as for [`Tensor::matmul`] and `add`.
+    pub fn matmul_bias(&self, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        self.check_same("matmul_bias", w)?;
+        self.check_same("matmul_bias", bias)?;
+        self.check_float("matmul_bias")?;
+        let (sx, sw) = (self.shape(), w.shape());
+        if sx.len() != 2 || sw.len() != 2 || sx[1] != sw[0] || bias.shape() != [sw[1]] {
+            return Err(Error::Shape {
+                op: "matmul_bias",
+                shape: sx.to_vec(),
+                msg: format!("needs x [m, k], w [k, n], bias [n]; got w {sw:?}, bias {:?}", bias.shape()),
+            });
+        }
+        let out = match (self.device().is_cuda(), self.dtype()) {
+            (false, DType::F32) => mm_bias::<f32>(self, w, bias)?,
+            (false, DType::F64) => mm_bias::<f64>(self, w, bias)?,
+            _ => return self.matmul(w)?.add(bias),
+        };
+        Ok(out.with_history(&[self, w, bias], || node(MatMulBias { x: self.clone(), w: w.clone(), bias: bias.clone() })))
+    }
+
     /// Matrix product with numpy `matmul` semantics.
     ///
     /// - `[m, k] @ [k, n] -> [m, n]`;
