@@ -1,9 +1,9 @@
 //! Blocked f32 GEMM on AVX2 + FMA for matmul: `C = alpha·A·B + beta·C`, C with unit column stride.
 //!
-//! matrixmultiply packs *both* operands on every call, and with C split into one panel per thread
-//! each thread packs all of the shared operand again. On a training step's shapes (k = 256 or
-//! 1024, m = 1024 tokens) that packing was 9% of the step's CPU time. Here only B is packed, once
-//! per block and by all threads together, and A is read in place:
+//! matrixmultiply, with C split into one panel per thread, packs all of the shared operand again in
+//! every thread; on a training step's shapes (k = 256 or 1024, m = 1024 tokens) its packing was 9%
+//! of the step's CPU time. Here B is packed once per call by all threads together, and each task
+//! packs only its own rows of A:
 //!
 //! * B is packed, all of k deep and as many columns as fit in 8 MB, into 16-column panels
 //!   ([`gemm256::pack_panels`] layout; transposed B goes through 8 × 8 AVX transposes), in parallel;
@@ -65,13 +65,15 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f
         if bias.get().is_null() {
             return;
         }
-        // SAFETY: in bounds per the caller's contract; rows of C do not overlap the bias
+        // SAFETY: in bounds per the caller's contract; rows of C do not overlap the bias. Rows not
+        // yet written (beta = 0, possibly uninitialized) are only written through the raw pointer.
         let bv = unsafe { std::slice::from_raw_parts(bias.get().add(j0), w) };
         for i in i0..i1 {
-            let row = unsafe { std::slice::from_raw_parts_mut(c.get().add(i * ldc + j0), w) };
+            let dst = unsafe { c.get().add(i * ldc + j0) };
             if overwrite {
-                row.copy_from_slice(bv);
+                unsafe { std::ptr::copy_nonoverlapping(bv.as_ptr(), dst, w) };
             } else {
+                let row = unsafe { std::slice::from_raw_parts_mut(dst, w) };
                 row.iter_mut().zip(bv).for_each(|(x, &y)| *x += y);
             }
         }
