@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 /// training step page-faults and zero-fills its large buffers again every step; mimalloc keeps the
 /// freed pages. Measured on the 2-vCPU dev machine, interleaved runs: GPT-style train step
 /// 390 -> 330 ms, peak RSS 286 -> 388 MB. A library user gets the same with these two lines in
-/// their own binary.
+/// their own binary, plus the call to `kiln::keep_freed_memory()` at the start of `main`.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

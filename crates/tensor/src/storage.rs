@@ -72,10 +72,6 @@ impl CpuStorage {
             CpuStorage::I64(v) => v[i] as f64,
         }
     }
-    /// A contiguous sub-range copy `[start, start+len)`.
-    pub fn copy_range(&self, start: usize, len: usize) -> Self {
-        self.gather_view(&crate::shape::Layout::new(vec![len], vec![1], start))
-    }
     /// The elements of the view `layout` (row-major) in a new buffer: a coalesced, threaded
     /// strided copy ([`crate::cpu::strided::gather`]).
     pub fn gather_view(&self, layout: &crate::shape::Layout) -> Self {

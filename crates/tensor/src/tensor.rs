@@ -284,13 +284,8 @@ impl Tensor {
     /// The contiguous element range of this tensor's storage (copies when not contiguous).
     /// For CPU kernels: the result has exactly `elem_count()` elements in row-major order.
     pub fn storage_window(&self) -> Result<CpuStorage> {
-        let s = self.storage();
-        let cpu = s.as_cpu()?;
-        if self.is_contiguous() {
-            Ok(cpu.copy_range(self.layout().offset(), self.elem_count()))
-        } else {
-            Ok(cpu.gather_view(self.layout()))
-        }
+        // a contiguous layout coalesces into one run: a (threaded) memcpy
+        Ok(self.storage().as_cpu()?.gather_view(self.layout()))
     }
 
     /// Calls `f` with this tensor's elements as a contiguous `&[T]` without copying when possible.

@@ -68,14 +68,7 @@ pub(crate) unsafe fn sgemm_panels(m: usize, n: usize, k: usize, alpha: f32, a: *
         while i < m {
             let r = MR.min(m - i);
             let (ai, ci) = (a.offset(i as isize * rsa), cj.add(i * ldc));
-            match r {
-                6 => block::<6>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-                5 => block::<5>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-                4 => block::<4>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-                3 => block::<3>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-                2 => block::<2>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-                _ => block::<1>(k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w),
-            }
+            block_rows(r, k, alpha, ai, rsa, csa, bp, acc, ci, ldc, w);
             i += r;
         }
     }
@@ -92,28 +85,105 @@ pub(crate) unsafe fn pack_panels(k: usize, n: usize, b: *const f32, rsb: isize, 
     if dst.len() < np * k * NR {
         dst.resize(np * k * NR, 0.0);
     }
-    let dst = dst.as_mut_ptr();
-    for jp in 0..np {
-        let (j0, w) = (jp * NR, NR.min(n - jp * NR));
-        let d = dst.add(jp * k * NR);
+    for (jp, panel) in dst[..np * k * NR].chunks_mut((k * NR).max(1)).enumerate() {
+        pack_panel(k, NR.min(n - jp * NR), b.offset((jp * NR) as isize * csb), rsb, csb, panel);
+    }
+}
+
+/// Packs one panel: `dst[p·16 + j] = B[p][j]` for p < k, j < w, zeros for w ≤ j < 16. A transposed
+/// B (contiguous columns) goes through 8 × 8 register transposes.
+///
+/// # Safety
+/// avx2; B's k × w elements are in bounds; `dst` holds k·16 floats.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn pack_panel(k: usize, w: usize, b: *const f32, rsb: isize, csb: isize, dst: &mut [f32]) {
+    assert!(dst.len() >= k * NR);
+    let d = dst.as_mut_ptr();
+    if csb == 1 && w == NR {
         for p in 0..k {
-            let (s, o) = (b.offset(p as isize * rsb + j0 as isize * csb), d.add(p * NR));
-            if w == NR && csb == 1 {
-                _mm256_storeu_ps(o, _mm256_loadu_ps(s));
-                _mm256_storeu_ps(o.add(8), _mm256_loadu_ps(s.add(8)));
-            } else {
-                for j in 0..NR {
-                    *o.add(j) = if j < w { *s.offset(j as isize * csb) } else { 0.0 };
+            let s = b.offset(p as isize * rsb);
+            _mm256_storeu_ps(d.add(p * NR), _mm256_loadu_ps(s));
+            _mm256_storeu_ps(d.add(p * NR + 8), _mm256_loadu_ps(s.add(8)));
+        }
+        return;
+    }
+    let mut p0 = 0;
+    if rsb == 1 {
+        while p0 + 8 <= k {
+            let mut j0 = 0;
+            while j0 + 8 <= w {
+                let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(b.offset((j0 + i) as isize * csb + p0 as isize)));
+                for (q, v) in transpose8(r).iter().enumerate() {
+                    _mm256_storeu_ps(d.add((p0 + q) * NR + j0), *v);
+                }
+                j0 += 8;
+            }
+            for p in p0..p0 + 8 {
+                for j in j0..NR {
+                    *d.add(p * NR + j) = if j < w { *b.offset(p as isize + j as isize * csb) } else { 0.0 };
                 }
             }
+            p0 += 8;
         }
+    }
+    for p in p0..k {
+        let s = b.offset(p as isize * rsb);
+        for j in 0..NR {
+            *d.add(p * NR + j) = if j < w { *s.offset(j as isize * csb) } else { 0.0 };
+        }
+    }
+}
+
+/// The transpose of 8 rows of 8 floats: output q holds element q of every input row.
+#[inline(always)]
+pub(crate) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    // columns (0|4), (1|5), (2|6), (3|7) of rows 0-3, then of rows 4-7
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
+}
+
+/// [`block`] for `r` (1..=6) rows.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn block_rows(r: usize, k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, bp: *const f32, acc: bool, c: *mut f32, ldc: usize, w: usize) {
+    match r {
+        6 => block::<6>(k, alpha, a, rsa, csa, bp, acc, c, ldc, w),
+        5 => block::<5>(k, alpha, a, rsa, csa, bp, acc, c, ldc, w),
+        4 => block::<4>(k, alpha, a, rsa, csa, bp, acc, c, ldc, w),
+        3 => block::<3>(k, alpha, a, rsa, csa, bp, acc, c, ldc, w),
+        2 => block::<2>(k, alpha, a, rsa, csa, bp, acc, c, ldc, w),
+        _ => block::<1>(k, alpha, a, rsa, csa, bp, acc, c, ldc, w),
     }
 }
 
 /// One `R` × 16 block of C (`w` ≤ 16 of its columns inside C) from R rows of A and one B panel.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) unsafe fn block<const R: usize>(k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, bp: *const f32, acc: bool, c: *mut f32, ldc: usize, w: usize) {
+unsafe fn block<const R: usize>(k: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, bp: *const f32, acc: bool, c: *mut f32, ldc: usize, w: usize) {
     let z = _mm256_setzero_ps();
     let (mut lo, mut hi) = ([z; R], [z; R]);
     let rows: [*const f32; R] = std::array::from_fn(|r| a.offset(r as isize * rsa));

@@ -6,10 +6,10 @@
 //! packs only its own rows of A:
 //!
 //! * B is packed, all of k deep and as many columns as fit in 8 MB, into 16-column panels
-//!   ([`gemm256::pack_panels`] layout; transposed B goes through 8 × 8 AVX transposes), in parallel;
+//!   ([`gemm256::pack_panel`]; transposed B goes through 8 × 8 AVX transposes), in parallel;
 //! * then tasks of up to `MC` rows of A (× a group of panels when m is small) run in parallel, each
 //!   over all of k in blocks of `KC`: pack its `MC × KC` slice of A into 6-row strips (72 KB, stays
-//!   in L2), then sweep its panels with the 6 × 16 register block of [`gemm256::block`], a 16 KB
+//!   in L2), then sweep its panels with the 6 × 16 register block ([`gemm256::block_rows`]), a 16 KB
 //!   panel block staying in L1 while the strips pass over it. A task owns its tile of C for the
 //!   whole of k, so the tile stays in its core's L2 between k blocks.
 //!
@@ -109,7 +109,7 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f
         let bb = Ptr(b.offset(jc as isize * csb) as *mut f32);
         let pack = |(jp, dst): (usize, &mut [f32])| {
             // SAFETY: panel jp covers columns jc + 16·jp .. (at most 16) and all k rows of the checked B
-            unsafe { pack_panel(k, NR.min(nc - jp * NR), bb.get().offset((jp * NR) as isize * csb), rsb, csb, dst) }
+            unsafe { gemm256::pack_panel(k, NR.min(nc - jp * NR), bb.get().offset((jp * NR) as isize * csb), rsb, csb, dst) }
         };
         if nt > 1 && np > 1 {
             buf[..np * pstride].par_chunks_mut(pstride).enumerate().for_each(pack);
@@ -187,7 +187,7 @@ unsafe fn run_task(rows: usize, cols: usize, kc: usize, alpha: f32, a: *const f3
                 let mut p0 = 0;
                 while p0 + 8 <= kc {
                     let r8: [__m256; 8] = std::array::from_fn(|i| if i < MR { _mm256_loadu_ps(src.offset(i as isize * rsa).add(p0)) } else { z });
-                    for (q, v) in transpose8(r8).iter().enumerate() {
+                    for (q, v) in gemm256::transpose8(r8).iter().enumerate() {
                         _mm256_storeu_ps(dst.add((p0 + q) * MR), *v);
                     }
                     p0 += 8;
@@ -217,94 +217,10 @@ unsafe fn run_task(rows: usize, cols: usize, kc: usize, alpha: f32, a: *const f3
             let (bp, w) = (panels.add(jp * pstride), NR.min(cols - jp * NR));
             for s in 0..strips {
                 let (ai, ci) = (d.add(s * MR * kc) as *const f32, c.add(s * MR * ldc + jp * NR));
-                match MR.min(rows - s * MR) {
-                    6 => gemm256::block::<6>(kc, alpha, ai, 1, MR as isize, bp, acc, ci, ldc, w),
-                    5 => gemm256::block::<5>(kc, alpha, ai, 1, MR as isize, bp, acc, ci, ldc, w),
-                    4 => gemm256::block::<4>(kc, alpha, ai, 1, MR as isize, bp, acc, ci, ldc, w),
-                    3 => gemm256::block::<3>(kc, alpha, ai, 1, MR as isize, bp, acc, ci, ldc, w),
-                    2 => gemm256::block::<2>(kc, alpha, ai, 1, MR as isize, bp, acc, ci, ldc, w),
-                    _ => gemm256::block::<1>(kc, alpha, ai, 1, MR as isize, bp, acc, ci, ldc, w),
-                }
+                gemm256::block_rows(MR.min(rows - s * MR), kc, alpha, ai, 1, MR as isize, bp, acc, ci, ldc, w);
             }
         }
     })
-}
-
-/// Packs one panel: `dst[p·16 + j] = B[p][j]` for p < kc, j < w, zeros for w ≤ j < 16.
-///
-/// # Safety
-/// avx2; B's kc × w elements are in bounds; `dst` holds kc·16 floats.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pack_panel(kc: usize, w: usize, b: *const f32, rsb: isize, csb: isize, dst: &mut [f32]) {
-    debug_assert!(dst.len() >= kc * NR);
-    let d = dst.as_mut_ptr();
-    if csb == 1 && w == NR {
-        for p in 0..kc {
-            let s = b.offset(p as isize * rsb);
-            _mm256_storeu_ps(d.add(p * NR), _mm256_loadu_ps(s));
-            _mm256_storeu_ps(d.add(p * NR + 8), _mm256_loadu_ps(s.add(8)));
-        }
-        return;
-    }
-    let mut p0 = 0;
-    if rsb == 1 {
-        // B's columns are contiguous (a transposed operand): 8 × 8 blocks through registers
-        while p0 + 8 <= kc {
-            let mut j0 = 0;
-            while j0 + 8 <= w {
-                let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(b.offset((j0 + i) as isize * csb + p0 as isize)));
-                let t = transpose8(r);
-                for (q, v) in t.iter().enumerate() {
-                    _mm256_storeu_ps(d.add((p0 + q) * NR + j0), *v);
-                }
-                j0 += 8;
-            }
-            for p in p0..p0 + 8 {
-                for j in j0..NR {
-                    *d.add(p * NR + j) = if j < w { *b.offset(p as isize + j as isize * csb) } else { 0.0 };
-                }
-            }
-            p0 += 8;
-        }
-    }
-    for p in p0..kc {
-        let s = b.offset(p as isize * rsb);
-        for j in 0..NR {
-            *d.add(p * NR + j) = if j < w { *s.offset(j as isize * csb) } else { 0.0 };
-        }
-    }
-}
-
-/// The transpose of 8 rows of 8 floats: output q holds element q of every input row.
-#[inline(always)]
-unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
-    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    // columns (0|4), (1|5), (2|6), (3|7) of rows 0-3, then of rows 4-7
-    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-    [
-        _mm256_permute2f128_ps::<0x20>(s0, s4),
-        _mm256_permute2f128_ps::<0x20>(s1, s5),
-        _mm256_permute2f128_ps::<0x20>(s2, s6),
-        _mm256_permute2f128_ps::<0x20>(s3, s7),
-        _mm256_permute2f128_ps::<0x31>(s0, s4),
-        _mm256_permute2f128_ps::<0x31>(s1, s5),
-        _mm256_permute2f128_ps::<0x31>(s2, s6),
-        _mm256_permute2f128_ps::<0x31>(s3, s7),
-    ]
 }
 
 #[cfg(test)]

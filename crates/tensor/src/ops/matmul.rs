@@ -212,10 +212,9 @@ fn mm_bias<T: GemmFloat + CpuSlice>(x: &Tensor, w: &Tensor, bias: &Tensor) -> Re
     Tensor::from_storage(Storage::Cpu(T::into_storage(out)), &[m, n])
 }
 
-/// Autograd of [`Tensor::matmul_bias`]: the two GEMM gradients, and the bias gradient summed over rows.
+/// Autograd of [`Tensor::matmul_bias`]: matmul's gradients, and the bias gradient summed over rows.
 struct MatMulBias {
-    x: Tensor,
-    w: Tensor,
+    mm: MatMul,
     bias: Tensor,
 }
 
@@ -224,13 +223,12 @@ impl BackwardOp for MatMulBias {
         "matmul_bias"
     }
     fn inputs(&self) -> Vec<Tensor> {
-        vec![self.x.clone(), self.w.clone(), self.bias.clone()]
+        vec![self.mm.a.clone(), self.mm.b.clone(), self.bias.clone()]
     }
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let gx = if self.x.requires_grad() { Some(mm(g, &self.w.t()?, false)?) } else { None };
-        let gw = if self.w.requires_grad() { Some(mm(&self.x.t()?, g, false)?) } else { None };
-        let gb = if self.bias.requires_grad() { Some(g.sum_dims(&[0], false)?) } else { None };
-        Ok(vec![gx, gw, gb])
+        let mut grads = self.mm.backward(g)?;
+        grads.push(if self.bias.requires_grad() { Some(g.sum_dims(&[0], false)?) } else { None });
+        Ok(grads)
     }
 }
 
@@ -257,7 +255,7 @@ impl Tensor {
             (false, DType::F64) => mm_bias::<f64>(self, w, bias)?,
             _ => return self.matmul(w)?.add(bias),
         };
-        Ok(out.with_history(&[self, w, bias], || node(MatMulBias { x: self.clone(), w: w.clone(), bias: bias.clone() })))
+        Ok(out.with_history(&[self, w, bias], || node(MatMulBias { mm: MatMul { a: self.clone(), b: w.clone() }, bias: bias.clone() })))
     }
 
     /// Matrix product with numpy `matmul` semantics.

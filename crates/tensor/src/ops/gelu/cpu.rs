@@ -209,14 +209,8 @@ const ERF_POLY: [[f32; 8]; 8] = [
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn erf_v<V: VF32>(x: V) -> V {
-    let s = V::splat(7.999_999_5).min(x.abs().add(x.abs()));
-    let k = s.trunc();
-    let t = s.sub(k).sub(V::splat(0.5));
-    let mut p = k.lookup8(&ERF_POLY[0]);
-    for row in &ERF_POLY[1..] {
-        p = p.fma(t, k.lookup8(row));
-    }
-    p.copysign(x)
+    // the derivative's extra FMAs and select are dead here and compiled away
+    erf_deriv_v(x).0
 }
 
 #[cfg(target_arch = "x86_64")]
