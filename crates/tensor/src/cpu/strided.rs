@@ -41,9 +41,8 @@ pub fn coalesce(layout: &Layout) -> (Vec<usize>, Vec<usize>) {
 /// The elements of the view `layout` over `src`, row-major, in a new buffer.
 pub fn gather<T: Copy + Send + Sync>(src: &[T], layout: &Layout) -> Vec<T> {
     let n = layout.elem_count();
-    let mut out: Vec<T> = Vec::with_capacity(n);
     if n == 0 {
-        return out;
+        return Vec::new();
     }
     let (shape, strides) = coalesce(layout);
     let base = layout.offset();
@@ -88,17 +87,18 @@ pub fn gather<T: Copy + Send + Sync>(src: &[T], layout: &Layout) -> Vec<T> {
             }
         }
     };
-    let spare = &mut out.spare_capacity_mut()[..n];
-    if n >= PAR_MIN && rayon::current_num_threads() > 1 {
-        let runs_per_block = (BLOCK / run).max(1);
-        spare.par_chunks_mut(runs_per_block * run).enumerate().for_each(|(b, dst)| fill(b * runs_per_block, dst));
-    } else {
-        fill(0, spare);
+    // SAFETY: `fill` writes every element (chunks of `run` cover the buffer exactly, since `run`
+    // divides `n`).
+    unsafe {
+        super::uninit_vec(n, |spare| {
+            if n >= PAR_MIN && rayon::current_num_threads() > 1 {
+                let runs_per_block = (BLOCK / run).max(1);
+                spare.par_chunks_mut(runs_per_block * run).enumerate().for_each(|(b, dst)| fill(b * runs_per_block, dst));
+            } else {
+                fill(0, spare);
+            }
+        })
     }
-    // SAFETY: `fill` wrote every one of the first `n` elements (chunks of `run` cover `spare` exactly,
-    // since `run` divides `n`); a panic inside it unwinds before this line.
-    unsafe { out.set_len(n) };
-    out
 }
 
 #[cfg(test)]

@@ -65,7 +65,6 @@ impl BinaryElem for f32 {
 /// `n >= PAR_MIN`. Each chunk is zero-filled right before `f` sees it, while it is in cache: unlike
 /// `vec![0; n]` this costs no separate pass over memory.
 pub(crate) fn build_chunks<T: CpuFloat>(n: usize, chunk: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) -> Vec<T> {
-    let mut out: Vec<T> = Vec::with_capacity(n);
     let chunk = chunk.max(1);
     let body = |(c, dst): (usize, &mut [MaybeUninit<T>])| {
         for d in dst.iter_mut() {
@@ -75,15 +74,16 @@ pub(crate) fn build_chunks<T: CpuFloat>(n: usize, chunk: usize, f: impl Fn(usize
         let dst = unsafe { &mut *(dst as *mut [MaybeUninit<T>] as *mut [T]) };
         f(c * chunk, dst);
     };
-    let spare = &mut out.spare_capacity_mut()[..n];
-    if n >= PAR_MIN {
-        spare.par_chunks_mut(chunk).enumerate().for_each(body);
-    } else {
-        spare.chunks_mut(chunk).enumerate().for_each(body);
+    // SAFETY: `body` initializes every element of every chunk, and the chunks cover the buffer.
+    unsafe {
+        crate::cpu::uninit_vec(n, |spare| {
+            if n >= PAR_MIN {
+                spare.par_chunks_mut(chunk).enumerate().for_each(body);
+            } else {
+                spare.chunks_mut(chunk).enumerate().for_each(body);
+            }
+        })
     }
-    // SAFETY: the loops above initialized all `n` elements (a panic in `f` skips this line).
-    unsafe { out.set_len(n) };
-    out
 }
 
 fn kernel<T: BinaryElem>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<CpuStorage> {

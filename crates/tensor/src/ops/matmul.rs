@@ -15,7 +15,7 @@
 //! broadcast over the batch is summed: when the operand has no batch dims of its own the sum is folded
 //! into the contraction (`dW = Σ_b X_bᵀ·dY_b` as one GEMM over `B·T`), otherwise with `sum_to_shape`.
 use crate::autograd::{node, sum_to_shape, BackwardOp};
-use crate::ops::softmax::cpu::try_uninit_vec;
+use crate::cpu::try_uninit_vec;
 use crate::cpu::gemm::{gemm, gemm_bias_uninit, gemm_uninit, GemmFloat, Mat, MatMut, Threads, PAR_FLOPS};
 use crate::shape::{broadcast_shapes, Layout};
 use crate::storage::{CpuSlice, Storage};

@@ -2,6 +2,7 @@
 use crate::autograd::{node, sum_to_shape, BackwardOp};
 use crate::shape::{contiguous_strides, view_strides, Layout};
 use crate::ops::binary::PAR_MIN;
+use crate::cpu::uninit_vec;
 use crate::storage::{CpuStorage, Storage};
 use crate::{CpuFloat, DType, Device, Dim, Error, Result, Tensor};
 use rayon::prelude::*;
@@ -136,17 +137,18 @@ impl Window {
                 x.write(y);
             }
         };
-        let mut out: Vec<T> = Vec::with_capacity(n);
-        let (spare, g) = (&mut out.spare_capacity_mut()[..n], &g[..self.outer * self.win]);
-        if n >= PAR_MIN && self.outer > 1 {
-            spare.par_chunks_mut(self.row).zip(g.par_chunks(self.win)).for_each(body);
-        } else {
-            spare.chunks_mut(self.row).zip(g.chunks(self.win)).for_each(body);
-        }
-        // SAFETY: `body` wrote each of the `outer` rows of `row` elements in full (zeros around the
+        let g = &g[..self.outer * self.win];
+        // SAFETY: `body` writes each of the `outer` rows of `row` elements in full (zeros around the
         // window, `g` inside it).
-        unsafe { out.set_len(n) };
-        out
+        unsafe {
+            uninit_vec(n, |spare| {
+                if n >= PAR_MIN && self.outer > 1 {
+                    spare.par_chunks_mut(self.row).zip(g.par_chunks(self.win)).for_each(body);
+                } else {
+                    spare.chunks_mut(self.row).zip(g.chunks(self.win)).for_each(body);
+                }
+            })
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use crate::ops::binary::PAR_MIN;
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::simd::body::exp_sum_row;
 use crate::ops::softmax::cpu::max_row;
-use crate::ops::softmax::cpu::{sum64, uninit_vec};
+use crate::cpu::uninit_vec;
+use crate::ops::softmax::cpu::sum64;
 use crate::CpuFloat;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;

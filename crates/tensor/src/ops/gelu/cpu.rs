@@ -12,7 +12,7 @@ use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
 use crate::ops::binary::PAR_MIN;
-use crate::ops::softmax::cpu::uninit_vec;
+use crate::cpu::uninit_vec;
 use crate::CpuFloat;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;

@@ -13,7 +13,8 @@ use crate::cpu::simd::body::{acc4, prefetch_line, sum};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
 use crate::ops::binary::PAR_MIN;
-use crate::ops::softmax::cpu::{sum64, uninit_vec};
+use crate::cpu::uninit_vec;
+use crate::ops::softmax::cpu::sum64;
 use crate::CpuFloat;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;

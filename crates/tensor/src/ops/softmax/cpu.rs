@@ -11,37 +11,15 @@ use crate::cpu::simd::{self, Level};
 use crate::cpu::vf32::{F256, F512, VF32};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::simd::body::{dot, exp_sum_row, prefetch_line, sum};
+use crate::cpu::uninit_vec;
 use crate::ops::binary::PAR_MIN;
-use crate::{CpuFloat, Result};
+use crate::CpuFloat;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Elements per parallel task (rounded to whole rows).
 const CHUNK: usize = 1 << 14;
 
-/// A `Vec` of `n` elements written by `f`, without the zero-fill pass of `vec![0; n]` (an extra
-/// write of the whole output, significant for these memory-bound kernels).
-///
-/// # Safety
-/// `f` must initialize every element of the slice it is given.
-pub(crate) unsafe fn uninit_vec<T>(n: usize, f: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
-    let filled: Result<Vec<T>> = try_uninit_vec(n, |s| {
-        f(s);
-        Ok(())
-    });
-    filled.unwrap_or_else(|_| unreachable!("the fill cannot fail"))
-}
-
-/// [`uninit_vec`] with a fill that may fail; on `Err` nothing is read and the buffer is freed.
-///
-/// # Safety
-/// When `f` returns `Ok`, it must have initialized every element of the slice it was given.
-pub(crate) unsafe fn try_uninit_vec<T>(n: usize, f: impl FnOnce(&mut [MaybeUninit<T>]) -> Result<()>) -> Result<Vec<T>> {
-    let mut v = Vec::with_capacity(n);
-    f(&mut v.spare_capacity_mut()[..n])?;
-    v.set_len(n);
-    Ok(v)
-}
 
 /// Runs `k` on matching chunks of whole rows of `a` and `out` (and `b` when given), in parallel
 /// for large inputs.
