@@ -10,7 +10,7 @@
 //! `KILN_CACHE_DIR=off` disables it. The key is (hash of the source, its headers and the compile
 //! options; arch; NVRTC version), so an edited kernel or a new NVRTC never hits a stale entry.
 use super::kernels::{self, KernelFile};
-use super::report::{parse_ptxas_log, KernelReport};
+use super::report::{cubin_report, parse_ptxas_log, KernelReport};
 use crate::{Error, Result};
 use cudarc::nvrtc::{result as nvrtc_result, sys as nvrtc_sys};
 use std::ffi::{c_char, CString};
@@ -179,7 +179,7 @@ fn compile_impl(stem: &str, arch: &str, cache: Option<&Path>) -> Result<Compiled
     if let Some(dir) = cache {
         if let (Ok(bin), Ok(log)) = (std::fs::read(dir.join(format!("{base}.{ext}"))), std::fs::read_to_string(dir.join(format!("{base}.log")))) {
             let image = if ext == "cubin" { KernelImage::Cubin(bin) } else { KernelImage::Ptx(String::from_utf8_lossy(&bin).into_owned()) };
-            let kernels = parse_ptxas_log(stem, arch, &log);
+            let kernels = kernel_reports(stem, arch, &image, &log);
             return Ok(CompiledKernel { stem: stem.into(), arch: arch.into(), image, log, kernels, from_cache: true });
         }
     }
@@ -192,8 +192,20 @@ fn compile_impl(stem: &str, arch: &str, cache: Option<&Path>) -> Result<Compiled
         // Best effort: a read-only or full disk only costs a recompile next time.
         let _ = write_atomic(dir, &format!("{base}.{ext}"), bytes).and_then(|_| write_atomic(dir, &format!("{base}.log"), log.as_bytes()));
     }
-    let kernels = parse_ptxas_log(stem, arch, &log);
+    let kernels = kernel_reports(stem, arch, &image, &log);
     Ok(CompiledKernel { stem: stem.into(), arch: arch.into(), image, log, kernels, from_cache: false })
+}
+
+/// The per-kernel report from the ptxas log; when the log has none (an NVRTC build that leaves the
+/// program log empty, as the system NVRTC of the H200 machine did on 2026-11-30), from the CUBIN.
+/// The report is diagnostic: an image whose metadata cannot be read still loads (its report is
+/// empty, which `kiln kernels` and tests/kernels_compile.rs show; `cubin_report` gives the reason).
+fn kernel_reports(stem: &str, arch: &str, image: &KernelImage, log: &str) -> Vec<KernelReport> {
+    let from_log = parse_ptxas_log(stem, arch, log);
+    match image {
+        KernelImage::Cubin(bin) if from_log.is_empty() => cubin_report(stem, arch, bin).unwrap_or_default(),
+        _ => from_log,
+    }
 }
 
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
