@@ -188,6 +188,189 @@ __device__ void attention_fwd_tc(T* out, float* lse, const T* q, const T* k, con
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// attention_fwd_tc2: the same contract as attention_fwd_tc (identical outputs up to rounding), laid
+// out as FlashAttention-2 lays out its forward, to use the tensor cores better:
+//  - 128 query rows per block and 32 per warp (two m16 tiles): every K and V fragment a warp reads
+//    from shared memory feeds two mma instead of one (half the ldmatrix traffic per FLOP), and each
+//    K / V tile is read from global memory once per 128 queries instead of per 64;
+//  - loads overlap the math: the V tile streams in while S = Q K^T and the softmax run, and the
+//    next K tile while O += P V runs (one buffer each; two barriers per tile order the reuse);
+//  - masking is evaluated only on tiles that need it (key mask, the last partial tile, tiles that
+//    cross the causal diagonal); a warp skips a tile that its causal rows cannot see;
+//  - causal blocks run longest first (the grid is walked in reverse), which evens out the tail.
+// D = 64 keeps the Q fragments in registers; D = 128 re-reads them from shared memory per tile
+// (registers go to the 32 x 128 output accumulator).
+//   attention_fwd_tc2_d{64,128}_{bf16,f16}(<the arguments of attention_fwd_tc>)
+//     grid = (ceil(Tq / 128), B * H), block = 128,
+//     dynamic smem = (128 + 2 * TC2_BK) * (D + 8) * 2 bytes (36 KB at D = 64, 68 KB at D = 128:
+//     above 48 KB, opt in with cudaFuncSetAttribute(MaxDynamicSharedMemorySize)).
+#define TC2_BQ 128  // query rows per block (32 per warp)
+template <typename T, int D, int TC2_BK = (D > 64 ? 32 : 64), bool QREG = (D <= 64)>
+__device__ void attention_fwd_tc2(T* out, float* lse, const T* q, const T* k, const T* v, const float* key_mask,
+                                  int B, int H, int Tq, int Tk, float scale, int causal) {
+    constexpr int LDS = D + 8, KS = D / 16, NT = TC2_BK / 8, DT = D / 8, MT = 2;
+    extern __shared__ float smem[];
+    T* sQ = reinterpret_cast<T*>(smem);  // [BQ][LDS]
+    T* sK = sQ + TC2_BQ * LDS;            // [BK][LDS]
+    T* sV = sK + TC2_BK * LDS;            // [BK][LDS]
+    const int bh = blockIdx.y, b = bh / H;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int qblk = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    const int q0 = qblk * TC2_BQ, r0 = q0 + warp * 32;  // the block's and this warp's first row
+    const T* kb = k + (i64)bh * Tk * D;
+    const T* vb = v + (i64)bh * Tk * D;
+    const float sl2 = scale * 1.4426950408889634f;
+
+    tc_load_tile<T, D, TC2_BQ>(sQ, q + (i64)bh * Tq * D, q0, Tq);
+    tc_load_tile<T, D, TC2_BK>(sK, kb, 0, Tk);
+    u32 qf[QREG ? MT : 1][QREG ? KS : 1][4];
+
+    float m[MT][2], l[MT][2], o[MT][DT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        m[mt][0] = m[mt][1] = -KILN_INF;
+        l[mt][0] = l[mt][1] = 0.f;
+#pragma unroll
+        for (int t = 0; t < DT; ++t) o[mt][t][0] = o[mt][t][1] = o[mt][t][2] = o[mt][t][3] = 0.f;
+    }
+
+    const int k_end = causal ? min(Tk, q0 + TC2_BQ) : Tk;
+    for (int k0 = 0; k0 < k_end; k0 += TC2_BK) {
+        cp_async_wait_all();  // this thread's part of the K tile (and of Q, first time) landed
+        __syncthreads();      // ... every thread's; and every warp is done with the previous V tile
+        tc_load_tile<T, D, TC2_BK>(sV, vb, k0, Tk);  // V streams in during S and the softmax
+        if (QREG && k0 == 0) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int ks = 0; ks < KS; ++ks)
+                    ldmatrix_x4(qf[QREG ? mt : 0][QREG ? ks : 0], sQ + (warp * 32 + mt * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+        }
+        // some row of this warp may see some key of the tile (warp-uniform)
+        const bool active = !causal || k0 <= r0 + 31;
+        float s[MT][NT][4];
+        if (active) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int t = 0; t < NT; ++t) s[mt][t][0] = s[mt][t][1] = s[mt][t][2] = s[mt][t][3] = 0.f;
+            // S = Q K^T: each K fragment feeds both m-tiles
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks) {
+                u32 qa[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    if constexpr (QREG) {
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) qa[mt][e] = qf[QREG ? mt : 0][QREG ? ks : 0][e];
+                    } else {
+                        ldmatrix_x4(qa[mt], sQ + (warp * 32 + mt * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+                    }
+                }
+#pragma unroll
+                for (int t = 0; t < NT; t += 2) {
+                    u32 kf[4];
+                    ldmatrix_x4(kf, sK + (t * 8 + (lane >> 4) * 8 + (lane & 7)) * LDS + ks * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma_16816(s[mt][t], qa[mt], kf, T{});
+                        mma_16816(s[mt][t + 1], qa[mt], kf + 2, T{});
+                    }
+                }
+            }
+            // scale to base 2 (masking only where a tile needs it), then the online softmax
+            const bool need_mask = key_mask != nullptr || k0 + TC2_BK > Tk || (causal && k0 + TC2_BK - 1 > r0);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const int i0 = r0 + mt * 16 + g;
+                float mx[2] = {-KILN_INF, -KILN_INF};
+#pragma unroll
+                for (int t = 0; t < NT; ++t) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float x = s[mt][t][e] * sl2;
+                        if (need_mask && !tc_visible(key_mask, b, Tq, Tk, i0 + (e >> 1) * 8, k0 + t * 8 + 2 * c + (e & 1), causal)) x = -KILN_INF;
+                        s[mt][t][e] = x;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                    }
+                }
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
+                    float mn = fmaxf(m[mt][r], mx[r]);
+                    float base = mn == -KILN_INF ? 0.f : mn;  // a row that has seen nothing stays at -inf
+                    float alpha = exp2f(m[mt][r] - base);      // 0 when m was -inf
+                    m[mt][r] = mn;
+                    l[mt][r] *= alpha;
+                    mx[r] = base;
+#pragma unroll
+                    for (int t = 0; t < DT; ++t) {
+                        o[mt][t][2 * r] *= alpha;
+                        o[mt][t][2 * r + 1] *= alpha;
+                    }
+                }
+#pragma unroll
+                for (int t = 0; t < NT; ++t) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        s[mt][t][e] = exp2f(s[mt][t][e] - mx[e >> 1]);
+                        l[mt][e >> 1] += s[mt][t][e];
+                    }
+                }
+            }
+        }
+        cp_async_wait_all();  // this thread's part of the V tile landed
+        __syncthreads();      // ... every thread's; and every warp is done with the K tile
+        if (k0 + TC2_BK < k_end) tc_load_tile<T, D, TC2_BK>(sK, kb, k0 + TC2_BK, Tk);  // during P V
+        if (active) {
+            // O += P V: P from the S registers; each V fragment feeds both m-tiles
+#pragma unroll
+            for (int kk = 0; kk < TC2_BK / 16; ++kk) {
+                u32 pf[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    pf[mt][0] = pack2(s[mt][2 * kk][0], s[mt][2 * kk][1], T{});
+                    pf[mt][1] = pack2(s[mt][2 * kk][2], s[mt][2 * kk][3], T{});
+                    pf[mt][2] = pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1], T{});
+                    pf[mt][3] = pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3], T{});
+                }
+#pragma unroll
+                for (int t = 0; t < DT; t += 2) {
+                    u32 vf[4];
+                    ldmatrix_x4_trans(vf, sV + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDS + (t + (lane >> 4)) * 8);
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma_16816(o[mt][t], pf[mt], vf, T{});
+                        mma_16816(o[mt][t + 1], pf[mt], vf + 2, T{});
+                    }
+                }
+            }
+        }
+    }
+    cp_async_wait_all();  // nothing may be in flight into shared memory when the block exits (Tk = 0)
+
+    // finish: full row sums across the quad, normalise, store
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float lr = l[mt][r];
+            lr += __shfl_xor_sync(FULL_MASK, lr, 1);
+            lr += __shfl_xor_sync(FULL_MASK, lr, 2);
+            const int i = r0 + mt * 16 + g + r * 8;
+            if (i >= Tq) continue;
+            float inv = lr > 0.f ? 1.f / lr : 0.f;
+            T* orow = out + ((i64)bh * Tq + i) * D;
+#pragma unroll
+            for (int t = 0; t < DT; ++t)
+                *reinterpret_cast<u32*>(orow + t * 8 + 2 * c) = pack2(o[mt][t][2 * r] * inv, o[mt][t][2 * r + 1] * inv, T{});
+            if (c == 0) lse[(i64)bh * Tq + i] = lr > 0.f ? (m[mt][r] + log2f(lr)) * 0.6931471805599453f : -KILN_INF;
+        }
+    }
+}
+
 #include "attention_tc_bwd.cuh"
 
 #define ATT_TC_KERNEL(T, S, DIM)                                                                    \
@@ -196,6 +379,12 @@ __device__ void attention_fwd_tc(T* out, float* lse, const T* q, const T* k, con
                                       const float* key_mask, int B, int H, int Tq, int Tk, int D,  \
                                       float scale, int causal) {                                   \
         attention_fwd_tc<T, DIM>(out, lse, q, k, v, key_mask, B, H, Tq, Tk, scale, causal);        \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128)                                              \
+        attention_fwd_tc2_d##DIM##_##S(T* out, float* lse, const T* q, const T* k, const T* v,     \
+                                       const float* key_mask, int B, int H, int Tq, int Tk, int D, \
+                                       float scale, int causal) {                                  \
+        attention_fwd_tc2<T, DIM>(out, lse, q, k, v, key_mask, B, H, Tq, Tk, scale, causal);       \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc_d##DIM##_##S(            \
         T* dq, const float* lse, const float* delta, const T* q, const T* k, const T* v,           \

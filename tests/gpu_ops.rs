@@ -226,6 +226,35 @@ gpu_test!(attention_fused, |dev| {
     });
 });
 
+// attention_fwd_tc2 (opt-in forward: 128-row blocks): several blocks, the causal skips and
+// diagonal tiles, partial key tiles, padding, Tq != Tk; bf16 / f16 at head dim 64 and 128 run it
+// (f32 and other head dims fall back to the simple kernels). The choice is per thread.
+gpu_test!(attention_tc2, |dev| {
+    use kiln::tensor::cuda::{attention_kernel_override, force_attention_kernel, AttnKernel};
+    force_attention_kernel(Some(AttnKernel::TensorCore2));
+    assert_eq!(attention_kernel_override(), Some(AttnKernel::TensorCore2));
+    for d in [64usize, 128] {
+        let (b, h, t) = (2, 2, 300);
+        let shape = [b, h, t, d];
+        check(&format!("tc2 attention d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
+            x[0].attention(&x[1], &x[2], &AttentionOpts::default())
+        });
+        check(&format!("tc2 attention causal d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
+            x[0].attention(&x[1], &x[2], &AttentionOpts { causal: true, ..Default::default() })
+        });
+        let mask: Vec<i64> = (0..b * t).map(|i| if i >= t && i % t >= t - 45 { 0 } else { 1 }).collect();
+        let mask = Tensor::from_vec(mask, &[b, t]).unwrap();
+        check(&format!("tc2 attention key padding d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
+            let m = mask.to_device(x[0].device())?;
+            x[0].attention(&x[1], &x[2], &AttentionOpts { key_padding_mask: Some(m), ..Default::default() })
+        });
+        check(&format!("tc2 attention Tq != Tk d={d}"), dev, &[&[1, 3, 131, d], &[1, 3, 197, d], &[1, 3, 197, d]], false, true, |x| {
+            x[0].attention(&x[1], &x[2], &AttentionOpts::default())
+        });
+    }
+    force_attention_kernel(None);
+});
+
 gpu_test!(errors_not_fallbacks, |dev| {
     let x = Tensor::randn(0, &[3, 5], 0.0, 1.0, DType::F32, dev).unwrap();
     let c = Tensor::randn(0, &[3, 5], 0.0, 1.0, DType::F32, Device::Cpu).unwrap();

@@ -12,7 +12,7 @@ mkdir -p "$out/gen"
 for f in "$here"/../*.cu "$here"/../*.cuh; do
   sed 's/extern __shared__/extern/' "$f" > "$out/gen/$(basename "$f")"
 done
-for t in test_ops test_attention test_attention_tc; do
+for t in ${KILN_EMU_TESTS:-test_ops test_attention test_attention_tc}; do
   g++ -std=c++20 -O2 -pthread -w -I"$out" -I"$here" -o "$out/$t" "$here/$t.cpp"
   "$out/$t"
 done

@@ -62,6 +62,15 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
     if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_fwd_tc_d64_bf16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc_d128_bf16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
     else { if (D == 64) attention_fwd_tc_d64_f16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc_d128_f16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
   });
+  // the tc2 forward (128-row blocks, 32 rows per warp, overlapped loads): same contract
+  std::vector<T> out2(nq); for (auto& x : out2) x.bits = 0x7fc0;
+  std::vector<float> lse2((size_t)B * H * Tq, NAN);
+  size_t sm2 = (128 + 2 * (D > 64 ? 32 : 64)) * (D + 8) * 2;
+  if (sm2 > sizeof(smem)) { printf("smem too big\n"); exit(1); }
+  launch({(unsigned)((Tq + 127) / 128), (unsigned)(B * H)}, {128}, [&] {
+    if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_fwd_tc2_d64_bf16(out2.data(), lse2.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc2_d128_bf16(out2.data(), lse2.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+    else { if (D == 64) attention_fwd_tc2_d64_f16(out2.data(), lse2.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc2_d128_f16(out2.data(), lse2.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+  });
   // backward: delta = rowsum(dO * O) from the kernel's own output (as attention_bwd_preprocess)
   std::vector<float> delta((size_t)B * H * Tq);
   for (size_t r = 0; r < delta.size(); ++r) { double acc = 0; for (int d = 0; d < D; ++d) acc += dof[r * D + d] * emu_h2f(out[r * D + d].bits, T{}); delta[r] = (float)acc; }
@@ -82,18 +91,27 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
     for (size_t i = 0; i < got.size(); ++i) { double d = std::fabs(emu_h2f(got[i].bits, T{}) - ref[i]); if (!(d <= e)) e = d; }
     return e / mx;
   };
-  double eo = 0, el = 0;
-  for (size_t i = 0; i < nq; ++i) { double d = std::fabs(emu_h2f(out[i].bits, T{}) - ro[i]); if (!(d <= eo)) eo = d; }
-  for (size_t i = 0; i < lse.size(); ++i) {
-    if (std::isinf(rl[i])) { if (!(std::isinf(lse[i]) && lse[i] < 0)) el = 1e9; }
-    else { double d = std::fabs(lse[i] - rl[i]) / (1.0 + std::fabs(rl[i])); if (!(d <= el)) el = d; }
-  }
+  auto out_err = [&](const std::vector<T>& o) {
+    double e = 0; for (size_t i = 0; i < nq; ++i) { double d = std::fabs(emu_h2f(o[i].bits, T{}) - ro[i]); if (!(d <= e)) e = d; }
+    return e;
+  };
+  auto lse_err = [&](const std::vector<float>& l) {
+    double e = 0;
+    for (size_t i = 0; i < l.size(); ++i) {
+      if (std::isinf(rl[i])) { if (!(std::isinf(l[i]) && l[i] < 0)) e = 1e9; }
+      else { double d = std::fabs(l[i] - rl[i]) / (1.0 + std::fabs(rl[i])); if (!(d <= e)) e = d; }
+    }
+    return e;
+  };
+  double eo = out_err(out), el = lse_err(lse);
   char buf[160];
   snprintf(buf, sizeof buf, "%s B%d H%d Tq%d Tk%d D%d causal%d mask%d", std::is_same_v<T, bf16> ? "bf16" : "f16", B, H, Tq, Tk, D, causal, use_mask);
   printf("%s\n", buf);
   // out: 16-bit output rounding (2^-9 relative) plus P rounded to 16 bits before P V
   check("  out (abs err / max |out|)", eo / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
   check("  lse (rel)", el, 1e-4);
+  check("  tc2 out (abs err / max |out|)", out_err(out2) / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
+  check("  tc2 lse (rel)", lse_err(lse2), 1e-4);
   double gt = std::is_same_v<T, bf16> ? 1e-2 : 1.5e-3;  // 16-bit P / dS / output rounding
   check("  dq (abs err / max |dq|)", rel(dq, rdq), gt);
   check("  dk (abs err / max |dk|)", rel(dk, rdk), gt);
@@ -108,6 +126,9 @@ int main() {
   run<bf16, 128>(1, 1, 130, 130, true, false);
   run<f16, 64>(1, 2, 70, 97, false, false);
   run<f16, 128>(2, 1, 65, 40, true, true);
+  run<bf16, 128>(1, 1, 300, 300, true, false);   // tc2: three 128-row blocks, causal skips and diagonal tiles
+  run<bf16, 64>(1, 2, 257, 190, false, true);    // tc2: a 1-row last block, partial key tile, padding
+  run<f16, 128>(1, 1, 131, 97, true, true);
   printf(fails ? "FAILURES: %d\n" : "all ok\n", fails);
   return fails != 0;
 }

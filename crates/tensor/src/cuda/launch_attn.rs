@@ -27,22 +27,16 @@ const BWD_ROWS: usize = 8;
 /// Query (and key) rows per block of the tensor-core kernels.
 const TC_ROWS: usize = 64;
 
-/// Which attention kernels run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttnKernel {
-    /// attention.cu: the simple (reference) kernels.
-    Simple,
-    /// attention_tc.cu: mma.sync tensor-core kernels (bf16 / f16, head dim 64 / 128, sm_80+).
-    TensorCore,
-}
+pub use super::AttnKernel;
 
-static FORCE_SIMPLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Makes later attention forwards use the simple kernels even where the tensor-core ones apply
-/// (process-wide; for the reference variant of `kiln bench` and for tests). A forward's choice is
-/// kept by its backward.
-pub fn force_simple_attention(on: bool) {
-    FORCE_SIMPLE.store(on, std::sync::atomic::Ordering::Relaxed);
+/// Query rows per block of `attention_fwd_tc2`, and its key tile (by head dim).
+const TC2_ROWS: usize = 128;
+fn tc2_key_tile(head_dim: usize) -> usize {
+    if head_dim > 64 {
+        32
+    } else {
+        64
+    }
 }
 
 impl AttentionDims {
@@ -62,10 +56,10 @@ impl AttentionDims {
     pub fn kernel(&self, arch: &str, suffix: &str) -> AttnKernel {
         let sm: u32 = arch.trim_start_matches("sm_").trim_end_matches(|c: char| c.is_alphabetic()).parse().unwrap_or(0);
         let eligible = matches!(suffix, "bf16" | "f16") && matches!(self.head_dim, 64 | 128) && sm >= 80;
-        if eligible && !FORCE_SIMPLE.load(std::sync::atomic::Ordering::Relaxed) {
-            AttnKernel::TensorCore
-        } else {
-            AttnKernel::Simple
+        match super::attention_kernel_override() {
+            _ if !eligible => AttnKernel::Simple,
+            Some(k) => k,
+            None => AttnKernel::TensorCore,
         }
     }
     fn q_elems(&self) -> usize {
@@ -106,12 +100,16 @@ impl CudaBackend {
             return Ok(());
         }
         let d = dims.head_dim;
-        let tc = kernel == AttnKernel::TensorCore;
-        let (f, smem, rows) = if tc {
-            let f = self.function("attention_tc", &format!("attention_fwd_tc_d{d}_{}", T::SUFFIX))?;
-            (f, (2 * TC_ROWS * (d + 8) * 2) as u32, TC_ROWS)
-        } else {
-            (self.function("attention", &format!("attention_fwd_{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS)
+        let (f, smem, rows) = match kernel {
+            AttnKernel::TensorCore => {
+                let f = self.function("attention_tc", &format!("attention_fwd_tc_d{d}_{}", T::SUFFIX))?;
+                (f, (2 * TC_ROWS * (d + 8) * 2) as u32, TC_ROWS)
+            }
+            AttnKernel::TensorCore2 => {
+                let f = self.function("attention_tc", &format!("attention_fwd_tc2_d{d}_{}", T::SUFFIX))?;
+                (f, ((TC2_ROWS + 2 * tc2_key_tile(d)) * (d + 8) * 2) as u32, TC2_ROWS)
+            }
+            AttnKernel::Simple => (self.function("attention", &format!("attention_fwd_{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS),
         };
         allow_smem(&f, smem)?;
         let [bb, hh, tq, tk, dd, causal] = dims.args();
@@ -163,7 +161,7 @@ impl CudaBackend {
             let cfg = LaunchConfig { grid_dim: (dims.rows().div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
             unsafe { b.launch(cfg) }?;
         }
-        let tc = kernel == AttnKernel::TensorCore;
+        let tc = kernel != AttnKernel::Simple;
         // 2. dQ over key tiles, 3. dK / dV over query tiles
         for (pass, len) in [("dq", dims.q_len), ("dkdv", dims.kv_len)] {
             if len == 0 {
@@ -193,5 +191,33 @@ impl CudaBackend {
             unsafe { b.launch(cfg) }?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::force_attention_kernel;
+
+    #[test]
+    fn the_kernel_choice_follows_eligibility_and_the_thread_override() {
+        fn pick(head_dim: usize, arch: &str, dt: &str) -> AttnKernel {
+            AttentionDims { batch: 1, heads: 1, q_len: 5, kv_len: 5, head_dim, scale: 1.0, causal: false }.kernel(arch, dt)
+        }
+        assert_eq!(pick(64, "sm_90", "bf16"), AttnKernel::TensorCore);
+        assert_eq!(pick(128, "sm_80", "f16"), AttnKernel::TensorCore);
+        for (d, arch, dt) in [(64, "sm_90", "f32"), (80, "sm_90", "bf16"), (64, "sm_75", "bf16")] {
+            assert_eq!(pick(d, arch, dt), AttnKernel::Simple, "{d} {arch} {dt}");
+        }
+        force_attention_kernel(Some(AttnKernel::TensorCore2));
+        assert_eq!(pick(128, "sm_90a", "bf16"), AttnKernel::TensorCore2);
+        assert_eq!(pick(96, "sm_90", "bf16"), AttnKernel::Simple, "tc2 where it is not eligible");
+        // another thread keeps the default
+        std::thread::spawn(|| assert_eq!(pick(64, "sm_90", "bf16"), AttnKernel::TensorCore)).join().unwrap();
+        force_attention_kernel(Some(AttnKernel::Simple));
+        assert_eq!(pick(64, "sm_90", "f16"), AttnKernel::Simple);
+        force_attention_kernel(None);
+        assert_eq!(pick(64, "sm_90", "f16"), AttnKernel::TensorCore);
+        assert_eq!((tc2_key_tile(64), tc2_key_tile(128)), (64, 32));
     }
 }

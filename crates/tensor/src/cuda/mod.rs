@@ -97,13 +97,35 @@ pub fn peak_memory_bytes(device: Device) -> Option<usize> {
     None
 }
 
-/// While `on`, CUDA attention forwards use the simple kernels of attention.cu even where the
-/// tensor-core kernels of attention_tc.cu apply (bf16 / f16, head dim 64 / 128, sm_80+). For the
-/// reference variant of `kiln bench` and for tests; a no-op without the `cuda` feature.
-pub fn force_simple_attention(on: bool) {
-    #[cfg(feature = "cuda")]
-    launch_attn::force_simple_attention(on);
-    let _ = on;
+/// The CUDA attention kernels a forward can run (its backward runs the matching passes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// attention.cu: the simple (reference) kernels; any head dim up to 128, f32 / bf16 / f16.
+    Simple,
+    /// attention_tc.cu: mma.sync tensor-core kernels, 64-row blocks (bf16 / f16, head dim 64 / 128,
+    /// sm_80+). The default where they apply.
+    TensorCore,
+    /// attention_tc.cu's `attention_fwd_tc2` forward (128-row blocks, 32 rows per warp, loads
+    /// overlapped with the math) with the `TensorCore` backward; same eligibility. Opt in with
+    /// [`force_attention_kernel`] until the GPU benchmarks make it the default.
+    TensorCore2,
+}
+
+thread_local! {
+    static ATTN_OVERRIDE: std::cell::Cell<Option<AttnKernel>> = const { std::cell::Cell::new(None) };
+}
+
+/// On this thread, makes later CUDA attention forwards run `kernel` (`None`: the default choice).
+/// `Simple` applies to every call; the tensor-core kinds only where they are eligible (bf16 / f16,
+/// head dim 64 / 128, sm_80+), the simple kernels elsewhere. For `kiln bench`'s variants and the
+/// GPU tests; thread-local, so tests running side by side do not see each other's choice.
+pub fn force_attention_kernel(kernel: Option<AttnKernel>) {
+    ATTN_OVERRIDE.with(|c| c.set(kernel));
+}
+
+/// This thread's override (see [`force_attention_kernel`]).
+pub fn attention_kernel_override() -> Option<AttnKernel> {
+    ATTN_OVERRIDE.with(|c| c.get())
 }
 
 /// Restarts the peak reported by [`peak_memory_bytes`] from what `device` holds now (no-op on the CPU
