@@ -94,7 +94,7 @@ fn ops(c: &mut Criterion) {
 fn train_steps(c: &mut Criterion) {
     for device in devices() {
         for (op, cfg) in configs(false).expect("configs") {
-            let mut ts = TrainStep::new(&cfg, device, 8, 128).expect("model");
+            let mut ts = TrainStep::new(&cfg, device, 8, 128, kiln::DType::F32).expect("model");
             let mut g = c.benchmark_group(op);
             g.throughput(Throughput::Elements(ts.flops as u64));
             g.sample_size(10);

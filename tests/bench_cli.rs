@@ -58,6 +58,14 @@ fn quick_bench_checks_times_and_reports_every_case() {
     assert!(printed.iter().filter(|r| r["variant"] != "composed" && r["op"] == "softmax_fwd").all(|r| r["max_err"].as_f64().unwrap() < 1e-4));
     let train = printed.iter().find(|r| r["op"] == "train_step_gpt").unwrap();
     assert!(train["tokens_per_s"].as_f64().unwrap() > 0.0 && train["params"].as_u64().unwrap() > 0);
+    // the bf16 mixed-precision steps, labelled as torch_bench.py labels its autocast rows
+    for op in ["train_step_gpt", "train_step_bert"] {
+        let mixed = printed.iter().find(|r| r["op"] == op && r["dtype"] == "bf16-autocast").unwrap_or_else(|| panic!("no bf16 {op} row"));
+        assert_eq!(mixed["id"], format!("{op}/cpu/bf16-autocast/2x16"));
+        assert_eq!(mixed["autocast"], "bf16");
+        assert!(mixed["last_loss"].as_f64().unwrap().is_finite() && mixed["tokens_per_s"].as_f64().unwrap() > 0.0, "{mixed}");
+        assert!(mixed.get("mfu").is_none(), "no MFU without a known GPU peak");
+    }
     assert!(std::fs::read_to_string(dir.join("roofline.svg")).unwrap().contains("<svg"));
 
     // side by side from saved rows, against a fake other engine twice as slow on one id

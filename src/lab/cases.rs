@@ -279,9 +279,10 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
     let forced = |kernel: AttnKernel| -> OpFn {
         let o = o3.clone();
         Rc::new(move |x| {
+            let before = crate::tensor::cuda::attention_kernel_override();
             crate::tensor::cuda::force_attention_kernel(Some(kernel));
             let r = x[0].attention(&x[1], &x[2], &o);
-            crate::tensor::cuda::force_attention_kernel(None);
+            crate::tensor::cuda::force_attention_kernel(before);
             r
         })
     };

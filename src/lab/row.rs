@@ -86,6 +86,12 @@ impl Row {
         }
     }
 
+    /// Names the dtype column (and the id) `label` instead of a tensor dtype, e.g. `bf16-autocast`.
+    pub fn relabel_dtype(&mut self, label: &str) {
+        self.dtype = label.into();
+        self.id = row_id(&self.op, &self.device, label, &self.shape, self.causal);
+    }
+
     pub fn is_ok(&self) -> bool {
         self.status == "ok" && self.median_ms.is_some()
     }

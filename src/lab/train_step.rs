@@ -63,16 +63,72 @@ fn peak_rss_mb() -> Option<f64> {
     Some((kb / 1024.0 * 10.0).round() / 10.0)
 }
 
-/// Times `steps` training steps after 2 warm-up steps; one row per config.
-pub fn rows(device: Device, quick: bool, steps: usize, filter: &dyn Fn(&str) -> bool) -> Result<Vec<Row>> {
+/// The row dtype of a mixed-precision step (bf16 activations and GEMMs, f32 master weights and
+/// optimizer state), as scripts/torch_bench.py names its `torch.autocast(bfloat16)` rows.
+pub const BF16_MIXED: &str = "bf16-autocast";
+
+/// One training-step row to measure.
+pub struct StepSpec {
+    pub op: &'static str,
+    pub cfg: ModelConfig,
+    pub batch: usize,
+    pub seq: usize,
+    /// f32, or bf16 for mixed precision.
+    pub compute: DType,
+}
+
+/// The training-step rows of a run: the small f32 configs of [`configs`] at 8 × 128 (2 × 16 when
+/// `quick`) and the same in bf16 mixed precision when `quick` (so the CI run covers that path);
+/// on CUDA also the issue-6 rows, as torch_bench.py runs them: GPT-2 124M at `gpt_batch` × 1024
+/// and BERT-base (MLM) at 32 × 128, in bf16 mixed precision.
+pub fn specs(device: Device, quick: bool, gpt_batch: usize) -> Result<Vec<StepSpec>> {
     let (b, t) = if quick { (2, 16) } else { (8, 128) };
+    let mut out: Vec<StepSpec> = configs(quick)?.into_iter().map(|(op, cfg)| StepSpec { op, cfg, batch: b, seq: t, compute: DType::F32 }).collect();
+    if quick {
+        out.extend(configs(true)?.into_iter().map(|(op, cfg)| StepSpec { op, cfg, batch: b, seq: t, compute: DType::BF16 }));
+    } else if device != Device::Cpu {
+        let mut gpt = ModelConfig::preset("gpt2")?;
+        let mut bert = ModelConfig::preset("bert-base")?;
+        if let ModelConfig::Gpt2(g) = &mut gpt {
+            (g.resid_pdrop, g.embd_pdrop, g.attn_pdrop) = (0.0, 0.0, 0.0);
+        }
+        if let ModelConfig::Bert(c) = &mut bert {
+            (c.hidden_dropout_prob, c.attention_probs_dropout_prob) = (0.0, 0.0);
+        }
+        out.push(StepSpec { op: "train_step_gpt", cfg: gpt, batch: gpt_batch.max(1), seq: 1024, compute: DType::BF16 });
+        out.push(StepSpec { op: "train_step_bert", cfg: bert, batch: 32, seq: 128, compute: DType::BF16 });
+    }
+    Ok(out)
+}
+
+/// Dense bf16 tensor-core peak (TFLOP/s, from the vendor's data sheet) of a GPU named `name`, for
+/// the model-FLOPs utilisation of mixed-precision steps; `None` for GPUs not in the table.
+pub fn bf16_peak_tflops(name: &str) -> Option<f64> {
+    let n = name.to_ascii_uppercase();
+    // H200 and H100 SXM: 989.4 (1979 with 2:4 sparsity); H100 PCIe: 756; A100: 312.
+    if n.contains("H200") || (n.contains("H100") && !n.contains("PCIE")) {
+        Some(989.4)
+    } else if n.contains("H100") {
+        Some(756.0)
+    } else if n.contains("A100") {
+        Some(312.0)
+    } else {
+        None
+    }
+}
+
+/// Times `steps` training steps after 2 warm-up steps; one row per spec of [`specs`].
+pub fn rows(device: Device, quick: bool, steps: usize, gpt_batch: usize, filter: &dyn Fn(&str) -> bool) -> Result<Vec<Row>> {
     let mut out = Vec::new();
-    for (op, cfg) in configs(quick)? {
-        if !filter(op) {
+    for spec in specs(device, quick, gpt_batch)? {
+        if !filter(spec.op) {
             continue;
         }
-        let mut row = Row::new(op, "kiln", device, DType::F32, &format!("{b}x{t}"), false);
-        if let Err(e) = step_row(&cfg, device, b, t, steps, &mut row) {
+        let mut row = Row::new(spec.op, "kiln", device, spec.compute, &format!("{}x{}", spec.batch, spec.seq), false);
+        if spec.compute != DType::F32 {
+            row.relabel_dtype(BF16_MIXED);
+        }
+        if let Err(e) = step_row(&spec, device, steps, &mut row) {
             row.status = format!("error: {e}");
         }
         out.push(row);
@@ -87,6 +143,7 @@ pub struct TrainStep {
     opt: AdamW,
     data: Batch,
     steps: u64,
+    compute: DType,
     /// Parameters (tied weights counted once).
     pub n_params: usize,
     /// FLOPs of one step: 6·P·tokens + 12·L·T·d·tokens.
@@ -96,8 +153,9 @@ pub struct TrainStep {
 }
 
 impl TrainStep {
-    /// A freshly initialised model for `cfg` on `device` with a seeded `[b, t]` batch.
-    pub fn new(cfg: &ModelConfig, device: Device, b: usize, t: usize) -> Result<TrainStep> {
+    /// A freshly initialised model for `cfg` on `device` with a seeded `[b, t]` batch; `compute`
+    /// is f32, or bf16 / f16 for mixed precision (f32 master weights and optimizer state).
+    pub fn new(cfg: &ModelConfig, device: Device, b: usize, t: usize, compute: DType) -> Result<TrainStep> {
         let store = ParamStore::new(0, DType::F32, device);
         let model = Model::build(cfg, &store)?;
         let params = store.trainable();
@@ -106,12 +164,12 @@ impl TrainStep {
         let (layers, width) = (cfg.num_layers() as f64, cfg.hidden_size() as f64);
         let flops = 6.0 * n_params as f64 * tokens as f64 + 12.0 * layers * t as f64 * width * tokens as f64;
         let opt = AdamW::new(AdamWConfig { lr: 1e-4, weight_decay: 0.01, ..Default::default() });
-        Ok(TrainStep { model, params, opt, data: batch(cfg, b, t, device)?, steps: 0, n_params, flops, tokens })
+        Ok(TrainStep { model, params, opt, data: batch(cfg, b, t, device)?, steps: 0, compute, n_params, flops, tokens })
     }
 
     /// Forward, backward, AdamW, zero the gradients; returns the loss (an error if not finite).
     pub fn step(&mut self) -> Result<f64> {
-        let loss = self.model.loss(&self.data, &ForwardCtx::train(self.steps))?;
+        let loss = self.model.loss(&self.data, &ForwardCtx::train(self.steps).with_compute_dtype(self.compute))?;
         loss.backward()?;
         no_grad(|| self.opt.step(&self.params))?;
         self.params.iter().for_each(|p| p.zero_grad());
@@ -124,10 +182,11 @@ impl TrainStep {
     }
 }
 
-fn step_row(cfg: &ModelConfig, device: Device, b: usize, t: usize, steps: usize, row: &mut Row) -> Result<()> {
+fn step_row(spec: &StepSpec, device: Device, steps: usize, row: &mut Row) -> Result<()> {
+    let (cfg, b, t) = (&spec.cfg, spec.batch, spec.seq);
     let reset = reset_peak_rss();
     cuda::reset_peak_memory(device);
-    let mut ts = TrainStep::new(cfg, device, b, t)?;
+    let mut ts = TrainStep::new(cfg, device, b, t, spec.compute)?;
     let mut losses = Vec::new();
     const WARMUP: usize = 2;
     let mut times = Vec::new();
@@ -150,6 +209,16 @@ fn step_row(cfg: &ModelConfig, device: Device, b: usize, t: usize, steps: usize,
     x.insert("first_loss".into(), losses.first().copied().unwrap_or(f64::NAN).into());
     x.insert("last_loss".into(), losses.last().copied().unwrap_or(f64::NAN).into());
     x.insert("flops_formula".into(), "6*P*tokens + 12*L*T*d*tokens".into());
+    if spec.compute != DType::F32 {
+        x.insert("autocast".into(), spec.compute.as_str().into());
+        // model-FLOPs utilisation against the data-sheet peak of the GPU (bf16 tensor cores)
+        if let Some((name, peak)) = cuda::device_name(device).and_then(|n| bf16_peak_tflops(&n).map(|p| (n, p))) {
+            let achieved = ts.flops / (s.median_ms / 1e3) / 1e12;
+            x.insert("gpu".into(), name.into());
+            x.insert("peak_tflops_bf16".into(), peak.into());
+            x.insert("mfu".into(), ((achieved / peak * 1e4).round() / 1e4).into());
+        }
+    }
     let cfg_json = match cfg {
         ModelConfig::Gpt2(c) => serde_json::to_value(c),
         ModelConfig::Bert(c) => serde_json::to_value(c),
@@ -163,4 +232,29 @@ fn step_row(cfg: &ModelConfig, device: Device, b: usize, t: usize, steps: usize,
         x.insert("peak_gpu_mem_mb".into(), (((bytes as f64 / 1048576.0) * 10.0).round() / 10.0).into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_peaks_by_name() {
+        assert_eq!(bf16_peak_tflops("NVIDIA H200"), Some(989.4));
+        assert_eq!(bf16_peak_tflops("NVIDIA H100 80GB HBM3"), Some(989.4));
+        assert_eq!(bf16_peak_tflops("NVIDIA H100 PCIe"), Some(756.0));
+        assert_eq!(bf16_peak_tflops("NVIDIA A100-SXM4-80GB"), Some(312.0));
+        assert_eq!(bf16_peak_tflops("NVIDIA GeForce RTX 4090"), None);
+    }
+
+    #[test]
+    fn the_cuda_rows_are_the_issue_6_shapes() {
+        let cpu = specs(Device::Cpu, false, 16).unwrap();
+        assert!(cpu.iter().all(|s| s.compute == DType::F32 && (s.batch, s.seq) == (8, 128)));
+        let gpu = specs(Device::Cuda(0), false, 12).unwrap();
+        let big: Vec<_> = gpu.iter().filter(|s| s.compute == DType::BF16).map(|s| (s.op, s.cfg.num_layers(), s.cfg.hidden_size(), s.batch, s.seq)).collect();
+        assert_eq!(big, vec![("train_step_gpt", 12, 768, 12, 1024), ("train_step_bert", 12, 768, 32, 128)]);
+        let quick = specs(Device::Cpu, true, 16).unwrap();
+        assert_eq!(quick.iter().filter(|s| s.compute == DType::BF16).count(), 2);
+    }
 }

@@ -56,6 +56,13 @@ pub struct BenchArgs {
     /// Timed training steps per row.
     #[arg(long, default_value_t = 10)]
     pub train_steps: usize,
+    /// CUDA: the attention kernels of the default `cuda` variant (and of training steps):
+    /// tc (attention_tc.cu, the default), tc2 (its 128-row forward) or simple (attention.cu).
+    #[arg(long, value_parser = ["tc", "tc2", "simple"])]
+    pub attn_kernel: Option<String>,
+    /// CUDA: batch of the GPT-2 124M training-step row at T = 1024 (as torch_bench.py --gpt-batch).
+    #[arg(long, default_value_t = 16)]
+    pub gpt_batch: usize,
     /// Skip the attention sequence-length sweep.
     #[arg(long)]
     pub no_sweep: bool,
@@ -168,8 +175,16 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
         None if cpu => vec![DType::F32],
         None => vec![DType::BF16, DType::F32],
     };
+    use kiln::tensor::cuda::AttnKernel;
+    let attn = match a.attn_kernel.as_deref() {
+        Some("tc2") => Some(AttnKernel::TensorCore2),
+        Some("simple") => Some(AttnKernel::Simple),
+        _ => None,
+    };
+    kiln::tensor::cuda::force_attention_kernel(attn);
     let mut rows = Vec::new();
     let env = serde_json::json!({"env": {"kiln": env!("CARGO_PKG_VERSION"), "device": row::device_name(device),
+        "attn_kernel": a.attn_kernel.as_deref().unwrap_or("tc"),
         "threads": rayon::current_num_threads(), "simd": cases::level_name(kiln::tensor::cpu::simd::detected()),
         "quick": quick, "load1": std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().map(String::from))}});
     eprintln!("{}{env}", if a.json { "" } else { "# " });
@@ -260,7 +275,7 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
     // 4. training steps
     if filter.variants.as_ref().is_none_or(|v| v.iter().any(|x| x == "kiln")) {
         let steps = if quick { 2 } else { a.train_steps.max(1) };
-        let tr = train_step::rows(device, quick, steps, &|op| filter.op(op))?;
+        let tr = train_step::rows(device, quick, steps, a.gpt_batch, &|op| filter.op(op))?;
         // (the "kiln" variant of a training step is its only one)
         emit(&mut rows, tr, a.json, ceil);
     }

@@ -84,6 +84,19 @@ pub fn device_count() -> usize {
     }
 }
 
+/// The GPU's name as the driver reports it (e.g. "NVIDIA H200"); `None` for the CPU, a device that
+/// cannot be opened, or a build without the `cuda` feature.
+pub fn device_name(device: Device) -> Option<String> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(n) = device {
+        if n < device_count() {
+            return device::CudaBackend::get(n).ok().and_then(|b| b.name().ok());
+        }
+    }
+    let _ = device;
+    None
+}
+
 /// Peak bytes held by tensors on `device` (the caching allocator's high-water mark), or `None`
 /// for the CPU or a device that was never used.
 pub fn peak_memory_bytes(device: Device) -> Option<usize> {
