@@ -386,6 +386,13 @@ __device__ void attention_fwd_tc2(T* out, float* lse, const T* q, const T* k, co
                                        float scale, int causal) {                                  \
         attention_fwd_tc2<T, DIM>(out, lse, q, k, v, key_mask, B, H, Tq, Tk, scale, causal);       \
     }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) attention_bwd_tc2_d##DIM##_##S(              \
+        float* dq_accum, T* dk, T* dv, const float* lse, const float* delta, const T* q,           \
+        const T* k, const T* v, const T* dout, const float* key_mask, int B, int H, int Tq,        \
+        int Tk, int D, float scale, int causal) {                                                  \
+        attention_bwd_tc2<T, DIM>(dq_accum, dk, dv, lse, delta, q, k, v, dout, key_mask, H, Tq,    \
+                                  Tk, scale, causal);                                              \
+    }                                                                                              \
     extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc_d##DIM##_##S(            \
         T* dq, const float* lse, const float* delta, const T* q, const T* k, const T* v,           \
         const T* dout, const float* key_mask, int B, int H, int Tq, int Tk, int D, float scale,    \
@@ -404,3 +411,9 @@ ATT_TC_KERNEL(bf16, bf16, 64)
 ATT_TC_KERNEL(bf16, bf16, 128)
 ATT_TC_KERNEL(f16, f16, 64)
 ATT_TC_KERNEL(f16, f16, 128)
+extern "C" __global__ void attention_bwd_dq_convert_bf16(bf16* dq, const float* dq_accum, i64 n, float scale) {
+    attention_bwd_dq_convert<bf16>(dq, dq_accum, n, scale);
+}
+extern "C" __global__ void attention_bwd_dq_convert_f16(f16* dq, const float* dq_accum, i64 n, float scale) {
+    attention_bwd_dq_convert<f16>(dq, dq_accum, n, scale);
+}

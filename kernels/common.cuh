@@ -22,7 +22,13 @@ __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((u32)x.bits) << 16); }
 __device__ __forceinline__ float to_f32(f16 x) {
     float f;
+#ifdef KILN_EMU  // kernels/emu: the host compiler's IEEE half
+    _Float16 h;
+    memcpy(&h, &x.bits, 2);
+    f = (float)h;
+#else
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+#endif
     return f;
 }
 
@@ -43,7 +49,12 @@ template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
 }
 template <> __device__ __forceinline__ f16 from_f32<f16>(float x) {
     f16 r;
+#ifdef KILN_EMU
+    _Float16 h = (_Float16)x;  // round to nearest even, as cvt.rn
+    memcpy(&r.bits, &h, 2);
+#else
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
+#endif
     return r;
 }
 

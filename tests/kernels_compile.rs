@@ -36,7 +36,7 @@ const FLOAT_KERNELS: &[(&str, &[&str], &[&str])] = &[
     ("adamw", &["adamw_step"], ALL),
     ("attention", &["attention_fwd", "attention_bwd_preprocess", "attention_bwd_dq", "attention_bwd_dkdv"], ALL),
     // tensor cores take 16-bit inputs only
-    ("attention_tc", &["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128"], HALF),
+    ("attention_tc", &["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_tc2_d64", "attention_bwd_tc2_d128", "attention_bwd_dq_convert", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128"], HALF),
     ("copy", &["copy", "copy_to_strided"], ALL),
     ("cross_entropy", &["cross_entropy_fwd", "cross_entropy_bwd"], ALL),
     ("dropout", &["dropout_fwd", "dropout_bwd"], ALL),

@@ -2,7 +2,8 @@
 # Runs the kernels of kernels/*.cu ON THE CPU under a tiny emulation of the CUDA execution model
 # (emu.h: blocks in sequence, a block's threads as std::threads, barriers, warp shuffles/ballots)
 # and compares them with double-precision references. Covers the f32 paths (and the pre-sm_80
-# software bf16 rounding); f16 and the sm_80+ `cvt` instructions need a GPU. Not part of CI
+# software bf16 rounding; f16 conversions use the host compiler's _Float16); the sm_80+ `cvt`
+# instructions themselves need a GPU. Not part of CI
 # (needs g++ >= 11 and about a minute); run it after editing a kernel:  kernels/emu/run.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

@@ -86,6 +86,20 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
     if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_bwd_dkdv_tc_d64_bf16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_dkdv_tc_d128_bf16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
     else { if (D == 64) attention_bwd_dkdv_tc_d64_f16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_dkdv_tc_d128_f16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
   });
+  // the tc2 backward: one pass over the keys, dQ through f32 atomics, then the convert kernel
+  std::vector<float> dq_acc(nq, 0.f);
+  std::vector<T> dq2(nq), dk2(nk), dv2(nk);
+  for (auto* vv : {&dq2, &dk2, &dv2}) for (auto& x : *vv) x.bits = 0x7fc0;
+  size_t sm_tc2 = (2 * 64 + 2 * 32) * (D + 8) * 2 + 2 * 32 * 4 + 64 * 40 * 2;
+  if (sm_tc2 > sizeof(smem)) { printf("smem too big\n"); exit(1); }
+  launch({(unsigned)((Tk + 63) / 64), (unsigned)(B * H)}, {128}, [&] {
+    if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_bwd_tc2_d64_bf16(dq_acc.data(), dk2.data(), dv2.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_tc2_d128_bf16(dq_acc.data(), dk2.data(), dv2.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+    else { if (D == 64) attention_bwd_tc2_d64_f16(dq_acc.data(), dk2.data(), dv2.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_tc2_d128_f16(dq_acc.data(), dk2.data(), dv2.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+  });
+  launch({3}, {64}, [&] {
+    if constexpr (std::is_same_v<T, bf16>) attention_bwd_dq_convert_bf16(dq2.data(), dq_acc.data(), (i64)nq, scale);
+    else attention_bwd_dq_convert_f16(dq2.data(), dq_acc.data(), (i64)nq, scale);
+  });
   auto rel = [&](const std::vector<T>& got, const std::vector<double>& ref) {
     double mx = 1e-12, e = 0; for (double x : ref) mx = std::max(mx, std::fabs(x));
     for (size_t i = 0; i < got.size(); ++i) { double d = std::fabs(emu_h2f(got[i].bits, T{}) - ref[i]); if (!(d <= e)) e = d; }
@@ -116,6 +130,9 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   check("  dq (abs err / max |dq|)", rel(dq, rdq), gt);
   check("  dk (abs err / max |dk|)", rel(dk, rdk), gt);
   check("  dv (abs err / max |dv|)", rel(dv, rdv), gt);
+  check("  tc2 dq (abs err / max |dq|)", rel(dq2, rdq), gt);
+  check("  tc2 dk (abs err / max |dk|)", rel(dk2, rdk), gt);
+  check("  tc2 dv (abs err / max |dv|)", rel(dv2, rdv), gt);
 }
 
 int main() {

@@ -38,8 +38,6 @@ pub enum Pass {
     FwdBwd,
 }
 
-const ALL_PASSES: &[Pass] = &[Pass::Fwd, Pass::Bwd, Pass::FwdBwd];
-
 impl Pass {
     pub fn suffix(self) -> &'static str {
         match self {
@@ -101,9 +99,8 @@ pub struct OpSpec<'s> {
     pub out_shape: Vec<usize>,
     pub fused: OpFn,
     pub composed: Option<OpFn>,
-    /// On CUDA: further timed variants `(name, body, passes)` on the same inputs (e.g. another
-    /// kernel), timed in the listed passes only.
-    pub cuda_alternatives: Vec<(&'static str, OpFn, &'static [Pass])>,
+    /// On CUDA: further timed variants `(name, body)` on the same inputs (e.g. another kernel).
+    pub cuda_alternatives: Vec<(&'static str, OpFn)>,
     /// On CUDA: check against the op run on the CPU first (off for sizes the CPU would take
     /// minutes over; such rows say `"checked": false`).
     pub check_on_cpu: bool,
@@ -184,7 +181,7 @@ pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<
                 // (no composed variant on CUDA: some of the primitive ops it is built from, e.g.
                 // max over a dim and masked_fill, have no CUDA path yet)
                 variants.push(mk("cuda", None, true, spec.fused.clone(), sets.clone(), dy.clone()));
-                for (name, f, _) in spec.cuda_alternatives.iter().filter(|(_, _, p)| p.contains(&pass)) {
+                for (name, f) in &spec.cuda_alternatives {
                     variants.push(mk(name, None, true, f.clone(), sets.clone(), dy.clone()));
                 }
                 default_variant = "cuda".to_string();
@@ -296,8 +293,7 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
         out_shape: vec![b, h, t, d],
         fused: Rc::new(move |x| x[0].attention(&x[1], &x[2], &opts)),
         composed: composed.then(|| Rc::new(move |x: &[Tensor]| attention_reference(&x[0], &x[1], &x[2], &o2)) as OpFn),
-        // tc2 is a forward kernel (its backward is tc's): no separate backward row
-        cuda_alternatives: vec![("cuda-simple", forced(AttnKernel::Simple), ALL_PASSES), ("cuda-tc2", forced(AttnKernel::TensorCore2), &[Pass::Fwd, Pass::FwdBwd])],
+        cuda_alternatives: vec![("cuda-simple", forced(AttnKernel::Simple)), ("cuda-tc2", forced(AttnKernel::TensorCore2))],
         check_on_cpu,
         work: Box::new(move |p| Work::Flops(fwd * if p == Pass::Fwd { 1.0 } else if p == Pass::Bwd { 2.5 } else { 3.5 })),
     };

@@ -1,11 +1,13 @@
 //! Launchers for attention.cu (the simple fused attention forward and its blockwise backward, any
 //! head dim up to 128, f32 / bf16 / f16) and attention_tc.cu (the tensor-core kernels: bf16 / f16,
-//! head dim 64 or 128, sm_80+), chosen per call by [`AttentionDims::kernel`].
+//! head dim 64 or 128, sm_80+: the default two-pass deterministic backward, and the opt-in
+//! FlashAttention-2-style `tc2` forward and single-pass backward), chosen per call by
+//! [`AttentionDims::kernel`].
 //! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
 use super::device::CudaBackend;
 use super::launch::{allow_smem, check_len, to_i32, KernelFloat, NULL_PTR};
 use crate::{Error, Result};
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// Shapes and options of one attention call. q: `[batch, heads, q_len, head_dim]`, k / v:
 /// `[batch, heads, kv_len, head_dim]`, all contiguous. `scale` is usually `1 / sqrt(head_dim)`.
@@ -161,7 +163,10 @@ impl CudaBackend {
             let cfg = LaunchConfig { grid_dim: (dims.rows().div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
             unsafe { b.launch(cfg) }?;
         }
-        let tc = kernel != AttnKernel::Simple;
+        if kernel == AttnKernel::TensorCore2 {
+            return self.attention_bwd_tc2(dq, dk, dv, lse, &delta, q, k, v, dout, key_mask, dims);
+        }
+        let tc = kernel == AttnKernel::TensorCore;
         // 2. dQ over key tiles, 3. dK / dV over query tiles
         for (pass, len) in [("dq", dims.q_len), ("dkdv", dims.kv_len)] {
             if len == 0 {
@@ -189,6 +194,45 @@ impl CudaBackend {
             b.arg(&bb).arg(&hh).arg(&tq).arg(&tk).arg(&dd).arg(&dims.scale).arg(&causal);
             let cfg = LaunchConfig { grid_dim: (len.div_ceil(rows) as u32, bh, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem };
             unsafe { b.launch(cfg) }?;
+        }
+        Ok(())
+    }
+
+    /// The single-pass backward of the `TensorCore2` kernels (attention_bwd_tc2: dK / dV in
+    /// registers, dQ added into an f32 buffer with atomics, then scaled and converted), after the
+    /// `delta` preprocessing of [`Self::attention_bwd`]. dQ's last bits depend on the order the
+    /// atomics land in; the `TensorCore` passes are the deterministic backward.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd_tc2<T: KernelFloat>(
+        &self, dq: &mut CudaViewMut<T>, dk: &mut CudaViewMut<T>, dv: &mut CudaViewMut<T>, lse: &CudaView<f32>, delta: &CudaSlice<f32>,
+        q: &CudaView<T>, k: &CudaView<T>, v: &CudaView<T>, dout: &CudaView<T>, key_mask: Option<&CudaView<f32>>, dims: &AttentionDims,
+    ) -> Result<()> {
+        let op = "attention_bwd";
+        let d = dims.head_dim;
+        let [bb, hh, tq, tk, dd, causal] = dims.args();
+        let n = dims.q_elems();
+        let mut acc = self.alloc_zeros::<f32>(n.max(1))?;
+        if dims.kv_len > 0 {
+            let f = self.function("attention_tc", &format!("attention_bwd_tc2_d{d}_{}", T::SUFFIX))?;
+            let smem = ((2 * TC_ROWS + 2 * 32) * (d + 8) * 2 + 2 * 32 * 4 + TC_ROWS * 40 * 2) as u32;
+            allow_smem(&f, smem)?;
+            let mut b = self.stream().launch_builder(&f);
+            b.arg(&mut *acc).arg(&mut *dk).arg(&mut *dv).arg(lse).arg(delta).arg(q).arg(k).arg(v).arg(dout);
+            match key_mask {
+                Some(m) => b.arg(m),
+                None => b.arg(&NULL_PTR),
+            };
+            b.arg(&bb).arg(&hh).arg(&tq).arg(&tk).arg(&dd).arg(&dims.scale).arg(&causal);
+            let grid = (dims.kv_len.div_ceil(TC_ROWS) as u32, (dims.batch * dims.heads) as u32, 1);
+            unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (128, 1, 1), shared_mem_bytes: smem }) }?;
+        }
+        if n > 0 {
+            let f = self.function("attention_tc", &format!("attention_bwd_dq_convert_{}", T::SUFFIX))?;
+            let n64 = i64::try_from(n).map_err(|_| Error::msg(format!("{op}: {n} elements")))?;
+            let mut b = self.stream().launch_builder(&f);
+            b.arg(&mut *dq).arg(&*acc).arg(&n64).arg(&dims.scale);
+            let blocks = n.div_ceil(256).min(65_536) as u32;
+            unsafe { b.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }?;
         }
         Ok(())
     }

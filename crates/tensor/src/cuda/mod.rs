@@ -118,9 +118,11 @@ pub enum AttnKernel {
     /// attention_tc.cu: mma.sync tensor-core kernels, 64-row blocks (bf16 / f16, head dim 64 / 128,
     /// sm_80+). The default where they apply.
     TensorCore,
-    /// attention_tc.cu's `attention_fwd_tc2` forward (128-row blocks, 32 rows per warp, loads
-    /// overlapped with the math) with the `TensorCore` backward; same eligibility. Opt in with
-    /// [`force_attention_kernel`] until the GPU benchmarks make it the default.
+    /// attention_tc.cu's FlashAttention-2-style kernels: the `attention_fwd_tc2` forward (128-row
+    /// blocks, 32 rows per warp, loads overlapped with the math) and the single-pass
+    /// `attention_bwd_tc2` backward (5 GEMMs per tile instead of 7; dQ summed with f32 atomics, so
+    /// its last bits vary from run to run: `TensorCore` is the deterministic choice). Same
+    /// eligibility. Opt in with [`force_attention_kernel`] until GPU benchmarks make it the default.
     TensorCore2,
 }
 
