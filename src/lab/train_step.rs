@@ -10,7 +10,7 @@ use crate::model::data::Batch;
 use crate::model::model::Model;
 use crate::model::nn::ForwardCtx;
 use crate::model::{AdamW, AdamWConfig, Optimizer, ParamStore};
-use crate::tensor::{cuda, no_grad};
+use crate::tensor::{cuda, no_grad, nvtx};
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// The step configs: (op, config, layers, width).
@@ -169,9 +169,16 @@ impl TrainStep {
 
     /// Forward, backward, AdamW, zero the gradients; returns the loss (an error if not finite).
     pub fn step(&mut self) -> Result<f64> {
-        let loss = self.model.loss(&self.data, &ForwardCtx::train(self.steps).with_compute_dtype(self.compute))?;
+        let _step = nvtx::range("train_step");
+        let loss = {
+            let _r = nvtx::range("forward");
+            self.model.loss(&self.data, &ForwardCtx::train(self.steps).with_compute_dtype(self.compute))?
+        };
         loss.backward()?;
-        no_grad(|| self.opt.step(&self.params))?;
+        {
+            let _r = nvtx::range("optimizer");
+            no_grad(|| self.opt.step(&self.params))?;
+        }
         self.params.iter().for_each(|p| p.zero_grad());
         let l = loss.to_scalar()?;
         if !l.is_finite() {

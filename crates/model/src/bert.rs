@@ -118,7 +118,8 @@ impl BertModel {
         }
         let x = self.word.forward(input_ids)?.add(&self.position.forward(&pos)?)?.add(&self.token_type.forward(&tt)?)?;
         let mut x = self.dropout.forward(&ctx.to_compute(&self.emb_ln.forward(&x)?)?, ctx)?;
-        for l in &self.layers {
+        for (i, l) in self.layers.iter().enumerate() {
+            let _r = kiln_tensor::nvtx::range_with(|| format!("encoder.layer.{i}"));
             x = l.forward(&x, attention_mask, ctx)?;
         }
         let pooler_output = match &self.pooler {

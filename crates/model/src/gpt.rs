@@ -79,7 +79,8 @@ impl Gpt2Model {
         let pos = Tensor::arange(0.0, t as f64, 1.0, DType::I64, input_ids.device())?;
         let x = self.wte.forward(input_ids)?.add(&self.wpe.forward(&pos)?)?;
         let mut x = self.embd_dropout.forward(&ctx.to_compute(&x)?, ctx)?;
-        for b in &self.blocks {
+        for (i, b) in self.blocks.iter().enumerate() {
+            let _r = kiln_tensor::nvtx::range_with(|| format!("h.{i}"));
             x = b.forward(&x, attention_mask, ctx)?;
         }
         self.ln_f.forward(&x)

@@ -219,6 +219,7 @@ impl<'a> Trainer<'a> {
         // Every evaluation reads the same held-out batches.
         let eval_start = eval.as_deref().map(|e| e.position());
         while self.step < opts.steps {
+            let _step_range = kiln_tensor::nvtx::range_with(|| format!("train_step {}", self.step + 1));
             let t0 = Instant::now();
             let lr = opts.schedule.lr_at(self.step);
             self.optimizer.set_lr(lr);
@@ -228,7 +229,10 @@ impl<'a> Trainer<'a> {
                 let b = data.next_batch()?.to_device(self.store.device())?;
                 tokens += b.input_ids.elem_count();
                 let ctx = ForwardCtx::train(dropout_seed(opts.seed, self.step, micro)).with_compute_dtype(opts.compute_dtype);
-                let loss = self.model.loss(&b, &ctx)?;
+                let loss = {
+                    let _r = kiln_tensor::nvtx::range("forward");
+                    self.model.loss(&b, &ctx)?
+                };
                 let l = loss.to_scalar()?;
                 if !l.is_finite() {
                     return Err(stop(&params, format!("the loss became {l}"), self.step + 1, opts));
@@ -255,6 +259,7 @@ impl<'a> Trainer<'a> {
                 if opts.clip > 0.0 {
                     clip_grads_to(&params, grad_norm, opts.clip)?;
                 }
+                let _r = kiln_tensor::nvtx::range("optimizer");
                 no_grad(|| self.optimizer.step(&params))?;
             }
             for p in &params {

@@ -72,6 +72,7 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op: "backward", lhs: self.shape().to_vec(), rhs: grad.shape().to_vec() });
         }
         let _g = no_grad_guard();
+        let _range = crate::nvtx::range("backward");
         let order = topo_order(self);
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
         grads.insert(self.id(), grad);
@@ -94,6 +95,7 @@ impl Tensor {
                     });
                 }
                 Some(op) => {
+                    let _range = crate::nvtx::range_with(|| format!("{}.backward", op.name()));
                     t.0.freed.store(true, std::sync::atomic::Ordering::Relaxed);
                     let inputs = op.inputs();
                     if let [inp] = inputs.as_slice() {

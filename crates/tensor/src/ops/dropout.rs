@@ -94,6 +94,7 @@ impl Tensor {
     /// for the backward (`dx = dy·mask/(1-p)`).
     /// Errors: integer dtype, `p` outside [0, 1) (or NaN).
     pub fn dropout(&self, p: f64, seed: u64, train: bool) -> Result<Tensor> {
+        let _range = crate::nvtx::range("dropout");
         self.check_float(OP)?;
         if !(0.0..1.0).contains(&p) {
             return Err(Error::msg(format!("dropout: p must be in [0, 1), got {p}")));

@@ -276,6 +276,7 @@ impl Tensor {
     /// shape `[..ids.shape, dim]`. Errors: `weight` not 2-D or not float, non-i64 ids, an id outside
     /// `0..vocab` (`IndexOutOfRange` naming `embedding`). Differentiable in `weight`.
     pub fn embedding(ids: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let _range = crate::nvtx::range("embedding");
         if weight.rank() != 2 {
             return Err(Error::Shape { op: "embedding", shape: weight.shape().to_vec(), msg: "weight must be [vocab, dim]".into() });
         }

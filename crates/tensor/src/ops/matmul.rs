@@ -239,6 +239,7 @@ impl Tensor {
     /// matmul's plus the bias gradient `Σ_rows dY`. Other dtypes and devices compose
     /// `matmul` + `add`. Shapes, dtypes and devices are checked as for [`Tensor::matmul`] and `add`.
     pub fn matmul_bias(&self, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let _range = crate::nvtx::range("matmul_bias");
         self.check_same("matmul_bias", w)?;
         self.check_same("matmul_bias", bias)?;
         self.check_float("matmul_bias")?;
@@ -273,6 +274,7 @@ impl Tensor {
     /// `ShapeMismatch` naming `matmul` and both shapes; differing dtypes or devices, or integer dtypes,
     /// are errors too.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let _range = crate::nvtx::range("matmul");
         self.check_same("matmul", rhs)?;
         self.check_float("matmul")?;
         let (ra, rb) = (self.rank(), rhs.rank());

@@ -133,6 +133,7 @@ pub fn attention_with_lse(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOp
 
 /// Scaled-dot-product attention; see [`Tensor::attention`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {
+    let _range = crate::nvtx::range("attention");
     Ok(attention_with_lse(q, k, v, opts)?.0)
 }
 

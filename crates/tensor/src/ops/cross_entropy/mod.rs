@@ -71,6 +71,7 @@ impl Tensor {
     /// Errors: logits not rank 2 or not float, targets not i64 or not `[N]`, device mismatch, a
     /// target outside `0..C` that is not `ignore_index` (`IndexOutOfRange`).
     pub fn cross_entropy(&self, targets: &Tensor, ignore_index: i64) -> Result<Tensor> {
+        let _range = crate::nvtx::range("cross_entropy");
         self.check_float(OP)?;
         if self.rank() != 2 {
             return Err(Error::Shape { op: OP, shape: self.shape().to_vec(), msg: "logits must be [N, C] (flatten leading dims first)".into() });

@@ -62,6 +62,7 @@ fn with2<T: CpuSlice>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[T], &[T]) -> Vec<
 }
 
 fn gelu_impl(x: &Tensor, approx: GeluApprox) -> Result<Tensor> {
+    let _range = crate::nvtx::range(if approx == GeluApprox::Tanh { "gelu_tanh" } else { "gelu" });
     let op = approx.name();
     x.check_float(op)?;
     #[cfg(feature = "cuda")]

@@ -93,6 +93,7 @@ impl Tensor {
     /// Errors: integer dtype, rank 0, a weight/bias shape other than `[D]`, dtype or device
     /// mismatch, `eps` negative or not finite.
     pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+        let _range = crate::nvtx::range("layer_norm");
         self.check_float(OP)?;
         if self.rank() == 0 {
             return Err(Error::Shape { op: OP, shape: vec![], msg: "needs at least one dim (normalizes the last)".into() });

@@ -91,6 +91,7 @@ impl Tensor {
     /// that is entirely `-inf` gives NaN, as in PyTorch. Differentiable (fused backward
     /// `dx = y·(dy - Σ dy·y)`). Errors: integer dtype.
     pub fn softmax_last_dim(&self) -> Result<Tensor> {
+        let _range = crate::nvtx::range("softmax");
         softmax_impl(self, false)
     }
 
