@@ -127,3 +127,12 @@ CAST_KERNEL(f16, f16, bf16, bf16)
 extern "C" __global__ void cast_i64_f32(float* out, const i64* inp, i64 n) {
     GRID_STRIDE(i, n) out[i] = (float)inp[i];
 }
+
+// Keeps the GPU busy for about `cycles` SM clock cycles (grid = 1, block = 1). Benchmarks queue it
+// before the timed calls so the host can enqueue them all before the first one starts: the events
+// then time the kernels back to back, not the host's launch gaps (as torch.cuda._sleep).
+extern "C" __global__ void sleep_cycles(i64 cycles) {
+    const long long t0 = clock64();
+    while (clock64() - t0 < cycles) {
+    }
+}

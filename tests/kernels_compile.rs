@@ -116,6 +116,7 @@ fn casts_cover_every_pair() {
         let want = format!("cast_{a}_{b}");
         assert!(c.kernels.iter().any(|k| k.kernel == want), "missing {want}");
     }
+    assert!(c.kernels.iter().any(|k| k.kernel == "sleep_cycles"), "missing sleep_cycles (the benchmarks' GPU idle)");
 }
 
 #[test]

@@ -189,14 +189,21 @@ pub fn time_once(v: &mut Variant, device: Device, i: usize) -> Result<f64> {
     time_batch(v, device, i, 1)
 }
 
+/// GPU idling queued before each timed batch: ~1 ms at ~2 GHz, time for the host to enqueue a
+/// batch of calls (and the two events) before the first starts.
+pub const GPU_SLEEP_CYCLES: i64 = 2_000_000;
+
 /// `k` calls of `v` (input sets `i..i + k`) prepared first, then timed back to back between one
-/// pair of events; returns the mean per call. On a GPU this keeps the event overhead out of short
-/// kernels' times (host launch latency between the calls still counts when a kernel is shorter).
+/// pair of events; returns the mean per call. On a GPU the batch is queued behind
+/// [`GPU_SLEEP_CYCLES`] of GPU idling, so the events time the kernels back to back, not the host's
+/// launch gaps (torch_bench.py does the same with `torch.cuda._sleep`), and one event pair per
+/// batch keeps the event overhead out of short kernels' times.
 pub fn time_batch(v: &mut Variant, device: Device, i: usize, k: usize) -> Result<f64> {
     let prep = &mut v.prep;
     at_level(v.level, || {
         let thunks = (i..i + k.max(1)).map(&mut *prep).collect::<Result<Vec<_>>>()?;
         cuda::synchronize(device)?;
+        cuda::gpu_sleep(device, GPU_SLEEP_CYCLES)?;
         let n = thunks.len();
         let (_, ms) = cuda::time_ms(device, || {
             for t in thunks {

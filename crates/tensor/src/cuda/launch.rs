@@ -287,6 +287,16 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Queues a kernel that spins for about `cycles` SM clock cycles (see `sleep_cycles` in
+    /// elementwise.cu): benchmarks put it before their timed calls.
+    pub fn sleep_cycles(&self, cycles: i64) -> Result<()> {
+        let f = self.function("elementwise", "sleep_cycles")?;
+        let mut b = self.stream().launch_builder(&f);
+        b.arg(&cycles);
+        unsafe { b.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 }) }?;
+        Ok(())
+    }
+
     /// Converts between float dtypes (round to nearest even); same dtype is a device copy.
     pub fn cast<A: KernelFloat, B: KernelFloat>(&self, out: &mut CudaViewMut<B>, inp: &CudaView<A>) -> Result<()> {
         let n = inp.len();

@@ -203,6 +203,19 @@ pub fn synchronize(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// Queues about `cycles` SM clock cycles of GPU idling on `device`'s stream (a no-op on the CPU), so
+/// that calls queued after it run back to back once it ends: benchmarks use it to time kernels
+/// without the host's launch gaps between them.
+pub fn gpu_sleep(device: Device, cycles: i64) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(n) = device {
+        check_device(device)?;
+        return device::CudaBackend::get(n)?.sleep_cycles(cycles);
+    }
+    let _ = (device, cycles);
+    Ok(())
+}
+
 /// Runs `f` and returns its result with the time it took in milliseconds: on a CUDA device the
 /// time between two events recorded on the device's stream before and after `f` (the GPU work `f`
 /// queued, plus any gaps while the host was still launching it); on the CPU, wall-clock time.
