@@ -151,10 +151,11 @@ stage_attn() {
   step kiln_bench_attention 90 "$KILN" bench --device cuda --json --op attention --no-sweep --target-s 0.02 --min-iters 5 --out "$LOG/kiln_attn.jsonl"
 }
 
-# What issue 6 needs measured next (~8 min; written 2026-11-30 without a GPU): the kernel report on
-# the system NVRTC, the attention GPU tests (tc and the opt-in tc2 forward), the attention sweep with
-# the tc and the tc2 forward beside SDPA flash, the GPT-2 124M / BERT-base bf16 training steps
-# beside PyTorch (autocast, with and without torch.compile), then racecheck of the tc2 test.
+# What issue 6 needs measured next (written 2026-11-30 without a GPU), in two commands of < 10 min:
+# `issue6` (~5 min): the kernel report on the system NVRTC, the attention GPU tests (tc and the
+# opt-in tc2 kernels), the attention sweep with tc and with tc2 beside SDPA flash; `issue6_train`:
+# the GPT-2 124M / BERT-base bf16 training steps beside PyTorch (autocast, eager and
+# torch.compile), then racecheck of the tc2 test.
 stage_issue6() {
   { cat "$WORK/BUILD_INFO"; date -u; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; ldd "$KILN"; } >"$LOG/env.log" 2>&1
   step nvidia-smi 30 nvidia-smi
@@ -165,6 +166,10 @@ stage_issue6() {
   step torch_attn 90 python3 "$WORK/torch_bench.py" --device cuda --json --target-s 0.03 --min-iters 5 --op attention_fwd,attention_bwd,attention_fwd_bwd --out "$LOG/torch_attn.jsonl"
   step compare_tc 20 "$KILN" bench --from "$LOG/kiln_attn_tc.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/tc"
   step compare_tc2 20 "$KILN" bench --from "$LOG/kiln_attn_tc2.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/tc2"
+}
+
+# The second half (~5 min): issue 6's training steps beside PyTorch, then racecheck of tc2.
+stage_issue6_train() {
   step kiln_train_steps 120 "$KILN" bench --device cuda --json --op train_step --train-steps 5 --out "$LOG/kiln_train.jsonl"
   step torch_train_steps 150 python3 "$WORK/torch_bench.py" --device cuda --json --train-iters 5 --op train_step_gpt,train_step_bert --out "$LOG/torch_train.jsonl"
   step torch_train_steps_compiled 240 python3 "$WORK/torch_bench.py" --device cuda --json --train-iters 5 --compile --op train_step_gpt,train_step_bert --out "$LOG/torch_train_compiled.jsonl"
@@ -177,13 +182,16 @@ case "$STAGE_NAME" in
   tests) stage_tests ;;
   attn) stage_attn ;;
   issue6) stage_issue6 ;;
+  issue6_train) stage_issue6_train ;;
   short) stage_short ;;
   bench) stage_bench ;;
   cli) stage_cli ;;
   sanitize) stage_sanitize ;;
   all) stage_tests; stage_cli; stage_sanitize ;;
-  *) echo "usage: $0 [tests|cli|sanitize|bench|short|attn|issue6|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [tests|cli|sanitize|bench|short|attn|issue6|issue6_train|all]" >&2; exit 2 ;;
 esac
 echo "--- $STAGE_NAME summary (logs in $LOG)"
 cat "$SUMMARY"
+# the device tool returns a few loose files best: one archive of this stage's logs as well
+tar -czf "$OUT/gpu-logs-$STAGE_NAME.tgz" -C "$OUT/gpu-logs" "$STAGE_NAME" 2>/dev/null || true
 ! grep -q '^FAIL' "$SUMMARY"
