@@ -160,7 +160,7 @@ stage_issue6() {
   { cat "$WORK/BUILD_INFO"; date -u; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; ldd "$KILN"; } >"$LOG/env.log" 2>&1
   step nvidia-smi 30 nvidia-smi
   step kernels_compile 120 "$T/kernels_compile" --test-threads=4 --nocapture
-  step gpu_ops_attention 120 "$T/gpu_ops" --test-threads=1 --nocapture attention
+  step gpu_ops 150 "$T/gpu_ops" --test-threads=1 --nocapture
   step kiln_attn_tc 100 "$KILN" bench --device cuda --json --op attention --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_tc.jsonl"
   step kiln_attn_tc2 100 "$KILN" bench --device cuda --json --op attention --attn-kernel tc2 --variant cuda --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_tc2.jsonl"
   step torch_attn 90 python3 "$WORK/torch_bench.py" --device cuda --json --target-s 0.03 --min-iters 5 --op attention_fwd,attention_bwd,attention_fwd_bwd --out "$LOG/torch_attn.jsonl"

@@ -255,6 +255,26 @@ gpu_test!(attention_tc2, |dev| {
     force_attention_kernel(None);
 });
 
+// f32 matmul is strict FP32 unless TF32 is allowed: strict matches an f64 product to ~1e-6, TF32
+// (inputs rounded to 10 mantissa bits) is visibly less exact yet within TF32's tolerance.
+gpu_test!(matmul_tf32_is_opt_in, |dev| {
+    use kiln::tensor::cuda::{set_tf32, tf32_enabled};
+    let a = input(3, &[192, 1024], DType::F32, false);
+    let b = input(4, &[1024, 160], DType::F32, false);
+    let want = a.to_dtype(DType::F64).unwrap().matmul(&b.to_dtype(DType::F64).unwrap()).unwrap();
+    let (ga, gb) = (a.to_device(dev).unwrap(), b.to_device(dev).unwrap());
+    let err = |on: bool| {
+        set_tf32(on);
+        let got = ga.matmul(&gb).unwrap().to_device(Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+        scaled_err(&got, &want).unwrap()
+    };
+    let before = tf32_enabled();
+    let (strict, tf32) = (err(false), err(true));
+    set_tf32(before);
+    assert!(strict < 1e-5, "strict FP32 error {strict:.2e}");
+    assert!(tf32 > 4.0 * strict && tf32 < 2e-3, "TF32 error {tf32:.2e} (strict {strict:.2e}): TF32 had no effect or is too inexact");
+});
+
 gpu_test!(errors_not_fallbacks, |dev| {
     let x = Tensor::randn(0, &[3, 5], 0.0, 1.0, DType::F32, dev).unwrap();
     let c = Tensor::randn(0, &[3, 5], 0.0, 1.0, DType::F32, Device::Cpu).unwrap();

@@ -57,6 +57,9 @@ pub struct TrainArgs {
     pub device: String,
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// CUDA: let f32 matmuls use TF32 tensor cores (10-bit mantissa inputs; off: strict FP32).
+    #[arg(long)]
+    pub tf32: bool,
     /// Where the checkpoint, tokenizer and loss curve go.
     #[arg(long, default_value = "out/run")]
     pub out: PathBuf,
@@ -138,6 +141,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let device: Device = args.device.parse()?;
     kiln::tensor::cuda::check_device(device)?;
     let compute_dtype: DType = args.dtype.parse()?;
+    if args.tf32 {
+        kiln::tensor::cuda::set_tf32(true);
+    }
     if !matches!(compute_dtype, DType::F32 | DType::BF16 | DType::F16) {
         return Err(Error::msg(format!("train: --dtype {} is not supported (f32, or bf16 / f16 mixed precision)", args.dtype)));
     }

@@ -160,6 +160,7 @@ pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<
             name: name.into(),
             level,
             timed,
+            tol: None,
             prep: Box::new(move |i| prep_pass(pass, &f, &sets[i % sets.len()], &dy)),
         };
         let default_variant;
@@ -300,6 +301,9 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
     op_cases(ctx, &spec, passes, 50)
 }
 
+/// Scaled error allowed for TF32 matmuls (inputs rounded to 10 mantissa bits) against f64.
+pub const TF32_TOLERANCE: f64 = 2e-3;
+
 /// `[m, k] × [k, n]`: the GEMM ceiling. Checked against the same product computed in f64.
 pub fn matmul(ctx: &Ctx, dtype: DType, m: usize, n: usize, k: usize) -> Result<Case<'static>> {
     let a = randn(61, &[m, k], dtype, ctx.device)?;
@@ -310,13 +314,26 @@ pub fn matmul(ctx: &Ctx, dtype: DType, m: usize, n: usize, k: usize) -> Result<C
     let (name, alternatives): (&str, &[(&str, Level)]) = if ctx.device == Device::Cpu { ("kiln", &[("matrixmultiply", Level::Scalar)]) } else { ("cublas", &[]) };
     let timed = |vname: &str, level: Option<Level>| {
         let (a, b) = (a.clone(), bm.clone());
-        Variant { name: vname.into(), level, timed: true, prep: Box::new(move |_| { let (a, b) = (a.clone(), b.clone()); Ok(Box::new(move || Ok(vec![a.matmul(&b)?])) as Thunk) }) }
+        Variant { name: vname.into(), level, timed: true, tol: None, prep: Box::new(move |_| { let (a, b) = (a.clone(), b.clone()); Ok(Box::new(move || Ok(vec![a.matmul(&b)?])) as Thunk) }) }
     };
+    // CUDA f32: also cuBLAS on TF32 tensor cores (the opt-in `set_tf32`), checked with TF32's tolerance
+    let tf32 = (ctx.device != Device::Cpu && dtype == DType::F32).then(|| {
+        let (a, b) = (a.clone(), bm.clone());
+        let body = move || -> Result<Vec<Tensor>> {
+            let before = crate::tensor::cuda::tf32_enabled();
+            crate::tensor::cuda::set_tf32(true);
+            let r = a.matmul(&b);
+            crate::tensor::cuda::set_tf32(before);
+            Ok(vec![r?])
+        };
+        Variant { name: "cublas-tf32".into(), level: None, timed: true, tol: Some(TF32_TOLERANCE), prep: Box::new(move |_| { let f = body.clone(); Ok(Box::new(f) as Thunk) }) }
+    });
     let mut variants = vec![
-        Variant { name: "f64-reference".into(), level: None, timed: false, prep: Box::new(move |_| { let (a, b) = (a64.clone(), b64.clone()); Ok(Box::new(move || Ok(vec![a.matmul(&b)?])) as Thunk) }) },
+        Variant { name: "f64-reference".into(), level: None, timed: false, tol: None, prep: Box::new(move |_| { let (a, b) = (a64.clone(), b64.clone()); Ok(Box::new(move || Ok(vec![a.matmul(&b)?])) as Thunk) }) },
         timed(name, None),
     ];
     variants.extend(alternatives.iter().map(|&(v, l)| timed(v, Some(l))));
+    variants.extend(tf32);
     Ok(Case {
         op: "matmul".into(),
         device: ctx.device,
@@ -354,6 +371,7 @@ pub fn copy(ctx: &Ctx, dtype: DType, rows: usize, d: usize) -> Result<Case<'stat
                 name: "rayon-memcpy".into(),
                 level: None,
                 timed: true,
+                tol: None,
                 prep: Box::new(move |_| {
                     let c = cell.clone();
                     Ok(Box::new(move || if (c.borrow_mut())() { Err(crate::Error::msg("copy: destination differs from source")) } else { Ok(vec![]) }) as Thunk)
@@ -362,7 +380,7 @@ pub fn copy(ctx: &Ctx, dtype: DType, rows: usize, d: usize) -> Result<Case<'stat
         }
         Device::Cuda(_) => {
             let x = randn(71, &[rows, d], dtype, ctx.device)?;
-            Variant { name: "affine(1,0)".into(), level: None, timed: true, prep: Box::new(move |_| { let x = x.clone(); Ok(Box::new(move || Ok(vec![x.affine(1.0, 0.0)?])) as Thunk) }) }
+            Variant { name: "affine(1,0)".into(), level: None, timed: true, tol: None, prep: Box::new(move |_| { let x = x.clone(); Ok(Box::new(move || Ok(vec![x.affine(1.0, 0.0)?])) as Thunk) }) }
         }
     };
     let name = variant.name.clone();

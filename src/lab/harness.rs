@@ -25,6 +25,8 @@ pub struct Variant<'a> {
     pub level: Option<Level>,
     /// Whether the variant is timed (an untimed one only serves as the reference).
     pub timed: bool,
+    /// Scaled error allowed against the reference when not the dtype's [`tolerance`] (e.g. TF32).
+    pub tol: Option<f64>,
     /// Untimed setup for call `i` (input set `i % sets`): builds graphs, zeroes gradients, and
     /// returns the timed thunk.
     pub prep: Box<dyn FnMut(usize) -> Result<Thunk<'a>> + 'a>,
@@ -161,10 +163,11 @@ pub fn time_variant(v: &mut Variant, device: Device, cfg: &TimerCfg) -> Result<S
 /// (first) variant's. Per variant: `Ok(None)` for the reference itself, `Ok(Some(err))` for a
 /// match, `Err(status)` (`wrong: ...`, `error: ...`, `unchecked: ...`) otherwise.
 pub fn check(case: &mut Case) -> Vec<std::result::Result<Option<f64>, String>> {
-    let tol = tolerance(case.dtype);
+    let dtype_tol = tolerance(case.dtype);
     let mut reference: Option<std::result::Result<Vec<Vec<f64>>, String>> = None;
     let mut verdicts = Vec::new();
     for v in case.variants.iter_mut() {
+        let tol = v.tol.unwrap_or(dtype_tol);
         let out = at_level(v.level, || -> Result<Vec<Vec<f64>>> { outputs_f64(&(v.prep)(0)?()?) }).map_err(|e| e.to_string());
         let verdict = match (&out, &reference) {
             (Err(e), _) => Err(format!("error: {e}")),
@@ -256,6 +259,7 @@ mod tests {
                 name: name.into(),
                 level: None,
                 timed: true,
+                tol: None,
                 prep: Box::new(move |_| Ok(Box::new(move || Ok(vec![Tensor::full(v as f64, &[3], DType::F32, Device::Cpu)?])) as Thunk)),
             })
             .collect();

@@ -41,8 +41,8 @@ fn op(t: bool) -> cublasOperation_t {
 
 impl CudaBackend {
     /// Row-major GEMM via column-major cuBLAS: computes `C^T = op(B)^T op(A)^T`, i.e. swaps the
-    /// operands and passes (n, m, k). f32 is strict FP32 (cuBLAS default math mode); bf16 / f16
-    /// accumulate in f32.
+    /// operands and passes (n, m, k). f32 is strict FP32 (cuBLAS default math mode) unless TF32 is
+    /// allowed ([`super::set_tf32`]); bf16 / f16 accumulate in f32.
     pub fn gemm<T: KernelFloat>(&self, c: &mut CudaViewMut<T>, a: &CudaView<T>, b: &CudaView<T>, s: &GemmSpec) -> Result<()>
     where
         CudaBlas: Gemm<T>,
@@ -69,6 +69,15 @@ impl CudaBackend {
             ldc: n,
         };
         let blas = self.blas()?;
+        if T::DTYPE == crate::DType::F32 {
+            // strict FP32 unless TF32 is allowed (super::set_tf32); a host-side flag of the handle
+            use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode, cublasStatus_t};
+            let mode = if super::tf32_enabled() { cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH } else { cublasMath_t::CUBLAS_DEFAULT_MATH };
+            let st = unsafe { cublasSetMathMode(*blas.handle(), mode) };
+            if st != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(crate::Error::Cuda(format!("{name}: cublasSetMathMode({mode:?}) failed: {st:?}")));
+            }
+        }
         if s.batch == 1 {
             unsafe { blas.gemm(cfg, b, a, c) }?;
         } else {

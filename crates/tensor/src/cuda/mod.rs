@@ -127,6 +127,29 @@ pub enum AttnKernel {
 }
 
 thread_local! {
+    /// None until this thread sets it or first asks (then `KILN_TF32`).
+    static TF32: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Lets f32 matmuls on CUDA use TF32 tensor cores (inputs rounded to 10 mantissa bits, f32
+/// accumulation: much faster, ~1e-3 relative error). Off by default (strict FP32, what the CPU
+/// computes); `KILN_TF32=1` turns it on for every thread, `kiln train --tf32` too. Applies to the
+/// calling thread (kiln queues CUDA work from the thread that calls the op, so a training loop
+/// sets it once); bf16 / f16 matmuls are not affected.
+pub fn set_tf32(on: bool) {
+    TF32.with(|c| c.set(Some(on)));
+}
+
+/// Whether f32 matmuls on CUDA called from this thread may use TF32 (see [`set_tf32`]).
+pub fn tf32_enabled() -> bool {
+    TF32.with(|c| {
+        let on = c.get().unwrap_or_else(|| std::env::var("KILN_TF32").is_ok_and(|v| v == "1"));
+        c.set(Some(on));
+        on
+    })
+}
+
+thread_local! {
     static ATTN_OVERRIDE: std::cell::Cell<Option<AttnKernel>> = const { std::cell::Cell::new(None) };
 }
 
@@ -274,5 +297,19 @@ mod tests {
         }
         assert!(check_device(Device::Cuda(n)).is_err());
         let _ = nvrtc_available();
+    }
+}
+
+#[cfg(test)]
+mod tf32_tests {
+    #[test]
+    fn tf32_follows_the_environment_then_the_thread() {
+        let env_on = std::env::var("KILN_TF32").is_ok_and(|v| v == "1");
+        assert_eq!(super::tf32_enabled(), env_on, "the default is KILN_TF32 (off when unset)");
+        super::set_tf32(!env_on);
+        assert_eq!(super::tf32_enabled(), !env_on);
+        std::thread::spawn(move || assert_eq!(super::tf32_enabled(), env_on, "another thread keeps the default")).join().unwrap();
+        super::set_tf32(env_on);
+        assert_eq!(super::tf32_enabled(), env_on);
     }
 }
