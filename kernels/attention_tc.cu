@@ -390,8 +390,8 @@ __device__ void attention_fwd_tc2(T* out, float* lse, const T* q, const T* k, co
         float* dq_accum, T* dk, T* dv, const float* lse, const float* delta, const T* q,           \
         const T* k, const T* v, const T* dout, const float* key_mask, int B, int H, int Tq,        \
         int Tk, int D, float scale, int causal) {                                                  \
-        attention_bwd_tc2<T, DIM>(dq_accum, dk, dv, lse, delta, q, k, v, dout, key_mask, H, Tq,    \
-                                  Tk, scale, causal);                                              \
+        attention_bwd_dkdv_tc<T, DIM, true>(dq_accum, dk, dv, lse, delta, q, k, v, dout, key_mask, \
+                                            H, Tq, Tk, scale, causal);                             \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc_d##DIM##_##S(            \
         T* dq, const float* lse, const float* delta, const T* q, const T* k, const T* v,           \
@@ -404,16 +404,17 @@ __device__ void attention_fwd_tc2(T* out, float* lse, const T* q, const T* k, co
         T* dk, T* dv, const float* lse, const float* delta, const T* q, const T* k, const T* v,    \
         const T* dout, const float* key_mask, int B, int H, int Tq, int Tk, int D, float scale,    \
         int causal) {                                                                              \
-        attention_bwd_dkdv_tc<T, DIM>(dk, dv, lse, delta, q, k, v, dout, key_mask, H, Tq, Tk,      \
-                                      scale, causal);                                              \
+        attention_bwd_dkdv_tc<T, DIM, false>(nullptr, dk, dv, lse, delta, q, k, v, dout, key_mask, \
+                                             H, Tq, Tk, scale, causal);                            \
     }
 ATT_TC_KERNEL(bf16, bf16, 64)
 ATT_TC_KERNEL(bf16, bf16, 128)
 ATT_TC_KERNEL(f16, f16, 64)
 ATT_TC_KERNEL(f16, f16, 128)
-extern "C" __global__ void attention_bwd_dq_convert_bf16(bf16* dq, const float* dq_accum, i64 n, float scale) {
-    attention_bwd_dq_convert<bf16>(dq, dq_accum, n, scale);
-}
-extern "C" __global__ void attention_bwd_dq_convert_f16(f16* dq, const float* dq_accum, i64 n, float scale) {
-    attention_bwd_dq_convert<f16>(dq, dq_accum, n, scale);
-}
+#define ATT_DQ_CONVERT(T, S)                                                                       \
+    extern "C" __global__ void attention_bwd_dq_convert_##S(T* dq, const float* dq_accum, i64 n,   \
+                                                          float scale) {                         \
+        attention_bwd_dq_convert<T>(dq, dq_accum, n, scale);                                       \
+    }
+ATT_DQ_CONVERT(bf16, bf16)
+ATT_DQ_CONVERT(f16, f16)

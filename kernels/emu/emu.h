@@ -32,6 +32,7 @@ inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f;
 inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
 inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
+inline long long clock64() { return (long long)__builtin_ia32_rdtsc(); }  // a cycle-like counter
 template <typename T> T warp_exchange(T v, int src) {
   int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   uint64_t bits = 0; memcpy(&bits, &v, sizeof(T));
