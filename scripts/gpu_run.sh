@@ -64,4 +64,4 @@ if [ "$total" -ge "$LIMIT" ]; then
   echo "gpu-carry is over the 64 MiB carry limit" >&2
   exit 1
 fi
-echo "next: device tool run with carry=[\"gpu-carry\"] and command 'bash gpu-carry/gpu_remote.sh tests' (see docs/GPU-LOG.md)"
+echo "next: device tool run with carry=[\"gpu-carry\"] and command 'bash gpu-carry/gpu_remote.sh issue6', then 'issue6_train' (docs/GPU-LOG.md: Ready for the next GPU session)"
