@@ -100,7 +100,7 @@ impl TrainObserver for Progress {
         } else if let Some(b) = &self.bar {
             b.set_position(l.step);
             b.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", l.loss, l.lr, l.tokens_per_s));
-        } else if l.step == 1 || l.step % self.every == 0 {
+        } else if l.step == 1 || l.step.is_multiple_of(self.every) {
             println!("step {:>5}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} ms  {:.0} tok/s", l.step, l.loss, l.lr, l.grad_norm, l.step_ms, l.tokens_per_s);
         }
     }

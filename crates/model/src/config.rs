@@ -234,7 +234,7 @@ impl BertConfig {
                 ("type_vocab_size", self.type_vocab_size),
             ],
         )?;
-        check(self.hidden_size % self.num_attention_heads == 0, m, || {
+        check(self.hidden_size.is_multiple_of(self.num_attention_heads), m, || {
             format!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads)
         })?;
         check_prob(m, "hidden_dropout_prob", self.hidden_dropout_prob)?;
@@ -275,7 +275,7 @@ impl Gpt2Config {
                 ("n_inner", self.inner_size()),
             ],
         )?;
-        check(self.n_embd % self.n_head == 0, m, || format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head))?;
+        check(self.n_embd.is_multiple_of(self.n_head), m, || format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head))?;
         check_prob(m, "resid_pdrop", self.resid_pdrop)?;
         check_prob(m, "embd_pdrop", self.embd_pdrop)?;
         check_prob(m, "attn_pdrop", self.attn_pdrop)?;

@@ -272,7 +272,7 @@ impl<'a> Trainer<'a> {
             obs.on_step(&StepLog { step: self.step, loss, lr, grad_norm, step_ms: secs * 1e3, tokens_per_s: tokens as f64 / secs });
             let last = self.step == opts.steps;
             if let Some(ev) = eval.as_deref_mut() {
-                if last || (opts.eval_every > 0 && self.step % opts.eval_every == 0) {
+                if last || (opts.eval_every > 0 && self.step.is_multiple_of(opts.eval_every)) {
                     if let Some(p) = &eval_start {
                         ev.set_position(p)?;
                     }
@@ -283,7 +283,7 @@ impl<'a> Trainer<'a> {
                 }
             }
             if let Some(dir) = &opts.out {
-                if last || (opts.ckpt_every > 0 && self.step % opts.ckpt_every == 0) {
+                if last || (opts.ckpt_every > 0 && self.step.is_multiple_of(opts.ckpt_every)) {
                     // A finite loss and gradient can still give non-finite weights (an absurd
                     // learning rate): never overwrite a good checkpoint with them.
                     if let Some(name) = first_non_finite(&params)? {

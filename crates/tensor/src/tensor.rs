@@ -327,7 +327,7 @@ impl Tensor {
         if self.is_contiguous() && self.layout().offset() == 0 && self.storage_len() == self.elem_count() {
             return Ok(self.clone());
         }
-        let w = self.device_storage(|t| Ok(Storage::Cpu(t.storage_window()?)), |t| cuda_contiguous(t))?;
+        let w = self.device_storage(|t| Ok(Storage::Cpu(t.storage_window()?)), cuda_contiguous)?;
         let out = Self::from_storage(w, self.shape())?;
         Ok(out.with_history(&[self], || Arc::new(autograd::Identity { input: self.clone() })))
     }

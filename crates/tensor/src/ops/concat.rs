@@ -98,7 +98,7 @@ impl Tensor {
     /// Splits along `dim` into `n` equal pieces.
     pub fn chunk<D: Dim>(&self, n: usize, dim: D) -> Result<Vec<Tensor>> {
         let d = dim.resolve(self.rank(), "chunk")?;
-        if n == 0 || self.shape()[d] % n != 0 {
+        if n == 0 || !self.shape()[d].is_multiple_of(n) {
             return Err(Error::Shape { op: "chunk", shape: self.shape().to_vec(), msg: format!("dim {d} does not split into {n} equal parts") });
         }
         self.split(&vec![self.shape()[d] / n; n], d)

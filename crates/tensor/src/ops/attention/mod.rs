@@ -195,6 +195,26 @@ impl<T: AttnFloat> BackwardOp for AttentionBackward<T> {
     }
 }
 
+/// The composed (unfused) attention: `softmax(mask(q kᵀ · scale)) v` built from matmul,
+/// masked_fill, softmax_last_dim and matmul. It stores the full T×T matrix; it exists to test the
+/// fused op against. Rows whose keys are all masked give NaN here (as in PyTorch), where the fused op gives 0.
+pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {
+    let (tq, tk, d) = (q.dim(2)?, k.dim(2)?, q.dim(3)?);
+    let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut s = q.matmul(&k.t()?)?.mul_scalar(scale)?; // [B, H, Tq, Tk]
+    if opts.causal {
+        let rows = Tensor::arange(0.0, tq as f64, 1.0, s.dtype(), s.device())?.reshape(&[tq, 1])?;
+        let cols = Tensor::arange(0.0, tk as f64, 1.0, s.dtype(), s.device())?.reshape(&[1, tk])?;
+        s = s.masked_fill(&cols.gt(&rows)?, f64::NEG_INFINITY)?;
+    }
+    if let Some(m) = &opts.key_padding_mask {
+        let b = m.dim(0)?;
+        let drop = m.to_dtype(s.dtype())?.eq_scalar(0.0)?.reshape(&[b, 1, 1, tk])?;
+        s = s.masked_fill(&drop, f64::NEG_INFINITY)?;
+    }
+    s.softmax_last_dim()?.matmul(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,24 +245,4 @@ mod tests {
             with_level(detected(), || assert_eq!(bits(1, b, h), bits(3, b, h), "b {b} h {h}"));
         }
     }
-}
-
-/// The composed (unfused) attention: `softmax(mask(q kᵀ · scale)) v` built from matmul,
-/// masked_fill, softmax_last_dim and matmul. It stores the full T×T matrix; it exists to test the
-/// fused op against. Rows whose keys are all masked give NaN here (as in PyTorch), where the fused op gives 0.
-pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {
-    let (tq, tk, d) = (q.dim(2)?, k.dim(2)?, q.dim(3)?);
-    let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
-    let mut s = q.matmul(&k.t()?)?.mul_scalar(scale)?; // [B, H, Tq, Tk]
-    if opts.causal {
-        let rows = Tensor::arange(0.0, tq as f64, 1.0, s.dtype(), s.device())?.reshape(&[tq, 1])?;
-        let cols = Tensor::arange(0.0, tk as f64, 1.0, s.dtype(), s.device())?.reshape(&[1, tk])?;
-        s = s.masked_fill(&cols.gt(&rows)?, f64::NEG_INFINITY)?;
-    }
-    if let Some(m) = &opts.key_padding_mask {
-        let b = m.dim(0)?;
-        let drop = m.to_dtype(s.dtype())?.eq_scalar(0.0)?.reshape(&[b, 1, 1, tk])?;
-        s = s.masked_fill(&drop, f64::NEG_INFINITY)?;
-    }
-    s.softmax_last_dim()?.matmul(v)
 }
