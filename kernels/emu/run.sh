@@ -3,8 +3,8 @@
 # (emu.h: blocks in sequence, a block's threads as std::threads, barriers, warp shuffles/ballots)
 # and compares them with double-precision references. Covers the f32 paths (and the pre-sm_80
 # software bf16 rounding; f16 conversions use the host compiler's _Float16); the sm_80+ `cvt`
-# instructions themselves need a GPU. Not part of CI
-# (needs g++ >= 11 and about a minute); run it after editing a kernel:  kernels/emu/run.sh
+# instructions themselves need a GPU. Needs g++ >= 11 and about a minute; tests/kernel_emulator.rs
+# runs it (so `cargo test` and CI do); run it by hand after editing a kernel:  kernels/emu/run.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-$here/../../target/kernel-emu}"
