@@ -200,22 +200,27 @@ gpu_test!(cross_entropy_fused, |dev| {
     check("cross_entropy 1x1000", dev, &[&[1, 1000]], false, true, |x| x[0].cross_entropy(&t1.to_device(x[0].device())?, -100));
 });
 
+/// Attention on `[b, h, t, d]` against the CPU: plain, causal, and with the last `pad` keys of
+/// every batch after the first masked out.
+fn check_attention(name: &str, dev: Device, (b, h, t, d): (usize, usize, usize, usize), pad: usize) {
+    let shape = [b, h, t, d];
+    check(&format!("{name} d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
+        x[0].attention(&x[1], &x[2], &AttentionOpts::default())
+    });
+    check(&format!("{name} causal d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
+        x[0].attention(&x[1], &x[2], &AttentionOpts { causal: true, ..Default::default() })
+    });
+    let mask: Vec<i64> = (0..b * t).map(|i| if i >= t && i % t >= t - pad { 0 } else { 1 }).collect();
+    let mask = Tensor::from_vec(mask, &[b, t]).unwrap();
+    check(&format!("{name} key padding d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
+        let m = mask.to_device(x[0].device())?;
+        x[0].attention(&x[1], &x[2], &AttentionOpts { key_padding_mask: Some(m), ..Default::default() })
+    });
+}
+
 gpu_test!(attention_fused, |dev| {
     for d in [32usize, 64, 80, 96, 128] {
-        let (b, h, t) = (2, 3, 97);
-        let shape = [b, h, t, d];
-        check(&format!("attention d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
-            x[0].attention(&x[1], &x[2], &AttentionOpts::default())
-        });
-        check(&format!("attention causal d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
-            x[0].attention(&x[1], &x[2], &AttentionOpts { causal: true, ..Default::default() })
-        });
-        let mask: Vec<i64> = (0..b * t).map(|i| if i >= t && i % t >= t - 20 { 0 } else { 1 }).collect();
-        let mask = Tensor::from_vec(mask, &[b, t]).unwrap();
-        check(&format!("attention key padding d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
-            let m = mask.to_device(x[0].device())?;
-            x[0].attention(&x[1], &x[2], &AttentionOpts { key_padding_mask: Some(m), ..Default::default() })
-        });
+        check_attention("attention", dev, (2, 3, 97, d), 20);
     }
     // Tq != Tk (not causal) and a permuted (non-contiguous) q, as the models produce
     check("attention Tq != Tk", dev, &[&[1, 2, 5, 32], &[1, 2, 9, 32], &[1, 2, 9, 32]], false, true, |x| {
@@ -234,20 +239,7 @@ gpu_test!(attention_tc2, |dev| {
     force_attention_kernel(Some(AttnKernel::TensorCore2));
     assert_eq!(attention_kernel_override(), Some(AttnKernel::TensorCore2));
     for d in [64usize, 128] {
-        let (b, h, t) = (2, 2, 300);
-        let shape = [b, h, t, d];
-        check(&format!("tc2 attention d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
-            x[0].attention(&x[1], &x[2], &AttentionOpts::default())
-        });
-        check(&format!("tc2 attention causal d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
-            x[0].attention(&x[1], &x[2], &AttentionOpts { causal: true, ..Default::default() })
-        });
-        let mask: Vec<i64> = (0..b * t).map(|i| if i >= t && i % t >= t - 45 { 0 } else { 1 }).collect();
-        let mask = Tensor::from_vec(mask, &[b, t]).unwrap();
-        check(&format!("tc2 attention key padding d={d}"), dev, &[&shape, &shape, &shape], false, true, |x| {
-            let m = mask.to_device(x[0].device())?;
-            x[0].attention(&x[1], &x[2], &AttentionOpts { key_padding_mask: Some(m), ..Default::default() })
-        });
+        check_attention("tc2 attention", dev, (2, 2, 300, d), 45);
         check(&format!("tc2 attention Tq != Tk d={d}"), dev, &[&[1, 3, 131, d], &[1, 3, 197, d], &[1, 3, 197, d]], false, true, |x| {
             x[0].attention(&x[1], &x[2], &AttentionOpts::default())
         });

@@ -6,6 +6,13 @@
 #include <random>
 #include "gen/attention_tc.cu"
 
+// calls the entry point NAME_d{64,128}_{bf16,f16} for the enclosing run<T, D>'s T and D
+#define TC_CALL(NAME, ...)                                                                      \
+  do {                                                                                          \
+    if constexpr (std::is_same_v<T, bf16>) { if (D == 64) NAME##_d64_bf16(__VA_ARGS__); else NAME##_d128_bf16(__VA_ARGS__); } \
+    else { if (D == 64) NAME##_d64_f16(__VA_ARGS__); else NAME##_d128_f16(__VA_ARGS__); }        \
+  } while (0)
+
 static std::mt19937 rng(4321);
 int fails = 0;
 static void check(const char* what, double err, double tol) { printf("%-44s max err %.3g %s\n", what, err, err < tol ? "ok" : "FAIL"); if (!(err < tol)) fails++; }
@@ -59,8 +66,7 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   size_t sm = 2 * 64 * (D + 8) * 2;
   if (sm > sizeof(smem)) { printf("smem too big\n"); exit(1); }
   launch({(unsigned)((Tq + 63) / 64), (unsigned)(B * H)}, {128}, [&] {
-    if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_fwd_tc_d64_bf16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc_d128_bf16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
-    else { if (D == 64) attention_fwd_tc_d64_f16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc_d128_f16(out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+    TC_CALL(attention_fwd_tc, out.data(), lse.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal);
   });
   // the tc2 forward (128-row blocks, 32 rows per warp, overlapped loads): same contract
   std::vector<T> out2(nq); for (auto& x : out2) x.bits = 0x7fc0;
@@ -68,8 +74,7 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   size_t sm2 = (128 + 2 * (D > 64 ? 32 : 64)) * (D + 8) * 2;
   if (sm2 > sizeof(smem)) { printf("smem too big\n"); exit(1); }
   launch({(unsigned)((Tq + 127) / 128), (unsigned)(B * H)}, {128}, [&] {
-    if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_fwd_tc2_d64_bf16(out2.data(), lse2.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc2_d128_bf16(out2.data(), lse2.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
-    else { if (D == 64) attention_fwd_tc2_d64_f16(out2.data(), lse2.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_fwd_tc2_d128_f16(out2.data(), lse2.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+    TC_CALL(attention_fwd_tc2, out2.data(), lse2.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal);
   });
   // backward: delta = rowsum(dO * O) from the kernel's own output (as attention_bwd_preprocess)
   std::vector<float> delta((size_t)B * H * Tq);
@@ -79,12 +84,10 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   size_t sm_kv = (2 * 64 + 2 * 32) * (D + 8) * 2 + 2 * 32 * 4;
   if (sm_kv > sizeof(smem)) { printf("smem too big\n"); exit(1); }
   launch({(unsigned)((Tq + 63) / 64), (unsigned)(B * H)}, {128}, [&] {
-    if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_bwd_dq_tc_d64_bf16(dq.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_dq_tc_d128_bf16(dq.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
-    else { if (D == 64) attention_bwd_dq_tc_d64_f16(dq.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_dq_tc_d128_f16(dq.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+    TC_CALL(attention_bwd_dq_tc, dq.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal);
   });
   launch({(unsigned)((Tk + 63) / 64), (unsigned)(B * H)}, {128}, [&] {
-    if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_bwd_dkdv_tc_d64_bf16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_dkdv_tc_d128_bf16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
-    else { if (D == 64) attention_bwd_dkdv_tc_d64_f16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_dkdv_tc_d128_f16(dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+    TC_CALL(attention_bwd_dkdv_tc, dk.data(), dv.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal);
   });
   // the tc2 backward: one pass over the keys, dQ through f32 atomics, then the convert kernel
   std::vector<float> dq_acc(nq, 0.f);
@@ -93,8 +96,7 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   size_t sm_tc2 = (2 * 64 + 2 * 32) * (D + 8) * 2 + 2 * 32 * 4 + 64 * 40 * 2;
   if (sm_tc2 > sizeof(smem)) { printf("smem too big\n"); exit(1); }
   launch({(unsigned)((Tk + 63) / 64), (unsigned)(B * H)}, {128}, [&] {
-    if constexpr (std::is_same_v<T, bf16>) { if (D == 64) attention_bwd_tc2_d64_bf16(dq_acc.data(), dk2.data(), dv2.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_tc2_d128_bf16(dq_acc.data(), dk2.data(), dv2.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
-    else { if (D == 64) attention_bwd_tc2_d64_f16(dq_acc.data(), dk2.data(), dv2.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); else attention_bwd_tc2_d128_f16(dq_acc.data(), dk2.data(), dv2.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal); }
+    TC_CALL(attention_bwd_tc2, dq_acc.data(), dk2.data(), dv2.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal);
   });
   launch({3}, {64}, [&] {
     if constexpr (std::is_same_v<T, bf16>) attention_bwd_dq_convert_bf16(dq2.data(), dq_acc.data(), (i64)nq, scale);

@@ -63,10 +63,6 @@ fn peak_rss_mb() -> Option<f64> {
     Some((kb / 1024.0 * 10.0).round() / 10.0)
 }
 
-/// The row dtype of a mixed-precision step (bf16 activations and GEMMs, f32 master weights and
-/// optimizer state), as scripts/torch_bench.py names its `torch.autocast(bfloat16)` rows.
-pub const BF16_MIXED: &str = "bf16-autocast";
-
 /// One training-step row to measure.
 pub struct StepSpec {
     pub op: &'static str,
@@ -126,7 +122,8 @@ pub fn rows(device: Device, quick: bool, steps: usize, gpt_batch: usize, filter:
         }
         let mut row = Row::new(spec.op, "kiln", device, spec.compute, &format!("{}x{}", spec.batch, spec.seq), false);
         if spec.compute != DType::F32 {
-            row.relabel_dtype(BF16_MIXED);
+            // mixed precision (f32 master weights), named as torch_bench.py names its autocast rows
+            row.relabel_dtype(&format!("{}-autocast", spec.compute.as_str()));
         }
         if let Err(e) = step_row(&spec, device, steps, &mut row) {
             row.status = format!("error: {e}");

@@ -33,6 +33,12 @@ pub use super::AttnKernel;
 
 /// Query rows per block of `attention_fwd_tc2`, and its key tile (by head dim).
 const TC2_ROWS: usize = 128;
+/// Dynamic shared memory of the tensor-core dK/dV pass: K, V (64 rows) and Q, dO (32 rows) tiles
+/// plus the tile's lse and delta; with `dq` (attention_bwd_tc2) also the staged dS^T [64][32 + 8].
+fn tc_dkdv_smem(head_dim: usize, dq: bool) -> u32 {
+    let base = (2 * TC_ROWS + 2 * 32) * (head_dim + 8) * 2 + 2 * 32 * 4;
+    (base + if dq { TC_ROWS * 40 * 2 } else { 0 }) as u32
+}
 fn tc2_key_tile(head_dim: usize) -> usize {
     if head_dim > 64 {
         32
@@ -56,8 +62,7 @@ impl AttentionDims {
     }
     /// The kernels for this call on a device of `arch` (e.g. "sm_90") with elements `suffix`.
     pub fn kernel(&self, arch: &str, suffix: &str) -> AttnKernel {
-        let sm: u32 = arch.trim_start_matches("sm_").trim_end_matches(|c: char| c.is_alphabetic()).parse().unwrap_or(0);
-        let eligible = matches!(suffix, "bf16" | "f16") && matches!(self.head_dim, 64 | 128) && sm >= 80;
+        let eligible = matches!(suffix, "bf16" | "f16") && matches!(self.head_dim, 64 | 128) && super::nvrtc::arch_number(arch) >= 80;
         match super::attention_kernel_override() {
             _ if !eligible => AttnKernel::Simple,
             Some(k) => k,
@@ -174,8 +179,8 @@ impl CudaBackend {
             }
             let (f, smem, rows) = if tc {
                 let f = self.function("attention_tc", &format!("attention_bwd_{pass}_tc_d{d}_{}", T::SUFFIX))?;
-                let smem = if pass == "dq" { 2 * TC_ROWS * (d + 8) * 2 } else { (2 * 64 + 2 * 32) * (d + 8) * 2 + 2 * 32 * 4 };
-                (f, smem as u32, TC_ROWS)
+                let smem = if pass == "dq" { (2 * TC_ROWS * (d + 8) * 2) as u32 } else { tc_dkdv_smem(d, false) };
+                (f, smem, TC_ROWS)
             } else {
                 (self.function("attention", &format!("attention_bwd_{pass}_{}", T::SUFFIX))?, ((16 * d + 64 * (d + 1)) * 4) as u32, BWD_ROWS)
             };
@@ -214,7 +219,7 @@ impl CudaBackend {
         let mut acc = self.alloc_zeros::<f32>(n.max(1))?;
         if dims.kv_len > 0 {
             let f = self.function("attention_tc", &format!("attention_bwd_tc2_d{d}_{}", T::SUFFIX))?;
-            let smem = ((2 * TC_ROWS + 2 * 32) * (d + 8) * 2 + 2 * 32 * 4 + TC_ROWS * 40 * 2) as u32;
+            let smem = tc_dkdv_smem(d, true);
             allow_smem(&f, smem)?;
             let mut b = self.stream().launch_builder(&f);
             b.arg(&mut *acc).arg(&mut *dk).arg(&mut *dv).arg(lse).arg(delta).arg(q).arg(k).arg(v).arg(dout);
@@ -263,5 +268,8 @@ mod tests {
         force_attention_kernel(None);
         assert_eq!(pick(64, "sm_90", "f16"), AttnKernel::TensorCore);
         assert_eq!((tc2_key_tile(64), tc2_key_tile(128)), (64, 32));
+        // the sizes in attention_tc.cu's header: 27.9 / 52.5 KB, and 33 / 57.6 KB with the dS^T tile
+        assert_eq!([tc_dkdv_smem(64, false), tc_dkdv_smem(128, false)], [27_904, 52_480]);
+        assert_eq!([tc_dkdv_smem(64, true), tc_dkdv_smem(128, true)], [33_024, 57_600]);
     }
 }

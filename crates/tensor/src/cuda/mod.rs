@@ -298,10 +298,7 @@ mod tests {
         assert!(check_device(Device::Cuda(n)).is_err());
         let _ = nvrtc_available();
     }
-}
 
-#[cfg(test)]
-mod tf32_tests {
     #[test]
     fn tf32_follows_the_environment_then_the_thread() {
         let env_on = std::env::var("KILN_TF32").is_ok_and(|v| v == "1");

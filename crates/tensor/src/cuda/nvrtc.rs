@@ -96,6 +96,12 @@ pub fn validate_arch(arch: &str) -> Result<()> {
     }
 }
 
+/// The compute capability of an architecture name as a number: `sm_90a` → 90, `compute_80` → 80;
+/// 0 when there is none.
+pub fn arch_number(arch: &str) -> u32 {
+    arch.trim_start_matches(|c: char| !c.is_ascii_digit()).trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0)
+}
+
 /// Include directories: `KILN_CUDA_INCLUDE` (a `:`-separated list), else `<dir>/../include` for
 /// the `LD_LIBRARY_PATH` entry that holds libnvrtc, else `$CUDA_HOME/include` or
 /// `/usr/local/cuda/include`. Only existing directories are returned.
@@ -273,6 +279,11 @@ pub fn compile_source(name: &str, source: &str, options: &[String]) -> Result<(K
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arch_numbers() {
+        assert_eq!((arch_number("sm_90a"), arch_number("sm_80"), arch_number("compute_80"), arch_number("x")), (90, 80, 80, 0));
+    }
 
     #[test]
     fn arch_strings() {

@@ -128,7 +128,7 @@ pub fn cubin_report(file: &str, arch: &str, cubin: &[u8]) -> Result<Vec<KernelRe
             rows.push(KernelReport { file: file.into(), kernel: kernel.into(), arch: arch.into(), barriers, source: ReportSource::Cubin, ..Default::default() });
         }
     }
-    let reserved = if arch_number(arch) >= 90 { 1024 } else { 0 };
+    let reserved = if nvrtc::arch_number(arch) >= 90 { 1024 } else { 0 };
     for sec in elf.sections() {
         let name = sec.name().map_err(|e| cubin_err(file, &e.to_string()))?;
         if let Some(r) = name.strip_prefix(".nv.shared.").and_then(|k| rows.iter_mut().find(|r| r.kernel == k)) {
@@ -156,11 +156,6 @@ pub fn cubin_report(file: &str, arch: &str, cubin: &[u8]) -> Result<Vec<KernelRe
         return Err(cubin_err(file, &format!("no register count for {}", r.kernel)));
     }
     Ok(rows)
-}
-
-/// `sm_90a` → 90; `compute_80` → 80; 0 when unknown.
-fn arch_number(arch: &str) -> u32 {
-    arch.trim_start_matches(|c: char| !c.is_ascii_digit()).trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0)
 }
 
 /// Compiles every kernel file for `arch` (through the disk cache) and returns one report per
@@ -250,7 +245,6 @@ ptxas info    : Used 21 registers, used 1 barriers, 128 bytes smem, 400 bytes cm
         assert!(e.contains("truncated"), "{e}");
         let recs = nv_info_records("gelu", &[EIFMT_SVAL, EIATTR_REGCOUNT, 2, 0, 7, 9, 0x02, EIATTR_NUM_BARRIERS, 1, 0]).unwrap();
         assert_eq!(recs, vec![(EIATTR_REGCOUNT, &[7u8, 9][..]), (EIATTR_NUM_BARRIERS, &[1u8, 0][..])]);
-        assert_eq!((arch_number("sm_90a"), arch_number("compute_80"), arch_number("x")), (90, 80, 0));
     }
 
     #[test]
