@@ -31,6 +31,7 @@
 //   Each output element is written by exactly one block (no atomics): deterministic.
 #include "common.cuh"
 #include "tensor_core.cuh"
+#include "attention_tile.cuh"
 
 #define TC_WARPS 4
 #define TC_BQ 64  // query rows per block (16 per warp)
@@ -48,11 +49,6 @@ __device__ __forceinline__ void tc_load_tile(T* dst, const T* src, int row0, int
         cp_async16(dst + r * LDS + ch * 8, src + (ok ? (i64)g * D + ch * 8 : 0), ok);
     }
     cp_async_commit();
-}
-
-// Key j visible to query i (both in range): the same rule as attention.cu.
-__device__ __forceinline__ bool tc_visible(const float* key_mask, int b, int Tq, int Tk, int i, int j, int causal) {
-    return i < Tq && j < Tk && (!causal || j <= i) && (key_mask == nullptr || key_mask[(i64)b * Tk + j] != 0.f);
 }
 
 template <typename T, int D>
@@ -112,45 +108,8 @@ __device__ void attention_fwd_tc(T* out, float* lse, const T* q, const T* k, con
             }
         }
 
-        // mask, scale to base 2, row maxima (a row's 64 values live in the 4 threads of a quad)
-        float mx[2] = {-KILN_INF, -KILN_INF};
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int j = k0 + t * 8 + 2 * c + (e & 1), i = i0 + (e >> 1) * 8;
-                s[t][e] = tc_visible(key_mask, b, Tq, Tk, i, j, causal) ? s[t][e] * sl2 : -KILN_INF;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[t][e]);
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
-        }
-        // online softmax update; a row that has seen nothing keeps m = -inf and uses 0 as its base
-        float base[2], alpha[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mn = fmaxf(m[r], mx[r]);
-            base[r] = mn == -KILN_INF ? 0.f : mn;
-            alpha[r] = exp2f(m[r] - base[r]);  // 0 when m was -inf
-            m[r] = mn;
-            l[r] *= alpha[r];
-        }
-#pragma unroll
-        for (int t = 0; t < DT; ++t) {
-            o[t][0] *= alpha[0]; o[t][1] *= alpha[0];
-            o[t][2] *= alpha[1]; o[t][3] *= alpha[1];
-        }
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[t][e] = exp2f(s[t][e] - base[e >> 1]);
-                l[e >> 1] += s[t][e];
-            }
-        }
+        // mask, scale to base 2, online softmax (a row's 64 values live in the 4 threads of a quad)
+        tc_softmax_step<NT, DT>(s, o, m, l, true, key_mask, b, Tq, Tk, i0, k0, c, causal, sl2);
 
         // O += P V: P (16 x 64) from the S registers, V (64 x D) through ldmatrix.trans
 #pragma unroll
@@ -168,24 +127,7 @@ __device__ void attention_fwd_tc(T* out, float* lse, const T* q, const T* k, con
     }
 
     // finish: full row sums across the quad, normalise, store
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 1);
-        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 2);
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        int i = i0 + r * 8;
-        if (i >= Tq) continue;
-        float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-        T* orow = out + ((i64)bh * Tq + i) * D;
-#pragma unroll
-        for (int t = 0; t < DT; ++t) {
-            u32 pr = pack2(o[t][2 * r] * inv, o[t][2 * r + 1] * inv, T{});
-            *reinterpret_cast<u32*>(orow + t * 8 + 2 * c) = pr;
-        }
-        if (c == 0) lse[(i64)bh * Tq + i] = l[r] > 0.f ? (m[r] + log2f(l[r])) * 0.6931471805599453f : -KILN_INF;
-    }
+    tc_store_rows<T, D>(out, lse, o, m, l, bh, Tq, i0, c);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,44 +224,8 @@ __device__ void attention_fwd_tc2(T* out, float* lse, const T* q, const T* k, co
             // scale to base 2 (masking only where a tile needs it), then the online softmax
             const bool need_mask = key_mask != nullptr || k0 + TC2_BK > Tk || (causal && k0 + TC2_BK - 1 > r0);
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                const int i0 = r0 + mt * 16 + g;
-                float mx[2] = {-KILN_INF, -KILN_INF};
-#pragma unroll
-                for (int t = 0; t < NT; ++t) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        float x = s[mt][t][e] * sl2;
-                        if (need_mask && !tc_visible(key_mask, b, Tq, Tk, i0 + (e >> 1) * 8, k0 + t * 8 + 2 * c + (e & 1), causal)) x = -KILN_INF;
-                        s[mt][t][e] = x;
-                        mx[e >> 1] = fmaxf(mx[e >> 1], x);
-                    }
-                }
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
-                    float mn = fmaxf(m[mt][r], mx[r]);
-                    float base = mn == -KILN_INF ? 0.f : mn;  // a row that has seen nothing stays at -inf
-                    float alpha = exp2f(m[mt][r] - base);      // 0 when m was -inf
-                    m[mt][r] = mn;
-                    l[mt][r] *= alpha;
-                    mx[r] = base;
-#pragma unroll
-                    for (int t = 0; t < DT; ++t) {
-                        o[mt][t][2 * r] *= alpha;
-                        o[mt][t][2 * r + 1] *= alpha;
-                    }
-                }
-#pragma unroll
-                for (int t = 0; t < NT; ++t) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        s[mt][t][e] = exp2f(s[mt][t][e] - mx[e >> 1]);
-                        l[mt][e >> 1] += s[mt][t][e];
-                    }
-                }
-            }
+            for (int mt = 0; mt < MT; ++mt)
+                tc_softmax_step<NT, DT>(s[mt], o[mt], m[mt], l[mt], need_mask, key_mask, b, Tq, Tk, r0 + mt * 16 + g, k0, c, causal, sl2);
         }
         cp_async_wait_all();  // this thread's part of the V tile landed
         __syncthreads();      // ... every thread's; and every warp is done with the K tile
@@ -353,22 +259,7 @@ __device__ void attention_fwd_tc2(T* out, float* lse, const T* q, const T* k, co
 
     // finish: full row sums across the quad, normalise, store
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float lr = l[mt][r];
-            lr += __shfl_xor_sync(FULL_MASK, lr, 1);
-            lr += __shfl_xor_sync(FULL_MASK, lr, 2);
-            const int i = r0 + mt * 16 + g + r * 8;
-            if (i >= Tq) continue;
-            float inv = lr > 0.f ? 1.f / lr : 0.f;
-            T* orow = out + ((i64)bh * Tq + i) * D;
-#pragma unroll
-            for (int t = 0; t < DT; ++t)
-                *reinterpret_cast<u32*>(orow + t * 8 + 2 * c) = pack2(o[mt][t][2 * r] * inv, o[mt][t][2 * r + 1] * inv, T{});
-            if (c == 0) lse[(i64)bh * Tq + i] = lr > 0.f ? (m[mt][r] + log2f(lr)) * 0.6931471805599453f : -KILN_INF;
-        }
-    }
+    for (int mt = 0; mt < MT; ++mt) tc_store_rows<T, D>(out, lse, o[mt], m[mt], l[mt], bh, Tq, r0 + mt * 16 + g, c);
 }
 
 #include "attention_tc_bwd.cuh"

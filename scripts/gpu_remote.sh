@@ -152,10 +152,10 @@ stage_attn() {
 }
 
 # What issue 6 needs measured next (written 2026-11-30 without a GPU), in two commands of < 10 min:
-# `issue6` (~5 min): the kernel report on the system NVRTC, the attention GPU tests (tc and the
-# opt-in tc2 kernels), the attention sweep with tc and with tc2 beside SDPA flash; `issue6_train`:
-# the GPT-2 124M / BERT-base bf16 training steps beside PyTorch (autocast, eager and
-# torch.compile), then racecheck of the tc2 test.
+# `issue6` (~6 min): the kernel report on the system NVRTC, the attention GPU tests (tc and the
+# opt-in tc2 and wgmma kernels), the attention sweep with tc, tc2 and wg beside SDPA flash;
+# `issue6_train`: the GPT-2 124M / BERT-base bf16 training steps beside PyTorch (autocast, eager
+# and torch.compile), then racecheck of the tc2 test and memcheck + racecheck of the wgmma test.
 stage_issue6() {
   { cat "$WORK/BUILD_INFO"; date -u; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; ldd "$KILN"; } >"$LOG/env.log" 2>&1
   step nvidia-smi 30 nvidia-smi
@@ -163,12 +163,14 @@ stage_issue6() {
   step gpu_ops 150 "$T/gpu_ops" --test-threads=1 --nocapture
   step kiln_attn_tc 100 "$KILN" bench --device cuda --json --op attention --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_tc.jsonl"
   step kiln_attn_tc2 100 "$KILN" bench --device cuda --json --op attention --attn-kernel tc2 --variant cuda --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_tc2.jsonl"
+  step kiln_attn_wg 100 "$KILN" bench --device cuda --json --op attention --attn-kernel wg --variant cuda --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_wg.jsonl"
   step torch_attn 90 python3 "$WORK/torch_bench.py" --device cuda --json --target-s 0.03 --min-iters 5 --op attention_fwd,attention_bwd,attention_fwd_bwd --out "$LOG/torch_attn.jsonl"
   step compare_tc 20 "$KILN" bench --from "$LOG/kiln_attn_tc.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/tc"
   step compare_tc2 20 "$KILN" bench --from "$LOG/kiln_attn_tc2.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/tc2"
+  step compare_wg 20 "$KILN" bench --from "$LOG/kiln_attn_wg.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/wg"
 }
 
-# The second half (~5 min): issue 6's training steps beside PyTorch, then racecheck of tc2.
+# The second half (~6 min): issue 6's training steps beside PyTorch, then the sanitizers on tc2 / wg.
 stage_issue6_train() {
   step kiln_train_steps 120 "$KILN" bench --device cuda --json --op train_step --train-steps 5 --out "$LOG/kiln_train.jsonl"
   step torch_train_steps 150 python3 "$WORK/torch_bench.py" --device cuda --json --train-iters 5 --op train_step_gpt,train_step_bert --out "$LOG/torch_train.jsonl"
@@ -176,6 +178,8 @@ stage_issue6_train() {
   step compare_train 20 "$KILN" bench --from "$LOG/kiln_train.jsonl" --compare "$LOG/torch_train_compiled.jsonl"
   local cs; cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
   step racecheck_tc2 150 "$cs" --tool racecheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 attention_tc2
+  step memcheck_wg 90 "$cs" --tool memcheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 attention_wgmma
+  step racecheck_wg 120 "$cs" --tool racecheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 attention_wgmma
 }
 
 case "$STAGE_NAME" in

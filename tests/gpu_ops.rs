@@ -247,6 +247,26 @@ gpu_test!(attention_tc2, |dev| {
     force_attention_kernel(None);
 });
 
+// attention_fwd_wg (opt-in wgmma forward, sm_90a: 2 warpgroups x 64 rows, 128-key tiles in two
+// stages) with tc's backward: several blocks and key tiles, causal skips, partial tiles, padding,
+// Tq != Tk. Other GPUs have no wgmma: the test says so and checks that a request runs tc there.
+gpu_test!(attention_wgmma, |dev| {
+    use kiln::tensor::cuda::{device_arch, force_attention_kernel, nvrtc::arch_number, AttnKernel};
+    let arch = device_arch(dev).unwrap();
+    force_attention_kernel(Some(AttnKernel::Wgmma));
+    if arch_number(&arch) != 90 {
+        println!("SKIPPED attention_wgmma: the wgmma kernel needs an sm_90 GPU, this one is {arch} (its requests run tc)");
+    } else {
+        for d in [64usize, 128] {
+            check_attention("wg attention", dev, (2, 2, 300, d), 45);
+            check(&format!("wg attention Tq != Tk d={d}"), dev, &[&[1, 3, 131, d], &[1, 3, 397, d], &[1, 3, 397, d]], false, true, |x| {
+                x[0].attention(&x[1], &x[2], &AttentionOpts::default())
+            });
+        }
+    }
+    force_attention_kernel(None);
+});
+
 // f32 matmul is strict FP32 unless TF32 is allowed: strict matches an f64 product to ~1e-6, TF32
 // (inputs rounded to 10 mantissa bits) is visibly less exact yet within TF32's tolerance.
 gpu_test!(matmul_tf32_is_opt_in, |dev| {

@@ -37,6 +37,8 @@ const FLOAT_KERNELS: &[(&str, &[&str], &[&str])] = &[
     ("attention", &["attention_fwd", "attention_bwd_preprocess", "attention_bwd_dq", "attention_bwd_dkdv"], ALL),
     // tensor cores take 16-bit inputs only
     ("attention_tc", &["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_tc2_d64", "attention_bwd_tc2_d128", "attention_bwd_dq_convert", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128"], HALF),
+    // sm_90a only (wgmma): compiled in the sm_90 pass as sm_90a, left out of the sm_80 pass
+    ("attention_wgmma", &["attention_fwd_wg_d64", "attention_fwd_wg_d128"], HALF),
     ("copy", &["copy", "copy_to_strided"], ALL),
     ("cross_entropy", &["cross_entropy_fwd", "cross_entropy_bwd"], ALL),
     ("dropout", &["dropout_fwd", "dropout_bwd"], ALL),
@@ -66,6 +68,7 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
                     s.spawn(move || {
                         kernels::KERNEL_FILES
                             .iter()
+                            .filter(|f| f.target(arch).is_some())
                             .skip(half)
                             .step_by(2)
                             .map(|f| (f.stem, nvrtc::compile_cached_in(f.stem, arch, cache)))
@@ -77,8 +80,15 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
             handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
         });
         let mut rows = Vec::new();
+        let stems: Vec<&str> = compiled.iter().map(|(s, _)| *s).collect();
+        assert_eq!(stems.contains(&"attention_wgmma"), arch == "sm_90", "the wgmma file is built for sm_90 only: {stems:?}");
         for (stem, c) in compiled {
             let c = c.unwrap_or_else(|e| panic!("kernels/{stem}.cu does not compile for {arch}: {e}"));
+            let want_arch = if stem == "attention_wgmma" { "sm_90a" } else { arch };
+            assert_eq!(c.arch, want_arch, "{stem}");
+            // ptxas serializes wgmma (waits after every one) when it cannot keep the accumulators in
+            // registers across the asynchronous window; that costs most of the speed, so it fails here
+            assert!(!c.log.contains("serialized"), "{stem} for {arch}: ptxas serialized wgmma:\n{}", c.log);
             assert!(!c.from_cache, "{stem}: a fresh cache directory cannot hit");
             match &c.image {
                 nvrtc::KernelImage::Cubin(b) => assert!(b.starts_with(b"\x7fELF"), "{stem}: not an ELF cubin"),
@@ -179,4 +189,33 @@ fn assert_cubin_metadata_agrees(stem: &str, arch: &str, c: &nvrtc::CompiledKerne
         let want = (&l.kernel, l.registers, l.barriers, l.stack, l.smem);
         assert_eq!(got, want, "{stem}.cu {arch}: (kernel, registers, barriers, stack, smem) from the CUBIN vs the log");
     }
+}
+
+/// The "serialized" check of the test above can fire: a kernel that writes an accumulator while
+/// its wgmma is in flight makes ptxas serialize the wgmma and say so in the log.
+#[test]
+fn ptxas_reports_serialized_wgmma() {
+    if !nvrtc_or_skip("ptxas_reports_serialized_wgmma") {
+        return;
+    }
+    let src = r#"
+#include "wgmma.cuh"
+extern "C" __global__ void racy(float* out, int n) {
+    extern __shared__ float smem[];
+    float d[32];
+    for (int i = 0; i < 32; ++i) d[i] = 0.f;
+    u32 a[4] = {1u, 2u, 3u, 4u};
+    for (int it = 0; it < n; ++it) {
+        wgmma_fence();
+        wg_mma_rs_tb(d, a, wg_desc(smem, 128, 128), 1, bf16{});
+        wgmma_commit();
+        d[0] += 1.f;  // an accumulator written while the MMA is in flight
+        wgmma_wait<0>();
+    }
+    for (int i = 0; i < 32; ++i) out[threadIdx.x * 32 + i] = d[i];
+}
+"#;
+    let (_, log) = nvrtc::compile_source("racy.cu", src, &nvrtc::compile_options("sm_90a")).unwrap();
+    assert!(log.contains("serialized"), "ptxas did not report serialized wgmma:\n{log}");
+    println!("{}", log.lines().find(|l| l.contains("serialized")).unwrap_or_default());
 }

@@ -1,10 +1,12 @@
-// CPU emulation test of kernels/attention_tc.cu (tensor-core forward and backward, bf16 and f16) against a
+// CPU emulation test of kernels/attention_tc.cu (tensor-core forward and backward, bf16 and f16) and of
+// kernels/attention_wgmma.cu (the sm_90a wgmma forward, under emu_wgmma.h) against a
 // double-precision attention on the same 16-bit-rounded inputs, with odd Tq / Tk, causal (Tq != Tk)
 // and key-padding masks (one batch fully masked). Run with kernels/emu/run.sh.
 #include "emu.h"
 #include <cstdio>
 #include <random>
 #include "gen/attention_tc.cu"
+#include "gen/attention_wgmma.cu"
 
 // calls the entry point NAME_d{64,128}_{bf16,f16} for the enclosing run<T, D>'s T and D
 #define TC_CALL(NAME, ...)                                                                      \
@@ -76,6 +78,14 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   launch({(unsigned)((Tq + 127) / 128), (unsigned)(B * H)}, {128}, [&] {
     TC_CALL(attention_fwd_tc2, out2.data(), lse2.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal);
   });
+  // the wgmma forward (sm_90a): 2 warpgroups x 64 rows, 128-key tiles double-buffered
+  std::vector<T> out3(nq); for (auto& x : out3) x.bits = 0x7fc0;
+  std::vector<float> lse3((size_t)B * H * Tq, NAN);
+  size_t sm3 = (128 + 4 * 128) * D * 2;
+  if (sm3 > sizeof(smem)) { printf("smem too big\n"); exit(1); }
+  launch({(unsigned)((Tq + 127) / 128), (unsigned)(B * H)}, {256}, [&] {
+    TC_CALL(attention_fwd_wg, out3.data(), lse3.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal);
+  });
   // backward: delta = rowsum(dO * O) from the kernel's own output (as attention_bwd_preprocess)
   std::vector<float> delta((size_t)B * H * Tq);
   for (size_t r = 0; r < delta.size(); ++r) { double acc = 0; for (int d = 0; d < D; ++d) acc += dof[r * D + d] * emu_h2f(out[r * D + d].bits, T{}); delta[r] = (float)acc; }
@@ -128,6 +138,8 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   check("  lse (rel)", el, 1e-4);
   check("  tc2 out (abs err / max |out|)", out_err(out2) / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
   check("  tc2 lse (rel)", lse_err(lse2), 1e-4);
+  check("  wg out (abs err / max |out|)", out_err(out3) / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
+  check("  wg lse (rel)", lse_err(lse3), 1e-4);
   double gt = std::is_same_v<T, bf16> ? 1e-2 : 1.5e-3;  // 16-bit P / dS / output rounding
   check("  dq (abs err / max |dq|)", rel(dq, rdq), gt);
   check("  dk (abs err / max |dk|)", rel(dk, rdk), gt);

@@ -274,6 +274,7 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
     let o3 = opts.clone();
     // on CUDA also the simple kernels of attention.cu, timed beside the tensor-core ones (the
     // choice made in the forward is kept by its backward)
+    let hopper = crate::tensor::cuda::device_arch(ctx.device).is_some_and(|a| crate::tensor::cuda::nvrtc::arch_number(&a) == 90);
     let forced = |kernel: AttnKernel| -> OpFn {
         let o = o3.clone();
         Rc::new(move |x| {
@@ -294,7 +295,12 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
         out_shape: vec![b, h, t, d],
         fused: Rc::new(move |x| x[0].attention(&x[1], &x[2], &opts)),
         composed: composed.then(|| Rc::new(move |x: &[Tensor]| attention_reference(&x[0], &x[1], &x[2], &o2)) as OpFn),
-        cuda_alternatives: vec![("cuda-simple", forced(AttnKernel::Simple)), ("cuda-tc2", forced(AttnKernel::TensorCore2))],
+        cuda_alternatives: [("cuda-simple", AttnKernel::Simple), ("cuda-tc2", AttnKernel::TensorCore2), ("cuda-wg", AttnKernel::Wgmma)]
+            .into_iter()
+            // the wgmma kernel exists on sm_90 only (elsewhere a request for it runs tc)
+            .filter(|(_, k)| *k != AttnKernel::Wgmma || hopper)
+            .map(|(name, k)| (name, forced(k)))
+            .collect(),
         check_on_cpu,
         work: Box::new(move |p| Work::Flops(fwd * if p == Pass::Fwd { 1.0 } else if p == Pass::Bwd { 2.5 } else { 3.5 })),
     };

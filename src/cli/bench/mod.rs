@@ -57,8 +57,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     pub train_steps: usize,
     /// CUDA: the attention kernels of the default `cuda` variant (and of training steps):
-    /// tc (attention_tc.cu, the default), tc2 (its 128-row forward) or simple (attention.cu).
-    #[arg(long, value_parser = ["tc", "tc2", "simple"])]
+    /// tc (attention_tc.cu, the default), tc2 (its 128-row forward), wg (attention_wgmma.cu's
+    /// wgmma forward, sm_90 only; tc elsewhere) or simple (attention.cu).
+    #[arg(long, value_parser = ["tc", "tc2", "wg", "simple"])]
     pub attn_kernel: Option<String>,
     /// CUDA: batch of the GPT-2 124M training-step row at T = 1024 (as torch_bench.py --gpt-batch).
     #[arg(long, default_value_t = 16)]
@@ -178,6 +179,7 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
     use kiln::tensor::cuda::AttnKernel;
     let attn = match a.attn_kernel.as_deref() {
         Some("tc2") => Some(AttnKernel::TensorCore2),
+        Some("wg") => Some(AttnKernel::Wgmma),
         Some("simple") => Some(AttnKernel::Simple),
         _ => None,
     };

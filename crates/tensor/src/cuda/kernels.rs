@@ -12,11 +12,32 @@ pub struct KernelFile {
     pub stem: &'static str,
     /// The CUDA C++ source text.
     pub source: &'static str,
+    /// Uses sm_90a-only instructions (wgmma): built for `sm_90a` on sm_90 devices, nowhere else.
+    pub sm90a_only: bool,
+}
+
+impl KernelFile {
+    /// The architecture this file is compiled for when the device (or `kiln kernels --arch`) is
+    /// `arch`: `arch` itself, or for an sm_90a-only file `sm_90a` / `compute_90a` when `arch` is
+    /// 9.0, and `None` (the file does not apply) for any other arch.
+    pub fn target(&self, arch: &str) -> Option<String> {
+        if !self.sm90a_only {
+            return Some(arch.to_string());
+        }
+        if super::nvrtc::arch_number(arch) != 90 {
+            return None;
+        }
+        let prefix = if arch.starts_with("compute_") { "compute" } else { "sm" };
+        Some(format!("{prefix}_90a"))
+    }
 }
 
 macro_rules! kernel_file {
     ($stem:literal) => {
-        KernelFile { stem: $stem, source: include_str!(concat!("../../../../kernels/", $stem, ".cu")) }
+        KernelFile { stem: $stem, source: include_str!(concat!("../../../../kernels/", $stem, ".cu")), sm90a_only: false }
+    };
+    ($stem:literal, sm90a) => {
+        KernelFile { stem: $stem, source: include_str!(concat!("../../../../kernels/", $stem, ".cu")), sm90a_only: true }
     };
 }
 
@@ -25,6 +46,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     kernel_file!("adamw"),
     kernel_file!("attention"),
     kernel_file!("attention_tc"),
+    kernel_file!("attention_wgmma", sm90a),
     kernel_file!("copy"),
     kernel_file!("cross_entropy"),
     kernel_file!("dropout"),
@@ -42,6 +64,8 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("attention_bwd.cuh", include_str!("../../../../kernels/attention_bwd.cuh")),
     ("tensor_core.cuh", include_str!("../../../../kernels/tensor_core.cuh")),
     ("attention_tc_bwd.cuh", include_str!("../../../../kernels/attention_tc_bwd.cuh")),
+    ("attention_tile.cuh", include_str!("../../../../kernels/attention_tile.cuh")),
+    ("wgmma.cuh", include_str!("../../../../kernels/wgmma.cuh")),
 ];
 
 /// The kernel file with this stem.
@@ -98,6 +122,21 @@ mod tests {
             assert!(f.source.contains("extern \"C\""), "{} has no entry point", f.stem);
         }
         assert!(file("gelu").is_some() && file("nope").is_none());
+    }
+
+    #[test]
+    fn sm90a_files_target_only_sm90() {
+        let wg = file("attention_wgmma").unwrap();
+        assert!(wg.sm90a_only && wg.source.contains("wgmma.cuh"));
+        assert_eq!(wg.target("sm_90").as_deref(), Some("sm_90a"));
+        assert_eq!(wg.target("sm_90a").as_deref(), Some("sm_90a"));
+        assert_eq!(wg.target("compute_90").as_deref(), Some("compute_90a"));
+        assert_eq!((wg.target("sm_80"), wg.target("sm_100")), (None, None));
+        assert_eq!(file("gelu").unwrap().target("sm_80").as_deref(), Some("sm_80"));
+        // wgmma appears only in files marked sm90a_only (elsewhere it would fail to compile for sm_80)
+        for f in KERNEL_FILES.iter().filter(|f| !f.sm90a_only) {
+            assert!(!f.source.contains("wgmma"), "{} uses wgmma but is not marked sm90a", f.stem);
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Launchers for attention.cu (the simple fused attention forward and its blockwise backward, any
 //! head dim up to 128, f32 / bf16 / f16) and attention_tc.cu (the tensor-core kernels: bf16 / f16,
 //! head dim 64 or 128, sm_80+: the default two-pass deterministic backward, and the opt-in
-//! FlashAttention-2-style `tc2` forward and single-pass backward), chosen per call by
+//! FlashAttention-2-style `tc2` forward and single-pass backward) and attention_wgmma.cu (the
+//! sm_90a wgmma forward, with tc's backward), chosen per call by
 //! [`AttentionDims::kernel`].
 //! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
 use super::device::CudaBackend;
@@ -39,6 +40,12 @@ fn tc_dkdv_smem(head_dim: usize, dq: bool) -> u32 {
     let base = (2 * TC_ROWS + 2 * 32) * (head_dim + 8) * 2 + 2 * 32 * 4;
     (base + if dq { TC_ROWS * 40 * 2 } else { 0 }) as u32
 }
+/// Query rows per block of `attention_fwd_wg` (2 warpgroups x 64), and its dynamic shared memory:
+/// the Q tile and two stages of 128-key K and V tiles, unpadded (80 KB at d 64, 160 KB at d 128).
+const WG_ROWS: usize = 128;
+fn wg_smem(head_dim: usize) -> u32 {
+    ((WG_ROWS + 4 * 128) * head_dim * 2) as u32
+}
 fn tc2_key_tile(head_dim: usize) -> usize {
     if head_dim > 64 {
         32
@@ -65,6 +72,7 @@ impl AttentionDims {
         let eligible = matches!(suffix, "bf16" | "f16") && matches!(self.head_dim, 64 | 128) && super::nvrtc::arch_number(arch) >= 80;
         match super::attention_kernel_override() {
             _ if !eligible => AttnKernel::Simple,
+            Some(AttnKernel::Wgmma) if super::nvrtc::arch_number(arch) != 90 => AttnKernel::TensorCore,
             Some(k) => k,
             None => AttnKernel::TensorCore,
         }
@@ -107,16 +115,20 @@ impl CudaBackend {
             return Ok(());
         }
         let d = dims.head_dim;
-        let (f, smem, rows) = match kernel {
+        let (f, smem, rows, threads) = match kernel {
             AttnKernel::TensorCore => {
                 let f = self.function("attention_tc", &format!("attention_fwd_tc_d{d}_{}", T::SUFFIX))?;
-                (f, (2 * TC_ROWS * (d + 8) * 2) as u32, TC_ROWS)
+                (f, (2 * TC_ROWS * (d + 8) * 2) as u32, TC_ROWS, 128)
             }
             AttnKernel::TensorCore2 => {
                 let f = self.function("attention_tc", &format!("attention_fwd_tc2_d{d}_{}", T::SUFFIX))?;
-                (f, ((TC2_ROWS + 2 * tc2_key_tile(d)) * (d + 8) * 2) as u32, TC2_ROWS)
+                (f, ((TC2_ROWS + 2 * tc2_key_tile(d)) * (d + 8) * 2) as u32, TC2_ROWS, 128)
             }
-            AttnKernel::Simple => (self.function("attention", &format!("attention_fwd_{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS),
+            AttnKernel::Wgmma => {
+                let f = self.function("attention_wgmma", &format!("attention_fwd_wg_d{d}_{}", T::SUFFIX))?;
+                (f, wg_smem(d), WG_ROWS, 256)
+            }
+            AttnKernel::Simple => (self.function("attention", &format!("attention_fwd_{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS, 128),
         };
         allow_smem(&f, smem)?;
         let [bb, hh, tq, tk, dd, causal] = dims.args();
@@ -128,7 +140,7 @@ impl CudaBackend {
         };
         b.arg(&bb).arg(&hh).arg(&tq).arg(&tk).arg(&dd).arg(&dims.scale).arg(&causal);
         let grid = (dims.q_len.div_ceil(rows) as u32, (dims.batch * dims.heads) as u32, 1);
-        unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (128, 1, 1), shared_mem_bytes: smem }) }?;
+        unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (threads, 1, 1), shared_mem_bytes: smem }) }?;
         Ok(())
     }
 
@@ -171,7 +183,8 @@ impl CudaBackend {
         if kernel == AttnKernel::TensorCore2 {
             return self.attention_bwd_tc2(dq, dk, dv, lse, &delta, q, k, v, dout, key_mask, dims);
         }
-        let tc = kernel == AttnKernel::TensorCore;
+        // the wgmma forward saves the same lse as the tc forward: its backward is tc's
+        let tc = matches!(kernel, AttnKernel::TensorCore | AttnKernel::Wgmma);
         // 2. dQ over key tiles, 3. dK / dV over query tiles
         for (pass, len) in [("dq", dims.q_len), ("dkdv", dims.kv_len)] {
             if len == 0 {
@@ -263,6 +276,14 @@ mod tests {
         assert_eq!(pick(96, "sm_90", "bf16"), AttnKernel::Simple, "tc2 where it is not eligible");
         // another thread keeps the default
         std::thread::spawn(|| assert_eq!(pick(64, "sm_90", "bf16"), AttnKernel::TensorCore)).join().unwrap();
+        // the wgmma kernel is sm_90 only: elsewhere the request runs tc
+        force_attention_kernel(Some(AttnKernel::Wgmma));
+        assert_eq!(pick(64, "sm_90", "bf16"), AttnKernel::Wgmma);
+        assert_eq!(pick(128, "sm_90a", "f16"), AttnKernel::Wgmma);
+        assert_eq!(pick(128, "sm_80", "bf16"), AttnKernel::TensorCore);
+        assert_eq!(pick(128, "sm_100", "bf16"), AttnKernel::TensorCore);
+        assert_eq!(pick(64, "sm_90", "f32"), AttnKernel::Simple);
+        assert_eq!([wg_smem(64), wg_smem(128)], [81_920, 163_840], "attention_wgmma.cu's header: 80 / 160 KB");
         force_attention_kernel(Some(AttnKernel::Simple));
         assert_eq!(pick(64, "sm_90", "f16"), AttnKernel::Simple);
         force_attention_kernel(None);

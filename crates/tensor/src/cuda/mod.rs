@@ -97,6 +97,19 @@ pub fn device_name(device: Device) -> Option<String> {
     None
 }
 
+/// The architecture kiln compiles kernels for on `device` (e.g. "sm_90"); `None` as for
+/// [`device_name`].
+pub fn device_arch(device: Device) -> Option<String> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(n) = device {
+        if n < device_count() {
+            return device::CudaBackend::get(n).ok().map(|b| b.arch().to_string());
+        }
+    }
+    let _ = device;
+    None
+}
+
 /// Peak bytes held by tensors on `device` (the caching allocator's high-water mark), or `None`
 /// for the CPU or a device that was never used.
 pub fn peak_memory_bytes(device: Device) -> Option<usize> {
@@ -124,6 +137,12 @@ pub enum AttnKernel {
     /// its last bits vary from run to run: `TensorCore` is the deterministic choice). Same
     /// eligibility. Opt in with [`force_attention_kernel`] until GPU benchmarks make it the default.
     TensorCore2,
+    /// attention_wgmma.cu: the Hopper forward on wgmma (sm_90a: 2 warpgroups x 64 rows per block,
+    /// 128-key tiles double-buffered in shared memory, S and O accumulated by warpgroup MMAs), with
+    /// the deterministic `TensorCore` backward. bf16 / f16, head dim 64 / 128, sm_90 only (on other
+    /// GPUs a request for it runs `TensorCore`). Opt in with [`force_attention_kernel`]; it has not
+    /// yet run on a GPU.
+    Wgmma,
 }
 
 thread_local! {

@@ -158,7 +158,9 @@ fn find_file(stem: &str) -> Result<&'static KernelFile> {
     })
 }
 
-/// Compiles `kernels/<stem>.cu` for `arch` (e.g. `"sm_90"`), through the disk cache.
+/// Compiles `kernels/<stem>.cu` for `arch` (e.g. `"sm_90"`), through the disk cache. A file
+/// marked sm90a-only ([`KernelFile::target`]) is compiled for `sm_90a` when `arch` is 9.0 and is an
+/// error otherwise; the result's `arch` is the target actually used.
 pub fn compile(stem: &str, arch: &str) -> Result<CompiledKernel> {
     compile_impl(stem, arch, cache_dir().as_deref())
 }
@@ -176,6 +178,10 @@ pub fn compile_cached_in(stem: &str, arch: &str, dir: &Path) -> Result<CompiledK
 fn compile_impl(stem: &str, arch: &str, cache: Option<&Path>) -> Result<CompiledKernel> {
     let file = find_file(stem)?;
     validate_arch(arch)?;
+    let target = file.target(arch).ok_or_else(|| {
+        Error::msg(format!("kernels/{stem}.cu uses Hopper-only instructions (wgmma) and is built only for sm_90 (as sm_90a), not for {arch}"))
+    })?;
+    let arch = target.as_str();
     require_nvrtc()?;
     let (major, minor) = nvrtc_version()?;
     let opts = compile_options(arch);

@@ -175,7 +175,8 @@ fn compile_all_impl(arch: &str, out_dir: Option<&Path>) -> Result<Vec<KernelRepo
     if let Some(dir) = out_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
     }
-    let compiled: Vec<_> = KERNEL_FILES.par_iter().map(|f| nvrtc::compile(f.stem, arch)).collect::<Result<_>>()?;
+    // sm90a-only files are compiled (as sm_90a) when `arch` is 9.0 and left out otherwise
+    let compiled: Vec<_> = KERNEL_FILES.par_iter().filter(|f| f.target(arch).is_some()).map(|f| nvrtc::compile(f.stem, arch)).collect::<Result<_>>()?;
     let mut rows = Vec::new();
     for c in compiled {
         if let Some(dir) = out_dir {
@@ -183,6 +184,7 @@ fn compile_all_impl(arch: &str, out_dir: Option<&Path>) -> Result<Vec<KernelRepo
                 KernelImage::Cubin(b) => ("cubin", b),
                 KernelImage::Ptx(s) => ("ptx", s.as_bytes()),
             };
+            let arch = &c.arch;
             for (name, data) in [(format!("{}.{arch}.{ext}", c.stem), bytes), (format!("{}.{arch}.log", c.stem), c.log.as_bytes())] {
                 let p = dir.join(name);
                 std::fs::write(&p, data).map_err(|e| Error::Io { path: p.display().to_string(), source: e })?;

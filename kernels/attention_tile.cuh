@@ -1,0 +1,80 @@
+// attention_tile.cuh — the per-tile pieces shared by the tensor-core attention forwards
+// (attention_tc.cu's tc2 and attention_wgmma.cu): the visibility rule and one online-softmax step
+// on a thread's accumulator fragment (the mma.m16n8 C layout, which wgmma's D layout repeats).
+#pragma once
+#include "common.cuh"
+#include "tensor_core.cuh"
+
+// Key j visible to query i (both in range): the same rule as attention.cu.
+__device__ __forceinline__ bool tc_visible(const float* key_mask, int b, int Tq, int Tk, int i, int j, int causal) {
+    return i < Tq && j < Tk && (!causal || j <= i) && (key_mask == nullptr || key_mask[(i64)b * Tk + j] != 0.f);
+}
+
+// One online-softmax step for this thread's two rows i0 and i0 + 8 (i0 = the m-tile's first row +
+// g) against the key tile starting at k0. s[t][e] holds S[i0 + 8 (e / 2)][k0 + 8 t + 2 c + e % 2];
+// a row's NT * 8 values live in the 4 threads of a quad (c = lane % 4). Scales S to base 2 (sl2 =
+// scale * log2 e), masks it where need_mask, updates the running max m and sum l, rescales the
+// output accumulator o (same row layout, DT 8-column tiles), and leaves P = exp2(s - m) in s.
+// A row that has seen nothing keeps m = -inf and uses 0 as its base, so its P and l stay 0.
+template <int NT, int DT>
+__device__ __forceinline__ void tc_softmax_step(float (&s)[NT][4], float (&o)[DT][4], float (&m)[2], float (&l)[2],
+                                                bool need_mask, const float* key_mask, int b, int Tq, int Tk,
+                                                int i0, int k0, int c, int causal, float sl2) {
+    float mx[2] = {-KILN_INF, -KILN_INF};
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            float x = s[t][e] * sl2;
+            if (need_mask && !tc_visible(key_mask, b, Tq, Tk, i0 + (e >> 1) * 8, k0 + t * 8 + 2 * c + (e & 1), causal)) x = -KILN_INF;
+            s[t][e] = x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
+        float mn = fmaxf(m[r], mx[r]);
+        float base = mn == -KILN_INF ? 0.f : mn;
+        float alpha = exp2f(m[r] - base);  // 0 when m was -inf
+        m[r] = mn;
+        l[r] *= alpha;
+        mx[r] = base;
+#pragma unroll
+        for (int t = 0; t < DT; ++t) {
+            o[t][2 * r] *= alpha;
+            o[t][2 * r + 1] *= alpha;
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            s[t][e] = exp2f(s[t][e] - mx[e >> 1]);
+            l[e >> 1] += s[t][e];
+        }
+    }
+}
+
+// The end of a forward: full row sums across the quad, O / l stored as 16-bit pairs, and the
+// natural-log logsumexp (-inf and O = 0 for a row that saw no key). Rows i0 and i0 + 8; o as in
+// tc_softmax_step.
+template <typename T, int D>
+__device__ __forceinline__ void tc_store_rows(T* out, float* lse, const float (&o)[D / 8][4], const float (&m)[2],
+                                              const float (&l)[2], i64 bh, int Tq, int i0, int c) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float lr = l[r];
+        lr += __shfl_xor_sync(FULL_MASK, lr, 1);
+        lr += __shfl_xor_sync(FULL_MASK, lr, 2);
+        const int i = i0 + r * 8;
+        if (i >= Tq) continue;
+        float inv = lr > 0.f ? 1.f / lr : 0.f;
+        T* orow = out + (bh * Tq + i) * D;
+#pragma unroll
+        for (int t = 0; t < D / 8; ++t)
+            *reinterpret_cast<u32*>(orow + t * 8 + 2 * c) = pack2(o[t][2 * r] * inv, o[t][2 * r + 1] * inv, T{});
+        if (c == 0) lse[bh * Tq + i] = lr > 0.f ? (m[r] + log2f(lr)) * 0.6931471805599453f : -KILN_INF;
+    }
+}
