@@ -13,13 +13,14 @@ __device__ __forceinline__ bool tc_visible(const float* key_mask, int b, int Tq,
 // One online-softmax step for this thread's two rows i0 and i0 + 8 (i0 = the m-tile's first row +
 // g) against the key tile starting at k0. s[t][e] holds S[i0 + 8 (e / 2)][k0 + 8 t + 2 c + e % 2];
 // a row's NT * 8 values live in the 4 threads of a quad (c = lane % 4). Scales S to base 2 (sl2 =
-// scale * log2 e), masks it where need_mask, updates the running max m and sum l, rescales the
-// output accumulator o (same row layout, DT 8-column tiles), and leaves P = exp2(s - m) in s.
-// A row that has seen nothing keeps m = -inf and uses 0 as its base, so its P and l stay 0.
-template <int NT, int DT>
-__device__ __forceinline__ void tc_softmax_step(float (&s)[NT][4], float (&o)[DT][4], float (&m)[2], float (&l)[2],
-                                                bool need_mask, const float* key_mask, int b, int Tq, int Tk,
-                                                int i0, int k0, int c, int causal, float sl2) {
+// scale * log2 e), masks it where need_mask, updates the running max m and sum l, leaves
+// P = exp2(s - m) in s and the factor alpha[r] the row's output accumulator must be scaled by
+// (tc_rescale). A row that has seen nothing keeps m = -inf and uses 0 as its base, so its P and l
+// stay 0.
+template <int NT>
+__device__ __forceinline__ void tc_softmax_stats(float (&s)[NT][4], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                                 bool need_mask, const float* key_mask, int b, int Tq, int Tk,
+                                                 int i0, int k0, int c, int causal, float sl2) {
     float mx[2] = {-KILN_INF, -KILN_INF};
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
@@ -37,15 +38,10 @@ __device__ __forceinline__ void tc_softmax_step(float (&s)[NT][4], float (&o)[DT
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
         float mn = fmaxf(m[r], mx[r]);
         float base = mn == -KILN_INF ? 0.f : mn;
-        float alpha = exp2f(m[r] - base);  // 0 when m was -inf
+        alpha[r] = exp2f(m[r] - base);  // 0 when m was -inf
         m[r] = mn;
-        l[r] *= alpha;
+        l[r] *= alpha[r];
         mx[r] = base;
-#pragma unroll
-        for (int t = 0; t < DT; ++t) {
-            o[t][2 * r] *= alpha;
-            o[t][2 * r + 1] *= alpha;
-        }
     }
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
@@ -54,6 +50,41 @@ __device__ __forceinline__ void tc_softmax_step(float (&s)[NT][4], float (&o)[DT
             s[t][e] = exp2f(s[t][e] - mx[e >> 1]);
             l[e >> 1] += s[t][e];
         }
+    }
+}
+
+// o[t][e] (rows as in tc_softmax_stats) *= alpha of its row.
+template <int DT>
+__device__ __forceinline__ void tc_rescale(float (&o)[DT][4], const float (&alpha)[2]) {
+#pragma unroll
+    for (int t = 0; t < DT; ++t) {
+        o[t][0] *= alpha[0];
+        o[t][1] *= alpha[0];
+        o[t][2] *= alpha[1];
+        o[t][3] *= alpha[1];
+    }
+}
+
+// tc_softmax_stats, then the output accumulator o (DT 8-column tiles) rescaled.
+template <int NT, int DT>
+__device__ __forceinline__ void tc_softmax_step(float (&s)[NT][4], float (&o)[DT][4], float (&m)[2], float (&l)[2],
+                                                bool need_mask, const float* key_mask, int b, int Tq, int Tk,
+                                                int i0, int k0, int c, int causal, float sl2) {
+    float alpha[2];
+    tc_softmax_stats<NT>(s, m, l, alpha, need_mask, key_mask, b, Tq, Tk, i0, k0, c, causal, sl2);
+    tc_rescale<DT>(o, alpha);
+}
+
+// P (16 x 16 per k-step kk, from the S accumulators of n-tiles 2kk and 2kk + 1) as the A
+// fragments of mma.m16n8k16 / wgmma (rows g, g + 8; columns 2c.., 2c + 8..), 16-bit.
+template <typename T, int NT>
+__device__ __forceinline__ void tc_pack_p(u32 (&pf)[NT / 2][4], const float (&s)[NT][4]) {
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; ++kk) {
+        pf[kk][0] = pack2(s[2 * kk][0], s[2 * kk][1], T{});
+        pf[kk][1] = pack2(s[2 * kk][2], s[2 * kk][3], T{});
+        pf[kk][2] = pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T{});
+        pf[kk][3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T{});
     }
 }
 

@@ -46,14 +46,24 @@ __device__ __forceinline__ void wg_load_tile(T* dst, const T* src, int row0, int
     }
 }
 
-template <typename T, int D, int BK>
+// OVERLAP (FlashAttention-3's intra-warpgroup overlap): tile j's S = Q K_j^T and the previous
+// tile's O += P V run on the tensor cores together, and the softmax of tile j runs while P V is
+// still computing; O is rescaled after P V completes. V runs one tile behind K, and P is held for
+// one tile. Without OVERLAP each tile runs S, softmax, P V in turn.
+// No wgmma sits under a condition that ptxas cannot prove uniform (it would serialize them, which
+// tests/kernels_compile.rs rejects): with 128-key tiles and 128-row blocks every tile a causal
+// block visits holds keys that both warpgroups see (the last one starts at or before q0), so there
+// are no per-warpgroup skips, and the only branches around wgmma depend on Tk and blockIdx.
+template <typename T, int D, int BK, bool OVERLAP>
 __device__ void attention_fwd_wg(T* out, float* lse, const T* q, const T* k, const T* v, const float* key_mask,
                                  int B, int H, int Tq, int Tk, float scale, int causal) {
+    static_assert(BK == WG_BQ, "the causal schedule above needs key tiles as long as the block");
     constexpr int NT = BK / 8, DT = D / 8, KS = D / 16, PK = BK / 16, TILE = BK * D;
     constexpr u32 ROW_LBO = 128, ROW_SBO = 16 * D;  // K-major [rows, D] tile: k along D
     extern __shared__ float smem[];
     T* sQ = reinterpret_cast<T*>(smem);  // [128][D]
-    T* sKV = sQ + WG_BQ * D;              // stage s: K at sKV + 2 s TILE, V after it
+    T* sK = sQ + WG_BQ * D;               // two stages of [BK][D]
+    T* sV = sK + 2 * TILE;                // two stages of [BK][D]
     const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int bh = blockIdx.y, b = bh / H;
     const int qblk = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
@@ -61,76 +71,127 @@ __device__ void attention_fwd_wg(T* out, float* lse, const T* q, const T* k, con
     const T* kb = k + (i64)bh * Tk * D;
     const T* vb = v + (i64)bh * Tk * D;
     const float sl2 = scale * 1.4426950408889634f;
-
-    wg_load_tile<T, D, WG_BQ>(sQ, q + (i64)bh * Tq * D, q0, Tq);
-    wg_load_tile<T, D, BK>(sKV, kb, 0, Tk);
-    wg_load_tile<T, D, BK>(sKV + TILE, vb, 0, Tk);
-    cp_async_commit();
-
-    float m[2] = {-KILN_INF, -KILN_INF}, l[2] = {0.f, 0.f}, o[DT][4];
-#pragma unroll
-    for (int t = 0; t < DT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
-
     const int k_end = causal ? min(Tk, q0 + WG_BQ) : Tk;
     const int tiles = (k_end + BK - 1) / BK;
-    for (int j = 0; j < tiles; ++j) {
-        const int k0 = j * BK;
-        const T* sK = sKV + (j & 1) * 2 * TILE;
-        const T* sV = sK + TILE;
-        cp_async_wait_all();       // this thread's copies of tile j (and Q) landed ...
-        fence_proxy_async_smem();  // ... and are visible to wgmma's operand reads ...
-        __syncthreads();           // ... for every thread; every warpgroup is done with tile j - 1
-        if (j + 1 < tiles) {       // tile j + 1 streams in while tile j is computed
-            T* nK = sKV + ((j + 1) & 1) * 2 * TILE;
-            wg_load_tile<T, D, BK>(nK, kb, k0 + BK, Tk);
-            wg_load_tile<T, D, BK>(nK + TILE, vb, k0 + BK, Tk);
-            cp_async_commit();
-        }
-        if (causal && k0 > r0 + 63) continue;  // no row of this warpgroup sees this tile (uniform)
 
-        // S = Q K^T (64 x BK per warpgroup), operands from shared memory
-        float s[NT][4];
+    float m[2] = {-KILN_INF, -KILN_INF}, l[2] = {0.f, 0.f}, o[DT][4], s[NT][4], alpha[2];
+    u32 pf[PK][4];
+#pragma unroll
+    for (int t = 0; t < DT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+    // the accumulators as wgmma sees them: 64 x N per warpgroup, N / 2 registers per thread
+    float(&s_acc)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(s);
+    float(&o_acc)[DT * 4] = reinterpret_cast<float(&)[DT * 4]>(o);
+    // S = Q K_j^T, operands from shared memory (committed by the caller)
+    auto issue_s = [&](int j) {
+        const T* kt = sK + (j & 1) * TILE;
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks)
-            wg_mma_ss(reinterpret_cast<float(&)[NT * 4]>(s), wg_desc(sQ + wg_tile_offset<D>(64 * wg, 16 * ks), ROW_LBO, ROW_SBO),
-                      wg_desc(sK + wg_tile_offset<D>(0, 16 * ks), ROW_LBO, ROW_SBO), ks > 0, T{});
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operand(reinterpret_cast<float(&)[NT * 4]>(s));
-
-        const bool need_mask = key_mask != nullptr || k0 + BK > Tk || (causal && k0 + BK - 1 > r0);
-        tc_softmax_step<NT, DT>(s, o, m, l, need_mask, key_mask, b, Tq, Tk, r0 + 16 * warp + g, k0, c, causal, sl2);
-
-        // O += P V: P (64 x BK) from the S registers as 16-bit A fragments, V [BK, D] MN-major
-        u32 pf[PK][4];
-#pragma unroll
-        for (int kk = 0; kk < PK; ++kk) {
-            pf[kk][0] = pack2(s[2 * kk][0], s[2 * kk][1], T{});
-            pf[kk][1] = pack2(s[2 * kk][2], s[2 * kk][3], T{});
-            pf[kk][2] = pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T{});
-            pf[kk][3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T{});
-        }
-        wgmma_fence_operand(reinterpret_cast<float(&)[DT * 4]>(o));
+            wg_mma_ss(s_acc, wg_desc(sQ + wg_tile_offset<D>(64 * wg, 16 * ks), ROW_LBO, ROW_SBO),
+                      wg_desc(kt + wg_tile_offset<D>(0, 16 * ks), ROW_LBO, ROW_SBO), ks > 0, T{});
+    };
+    // O += P V_j: P (64 x BK) as 16-bit A fragments from registers, V [BK, D] MN-major
+    auto issue_pv = [&](int j) {
+        const T* vt = sV + (j & 1) * TILE;
+        wgmma_fence_operand(o_acc);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < PK; ++kk)
-            wg_mma_rs_tb(reinterpret_cast<float(&)[DT * 4]>(o), pf[kk], wg_desc(sV + wg_tile_offset<D>(16 * kk, 0), ROW_SBO, ROW_LBO), 1, T{});
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_fence_operand(reinterpret_cast<float(&)[DT * 4]>(o));
+            wg_mma_rs_tb(o_acc, pf[kk], wg_desc(vt + wg_tile_offset<D>(16 * kk, 0), ROW_SBO, ROW_LBO), 1, T{});
+    };
+    auto softmax = [&](int j) {  // P_j = exp2(S - m) in s, m / l updated, alpha for O
+        const int k0 = j * BK;
+        const bool need_mask = key_mask != nullptr || k0 + BK > Tk || (causal && k0 + BK - 1 > r0);
+        tc_softmax_stats<NT>(s, m, l, alpha, need_mask, key_mask, b, Tq, Tk, r0 + 16 * warp + g, k0, c, causal, sl2);
+    };
+    // Waits for this thread's copies, makes them visible to wgmma's operand reads, and for every
+    // thread (the barrier also says every warpgroup is done with the previous step's buffers).
+    auto tiles_landed = [&]() {
+        cp_async_wait_all();
+        fence_proxy_async_smem();
+        __syncthreads();
+    };
+    // stage (j & 1) of K / V <- tile j, if it exists
+    auto load_k = [&](int j) { if (j < tiles) wg_load_tile<T, D, BK>(sK + (j & 1) * TILE, kb, j * BK, Tk); };
+    auto load_v = [&](int j) { if (j < tiles) wg_load_tile<T, D, BK>(sV + (j & 1) * TILE, vb, j * BK, Tk); };
+
+    wg_load_tile<T, D, WG_BQ>(sQ, q + (i64)bh * Tq * D, q0, Tq);
+    load_k(0);
+    if (!OVERLAP) load_v(0);
+    cp_async_commit();
+    if (tiles > 0) {  // Tk > 0 (uniform)
+        if constexpr (OVERLAP) {
+            tiles_landed();  // Q, K_0
+            load_k(1);
+            load_v(0);
+            cp_async_commit();
+            issue_s(0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            wgmma_fence_operand(s_acc);
+            softmax(0);  // alpha is 0 or 1 and O is 0: no rescale
+            tc_pack_p<T, NT>(pf, s);
+            for (int j = 1; j < tiles; ++j) {
+                tiles_landed();  // K_j, V_{j-1}
+                load_k(j + 1);
+                load_v(j);
+                cp_async_commit();
+                issue_s(j);
+                wgmma_commit();
+                issue_pv(j - 1);
+                wgmma_commit();
+                wgmma_wait<1>();  // S_j done; P_{j-1} V_{j-1} may still run
+                wgmma_fence_operand(s_acc);
+                softmax(j);
+                wgmma_wait<0>();  // P_{j-1} V_{j-1} done: its P and O are free
+                wgmma_fence_operand(o_acc);
+                tc_rescale<DT>(o, alpha);
+                tc_pack_p<T, NT>(pf, s);
+            }
+            tiles_landed();  // V_{tiles-1}
+            issue_pv(tiles - 1);
+            wgmma_commit();
+            wgmma_wait<0>();
+            wgmma_fence_operand(o_acc);
+        } else {
+            for (int j = 0; j < tiles; ++j) {
+                tiles_landed();  // K_j, V_j
+                load_k(j + 1);
+                load_v(j + 1);
+                cp_async_commit();
+                issue_s(j);
+                wgmma_commit();
+                wgmma_wait<0>();
+                wgmma_fence_operand(s_acc);
+                softmax(j);
+                tc_rescale<DT>(o, alpha);
+                tc_pack_p<T, NT>(pf, s);
+                issue_pv(j);
+                wgmma_commit();
+                wgmma_wait<0>();
+                wgmma_fence_operand(o_acc);
+            }
+        }
     }
     cp_async_wait_all();  // nothing may be in flight into shared memory when the block exits
 
     tc_store_rows<T, D>(out, lse, o, m, l, bh, Tq, r0 + 16 * warp + g, c);
 }
 
-#define ATT_WG_KERNEL(T, S, DIM)                                                                   \
-    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                   \
-        attention_fwd_wg_d##DIM##_##S(T* out, float* lse, const T* q, const T* k, const T* v,     \
-                                      const float* key_mask, int B, int H, int Tq, int Tk, int D, \
-                                      float scale, int causal) {                                  \
-        attention_fwd_wg<T, DIM, 128>(out, lse, q, k, v, key_mask, B, H, Tq, Tk, scale, causal);  \
+#define ATT_WG_KERNEL(T, S, DIM)                                                                    \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                    \
+        attention_fwd_wg_d##DIM##_##S(T* out, float* lse, const T* q, const T* k, const T* v,      \
+                                      const float* key_mask, int B, int H, int Tq, int Tk, int D,  \
+                                      float scale, int causal) {                                   \
+        attention_fwd_wg<T, DIM, 128, true>(out, lse, q, k, v, key_mask, B, H, Tq, Tk, scale,      \
+                                            causal);                                               \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                    \
+        attention_fwd_wg_serial_d##DIM##_##S(T* out, float* lse, const T* q, const T* k,           \
+                                             const T* v, const float* key_mask, int B, int H,      \
+                                             int Tq, int Tk, int D, float scale, int causal) {     \
+        attention_fwd_wg<T, DIM, 128, false>(out, lse, q, k, v, key_mask, B, H, Tq, Tk, scale,     \
+                                             causal);                                              \
     }
 ATT_WG_KERNEL(bf16, bf16, 64)
 ATT_WG_KERNEL(bf16, bf16, 128)

@@ -247,8 +247,8 @@ gpu_test!(attention_tc2, |dev| {
     force_attention_kernel(None);
 });
 
-// attention_fwd_wg (opt-in wgmma forward, sm_90a: 2 warpgroups x 64 rows, 128-key tiles in two
-// stages) with tc's backward: several blocks and key tiles, causal skips, partial tiles, padding,
+// attention_fwd_wg and its serial schedule (opt-in wgmma forwards, sm_90a: 2 warpgroups x 64 rows,
+// 128-key tiles in two stages) with tc's backward: several blocks and key tiles, causal skips, partial tiles, padding,
 // Tq != Tk. Other GPUs have no wgmma: the test says so and checks that a request runs tc there.
 gpu_test!(attention_wgmma, |dev| {
     use kiln::tensor::cuda::{device_arch, force_attention_kernel, nvrtc::arch_number, AttnKernel};
@@ -257,11 +257,14 @@ gpu_test!(attention_wgmma, |dev| {
     if arch_number(&arch) != 90 {
         println!("SKIPPED attention_wgmma: the wgmma kernel needs an sm_90 GPU, this one is {arch} (its requests run tc)");
     } else {
-        for d in [64usize, 128] {
-            check_attention("wg attention", dev, (2, 2, 300, d), 45);
-            check(&format!("wg attention Tq != Tk d={d}"), dev, &[&[1, 3, 131, d], &[1, 3, 397, d], &[1, 3, 397, d]], false, true, |x| {
-                x[0].attention(&x[1], &x[2], &AttentionOpts::default())
-            });
+        for (kernel, name) in [(AttnKernel::Wgmma, "wg"), (AttnKernel::WgmmaSerial, "wg serial")] {
+            force_attention_kernel(Some(kernel));
+            for d in [64usize, 128] {
+                check_attention(&format!("{name} attention"), dev, (2, 2, 300, d), 45);
+                check(&format!("{name} attention Tq != Tk d={d}"), dev, &[&[1, 3, 131, d], &[1, 3, 397, d], &[1, 3, 397, d]], false, true, |x| {
+                    x[0].attention(&x[1], &x[2], &AttentionOpts::default())
+                });
+            }
         }
     }
     force_attention_kernel(None);

@@ -86,6 +86,12 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   launch({(unsigned)((Tq + 127) / 128), (unsigned)(B * H)}, {256}, [&] {
     TC_CALL(attention_fwd_wg, out3.data(), lse3.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal);
   });
+  // ... and its serial schedule (no overlap of S, softmax and P V)
+  std::vector<T> out4(nq); for (auto& x : out4) x.bits = 0x7fc0;
+  std::vector<float> lse4((size_t)B * H * Tq, NAN);
+  launch({(unsigned)((Tq + 127) / 128), (unsigned)(B * H)}, {256}, [&] {
+    TC_CALL(attention_fwd_wg_serial, out4.data(), lse4.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal);
+  });
   // backward: delta = rowsum(dO * O) from the kernel's own output (as attention_bwd_preprocess)
   std::vector<float> delta((size_t)B * H * Tq);
   for (size_t r = 0; r < delta.size(); ++r) { double acc = 0; for (int d = 0; d < D; ++d) acc += dof[r * D + d] * emu_h2f(out[r * D + d].bits, T{}); delta[r] = (float)acc; }
@@ -140,6 +146,8 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   check("  tc2 lse (rel)", lse_err(lse2), 1e-4);
   check("  wg out (abs err / max |out|)", out_err(out3) / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
   check("  wg lse (rel)", lse_err(lse3), 1e-4);
+  check("  wg serial out (abs err / max |out|)", out_err(out4) / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
+  check("  wg serial lse (rel)", lse_err(lse4), 1e-4);
   double gt = std::is_same_v<T, bf16> ? 1e-2 : 1.5e-3;  // 16-bit P / dS / output rounding
   check("  dq (abs err / max |dq|)", rel(dq, rdq), gt);
   check("  dk (abs err / max |dk|)", rel(dk, rdk), gt);
@@ -160,6 +168,8 @@ int main() {
   run<bf16, 128>(1, 1, 300, 300, true, false);   // tc2: three 128-row blocks, causal skips and diagonal tiles
   run<bf16, 64>(1, 2, 257, 190, false, true);    // tc2: a 1-row last block, partial key tile, padding
   run<f16, 128>(1, 1, 131, 97, true, true);
+  run<bf16, 64>(1, 2, 200, 300, false, false);   // wg: three key tiles (overlap steady state), two blocks
+  run<f16, 64>(1, 1, 9, 0, false, false);        // no keys: out 0, lse -inf
   printf(fails ? "FAILURES: %d\n" : "all ok\n", fails);
   return fails != 0;
 }

@@ -295,10 +295,15 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
         out_shape: vec![b, h, t, d],
         fused: Rc::new(move |x| x[0].attention(&x[1], &x[2], &opts)),
         composed: composed.then(|| Rc::new(move |x: &[Tensor]| attention_reference(&x[0], &x[1], &x[2], &o2)) as OpFn),
-        cuda_alternatives: [("cuda-simple", AttnKernel::Simple), ("cuda-tc2", AttnKernel::TensorCore2), ("cuda-wg", AttnKernel::Wgmma)]
-            .into_iter()
-            // the wgmma kernel exists on sm_90 only (elsewhere a request for it runs tc)
-            .filter(|(_, k)| *k != AttnKernel::Wgmma || hopper)
+        cuda_alternatives: [
+            ("cuda-simple", AttnKernel::Simple),
+            ("cuda-tc2", AttnKernel::TensorCore2),
+            ("cuda-wg", AttnKernel::Wgmma),
+            ("cuda-wg-serial", AttnKernel::WgmmaSerial),
+        ]
+        .into_iter()
+        // the wgmma kernels exist on sm_90 only (elsewhere a request for them runs tc)
+        .filter(|(_, k)| !matches!(k, AttnKernel::Wgmma | AttnKernel::WgmmaSerial) || hopper)
             .map(|(name, k)| (name, forced(k)))
             .collect(),
         check_on_cpu,

@@ -58,8 +58,9 @@ pub struct BenchArgs {
     pub train_steps: usize,
     /// CUDA: the attention kernels of the default `cuda` variant (and of training steps):
     /// tc (attention_tc.cu, the default), tc2 (its 128-row forward), wg (attention_wgmma.cu's
-    /// wgmma forward, sm_90 only; tc elsewhere) or simple (attention.cu).
-    #[arg(long, value_parser = ["tc", "tc2", "wg", "simple"])]
+    /// wgmma forward, sm_90 only; tc elsewhere), wg-serial (wg without its overlap) or simple
+    /// (attention.cu).
+    #[arg(long, value_parser = ["tc", "tc2", "wg", "wg-serial", "simple"])]
     pub attn_kernel: Option<String>,
     /// CUDA: batch of the GPT-2 124M training-step row at T = 1024 (as torch_bench.py --gpt-batch).
     #[arg(long, default_value_t = 16)]
@@ -96,7 +97,10 @@ const OPS: &[&str] = &[
     "cross_entropy_fwd", "cross_entropy_bwd", "attention_fwd", "attention_bwd", "attention_fwd_bwd", "train_step_gpt", "train_step_bert",
 ];
 /// Every variant name a case can have.
-const VARIANTS: &[&str] = &["scalar", "avx2", "avx512", "composed", "cuda", "cuda-simple", "matrixmultiply", "cublas", "rayon-memcpy", "affine(1,0)", "kiln"];
+const VARIANTS: &[&str] = &[
+    "scalar", "avx2", "avx512", "composed", "cuda", "cuda-simple", "cuda-tc2", "cuda-wg", "cuda-wg-serial", "matrixmultiply", "cublas", "cublas-tf32",
+    "rayon-memcpy", "affine(1,0)", "kiln",
+];
 
 /// Which ops and variants run.
 struct Filter {
@@ -180,6 +184,7 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
     let attn = match a.attn_kernel.as_deref() {
         Some("tc2") => Some(AttnKernel::TensorCore2),
         Some("wg") => Some(AttnKernel::Wgmma),
+        Some("wg-serial") => Some(AttnKernel::WgmmaSerial),
         Some("simple") => Some(AttnKernel::Simple),
         _ => None,
     };

@@ -72,7 +72,7 @@ impl AttentionDims {
         let eligible = matches!(suffix, "bf16" | "f16") && matches!(self.head_dim, 64 | 128) && super::nvrtc::arch_number(arch) >= 80;
         match super::attention_kernel_override() {
             _ if !eligible => AttnKernel::Simple,
-            Some(AttnKernel::Wgmma) if super::nvrtc::arch_number(arch) != 90 => AttnKernel::TensorCore,
+            Some(AttnKernel::Wgmma | AttnKernel::WgmmaSerial) if super::nvrtc::arch_number(arch) != 90 => AttnKernel::TensorCore,
             Some(k) => k,
             None => AttnKernel::TensorCore,
         }
@@ -124,8 +124,9 @@ impl CudaBackend {
                 let f = self.function("attention_tc", &format!("attention_fwd_tc2_d{d}_{}", T::SUFFIX))?;
                 (f, ((TC2_ROWS + 2 * tc2_key_tile(d)) * (d + 8) * 2) as u32, TC2_ROWS, 128)
             }
-            AttnKernel::Wgmma => {
-                let f = self.function("attention_wgmma", &format!("attention_fwd_wg_d{d}_{}", T::SUFFIX))?;
+            AttnKernel::Wgmma | AttnKernel::WgmmaSerial => {
+                let serial = if kernel == AttnKernel::WgmmaSerial { "serial_" } else { "" };
+                let f = self.function("attention_wgmma", &format!("attention_fwd_wg_{serial}d{d}_{}", T::SUFFIX))?;
                 (f, wg_smem(d), WG_ROWS, 256)
             }
             AttnKernel::Simple => (self.function("attention", &format!("attention_fwd_{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS, 128),
@@ -184,7 +185,7 @@ impl CudaBackend {
             return self.attention_bwd_tc2(dq, dk, dv, lse, &delta, q, k, v, dout, key_mask, dims);
         }
         // the wgmma forward saves the same lse as the tc forward: its backward is tc's
-        let tc = matches!(kernel, AttnKernel::TensorCore | AttnKernel::Wgmma);
+        let tc = matches!(kernel, AttnKernel::TensorCore | AttnKernel::Wgmma | AttnKernel::WgmmaSerial);
         // 2. dQ over key tiles, 3. dK / dV over query tiles
         for (pass, len) in [("dq", dims.q_len), ("dkdv", dims.kv_len)] {
             if len == 0 {
@@ -282,6 +283,8 @@ mod tests {
         assert_eq!(pick(128, "sm_90a", "f16"), AttnKernel::Wgmma);
         assert_eq!(pick(128, "sm_80", "bf16"), AttnKernel::TensorCore);
         assert_eq!(pick(128, "sm_100", "bf16"), AttnKernel::TensorCore);
+        force_attention_kernel(Some(AttnKernel::WgmmaSerial));
+        assert_eq!((pick(128, "sm_90", "bf16"), pick(64, "sm_86", "bf16")), (AttnKernel::WgmmaSerial, AttnKernel::TensorCore));
         assert_eq!(pick(64, "sm_90", "f32"), AttnKernel::Simple);
         assert_eq!([wg_smem(64), wg_smem(128)], [81_920, 163_840], "attention_wgmma.cu's header: 80 / 160 KB");
         force_attention_kernel(Some(AttnKernel::Simple));

@@ -138,11 +138,15 @@ pub enum AttnKernel {
     /// eligibility. Opt in with [`force_attention_kernel`] until GPU benchmarks make it the default.
     TensorCore2,
     /// attention_wgmma.cu: the Hopper forward on wgmma (sm_90a: 2 warpgroups x 64 rows per block,
-    /// 128-key tiles double-buffered in shared memory, S and O accumulated by warpgroup MMAs), with
-    /// the deterministic `TensorCore` backward. bf16 / f16, head dim 64 / 128, sm_90 only (on other
-    /// GPUs a request for it runs `TensorCore`). Opt in with [`force_attention_kernel`]; it has not
-    /// yet run on a GPU.
+    /// 128-key tiles double-buffered in shared memory, S and O accumulated by warpgroup MMAs, and
+    /// FlashAttention-3's intra-warpgroup overlap: S of tile j and P V of tile j - 1 run together,
+    /// the softmax of tile j during P V), with the deterministic `TensorCore` backward. bf16 / f16,
+    /// head dim 64 / 128, sm_90 only (on other GPUs a request for it runs `TensorCore`). Opt in
+    /// with [`force_attention_kernel`]; it has not yet run on a GPU.
     Wgmma,
+    /// `Wgmma` without the overlap (S, softmax, P V in turn per tile): `kiln bench`'s measure of
+    /// what the overlap brings. Same eligibility and backward.
+    WgmmaSerial,
 }
 
 thread_local! {
