@@ -9,8 +9,6 @@
 
 #define TC_BK2 32  // keys (dQ pass) or queries (dK/dV pass) per streamed tile
 
-// lse in base 2; +inf for a query that sees no key (lse = -inf), so that its P row is exactly 0
-__device__ __forceinline__ float tc_lse2(float lse) { return lse == -KILN_INF ? KILN_INF : lse * 1.4426950408889634f; }
 
 // dQ pass: each warp owns 16 query rows (Q and dO fragments stay in registers); 32-key tiles of K
 // and V stream through shared memory.  dQ_i = scale * sum_j dS_ij K_j.
@@ -127,11 +125,6 @@ __device__ void attention_bwd_dq_tc(T* dq, const float* lse, const float* delta,
 //     dq = scale * dq_accum; 1-D grid-stride, 256 threads.
 #define TC2_LDP (TC_BK2 + 8)  // row stride of the staged dS^T tile [64 keys][32 queries]
 
-#ifndef KILN_EMU
-__device__ __forceinline__ void red_add_f32(float* p, float v) { asm volatile("red.global.add.f32 [%0], %1;" ::"l"(p), "f"(v) : "memory"); }
-#else
-inline void red_add_f32(float* p, float v) { *p += v; }  // the emulator runs one block at a time
-#endif
 
 // dQ (32 queries x this warp's D / 4 columns) += dS (32 x 64 keys) K (64 x D) for the query tile
 // at qt, added into dq (f32 [Tq, D] of this head) with atomics: A from the staged dS^T through

@@ -10,6 +10,16 @@ __device__ __forceinline__ bool tc_visible(const float* key_mask, int b, int Tq,
     return i < Tq && j < Tk && (!causal || j <= i) && (key_mask == nullptr || key_mask[(i64)b * Tk + j] != 0.f);
 }
 
+// lse in base 2; +inf for a query that sees no key (lse = -inf), so that its P row is exactly 0
+__device__ __forceinline__ float tc_lse2(float lse) { return lse == -KILN_INF ? KILN_INF : lse * 1.4426950408889634f; }
+
+// *p += v in global memory, atomically, without a return value (the backward's dQ sums)
+#ifndef KILN_EMU
+__device__ __forceinline__ void red_add_f32(float* p, float v) { asm volatile("red.global.add.f32 [%0], %1;" ::"l"(p), "f"(v) : "memory"); }
+#else
+inline void red_add_f32(float* p, float v) { *p += v; }  // the emulator runs one block at a time
+#endif
+
 // One online-softmax step for this thread's two rows i0 and i0 + 8 (i0 = the m-tile's first row +
 // g) against the key tile starting at k0. s[t][e] holds S[i0 + 8 (e / 2)][k0 + 8 t + 2 c + e % 2];
 // a row's NT * 8 values live in the 4 threads of a quad (c = lane % 4). Scales S to base 2 (sl2 =

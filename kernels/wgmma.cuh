@@ -61,12 +61,13 @@ template <int R> __device__ __forceinline__ void wgmma_fence_operand(u32 (&a)[R]
 }
 
 #define WG_D8(o) "+f"(d[o]), "+f"(d[o + 1]), "+f"(d[o + 2]), "+f"(d[o + 3]), "+f"(d[o + 4]), "+f"(d[o + 5]), "+f"(d[o + 6]), "+f"(d[o + 7])
+#define WG_D16 WG_D8(0), WG_D8(8)
 #define WG_D32 WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
 #define WG_D64 WG_D32, WG_D8(32), WG_D8(40), WG_D8(48), WG_D8(56)
 
 // d (64 x N) = [d +] A B, k = 16, N = 2 * len(d). wg_mma_ss: A and B from shared memory, both
-// K-major. wg_mma_rs_tb: A from registers, B from shared memory MN-major (".trans"). acc = 0
-// ignores d's old value.
+// K-major. wg_mma_rs_tb: A from registers, B from shared memory MN-major (".trans"). wg_mma_ss_tt:
+// A and B from shared memory, both MN-major. acc = 0 ignores d's old value.
 __device__ __forceinline__ void wg_mma_ss(float (&d)[32], u64 da, u64 db, int acc, bf16) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
@@ -140,7 +141,44 @@ __device__ __forceinline__ void wg_mma_rs_tb(float (&d)[64], const u32 (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
 }
 
+__device__ __forceinline__ void wg_mma_ss_tt(float (&d)[16], u64 da, u64 db, int acc, bf16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "%16, %17, p, 1, 1, 1, 1;\n}\n"
+        : WG_D16
+        : "l"(da), "l"(db), "r"(acc));
+}
+__device__ __forceinline__ void wg_mma_ss_tt(float (&d)[32], u64 da, u64 db, int acc, bf16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 1, 1;\n}\n"
+        : WG_D32
+        : "l"(da), "l"(db), "r"(acc));
+}
+__device__ __forceinline__ void wg_mma_ss_tt(float (&d)[16], u64 da, u64 db, int acc, f16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "%16, %17, p, 1, 1, 1, 1;\n}\n"
+        : WG_D16
+        : "l"(da), "l"(db), "r"(acc));
+}
+__device__ __forceinline__ void wg_mma_ss_tt(float (&d)[32], u64 da, u64 db, int acc, f16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 1, 1;\n}\n"
+        : WG_D32
+        : "l"(da), "l"(db), "r"(acc));
+}
 #undef WG_D8
+#undef WG_D16
 #undef WG_D32
 #undef WG_D64
 #else

@@ -247,8 +247,38 @@ gpu_test!(attention_tc2, |dev| {
     force_attention_kernel(None);
 });
 
+// The three wgmma operand forms the Hopper attention kernels use, each on one 64 x 64 x 16 product
+// against f64: when `attention_wgmma` fails, this says which shared-memory layout is misread.
+gpu_test!(wgmma_operand_layouts, |dev| {
+    use kiln::tensor::cuda::{device_arch, nvrtc::arch_number, wgmma_probe};
+    let arch = device_arch(dev).unwrap();
+    let a = input(11, &[64, 16], DType::BF16, false);
+    let b = input(12, &[16, 64], DType::BF16, false);
+    let (ga, gb) = (a.to_device(dev).unwrap(), b.to_device(dev).unwrap());
+    if arch_number(&arch) != 90 {
+        let e = wgmma_probe(&ga, &gb, 0).unwrap_err().to_string();
+        assert!(e.contains("sm_90"), "{e}");
+        println!("SKIPPED wgmma_operand_layouts: wgmma needs an sm_90 GPU, this one is {arch}");
+        return;
+    }
+    let want = a.to_dtype(DType::F64).unwrap().matmul(&b.to_dtype(DType::F64).unwrap()).unwrap().to_vec_f64().unwrap();
+    let names = ["0: A, B K-major from shared memory (S = Q K^T)", "1: A registers, B MN-major (O += P V)", "2: A, B MN-major (dQ = dS K)"];
+    let mut bad = Vec::new();
+    for (form, name) in names.iter().enumerate() {
+        let got = wgmma_probe(&ga, &gb, form as u32).unwrap().to_device(Device::Cpu).unwrap().to_vec_f64().unwrap();
+        let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f64, f64::max);
+        println!("wgmma form {name}: max abs error {err:.3e}");
+        if !(err < 1e-3) {
+            bad.push(format!("{name}: max abs error {err:.3e}"));
+        }
+    }
+    assert!(bad.is_empty(), "wgmma operand forms misread: {bad:?}");
+    let e = wgmma_probe(&ga, &ga, 0).unwrap_err().to_string();
+    assert!(e.contains("[16, 64]"), "{e}");
+});
+
 // attention_fwd_wg and its serial schedule (opt-in wgmma forwards, sm_90a: 2 warpgroups x 64 rows,
-// 128-key tiles in two stages) with tc's backward: several blocks and key tiles, causal skips, partial tiles, padding,
+// 128-key tiles in two stages) with the wgmma backward attention_bwd_wg (gradients against the CPU): several blocks and key tiles, causal skips, partial tiles, padding,
 // Tq != Tk. Other GPUs have no wgmma: the test says so and checks that a request runs tc there.
 gpu_test!(attention_wgmma, |dev| {
     use kiln::tensor::cuda::{device_arch, force_attention_kernel, nvrtc::arch_number, AttnKernel};

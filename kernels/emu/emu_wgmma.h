@@ -18,7 +18,8 @@ inline u64 wg_desc(const void* p, u32 lbo, u32 sbo) {
 
 struct EmuWgmma {
     int n;            // N of m64nNk16
-    bool a_reg;       // A from registers (else from shared memory, K-major)
+    bool a_reg;       // A from registers (else from shared memory)
+    bool trans_a;     // A (from shared memory) MN-major
     bool trans_b;     // B MN-major
     bool is_bf16;
     u64 da, db;       // descriptors
@@ -60,7 +61,7 @@ inline void emu_wg_run(const EmuWgmma& op) {
         g_warp_bar[w]->arrive_and_wait();
     } else {
         for (int r = 0; r < 2; ++r)
-            for (int k = 0; k < 16; ++k) A[r][k] = emu_wg_smem(op.da, 16 * wt + g + 8 * r, k, false, op.is_bf16);
+            for (int k = 0; k < 16; ++k) A[r][k] = emu_wg_smem(op.da, 16 * wt + g + 8 * r, k, op.trans_a, op.is_bf16);
     }
     for (int i = 0; i < op.n / 2; ++i) {
         int j = i / 4, e = i % 4, col = 8 * j + 2 * c + (e & 1);
@@ -90,11 +91,12 @@ template <int N> inline void wgmma_wait() {
 template <int R> inline void wgmma_fence_operand(float (&)[R]) {}
 template <int R> inline void wgmma_fence_operand(u32 (&)[R]) {}
 
-template <int R, typename T> inline void emu_wg_issue(float (&d)[R], bool a_reg, const u32* a, u64 da, u64 db, bool trans_b, int acc, T) {
+template <int R, typename T> inline void emu_wg_issue(float (&d)[R], bool a_reg, const u32* a, u64 da, u64 db, bool trans_a, bool trans_b, int acc, T) {
     g_wg_pending.reserve(16);  // constructed before the check below, so destroyed after it
     (void)&g_wg_check;         // registers the exit check for this thread
-    g_wg_pending.push_back({2 * R, a_reg, trans_b, std::is_same_v<T, bf16>, da, db, a, d, acc != 0});
+    g_wg_pending.push_back({2 * R, a_reg, trans_a, trans_b, std::is_same_v<T, bf16>, da, db, a, d, acc != 0});
 }
-template <int R, typename T> inline void wg_mma_ss(float (&d)[R], u64 da, u64 db, int acc, T t) { emu_wg_issue(d, false, nullptr, da, db, false, acc, t); }
-template <int R, typename T> inline void wg_mma_rs_tb(float (&d)[R], const u32 (&a)[4], u64 db, int acc, T t) { emu_wg_issue(d, true, a, 0, db, true, acc, t); }
+template <int R, typename T> inline void wg_mma_ss(float (&d)[R], u64 da, u64 db, int acc, T t) { emu_wg_issue(d, false, nullptr, da, db, false, false, acc, t); }
+template <int R, typename T> inline void wg_mma_rs_tb(float (&d)[R], const u32 (&a)[4], u64 db, int acc, T t) { emu_wg_issue(d, true, a, 0, db, false, true, acc, t); }
+template <int R, typename T> inline void wg_mma_ss_tt(float (&d)[R], u64 da, u64 db, int acc, T t) { emu_wg_issue(d, false, nullptr, da, db, true, true, acc, t); }
 

@@ -118,6 +118,19 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
     if constexpr (std::is_same_v<T, bf16>) attention_bwd_dq_convert_bf16(dq2.data(), dq_acc.data(), (i64)nq, scale);
     else attention_bwd_dq_convert_f16(dq2.data(), dq_acc.data(), (i64)nq, scale);
   });
+  // the wgmma backward: 128-key blocks of 2 warpgroups, dQ through f32 atomics, then the convert kernel
+  std::vector<float> dq_acc3(nq, 0.f);
+  std::vector<T> dq3(nq), dk3(nk), dv3(nk);
+  for (auto* vv : {&dq3, &dk3, &dv3}) for (auto& x : *vv) x.bits = 0x7fc0;
+  size_t sm_wgb = (512 * D + 128 * 64) * 2 + 4 * 64 * 4;
+  if (sm_wgb > sizeof(smem)) { printf("smem too big\n"); exit(1); }
+  launch({(unsigned)((Tk + 127) / 128), (unsigned)(B * H)}, {256}, [&] {
+    TC_CALL(attention_bwd_wg, dq_acc3.data(), dk3.data(), dv3.data(), lse.data(), delta.data(), q.data(), k.data(), v.data(), dof_h.data(), mp, B, H, Tq, Tk, D, scale, causal);
+  });
+  launch({3}, {64}, [&] {
+    if constexpr (std::is_same_v<T, bf16>) attention_bwd_dq_convert_bf16(dq3.data(), dq_acc3.data(), (i64)nq, scale);
+    else attention_bwd_dq_convert_f16(dq3.data(), dq_acc3.data(), (i64)nq, scale);
+  });
   auto rel = [&](const std::vector<T>& got, const std::vector<double>& ref) {
     double mx = 1e-12, e = 0; for (double x : ref) mx = std::max(mx, std::fabs(x));
     for (size_t i = 0; i < got.size(); ++i) { double d = std::fabs(emu_h2f(got[i].bits, T{}) - ref[i]); if (!(d <= e)) e = d; }
@@ -155,9 +168,34 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   check("  tc2 dq (abs err / max |dq|)", rel(dq2, rdq), gt);
   check("  tc2 dk (abs err / max |dk|)", rel(dk2, rdk), gt);
   check("  tc2 dv (abs err / max |dv|)", rel(dv2, rdv), gt);
+  check("  wg dq (abs err / max |dq|)", rel(dq3, rdq), gt);
+  check("  wg dk (abs err / max |dk|)", rel(dk3, rdk), gt);
+  check("  wg dv (abs err / max |dv|)", rel(dv3, rdv), gt);
+}
+
+// wgmma_probe_bf16 (attention_wgmma.cu's diagnostic of the three operand forms) against a plain
+// product: checks the probe itself, so that on a GPU its result is about the hardware's reading
+static void probe() {
+  std::vector<bf16> a(64 * 16), b(16 * 64);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (auto& x : a) x.bits = emu_f2h(nd(rng), bf16{});
+  for (auto& x : b) x.bits = emu_f2h(nd(rng), bf16{});
+  for (int mode = 0; mode < 3; ++mode) {
+    std::vector<float> d(64 * 64, NAN);
+    launch({1}, {128}, [&] { wgmma_probe_bf16(d.data(), a.data(), b.data(), mode); });
+    double e = 0;
+    for (int m = 0; m < 64; ++m)
+      for (int n = 0; n < 64; ++n) {
+        double acc = 0; for (int k = 0; k < 16; ++k) acc += (double)emu_h2f(a[m * 16 + k].bits, bf16{}) * emu_h2f(b[k * 64 + n].bits, bf16{});
+        double x = std::fabs(d[m * 64 + n] - acc); if (!(x <= e)) e = x;
+      }
+    char what[64]; snprintf(what, sizeof what, "wgmma probe form %d (abs err)", mode);
+    check(what, e, 1e-4);
+  }
 }
 
 int main() {
+  probe();
   run<bf16, 64>(1, 1, 5, 5, false, false);
   run<bf16, 64>(2, 2, 67, 67, true, false);
   run<bf16, 64>(2, 1, 33, 131, true, true);

@@ -274,7 +274,7 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
     let o3 = opts.clone();
     // on CUDA also the simple kernels of attention.cu, timed beside the tensor-core ones (the
     // choice made in the forward is kept by its backward)
-    let hopper = crate::tensor::cuda::device_arch(ctx.device).is_some_and(|a| crate::tensor::cuda::nvrtc::arch_number(&a) == 90);
+    let hopper = crate::tensor::cuda::device_arch(ctx.device).is_some_and(|a| crate::tensor::cuda::kernels::arch_number(&a) == 90);
     let forced = |kernel: AttnKernel| -> OpFn {
         let o = o3.clone();
         Rc::new(move |x| {

@@ -16,6 +16,12 @@ pub struct KernelFile {
     pub sm90a_only: bool,
 }
 
+/// The compute capability of an architecture name as a number: `sm_90a` → 90, `compute_80` → 80;
+/// 0 when there is none.
+pub fn arch_number(arch: &str) -> u32 {
+    arch.trim_start_matches(|c: char| !c.is_ascii_digit()).trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0)
+}
+
 impl KernelFile {
     /// The architecture this file is compiled for when the device (or `kiln kernels --arch`) is
     /// `arch`: `arch` itself, or for an sm_90a-only file `sm_90a` / `compute_90a` when `arch` is
@@ -24,7 +30,7 @@ impl KernelFile {
         if !self.sm90a_only {
             return Some(arch.to_string());
         }
-        if super::nvrtc::arch_number(arch) != 90 {
+        if arch_number(arch) != 90 {
             return None;
         }
         let prefix = if arch.starts_with("compute_") { "compute" } else { "sm" };

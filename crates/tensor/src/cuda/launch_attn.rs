@@ -2,7 +2,7 @@
 //! head dim up to 128, f32 / bf16 / f16) and attention_tc.cu (the tensor-core kernels: bf16 / f16,
 //! head dim 64 or 128, sm_80+: the default two-pass deterministic backward, and the opt-in
 //! FlashAttention-2-style `tc2` forward and single-pass backward) and attention_wgmma.cu (the
-//! sm_90a wgmma forward, with tc's backward), chosen per call by
+//! sm_90a wgmma forward and single-pass backward), chosen per call by
 //! [`AttentionDims::kernel`].
 //! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
 use super::device::CudaBackend;
@@ -45,6 +45,11 @@ fn tc_dkdv_smem(head_dim: usize, dq: bool) -> u32 {
 const WG_ROWS: usize = 128;
 fn wg_smem(head_dim: usize) -> u32 {
     ((WG_ROWS + 4 * 128) * head_dim * 2) as u32
+}
+/// Dynamic shared memory of `attention_bwd_wg`: K and V of the 128-key block, two stages of 64-query
+/// Q and dO tiles, the staged dS^T [128][64], and two stages of the tile's lse2 and delta.
+fn wg_bwd_smem(head_dim: usize) -> u32 {
+    ((512 * head_dim + 128 * 64) * 2 + 4 * 64 * 4) as u32
 }
 fn tc2_key_tile(head_dim: usize) -> usize {
     if head_dim > 64 {
@@ -181,11 +186,10 @@ impl CudaBackend {
             let cfg = LaunchConfig { grid_dim: (dims.rows().div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
             unsafe { b.launch(cfg) }?;
         }
-        if kernel == AttnKernel::TensorCore2 {
-            return self.attention_bwd_tc2(dq, dk, dv, lse, &delta, q, k, v, dout, key_mask, dims);
+        if matches!(kernel, AttnKernel::TensorCore2 | AttnKernel::Wgmma | AttnKernel::WgmmaSerial) {
+            return self.attention_bwd_one_pass(dq, dk, dv, lse, &delta, q, k, v, dout, key_mask, dims, kernel);
         }
-        // the wgmma forward saves the same lse as the tc forward: its backward is tc's
-        let tc = matches!(kernel, AttnKernel::TensorCore | AttnKernel::Wgmma | AttnKernel::WgmmaSerial);
+        let tc = kernel == AttnKernel::TensorCore;
         // 2. dQ over key tiles, 3. dK / dV over query tiles
         for (pass, len) in [("dq", dims.q_len), ("dkdv", dims.kv_len)] {
             if len == 0 {
@@ -217,14 +221,16 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// The single-pass backward of the `TensorCore2` kernels (attention_bwd_tc2: dK / dV in
-    /// registers, dQ added into an f32 buffer with atomics, then scaled and converted), after the
-    /// `delta` preprocessing of [`Self::attention_bwd`]. dQ's last bits depend on the order the
-    /// atomics land in; the `TensorCore` passes are the deterministic backward.
+    /// The single-pass backwards (dK / dV in registers, dQ added into an f32 buffer with atomics,
+    /// then scaled and converted), after the `delta` preprocessing of [`Self::attention_bwd`]:
+    /// attention_bwd_tc2 for `TensorCore2` (64-key blocks, mma.sync), attention_bwd_wg for the
+    /// wgmma kernels (128-key blocks, sm_90a). dQ's last bits depend on the order the atomics land
+    /// in; the `TensorCore` passes are the deterministic backward.
     #[allow(clippy::too_many_arguments)]
-    fn attention_bwd_tc2<T: KernelFloat>(
+    fn attention_bwd_one_pass<T: KernelFloat>(
         &self, dq: &mut CudaViewMut<T>, dk: &mut CudaViewMut<T>, dv: &mut CudaViewMut<T>, lse: &CudaView<f32>, delta: &CudaSlice<f32>,
         q: &CudaView<T>, k: &CudaView<T>, v: &CudaView<T>, dout: &CudaView<T>, key_mask: Option<&CudaView<f32>>, dims: &AttentionDims,
+        kernel: AttnKernel,
     ) -> Result<()> {
         let op = "attention_bwd";
         let d = dims.head_dim;
@@ -232,8 +238,11 @@ impl CudaBackend {
         let n = dims.q_elems();
         let mut acc = self.alloc_zeros::<f32>(n.max(1))?;
         if dims.kv_len > 0 {
-            let f = self.function("attention_tc", &format!("attention_bwd_tc2_d{d}_{}", T::SUFFIX))?;
-            let smem = tc_dkdv_smem(d, true);
+            let (f, smem, keys, threads) = if kernel == AttnKernel::TensorCore2 {
+                (self.function("attention_tc", &format!("attention_bwd_tc2_d{d}_{}", T::SUFFIX))?, tc_dkdv_smem(d, true), TC_ROWS, 128)
+            } else {
+                (self.function("attention_wgmma", &format!("attention_bwd_wg_d{d}_{}", T::SUFFIX))?, wg_bwd_smem(d), WG_ROWS, 256)
+            };
             allow_smem(&f, smem)?;
             let mut b = self.stream().launch_builder(&f);
             b.arg(&mut *acc).arg(&mut *dk).arg(&mut *dv).arg(lse).arg(delta).arg(q).arg(k).arg(v).arg(dout);
@@ -242,8 +251,8 @@ impl CudaBackend {
                 None => b.arg(&NULL_PTR),
             };
             b.arg(&bb).arg(&hh).arg(&tq).arg(&tk).arg(&dd).arg(&dims.scale).arg(&causal);
-            let grid = (dims.kv_len.div_ceil(TC_ROWS) as u32, (dims.batch * dims.heads) as u32, 1);
-            unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (128, 1, 1), shared_mem_bytes: smem }) }?;
+            let grid = (dims.kv_len.div_ceil(keys) as u32, (dims.batch * dims.heads) as u32, 1);
+            unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (threads, 1, 1), shared_mem_bytes: smem }) }?;
         }
         if n > 0 {
             let f = self.function("attention_tc", &format!("attention_bwd_dq_convert_{}", T::SUFFIX))?;
@@ -253,6 +262,27 @@ impl CudaBackend {
             let blocks = n.div_ceil(256).min(65_536) as u32;
             unsafe { b.launch(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }) }?;
         }
+        Ok(())
+    }
+}
+
+impl CudaBackend {
+    /// Diagnostic for attention_wgmma.cu's operand layouts (sm_90 only): `d [64, 64] = a [64, 16] ·
+    /// b [16, 64]` (bf16 in, f32 out, row-major) through one wgmma in operand form `form`: 0 = both
+    /// operands K-major from shared memory (S = Q K^T), 1 = A from registers and B MN-major (O +=
+    /// P V), 2 = both MN-major (dQ = dS K). See `wgmma_probe_bf16` in the kernel file.
+    pub fn wgmma_probe(&self, d: &mut CudaViewMut<f32>, a: &CudaView<half::bf16>, b: &CudaView<half::bf16>, form: i32) -> Result<()> {
+        let op = "wgmma_probe";
+        check_len(op, d.len(), 64 * 64)?;
+        check_len(op, a.len(), 64 * 16)?;
+        check_len(op, b.len(), 16 * 64)?;
+        if !(0..3).contains(&form) {
+            return Err(Error::msg(format!("{op}: operand form {form} is not 0, 1 or 2")));
+        }
+        let f = self.function("attention_wgmma", "wgmma_probe_bf16")?;
+        let mut lb = self.stream().launch_builder(&f);
+        lb.arg(d).arg(a).arg(b).arg(&form);
+        unsafe { lb.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 4096 }) }?;
         Ok(())
     }
 }
@@ -287,6 +317,7 @@ mod tests {
         assert_eq!((pick(128, "sm_90", "bf16"), pick(64, "sm_86", "bf16")), (AttnKernel::WgmmaSerial, AttnKernel::TensorCore));
         assert_eq!(pick(64, "sm_90", "f32"), AttnKernel::Simple);
         assert_eq!([wg_smem(64), wg_smem(128)], [81_920, 163_840], "attention_wgmma.cu's header: 80 / 160 KB");
+        assert_eq!([wg_bwd_smem(64), wg_bwd_smem(128)], [82_944, 148_480], "attention_wgmma.cu's header: 81 / 145 KB");
         force_attention_kernel(Some(AttnKernel::Simple));
         assert_eq!(pick(64, "sm_90", "f16"), AttnKernel::Simple);
         force_attention_kernel(None);

@@ -110,6 +110,38 @@ pub fn device_arch(device: Device) -> Option<String> {
     None
 }
 
+/// Diagnostic for the Hopper attention kernels: `a [64, 16] · b [16, 64]` (bf16 tensors on one sm_90
+/// CUDA device) computed by a single wgmma with its operands staged in operand form `form` (0: both
+/// K-major from shared memory, as S = Q K^T; 1: A from registers, B MN-major, as O += P V; 2: both
+/// MN-major, as dQ = dS K), as an f32 [64, 64] tensor. A wrong result names the misread layout.
+pub fn wgmma_probe(a: &crate::Tensor, b: &crate::Tensor, form: u32) -> Result<crate::Tensor> {
+    let op = "wgmma_probe";
+    if a.shape() != [64, 16] || b.shape() != [16, 64] {
+        return Err(Error::msg(format!("{op}: expected a [64, 16] and b [16, 64], got {:?} and {:?}", a.shape(), b.shape())));
+    }
+    if a.dtype() != crate::DType::BF16 || b.dtype() != crate::DType::BF16 {
+        return Err(Error::msg(format!("{op}: expected bf16 inputs, got {} and {}", a.dtype(), b.dtype())));
+    }
+    let dev = a.device();
+    if b.device() != dev {
+        return Err(Error::DeviceMismatch { op, lhs: dev, rhs: b.device() });
+    }
+    let arch = device_arch(dev).ok_or_else(|| Error::msg(format!("{op}: needs a CUDA tensor, got {dev:?}")))?;
+    if kernels::arch_number(&arch) != 90 {
+        return Err(Error::msg(format!("{op}: wgmma needs an sm_90 GPU, this one is {arch}")));
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let s = ops::wgmma_probe(a, b, form as i32)?;
+        crate::Tensor::from_storage(crate::storage::Storage::Cuda(s), &[64, 64])
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = form;
+        Err(Error::CudaUnavailable(format!("{op}: kiln was built without the cuda feature")))
+    }
+}
+
 /// Peak bytes held by tensors on `device` (the caching allocator's high-water mark), or `None`
 /// for the CPU or a device that was never used.
 pub fn peak_memory_bytes(device: Device) -> Option<usize> {
@@ -140,12 +172,13 @@ pub enum AttnKernel {
     /// attention_wgmma.cu: the Hopper forward on wgmma (sm_90a: 2 warpgroups x 64 rows per block,
     /// 128-key tiles double-buffered in shared memory, S and O accumulated by warpgroup MMAs, and
     /// FlashAttention-3's intra-warpgroup overlap: S of tile j and P V of tile j - 1 run together,
-    /// the softmax of tile j during P V), with the deterministic `TensorCore` backward. bf16 / f16,
-    /// head dim 64 / 128, sm_90 only (on other GPUs a request for it runs `TensorCore`). Opt in
-    /// with [`force_attention_kernel`]; it has not yet run on a GPU.
+    /// the softmax of tile j during P V) and the single-pass wgmma backward `attention_bwd_wg`
+    /// (128-key blocks; dQ summed with f32 atomics, so not bit-deterministic). bf16 / f16, head
+    /// dim 64 / 128, sm_90 only (on other GPUs a request for it runs `TensorCore`). Opt in with
+    /// [`force_attention_kernel`]; it has not yet run on a GPU.
     Wgmma,
-    /// `Wgmma` without the overlap (S, softmax, P V in turn per tile): `kiln bench`'s measure of
-    /// what the overlap brings. Same eligibility and backward.
+    /// `Wgmma` with the forward's plain schedule (S, softmax, P V in turn per tile): `kiln
+    /// bench`'s measure of what the overlap brings. Same eligibility and backward.
     WgmmaSerial,
 }
 

@@ -96,11 +96,7 @@ pub fn validate_arch(arch: &str) -> Result<()> {
     }
 }
 
-/// The compute capability of an architecture name as a number: `sm_90a` → 90, `compute_80` → 80;
-/// 0 when there is none.
-pub fn arch_number(arch: &str) -> u32 {
-    arch.trim_start_matches(|c: char| !c.is_ascii_digit()).trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0)
-}
+pub use super::kernels::arch_number;
 
 /// Include directories: `KILN_CUDA_INCLUDE` (a `:`-separated list), else `<dir>/../include` for
 /// the `LD_LIBRARY_PATH` entry that holds libnvrtc, else `$CUDA_HOME/include` or

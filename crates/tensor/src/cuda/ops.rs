@@ -273,3 +273,12 @@ pub fn softmax_bwd(y: &Tensor, g: &Tensor, log: bool) -> Result<CudaStorage> {
         Ok(CudaStorage::from_slice(out, &b))
     })
 }
+
+/// See [`super::wgmma_probe`]: `a` [64, 16] and `b` [16, 64] bf16 CUDA tensors (any layout).
+pub fn wgmma_probe(a: &Tensor, b: &Tensor, form: i32) -> Result<CudaStorage> {
+    let (ca, cb) = (contiguous(a)?, contiguous(b)?);
+    let be = ca.backend().clone();
+    let mut out = out_buf::<f32>(&be, 64 * 64)?;
+    be.wgmma_probe(&mut out.slice_mut(..), &ca.slice::<bf16>("wgmma_probe")?.slice(..), &cb.slice::<bf16>("wgmma_probe")?.slice(..), form)?;
+    Ok(CudaStorage::from_slice(out, &be))
+}
