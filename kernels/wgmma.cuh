@@ -64,119 +64,48 @@ template <int R> __device__ __forceinline__ void wgmma_fence_operand(u32 (&a)[R]
 #define WG_D16 WG_D8(0), WG_D8(8)
 #define WG_D32 WG_D8(0), WG_D8(8), WG_D8(16), WG_D8(24)
 #define WG_D64 WG_D32, WG_D8(32), WG_D8(40), WG_D8(48), WG_D8(56)
+// the accumulator operand lists %0 .. %(R - 1) of the asm statements below
+#define WG_R16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
+#define WG_R32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define WG_R64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
-// d (64 x N) = [d +] A B, k = 16, N = 2 * len(d). wg_mma_ss: A and B from shared memory, both
-// K-major. wg_mma_rs_tb: A from registers, B from shared memory MN-major (".trans"). wg_mma_ss_tt:
-// A and B from shared memory, both MN-major. acc = 0 ignores d's old value.
-__device__ __forceinline__ void wg_mma_ss(float (&d)[32], u64 da, u64 db, int acc, bf16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, 0, 0;\n}\n"
-        : WG_D32
-        : "l"(da), "l"(db), "r"(acc));
-}
-__device__ __forceinline__ void wg_mma_rs_tb(float (&d)[32], const u32 (&a)[4], u64 db, int acc, bf16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-        : WG_D32
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
-}
-__device__ __forceinline__ void wg_mma_ss(float (&d)[64], u64 da, u64 db, int acc, bf16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "%64, %65, p, 1, 1, 0, 0;\n}\n"
-        : WG_D64
-        : "l"(da), "l"(db), "r"(acc));
-}
-__device__ __forceinline__ void wg_mma_rs_tb(float (&d)[64], const u32 (&a)[4], u64 db, int acc, bf16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-        : WG_D64
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
-}
-__device__ __forceinline__ void wg_mma_ss(float (&d)[32], u64 da, u64 db, int acc, f16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, 0, 0;\n}\n"
-        : WG_D32
-        : "l"(da), "l"(db), "r"(acc));
-}
-__device__ __forceinline__ void wg_mma_rs_tb(float (&d)[32], const u32 (&a)[4], u64 db, int acc, f16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-        : WG_D32
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
-}
-__device__ __forceinline__ void wg_mma_ss(float (&d)[64], u64 da, u64 db, int acc, f16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "%64, %65, p, 1, 1, 0, 0;\n}\n"
-        : WG_D64
-        : "l"(da), "l"(db), "r"(acc));
-}
-__device__ __forceinline__ void wg_mma_rs_tb(float (&d)[64], const u32 (&a)[4], u64 db, int acc, f16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-        : WG_D64
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
-}
-
-__device__ __forceinline__ void wg_mma_ss_tt(float (&d)[16], u64 da, u64 db, int acc, bf16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-        "%16, %17, p, 1, 1, 1, 1;\n}\n"
-        : WG_D16
-        : "l"(da), "l"(db), "r"(acc));
-}
-__device__ __forceinline__ void wg_mma_ss_tt(float (&d)[32], u64 da, u64 db, int acc, bf16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, 1, 1;\n}\n"
-        : WG_D32
-        : "l"(da), "l"(db), "r"(acc));
-}
-__device__ __forceinline__ void wg_mma_ss_tt(float (&d)[16], u64 da, u64 db, int acc, f16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-        "%16, %17, p, 1, 1, 1, 1;\n}\n"
-        : WG_D16
-        : "l"(da), "l"(db), "r"(acc));
-}
-__device__ __forceinline__ void wg_mma_ss_tt(float (&d)[32], u64 da, u64 db, int acc, f16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, 1, 1;\n}\n"
-        : WG_D32
-        : "l"(da), "l"(db), "r"(acc));
-}
+// d (64 x N) = [d +] A B, k = 16, N = 2 * len(d); acc = 0 ignores d's old value.
+//   wg_mma_ss:    A and B from shared memory, both K-major
+//   wg_mma_rs_tb: A from registers, B from shared memory MN-major (".trans")
+//   wg_mma_ss_tt: A and B from shared memory, both MN-major
+// R accumulators; the operand numbers after them (A, B descriptors or A's four registers, B's
+// descriptor, the scale-d flag) are passed spelled out, since the preprocessor cannot add.
+#define WG_MMA_SS(NAME, TY, R, N, TA, TB, OA, OB, OP)                                              \
+    __device__ __forceinline__ void NAME(float (&d)[R], u64 da, u64 db, int acc, TY) {             \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #OP ", 0;\n"                              \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #TY "." #TY " " WG_R##R      \
+                     ", %" #OA ", %" #OB ", p, 1, 1, " #TA ", " #TB ";\n}\n"                        \
+                     : WG_D##R                                                                    \
+                     : "l"(da), "l"(db), "r"(acc));                                               \
+    }
+#define WG_MMA_RS_TB(TY, R, N, A0, A1, A2, A3, OB, OP)                                             \
+    __device__ __forceinline__ void wg_mma_rs_tb(float (&d)[R], const u32 (&a)[4], u64 db, int acc, TY) { \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #OP ", 0;\n"                              \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #TY "." #TY " " WG_R##R      \
+                     ", {%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #OB ", p, 1, 1, 1;\n}\n"            \
+                     : WG_D##R                                                                    \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));            \
+    }
+#define WG_MMA_ALL(TY)                                                                              \
+    WG_MMA_SS(wg_mma_ss, TY, 32, 64, 0, 0, 32, 33, 34)                                             \
+    WG_MMA_SS(wg_mma_ss, TY, 64, 128, 0, 0, 64, 65, 66)                                            \
+    WG_MMA_SS(wg_mma_ss_tt, TY, 16, 32, 1, 1, 16, 17, 18)                                          \
+    WG_MMA_SS(wg_mma_ss_tt, TY, 32, 64, 1, 1, 32, 33, 34)                                          \
+    WG_MMA_RS_TB(TY, 32, 64, 32, 33, 34, 35, 36, 37)                                               \
+    WG_MMA_RS_TB(TY, 64, 128, 64, 65, 66, 67, 68, 69)
+WG_MMA_ALL(bf16)
+WG_MMA_ALL(f16)
+#undef WG_MMA_ALL
+#undef WG_MMA_SS
+#undef WG_MMA_RS_TB
+#undef WG_R16
+#undef WG_R32
+#undef WG_R64
 #undef WG_D8
 #undef WG_D16
 #undef WG_D32
