@@ -215,6 +215,37 @@ class Bench:
         return self.emit("matmul", dtype_s, (m, n, k), times, flops=2 * m * n * k, method="torch.mm (MxNxK)", tf32=tf32)
 
     # -------------------------------------------------------------- attention
+    @staticmethod
+    def attention_errors(q, k, v, causal, out):
+        """Issue 6's accuracy measure: `out` (SDPA on 16-bit q, k, v) and a plain PyTorch 16-bit
+        attention (softmax(q k^T * scale) v with every op in q's dtype), each against the same
+        computation in f32 on the same (16-bit) inputs, as kiln's max_err: max |x - ref| /
+        max(1, max |ref|). Computed over all of [B, H], a few heads at a time (scores <= ~1 GiB)."""
+        b, h, t, d = q.shape
+        scale = 1.0 / math.sqrt(d)
+        per_head = t * t * 4
+        step = max(1, min(h, (1 << 30) // per_head))
+        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril() if causal else None
+
+        def plain(qs, ks, vs):
+            s = (qs @ ks.transpose(-1, -2)) * scale
+            if mask is not None:
+                s = s.masked_fill(~mask, float("-inf"))
+            return torch.softmax(s, dim=-1) @ vs
+
+        err_out = err_plain = ref_max = 0.0
+        with torch.no_grad():
+            for bi in range(b):
+                for h0 in range(0, h, step):
+                    sl = (slice(bi, bi + 1), slice(h0, h0 + step))
+                    qs, ks, vs = q[sl], k[sl], v[sl]
+                    ref = plain(qs.float(), ks.float(), vs.float())
+                    ref_max = max(ref_max, ref.abs().max().item())
+                    err_out = max(err_out, (out[sl].float() - ref).abs().max().item())
+                    err_plain = max(err_plain, (plain(qs, ks, vs).float() - ref).abs().max().item())
+        denom = max(1.0, ref_max)
+        return err_out / denom, err_plain / denom
+
     def attention(self, dtype_s, b, h, t, d, causal, backend=None, variant="torch",
                   passes=("attention_fwd", "attention_bwd", "attention_fwd_bwd")):
         ops = [o for o in passes if self.wants(o)]
@@ -236,7 +267,13 @@ class Bench:
                 sets = [qkv(False) for _ in range(k_sets)]
                 with torch.no_grad():
                     times = self.timer.run(lambda a: F.scaled_dot_product_attention(a[0], a[1], a[2], is_causal=causal), sets)
-                self.emit("attention_fwd", dtype_s, shape, times, flops=fwd_flops, method="F.scaled_dot_product_attention", **extra)
+                    acc = {}
+                    if dtype != torch.float32:
+                        q, k, v = sets[0][:3]
+                        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                        acc["max_err"], acc["plain_16bit_err"] = self.attention_errors(q, k, v, causal, out)
+                        acc["err_reference"] = "f32 attention on the same 16-bit inputs"
+                self.emit("attention_fwd", dtype_s, shape, times, flops=fwd_flops, method="F.scaled_dot_product_attention", **extra, **acc)
                 del sets
             if "attention_bwd" in ops:
                 sets = []

@@ -104,6 +104,11 @@ pub struct OpSpec<'s> {
     /// On CUDA: check against the op run on the CPU first (off for sizes the CPU would take
     /// minutes over; such rows say `"checked": false`).
     pub check_on_cpu: bool,
+    /// With `check_on_cpu` and a 16-bit dtype: the CPU reference runs in f32 on the same
+    /// (16-bit-valued) inputs, so `max_err` is the error against an f32 computation (issue 6's
+    /// accuracy measure for attention; torch_bench.py reports the same for SDPA and for a plain
+    /// 16-bit PyTorch attention).
+    pub reference_f32: bool,
     /// Work per pass.
     pub work: Box<dyn Fn(Pass) -> Work + 's>,
 }
@@ -124,6 +129,7 @@ impl<'s> OpSpec<'s> {
             composed: None,
             cuda_alternatives: vec![],
             check_on_cpu: true,
+            reference_f32: false,
             work,
         }
     }
@@ -133,10 +139,14 @@ impl<'s> OpSpec<'s> {
 pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<Vec<Case<'static>>> {
     let set_bytes: usize = spec.inputs.iter().map(|(s, _)| s.iter().product::<usize>() * spec.dtype.size_in_bytes()).sum();
     let n_sets = ctx.sets(set_bytes);
-    let make_set = |k: u64, device: Device| -> Result<Vec<Tensor>> {
+    // input set k on `device`; `as_f32`: the same values widened to f32 (exact)
+    let make_set_as = |k: u64, device: Device, as_f32: bool| -> Result<Vec<Tensor>> {
         let mut v = Vec::new();
         for (i, (shape, grad)) in spec.inputs.iter().enumerate() {
-            let t = randn(seed + 1000 * k + i as u64, shape, spec.dtype, device)?;
+            let mut t = randn(seed + 1000 * k + i as u64, shape, spec.dtype, device)?;
+            if as_f32 {
+                t = t.to_dtype(DType::F32)?;
+            }
             v.push(if *grad { t.var() } else { t });
         }
         for t in &spec.fixed {
@@ -144,6 +154,7 @@ pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<
         }
         Ok(v)
     };
+    let make_set = |k: u64, device: Device| make_set_as(k, device, false);
     let dy_of = |device: Device| -> Result<Tensor> {
         if spec.out_shape.is_empty() {
             Tensor::ones(&[], spec.dtype, device)
@@ -176,8 +187,10 @@ pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<
             }
             Device::Cuda(_) => {
                 if spec.check_on_cpu {
-                    let cpu_set = Rc::new(vec![make_set(0, Device::Cpu)?]);
-                    variants.push(mk("cpu", None, false, spec.fused.clone(), cpu_set, dy_of(Device::Cpu)?));
+                    let widen = spec.reference_f32 && matches!(spec.dtype, DType::BF16 | DType::F16);
+                    let cpu_set = Rc::new(vec![make_set_as(0, Device::Cpu, widen)?]);
+                    let cpu_dy = if widen { dy_of(Device::Cpu)?.to_dtype(DType::F32)? } else { dy_of(Device::Cpu)? };
+                    variants.push(mk(if widen { "cpu-f32" } else { "cpu" }, None, false, spec.fused.clone(), cpu_set, cpu_dy));
                 }
                 // (no composed variant on CUDA: some of the primitive ops it is built from, e.g.
                 // max over a dim and masked_fill, have no CUDA path yet)
@@ -191,6 +204,10 @@ pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<
         let mut extra = serde_json::Map::new();
         if ctx.device != Device::Cpu && !spec.check_on_cpu {
             extra.insert("checked".into(), false.into());
+        }
+        if variants.first().is_some_and(|v| v.name == "cpu-f32") {
+            // max_err is against f32 on the same inputs (the wording torch_bench.py uses too)
+            extra.insert("err_reference".into(), format!("f32 {} on the same 16-bit inputs", spec.op).into());
         }
         cases.push(Case {
             op: format!("{}_{}", spec.op, pass.suffix()),
@@ -307,6 +324,7 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
             .map(|(name, k)| (name, forced(k)))
             .collect(),
         check_on_cpu,
+        reference_f32: true,
         work: Box::new(move |p| Work::Flops(fwd * if p == Pass::Fwd { 1.0 } else if p == Pass::Bwd { 2.5 } else { 3.5 })),
     };
     op_cases(ctx, &spec, passes, 50)

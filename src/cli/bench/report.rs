@@ -59,6 +59,18 @@ pub struct Ratio {
     pub other_ms: f64,
     /// other_ms / kiln_ms: above 1 means kiln is faster.
     pub speedup: f64,
+    /// Both sides' `max_err` where both report one against the same kind of reference (for
+    /// 16-bit attention: f32 attention on the same inputs), and the other side's error of a plain
+    /// 16-bit implementation (torch_bench.py's `plain_16bit_err`); `err_vs_plain` = kiln_err /
+    /// other_plain_err (issue 6 asks for at most 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kiln_err: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_err: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_plain_err: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub err_vs_plain: Option<f64>,
 }
 
 /// Pairs rows by id (kiln: default variant; other: its best row); ids on one side only are skipped.
@@ -68,13 +80,36 @@ pub fn compare(kiln: &[Row], other: &[Row]) -> Vec<Ratio> {
         .filter_map(|(id, kr)| {
             let or = o.get(id)?;
             let (km, om) = (kr.median_ms?, or.median_ms?);
-            Some(Ratio { id: id.clone(), kiln_variant: kr.variant.clone(), kiln_ms: km, other_variant: or.variant.clone(), other_ms: om, speedup: (om / km * 1000.0).round() / 1000.0 })
+            // errors are comparable only when the other side says what it measured against
+            let f32_ref = [kr, or].iter().all(|r| r.extra.get("err_reference").and_then(|v| v.as_str()).is_some_and(|r| r.starts_with("f32")));
+            let (kiln_err, other_err) = if f32_ref { (kr.max_err, or.max_err) } else { (None, None) };
+            let other_plain_err = or.extra.get("plain_16bit_err").and_then(|v| v.as_f64()).filter(|_| f32_ref);
+            let err_vs_plain = match (kiln_err, other_plain_err) {
+                (Some(k), Some(p)) if p > 0.0 => Some((k / p * 1000.0).round() / 1000.0),
+                _ => None,
+            };
+            Some(Ratio {
+                id: id.clone(),
+                kiln_variant: kr.variant.clone(),
+                kiln_ms: km,
+                other_variant: or.variant.clone(),
+                other_ms: om,
+                speedup: (om / km * 1000.0).round() / 1000.0,
+                kiln_err,
+                other_err,
+                other_plain_err,
+                err_vs_plain,
+            })
         })
         .collect()
 }
 
 pub fn ratio_line(r: &Ratio) -> String {
-    format!("{:58} kiln {:10.3} ms [{}]   other {:10.3} ms [{}]   {:6.2}×", r.id, r.kiln_ms, r.kiln_variant, r.other_ms, r.other_variant, r.speedup)
+    let mut line = format!("{:58} kiln {:10.3} ms [{}]   other {:10.3} ms [{}]   {:6.2}×", r.id, r.kiln_ms, r.kiln_variant, r.other_ms, r.other_variant, r.speedup);
+    if let (Some(k), Some(o), Some(p), Some(x)) = (r.kiln_err, r.other_err, r.other_plain_err, r.err_vs_plain) {
+        line += &format!("   err vs f32: kiln {k:.2e}, other {o:.2e}, plain 16-bit {p:.2e} (kiln / plain {x:.2})");
+    }
+    line
 }
 
 #[cfg(test)]
@@ -102,6 +137,27 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].kiln_variant.as_str(), r[0].kiln_ms, r[0].other_ms, r[0].speedup), ("avx512", 2.0, 3.0, 1.5));
         assert!(ratio_line(&r[0]).contains("1.50×"));
+    }
+
+    #[test]
+    fn errors_are_compared_only_against_a_stated_f32_reference() {
+        let mut k = row("cuda", 1.0, true);
+        k.max_err = Some(3e-3);
+        let mut t = row("torch", 2.0, false);
+        t.id = k.id.clone();
+        t.max_err = Some(2e-3);
+        t.extra.insert("plain_16bit_err".into(), 6e-3.into());
+        // no err_reference: the numbers are not paired
+        let r = &compare(std::slice::from_ref(&k), std::slice::from_ref(&t))[0];
+        assert_eq!((r.kiln_err, r.err_vs_plain), (None, None));
+        assert!(!ratio_line(r).contains("err vs f32"));
+        t.extra.insert("err_reference".into(), "f32 attention on the same 16-bit inputs".into());
+        let r = &compare(std::slice::from_ref(&k), std::slice::from_ref(&t))[0];
+        assert_eq!(r.kiln_err, None, "kiln's side must state its reference too");
+        k.extra.insert("err_reference".into(), "f32 attention on the same 16-bit inputs".into());
+        let r = &compare(&[k], &[t])[0];
+        assert_eq!((r.kiln_err, r.other_err, r.other_plain_err, r.err_vs_plain), (Some(3e-3), Some(2e-3), Some(6e-3), Some(0.5)));
+        assert!(ratio_line(r).contains("kiln / plain 0.50"), "{}", ratio_line(r));
     }
 
     #[test]
