@@ -243,10 +243,10 @@ pub fn gelu_bwd(x: &Tensor, g: &Tensor, approx: GeluApprox) -> Result<CudaStorag
     })
 }
 
-fn rows_cols(t: &Tensor) -> (usize, usize) {
+/// `t` as `[rows, cols]` over its last dim (a scalar is one 1-element row; no columns, no rows).
+pub(crate) fn rows_cols(t: &Tensor) -> (usize, usize) {
     let cols = t.shape().last().copied().unwrap_or(1);
-    let rows = if cols == 0 { 0 } else { t.elem_count() / cols };
-    (rows, cols)
+    (t.elem_count().checked_div(cols).unwrap_or(0), cols)
 }
 
 /// (log-)softmax over the last dim.

@@ -1,7 +1,7 @@
 //! CUDA dispatch of the ops with their own structure: matmul (cuBLAS), sum over dims and
 //! LayerNorm (forward saving mean/rstd, fused backward). See [`super::ops`] for the conventions.
 use super::blas::GemmSpec;
-use super::ops::{contiguous, float_dispatch, same_device, storage_of};
+use super::ops::{contiguous, float_dispatch, rows_cols, same_device, storage_of};
 use super::storage::{out_buf, CudaStorage};
 use crate::{Error, Result, Tensor};
 
@@ -97,8 +97,7 @@ pub fn sum_dims(x: &Tensor, dims: &[usize]) -> Result<CudaStorage> {
 pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     let ts: Vec<&Tensor> = [Some(x), w, bias].into_iter().flatten().collect();
     same_device("layer_norm", &ts)?;
-    let cols = x.shape().last().copied().unwrap_or(1);
-    let rows = if cols == 0 { 0 } else { x.elem_count() / cols };
+    let (rows, cols) = rows_cols(x);
     let xc = contiguous(x)?;
     let wc = w.map(contiguous).transpose()?;
     let bc = bias.map(contiguous).transpose()?;
@@ -124,8 +123,7 @@ pub fn layer_norm_bwd(
     x: &Tensor, w: Option<&Tensor>, want_db: bool, mean: &CudaStorage, rstd: &CudaStorage, g: &Tensor,
 ) -> Result<(CudaStorage, Option<CudaStorage>, Option<CudaStorage>)> {
     same_device("layer_norm_bwd", &[x, g])?;
-    let cols = x.shape().last().copied().unwrap_or(1);
-    let rows = if cols == 0 { 0 } else { x.elem_count() / cols };
+    let (rows, cols) = rows_cols(x);
     let (xc, gc) = (contiguous(x)?, contiguous(g)?);
     let wc = w.map(contiguous).transpose()?;
     let be = xc.backend().clone();

@@ -100,7 +100,7 @@ fn kernel<T: BinaryElem>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) 
     let a_full = a.broadcast_as(shape)?;
     let b_full = b.broadcast_as(shape)?;
     let last = *shape.last().unwrap_or(&1);
-    let rows = if last == 0 { 0 } else { n / last };
+    let rows = n.checked_div(last).unwrap_or(0);
     let (sa_last, sb_last) = match shape.len() {
         0 => (0, 0),
         r => (a_full.strides()[r - 1], b_full.strides()[r - 1]),
