@@ -218,7 +218,11 @@ pub fn format_report(rows: &[KernelReport]) -> String {
         s += "(-: NVRTC's log had no ptxas report, so these rows come from the CUBIN, which records no spill counts; a spill needs a stack frame, so stack 0 means none)\n";
     }
     let spills = rows.iter().filter(|r| r.spill_stores + r.spill_loads > 0).count();
-    s += &format!("{} kernels, {} with spills, arch {}\n", rows.len(), spills, rows.first().map_or("-", |r| r.arch.as_str()));
+    let mut archs: Vec<&str> = rows.iter().map(|r| r.arch.as_str()).collect();
+    archs.sort_unstable();
+    archs.dedup();
+    let archs = if archs.is_empty() { "-".to_string() } else { archs.join(", ") };
+    s += &format!("{} kernels, {} with spills, arch {archs}\n", rows.len(), spills);
     s
 }
 
