@@ -180,6 +180,8 @@ stage_issue6_train() {
   step racecheck_tc2 150 "$cs" --tool racecheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 attention_tc2
   step memcheck_wg 90 "$cs" --tool memcheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 attention_wgmma
   step racecheck_wg 120 "$cs" --tool racecheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 attention_wgmma
+  # the same training steps with the wgmma attention (last: the least essential step of the stage)
+  step kiln_train_steps_wg 100 "$KILN" bench --device cuda --json --op train_step --train-steps 5 --attn-kernel wg --out "$LOG/kiln_train_wg.jsonl"
 }
 
 case "$STAGE_NAME" in
