@@ -114,8 +114,8 @@ __device__ void attention_fwd_tc(T* out, float* lse, const T* q, const T* k, con
         // O += P V: P (16 x 64) from the S registers, V (64 x D) through ldmatrix.trans
 #pragma unroll
         for (int kk = 0; kk < TC_BK / 16; ++kk) {
-            u32 pf[4] = {pack2(s[2 * kk][0], s[2 * kk][1], T{}), pack2(s[2 * kk][2], s[2 * kk][3], T{}),
-                         pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T{}), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T{})};
+            u32 pf[4];
+            tc_pack_a<T, NT>(pf, s, kk);
 #pragma unroll
             for (int t = 0; t < DT; t += 2) {
                 u32 vf[4];  // b0, b1 of dim tile t, then of dim tile t + 1
@@ -236,12 +236,7 @@ __device__ void attention_fwd_tc2(T* out, float* lse, const T* q, const T* k, co
             for (int kk = 0; kk < TC2_BK / 16; ++kk) {
                 u32 pf[MT][4];
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    pf[mt][0] = pack2(s[mt][2 * kk][0], s[mt][2 * kk][1], T{});
-                    pf[mt][1] = pack2(s[mt][2 * kk][2], s[mt][2 * kk][3], T{});
-                    pf[mt][2] = pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1], T{});
-                    pf[mt][3] = pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3], T{});
-                }
+                for (int mt = 0; mt < MT; ++mt) tc_pack_a<T, NT>(pf[mt], s[mt], kk);
 #pragma unroll
                 for (int t = 0; t < DT; t += 2) {
                     u32 vf[4];

@@ -86,8 +86,8 @@ __device__ void attention_bwd_dq_tc(T* dq, const float* lse, const float* delta,
         // dQ += dS K: dS (16 x 32 keys) from registers, K (32 x D) through ldmatrix.trans
 #pragma unroll
         for (int kk = 0; kk < TC_BK2 / 16; ++kk) {
-            u32 pf[4] = {pack2(s[2 * kk][0], s[2 * kk][1], T{}), pack2(s[2 * kk][2], s[2 * kk][3], T{}),
-                         pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T{}), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T{})};
+            u32 pf[4];
+            tc_pack_a<T, NT>(pf, s, kk);
 #pragma unroll
             for (int t = 0; t < DT; t += 2) {
                 u32 kf[4];
@@ -237,31 +237,20 @@ __device__ void attention_bwd_dkdv_tc(float* dq_accum, T* dk, T* dv, const float
                 mma_16816(dp[t + 1], vf, of + 2, T{});
             }
         }
-        float pt[NT][4];  // P^T; s becomes dS^T
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int il = t * 8 + 2 * c + (e & 1), j = j0 + 8 * (e >> 1);
-                float p = tc_visible(key_mask, b, Tq, Tk, qt + il, j, causal) ? exp2f(s[t][e] * sl2 - sL[il]) : 0.f;
-                pt[t][e] = p;
-                s[t][e] = p * (dp[t][e] - sD[il]);
-            }
-        }
+        tc_bwd_pt_dst<NT>(s, dp, true, key_mask, b, Tq, Tk, qt, j0, c, causal, sl2, sL, sD);  // s: P^T, dp: dS^T
         if constexpr (DQ) {  // stage dS^T (16-bit, as the mma consumes it) for the block's dQ product
 #pragma unroll
             for (int t = 0; t < NT; ++t)
 #pragma unroll
                 for (int r = 0; r < 2; ++r)
-                    *reinterpret_cast<u32*>(sS + (warp * 16 + g + 8 * r) * TC2_LDP + t * 8 + 2 * c) = pack2(s[t][2 * r], s[t][2 * r + 1], T{});
+                    *reinterpret_cast<u32*>(sS + (warp * 16 + g + 8 * r) * TC2_LDP + t * 8 + 2 * c) = pack2(dp[t][2 * r], dp[t][2 * r + 1], T{});
         }
         // dV += P^T dO and dK += dS^T Q: A from registers, B (queries x D) through ldmatrix.trans
 #pragma unroll
         for (int kk = 0; kk < TC_BK2 / 16; ++kk) {
-            u32 pf[4] = {pack2(pt[2 * kk][0], pt[2 * kk][1], T{}), pack2(pt[2 * kk][2], pt[2 * kk][3], T{}),
-                         pack2(pt[2 * kk + 1][0], pt[2 * kk + 1][1], T{}), pack2(pt[2 * kk + 1][2], pt[2 * kk + 1][3], T{})};
-            u32 sf[4] = {pack2(s[2 * kk][0], s[2 * kk][1], T{}), pack2(s[2 * kk][2], s[2 * kk][3], T{}),
-                         pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T{}), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T{})};
+            u32 pf[4], sf[4];
+            tc_pack_a<T, NT>(pf, s, kk);
+            tc_pack_a<T, NT>(sf, dp, kk);
 #pragma unroll
             for (int t = 0; t < DT; t += 2) {
                 u32 of[4], qf[4];
@@ -280,18 +269,7 @@ __device__ void attention_bwd_dkdv_tc(float* dq_accum, T* dk, T* dv, const float
         }
     }
     cp_async_wait_all();  // the K / V copies, when no query tile ran
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        int j = j0 + 8 * r;
-        if (j >= Tk) continue;
-        T* krow = dk + ((i64)bh * Tk + j) * D;
-        T* vrow = dv + ((i64)bh * Tk + j) * D;
-#pragma unroll
-        for (int t = 0; t < DT; ++t) {
-            *reinterpret_cast<u32*>(krow + t * 8 + 2 * c) = pack2(dka[t][2 * r] * scale, dka[t][2 * r + 1] * scale, T{});
-            *reinterpret_cast<u32*>(vrow + t * 8 + 2 * c) = pack2(dva[t][2 * r], dva[t][2 * r + 1], T{});
-        }
-    }
+    tc_store_dkdv<T, D>(dk, dv, dka, dva, bh, Tk, j0, c, scale);
 }
 
 template <typename T>

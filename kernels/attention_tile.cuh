@@ -85,16 +85,59 @@ __device__ __forceinline__ void tc_softmax_step(float (&s)[NT][4], float (&o)[DT
     tc_rescale<DT>(o, alpha);
 }
 
-// P (16 x 16 per k-step kk, from the S accumulators of n-tiles 2kk and 2kk + 1) as the A
-// fragments of mma.m16n8k16 / wgmma (rows g, g + 8; columns 2c.., 2c + 8..), 16-bit.
+// P (16 x 16 for k-step kk, from the S accumulators of n-tiles 2kk and 2kk + 1) as the A fragment
+// of mma.m16n8k16 / wgmma (rows g, g + 8; columns 2c.., 2c + 8..), 16-bit.
+template <typename T, int NT>
+__device__ __forceinline__ void tc_pack_a(u32 (&a)[4], const float (&s)[NT][4], int kk) {
+    a[0] = pack2(s[2 * kk][0], s[2 * kk][1], T{});
+    a[1] = pack2(s[2 * kk][2], s[2 * kk][3], T{});
+    a[2] = pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T{});
+    a[3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T{});
+}
+// every k-step of s at once
 template <typename T, int NT>
 __device__ __forceinline__ void tc_pack_p(u32 (&pf)[NT / 2][4], const float (&s)[NT][4]) {
 #pragma unroll
-    for (int kk = 0; kk < NT / 2; ++kk) {
-        pf[kk][0] = pack2(s[2 * kk][0], s[2 * kk][1], T{});
-        pf[kk][1] = pack2(s[2 * kk][2], s[2 * kk][3], T{});
-        pf[kk][2] = pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T{});
-        pf[kk][3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T{});
+    for (int kk = 0; kk < NT / 2; ++kk) tc_pack_a<T, NT>(pf[kk], s, kk);
+}
+
+// The backward's transposed tile: s[t][e] = S^T and dp[t][e] = dP^T for key j0 + 8 (e / 2) and
+// query qt + 8 t + 2 c + e % 2 become P^T = exp2(S^T sl2 - lse2) (0 where the key is hidden,
+// checked only where need_mask) and dS^T = P^T (dP^T - delta). l2 / dl: the query tile's lse2 and
+// delta, indexed by query - qt.
+template <int NT>
+__device__ __forceinline__ void tc_bwd_pt_dst(float (&s)[NT][4], float (&dp)[NT][4], bool need_mask, const float* key_mask,
+                                              int b, int Tq, int Tk, int qt, int j0, int c, int causal, float sl2,
+                                              const float* l2, const float* dl) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int il = 8 * t + 2 * c + (e & 1);
+            const bool vis = !need_mask || tc_visible(key_mask, b, Tq, Tk, qt + il, j0 + 8 * (e >> 1), causal);
+            const float p = vis ? exp2f(s[t][e] * sl2 - l2[il]) : 0.f;
+            s[t][e] = p;
+            dp[t][e] = p * (dp[t][e] - dl[il]);
+        }
+    }
+}
+
+// The end of a dK/dV pass: rows j0 and j0 + 8 (those < Tk) of dK (times scale) and dV as 16-bit
+// pairs; accumulators in the C layout of tc_softmax_step.
+template <typename T, int D>
+__device__ __forceinline__ void tc_store_dkdv(T* dk, T* dv, const float (&dka)[D / 8][4], const float (&dva)[D / 8][4],
+                                              i64 bh, int Tk, int j0, int c, float scale) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int j = j0 + 8 * r;
+        if (j >= Tk) continue;
+        T* krow = dk + (bh * Tk + j) * D;
+        T* vrow = dv + (bh * Tk + j) * D;
+#pragma unroll
+        for (int t = 0; t < D / 8; ++t) {
+            *reinterpret_cast<u32*>(krow + t * 8 + 2 * c) = pack2(dka[t][2 * r] * scale, dka[t][2 * r + 1] * scale, T{});
+            *reinterpret_cast<u32*>(vrow + t * 8 + 2 * c) = pack2(dva[t][2 * r], dva[t][2 * r + 1], T{});
+        }
     }
 }
 

@@ -278,19 +278,7 @@ __device__ void attention_bwd_wg(float* dq_accum, T* dk, T* dv, const float* lse
 
         // P^T and dS^T: element e of n-tile t is key j0 + 8 (e / 2), query qt + 8 t + 2 c + e % 2
         const bool need_mask = key_mask != nullptr || qt + WG_BQT > Tq || k0 + WG_BKEY > Tk || (causal && qt < k0 + WG_BKEY);
-        const float* l2 = sL + st * WG_BQT;
-        const float* dl = sD + st * WG_BQT;
-#pragma unroll
-        for (int t = 0; t < NT; ++t) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int il = 8 * t + 2 * c + (e & 1);
-                const bool vis = !need_mask || tc_visible(key_mask, b, Tq, Tk, qt + il, j0 + 8 * (e >> 1), causal);
-                const float p = vis ? exp2f(s[t][e] * sl2 - l2[il]) : 0.f;
-                s[t][e] = p;
-                dp[t][e] = p * (dp[t][e] - dl[il]);
-            }
-        }
+        tc_bwd_pt_dst<NT>(s, dp, need_mask, key_mask, b, Tq, Tk, qt, j0, c, causal, sl2, sL + st * WG_BQT, sD + st * WG_BQT);
         tc_pack_p<T, NT>(pp, s);
         tc_pack_p<T, NT>(pds, dp);
 
@@ -339,19 +327,7 @@ __device__ void attention_bwd_wg(float* dq_accum, T* dk, T* dv, const float* lse
         }
     }
     cp_async_wait_all();  // the K / V copies, when no query tile ran
-
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int j = j0 + 8 * r;
-        if (j >= Tk) continue;
-        T* krow = dk + ((i64)bh * Tk + j) * D;
-        T* vrow = dv + ((i64)bh * Tk + j) * D;
-#pragma unroll
-        for (int t = 0; t < DT; ++t) {
-            *reinterpret_cast<u32*>(krow + t * 8 + 2 * c) = pack2(dka[t][2 * r] * scale, dka[t][2 * r + 1] * scale, T{});
-            *reinterpret_cast<u32*>(vrow + t * 8 + 2 * c) = pack2(dva[t][2 * r], dva[t][2 * r + 1], T{});
-        }
-    }
+    tc_store_dkdv<T, D>(dk, dv, dka, dva, bh, Tk, j0, c, scale);
 }
 
 #define ATT_WG_KERNEL(T, S, DIM)                                                                    \
