@@ -189,7 +189,8 @@ pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<
                 if spec.check_on_cpu {
                     let widen = spec.reference_f32 && matches!(spec.dtype, DType::BF16 | DType::F16);
                     let cpu_set = Rc::new(vec![make_set_as(0, Device::Cpu, widen)?]);
-                    let cpu_dy = if widen { dy_of(Device::Cpu)?.to_dtype(DType::F32)? } else { dy_of(Device::Cpu)? };
+                    let cpu_dy = dy_of(Device::Cpu)?;
+                    let cpu_dy = if widen { cpu_dy.to_dtype(DType::F32)? } else { cpu_dy };
                     variants.push(mk(if widen { "cpu-f32" } else { "cpu" }, None, false, spec.fused.clone(), cpu_set, cpu_dy));
                 }
                 // (no composed variant on CUDA: some of the primitive ops it is built from, e.g.

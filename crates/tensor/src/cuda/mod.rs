@@ -88,12 +88,22 @@ pub fn device_count() -> usize {
 /// cannot be opened, or a build without the `cuda` feature.
 pub fn device_name(device: Device) -> Option<String> {
     #[cfg(feature = "cuda")]
-    if let Device::Cuda(n) = device {
-        if n < device_count() {
-            return device::CudaBackend::get(n).ok().and_then(|b| b.name().ok());
-        }
+    return backend_of(device).and_then(|b| b.name().ok());
+    #[cfg(not(feature = "cuda"))]
+    no_backend(device)
+}
+
+/// The backend of `device` when it is a CUDA device that exists and opens (the rule of the
+/// `Option`-returning queries here).
+#[cfg(feature = "cuda")]
+fn backend_of(device: Device) -> Option<std::sync::Arc<device::CudaBackend>> {
+    match device {
+        Device::Cuda(n) if n < device_count() => device::CudaBackend::get(n).ok(),
+        _ => None,
     }
-    let _ = device;
+}
+#[cfg(not(feature = "cuda"))]
+fn no_backend<R>(_: Device) -> Option<R> {
     None
 }
 
@@ -101,13 +111,9 @@ pub fn device_name(device: Device) -> Option<String> {
 /// [`device_name`].
 pub fn device_arch(device: Device) -> Option<String> {
     #[cfg(feature = "cuda")]
-    if let Device::Cuda(n) = device {
-        if n < device_count() {
-            return device::CudaBackend::get(n).ok().map(|b| b.arch().to_string());
-        }
-    }
-    let _ = device;
-    None
+    return backend_of(device).map(|b| b.arch().to_string());
+    #[cfg(not(feature = "cuda"))]
+    no_backend(device)
 }
 
 /// Diagnostic for the Hopper attention kernels: `a [64, 16] · b [16, 64]` (bf16 tensors on one sm_90
@@ -146,13 +152,9 @@ pub fn wgmma_probe(a: &crate::Tensor, b: &crate::Tensor, form: u32) -> Result<cr
 /// for the CPU or a device that was never used.
 pub fn peak_memory_bytes(device: Device) -> Option<usize> {
     #[cfg(feature = "cuda")]
-    if let Device::Cuda(n) = device {
-        if n < device_count() {
-            return device::CudaBackend::get(n).ok().map(|b| b.allocator().stats().peak_bytes);
-        }
-    }
-    let _ = device;
-    None
+    return backend_of(device).map(|b| b.allocator().stats().peak_bytes);
+    #[cfg(not(feature = "cuda"))]
+    no_backend(device)
 }
 
 /// The CUDA attention kernels a forward can run (its backward runs the matching passes).
@@ -226,12 +228,8 @@ pub fn attention_kernel_override() -> Option<AttnKernel> {
 /// or a device never used).
 pub fn reset_peak_memory(device: Device) {
     #[cfg(feature = "cuda")]
-    if let Device::Cuda(n) = device {
-        if n < device_count() {
-            if let Ok(b) = device::CudaBackend::get(n) {
-                b.allocator().reset_peak();
-            }
-        }
+    if let Some(b) = backend_of(device) {
+        b.allocator().reset_peak();
     }
     let _ = device;
 }
