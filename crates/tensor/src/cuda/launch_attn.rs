@@ -8,7 +8,7 @@
 use super::device::CudaBackend;
 use super::launch::{allow_smem, check_len, to_i32, KernelFloat, NULL_PTR};
 use crate::{Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
 
 /// Shapes and options of one attention call. q: `[batch, heads, q_len, head_dim]`, k / v:
 /// `[batch, heads, kv_len, head_dim]`, all contiguous. `scale` is usually `1 / sqrt(head_dim)`.
@@ -57,6 +57,17 @@ fn tc2_key_tile(head_dim: usize) -> usize {
     } else {
         64
     }
+}
+
+/// The arguments every attention kernel ends with: `const float* key_mask` (null when absent),
+/// then `int B, int H, int Tq, int Tk, int D, float scale, int causal` (`args` from
+/// [`AttentionDims::args`]).
+fn push_mask_and_dims<'a>(b: &mut LaunchArgs<'a>, key_mask: Option<&'a CudaView<f32>>, args: &'a [i32; 6], scale: &'a f32) {
+    match key_mask {
+        Some(m) => b.arg(m),
+        None => b.arg(&NULL_PTR),
+    };
+    b.arg(&args[0]).arg(&args[1]).arg(&args[2]).arg(&args[3]).arg(&args[4]).arg(scale).arg(&args[5]);
 }
 
 impl AttentionDims {
@@ -137,14 +148,10 @@ impl CudaBackend {
             AttnKernel::Simple => (self.function("attention", &format!("attention_fwd_{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS, 128),
         };
         allow_smem(&f, smem)?;
-        let [bb, hh, tq, tk, dd, causal] = dims.args();
+        let args = dims.args();
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(lse).arg(q).arg(k).arg(v);
-        match key_mask {
-            Some(m) => b.arg(m),
-            None => b.arg(&NULL_PTR),
-        };
-        b.arg(&bb).arg(&hh).arg(&tq).arg(&tk).arg(&dd).arg(&dims.scale).arg(&causal);
+        push_mask_and_dims(&mut b, key_mask, &args, &dims.scale);
         let grid = (dims.q_len.div_ceil(rows) as u32, (dims.batch * dims.heads) as u32, 1);
         unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (threads, 1, 1), shared_mem_bytes: smem }) }?;
         Ok(())
@@ -174,7 +181,7 @@ impl CudaBackend {
             return Ok(());
         }
         let d = dims.head_dim;
-        let [bb, hh, tq, tk, dd, causal] = dims.args();
+        let args = dims.args();
         let bh = (dims.batch * dims.heads) as u32;
         // 1. delta = rowsum(dout * out)
         let mut delta = self.alloc::<f32>(dims.rows().max(1))?;
@@ -182,7 +189,7 @@ impl CudaBackend {
             let f = self.function("attention", &format!("attention_bwd_preprocess_{}", T::SUFFIX))?;
             let rows = to_i32(op, dims.rows())?;
             let mut b = self.stream().launch_builder(&f);
-            b.arg(&mut *delta).arg(out).arg(dout).arg(&rows).arg(&dd);
+            b.arg(&mut *delta).arg(out).arg(dout).arg(&rows).arg(&args[4]);
             let cfg = LaunchConfig { grid_dim: (dims.rows().div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
             unsafe { b.launch(cfg) }?;
         }
@@ -210,11 +217,7 @@ impl CudaBackend {
                 b.arg(&mut *dk).arg(&mut *dv);
             }
             b.arg(lse).arg(&*delta).arg(q).arg(k).arg(v).arg(dout);
-            match key_mask {
-                Some(m) => b.arg(m),
-                None => b.arg(&NULL_PTR),
-            };
-            b.arg(&bb).arg(&hh).arg(&tq).arg(&tk).arg(&dd).arg(&dims.scale).arg(&causal);
+            push_mask_and_dims(&mut b, key_mask, &args, &dims.scale);
             let cfg = LaunchConfig { grid_dim: (len.div_ceil(rows) as u32, bh, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem };
             unsafe { b.launch(cfg) }?;
         }
@@ -234,7 +237,7 @@ impl CudaBackend {
     ) -> Result<()> {
         let op = "attention_bwd";
         let d = dims.head_dim;
-        let [bb, hh, tq, tk, dd, causal] = dims.args();
+        let args = dims.args();
         let n = dims.q_elems();
         let mut acc = self.alloc_zeros::<f32>(n.max(1))?;
         if dims.kv_len > 0 {
@@ -246,11 +249,7 @@ impl CudaBackend {
             allow_smem(&f, smem)?;
             let mut b = self.stream().launch_builder(&f);
             b.arg(&mut *acc).arg(&mut *dk).arg(&mut *dv).arg(lse).arg(delta).arg(q).arg(k).arg(v).arg(dout);
-            match key_mask {
-                Some(m) => b.arg(m),
-                None => b.arg(&NULL_PTR),
-            };
-            b.arg(&bb).arg(&hh).arg(&tq).arg(&tk).arg(&dd).arg(&dims.scale).arg(&causal);
+            push_mask_and_dims(&mut b, key_mask, &args, &dims.scale);
             let grid = (dims.kv_len.div_ceil(keys) as u32, (dims.batch * dims.heads) as u32, 1);
             unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (threads, 1, 1), shared_mem_bytes: smem }) }?;
         }
