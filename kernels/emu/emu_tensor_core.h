@@ -3,6 +3,7 @@
 // PTX fragment layouts. A warp's lanes meet at the warp barrier of emu.h to exchange fragments.
 #pragma once
 #include <array>
+#include <cstdio>
 
 inline std::vector<std::array<std::array<u32, 6>, 32>> g_frag(64);
 
@@ -61,11 +62,29 @@ inline void emu_ldmatrix(u32* r, const void* row_addr, bool trans) {
 inline void ldmatrix_x4(u32* r, const void* row_addr) { emu_ldmatrix(r, row_addr, false); }
 inline void ldmatrix_x4_trans(u32* r, const void* row_addr) { emu_ldmatrix(r, row_addr, true); }
 
+// cp.async is asynchronous: what lands in dst is defined only after this thread's wait (and other
+// threads see it only after a barrier that follows the wait). The emulation writes NaN bytes into
+// dst at issue and the data at the wait, so a read before the wait sees NaN, and under
+// KILN_EMU_TSAN=1 (ThreadSanitizer) a write at either end that no barrier orders against another
+// thread's access of the same bytes is reported as a data race, as racecheck would on the GPU.
+struct EmuCpAsync { void* dst; const void* src; bool valid; };
+inline thread_local std::vector<EmuCpAsync> g_cp_pending;
+// a thread that exits with copies in flight is a kernel bug (they would land in the next block's
+// shared memory on the GPU)
+struct EmuCpCheck { ~EmuCpCheck() { if (!g_cp_pending.empty()) { fprintf(stderr, "cp.async: thread exited with %zu copies in flight\n", g_cp_pending.size()); abort(); } } };
+inline thread_local EmuCpCheck g_cp_check;
 inline void cp_async16(void* dst, const void* src, bool valid) {
-    if (valid) memcpy(dst, src, 16); else memset(dst, 0, 16);
+    memset(dst, 0xff, 16);  // NaN in f32, bf16 and f16 alike
+    g_cp_pending.push_back({dst, src, valid});  // constructed before the check below, so destroyed after it
+    (void)&g_cp_check;                          // registers the exit check for this thread
 }
 inline void cp_async_commit() {}
-inline void cp_async_wait_all() {}
+inline void cp_async_wait_all() {
+    for (const auto& c : g_cp_pending) {
+        if (c.valid) memcpy(c.dst, c.src, 16); else memset(c.dst, 0, 16);
+    }
+    g_cp_pending.clear();
+}
 
 inline u32 pack2(float lo, float hi, bf16) { return (u32)emu_f2h(lo, bf16{}) | ((u32)emu_f2h(hi, bf16{}) << 16); }
 inline u32 pack2(float lo, float hi, f16) { return (u32)emu_f2h(lo, f16{}) | ((u32)emu_f2h(hi, f16{}) << 16); }

@@ -94,7 +94,16 @@ template <int R> inline void wgmma_fence_operand(u32 (&)[R]) {}
 template <int R, typename T> inline void emu_wg_issue(float (&d)[R], bool a_reg, const u32* a, u64 da, u64 db, bool trans_a, bool trans_b, int acc, T) {
     g_wg_pending.reserve(16);  // constructed before the check below, so destroyed after it
     (void)&g_wg_check;         // registers the exit check for this thread
-    g_wg_pending.push_back({2 * R, a_reg, trans_a, trans_b, std::is_same_v<T, bf16>, da, db, a, d, acc != 0});
+    constexpr bool is_bf16 = std::is_same_v<T, bf16>;
+    // The tensor cores may read the shared-memory operands at any time from issue to the wait: read
+    // them here as well as at the wait, so that ThreadSanitizer (KILN_EMU_TSAN=1) sees both ends.
+    float touch = 0.f;
+    for (int k = 0; k < 16; ++k) {
+        if (!a_reg) for (int m = 0; m < 64; ++m) touch += emu_wg_smem(da, m, k, trans_a, is_bf16);
+        for (int n = 0; n < 2 * R; ++n) touch += emu_wg_smem(db, n, k, trans_b, is_bf16);
+    }
+    volatile float sink = touch; (void)sink;
+    g_wg_pending.push_back({2 * R, a_reg, trans_a, trans_b, is_bf16, da, db, a, d, acc != 0});
 }
 template <int R, typename T> inline void wg_mma_ss(float (&d)[R], u64 da, u64 db, int acc, T t) { emu_wg_issue(d, false, nullptr, da, db, false, false, acc, t); }
 template <int R, typename T> inline void wg_mma_rs_tb(float (&d)[R], const u32 (&a)[4], u64 db, int acc, T t) { emu_wg_issue(d, true, a, 0, db, false, true, acc, t); }

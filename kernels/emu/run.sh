@@ -13,7 +13,15 @@ mkdir -p "$out/gen"
 for f in "$here"/../*.cu "$here"/../*.cuh; do
   sed 's/extern __shared__/extern/' "$f" > "$out/gen/$(basename "$f")"
 done
+# KILN_EMU_TSAN=1: build under ThreadSanitizer (racecheck without a GPU: a shared- or global-memory
+# access of one thread that no barrier orders against another thread's write, cp.async landings
+# and wgmma operand reads included, is reported and fails the run)
+flags=(-O2)
+if [ "${KILN_EMU_TSAN:-0}" = 1 ]; then
+  flags=(-O1 -g -fsanitize=thread -DKILN_EMU_TSAN=1)
+  export TSAN_OPTIONS="halt_on_error=1 exitcode=66 ${TSAN_OPTIONS:-}"
+fi
 for t in ${KILN_EMU_TESTS:-test_ops test_attention test_attention_tc}; do
-  g++ -std=c++20 -O2 -pthread -w -I"$out" -I"$here" -o "$out/$t" "$here/$t.cpp"
+  g++ -std=c++20 "${flags[@]}" -pthread -w -I"$out" -I"$here" -o "$out/$t" "$here/$t.cpp"
   "$out/$t"
 done
