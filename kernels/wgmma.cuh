@@ -113,3 +113,12 @@ WG_MMA_ALL(f16)
 #else
 #include "emu_wgmma.h"  // kernels/emu/: the same functions, emulated on the CPU
 #endif
+
+// A SWIZZLE_128B descriptor (layout type 1, base offset 0) for tiles the copy engine wrote with the
+// 128-byte swizzle (tma.cuh), in 1024-byte-aligned atoms of 8 rows x 128 bytes. Element (mn, k) of
+// 16-bit data sits at the pre-swizzle byte address
+//   K-major:  start + (mn % 8) * 128 + (mn / 8) * SBO + k * 2        (k < 64; LBO unused)
+//   MN-major: start + (mn % 64) * 2 + (mn / 64) * LBO + (k % 8) * 128 + (k / 8) * SBO
+// and the hardware XORs address bits [4, 7) with bits [7, 10). A K step of 16 inside an atom is
+// start + 32 bytes.
+__device__ __forceinline__ u64 wg_desc_sw128(const void* p, u32 lbo, u32 sbo) { return wg_desc(p, lbo, sbo) | (1ull << 62); }

@@ -278,8 +278,9 @@ gpu_test!(wgmma_operand_layouts, |dev| {
     assert!(e.contains("[16, 64]"), "{e}");
 });
 
-// attention_fwd_wg and its serial schedule (opt-in wgmma forwards, sm_90a: 2 warpgroups x 64 rows,
-// 128-key tiles in two stages) with the wgmma backward attention_bwd_wg (gradients against the CPU): several blocks and key tiles, causal skips, partial tiles, padding,
+// attention_fwd_wg, its serial schedule and the warp-specialized TMA forward attention_fwd_wgtma
+// (opt-in wgmma forwards, sm_90a: 2 (consumer) warpgroups x 64 rows, 128-key tiles in two stages)
+// with the wgmma backward attention_bwd_wg (gradients against the CPU): several blocks and key tiles, causal skips, partial tiles, padding,
 // Tq != Tk. Other GPUs have no wgmma: the test says so and checks that a request runs tc there.
 gpu_test!(attention_wgmma, |dev| {
     use kiln::tensor::cuda::{device_arch, force_attention_kernel, nvrtc::arch_number, AttnKernel};
@@ -288,7 +289,7 @@ gpu_test!(attention_wgmma, |dev| {
     if arch_number(&arch) != 90 {
         println!("SKIPPED attention_wgmma: the wgmma kernel needs an sm_90 GPU, this one is {arch} (its requests run tc)");
     } else {
-        for (kernel, name) in [(AttnKernel::Wgmma, "wg"), (AttnKernel::WgmmaSerial, "wg serial")] {
+        for (kernel, name) in [(AttnKernel::Wgmma, "wg"), (AttnKernel::WgmmaSerial, "wg serial"), (AttnKernel::WgmmaTma, "wgtma")] {
             force_attention_kernel(Some(kernel));
             for d in [64usize, 128] {
                 check_attention(&format!("{name} attention"), dev, (2, 2, 300, d), 45);

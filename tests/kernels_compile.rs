@@ -38,6 +38,7 @@ const FLOAT_KERNELS: &[(&str, &[&str], &[&str])] = &[
     // tensor cores take 16-bit inputs only
     ("attention_tc", &["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_tc2_d64", "attention_bwd_tc2_d128", "attention_bwd_dq_convert", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128"], HALF),
     // sm_90a only (wgmma): compiled in the sm_90 pass as sm_90a, left out of the sm_80 pass
+    ("attention_tma", &["attention_fwd_wgtma_d64", "attention_fwd_wgtma_d128"], HALF),
     ("attention_wgmma", &["attention_fwd_wg_d64", "attention_fwd_wg_d128", "attention_fwd_wg_serial_d64", "attention_fwd_wg_serial_d128", "attention_bwd_wg_d64", "attention_bwd_wg_d128"], HALF),
     ("copy", &["copy", "copy_to_strided"], ALL),
     ("cross_entropy", &["cross_entropy_fwd", "cross_entropy_bwd"], ALL),
@@ -82,12 +83,15 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
         let mut rows = Vec::new();
         let stems: Vec<&str> = compiled.iter().map(|(s, _)| *s).collect();
         assert_eq!(stems.contains(&"attention_wgmma"), arch == "sm_90", "the wgmma file is built for sm_90 only: {stems:?}");
+        assert_eq!(stems.contains(&"attention_tma"), arch == "sm_90", "the TMA file is built for sm_90 only: {stems:?}");
         for (stem, c) in compiled {
             let c = c.unwrap_or_else(|e| panic!("kernels/{stem}.cu does not compile for {arch}: {e}"));
             assert_eq!(Some(c.arch.clone()), kernels::file(stem).unwrap().target(arch), "{stem}: compiled for its target arch");
             // ptxas serializes wgmma (waits after every one) when it cannot keep the accumulators in
             // registers across the asynchronous window; that costs most of the speed, so it fails here
             assert!(!c.log.contains("serialized"), "{stem} for {arch}: ptxas serialized wgmma:\n{}", c.log);
+            // (C7508) 'setmaxnreg' ignored: the producer / consumer register split would not happen
+            assert!(!c.log.lines().any(|l| l.contains("setmaxnreg") && l.contains("ignored")), "{stem} for {arch}: ptxas ignored setmaxnreg:\n{}", c.log);
             assert!(!c.from_cache, "{stem}: a fresh cache directory cannot hit");
             match &c.image {
                 nvrtc::KernelImage::Cubin(b) => assert!(b.starts_with(b"\x7fELF"), "{stem}: not an ELF cubin"),
@@ -217,4 +221,29 @@ extern "C" __global__ void racy(float* out, int n) {
     let (_, log) = nvrtc::compile_source("racy.cu", src, &nvrtc::compile_options("sm_90a")).unwrap();
     assert!(log.contains("serialized"), "ptxas did not report serialized wgmma:\n{log}");
     println!("{}", log.lines().find(|l| l.contains("serialized")).unwrap_or_default());
+}
+
+/// The "setmaxnreg ignored" check above can fire: without a register cap at entry (no minimum
+/// blocks in __launch_bounds__) ptxas cannot apply setmaxnreg and says so.
+#[test]
+fn ptxas_reports_ignored_setmaxnreg() {
+    if !nvrtc_or_skip("ptxas_reports_ignored_setmaxnreg") {
+        return;
+    }
+    let src = r#"
+#include "tma.cuh"
+extern "C" __global__ void __launch_bounds__(384) uncapped(float* out) {
+    const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x >> 7, 0);
+    if (wg == 0) {
+        setmaxnreg_dec<24>();
+    } else {
+        setmaxnreg_inc<240>();
+        out[threadIdx.x] = 1.f;
+    }
+}
+"#;
+    let (_, log) = nvrtc::compile_source("uncapped.cu", src, &nvrtc::compile_options("sm_90a")).unwrap();
+    let line = log.lines().find(|l| l.contains("setmaxnreg") && l.contains("ignored"));
+    assert!(line.is_some(), "ptxas did not report an ignored setmaxnreg:\n{log}");
+    println!("{}", line.unwrap_or_default());
 }

@@ -22,7 +22,7 @@ using std::min; using std::max;
 struct dim3e { unsigned x = 1, y = 1, z = 1; };
 inline thread_local dim3e threadIdx;
 inline dim3e blockIdx, blockDim, gridDim;
-alignas(16) inline float smem[1 << 16];  // "extern __shared__ float smem[]" resolves here
+alignas(1024) inline float smem[1 << 16];  // "extern __shared__ float smem[]" resolves here
 inline std::unique_ptr<std::barrier<>> g_block_bar;
 inline std::vector<std::unique_ptr<std::barrier<>>> g_warp_bar;
 inline std::vector<std::vector<uint64_t>> g_warp_slot;

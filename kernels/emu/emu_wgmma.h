@@ -30,11 +30,20 @@ struct EmuWgmma {
 inline thread_local std::vector<EmuWgmma> g_wg_pending;    // issued, not yet carried out
 inline thread_local std::vector<size_t> g_wg_group_end;    // committed groups: end index in pending
 
-// element (mn, k) of a shared-memory operand under a no-swizzle descriptor
+// element (mn, k) of a shared-memory operand under a no-swizzle or SWIZZLE_128B descriptor
+// (wgmma.cuh's layouts; smem is 1024-byte aligned, so offsets in it swizzle as addresses do)
 inline float emu_wg_smem(u64 desc, int mn, int k, bool mn_major, bool is_bf16) {
-    assert((desc >> 62) == 0 && ((desc >> 49) & 7) == 0 && "only the no-swizzle layout is emulated");
+    const u32 layout = (u32)(desc >> 62);
+    assert((layout == 0 || layout == 1) && ((desc >> 49) & 7) == 0 && "only the no-swizzle and 128-byte swizzle layouts are emulated");
     u32 start = (u32)(desc & 0x3FFF) << 4, lbo = (u32)((desc >> 16) & 0x3FFF) << 4, sbo = (u32)((desc >> 32) & 0x3FFF) << 4;
-    u32 off = start + (mn / 8) * sbo + (k / 8) * lbo + (mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2);
+    u32 off;
+    if (layout == 0) {
+        off = start + (mn / 8) * sbo + (k / 8) * lbo + (mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2);
+    } else {
+        off = mn_major ? start + (mn % 64) * 2 + (mn / 64) * lbo + (k % 8) * 128 + (k / 8) * sbo
+                       : start + (mn % 8) * 128 + (mn / 8) * sbo + k * 2;
+        off ^= ((off >> 7) & 7) << 4;
+    }
     assert(off + 2 <= sizeof(smem));
     unsigned short bits; memcpy(&bits, (const char*)smem + off, 2);
     return is_bf16 ? emu_h2f(bits, bf16{}) : emu_h2f(bits, f16{});

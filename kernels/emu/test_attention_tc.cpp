@@ -7,6 +7,7 @@
 #include <random>
 #include "gen/attention_tc.cu"
 #include "gen/attention_wgmma.cu"
+#include "gen/attention_tma.cu"
 
 // calls the entry point NAME_d{64,128}_{bf16,f16} for the enclosing run<T, D>'s T and D
 #define TC_CALL(NAME, ...)                                                                      \
@@ -92,6 +93,17 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   launch({(unsigned)((Tq + 127) / 128), (unsigned)(B * H)}, {256}, [&] {
     TC_CALL(attention_fwd_wg_serial, out4.data(), lse4.data(), q.data(), k.data(), v.data(), mp, B, H, Tq, Tk, D, scale, causal);
   });
+  // the warp-specialized TMA forward (sm_90a): a producer warpgroup, two consumer warpgroups;
+  // q, k, v as 3-D tensor maps [B * H, T, D] with 64 x 128 boxes and the 128-byte swizzle
+  auto tmap = [&](const std::vector<T>& x, int len) {
+    return TmaMap{x.data(), 2, {D, len, (long long)B * H}, {2LL * D, 2LL * D * len}, {64, 128, 1}, true};
+  };
+  std::vector<T> out5(nq); for (auto& x : out5) x.bits = 0x7fc0;
+  std::vector<float> lse5((size_t)B * H * Tq, NAN);
+  if ((size_t)(5 * 128 * D * 2 + 72 + 1024) > sizeof(smem)) { printf("smem too big\n"); exit(1); }
+  launch({(unsigned)((Tq + 127) / 128), (unsigned)(B * H)}, {384}, [&] {
+    TC_CALL(attention_fwd_wgtma, out5.data(), lse5.data(), tmap(q, Tq), tmap(k, Tk), tmap(v, Tk), mp, B, H, Tq, Tk, D, scale, causal);
+  });
   // backward: delta = rowsum(dO * O) from the kernel's own output (as attention_bwd_preprocess)
   std::vector<float> delta((size_t)B * H * Tq);
   for (size_t r = 0; r < delta.size(); ++r) { double acc = 0; for (int d = 0; d < D; ++d) acc += dof[r * D + d] * emu_h2f(out[r * D + d].bits, T{}); delta[r] = (float)acc; }
@@ -161,6 +173,8 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   check("  wg lse (rel)", lse_err(lse3), 1e-4);
   check("  wg serial out (abs err / max |out|)", out_err(out4) / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
   check("  wg serial lse (rel)", lse_err(lse4), 1e-4);
+  check("  wgtma out (abs err / max |out|)", out_err(out5) / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
+  check("  wgtma lse (rel)", lse_err(lse5), 1e-4);
   double gt = std::is_same_v<T, bf16> ? 1e-2 : 1.5e-3;  // 16-bit P / dS / output rounding
   check("  dq (abs err / max |dq|)", rel(dq, rdq), gt);
   check("  dk (abs err / max |dk|)", rel(dk, rdk), gt);

@@ -318,10 +318,11 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
             ("cuda-tc2", AttnKernel::TensorCore2),
             ("cuda-wg", AttnKernel::Wgmma),
             ("cuda-wg-serial", AttnKernel::WgmmaSerial),
+            ("cuda-wgtma", AttnKernel::WgmmaTma),
         ]
         .into_iter()
         // the wgmma kernels exist on sm_90 only (elsewhere a request for them runs tc)
-        .filter(|(_, k)| !matches!(k, AttnKernel::Wgmma | AttnKernel::WgmmaSerial) || hopper)
+        .filter(|(_, k)| !matches!(k, AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma) || hopper)
             .map(|(name, k)| (name, forced(k)))
             .collect(),
         check_on_cpu,

@@ -52,6 +52,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     kernel_file!("adamw"),
     kernel_file!("attention"),
     kernel_file!("attention_tc"),
+    kernel_file!("attention_tma", sm90a),
     kernel_file!("attention_wgmma", sm90a),
     kernel_file!("copy"),
     kernel_file!("cross_entropy"),
@@ -72,6 +73,7 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("attention_tc_bwd.cuh", include_str!("../../../../kernels/attention_tc_bwd.cuh")),
     ("attention_tile.cuh", include_str!("../../../../kernels/attention_tile.cuh")),
     ("wgmma.cuh", include_str!("../../../../kernels/wgmma.cuh")),
+    ("tma.cuh", include_str!("../../../../kernels/tma.cuh")),
 ];
 
 /// The kernel file with this stem.

@@ -182,6 +182,12 @@ pub enum AttnKernel {
     /// `Wgmma` with the forward's plain schedule (S, softmax, P V in turn per tile): `kiln
     /// bench`'s measure of what the overlap brings. Same eligibility and backward.
     WgmmaSerial,
+    /// attention_tma.cu: `Wgmma`'s forward loop in FlashAttention-3's warp-specialized form: a
+    /// producer warpgroup brings Q, K and V in by TMA (tensor maps, 128-byte swizzle, two stages
+    /// completed on mbarriers) while two consumer warpgroups run the wgmmas and the softmax with
+    /// all the registers (setmaxnreg). Same eligibility and backward as `Wgmma` (whose forward it
+    /// runs when there are no keys, or when q, k or v is not 16-byte aligned).
+    WgmmaTma,
 }
 
 thread_local! {
