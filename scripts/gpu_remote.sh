@@ -152,8 +152,8 @@ stage_attn() {
 }
 
 # What issue 6 needs measured next (written 2026-11-30 without a GPU), in two commands of < 10 min:
-# `issue6` (~6 min): the kernel report on the system NVRTC, the attention GPU tests (tc and the
-# opt-in tc2 and wgmma kernels), the attention sweep with tc, tc2 and wg beside SDPA flash;
+# `issue6` (~7 min): the kernel report on the system NVRTC, the attention GPU tests (tc and the
+# opt-in tc2, wgmma and TMA kernels), the attention sweep with tc, tc2, wg and wgtma beside SDPA flash;
 # `issue6_train`: the GPT-2 124M / BERT-base bf16 training steps beside PyTorch (autocast, eager
 # and torch.compile), then racecheck of the tc2 test and memcheck + racecheck of the wgmma test.
 stage_issue6() {
@@ -164,10 +164,12 @@ stage_issue6() {
   step kiln_attn_tc 100 "$KILN" bench --device cuda --json --op attention --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_tc.jsonl"
   step kiln_attn_tc2 100 "$KILN" bench --device cuda --json --op attention --attn-kernel tc2 --variant cuda --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_tc2.jsonl"
   step kiln_attn_wg 100 "$KILN" bench --device cuda --json --op attention --attn-kernel wg --variant cuda,cuda-wg-serial --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_wg.jsonl"
+  step kiln_attn_wgtma 100 "$KILN" bench --device cuda --json --op attention --attn-kernel wgtma --variant cuda --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_wgtma.jsonl"
   step torch_attn 150 python3 "$WORK/torch_bench.py" --device cuda --json --target-s 0.03 --min-iters 5 --op attention_fwd,attention_bwd,attention_fwd_bwd --out "$LOG/torch_attn.jsonl"
   step compare_tc 20 "$KILN" bench --from "$LOG/kiln_attn_tc.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/tc"
   step compare_tc2 20 "$KILN" bench --from "$LOG/kiln_attn_tc2.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/tc2"
   step compare_wg 20 "$KILN" bench --from "$LOG/kiln_attn_wg.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/wg"
+  step compare_wgtma 20 "$KILN" bench --from "$LOG/kiln_attn_wgtma.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/wgtma"
 }
 
 # The second half (~6 min): issue 6's training steps beside PyTorch, then the sanitizers on tc2 / wg.

@@ -2,7 +2,10 @@
 // Blocks run one after another; the threads of a block run concurrently as std::threads.
 #pragma once
 #include <atomic>
-#include <barrier>
+#include <climits>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -23,8 +26,30 @@ struct dim3e { unsigned x = 1, y = 1, z = 1; };
 inline thread_local dim3e threadIdx;
 inline dim3e blockIdx, blockDim, gridDim;
 alignas(1024) inline float smem[1 << 16];  // "extern __shared__ float smem[]" resolves here
-inline std::unique_ptr<std::barrier<>> g_block_bar;
-inline std::vector<std::unique_ptr<std::barrier<>>> g_warp_bar;
+// Blocking on a 32-bit word by raw futex calls: unlike std::barrier and std::atomic::wait (whose
+// waiters share a few mutex-guarded pools), this gives ThreadSanitizer no ordering edges of its
+// own, so the only ones it sees are those of the atomics that the barriers below (and emu_tma.h's
+// mbarriers) are made of: what the GPU guarantees, and nothing between unrelated threads.
+inline void emu_futex_wait(const void* word, uint32_t seen) { syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0); }
+inline void emu_futex_wake(const void* word) { syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0); }
+// A barrier of n threads: every arrival of a phase happens-before every departure from it.
+struct EmuBarrier {
+  explicit EmuBarrier(int n) : n((uint32_t)n) {}
+  void arrive_and_wait() {
+    const uint32_t ph = phase.load(std::memory_order_acquire);  // cannot move on before this arrival
+    if (count.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {  // the last arrival acquires the others
+      count.store(0, std::memory_order_relaxed);
+      phase.fetch_add(1, std::memory_order_release);
+      emu_futex_wake(&phase);
+    } else {
+      for (uint32_t p = ph; p == ph; p = phase.load(std::memory_order_acquire)) emu_futex_wait(&phase, ph);
+    }
+  }
+  const uint32_t n;
+  std::atomic<uint32_t> count{0}, phase{0};
+};
+inline std::unique_ptr<EmuBarrier> g_block_bar;
+inline std::vector<std::unique_ptr<EmuBarrier>> g_warp_bar;
 inline std::vector<std::vector<uint64_t>> g_warp_slot;
 inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
@@ -58,9 +83,9 @@ inline void launch(dim3e grid, dim3e block, const std::function<void()>& body) {
   int nt = block.x; int nw = (nt + 31) / 32;
   for (unsigned by = 0; by < grid.y; ++by) for (unsigned bx = 0; bx < grid.x; ++bx) {
     blockIdx = {bx, by, 1};
-    g_block_bar = std::make_unique<std::barrier<>>(nt);
+    g_block_bar = std::make_unique<EmuBarrier>(nt);
     g_warp_bar.clear(); g_warp_slot.assign(nw, std::vector<uint64_t>(32));
-    for (int w = 0; w < nw; ++w) g_warp_bar.push_back(std::make_unique<std::barrier<>>(32));
+    for (int w = 0; w < nw; ++w) g_warp_bar.push_back(std::make_unique<EmuBarrier>(32));
     std::vector<std::thread> ts;
     for (int t = 0; t < nt; ++t) ts.emplace_back([t, &body] { threadIdx = {(unsigned)t, 0, 0}; body(); });
     for (auto& t : ts) t.join();

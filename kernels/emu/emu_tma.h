@@ -27,6 +27,8 @@ struct TmaMap {
 // state: bits 0-11 expected arrivals, 12-23 pending arrivals, 24-47 pending transaction bytes,
 // 48-63 completed phases
 inline u64 emu_mbar_pack(u64 expected, u64 pending, u64 tx, u64 done) { return expected | pending << 12 | tx << 24 | done << 48; }
+// the word a waiter sleeps on: the state's upper half (transaction bytes' top and the phase count)
+inline const void* emu_mbar_word(const u64* bar) { return (const char*)bar + 4; }
 inline void mbar_init(u64* bar, u32 count) {
     assert(count > 0 && count < 4096);
     std::atomic_ref<u64>(*bar).store(emu_mbar_pack(count, count, 0, 0), std::memory_order_relaxed);
@@ -46,7 +48,7 @@ inline void emu_mbar_update(u64* bar, int arrivals, long long tx) {
         if (pending == 0 && bytes == 0) { pending = expected; ++done; }
         n = emu_mbar_pack(expected, pending, bytes, done);
     } while (!a.compare_exchange_weak(v, n, std::memory_order_release, std::memory_order_relaxed));
-    a.notify_all();
+    emu_futex_wake(emu_mbar_word(bar));
 }
 inline void mbar_arrive(u64* bar) { emu_mbar_update(bar, 1, 0); }
 inline void mbar_arrive_expect_tx(u64* bar, u32 bytes) { emu_mbar_update(bar, 1, bytes); }
@@ -55,7 +57,8 @@ inline bool mbar_try_wait(u64* bar, u32 parity) {
 }
 inline void mbar_wait(u64* bar, u32 parity) {
     std::atomic_ref<u64> a(*bar);
-    for (u64 v = a.load(std::memory_order_acquire); ((v >> 48) & 1) == parity; v = a.load(std::memory_order_acquire)) a.wait(v, std::memory_order_acquire);
+    for (u64 v = a.load(std::memory_order_acquire); ((v >> 48) & 1) == parity; v = a.load(std::memory_order_acquire))
+        emu_futex_wait(emu_mbar_word(bar), (u32)(v >> 32));
 }
 
 inline void tma_load_3d(void* dst, const TmaMap* map, int c0, int c1, int c2, u64* bar) {
