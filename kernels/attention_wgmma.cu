@@ -352,19 +352,28 @@ __device__ void attention_bwd_wg(float* dq_accum, T* dk, T* dv, const float* lse
 //   mode 0: wg_mma_ss, A and B K-major (as Q and K in S = Q K^T; B staged as b^T [64][16])
 //   mode 1: wg_mma_rs_tb, A from registers, B MN-major (as P and V in O += P V; b as [16][64])
 //   mode 2: wg_mma_ss_tt, A and B MN-major (as dS^T and K in dQ = dS K; a staged as a^T [16][64])
+//   mode 3: as mode 0 through SWIZZLE_128B descriptors, rows of 128 bytes in the TMA box layout
+//           (as Q and K in attention_tma.cu's S = Q K^T)
+//   mode 4: as mode 1 with B MN-major through a SWIZZLE_128B descriptor (as V in attention_tma.cu)
 // If an attention kernel is wrong on a GPU, tests/gpu_ops.rs's `wgmma_operand_layouts` says which
-// form is misread. grid = 1, block = 128, dynamic smem 4 KB.
+// form is misread. grid = 1, block = 128, dynamic smem 17 KB (two 8 KB tiles, 1 KB to align them).
 extern "C" __global__ void __launch_bounds__(128) wgmma_probe_bf16(float* d, const bf16* a, const bf16* b, int mode) {
     extern __shared__ float smem[];
-    bf16* sA = reinterpret_cast<bf16*>(smem);  // 2 KB
-    bf16* sB = sA + 64 * 16;                   // 2 KB
+    char* base = reinterpret_cast<char*>(smem) + ((1024u - (smem_addr(smem) & 1023u)) & 1023u);
+    bf16* sA = reinterpret_cast<bf16*>(base);         // 8 KB (2 KB in modes 0-2)
+    bf16* sB = reinterpret_cast<bf16*>(base + 8192);  // 8 KB (2 KB in modes 0-2)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    // element (row, col) of a 128-byte-swizzled tile of 64-element rows, as a TMA box lands
+    auto sw = [](int row, int col) { return (row * 64 + col) ^ ((row & 7) << 3); };
     for (int i = threadIdx.x; i < 64 * 16; i += 128) {
         const int m = i / 16, kk = i % 16;  // a[m][kk]; b viewed as [kk][n] with the same i split
         const int bk = i / 64, bn = i % 64;
         if (mode == 2) sA[wg_tile_offset<64>(kk, m)] = a[i];  // a^T [16][64]
+        else if (mode == 3) sA[sw(m, kk)] = a[i];             // a [64][16], 128-byte rows
         else sA[wg_tile_offset<16>(m, kk)] = a[i];            // a [64][16]
         if (mode == 0) sB[wg_tile_offset<16>(bn, bk)] = b[i];  // b^T [64][16]
+        else if (mode == 3) sB[sw(bn, bk)] = b[i];             // b^T [64][16], 128-byte rows
+        else if (mode == 4) sB[sw(bk, bn)] = b[i];             // b [16][64], 128-byte rows
         else sB[wg_tile_offset<64>(bk, bn)] = b[i];            // b [16][64]
     }
     fence_proxy_async_smem();
@@ -374,14 +383,17 @@ extern "C" __global__ void __launch_bounds__(128) wgmma_probe_bf16(float* d, con
     wgmma_fence();
     if (mode == 0) {
         wg_mma_ss(dacc, wg_desc(sA, 128, 256), wg_desc(sB, 128, 256), 0, bf16{});
-    } else if (mode == 1) {
+    } else if (mode == 3) {
+        wg_mma_ss(dacc, wg_desc_sw128(sA, 16, 1024), wg_desc_sw128(sB, 16, 1024), 0, bf16{});
+    } else if (mode == 1 || mode == 4) {
         u32 af[4];
 #pragma unroll
         for (int h = 0; h < 4; ++h) {  // fragment register h: row + 8 (h & 1), column + 8 (h >> 1)
             const bf16* p = a + (16 * warp + g + 8 * (h & 1)) * 16 + 8 * (h >> 1) + 2 * c;
             af[h] = (u32)p[0].bits | ((u32)p[1].bits << 16);
         }
-        wg_mma_rs_tb(dacc, af, wg_desc(sB, 1024, 128), 0, bf16{});
+        if (mode == 1) wg_mma_rs_tb(dacc, af, wg_desc(sB, 1024, 128), 0, bf16{});
+        else wg_mma_rs_tb(dacc, af, wg_desc_sw128(sB, 8192, 1024), 0, bf16{});
     } else {
         wg_mma_ss_tt(dacc, wg_desc(sA, 1024, 128), wg_desc(sB, 1024, 128), 0, bf16{});
     }

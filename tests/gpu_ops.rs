@@ -247,7 +247,7 @@ gpu_test!(attention_tc2, |dev| {
     force_attention_kernel(None);
 });
 
-// The three wgmma operand forms the Hopper attention kernels use, each on one 64 x 64 x 16 product
+// The five wgmma operand forms the Hopper attention kernels use, each on one 64 x 64 x 16 product
 // against f64: when `attention_wgmma` fails, this says which shared-memory layout is misread.
 gpu_test!(wgmma_operand_layouts, |dev| {
     use kiln::tensor::cuda::{device_arch, nvrtc::arch_number, wgmma_probe};
@@ -262,7 +262,13 @@ gpu_test!(wgmma_operand_layouts, |dev| {
         return;
     }
     let want = a.to_dtype(DType::F64).unwrap().matmul(&b.to_dtype(DType::F64).unwrap()).unwrap().to_vec_f64().unwrap();
-    let names = ["0: A, B K-major from shared memory (S = Q K^T)", "1: A registers, B MN-major (O += P V)", "2: A, B MN-major (dQ = dS K)"];
+    let names = [
+        "0: A, B K-major from shared memory (S = Q K^T)",
+        "1: A registers, B MN-major (O += P V)",
+        "2: A, B MN-major (dQ = dS K)",
+        "3: A, B K-major, 128-byte swizzle (wgtma's S = Q K^T)",
+        "4: A registers, B MN-major, 128-byte swizzle (wgtma's O += P V)",
+    ];
     let mut bad = Vec::new();
     for (form, name) in names.iter().enumerate() {
         let got = wgmma_probe(&ga, &gb, form as u32).unwrap().to_device(Device::Cpu).unwrap().to_vec_f64().unwrap();

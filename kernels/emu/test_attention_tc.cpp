@@ -194,7 +194,7 @@ static void probe() {
   std::normal_distribution<float> nd(0.f, 1.f);
   for (auto& x : a) x.bits = emu_f2h(nd(rng), bf16{});
   for (auto& x : b) x.bits = emu_f2h(nd(rng), bf16{});
-  for (int mode = 0; mode < 3; ++mode) {
+  for (int mode = 0; mode < 5; ++mode) {
     std::vector<float> d(64 * 64, NAN);
     launch({1}, {128}, [&] { wgmma_probe_bf16(d.data(), a.data(), b.data(), mode); });
     double e = 0;

@@ -279,13 +279,13 @@ impl CudaBackend {
         check_len(op, d.len(), 64 * 64)?;
         check_len(op, a.len(), 64 * 16)?;
         check_len(op, b.len(), 16 * 64)?;
-        if !(0..3).contains(&form) {
-            return Err(Error::msg(format!("{op}: operand form {form} is not 0, 1 or 2")));
+        if !(0..5).contains(&form) {
+            return Err(Error::msg(format!("{op}: operand form {form} is not 0 to 4")));
         }
         let f = self.function("attention_wgmma", "wgmma_probe_bf16")?;
         let mut lb = self.stream().launch_builder(&f);
         lb.arg(d).arg(a).arg(b).arg(&form);
-        unsafe { lb.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 4096 }) }?;
+        unsafe { lb.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 17 * 1024 }) }?;
         Ok(())
     }
 }

@@ -119,7 +119,9 @@ pub fn device_arch(device: Device) -> Option<String> {
 /// Diagnostic for the Hopper attention kernels: `a [64, 16] · b [16, 64]` (bf16 tensors on one sm_90
 /// CUDA device) computed by a single wgmma with its operands staged in operand form `form` (0: both
 /// K-major from shared memory, as S = Q K^T; 1: A from registers, B MN-major, as O += P V; 2: both
-/// MN-major, as dQ = dS K), as an f32 [64, 64] tensor. A wrong result names the misread layout.
+/// MN-major, as dQ = dS K; 3 and 4: forms 0 and 1 through 128-byte-swizzle descriptors, as
+/// attention_tma.cu reads its TMA tiles), as an f32 [64, 64] tensor. A wrong result names the
+/// misread layout.
 pub fn wgmma_probe(a: &crate::Tensor, b: &crate::Tensor, form: u32) -> Result<crate::Tensor> {
     let op = "wgmma_probe";
     if a.shape() != [64, 16] || b.shape() != [16, 64] {
