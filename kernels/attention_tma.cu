@@ -32,7 +32,11 @@
 #define WGTMA_BQ 128  // query rows per block: 2 consumer warpgroups x 64
 #define WGTMA_BK 128  // keys per K / V tile
 
-template <typename T, int D>
+// PINGPONG (FlashAttention-3's inter-warpgroup overlap): the two consumer warpgroups take turns
+// issuing their wgmmas (named barriers 1 and 2 pass the turn), so that one warpgroup's softmax runs
+// while the other's GEMMs occupy the tensor cores. Consumer 1 gives consumer 0 the first turn; the
+// last turn it passes is never taken (a pending arrival when the block exits, as in FA3).
+template <typename T, int D, bool PINGPONG>
 __device__ void attention_fwd_wgtma(T* out, float* lse, const TmaMap* tq, const TmaMap* tk, const TmaMap* tv,
                                     const float* key_mask, int B, int H, int Tq, int Tk, float scale, int causal) {
     constexpr int BK = WGTMA_BK, NT = BK / 8, DT = D / 8, KS = D / 16, PK = BK / 16, SUB = D / 64;
@@ -116,16 +120,22 @@ __device__ void attention_fwd_wgtma(T* out, float* lse, const TmaMap* tq, const 
 #pragma unroll
             for (int kk = 0; kk < PK; ++kk) wg_mma_rs_tb(o_acc, pf[kk], wg_desc_sw128(vt + kk * 16 * 128, SUBTILE, SW_SBO), 1, T{});
         };
+        // this warpgroup's turn to issue wgmmas, and passing it on
+        auto my_turn = [&]() { if constexpr (PINGPONG) named_bar_sync(1 + cw, 256); };
+        auto your_turn = [&]() { if constexpr (PINGPONG) named_bar_arrive(2 - cw, 256); };
         auto softmax = [&](int j) {
             const int k0 = j * BK;
             const bool need_mask = key_mask != nullptr || k0 + BK > Tk || (causal && k0 + BK - 1 > r0);
             tc_softmax_stats<NT>(s, m, l, alpha, need_mask, key_mask, b, Tq, Tk, r0 + 16 * warp + g, k0, c, causal, sl2);
         };
         if (tiles > 0) {
+            if (PINGPONG && cw == 1) named_bar_arrive(1, 256);  // consumer 0 goes first
             mbar_wait(full_q, 0);
             mbar_wait(full_k, 0);
+            my_turn();
             issue_s(0);
             wgmma_commit();
+            your_turn();
             wgmma_wait<0>();
             wgmma_fence_operand(s_acc);
             mbar_arrive(empty_k);
@@ -133,11 +143,16 @@ __device__ void attention_fwd_wgtma(T* out, float* lse, const TmaMap* tq, const 
             tc_pack_p<T, NT>(pf, s);
             for (int j = 1; j < tiles; ++j) {
                 mbar_wait(full_k + (j & 1), (j >> 1) & 1);
+                // with turns, both tiles must be in before the turn is taken; without, S_j may
+                // start while V_{j-1} (requested after K_j) lands
+                if constexpr (PINGPONG) mbar_wait(full_v + ((j - 1) & 1), ((j - 1) >> 1) & 1);
+                my_turn();
                 issue_s(j);
                 wgmma_commit();
-                mbar_wait(full_v + ((j - 1) & 1), ((j - 1) >> 1) & 1);
+                if constexpr (!PINGPONG) mbar_wait(full_v + ((j - 1) & 1), ((j - 1) >> 1) & 1);
                 issue_pv(j - 1);
                 wgmma_commit();
+                your_turn();
                 wgmma_wait<1>();  // S_j done: its K stage is free
                 wgmma_fence_operand(s_acc);
                 mbar_arrive(empty_k + (j & 1));
@@ -149,8 +164,10 @@ __device__ void attention_fwd_wgtma(T* out, float* lse, const TmaMap* tq, const 
                 tc_pack_p<T, NT>(pf, s);
             }
             mbar_wait(full_v + ((tiles - 1) & 1), ((tiles - 1) >> 1) & 1);
+            my_turn();
             issue_pv(tiles - 1);
             wgmma_commit();
+            your_turn();
             wgmma_wait<0>();
             wgmma_fence_operand(o_acc);
         }
@@ -163,7 +180,13 @@ __device__ void attention_fwd_wgtma(T* out, float* lse, const TmaMap* tq, const 
         T* out, float* lse, const __grid_constant__ TmaMap q, const __grid_constant__ TmaMap k,     \
         const __grid_constant__ TmaMap v, const float* key_mask, int B, int H, int Tq, int Tk, int D, \
         float scale, int causal) {                                                                 \
-        attention_fwd_wgtma<T, DIM>(out, lse, &q, &k, &v, key_mask, B, H, Tq, Tk, scale, causal);   \
+        attention_fwd_wgtma<T, DIM, false>(out, lse, &q, &k, &v, key_mask, B, H, Tq, Tk, scale, causal); \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(WGTMA_THREADS, 1) attention_fwd_wgtma_pp_d##DIM##_##S( \
+        T* out, float* lse, const __grid_constant__ TmaMap q, const __grid_constant__ TmaMap k,     \
+        const __grid_constant__ TmaMap v, const float* key_mask, int B, int H, int Tq, int Tk, int D, \
+        float scale, int causal) {                                                                 \
+        attention_fwd_wgtma<T, DIM, true>(out, lse, &q, &k, &v, key_mask, B, H, Tq, Tk, scale, causal); \
     }
 ATT_WGTMA_KERNEL(bf16, bf16, 64)
 ATT_WGTMA_KERNEL(bf16, bf16, 128)

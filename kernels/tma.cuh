@@ -63,6 +63,10 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const TmaMap* map, int c0
         ::"r"(smem_addr(dst)), "l"(reinterpret_cast<u64>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(bar))
         : "memory");
 }
+// Named barrier `id` (1..15; 0 is __syncthreads) of `n` threads: sync waits for the phase, arrive
+// counts towards it without waiting (FlashAttention-3's pingpong between consumer warpgroups).
+__device__ __forceinline__ void named_bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void named_bar_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory"); }
 // Register budgets per warpgroup (the kernel needs __launch_bounds__(threads, 1)): the producer
 // gives registers back, the consumers take them.
 template <int N> __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N)); }

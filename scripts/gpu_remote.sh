@@ -164,7 +164,7 @@ stage_issue6() {
   step kiln_attn_tc 100 "$KILN" bench --device cuda --json --op attention --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_tc.jsonl"
   step kiln_attn_tc2 100 "$KILN" bench --device cuda --json --op attention --attn-kernel tc2 --variant cuda --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_tc2.jsonl"
   step kiln_attn_wg 100 "$KILN" bench --device cuda --json --op attention --attn-kernel wg --variant cuda,cuda-wg-serial --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_wg.jsonl"
-  step kiln_attn_wgtma 100 "$KILN" bench --device cuda --json --op attention --attn-kernel wgtma --variant cuda --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_wgtma.jsonl"
+  step kiln_attn_wgtma 100 "$KILN" bench --device cuda --json --op attention --attn-kernel wgtma --variant cuda,cuda-wgtma-pp --target-s 0.03 --min-iters 5 --out "$LOG/kiln_attn_wgtma.jsonl"
   step torch_attn 150 python3 "$WORK/torch_bench.py" --device cuda --json --target-s 0.03 --min-iters 5 --op attention_fwd,attention_bwd,attention_fwd_bwd --out "$LOG/torch_attn.jsonl"
   step compare_tc 20 "$KILN" bench --from "$LOG/kiln_attn_tc.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/tc"
   step compare_tc2 20 "$KILN" bench --from "$LOG/kiln_attn_tc2.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/tc2"

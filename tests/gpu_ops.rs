@@ -295,7 +295,7 @@ gpu_test!(attention_wgmma, |dev| {
     if arch_number(&arch) != 90 {
         println!("SKIPPED attention_wgmma: the wgmma kernel needs an sm_90 GPU, this one is {arch} (its requests run tc)");
     } else {
-        for (kernel, name) in [(AttnKernel::Wgmma, "wg"), (AttnKernel::WgmmaSerial, "wg serial"), (AttnKernel::WgmmaTma, "wgtma")] {
+        for (kernel, name) in [(AttnKernel::Wgmma, "wg"), (AttnKernel::WgmmaSerial, "wg serial"), (AttnKernel::WgmmaTma, "wgtma"), (AttnKernel::WgmmaTmaPingpong, "wgtma pingpong")] {
             force_attention_kernel(Some(kernel));
             for d in [64usize, 128] {
                 check_attention(&format!("{name} attention"), dev, (2, 2, 300, d), 45);

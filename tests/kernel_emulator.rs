@@ -73,7 +73,7 @@ fn assert_all_ok(o: &Output) {
     let failed: Vec<&str> = stdout.lines().filter(|l| l.contains("FAIL")).collect();
     assert!(o.status.success() && failed.is_empty(), "emulated kernels failed:\n{}\n{stdout}\n{stderr}", failed.join("\n"));
     assert_eq!(stdout.lines().filter(|l| *l == "all ok").count(), 3, "{stdout}");
-    for must in ["tc2 out", "tc2 dq", "tc2 dk", "tc2 dv", "wg out", "wg lse", "wg serial out", "wgtma out", "wgtma lse", "wg dq", "wg dk", "wg dv"] {
+    for must in ["tc2 out", "tc2 dq", "tc2 dk", "tc2 dv", "wg out", "wg lse", "wg serial out", "wgtma out", "wgtma lse", "wgtma pingpong out", "wg dq", "wg dk", "wg dv"] {
         assert!(stdout.contains(must), "no {must:?} check ran:\n{stdout}");
     }
 }

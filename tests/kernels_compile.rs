@@ -38,7 +38,7 @@ const FLOAT_KERNELS: &[(&str, &[&str], &[&str])] = &[
     // tensor cores take 16-bit inputs only
     ("attention_tc", &["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_tc2_d64", "attention_bwd_tc2_d128", "attention_bwd_dq_convert", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128"], HALF),
     // sm_90a only (wgmma): compiled in the sm_90 pass as sm_90a, left out of the sm_80 pass
-    ("attention_tma", &["attention_fwd_wgtma_d64", "attention_fwd_wgtma_d128"], HALF),
+    ("attention_tma", &["attention_fwd_wgtma_d64", "attention_fwd_wgtma_d128", "attention_fwd_wgtma_pp_d64", "attention_fwd_wgtma_pp_d128"], HALF),
     ("attention_wgmma", &["attention_fwd_wg_d64", "attention_fwd_wg_d128", "attention_fwd_wg_serial_d64", "attention_fwd_wg_serial_d128", "attention_bwd_wg_d64", "attention_bwd_wg_d128"], HALF),
     ("copy", &["copy", "copy_to_strided"], ALL),
     ("cross_entropy", &["cross_entropy_fwd", "cross_entropy_bwd"], ALL),

@@ -49,6 +49,9 @@ struct EmuBarrier {
   std::atomic<uint32_t> count{0}, phase{0};
 };
 inline std::unique_ptr<EmuBarrier> g_block_bar;
+// named barriers 1..15 (bar.sync / bar.arrive id, n; emu_tma.h), reset for each block
+struct EmuNamedBar { std::atomic<uint32_t> count{0}, phase{0}; };
+inline EmuNamedBar g_named[16];
 inline std::vector<std::unique_ptr<EmuBarrier>> g_warp_bar;
 inline std::vector<std::vector<uint64_t>> g_warp_slot;
 inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
@@ -84,6 +87,7 @@ inline void launch(dim3e grid, dim3e block, const std::function<void()>& body) {
   for (unsigned by = 0; by < grid.y; ++by) for (unsigned bx = 0; bx < grid.x; ++bx) {
     blockIdx = {bx, by, 1};
     g_block_bar = std::make_unique<EmuBarrier>(nt);
+    for (auto& nb : g_named) { nb.count.store(0); nb.phase.store(0); }
     g_warp_bar.clear(); g_warp_slot.assign(nw, std::vector<uint64_t>(32));
     for (int w = 0; w < nw; ++w) g_warp_bar.push_back(std::make_unique<EmuBarrier>(32));
     std::vector<std::thread> ts;

@@ -23,5 +23,5 @@ if [ "${KILN_EMU_TSAN:-0}" = 1 ]; then
 fi
 for t in ${KILN_EMU_TESTS:-test_ops test_attention test_attention_tc}; do
   g++ -std=c++20 "${flags[@]}" -pthread -w -I"$out" -I"$here" -o "$out/$t" "$here/$t.cpp"
-  "$out/$t"
+  timeout "${KILN_EMU_TIMEOUT:-900}" "$out/$t"  # a deadlocked kernel (barriers that never complete) fails here
 done

@@ -104,6 +104,12 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   launch({(unsigned)((Tq + 127) / 128), (unsigned)(B * H)}, {384}, [&] {
     TC_CALL(attention_fwd_wgtma, out5.data(), lse5.data(), tmap(q, Tq), tmap(k, Tk), tmap(v, Tk), mp, B, H, Tq, Tk, D, scale, causal);
   });
+  // ... with the two consumer warpgroups taking turns at the tensor cores (pingpong)
+  std::vector<T> out6(nq); for (auto& x : out6) x.bits = 0x7fc0;
+  std::vector<float> lse6((size_t)B * H * Tq, NAN);
+  launch({(unsigned)((Tq + 127) / 128), (unsigned)(B * H)}, {384}, [&] {
+    TC_CALL(attention_fwd_wgtma_pp, out6.data(), lse6.data(), tmap(q, Tq), tmap(k, Tk), tmap(v, Tk), mp, B, H, Tq, Tk, D, scale, causal);
+  });
   // backward: delta = rowsum(dO * O) from the kernel's own output (as attention_bwd_preprocess)
   std::vector<float> delta((size_t)B * H * Tq);
   for (size_t r = 0; r < delta.size(); ++r) { double acc = 0; for (int d = 0; d < D; ++d) acc += dof[r * D + d] * emu_h2f(out[r * D + d].bits, T{}); delta[r] = (float)acc; }
@@ -175,6 +181,8 @@ void run(int B, int H, int Tq, int Tk, bool causal, bool use_mask) {
   check("  wg serial lse (rel)", lse_err(lse4), 1e-4);
   check("  wgtma out (abs err / max |out|)", out_err(out5) / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
   check("  wgtma lse (rel)", lse_err(lse5), 1e-4);
+  check("  wgtma pingpong out (abs err / max |out|)", out_err(out6) / omax, std::is_same_v<T, bf16> ? 8e-3 : 1.5e-3);
+  check("  wgtma pingpong lse (rel)", lse_err(lse6), 1e-4);
   double gt = std::is_same_v<T, bf16> ? 1e-2 : 1.5e-3;  // 16-bit P / dS / output rounding
   check("  dq (abs err / max |dq|)", rel(dq, rdq), gt);
   check("  dk (abs err / max |dk|)", rel(dk, rdk), gt);

@@ -319,10 +319,11 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
             ("cuda-wg", AttnKernel::Wgmma),
             ("cuda-wg-serial", AttnKernel::WgmmaSerial),
             ("cuda-wgtma", AttnKernel::WgmmaTma),
+            ("cuda-wgtma-pp", AttnKernel::WgmmaTmaPingpong),
         ]
         .into_iter()
         // the wgmma kernels exist on sm_90 only (elsewhere a request for them runs tc)
-        .filter(|(_, k)| !matches!(k, AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma) || hopper)
+        .filter(|(_, k)| !matches!(k, AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong) || hopper)
             .map(|(name, k)| (name, forced(k)))
             .collect(),
         check_on_cpu,

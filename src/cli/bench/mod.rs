@@ -59,9 +59,9 @@ pub struct BenchArgs {
     /// CUDA: the attention kernels of the default `cuda` variant (and of training steps):
     /// tc (attention_tc.cu, the default), tc2 (its 128-row forward), wg (attention_wgmma.cu's
     /// wgmma forward, sm_90 only; tc elsewhere), wg-serial (wg without its overlap), wgtma
-    /// (attention_tma.cu's warp-specialized TMA forward with wg's backward, sm_90 only) or simple
-    /// (attention.cu).
-    #[arg(long, value_parser = ["tc", "tc2", "wg", "wg-serial", "wgtma", "simple"])]
+    /// (attention_tma.cu's warp-specialized TMA forward with wg's backward, sm_90 only), wgtma-pp
+    /// (wgtma with pingpong between its consumer warpgroups) or simple (attention.cu).
+    #[arg(long, value_parser = ["tc", "tc2", "wg", "wg-serial", "wgtma", "wgtma-pp", "simple"])]
     pub attn_kernel: Option<String>,
     /// CUDA: batch of the GPT-2 124M training-step row at T = 1024 (as torch_bench.py --gpt-batch).
     #[arg(long, default_value_t = 16)]
@@ -99,7 +99,7 @@ const OPS: &[&str] = &[
 ];
 /// Every variant name a case can have.
 const VARIANTS: &[&str] = &[
-    "scalar", "avx2", "avx512", "composed", "cuda", "cuda-simple", "cuda-tc2", "cuda-wg", "cuda-wg-serial", "cuda-wgtma", "matrixmultiply", "cublas", "cublas-tf32",
+    "scalar", "avx2", "avx512", "composed", "cuda", "cuda-simple", "cuda-tc2", "cuda-wg", "cuda-wg-serial", "cuda-wgtma", "cuda-wgtma-pp", "matrixmultiply", "cublas", "cublas-tf32",
     "rayon-memcpy", "affine(1,0)", "kiln",
 ];
 
@@ -187,6 +187,7 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
         Some("wg") => Some(AttnKernel::Wgmma),
         Some("wg-serial") => Some(AttnKernel::WgmmaSerial),
         Some("wgtma") => Some(AttnKernel::WgmmaTma),
+        Some("wgtma-pp") => Some(AttnKernel::WgmmaTmaPingpong),
         Some("simple") => Some(AttnKernel::Simple),
         _ => None,
     };

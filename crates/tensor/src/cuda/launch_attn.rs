@@ -89,7 +89,7 @@ impl AttentionDims {
         let eligible = matches!(suffix, "bf16" | "f16") && matches!(self.head_dim, 64 | 128) && super::nvrtc::arch_number(arch) >= 80;
         match super::attention_kernel_override() {
             _ if !eligible => AttnKernel::Simple,
-            Some(AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma) if super::nvrtc::arch_number(arch) != 90 => AttnKernel::TensorCore,
+            Some(AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong) if super::nvrtc::arch_number(arch) != 90 => AttnKernel::TensorCore,
             Some(k) => k,
             None => AttnKernel::TensorCore,
         }
@@ -132,7 +132,8 @@ impl CudaBackend {
             return Ok(());
         }
         let d = dims.head_dim;
-        if kernel == AttnKernel::WgmmaTma && self.attention_fwd_tma(out, lse, q, k, v, key_mask, dims)? {
+        let tma = matches!(kernel, AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong);
+        if tma && self.attention_fwd_tma(out, lse, q, k, v, key_mask, dims, kernel == AttnKernel::WgmmaTmaPingpong)? {
             return Ok(());
         }
         let (f, smem, rows, threads) = match kernel {
@@ -144,7 +145,7 @@ impl CudaBackend {
                 let f = self.function("attention_tc", &format!("attention_fwd_tc2_d{d}_{}", T::SUFFIX))?;
                 (f, ((TC2_ROWS + 2 * tc2_key_tile(d)) * (d + 8) * 2) as u32, TC2_ROWS, 128)
             }
-            AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma => {
+            AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong => {
                 let serial = if kernel == AttnKernel::WgmmaSerial { "serial_" } else { "" };
                 let f = self.function("attention_wgmma", &format!("attention_fwd_wg_{serial}d{d}_{}", T::SUFFIX))?;
                 (f, wg_smem(d), WG_ROWS, 256)
@@ -197,7 +198,7 @@ impl CudaBackend {
             let cfg = LaunchConfig { grid_dim: (dims.rows().div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
             unsafe { b.launch(cfg) }?;
         }
-        if matches!(kernel, AttnKernel::TensorCore2 | AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma) {
+        if matches!(kernel, AttnKernel::TensorCore2 | AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong) {
             return self.attention_bwd_one_pass(dq, dk, dv, lse, &delta, q, k, v, dout, key_mask, dims, kernel);
         }
         let tc = kernel == AttnKernel::TensorCore;
@@ -335,14 +336,14 @@ fn tma_map_3d(ptr: sys::CUdeviceptr, bh: usize, len: usize, d: usize, bf16: bool
 }
 
 impl CudaBackend {
-    /// `attention_fwd` with attention_fwd_wgtma: builds the q, k, v tensor maps and launches, or
+    /// `attention_fwd` with attention_fwd_wgtma (or its pingpong form): builds the q, k, v tensor maps and launches, or
     /// returns false (nothing launched) where the kernel cannot take them: no keys or no queries
     /// (a map needs every dimension nonzero) or a pointer not 16-byte aligned. The caller then
     /// runs `attention_fwd_wg`, which has the same contract.
     #[allow(clippy::too_many_arguments)]
     fn attention_fwd_tma<T: KernelFloat>(
         &self, out: &mut CudaViewMut<T>, lse: &mut CudaViewMut<f32>, q: &CudaView<T>, k: &CudaView<T>, v: &CudaView<T>,
-        key_mask: Option<&CudaView<f32>>, dims: &AttentionDims,
+        key_mask: Option<&CudaView<f32>>, dims: &AttentionDims, pingpong: bool,
     ) -> Result<bool> {
         let (bh, d) = (dims.batch * dims.heads, dims.head_dim);
         if dims.q_len == 0 || dims.kv_len == 0 || bh == 0 {
@@ -358,7 +359,8 @@ impl CudaBackend {
         }
         let bf16 = T::SUFFIX == "bf16";
         let maps = [tma_map_3d(pq, bh, dims.q_len, d, bf16)?, tma_map_3d(pk, bh, dims.kv_len, d, bf16)?, tma_map_3d(pv, bh, dims.kv_len, d, bf16)?];
-        let f = self.function("attention_tma", &format!("attention_fwd_wgtma_d{d}_{}", T::SUFFIX))?;
+        let pp = if pingpong { "pp_" } else { "" };
+        let f = self.function("attention_tma", &format!("attention_fwd_wgtma_{pp}d{d}_{}", T::SUFFIX))?;
         let smem = wgtma_smem(d);
         allow_smem(&f, smem)?;
         let args = dims.args();
@@ -404,6 +406,8 @@ mod tests {
         assert_eq!([wg_bwd_smem(64), wg_bwd_smem(128)], [82_944, 148_480], "attention_wgmma.cu's header: 81 / 145 KB");
         force_attention_kernel(Some(AttnKernel::WgmmaTma));
         assert_eq!((pick(128, "sm_90a", "f16"), pick(64, "sm_89", "bf16")), (AttnKernel::WgmmaTma, AttnKernel::TensorCore));
+        force_attention_kernel(Some(AttnKernel::WgmmaTmaPingpong));
+        assert_eq!((pick(64, "sm_90", "bf16"), pick(128, "sm_80", "f16")), (AttnKernel::WgmmaTmaPingpong, AttnKernel::TensorCore));
         assert_eq!([wgtma_smem(64), wgtma_smem(128)], [83_016, 164_936], "attention_tma.cu's header: 5 * 128 * D * 2 + 72 + 1024");
         assert_eq!((std::mem::size_of::<TmaMap>(), std::mem::align_of::<TmaMap>() % 64), (128, 0), "CUtensorMap: 128 bytes, 64-byte aligned");
         force_attention_kernel(Some(AttnKernel::Simple));

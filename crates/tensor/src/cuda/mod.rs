@@ -190,6 +190,10 @@ pub enum AttnKernel {
     /// all the registers (setmaxnreg). Same eligibility and backward as `Wgmma` (whose forward it
     /// runs when there are no keys, or when q, k or v is not 16-byte aligned).
     WgmmaTma,
+    /// `WgmmaTma` with FlashAttention-3's pingpong: the two consumer warpgroups take turns issuing
+    /// their wgmmas (named barriers), so that one's softmax overlaps the other's GEMMs. Same
+    /// eligibility, fallback and backward.
+    WgmmaTmaPingpong,
 }
 
 thread_local! {
