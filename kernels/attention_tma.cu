@@ -26,7 +26,7 @@
 #include "tensor_core.cuh"
 #include "wgmma.cuh"
 #include "tma.cuh"
-#include "attention_tile.cuh"
+#include "attention_wg_fwd.cuh"
 
 #define WGTMA_THREADS 384
 #define WGTMA_BQ 128  // query rows per block: 2 consumer warpgroups x 64
@@ -39,7 +39,7 @@
 template <typename T, int D, bool PINGPONG>
 __device__ void attention_fwd_wgtma(T* out, float* lse, const TmaMap* tq, const TmaMap* tk, const TmaMap* tv,
                                     const float* key_mask, int B, int H, int Tq, int Tk, float scale, int causal) {
-    constexpr int BK = WGTMA_BK, NT = BK / 8, DT = D / 8, KS = D / 16, PK = BK / 16, SUB = D / 64;
+    constexpr int BK = WGTMA_BK, SUB = D / 64;
     constexpr u32 SUBTILE = 128 * 128;    // bytes of 128 rows x 64 columns (one TMA box)
     constexpr u32 TILE = SUB * SUBTILE;   // bytes of a 128-row tile
     constexpr u32 SW_SBO = 1024;          // 8 rows of 128 bytes: one swizzle atom
@@ -92,86 +92,36 @@ __device__ void attention_fwd_wgtma(T* out, float* lse, const TmaMap* tq, const 
         }
     } else {  // the consumers
         setmaxnreg_inc<240>();
-        const int cw = wg - 1, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-        const int r0 = q0 + 64 * cw;
-        const float sl2 = scale * 1.4426950408889634f;
-        float m[2] = {-KILN_INF, -KILN_INF}, l[2] = {0.f, 0.f}, o[DT][4], s[NT][4], alpha[2];
-        u32 pf[PK][4];
-#pragma unroll
-        for (int t = 0; t < DT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
-        float(&s_acc)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(s);
-        float(&o_acc)[DT * 4] = reinterpret_cast<float(&)[DT * 4]>(o);
-        // S = Q K_j^T: 16 dims per wgmma, stepping 32 bytes inside a swizzle atom's rows
-        auto issue_s = [&](int j) {
-            const char* kt = sK + (j & 1) * TILE;
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < KS; ++ks) {
-                const u32 off = (ks >> 2) * SUBTILE + (ks & 3) * 32;
-                wg_mma_ss(s_acc, wg_desc_sw128(sQ + off + cw * 64 * 128, 16, SW_SBO), wg_desc_sw128(kt + off, 16, SW_SBO), ks > 0, T{});
-            }
-        };
-        // O += P V_j: 16 keys (two atoms of 8 rows) per wgmma, V MN-major, the 64-column halves
-        // of D = 128 one box apart
-        auto issue_pv = [&](int j) {
-            const char* vt = sV + (j & 1) * TILE;
-            wgmma_fence_operand(o_acc);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < PK; ++kk) wg_mma_rs_tb(o_acc, pf[kk], wg_desc_sw128(vt + kk * 16 * 128, SUBTILE, SW_SBO), 1, T{});
-        };
+        const int cw = wg - 1;
         // this warpgroup's turn to issue wgmmas, and passing it on
         auto my_turn = [&]() { if constexpr (PINGPONG) named_bar_sync(1 + cw, 256); };
-        auto your_turn = [&]() { if constexpr (PINGPONG) named_bar_arrive(2 - cw, 256); };
-        auto softmax = [&](int j) {
-            const int k0 = j * BK;
-            const bool need_mask = key_mask != nullptr || k0 + BK > Tk || (causal && k0 + BK - 1 > r0);
-            tc_softmax_stats<NT>(s, m, l, alpha, need_mask, key_mask, b, Tq, Tk, r0 + 16 * warp + g, k0, c, causal, sl2);
+        if (PINGPONG && cw == 1 && tiles > 0) named_bar_arrive(1, 256);  // consumer 0 goes first
+        auto wait_v = [&](int j) { mbar_wait(full_v + (j & 1), (j >> 1) & 1); };
+        auto ready_s = [&](int j) {
+            if (j == 0) mbar_wait(full_q, 0);
+            mbar_wait(full_k + (j & 1), (j >> 1) & 1);
+            // with turns, both tiles must be in before the turn is taken; without, S_j may start
+            // while V_{j-1} (requested after K_j) lands
+            if (PINGPONG && j > 0) wait_v(j - 1);
+            my_turn();
         };
-        if (tiles > 0) {
-            if (PINGPONG && cw == 1) named_bar_arrive(1, 256);  // consumer 0 goes first
-            mbar_wait(full_q, 0);
-            mbar_wait(full_k, 0);
-            my_turn();
-            issue_s(0);
-            wgmma_commit();
-            your_turn();
-            wgmma_wait<0>();
-            wgmma_fence_operand(s_acc);
-            mbar_arrive(empty_k);
-            softmax(0);  // O is 0: no rescale
-            tc_pack_p<T, NT>(pf, s);
-            for (int j = 1; j < tiles; ++j) {
-                mbar_wait(full_k + (j & 1), (j >> 1) & 1);
-                // with turns, both tiles must be in before the turn is taken; without, S_j may
-                // start while V_{j-1} (requested after K_j) lands
-                if constexpr (PINGPONG) mbar_wait(full_v + ((j - 1) & 1), ((j - 1) >> 1) & 1);
-                my_turn();
-                issue_s(j);
-                wgmma_commit();
-                if constexpr (!PINGPONG) mbar_wait(full_v + ((j - 1) & 1), ((j - 1) >> 1) & 1);
-                issue_pv(j - 1);
-                wgmma_commit();
-                your_turn();
-                wgmma_wait<1>();  // S_j done: its K stage is free
-                wgmma_fence_operand(s_acc);
-                mbar_arrive(empty_k + (j & 1));
-                softmax(j);
-                wgmma_wait<0>();  // P_{j-1} V_{j-1} done: its V stage, P and O are free
-                wgmma_fence_operand(o_acc);
-                mbar_arrive(empty_v + ((j - 1) & 1));
-                tc_rescale<DT>(o, alpha);
-                tc_pack_p<T, NT>(pf, s);
-            }
-            mbar_wait(full_v + ((tiles - 1) & 1), ((tiles - 1) >> 1) & 1);
-            my_turn();
-            issue_pv(tiles - 1);
-            wgmma_commit();
-            your_turn();
-            wgmma_wait<0>();
-            wgmma_fence_operand(o_acc);
-        }
-        tc_store_rows<T, D>(out, lse, o, m, l, bh, Tq, r0 + 16 * warp + g, c);
+        auto ready_pv = [&](int j, bool alone) {
+            if (alone || !PINGPONG) wait_v(j);
+            if (alone) my_turn();
+        };
+        // S = Q K_j^T: 16 dims per wgmma, stepping 32 bytes inside a swizzle atom's rows; O += P V_j:
+        // 16 keys (two atoms of 8 rows) per wgmma, V MN-major, the 64-column halves of D = 128 one
+        // box apart
+        auto dim_off = [](int ks) { return (u32)((ks >> 2) * SUBTILE + (ks & 3) * 32); };
+        wg_fwd_rows<T, D, BK, true>(
+            out, lse, key_mask, b, bh, Tq, Tk, scale, causal, q0 + 64 * cw, tiles,
+            [&](int ks) { return wg_desc_sw128(sQ + dim_off(ks) + cw * 64 * 128, 16, SW_SBO); },
+            [&](int j, int ks) { return wg_desc_sw128(sK + (j & 1) * TILE + dim_off(ks), 16, SW_SBO); },
+            [&](int j, int kk) { return wg_desc_sw128(sV + (j & 1) * TILE + kk * 16 * 128, SUBTILE, SW_SBO); },
+            ready_s, ready_pv,
+            [&]() { if constexpr (PINGPONG) named_bar_arrive(2 - cw, 256); },  // the other's turn
+            [&](int j) { mbar_arrive(empty_k + (j & 1)); },
+            [&](int j) { mbar_arrive(empty_v + (j & 1)); });
     }
 }
 

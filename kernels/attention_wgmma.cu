@@ -28,6 +28,7 @@
 #include "tensor_core.cuh"
 #include "wgmma.cuh"
 #include "attention_tile.cuh"
+#include "attention_wg_fwd.cuh"
 
 #define WG_THREADS 256
 #define WG_BQ 128  // query rows per block: 2 warpgroups x 64
@@ -59,52 +60,21 @@ template <typename T, int D, int BK, bool OVERLAP>
 __device__ void attention_fwd_wg(T* out, float* lse, const T* q, const T* k, const T* v, const float* key_mask,
                                  int B, int H, int Tq, int Tk, float scale, int causal) {
     static_assert(BK == WG_BQ, "the causal schedule above needs key tiles as long as the block");
-    constexpr int NT = BK / 8, DT = D / 8, KS = D / 16, PK = BK / 16, TILE = BK * D;
+    constexpr int TILE = BK * D;
     constexpr u32 ROW_LBO = 128, ROW_SBO = 16 * D;  // K-major [rows, D] tile: k along D
     extern __shared__ float smem[];
     T* sQ = reinterpret_cast<T*>(smem);  // [128][D]
     T* sK = sQ + WG_BQ * D;               // two stages of [BK][D]
     T* sV = sK + 2 * TILE;                // two stages of [BK][D]
-    const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int wg = threadIdx.x >> 7;
     const int bh = blockIdx.y, b = bh / H;
     const int qblk = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
     const int q0 = qblk * WG_BQ, r0 = q0 + 64 * wg;  // the block's and this warpgroup's first row
     const T* kb = k + (i64)bh * Tk * D;
     const T* vb = v + (i64)bh * Tk * D;
-    const float sl2 = scale * 1.4426950408889634f;
     const int k_end = causal ? min(Tk, q0 + WG_BQ) : Tk;
     const int tiles = (k_end + BK - 1) / BK;
 
-    float m[2] = {-KILN_INF, -KILN_INF}, l[2] = {0.f, 0.f}, o[DT][4], s[NT][4], alpha[2];
-    u32 pf[PK][4];
-#pragma unroll
-    for (int t = 0; t < DT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
-    // the accumulators as wgmma sees them: 64 x N per warpgroup, N / 2 registers per thread
-    float(&s_acc)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(s);
-    float(&o_acc)[DT * 4] = reinterpret_cast<float(&)[DT * 4]>(o);
-    // S = Q K_j^T, operands from shared memory (committed by the caller)
-    auto issue_s = [&](int j) {
-        const T* kt = sK + (j & 1) * TILE;
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < KS; ++ks)
-            wg_mma_ss(s_acc, wg_desc(sQ + wg_tile_offset<D>(64 * wg, 16 * ks), ROW_LBO, ROW_SBO),
-                      wg_desc(kt + wg_tile_offset<D>(0, 16 * ks), ROW_LBO, ROW_SBO), ks > 0, T{});
-    };
-    // O += P V_j: P (64 x BK) as 16-bit A fragments from registers, V [BK, D] MN-major
-    auto issue_pv = [&](int j) {
-        const T* vt = sV + (j & 1) * TILE;
-        wgmma_fence_operand(o_acc);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < PK; ++kk)
-            wg_mma_rs_tb(o_acc, pf[kk], wg_desc(vt + wg_tile_offset<D>(16 * kk, 0), ROW_SBO, ROW_LBO), 1, T{});
-    };
-    auto softmax = [&](int j) {  // P_j = exp2(S - m) in s, m / l updated, alpha for O
-        const int k0 = j * BK;
-        const bool need_mask = key_mask != nullptr || k0 + BK > Tk || (causal && k0 + BK - 1 > r0);
-        tc_softmax_stats<NT>(s, m, l, alpha, need_mask, key_mask, b, Tq, Tk, r0 + 16 * warp + g, k0, c, causal, sl2);
-    };
     // Waits for this thread's copies, makes them visible to wgmma's operand reads, and for every
     // thread (the barrier also says every warpgroup is done with the previous step's buffers).
     auto tiles_landed = [&]() {
@@ -120,63 +90,22 @@ __device__ void attention_fwd_wg(T* out, float* lse, const T* q, const T* k, con
     load_k(0);
     if (!OVERLAP) load_v(0);
     cp_async_commit();
-    if (tiles > 0) {  // Tk > 0 (uniform)
-        if constexpr (OVERLAP) {
-            tiles_landed();  // Q, K_0
-            load_k(1);
-            load_v(0);
-            cp_async_commit();
-            issue_s(0);
-            wgmma_commit();
-            wgmma_wait<0>();
-            wgmma_fence_operand(s_acc);
-            softmax(0);  // alpha is 0 or 1 and O is 0: no rescale
-            tc_pack_p<T, NT>(pf, s);
-            for (int j = 1; j < tiles; ++j) {
-                tiles_landed();  // K_j, V_{j-1}
-                load_k(j + 1);
-                load_v(j);
-                cp_async_commit();
-                issue_s(j);
-                wgmma_commit();
-                issue_pv(j - 1);
-                wgmma_commit();
-                wgmma_wait<1>();  // S_j done; P_{j-1} V_{j-1} may still run
-                wgmma_fence_operand(s_acc);
-                softmax(j);
-                wgmma_wait<0>();  // P_{j-1} V_{j-1} done: its P and O are free
-                wgmma_fence_operand(o_acc);
-                tc_rescale<DT>(o, alpha);
-                tc_pack_p<T, NT>(pf, s);
-            }
-            tiles_landed();  // V_{tiles-1}
-            issue_pv(tiles - 1);
-            wgmma_commit();
-            wgmma_wait<0>();
-            wgmma_fence_operand(o_acc);
-        } else {
-            for (int j = 0; j < tiles; ++j) {
-                tiles_landed();  // K_j, V_j
-                load_k(j + 1);
-                load_v(j + 1);
-                cp_async_commit();
-                issue_s(j);
-                wgmma_commit();
-                wgmma_wait<0>();
-                wgmma_fence_operand(s_acc);
-                softmax(j);
-                tc_rescale<DT>(o, alpha);
-                tc_pack_p<T, NT>(pf, s);
-                issue_pv(j);
-                wgmma_commit();
-                wgmma_wait<0>();
-                wgmma_fence_operand(o_acc);
-            }
-        }
-    }
+    // one barrier per tile: K_j (and V_{j-1}; without OVERLAP V_j) landed, and the next tiles'
+    // copies start into the stages the previous step finished with
+    auto ready_s = [&](int j) {
+        tiles_landed();
+        load_k(j + 1);
+        load_v(OVERLAP ? j : j + 1);
+        cp_async_commit();
+    };
+    auto ready_pv = [&](int, bool alone) { if (alone) tiles_landed(); };  // the last V
+    wg_fwd_rows<T, D, BK, OVERLAP>(
+        out, lse, key_mask, b, bh, Tq, Tk, scale, causal, r0, tiles,
+        [&](int ks) { return wg_desc(sQ + wg_tile_offset<D>(64 * wg, 16 * ks), ROW_LBO, ROW_SBO); },
+        [&](int j, int ks) { return wg_desc(sK + (j & 1) * TILE + wg_tile_offset<D>(0, 16 * ks), ROW_LBO, ROW_SBO); },
+        [&](int j, int kk) { return wg_desc(sV + (j & 1) * TILE + wg_tile_offset<D>(16 * kk, 0), ROW_SBO, ROW_LBO); },
+        ready_s, ready_pv, WgNoHook{}, WgNoHook{}, WgNoHook{});
     cp_async_wait_all();  // nothing may be in flight into shared memory when the block exits
-
-    tc_store_rows<T, D>(out, lse, o, m, l, bh, Tq, r0 + 16 * warp + g, c);
 }
 
 // ---------------------------------------------------------------------------------------------

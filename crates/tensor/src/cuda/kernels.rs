@@ -74,6 +74,7 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("attention_tile.cuh", include_str!("../../../../kernels/attention_tile.cuh")),
     ("wgmma.cuh", include_str!("../../../../kernels/wgmma.cuh")),
     ("tma.cuh", include_str!("../../../../kernels/tma.cuh")),
+    ("attention_wg_fwd.cuh", include_str!("../../../../kernels/attention_wg_fwd.cuh")),
 ];
 
 /// The kernel file with this stem.
