@@ -32,26 +32,32 @@ alignas(1024) inline float smem[1 << 16];  // "extern __shared__ float smem[]" r
 // mbarriers) are made of: what the GPU guarantees, and nothing between unrelated threads.
 inline void emu_futex_wait(const void* word, uint32_t seen) { syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0); }
 inline void emu_futex_wake(const void* word) { syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0); }
-// A barrier of n threads: every arrival of a phase happens-before every departure from it.
+// A barrier: every arrival of a phase happens-before every departure from it. A phase completes
+// at `of` arrivals (n for __syncthreads and the warps; given per call for named barriers).
 struct EmuBarrier {
-  explicit EmuBarrier(int n) : n((uint32_t)n) {}
-  void arrive_and_wait() {
-    const uint32_t ph = phase.load(std::memory_order_acquire);  // cannot move on before this arrival
-    if (count.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {  // the last arrival acquires the others
-      count.store(0, std::memory_order_relaxed);
-      phase.fetch_add(1, std::memory_order_release);
-      emu_futex_wake(&phase);
-    } else {
-      for (uint32_t p = ph; p == ph; p = phase.load(std::memory_order_acquire)) emu_futex_wait(&phase, ph);
-    }
+  explicit EmuBarrier(int n = 0) : n((uint32_t)n) {}
+  // one arrival; true for the one that completes the phase. *ph: the phase it arrived in
+  bool arrive(uint32_t of, uint32_t* ph) {
+    *ph = phase.load(std::memory_order_acquire);  // cannot move on before this arrival
+    if (count.fetch_add(1, std::memory_order_acq_rel) + 1 != of) return false;  // the last one acquires the others
+    count.store(0, std::memory_order_relaxed);
+    phase.fetch_add(1, std::memory_order_release);
+    emu_futex_wake(&phase);
+    return true;
   }
+  void arrive_and_wait(uint32_t of) {
+    uint32_t ph;
+    if (arrive(of, &ph)) return;
+    for (uint32_t p = ph; p == ph; p = phase.load(std::memory_order_acquire)) emu_futex_wait(&phase, ph);
+  }
+  void arrive_and_wait() { arrive_and_wait(n); }
+  void reset() { count.store(0); phase.store(0); }
   const uint32_t n;
   std::atomic<uint32_t> count{0}, phase{0};
 };
 inline std::unique_ptr<EmuBarrier> g_block_bar;
 // named barriers 1..15 (bar.sync / bar.arrive id, n; emu_tma.h), reset for each block
-struct EmuNamedBar { std::atomic<uint32_t> count{0}, phase{0}; };
-inline EmuNamedBar g_named[16];
+inline EmuBarrier g_named[16];
 inline std::vector<std::unique_ptr<EmuBarrier>> g_warp_bar;
 inline std::vector<std::vector<uint64_t>> g_warp_slot;
 inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
@@ -87,7 +93,7 @@ inline void launch(dim3e grid, dim3e block, const std::function<void()>& body) {
   for (unsigned by = 0; by < grid.y; ++by) for (unsigned bx = 0; bx < grid.x; ++bx) {
     blockIdx = {bx, by, 1};
     g_block_bar = std::make_unique<EmuBarrier>(nt);
-    for (auto& nb : g_named) { nb.count.store(0); nb.phase.store(0); }
+    for (auto& nb : g_named) nb.reset();
     g_warp_bar.clear(); g_warp_slot.assign(nw, std::vector<uint64_t>(32));
     for (int w = 0; w < nw; ++w) g_warp_bar.push_back(std::make_unique<EmuBarrier>(32));
     std::vector<std::thread> ts;

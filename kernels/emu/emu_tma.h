@@ -83,26 +83,15 @@ inline void tma_load_3d(void* dst, const TmaMap* map, int c0, int c1, int c2, u6
             }
     emu_mbar_update(bar, 0, -(long long)bytes);
 }
-// named barriers (emu.h's g_named, reset by launch for each block): arrivals release, the last
-// one of a phase acquires them all and moves the phase on; a sync also waits for the phase
-inline bool emu_named_arrive(int id, int n, uint32_t* ph) {
+// named barriers: emu.h's EmuBarrier g_named (reset by launch for each block), n per call
+inline void named_bar_arrive(int id, int n) {
     assert(id > 0 && id < 16 && n % 32 == 0);
-    EmuNamedBar& b = g_named[id];
-    *ph = b.phase.load(std::memory_order_acquire);
-    if (b.count.fetch_add(1, std::memory_order_acq_rel) + 1 == (uint32_t)n) {
-        b.count.store(0, std::memory_order_relaxed);
-        b.phase.fetch_add(1, std::memory_order_release);
-        emu_futex_wake(&b.phase);
-        return true;
-    }
-    return false;
-}
-inline void named_bar_arrive(int id, int n) { uint32_t ph; emu_named_arrive(id, n, &ph); }
-inline void named_bar_sync(int id, int n) {
     uint32_t ph;
-    if (emu_named_arrive(id, n, &ph)) return;
-    EmuNamedBar& b = g_named[id];
-    for (uint32_t p = ph; p == ph; p = b.phase.load(std::memory_order_acquire)) emu_futex_wait(&b.phase, ph);
+    g_named[id].arrive((uint32_t)n, &ph);
+}
+inline void named_bar_sync(int id, int n) {
+    assert(id > 0 && id < 16 && n % 32 == 0);
+    g_named[id].arrive_and_wait((uint32_t)n);
 }
 template <int N> inline void setmaxnreg_dec() { static_assert(N % 8 == 0 && N >= 24 && N <= 256); }
 template <int N> inline void setmaxnreg_inc() { static_assert(N % 8 == 0 && N >= 24 && N <= 256); }
