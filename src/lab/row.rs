@@ -126,7 +126,11 @@ impl Row {
             (None, Some(g)) => gemm_gflops.map(|c| 100.0 * g / c),
             _ => None,
         };
-        self.pct_of_ceiling = pct.map(|p| (p * 10.0).round() / 10.0);
+        // one decimal, but two significant digits below 0.05%: a tiny case's share is small, not 0
+        self.pct_of_ceiling = pct.map(|p| {
+            let scale = if p > 0.0 && p < 0.05 { 10f64.powi(1 - p.log10().floor() as i32) } else { 10.0 };
+            (p * scale).round() / scale
+        });
     }
 }
 
@@ -184,5 +188,9 @@ mod tests {
         m.set_stats(&Stats::of(vec![1.0]), Work::Flops(2e9));
         m.set_ceiling(Some(1.0), Some(4000.0));
         assert_eq!((m.gflops, m.pct_of_ceiling), (Some(2000.0), Some(50.0)));
+        m.set_ceiling(Some(1.0), Some(8.0e7));  // 0.0025 %: kept, not rounded to 0
+        assert_eq!(m.pct_of_ceiling, Some(0.0025));
+        m.set_ceiling(Some(1.0), Some(3.0e6));  // 0.0667 %: one decimal
+        assert_eq!(m.pct_of_ceiling, Some(0.1));
     }
 }
