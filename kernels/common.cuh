@@ -184,17 +184,19 @@ __device__ __forceinline__ void map2(T* out, const T* a, const T* b, i64 n, F f)
 }
 
 // ---- a row held in one warp's registers (the `_warp` kernel variants) ------------------------------
-// Rows of `cols` elements with cols % Pack<T>::N == 0 and 16-byte aligned rows, cols <= WR_MAX_COLS:
-// lane l holds packs l, l + 32, ... (at most WR_PACKS of them), so a row is read from memory once.
-#define WR_PACKS 8
-template <typename T> struct WarpRow {
+// Rows of `cols` elements with cols % N == 0 (N = Pack<T>::N) and 16-byte aligned rows: lane l holds
+// packs l, l + 32, ... (at most P of them), so a row of up to 32 * P * N elements is read from
+// memory once. The `_warp<E>` kernels are instantiated for E = P * N elements per lane in
+// KILN_ROW_E (the launcher picks the smallest E with 32 * E >= cols: registers, and so the warps an
+// SM can hold, follow the row length instead of the longest row).
+template <typename T, int P> struct WarpRow {
     static constexpr int N = Pack<T>::N;
-    float v[WR_PACKS][N];
+    float v[P][N];
     // loads the row; missing lanes get `fill`
     __device__ __forceinline__ void load(const T* row, int cols, float fill) {
         int lane = threadIdx.x & 31, np = cols / N;
 #pragma unroll
-        for (int p = 0; p < WR_PACKS; ++p) {
+        for (int p = 0; p < P; ++p) {
             int pi = p * 32 + lane;
             if (pi < np) {
                 Pack<T> x = load_pack(row + (i64)pi * N);
@@ -209,7 +211,7 @@ template <typename T> struct WarpRow {
     __device__ __forceinline__ void store(T* row, int cols) const {
         int lane = threadIdx.x & 31, np = cols / N;
 #pragma unroll
-        for (int p = 0; p < WR_PACKS; ++p) {
+        for (int p = 0; p < P; ++p) {
             int pi = p * 32 + lane;
             if (pi < np) {
                 Pack<T> x;
@@ -222,6 +224,9 @@ template <typename T> struct WarpRow {
     // whether pack p of this lane is inside the row
     __device__ __forceinline__ static bool valid(int p, int cols) { return p * 32 + (threadIdx.x & 31) < cols / N; }
 };
+
+// Instantiates M(T, S, E) for every elements-per-lane count E of the `_warp<E>` row kernels.
+#define KILN_ROW_E(M, T, S) M(T, S, 8) M(T, S, 16) M(T, S, 24) M(T, S, 32) M(T, S, 48) M(T, S, 64)
 
 // Instantiates `extern "C"` entry points NAME_f32 / NAME_bf16 / NAME_f16 from a macro M(T, SUFFIX).
 #define KILN_FOR_FLOATS(M) M(float, f32) M(bf16, bf16) M(f16, f16)

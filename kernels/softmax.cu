@@ -7,11 +7,11 @@
 //   log_softmax_bwd_<T>(T* dinp, const T* out, const T* dout, int rows, int cols)
 //       dinp = dy - exp(y) * sum(dy)             (y = saved log-probabilities)
 // grid = rows, block = 256 (any multiple of 32). A row that is entirely -inf gives NaN (as PyTorch).
-//   softmax_fwd_warp_<T>, softmax_bwd_warp_<T>, log_softmax_fwd_warp_<T>, log_softmax_bwd_warp_<T>:
-//     same arguments and results; one warp per row held in registers (each element read and
+//   softmax_fwd_warp<E>_<T>, softmax_bwd_warp<E>_<T>, log_softmax_fwd_warp<E>_<T>,
+//   log_softmax_bwd_warp<E>_<T>, E in {8, 16, 24, 32, 48, 64} (KILN_ROW_E): same arguments and
+//     results; one warp per row held in registers, E elements per lane (each element read and
 //     written once, 16-byte accesses). Only for cols % (16 / sizeof(T)) == 0, 16-byte aligned
-//     pointers and cols <= 32 * WR_PACKS * (16 / sizeof(T)) (1024 f32, 2048 bf16/f16).
-//     grid = ceil(rows / 8), block = 256 (8 rows per block).
+//     pointers and cols <= 32 * E. grid = ceil(rows / 8), block = 256 (8 rows per block).
 #include "common.cuh"
 
 // Row max M and sum S = sum exp(x - M), single pass with a per-thread online update.
@@ -68,49 +68,51 @@ __device__ void softmax_bwd(T* dinp, const T* out, const T* dout, int rows, int 
     }
 }
 
-template <typename T>
+template <typename T, int E>
 __device__ void softmax_fwd_warp(T* out, const T* inp, int rows, int cols, bool log) {
+    constexpr int P = E / Pack<T>::N;
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;  // warp-uniform
-    WarpRow<T> r;
+    WarpRow<T, P> r;
     r.load(inp + (i64)row * cols, cols, -KILN_INF);
     float m = -KILN_INF;
 #pragma unroll
-    for (int p = 0; p < WR_PACKS; ++p)
+    for (int p = 0; p < P; ++p)
 #pragma unroll
-        for (int k = 0; k < WarpRow<T>::N; ++k) m = fmaxf(m, r.v[p][k]);
+        for (int k = 0; k < WarpRow<T, P>::N; ++k) m = fmaxf(m, r.v[p][k]);
     m = warp_max(m);
     float s = 0.f;
 #pragma unroll
-    for (int p = 0; p < WR_PACKS; ++p)
+    for (int p = 0; p < P; ++p)
 #pragma unroll
-        for (int k = 0; k < WarpRow<T>::N; ++k) s += expf(r.v[p][k] - m);  // padding: exp(-inf) = 0
+        for (int k = 0; k < WarpRow<T, P>::N; ++k) s += expf(r.v[p][k] - m);  // padding: exp(-inf) = 0
     s = warp_sum(s);
     float lse = m + logf(s), inv = 1.f / s;
 #pragma unroll
-    for (int p = 0; p < WR_PACKS; ++p)
+    for (int p = 0; p < P; ++p)
 #pragma unroll
-        for (int k = 0; k < WarpRow<T>::N; ++k) r.v[p][k] = log ? r.v[p][k] - lse : expf(r.v[p][k] - m) * inv;
+        for (int k = 0; k < WarpRow<T, P>::N; ++k) r.v[p][k] = log ? r.v[p][k] - lse : expf(r.v[p][k] - m) * inv;
     r.store(out + (i64)row * cols, cols);
 }
 
-template <typename T>
+template <typename T, int E>
 __device__ void softmax_bwd_warp(T* dinp, const T* out, const T* dout, int rows, int cols, bool log) {
+    constexpr int P = E / Pack<T>::N;
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;  // warp-uniform
-    WarpRow<T> y, g;
+    WarpRow<T, P> y, g;
     y.load(out + (i64)row * cols, cols, 0.f);
     g.load(dout + (i64)row * cols, cols, 0.f);
     float dot = 0.f;  // softmax: sum(dy * y); log_softmax: sum(dy); the padding adds 0
 #pragma unroll
-    for (int p = 0; p < WR_PACKS; ++p)
+    for (int p = 0; p < P; ++p)
 #pragma unroll
-        for (int k = 0; k < WarpRow<T>::N; ++k) dot += log ? g.v[p][k] : g.v[p][k] * y.v[p][k];
+        for (int k = 0; k < WarpRow<T, P>::N; ++k) dot += log ? g.v[p][k] : g.v[p][k] * y.v[p][k];
     dot = warp_sum(dot);
 #pragma unroll
-    for (int p = 0; p < WR_PACKS; ++p)
+    for (int p = 0; p < P; ++p)
 #pragma unroll
-        for (int k = 0; k < WarpRow<T>::N; ++k)
+        for (int k = 0; k < WarpRow<T, P>::N; ++k)
             g.v[p][k] = log ? g.v[p][k] - expf(y.v[p][k]) * dot : y.v[p][k] * (g.v[p][k] - dot);
     g.store(dinp + (i64)row * cols, cols);
 }
@@ -130,18 +132,21 @@ __device__ void softmax_bwd_warp(T* dinp, const T* out, const T* dout, int rows,
                                                    int cols) {                                     \
         softmax_bwd(dinp, out, dout, rows, cols, true);                                            \
     }                                                                                              \
-    extern "C" __global__ void softmax_fwd_warp_##S(T* out, const T* inp, int rows, int cols) {    \
-        softmax_fwd_warp(out, inp, rows, cols, false);                                             \
+    KILN_ROW_E(SOFTMAX_WARP_KERNELS, T, S)
+#define SOFTMAX_WARP_KERNELS(T, S, E)                                                              \
+    extern "C" __global__ void softmax_fwd_warp##E##_##S(T* out, const T* inp, int rows, int cols) { \
+        softmax_fwd_warp<T, E>(out, inp, rows, cols, false);                                       \
     }                                                                                              \
-    extern "C" __global__ void softmax_bwd_warp_##S(T* dinp, const T* out, const T* dout,          \
-                                                    int rows, int cols) {                          \
-        softmax_bwd_warp(dinp, out, dout, rows, cols, false);                                      \
+    extern "C" __global__ void softmax_bwd_warp##E##_##S(T* dinp, const T* out, const T* dout,     \
+                                                         int rows, int cols) {                     \
+        softmax_bwd_warp<T, E>(dinp, out, dout, rows, cols, false);                                \
     }                                                                                              \
-    extern "C" __global__ void log_softmax_fwd_warp_##S(T* out, const T* inp, int rows, int cols) {\
-        softmax_fwd_warp(out, inp, rows, cols, true);                                              \
+    extern "C" __global__ void log_softmax_fwd_warp##E##_##S(T* out, const T* inp, int rows,       \
+                                                             int cols) {                           \
+        softmax_fwd_warp<T, E>(out, inp, rows, cols, true);                                        \
     }                                                                                              \
-    extern "C" __global__ void log_softmax_bwd_warp_##S(T* dinp, const T* out, const T* dout,      \
-                                                        int rows, int cols) {                      \
-        softmax_bwd_warp(dinp, out, dout, rows, cols, true);                                       \
+    extern "C" __global__ void log_softmax_bwd_warp##E##_##S(T* dinp, const T* out, const T* dout, \
+                                                             int rows, int cols) {                 \
+        softmax_bwd_warp<T, E>(dinp, out, dout, rows, cols, true);                                 \
     }
 KILN_FOR_FLOATS(SOFTMAX_KERNELS)

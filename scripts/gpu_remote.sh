@@ -152,8 +152,9 @@ stage_attn() {
 }
 
 # What issue 6 needs measured next (written 2026-11-30 without a GPU), in two commands of < 10 min:
-# `issue6` (~7 min): the kernel report on the system NVRTC, the attention GPU tests (tc and the
-# opt-in tc2, wgmma and TMA kernels), the attention sweep with tc, tc2, wg and wgtma beside SDPA flash;
+# `issue6` (~8 min): the kernel report on the system NVRTC, the attention GPU tests (tc and the
+# opt-in tc2, wgmma and TMA kernels), the attention sweep with tc, tc2, wg and wgtma beside SDPA flash,
+# the memory-bound kernels at 268 MB beside PyTorch eager;
 # `issue6_train`: the GPT-2 124M / BERT-base bf16 training steps beside PyTorch (autocast, eager
 # and torch.compile), then racecheck of the tc2 test and memcheck + racecheck of the wgmma test.
 stage_issue6() {
@@ -170,6 +171,10 @@ stage_issue6() {
   step compare_tc2 20 "$KILN" bench --from "$LOG/kiln_attn_tc2.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/tc2"
   step compare_wg 20 "$KILN" bench --from "$LOG/kiln_attn_wg.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/wg"
   step compare_wgtma 20 "$KILN" bench --from "$LOG/kiln_attn_wgtma.jsonl" --compare "$LOG/torch_attn.jsonl" --plot "$LOG/wgtma"
+  # issue 6's memory-bound target on 268 MB tensors: GELU / LayerNorm / softmax, forward and backward, the
+  # block and the warp-per-row kernels (kiln's default where they apply) checked against PyTorch, then timed
+  # beside PyTorch eager and the copy bandwidth of the same run (scripts/ comes with the working tree)
+  step memory_bound 90 python3 "$HERE/../scripts/gpu_memory_bound.py" --out "$LOG/memory_bound"
 }
 
 # The second half (~6 min): issue 6's training steps beside PyTorch, then the sanitizers on tc2 / wg.

@@ -181,6 +181,32 @@ gpu_test!(layer_norm_fused, |dev| {
     check("layer_norm weight only", dev, &[&[3, 5, 7], &[7]], false, true, |x| x[0].layer_norm(Some(&x[1]), None, 1e-5));
 });
 
+/// The row-wise ops on both CUDA kernel families: the warp-per-row kernels (the default where they
+/// apply) and the block kernels (forced), at row lengths that pick each `layer_norm_bwd_warp<E>`
+/// (8: one pack; 100; 768: E 24; 1000: E 32; 1528: E 48, and the block forward in f32) or fall
+/// back (2048: the block backward, the block forward in f32; 1030: not whole 16-byte packs), with
+/// enough rows that a warp takes several; and an offset view (rows not 16-byte aligned if the view
+/// keeps its offset).
+gpu_test!(row_kernels_warp_and_block, |dev| {
+    use kiln::tensor::cuda::{force_row_kernel, row_kernel_override, RowKernel};
+    for kernel in [None, Some(RowKernel::Block)] {
+        force_row_kernel(kernel);
+        assert_eq!(row_kernel_override(), kernel);
+        for (rows, cols) in [(37usize, 8usize), (37, 100), (600, 768), (37, 1000), (19, 1528), (9, 2048), (37, 1030)] {
+            let k = format!("[{rows}, {cols}] {kernel:?}");
+            check(&format!("layer_norm {k}"), dev, &[&[rows, cols], &[cols], &[cols]], false, true, |x| x[0].layer_norm(Some(&x[1]), Some(&x[2]), 1e-5));
+            check(&format!("softmax {k}"), dev, &[&[rows, cols]], false, true, |x| x[0].softmax_last_dim());
+            check(&format!("log_softmax {k}"), dev, &[&[rows, cols]], false, true, |x| x[0].log_softmax_last_dim());
+        }
+        check(&format!("layer_norm no affine [33, 768] {kernel:?}"), dev, &[&[33, 768]], false, true, |x| x[0].layer_norm(None, None, 1e-5));
+        check(&format!("layer_norm of an offset view {kernel:?}"), dev, &[&[1 + 5 * 768], &[768], &[768]], false, true, |x| {
+            x[0].narrow(0, 1, 5 * 768)?.reshape(&[5, 768])?.layer_norm(Some(&x[1]), Some(&x[2]), 1e-5)
+        });
+        check(&format!("softmax of an offset view {kernel:?}"), dev, &[&[1 + 5 * 768]], false, true, |x| x[0].narrow(0, 1, 5 * 768)?.reshape(&[5, 768])?.softmax_last_dim());
+    }
+    force_row_kernel(None);
+});
+
 gpu_test!(embedding_and_index_select, |dev| {
     let ids = Tensor::from_vec(vec![3i64, 0, 49, 3, 3, 7, 12, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 40], &[3, 7]).unwrap();
     check("embedding", dev, &[&[50, 24]], false, true, |x| Tensor::embedding(&ids.to_device(x[0].device())?, &x[0]));

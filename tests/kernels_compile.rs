@@ -46,9 +46,9 @@ const FLOAT_KERNELS: &[(&str, &[&str], &[&str])] = &[
     ("elementwise", &["unary_fwd", "unary_bwd", "binary_fwd", "affine_fwd", "fill"], ALL),
     ("embedding", &["embedding_fwd", "embedding_bwd"], ALL),
     ("gelu", &["gelu_fwd", "gelu_bwd"], ALL),
-    ("layer_norm", &["layer_norm_fwd", "layer_norm_fwd_warp", "layer_norm_bwd", "layer_norm_bwd_reduce"], ALL),
+    ("layer_norm", &["layer_norm_fwd", "layer_norm_bwd", "layer_norm_bwd_reduce", "layer_norm_fwd_warp8", "layer_norm_fwd_warp16", "layer_norm_fwd_warp24", "layer_norm_fwd_warp32", "layer_norm_fwd_warp48", "layer_norm_fwd_warp64", "layer_norm_bwd_warp8", "layer_norm_bwd_warp16", "layer_norm_bwd_warp24", "layer_norm_bwd_warp32", "layer_norm_bwd_warp48"], ALL),
     ("reduce", &["reduce_sum_last", "reduce_max_last", "reduce_sum_rows_partial", "reduce_sum_rows_finish"], ALL),
-    ("softmax", &["softmax_fwd", "softmax_bwd", "log_softmax_fwd", "log_softmax_bwd", "softmax_fwd_warp", "softmax_bwd_warp", "log_softmax_fwd_warp", "log_softmax_bwd_warp"], ALL),
+    ("softmax", &["softmax_fwd", "softmax_bwd", "log_softmax_fwd", "log_softmax_bwd", "softmax_fwd_warp8", "softmax_bwd_warp8", "log_softmax_fwd_warp8", "log_softmax_bwd_warp8", "softmax_fwd_warp16", "softmax_bwd_warp16", "log_softmax_fwd_warp16", "log_softmax_bwd_warp16", "softmax_fwd_warp24", "softmax_bwd_warp24", "log_softmax_fwd_warp24", "log_softmax_bwd_warp24", "softmax_fwd_warp32", "softmax_bwd_warp32", "log_softmax_fwd_warp32", "log_softmax_bwd_warp32", "softmax_fwd_warp48", "softmax_bwd_warp48", "log_softmax_fwd_warp48", "log_softmax_bwd_warp48", "softmax_fwd_warp64", "softmax_bwd_warp64", "log_softmax_fwd_warp64", "log_softmax_bwd_warp64"], ALL),
 ];
 
 #[test]

@@ -6,7 +6,7 @@
 //! Work is counted as in ../shared/notes/perf-anchors.md and scripts/torch_bench.py.
 use super::harness::{Case, Thunk, Variant, Work};
 use crate::tensor::cpu::simd::{self, Level};
-use crate::tensor::cuda::AttnKernel;
+use crate::tensor::cuda::{AttnKernel, RowKernel};
 use crate::tensor::ops::attention::{attention_reference, AttentionOpts};
 use crate::tensor::ops::gelu::GeluApprox;
 use crate::{DType, Device, Result, Tensor};
@@ -260,13 +260,30 @@ pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: Option<(
     let (r, dd) = (rows as u64, d as u64);
     // fwd: x, w, b read; y written, mean and rstd (f32) saved. bwd: dy, x, mean, rstd, w read; dx, dw, db written.
     let ln_work = move |p| Work::Bytes(if p == Pass::Fwd { (2 * n + 2 * dd) * e + 2 * r * 4 } else { (3 * n + 3 * dd) * e + 2 * r * 4 });
+    // on CUDA the block-per-row kernels too, timed beside the warp-per-row default (`cuda-block`)
+    let block = |f: OpFn| -> Vec<(&'static str, OpFn)> {
+        vec![("cuda-block", Rc::new(move |t: &[Tensor]| {
+            let before = crate::tensor::cuda::row_kernel_override();
+            crate::tensor::cuda::force_row_kernel(Some(RowKernel::Block));
+            let r = f(t);
+            crate::tensor::cuda::force_row_kernel(before);
+            r
+        }) as OpFn)]
+    };
+    let ln: OpFn = Rc::new(|t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5));
     let spec = OpSpec {
         inputs: vec![(vec![rows, d], true), (vec![d], true), (vec![d], true)],
         composed: Some(Rc::new(|t| layer_norm_composed(&t[0], &t[1], &t[2], 1e-5))),
-        ..OpSpec::rowwise("layer_norm", dtype, rows, d, Rc::new(|t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5)), Box::new(ln_work))
+        cuda_alternatives: block(ln.clone()),
+        ..OpSpec::rowwise("layer_norm", dtype, rows, d, ln, Box::new(ln_work))
     };
     cases.extend(op_cases(ctx, &spec, &all, 20)?);
-    let spec = OpSpec { composed: Some(Rc::new(|t| softmax_composed(&t[0]))), ..OpSpec::rowwise("softmax", dtype, rows, d, Rc::new(|t| t[0].softmax_last_dim()), Box::new(ew)) };
+    let sm: OpFn = Rc::new(|t| t[0].softmax_last_dim());
+    let spec = OpSpec {
+        composed: Some(Rc::new(|t| softmax_composed(&t[0]))),
+        cuda_alternatives: block(sm.clone()),
+        ..OpSpec::rowwise("softmax", dtype, rows, d, sm, Box::new(ew))
+    };
     cases.extend(op_cases(ctx, &spec, &all, 30)?);
     let Some((cn, classes)) = ce else { return Ok(cases) };
     let targets: Vec<i64> = (0..cn as i64).map(|i| if i % 17 == 5 { -100 } else { (i * 7919) % classes as i64 }).collect();

@@ -236,6 +236,46 @@ pub fn attention_kernel_override() -> Option<AttnKernel> {
     ATTN_OVERRIDE.with(|c| c.get())
 }
 
+/// The CUDA kernels the row-wise ops (softmax, log_softmax, LayerNorm; forward and backward) run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowKernel {
+    /// One warp per row, the row held in registers: each element read once and written once with
+    /// 16-byte accesses (`*_warp<E>` kernels, E elements per lane, the smallest that holds the
+    /// row). The default where it applies: the row length a multiple of 16 bytes, every row
+    /// pointer 16-byte aligned, and rows of at most 2048 elements (1536 for the LayerNorm
+    /// backward); elsewhere `Block` runs.
+    Warp,
+    /// One block of 256 threads per row (the LayerNorm backward: per group of rows), scalar
+    /// accesses, any row length: the reference variant, `kiln bench`'s `cuda-block`.
+    Block,
+}
+
+thread_local! {
+    static ROW_OVERRIDE: std::cell::Cell<Option<RowKernel>> = const { std::cell::Cell::new(None) };
+}
+
+/// On this thread, makes later CUDA softmax / log_softmax / LayerNorm launches run `kernel`
+/// (`None`: the default choice; `Warp` still only where it applies). For `kiln bench`'s variants
+/// and the GPU tests; thread-local like [`force_attention_kernel`].
+pub fn force_row_kernel(kernel: Option<RowKernel>) {
+    ROW_OVERRIDE.with(|c| c.set(kernel));
+}
+
+/// This thread's override (see [`force_row_kernel`]). A forward records it, and its backward
+/// runs under the same choice ([`with_row_kernel`]), as an attention backward keeps its forward's.
+pub fn row_kernel_override() -> Option<RowKernel> {
+    ROW_OVERRIDE.with(|c| c.get())
+}
+
+/// Runs `f` with this thread's row-kernel override set to `kernel`, then restores the previous one.
+pub fn with_row_kernel<R>(kernel: Option<RowKernel>, f: impl FnOnce() -> R) -> R {
+    let before = row_kernel_override();
+    force_row_kernel(kernel);
+    let r = f();
+    force_row_kernel(before);
+    r
+}
+
 /// Restarts the peak reported by [`peak_memory_bytes`] from what `device` holds now (no-op on the CPU
 /// or a device never used).
 pub fn reset_peak_memory(device: Device) {

@@ -1,7 +1,7 @@
 //! LayerNorm on CUDA: the forward saves the per-row mean / rstd on the device (f32) and the
 //! backward runs the fused kernel (`kernels/layer_norm.cu`).
 use crate::autograd::{node, BackwardOp};
-use crate::cuda::{ops_nn, CudaStorage};
+use crate::cuda::{ops_nn, row_kernel_override, with_row_kernel, CudaStorage, RowKernel};
 use crate::storage::Storage;
 use crate::{Result, Tensor};
 
@@ -11,6 +11,8 @@ struct LayerNormCudaBackward {
     b: Option<Tensor>,
     mean: CudaStorage,
     rstd: CudaStorage,
+    /// The forward's row-kernel override, kept for the backward.
+    kernel: Option<RowKernel>,
 }
 
 impl BackwardOp for LayerNormCudaBackward {
@@ -24,7 +26,7 @@ impl BackwardOp for LayerNormCudaBackward {
         v
     }
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let (dx, dw, db) = ops_nn::layer_norm_bwd(&self.x.detach(), self.w.as_ref(), self.b.is_some(), &self.mean, &self.rstd, g)?;
+        let (dx, dw, db) = with_row_kernel(self.kernel, || ops_nn::layer_norm_bwd(&self.x.detach(), self.w.as_ref(), self.b.is_some(), &self.mean, &self.rstd, g))?;
         let mut out = vec![Some(Tensor::from_storage(Storage::Cuda(dx), self.x.shape())?)];
         if let (Some(w), Some(dw)) = (&self.w, dw) {
             out.push(Some(Tensor::from_storage(Storage::Cuda(dw), w.shape())?));
@@ -41,5 +43,5 @@ pub(super) fn layer_norm(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps
     let (y, mean, rstd) = ops_nn::layer_norm(x, w, b, eps)?;
     let inputs: Vec<&Tensor> = [Some(x), w, b].into_iter().flatten().collect();
     Ok(Tensor::from_storage(Storage::Cuda(y), x.shape())?
-        .with_history(&inputs, || node(LayerNormCudaBackward { x: x.clone(), w: w.cloned(), b: b.cloned(), mean, rstd })))
+        .with_history(&inputs, || node(LayerNormCudaBackward { x: x.clone(), w: w.cloned(), b: b.cloned(), mean, rstd, kernel: row_kernel_override() })))
 }

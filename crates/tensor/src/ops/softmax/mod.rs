@@ -20,6 +20,9 @@ struct SoftmaxBackward {
     /// The output in the compute dtype (f32 or f64), without history.
     y: Tensor,
     log: bool,
+    /// On CUDA: the forward's row-kernel override, kept for the backward.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    kernel: Option<crate::cuda::RowKernel>,
 }
 
 impl BackwardOp for SoftmaxBackward {
@@ -33,7 +36,7 @@ impl BackwardOp for SoftmaxBackward {
         let (y, log) = (&self.y, self.log);
         #[cfg(feature = "cuda")]
         if y.device().is_cuda() {
-            let dx = crate::cuda::ops::softmax_bwd(y, g, log)?;
+            let dx = crate::cuda::with_row_kernel(self.kernel, || crate::cuda::ops::softmax_bwd(y, g, log))?;
             return Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), self.input.shape())?)]);
         }
         let d = last_dim(y);
@@ -65,7 +68,7 @@ fn softmax_impl(x: &Tensor, log: bool) -> Result<Tensor> {
         // the kernels compute in f32 and the backward reads the saved output in x's dtype
         let out = Tensor::from_storage(Storage::Cuda(crate::cuda::ops::softmax(x, log)?), x.shape())?;
         let y = out.detach();
-        return Ok(out.with_history(&[x], || node(SoftmaxBackward { input: x.clone(), y, log })));
+        return Ok(out.with_history(&[x], || node(SoftmaxBackward { input: x.clone(), y, log, kernel: crate::cuda::row_kernel_override() })));
     }
     let (dt, d) = (x.dtype(), last_dim(x));
     let xc = x.detach().to_dtype(dt.cpu_compute())?;
@@ -82,7 +85,7 @@ fn softmax_impl(x: &Tensor, log: bool) -> Result<Tensor> {
         None => Some(out.detach()),
         Some(y) => Some(Tensor::from_storage(Storage::Cpu(y), x.shape())?),
     };
-    Ok(out.with_history(&[x], || node(SoftmaxBackward { input: x.clone(), y: saved.expect("recorded only with grad"), log })))
+    Ok(out.with_history(&[x], || node(SoftmaxBackward { input: x.clone(), y: saved.expect("recorded only with grad"), log, kernel: None })))
 }
 
 impl Tensor {
