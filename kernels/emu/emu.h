@@ -65,6 +65,8 @@ inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+inline float __expf(float x) { return expf(x); }               // the hardware's ex2-based exp: a few ulp
+inline float __fdividef(float a, float b) { return a / b; }    // (the emulator checks the formulas)
 inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
 inline long long clock64() { return (long long)__builtin_ia32_rdtsc(); }  // a cycle-like counter
 template <typename T> T warp_exchange(T v, int src) {

@@ -191,6 +191,20 @@ int main() {
     launch({1}, {64}, [&] { gelu_fwd_bf16(yb.data(), xb.data(), n, 0); });
     for (int i = 0; i < n; ++i) { double v = to_f32(xb[i]); double r = 0.5 * v * (1 + std::erf(v / std::sqrt(2.))); e = std::max(e, std::fabs(to_f32(yb[i]) - r) / (std::fabs(r) + 1e-2)); }
     check("gelu_fwd_bf16 (rel. to bf16 eps)", e / 0.0078125, 0.51); }
+  // ---- bf16 tanh form through the sigmoid (gelu_tanh_fast): x from -9 to 9, where 1 + tanh(u)
+  // would cancel for x < 0; each element against double, relative to bf16 eps (output rounding only)
+  { int n = 1001; std::vector<bf16> xb(n), gb(n), yb(n), db(n); auto g = randv(n); double ef = 0, eb = 0;
+    for (int i = 0; i < n; ++i) { xb[i] = from_f32<bf16>(-9.f + 18.f * i / (n - 1)); gb[i] = from_f32<bf16>(g[i]); }
+    launch({1}, {64}, [&] { gelu_fwd_bf16(yb.data(), xb.data(), n, 1); });
+    launch({1}, {64}, [&] { gelu_bwd_bf16(db.data(), xb.data(), gb.data(), n, 1); });
+    for (int i = 0; i < n; ++i) { double v = to_f32(xb[i]), k = std::sqrt(2 / M_PI), u = k * (v + 0.044715 * v * v * v), t = std::tanh(u);
+      double r = 0.5 * v * (1 + t), dr = to_f32(gb[i]) * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * 0.044715 * v * v));
+      // 1 + t for u < -3 from the exact form exp(2u) / (1 + exp(2u)) * 2, so the reference does not cancel either
+      if (u < -3) { double e2 = std::exp(2 * u); r = v * e2 / (1 + e2); double s = e2 / (1 + e2); dr = to_f32(gb[i]) * (s + v * s * (1 - s) * 2 * k * (1 + 3 * 0.044715 * v * v)); }
+      ef = std::max(ef, std::fabs(to_f32(yb[i]) - r) / std::max(std::fabs(r), 1e-30));  // r = 0 only at x = 0, where y = 0
+      eb = std::max(eb, std::fabs(to_f32(db[i]) - dr) / (std::fabs(dr) + 1e-3)); }
+    check("gelu_fwd_bf16 tanh, per element (rel. to bf16 eps)", ef / 0.0078125, 0.51);
+    check("gelu_bwd_bf16 tanh, per element (rel. to bf16 eps)", eb / 0.0078125, 0.51); }
   // ---- dropout + adamw
   { int n = 20001; auto x = randv(n); std::vector<float> y(n); float p = 0.3f; unsigned long long seed = 12345;
     launch({4}, {256}, [&] { dropout_fwd_f32(y.data(), x.data(), n, p, seed); });
