@@ -262,13 +262,7 @@ pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: Option<(
     let ln_work = move |p| Work::Bytes(if p == Pass::Fwd { (2 * n + 2 * dd) * e + 2 * r * 4 } else { (3 * n + 3 * dd) * e + 2 * r * 4 });
     // on CUDA the block-per-row kernels too, timed beside the warp-per-row default (`cuda-block`)
     let block = |f: OpFn| -> Vec<(&'static str, OpFn)> {
-        vec![("cuda-block", Rc::new(move |t: &[Tensor]| {
-            let before = crate::tensor::cuda::row_kernel_override();
-            crate::tensor::cuda::force_row_kernel(Some(RowKernel::Block));
-            let r = f(t);
-            crate::tensor::cuda::force_row_kernel(before);
-            r
-        }) as OpFn)]
+        vec![("cuda-block", Rc::new(move |t: &[Tensor]| crate::tensor::cuda::with_row_kernel(Some(RowKernel::Block), || f(t))) as OpFn)]
     };
     let ln: OpFn = Rc::new(|t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5));
     let spec = OpSpec {

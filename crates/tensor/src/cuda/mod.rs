@@ -254,22 +254,39 @@ thread_local! {
     static ROW_OVERRIDE: std::cell::Cell<Option<RowKernel>> = const { std::cell::Cell::new(None) };
 }
 
+/// `KILN_ROW_KERNEL=block|warp`: the process-wide choice where no thread has forced one (read once;
+/// another value is reported on stderr and ignored). `block` switches every row op back to the
+/// block kernels without a rebuild, e.g. on a GPU where the warp kernels have not yet been checked.
+fn env_row_kernel() -> Option<RowKernel> {
+    static ENV: std::sync::OnceLock<Option<RowKernel>> = std::sync::OnceLock::new();
+    *ENV.get_or_init(|| match std::env::var("KILN_ROW_KERNEL").ok().as_deref() {
+        None | Some("") => None,
+        Some("block") => Some(RowKernel::Block),
+        Some("warp") => Some(RowKernel::Warp),
+        Some(v) => {
+            eprintln!("kiln: KILN_ROW_KERNEL={v:?} is not `block` or `warp`; ignored");
+            None
+        }
+    })
+}
+
 /// On this thread, makes later CUDA softmax / log_softmax / LayerNorm launches run `kernel`
-/// (`None`: the default choice; `Warp` still only where it applies). For `kiln bench`'s variants
-/// and the GPU tests; thread-local like [`force_attention_kernel`].
+/// (`None`: the default choice, `KILN_ROW_KERNEL` if set; `Warp` still only where it applies).
+/// For `kiln bench`'s variants and the GPU tests; thread-local like [`force_attention_kernel`].
 pub fn force_row_kernel(kernel: Option<RowKernel>) {
     ROW_OVERRIDE.with(|c| c.set(kernel));
 }
 
-/// This thread's override (see [`force_row_kernel`]). A forward records it, and its backward
-/// runs under the same choice ([`with_row_kernel`]), as an attention backward keeps its forward's.
+/// The row-kernel choice in force on this thread: its [`force_row_kernel`], else
+/// `KILN_ROW_KERNEL`, else `None` (the default). A forward records it, and its backward runs
+/// under the same choice ([`with_row_kernel`]), as an attention backward keeps its forward's.
 pub fn row_kernel_override() -> Option<RowKernel> {
-    ROW_OVERRIDE.with(|c| c.get())
+    ROW_OVERRIDE.with(|c| c.get()).or_else(env_row_kernel)
 }
 
-/// Runs `f` with this thread's row-kernel override set to `kernel`, then restores the previous one.
+/// Runs `f` with this thread's row-kernel choice set to `kernel`, then restores the previous one.
 pub fn with_row_kernel<R>(kernel: Option<RowKernel>, f: impl FnOnce() -> R) -> R {
-    let before = row_kernel_override();
+    let before = ROW_OVERRIDE.with(|c| c.get());
     force_row_kernel(kernel);
     let r = f();
     force_row_kernel(before);
