@@ -143,33 +143,26 @@ def run(out_dir, rows, cols, dtypes):
             rstd = buf(mean_f, poison)
             mods["layer_norm"].launch(f"layer_norm_fwd_warp{row_e}_{s}", (math.ceil(rows / 8), 1, 1), (256, 1, 1), 0, o, mean, rstd, x, w, b, rows, cols, eps)
             return o, mean, rstd
-        nparts = min(max(math.ceil(rows / 32), 1), 512)  # as kiln (row_parts in launch_nn.rs)
+
+        # the block backward (kiln's row_parts blocks) and the warp-per-row one (kiln's default where it
+        # applies: the fewest elements per lane that hold a row, 4-warp blocks, as many as kiln picks)
+        ln_e = next((e for e in (8, 16, 24, 32, 48) if 32 * e >= cols), None)
+
+        def ln_bwd_with(kernel, parts, threads, smem, poison):
+            dx = buf(x, poison)
+            dwp = torch.empty(parts, cols, device="cuda")
+            dbp = torch.empty(parts, cols, device="cuda")
+            dw = buf(w, poison)
+            db = buf(b, poison)
+            mods["layer_norm"].launch(kernel, (parts, 1, 1), (threads, 1, 1), smem, dx, dwp, dbp, mean_f, rstd_f, g, x, w, rows, cols)
+            mods["layer_norm"].launch(f"layer_norm_bwd_reduce_{s}", (math.ceil(cols / 32), 1, 1), (256, 1, 1), 0, dw, db, dwp, dbp, parts, cols)
+            return dx, dw, db
 
         def ln_bwd(poison=True):
-            dx = buf(x, poison)
-            dwp = torch.empty(nparts, cols, device="cuda")
-            dbp = torch.empty(nparts, cols, device="cuda")
-            dw = buf(w, poison)
-            db = buf(b, poison)
-            mean, rstd = mean_f, rstd_f
-            mods["layer_norm"].launch(f"layer_norm_bwd_{s}", (nparts, 1, 1), (256, 1, 1), (2 * cols + 32) * 4, dx, dwp, dbp, mean, rstd, g, x, w, rows, cols)
-            mods["layer_norm"].launch(f"layer_norm_bwd_reduce_{s}", (math.ceil(cols / 32), 1, 1), (256, 1, 1), 0, dw, db, dwp, dbp, nparts, cols)
-            return dx, dw, db
-
-        # the warp-per-row backward (kiln's default where it applies): as many blocks as kiln picks
-        ln_e = next((e for e in (8, 16, 24, 32, 48) if 32 * e >= cols), None)
-        wparts = min(max(math.ceil(rows / 32), 1), 1024)
+            return ln_bwd_with(f"layer_norm_bwd_{s}", min(max(math.ceil(rows / 32), 1), 512), 256, (2 * cols + 32) * 4, poison)
 
         def ln_bwd_w(poison=True):
-            dx = buf(x, poison)
-            dwp = torch.empty(wparts, cols, device="cuda")
-            dbp = torch.empty(wparts, cols, device="cuda")
-            dw = buf(w, poison)
-            db = buf(b, poison)
-            mean, rstd = mean_f, rstd_f
-            mods["layer_norm"].launch(f"layer_norm_bwd_warp{ln_e}_{s}", (wparts, 1, 1), (128, 1, 1), 2 * cols * 4, dx, dwp, dbp, mean, rstd, g, x, w, rows, cols)
-            mods["layer_norm"].launch(f"layer_norm_bwd_reduce_{s}", (math.ceil(cols / 32), 1, 1), (256, 1, 1), 0, dw, db, dwp, dbp, wparts, cols)
-            return dx, dw, db
+            return ln_bwd_with(f"layer_norm_bwd_warp{ln_e}_{s}", min(max(math.ceil(rows / 32), 1), 1024), 128, 2 * cols * 4, poison)
         measure("layer_norm_fwd", ln_fwd, lambda: torch.ops.aten.native_layer_norm(x, [cols], w, b, eps),
                 lambda t: [t[0], t[1].reshape(-1), t[2].reshape(-1)], 2 * n * esz + stats)
         if warp_ok:
