@@ -181,12 +181,12 @@ gpu_test!(layer_norm_fused, |dev| {
     check("layer_norm weight only", dev, &[&[3, 5, 7], &[7]], false, true, |x| x[0].layer_norm(Some(&x[1]), None, 1e-5));
 });
 
-/// The row-wise ops on both CUDA kernel families: the warp-per-row kernels (the default where they
-/// apply) and the block kernels (forced), at row lengths that pick each `layer_norm_bwd_warp<E>`
-/// (8: one pack; 100; 768: E 24; 1000: E 32; 1528: E 48, and the block forward in f32) or fall
-/// back (2048: the block backward, the block forward in f32; 1030: not whole 16-byte packs), with
-/// enough rows that a warp takes several; and an offset view (rows not 16-byte aligned if the view
-/// keeps its offset).
+// The row-wise ops on both CUDA kernel families: the warp-per-row kernels (the default where they
+// apply) and the block kernels (forced), at row lengths that pick each `_warp<E>` kernel (8: one
+// pack; 100: E 8; 768: E 24; 1000: E 32; 1528: E 48; 2048: E 64 forward, the block LayerNorm
+// backward) or fall back (1030: not whole 16-byte packs), with enough rows that a warp of the
+// LayerNorm backward takes several; and an offset view (rows not 16-byte aligned if the view
+// keeps its offset).
 gpu_test!(row_kernels_warp_and_block, |dev| {
     use kiln::tensor::cuda::{force_row_kernel, row_kernel_override, RowKernel};
     for kernel in [None, Some(RowKernel::Block)] {
@@ -205,6 +205,58 @@ gpu_test!(row_kernels_warp_and_block, |dev| {
         check(&format!("softmax of an offset view {kernel:?}"), dev, &[&[1 + 5 * 768]], false, true, |x| x[0].narrow(0, 1, 5 * 768)?.reshape(&[5, 768])?.softmax_last_dim());
     }
     force_row_kernel(None);
+});
+
+// AdamW on CUDA parameters runs on the device (adamw.cu, moments kept there) and gives the same
+// bits as the CPU loop: 3 steps of a decayed [17, 33] weight and an undecayed [33] bias with the
+// same gradients (f32, and bf16 gradients on the second parameter set), then the state saved from
+// the GPU optimizer, loaded into a fresh one, continues bit-identically; and the global gradient
+// norm (summed on the device) agrees with the CPU's.
+gpu_test!(adamw_on_device_matches_cpu_bits, |dev| {
+    use kiln::model::optim::{grad_norm, AdamW, AdamWConfig, Optimizer};
+    use kiln::model::params::{Init, ParamStore};
+    for grad_dt in [DType::F32, DType::BF16] {
+        let cfg = AdamWConfig { lr: 3e-3, weight_decay: 0.1, ..Default::default() };
+        let stores = [ParamStore::new(7, DType::F32, Device::Cpu), ParamStore::new(7, DType::F32, dev)];
+        let params: Vec<Vec<_>> = stores
+            .iter()
+            .map(|s| vec![s.get_or_init("w", &[17, 33], Init::Normal { std: 0.5 }).unwrap(), s.get_or_init("b", &[33], Init::Normal { std: 0.5 }).unwrap()])
+            .collect();
+        let mut opts = [AdamW::new(cfg), AdamW::new(cfg)];
+        let bits = |ps: &[kiln::model::params::Param]| -> Vec<Vec<u32>> { ps.iter().map(|p| p.tensor().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()).collect() };
+        assert_eq!(bits(&params[0]), bits(&params[1]), "same initial weights");
+        let set_grads = |step: u64| {
+            for (i, ps) in params.iter().enumerate() {
+                for (k, p) in ps.iter().enumerate() {
+                    let g = Tensor::randn(100 * step + k as u64, p.tensor().shape(), 0.0, 1.0, DType::F32, Device::Cpu).unwrap().to_dtype(grad_dt).unwrap();
+                    p.set_grad(Some(if i == 0 { g } else { g.to_device(dev).unwrap() }));
+                }
+            }
+        };
+        for step in 1..=3 {
+            set_grads(step);
+            let (n_cpu, n_gpu) = (grad_norm(&params[0]).unwrap(), grad_norm(&params[1]).unwrap());
+            assert!((n_cpu - n_gpu).abs() <= 1e-5 * n_cpu, "[{grad_dt}] grad norm cpu {n_cpu} vs cuda {n_gpu}");
+            for (o, ps) in opts.iter_mut().zip(&params) {
+                o.step(ps).unwrap();
+            }
+            assert_eq!(params[1][0].tensor().device(), dev, "the parameter stays on the device");
+            assert_eq!(bits(&params[0]), bits(&params[1]), "[{grad_dt}] step {step}: CUDA AdamW differs from the CPU's bits");
+        }
+        // the GPU optimizer's state (moments downloaded) into a fresh optimizer, which continues on the device
+        let (s_cpu, s_gpu) = (opts[0].state().unwrap(), opts[1].state().unwrap());
+        for ((na, a), (nb, b)) in s_cpu.tensors.iter().zip(&s_gpu.tensors) {
+            assert_eq!(na, nb);
+            assert_eq!(a.to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "[{grad_dt}] moment {na}");
+        }
+        let mut resumed = AdamW::new(cfg);
+        resumed.load_state(&s_gpu).unwrap();
+        set_grads(4);
+        opts[0].step(&params[0]).unwrap();
+        resumed.step(&params[1]).unwrap();
+        assert_eq!(bits(&params[0]), bits(&params[1]), "[{grad_dt}] a step after load_state differs");
+        eprintln!("ok: adamw on the device, grads {grad_dt}: 4 steps bit-identical to the CPU");
+    }
 });
 
 gpu_test!(embedding_and_index_select, |dev| {

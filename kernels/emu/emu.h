@@ -65,6 +65,14 @@ inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+// correctly rounded single operations (the host compiler, in ISO C++ mode without -mfma, contracts
+// nothing, so a plain operator is one rounding; fmaf is a true fused multiply-add)
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return sqrtf(a); }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 inline float __expf(float x) { return expf(x); }               // the hardware's ex2-based exp: a few ulp
 inline float __fdividef(float a, float b) { return a / b; }    // (the emulator checks the formulas)
 inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }

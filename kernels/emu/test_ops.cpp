@@ -211,11 +211,38 @@ int main() {
     int kept = 0; double e = 0; for (int i = 0; i < n; ++i) { float u = dropout_uniform(seed, i); float want = u >= p ? x[i] * (1.0f / (1.0f - p)) : 0.f; e = std::max(e, (double)std::fabs(y[i] - want)); kept += u >= p; }
     printf("dropout kept %d of %d (p=%.2f); u(42,0..2) = %.8f %.8f %.8f\n", kept, n, p, dropout_uniform(42, 0), dropout_uniform(42, 1), dropout_uniform(42, 2));
     check("dropout_fwd", e, 1e-9);
-    auto w = randv(n), gg = randv(n); std::vector<float> m(n, 0.1f), v(n, 0.2f), w0 = w; std::vector<double> rw(n);
-    for (int i = 0; i < n; ++i) { double pp = w0[i]; pp -= 1e-3 * 0.01 * pp; double mi = 0.9 * 0.1 + 0.1 * gg[i] * 0.5, vi = 0.999 * 0.2 + 0.001 * (gg[i] * 0.5) * (gg[i] * 0.5); double bc1 = 1 - std::pow(0.9, 3), bc2 = 1 - std::pow(0.999, 3); rw[i] = pp - 1e-3 * (mi / bc1) / (std::sqrt(vi / bc2) + 1e-8); }
-    float bc1 = 1 - std::pow(0.9f, 3), bc2 = 1 - std::pow(0.999f, 3);
-    launch({4}, {256}, [&] { adamw_step_f32(w.data(), nullptr, m.data(), v.data(), gg.data(), n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, bc1, bc2, 0.5f); });
-    check("adamw_step", err(w, rw)); }
+  }
+  // ---- adamw: bit-identical to the CPU loop's float operations (adamw_kernel.rs::body), and within
+  // f32 rounding of AdamW in double; step 3, both lerp branches (beta1 0.9: w1 < 0.5; 0.3: w1 >= 0.5),
+  // in place and out of place, no decay, bf16 gradients
+  { int n = 20001; double lr = 1e-3, wd = 0.01, b2 = 0.999, ep = 1e-8; int t = 3;
+    for (int variant = 0; variant < 4; ++variant) {
+      double b1 = variant == 1 ? 0.3 : 0.9; bool inplace = variant == 2, decay_on = variant != 3, bf = variant == 3;
+      auto w = randv(n), gg = randv(n), m = randv(n, 0.1f), v = randv(n, 0.1f);
+      for (auto& x : v) x = x * x;
+      if (bf) for (auto& x : gg) x = to_f32(from_f32<bf16>(x));
+      float decay = decay_on ? (float)(1 - lr * wd) : 1.f, w1 = (float)(1 - b1), beta2 = (float)b2, omb2 = (float)(1 - b2);
+      float bc2s = (float)std::sqrt(1 - std::pow(b2, t)), eps = (float)ep, nss = (float)(-(lr / (1 - std::pow(b1, t))));
+      std::vector<float> ew(n), em(n), ev(n); std::vector<double> rw(n);
+      bool small = std::fabs(w1) < 0.5f; float coeff = small ? w1 : w1 - 1.f;
+      for (int i = 0; i < n; ++i) {  // the CPU loop, operation by operation
+        float p = decay_on ? w[i] * decay : w[i], mn = std::fmaf(coeff, gg[i] - m[i], small ? m[i] : gg[i]);
+        float vn = v[i] * beta2 + (omb2 * gg[i]) * gg[i]; float den = std::sqrt(vn) / bc2s + eps;
+        ew[i] = p + (nss * mn) / den; em[i] = mn; ev[i] = vn;
+        double mi = b1 * m[i] + (1 - b1) * gg[i], vi = b2 * v[i] + (1 - b2) * (double)gg[i] * gg[i];
+        rw[i] = w[i] * (decay_on ? 1 - lr * wd : 1.0) - lr * (mi / (1 - std::pow(b1, t))) / (std::sqrt(vi / (1 - std::pow(b2, t))) + ep); }
+      std::vector<float> pw = inplace ? w : std::vector<float>(n, NAN), pm = inplace ? m : std::vector<float>(n, NAN), pv = inplace ? v : std::vector<float>(n, NAN);
+      const float* iw = inplace ? pw.data() : w.data(); const float* im = inplace ? pm.data() : m.data(); const float* iv = inplace ? pv.data() : v.data();
+      if (bf) { std::vector<bf16> gb(n); for (int i = 0; i < n; ++i) gb[i] = from_f32<bf16>(gg[i]);
+        launch({4}, {256}, [&] { adamw_step_bf16(pw.data(), pm.data(), pv.data(), iw, im, iv, gb.data(), n, decay, w1, beta2, omb2, bc2s, eps, nss); }); }
+      else launch({4}, {256}, [&] { adamw_step_f32(pw.data(), pm.data(), pv.data(), iw, im, iv, gg.data(), n, decay, w1, beta2, omb2, bc2s, eps, nss); });
+      int diff = 0; for (int i = 0; i < n; ++i) diff += memcmp(&pw[i], &ew[i], 4) != 0 || memcmp(&pm[i], &em[i], 4) != 0 || memcmp(&pv[i], &ev[i], 4) != 0;
+      const char* names[] = {"beta1 0.9", "beta1 0.3", "in place", "no decay, bf16 grad"};
+      char what[80]; snprintf(what, sizeof what, "adamw_step %s: elements != CPU bits", names[variant]);
+      check(what, diff, 0.5);
+      snprintf(what, sizeof what, "adamw_step %s vs double", names[variant]);
+      double e = 0; for (int i = 0; i < n; ++i) e = std::max(e, std::fabs(pw[i] - rw[i]) / (std::fabs(rw[i]) + 1e-3));
+      check(what, e, 1e-6); } }
   printf(fails ? "FAILURES: %d\n" : "all ok\n", fails);
   return fails != 0;
 }

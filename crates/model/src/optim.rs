@@ -90,16 +90,57 @@ impl Default for AdamWConfig {
 
 struct Moments {
     step: u64,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    buf: MomentBuf,
+}
+
+/// Where a parameter's moments live: beside it (host vectors for a CPU parameter, f32 device
+/// tensors for a CUDA one), so a step moves no optimizer state across the bus.
+enum MomentBuf {
+    Host { m: Vec<f32>, v: Vec<f32> },
+    Device { m: Tensor, v: Tensor },
+}
+
+impl MomentBuf {
+    fn len(&self) -> usize {
+        match self {
+            MomentBuf::Host { m, .. } => m.len(),
+            MomentBuf::Device { m, .. } => m.elem_count(),
+        }
+    }
+    /// The moments as host vectors (downloaded if they are on a device).
+    fn to_host(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        match self {
+            MomentBuf::Host { m, v } => Ok((m.clone(), v.clone())),
+            MomentBuf::Device { m, v } => Ok((m.to_device(Device::Cpu)?.to_vec::<f32>()?, v.to_device(Device::Cpu)?.to_vec::<f32>()?)),
+        }
+    }
+    /// Makes the moments live on `device` (CPU: host vectors), moving them if needed.
+    fn move_to(&mut self, device: Device) -> Result<()> {
+        let here = match self {
+            MomentBuf::Host { .. } => Device::Cpu,
+            MomentBuf::Device { m, .. } => m.device(),
+        };
+        if here == device {
+            return Ok(());
+        }
+        let (m, v) = self.to_host()?;
+        *self = if device == Device::Cpu {
+            MomentBuf::Host { m, v }
+        } else {
+            let n = m.len();
+            MomentBuf::Device { m: Tensor::from_vec(m, &[n])?.to_device(device)?, v: Tensor::from_vec(v, &[n])?.to_device(device)? }
+        };
+        Ok(())
+    }
 }
 
 /// AdamW exactly like `torch.optim.AdamW` (single-tensor path), in f32:
 /// `p ← p·(1 − lr·wd)`, `m ← lerp(m, g, 1 − β1)`, `v ← β2·v + (1 − β2)·g²`,
 /// `p ← p − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + eps)`, with a per-parameter step `t`.
 /// Parameters without a gradient or frozen are skipped (their step does not advance).
-/// CPU f32 parameters are updated in place by a SIMD loop; other dtypes/devices are computed in
-/// f32 on the host and written back.
+/// CPU f32 parameters are updated in place by a SIMD loop; f32 CUDA parameters on their device by
+/// one fused kernel per parameter (moments kept on the device, the same bits as the CPU loop);
+/// other dtypes are computed in f32 on the host and written back.
 pub struct AdamW {
     cfg: AdamWConfig,
     state: BTreeMap<String, Moments>,
@@ -131,10 +172,13 @@ impl AdamW {
             return Err(Error::ShapeMismatch { op: "adamw", lhs: t.shape().to_vec(), rhs: g.shape().to_vec() });
         }
         let n = t.elem_count();
-        let st = self.state.entry(p.name().to_string()).or_insert_with(|| Moments { step: 0, m: vec![0.0; n], v: vec![0.0; n] });
-        if st.m.len() != n {
-            return Err(Error::msg(format!("adamw: state of '{}' has {} elements, parameter has {n}", p.name(), st.m.len())));
+        let st = self.state.entry(p.name().to_string()).or_insert_with(|| Moments { step: 0, buf: MomentBuf::Host { m: vec![0.0; n], v: vec![0.0; n] } });
+        if st.buf.len() != n {
+            return Err(Error::msg(format!("adamw: state of '{}' has {} elements, parameter has {n}", p.name(), st.buf.len())));
         }
+        // an f32 CUDA parameter is updated on its device by the fused kernel (moments kept there)
+        let on_device = t.device().is_cuda() && t.dtype() == DType::F32 && g.device() == t.device();
+        st.buf.move_to(if on_device { t.device() } else { Device::Cpu })?;
         st.step += 1;
         let c = &self.cfg;
         let step = st.step as f64;
@@ -148,8 +192,25 @@ impl AdamW {
             eps: c.eps as f32,
             neg_step_size: (-(c.lr / (1.0 - c.beta1.powf(step)))) as f32,
         };
+        let (m, v) = match &mut st.buf {
+            MomentBuf::Device { m, v } => {
+                let k = kiln_tensor::cuda::AdamWScalars {
+                    decay: s.decay.unwrap_or(1.0),
+                    w1: s.w1,
+                    beta2: s.beta2,
+                    one_minus_beta2: s.one_minus_beta2,
+                    bc2_sqrt: s.bc2_sqrt,
+                    eps: s.eps,
+                    neg_step_size: s.neg_step_size,
+                };
+                let (p2, m2, v2) = no_grad(|| kiln_tensor::cuda::adamw_step(&t.detach(), &g.detach(), m, v, &k))?;
+                no_grad(|| t.assign(&p2))?;
+                (*m, *v) = (m2, v2);
+                return Ok(());
+            }
+            MomentBuf::Host { m, v } => (m, v),
+        };
         let g32 = g.to_dtype(DType::F32)?.to_device(Device::Cpu)?.contiguous()?;
-        let (m, v) = (&mut st.m, &mut st.v);
         no_grad(|| {
             g32.with_slice::<f32, _>(|gs| {
                 let fast = t.dtype() == DType::F32 && t.device() == Device::Cpu && t.is_contiguous();
@@ -186,9 +247,10 @@ impl Optimizer for AdamW {
         let mut steps = BTreeMap::new();
         for (name, s) in &self.state {
             steps.insert(name.clone(), s.step);
-            let n = s.m.len();
-            tensors.push((format!("exp_avg.{name}"), Tensor::from_slice(&s.m, &[n])?));
-            tensors.push((format!("exp_avg_sq.{name}"), Tensor::from_slice(&s.v, &[n])?));
+            let (m, v) = s.buf.to_host()?;
+            let n = m.len();
+            tensors.push((format!("exp_avg.{name}"), Tensor::from_vec(m, &[n])?));
+            tensors.push((format!("exp_avg_sq.{name}"), Tensor::from_vec(v, &[n])?));
         }
         OptimState::new("adamw", &self.cfg, steps, tensors)
     }
@@ -201,7 +263,7 @@ impl Optimizer for AdamW {
             if m.len() != v.len() {
                 return Err(Error::msg(format!("adamw: moments of '{name}' differ in size")));
             }
-            state.insert(name.clone(), Moments { step, m, v });
+            state.insert(name.clone(), Moments { step, buf: MomentBuf::Host { m, v } });
         }
         self.state = state;
         Ok(())
@@ -281,16 +343,31 @@ impl Optimizer for Sgd {
     }
 }
 
-/// The global L2 norm of all gradients of `params` (accumulated in f64).
+/// The global L2 norm of all gradients of `params` (accumulated in f64 on the host; the squares of
+/// CUDA gradients are summed on their device in f32 first).
 pub fn grad_norm(params: &[Param]) -> Result<f64> {
     let mut ss = 0.0f64;
+    // CUDA gradients: squares summed on their device in f32 (one small download per device, not
+    // every gradient); CPU gradients: summed in f64 on the host
+    let mut on_device: Vec<Tensor> = Vec::new();
     for p in params {
         if let Some(g) = p.grad() {
+            if g.device().is_cuda() {
+                let s = no_grad(|| g.to_dtype(DType::F32)?.sqr()?.sum_all())?;
+                match on_device.iter_mut().find(|t| t.device() == s.device()) {
+                    Some(t) => *t = no_grad(|| t.add(&s))?,
+                    None => on_device.push(s),
+                }
+                continue;
+            }
             ss += match g.dtype() {
-                DType::F32 => g.to_device(Device::Cpu)?.with_slice::<f32, _>(|s| s.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())?,
+                DType::F32 => g.with_slice::<f32, _>(|s| s.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())?,
                 _ => g.to_vec_f64()?.iter().map(|x| x * x).sum::<f64>(),
             };
         }
+    }
+    for t in on_device {
+        ss += t.to_vec_f64()?[0];
     }
     Ok(ss.sqrt())
 }

@@ -1,22 +1,10 @@
 //! Launchers for embedding.cu, dropout.cu and adamw.cu.
 //! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
 use super::device::CudaBackend;
-use super::launch::{allow_smem, check_len, grid_1d, to_i32, KernelFloat, BLOCK, NULL_PTR};
+use super::launch::{allow_smem, check_len, grid_1d, to_i32, KernelFloat, BLOCK};
+use super::AdamWScalars;
 use crate::{Error, Result};
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
-
-/// Hyper-parameters of one AdamW step (PyTorch semantics; `step` counts from 1).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamWStep {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    pub step: u64,
-    /// Multiplies the gradient first (e.g. the clip-by-global-norm factor; 1.0 otherwise).
-    pub grad_scale: f32,
-}
 
 /// Shared memory budget the embedding backward aims for (fits the default 48 KiB).
 const EMB_SMEM: usize = 46 * 1024;
@@ -87,38 +75,25 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// One fused AdamW step on f32 master weights `param` with moments `m`, `v`; `grad` (and the
-    /// optional working copy `param_copy`, updated to the new weights) have dtype `G`.
+    /// One fused AdamW step on f32 master weights: `param_out`, `m_out`, `v_out` from `param`,
+    /// `m`, `v` and `grad` (dtype `G`), with the CPU loop's operations and roundings (adamw.cu).
+    #[allow(clippy::too_many_arguments)]
     pub fn adamw_step<G: KernelFloat>(
-        &self, param: &mut CudaViewMut<f32>, param_copy: Option<&mut CudaViewMut<G>>, m: &mut CudaViewMut<f32>,
-        v: &mut CudaViewMut<f32>, grad: &CudaView<G>, h: &AdamWStep,
+        &self, param_out: &mut CudaViewMut<f32>, m_out: &mut CudaViewMut<f32>, v_out: &mut CudaViewMut<f32>, param: &CudaView<f32>,
+        m: &CudaView<f32>, v: &CudaView<f32>, grad: &CudaView<G>, s: &AdamWScalars,
     ) -> Result<()> {
         let n = param.len();
-        for len in [m.len(), v.len(), grad.len()] {
+        for len in [param_out.len(), m_out.len(), v_out.len(), m.len(), v.len(), grad.len()] {
             check_len("adamw_step", len, n)?;
-        }
-        if let Some(c) = &param_copy {
-            check_len("adamw_step", c.len(), n)?;
-        }
-        if h.step == 0 {
-            return Err(Error::msg("adamw_step: step counts from 1"));
         }
         if n == 0 {
             return Ok(());
         }
-        let t = h.step.min(i32::MAX as u64) as i32;
-        let bc1 = 1.0 - (h.beta1 as f64).powi(t);
-        let bc2 = 1.0 - (h.beta2 as f64).powi(t);
-        let (bc1, bc2, n64) = (bc1 as f32, bc2 as f32, n as i64);
+        let n64 = n as i64;
         let f = self.function("adamw", &format!("adamw_step_{}", G::SUFFIX))?;
         let mut b = self.stream().launch_builder(&f);
-        b.arg(param);
-        match param_copy {
-            Some(c) => b.arg(c),
-            None => b.arg(&NULL_PTR),
-        };
-        b.arg(m).arg(v).arg(grad).arg(&n64);
-        b.arg(&h.lr).arg(&h.beta1).arg(&h.beta2).arg(&h.eps).arg(&h.weight_decay).arg(&bc1).arg(&bc2).arg(&h.grad_scale);
+        b.arg(param_out).arg(m_out).arg(v_out).arg(param).arg(m).arg(v).arg(grad).arg(&n64);
+        b.arg(&s.decay).arg(&s.w1).arg(&s.beta2).arg(&s.one_minus_beta2).arg(&s.bc2_sqrt).arg(&s.eps).arg(&s.neg_step_size);
         unsafe { b.launch(grid_1d(n)) }?;
         Ok(())
     }
