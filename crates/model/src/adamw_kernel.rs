@@ -14,25 +14,17 @@
 use kiln_tensor::cpu::simd::{level, Level};
 use rayon::prelude::*;
 
-/// Per-step scalars, already rounded to f32 as PyTorch does.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AdamScalars {
-    pub decay: Option<f32>,
-    pub w1: f32,
-    pub beta2: f32,
-    pub one_minus_beta2: f32,
-    pub bc2_sqrt: f32,
-    pub eps: f32,
-    pub neg_step_size: f32,
-}
+/// Per-step scalars, already rounded to f32 as PyTorch does (the same struct the CUDA kernel takes;
+/// `decay` is exactly 1 without weight decay, and the loop then skips it: `p · 1 = p`).
+pub(crate) use kiln_tensor::cuda::AdamWScalars as AdamScalars;
 
 #[inline(always)]
 fn body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamScalars) {
     let n = p.len().min(g.len()).min(m.len()).min(v.len());
     let (p, g, m, v) = (&mut p[..n], &g[..n], &mut m[..n], &mut v[..n]);
-    if let Some(d) = s.decay {
+    if s.decay != 1.0 {
         for x in p.iter_mut() {
-            *x *= d;
+            *x *= s.decay;
         }
     }
     let small = s.w1.abs() < 0.5;
@@ -100,7 +92,7 @@ mod tests {
     fn every_level_matches_scalar_bitwise() {
         let n = 1000;
         let mk = |k: u32| (0..n).map(|i| ((i as f32 * 0.37 + k as f32).sin()) * 0.1).collect::<Vec<f32>>();
-        let s = AdamScalars { decay: Some(0.99999), w1: 0.1, beta2: 0.999, one_minus_beta2: 0.001, bc2_sqrt: 0.0316, eps: 1e-8, neg_step_size: -0.01 };
+        let s = AdamScalars { decay: 0.99999, w1: 0.1, beta2: 0.999, one_minus_beta2: 0.001, bc2_sqrt: 0.0316, eps: 1e-8, neg_step_size: -0.01 };
         let run = |l: Level| {
             with_level(l, || {
                 let (mut p, g, mut m, mut v) = (mk(0), mk(1), mk(2), mk(3).iter().map(|x| x.abs()).collect::<Vec<_>>());

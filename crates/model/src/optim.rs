@@ -184,7 +184,7 @@ impl AdamW {
         let step = st.step as f64;
         let wd = if p.no_decay() { 0.0 } else { c.weight_decay };
         let s = AdamScalars {
-            decay: if wd != 0.0 { Some((1.0 - c.lr * wd) as f32) } else { None },
+            decay: if wd != 0.0 { (1.0 - c.lr * wd) as f32 } else { 1.0 },
             w1: (1.0 - c.beta1) as f32,
             beta2: c.beta2 as f32,
             one_minus_beta2: (1.0 - c.beta2) as f32,
@@ -194,16 +194,7 @@ impl AdamW {
         };
         let (m, v) = match &mut st.buf {
             MomentBuf::Device { m, v } => {
-                let k = kiln_tensor::cuda::AdamWScalars {
-                    decay: s.decay.unwrap_or(1.0),
-                    w1: s.w1,
-                    beta2: s.beta2,
-                    one_minus_beta2: s.one_minus_beta2,
-                    bc2_sqrt: s.bc2_sqrt,
-                    eps: s.eps,
-                    neg_step_size: s.neg_step_size,
-                };
-                let (p2, m2, v2) = no_grad(|| kiln_tensor::cuda::adamw_step(&t.detach(), &g.detach(), m, v, &k))?;
+                let (p2, m2, v2) = no_grad(|| kiln_tensor::cuda::adamw_step(&t.detach(), &g.detach(), m, v, &s))?;
                 no_grad(|| t.assign(&p2))?;
                 (*m, *v) = (m2, v2);
                 return Ok(());
