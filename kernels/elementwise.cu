@@ -6,6 +6,12 @@
 //       all contiguous; dinp = dout * op'(inp) (uses the saved output where that is cheaper)
 //   binary_fwd_<T>(T* out, const T* lhs, const T* rhs, Layout lhs_layout, Layout rhs_layout, i64 n, int op)
 //       out contiguous with the broadcast shape (= both layouts' shape); broadcast dims have stride 0
+//   binary_rows_fwd_<T>(T* out, const T* lhs, const T* rhs, i64 rows, int cols, int op)
+//       the row-broadcast case (a bias add): out[r, c] = op(lhs[r, c], rhs[c]) with lhs and out
+//       contiguous [rows, cols], rhs [cols]; cols % (16 / sizeof(T)) == 0 and 16-byte aligned
+//       pointers. A thread keeps one 16-byte pack of rhs in registers and walks down the rows: no
+//       index arithmetic per element (binary_fwd's strided path divides the flat index per element
+//       and moves single elements). grid = (ceil(cols / N / blockDim.x), any y), any block size.
 //   affine_fwd_<T>(T* out, const T* inp, i64 n, float mul, float add)      out = inp * mul + add
 //   fill_<T>(T* out, i64 n, float value)                                   (zeros, NaN poisoning)
 //   cast_<A>_<B>(B* out, const A* inp, i64 n) for A != B in {f32, bf16, f16}, and cast_i64_f32
@@ -92,6 +98,24 @@ __device__ void binary_fwd(T* out, const T* lhs, const T* rhs, const Layout& ll,
     }
 }
 
+template <typename T>
+__device__ void binary_rows_fwd(T* out, const T* lhs, const T* rhs, i64 rows, int cols, int op) {
+    constexpr int N = Pack<T>::N;
+    int cp = blockIdx.x * blockDim.x + threadIdx.x;  // this thread's column pack
+    if (cp >= cols / N) return;
+    Pack<T> bp = load_pack(rhs + (i64)cp * N);
+    float bv[N];
+#pragma unroll
+    for (int k = 0; k < N; ++k) bv[k] = to_f32(bp.v[k]);
+    for (i64 r = blockIdx.y; r < rows; r += gridDim.y) {
+        i64 off = r * cols + (i64)cp * N;
+        Pack<T> a = load_pack(lhs + off), o;
+#pragma unroll
+        for (int k = 0; k < N; ++k) o.v[k] = from_f32<T>(binary_f(op, to_f32(a.v[k]), bv[k]));
+        store_pack(out + off, o);
+    }
+}
+
 #define EW_KERNELS(T, S)                                                                           \
     extern "C" __global__ void unary_fwd_##S(T* out, const T* inp, Layout l, i64 n, int op) {      \
         unary_fwd(out, inp, l, n, op);                                                             \
@@ -103,6 +127,10 @@ __device__ void binary_fwd(T* out, const T* lhs, const T* rhs, const Layout& ll,
     extern "C" __global__ void binary_fwd_##S(T* out, const T* lhs, const T* rhs, Layout ll,       \
                                               Layout rl, i64 n, int op) {                          \
         binary_fwd(out, lhs, rhs, ll, rl, n, op);                                                  \
+    }                                                                                              \
+    extern "C" __global__ void binary_rows_fwd_##S(T* out, const T* lhs, const T* rhs, i64 rows,    \
+                                                   int cols, int op) {                             \
+        binary_rows_fwd(out, lhs, rhs, rows, cols, op);                                            \
     }                                                                                              \
     extern "C" __global__ void affine_fwd_##S(T* out, const T* inp, i64 n, float mul, float add) { \
         map1(out, inp, n, [=](i64, float x) { return x * mul + add; });                            \

@@ -136,6 +136,11 @@ gpu_test!(unary_ops, |dev| {
 gpu_test!(binary_ops_broadcast, |dev| {
     check("add", dev, &[&[3, 5, 7], &[5, 1]], false, true, |x| x[0].add(&x[1]));
     check("sub", dev, &[&[17, 1000], &[1000]], false, true, |x| x[0].sub(&x[1]));
+    // the row-broadcast kernel (binary_rows_fwd): a bias add on [B, T, C], and more rows than the
+    // grid's 65535 so that threads walk down several rows
+    check("bias add [3, 7, 64] + [64]", dev, &[&[3, 7, 64], &[64]], false, true, |x| x[0].add(&x[1]));
+    check("mul [70001, 8] * [8]", dev, &[&[70001, 8], &[8]], false, true, |x| x[0].mul(&x[1]));
+    check("div [5, 12] / [12] (whole packs in f32 only)", dev, &[&[5, 12], &[12]], true, true, |x| x[0].div(&x[1]));
     check("mul", dev, &[&[3, 5, 7], &[3, 1, 7]], false, true, |x| x[0].mul(&x[1]));
     check("div", dev, &[&[3, 5, 7], &[7]], true, true, |x| x[0].div(&x[1]));
     check("mul (transposed lhs)", dev, &[&[7, 5], &[5, 7]], false, true, |x| x[0].t()?.mul(&x[1]));

@@ -43,7 +43,7 @@ const FLOAT_KERNELS: &[(&str, &[&str], &[&str])] = &[
     ("copy", &["copy", "copy_to_strided"], ALL),
     ("cross_entropy", &["cross_entropy_fwd", "cross_entropy_bwd"], ALL),
     ("dropout", &["dropout_fwd", "dropout_bwd"], ALL),
-    ("elementwise", &["unary_fwd", "unary_bwd", "binary_fwd", "affine_fwd", "fill"], ALL),
+    ("elementwise", &["unary_fwd", "unary_bwd", "binary_fwd", "binary_rows_fwd", "affine_fwd", "fill"], ALL),
     ("embedding", &["embedding_fwd", "embedding_bwd"], ALL),
     ("gelu", &["gelu_fwd", "gelu_bwd"], ALL),
     ("layer_norm", &["layer_norm_fwd", "layer_norm_bwd", "layer_norm_bwd_reduce", "layer_norm_fwd_warp8", "layer_norm_fwd_warp16", "layer_norm_fwd_warp24", "layer_norm_fwd_warp32", "layer_norm_fwd_warp48", "layer_norm_fwd_warp64", "layer_norm_bwd_warp8", "layer_norm_bwd_warp16", "layer_norm_bwd_warp24", "layer_norm_bwd_warp32", "layer_norm_bwd_warp48"], ALL),

@@ -5,7 +5,7 @@
 //! Launches are asynchronous on the backend's stream; nothing here synchronizes.
 use super::device::CudaBackend;
 use crate::{DType, Error, Layout, Result};
-use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 
 /// A float type the kernels are instantiated for: f32, bf16, f16 (kernel suffix `_f32`, ...).
 pub trait KernelFloat: DeviceRepr + Copy + Send + Sync + 'static {
@@ -155,6 +155,21 @@ pub enum BinaryOp {
     Min,
 }
 
+/// `Some((rows, cols))` when `lhs op rhs` is a contiguous `[rows, cols]` matrix with a contiguous
+/// `[cols]` vector broadcast down its rows (`rhs` strides `[0, 1]`) that binary_rows_fwd takes:
+/// whole 16-byte packs per row (cols < 2^31) and 16-byte aligned pointers.
+fn row_broadcast<T>(lhs: &KLayout, rhs: &KLayout, ptrs: &[u64]) -> Option<(usize, usize)> {
+    let pack = 16 / std::mem::size_of::<T>() as i64;
+    let (rows, cols) = (rhs.shape[0], rhs.shape[1]);
+    let ok = lhs.contiguous == 1
+        && rhs.rank == 2
+        && rhs.stride[..2] == [0, 1]
+        && cols % pack == 0
+        && cols <= i32::MAX as i64
+        && ptrs.iter().all(|p| p % 16 == 0);
+    ok.then_some((rows as usize, cols as usize))
+}
+
 /// Threads per block of the 1-D grid-stride kernels.
 pub const BLOCK: u32 = 256;
 
@@ -248,6 +263,19 @@ impl CudaBackend {
         check_min_len("binary_fwd", lhs.len(), lhs_layout.span())?;
         check_min_len("binary_fwd", rhs.len(), rhs_layout.span())?;
         if n == 0 {
+            return Ok(());
+        }
+        let ptrs = [out.device_ptr(self.stream()).0, lhs.device_ptr(self.stream()).0, rhs.device_ptr(self.stream()).0];
+        if let Some((rows, cols)) = row_broadcast::<T>(lhs_layout, rhs_layout, &ptrs) {
+            // a [rows, cols] matrix with a [cols] vector (a bias): binary_rows_fwd
+            let f = self.function("elementwise", &format!("binary_rows_fwd_{}", T::SUFFIX))?;
+            let packs = cols / (16 / std::mem::size_of::<T>());
+            let threads = packs.next_multiple_of(32).min(BLOCK as usize);
+            let grid = (packs.div_ceil(threads) as u32, rows.min(65_535) as u32, 1);
+            let (r, c, op) = (rows as i64, cols as i32, op as i32);
+            let mut b = self.stream().launch_builder(&f);
+            b.arg(out).arg(lhs).arg(rhs).arg(&r).arg(&c).arg(&op);
+            unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (threads as u32, 1, 1), shared_mem_bytes: 0 }) }?;
             return Ok(());
         }
         let f = self.function("elementwise", &format!("binary_fwd_{}", T::SUFFIX))?;
