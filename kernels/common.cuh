@@ -104,6 +104,27 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return v;
 }
 
+// Column sums of rows [r_begin, r_end) of a [*, cols] array, in a fixed order (deterministic for a
+// given row range): a block of exactly 256 threads owns the 32 columns blockIdx.x * 32 + lane; warp w
+// sums rows r_begin + w, + 8, ..., then warp 0 adds the 8 sums in warp order. Every thread must call
+// it (one __syncthreads); the sum is returned on warp 0's lanes (elsewhere: 0). `acc`: 8 x 33 floats
+// of shared memory, not reused before the next __syncthreads.
+template <typename T>
+__device__ __forceinline__ float block_col_sum(const T* in, i64 r_begin, i64 r_end, int cols, float (*acc)[33]) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int c = blockIdx.x * 32 + lane;
+    float s = 0.f;
+    if (c < cols)
+        for (i64 r = r_begin + warp; r < r_end; r += 8) s += to_f32(in[r * cols + c]);
+    acc[warp][lane] = s;
+    __syncthreads();
+    if (warp != 0) return 0.f;
+    float t = 0.f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) t += acc[k][lane];
+    return t;
+}
+
 // Online-softmax merge: (m, s) <- (m, s) (+) (m2, s2), where s = sum exp(x - m). -inf safe.
 __device__ __forceinline__ void softmax_merge(float& m, float& s, float m2, float s2) {
     float mn = fmaxf(m, m2);

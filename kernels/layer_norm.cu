@@ -15,9 +15,9 @@
 //     weight == null: no affine; the partial pointers are then ignored (may be null).
 //   layer_norm_bwd_reduce_<T>(T* dweight, T* dbias, const float* dweight_part,
 //                             const float* dbias_part, int nparts, int cols)
-//     grid = ceil(cols / 32), block = 256: a block owns 32 columns; its 8 warps sum the parts
-//     w, w + 8, ... of them, then warp 0 adds the 8 sums in warp order (a fixed order for a given
-//     nparts: deterministic, no atomics anywhere). Writes dweight/dbias (not accumulated).
+//     grid = ceil(cols / 32), block = 256: the parts summed per column by block_col_sum (common.cuh:
+//     a fixed order for a given nparts, deterministic, no atomics anywhere). Writes dweight/dbias
+//     (not accumulated).
 //   layer_norm_bwd_warp<E>_<T>(same arguments as layer_norm_bwd), E in {8, 16, 24, 32, 48}: one
 //     warp per row with x and dout held in registers (each element read once, 16-byte accesses,
 //     dinp written once). A lane owns the same columns in every row, so its dweight / dbias sums stay
@@ -107,25 +107,10 @@ __device__ void layer_norm_bwd(T* dinp, float* dw_part, float* db_part, const fl
 template <typename T>
 __device__ void layer_norm_bwd_reduce(T* dweight, T* dbias, const float* dw_part, const float* db_part,
                                       int nparts, int cols) {
-    __shared__ float sw[8][32], sb[8][32];  // blockDim.x == 256: 8 warps x 32 columns
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int c = blockIdx.x * 32 + lane;
-    float w = 0.f, b = 0.f;
-    if (c < cols)
-        for (int p = warp; p < nparts; p += 8) {  // fixed order: deterministic
-            w += dw_part[(i64)p * cols + c];
-            b += db_part[(i64)p * cols + c];
-        }
-    sw[warp][lane] = w;
-    sb[warp][lane] = b;
-    __syncthreads();
-    if (warp != 0 || c >= cols) return;
-    w = 0.f, b = 0.f;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-        w += sw[k][lane];
-        b += sb[k][lane];
-    }
+    __shared__ float sw[8][33], sb[8][33];
+    float w = block_col_sum(dw_part, 0, nparts, cols, sw), b = block_col_sum(db_part, 0, nparts, cols, sb);
+    int c = blockIdx.x * 32 + threadIdx.x;
+    if (threadIdx.x >= 32 || c >= cols) return;
     if (dweight) dweight[c] = from_f32<T>(w);
     if (dbias) dbias[c] = from_f32<T>(b);
 }

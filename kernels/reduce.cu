@@ -8,7 +8,8 @@
 //       part[p, c] = sum of inp[r, c] over the p-th chunk of ceil(rows / nparts) rows
 //       grid = (ceil(cols / 32), nparts), block = 256 (exactly: 32 columns x 8 row lanes)
 //   reduce_sum_rows_finish_<T>(T* out, const float* part, int nparts, int cols)
-//       out[c] = sum_p part[p, c]; grid = ceil(cols / 256), block = 256
+//       out[c] = sum_p part[p, c]; grid = ceil(cols / 32), block = 256 (exactly)
+//   Both sum their column blocks with block_col_sum (common.cuh).
 //       (sum over rows = column sums, e.g. bias gradients: [rows, cols] -> [cols])
 // All sums accumulate in f32 in a fixed order: results are deterministic for a given launch shape.
 #include "common.cuh"
@@ -59,29 +60,19 @@ __device__ void reduce_max_last(T* out, i64* argmax, const T* inp, int rows, int
 template <typename T>
 __device__ void reduce_sum_rows_partial(float* part, const T* inp, int rows, int cols) {
     __shared__ float acc[8][33];
-    int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;  // 32 columns x 8 row lanes
-    int c = blockIdx.x * 32 + tx;
     int chunk = (rows + gridDim.y - 1) / gridDim.y;
     int r_begin = blockIdx.y * chunk, r_end = min(rows, r_begin + chunk);
-    float s = 0.f;
-    if (c < cols)
-        for (int r = r_begin + ty; r < r_end; r += 8) s += to_f32(inp[(i64)r * cols + c]);
-    acc[ty][tx] = s;
-    __syncthreads();
-    if (ty == 0 && c < cols) {
-        float t = 0.f;
-        for (int k = 0; k < 8; ++k) t += acc[k][tx];  // fixed order
-        part[(i64)blockIdx.y * cols + c] = t;
-    }
+    float t = block_col_sum(inp, r_begin, r_end, cols, acc);
+    int c = blockIdx.x * 32 + threadIdx.x;
+    if (threadIdx.x < 32 && c < cols) part[(i64)blockIdx.y * cols + c] = t;
 }
 
 template <typename T>
 __device__ void reduce_sum_rows_finish(T* out, const float* part, int nparts, int cols) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    float s = 0.f;
-    for (int p = 0; p < nparts; ++p) s += part[(i64)p * cols + c];
-    out[c] = from_f32<T>(s);
+    __shared__ float acc[8][33];
+    float t = block_col_sum(part, 0, nparts, cols, acc);
+    int c = blockIdx.x * 32 + threadIdx.x;
+    if (threadIdx.x < 32 && c < cols) out[c] = from_f32<T>(t);
 }
 
 #define REDUCE_KERNELS(T, S)                                                                       \

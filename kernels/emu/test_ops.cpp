@@ -166,7 +166,7 @@ int main() {
     launch({(unsigned)R}, {96}, [&] { reduce_max_last_f32(m.data(), am.data(), x.data(), R, C); });
     int parts = 3; std::vector<float> part(parts * C);
     launch({(unsigned)((C + 31) / 32), (unsigned)parts}, {256}, [&] { reduce_sum_rows_partial_f32(part.data(), x.data(), R, C); });
-    launch({1}, {256}, [&] { reduce_sum_rows_finish_f32(cs.data(), part.data(), parts, C); });
+    launch({(unsigned)((C + 31) / 32)}, {256}, [&] { reduce_sum_rows_finish_f32(cs.data(), part.data(), parts, C); });
     bool argok = am == ram; check("reduce_sum_last", err(s, rs)); check("reduce_max_last", err(m, rm) + (argok ? 0 : 1)); check("reduce_sum_rows", err(cs, rcs)); }
   // ---- embedding
   { int V = 23, D = 37, N = 150; auto w = randv(V * D), g = randv(N * D); std::vector<long long> ids(N);

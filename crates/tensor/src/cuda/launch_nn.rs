@@ -198,7 +198,7 @@ impl CudaBackend {
             None => b.arg(&NULL_PTR),
         };
         b.arg(&*dw_part).arg(&*db_part).arg(&p).arg(&c);
-        // 32 columns per block (layer_norm_bwd_reduce's contract)
+        // 32 columns per block (block_col_sum in kernels/common.cuh)
         let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         unsafe { b.launch(cfg) }?;
         Ok(())
@@ -344,7 +344,7 @@ impl CudaBackend {
         let f = self.function("reduce", &format!("reduce_sum_rows_finish_{}", T::SUFFIX))?;
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(&*part).arg(&p).arg(&c);
-        // 32 columns per block (layer_norm_bwd_reduce's contract)
+        // 32 columns per block (block_col_sum in kernels/common.cuh)
         let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         unsafe { b.launch(cfg) }?;
         Ok(())
