@@ -101,6 +101,10 @@ LEGACY = {
     "bert_legacy_names": "bert_masked_lm",
     "gpt2_legacy_names": "gpt2_lm",
 }
+# Greedy generation with transformers' key/value cache, from another fixture's weights (not copied).
+GENERATE = {"gpt2_generate": "gpt2_lm"}
+GENERATE_PROMPTS = [[5, 17, 42, 8, 91], [3]]
+GENERATE_NEW = 40  # + the prompt stays within n_positions = 64
 
 
 def seed_of(name: str) -> int:
@@ -394,6 +398,35 @@ def make_legacy(name: str, out_root: str) -> None:
     print(f"{name:20s} legacy of {src}: {len(names)} tensors in file")
 
 
+def make_generate(name: str, out_root: str) -> None:
+    """generate.json (prompts, greedy sequences, the smallest top-1/top-2 logit gap per prompt) and
+    expected.safetensors (`logits.<i>`: the raw next-token logits of every step of prompt i, [new, V])."""
+    src = os.path.join(out_root, GENERATE[name])
+    out_dir = os.path.join(out_root, name)
+    os.makedirs(out_dir, exist_ok=True)
+    model = GPT2LMHeadModel.from_pretrained(src, attn_implementation="eager").eval()
+    model.generation_config.eos_token_id = None  # exactly GENERATE_NEW tokens, nothing suppressed
+    model.generation_config.pad_token_id = 0
+    tensors, sequences, margins = {}, [], []
+    for i, prompt in enumerate(GENERATE_PROMPTS):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            g = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=GENERATE_NEW, do_sample=False,
+                               use_cache=True, output_logits=True, return_dict_in_generate=True)
+        logits = torch.cat(g.logits).float().contiguous()  # [new, V], before any logits processor
+        top2 = logits.topk(2, dim=-1).values
+        margins.append(float((top2[:, 0] - top2[:, 1]).min()))
+        tensors[f"logits.{i}"] = logits
+        sequences.append(g.sequences[0].tolist())
+    save_file(tensors, os.path.join(out_dir, "expected.safetensors"))
+    write_json(os.path.join(out_dir, "meta.json"), {
+        "name": name, "model_dir": GENERATE[name], "model_class": "GPT2LMHeadModel",
+        "call": "generate(max_new_tokens, do_sample=False, use_cache=True, output_logits=True), eos_token_id None",
+        "prompts": GENERATE_PROMPTS, "max_new_tokens": GENERATE_NEW, "sequences": sequences,
+        "min_top2_logit_gap": margins, **common_meta()})
+    print(f"{name}: {len(GENERATE_PROMPTS)} prompts x {GENERATE_NEW} tokens, min top-2 gap {min(margins):.3g}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -404,13 +437,16 @@ def main() -> int:
     torch.set_default_dtype(torch.float32)
     torch.set_num_threads(1)  # reduction order independent of the machine's core count
     os.makedirs(args.out, exist_ok=True)
-    names = args.only or list(FIXTURES) + list(LEGACY)
+    names = args.only or list(FIXTURES) + list(LEGACY) + list(GENERATE)
     for n in names:
         if n in FIXTURES:
             make_one(n, args.out)
     for n in names:
         if n in LEGACY:
             make_legacy(n, args.out)
+    for n in names:
+        if n in GENERATE:
+            make_generate(n, args.out)
     return 0
 
 

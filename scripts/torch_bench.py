@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 aten = torch.ops.aten
 DT = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
-TRAIN_OPS = ("train_step_gpt", "train_step_bert")
+MODEL_OPS = ("train_step_gpt", "train_step_bert", "decode_gpt")  # whole-model rows, each in its own process
 CUDA_SLEEP_CYCLES = 20_000_000  # ~10 ms at ~2 GHz: lets the host enqueue a batch of timed calls ahead of the GPU
 CUDA_BATCH = 64  # timed calls per synchronize
 
@@ -376,7 +376,35 @@ class Bench:
         dtype_s = "bf16-autocast" if amp_bf16 else "f32"
         variant = "torch_compile" if self.args.compile else "torch"
         self.emit(f"train_step_{which}", dtype_s, (batch, seq), times, flops=flops, variant=variant, **extra)
-        del model, opt
+
+    # -------------------------------------------------------------- decoding
+    def decode(self, cfg, n_prompt, new):
+        """Greedy generation with the key/value cache, batch 1: HF GPT2LMHeadModel.generate(use_cache=True,
+        do_sample=False), exactly `new` tokens after an `n_prompt`-token prompt (kiln's prompt rule). Bytes as kiln
+        counts them: the f32 weights streamed once per generated token, 4*P*new."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(**cfg, bos_token_id=0, eos_token_id=0)).to(self.device).eval()
+        n_params = sum(p.numel() for p in model.parameters())
+        ids = torch.tensor([[(i * 7919 + 13) % cfg["vocab_size"] for i in range(n_prompt)]], device=self.device)
+        mask = torch.ones_like(ids)
+
+        def gen(_):
+            with torch.no_grad():
+                return model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                      use_cache=True, pad_token_id=0)
+
+        assert gen(None).shape[1] == n_prompt + new
+        timer = Timer(self.device, 1, 5, 5, 0.0)
+        times = timer.run(gen, [None])
+        med_s = statistics.median(times) / 1e3
+        self.emit("decode_gpt", "f32", (1, n_prompt, new), times, bytes_=4 * n_params * new,
+                  tokens_per_s=round(new / med_s, 1), ms_per_token=round(med_s * 1e3 / new, 3), params=n_params,
+                  prompt_tokens=n_prompt, new_tokens=new, config=cfg,
+                  method="transformers GPT2LMHeadModel.generate(use_cache=True, do_sample=False)")
 
     def wants(self, op):
         return self.args.ops is None or op in self.args.ops
@@ -439,6 +467,8 @@ def cpu_suite(bench: Bench, args):
         bench.train_step("gpt", GPT_CPU, 8, 128, amp_bf16=False)
     if bench.wants("train_step_bert"):
         bench.train_step("bert", BERT_CPU, 8, 128, amp_bf16=False)
+    if bench.wants("decode_gpt"):
+        bench.decode(GPT2_124M, 32, 32)
 
 
 def cuda_suite(bench: Bench, args):
@@ -467,10 +497,12 @@ def cuda_suite(bench: Bench, args):
         bench.train_step("gpt", GPT2_124M, args.gpt_batch, 1024, amp_bf16=True)
     if bench.wants("train_step_bert"):
         bench.train_step("bert", BERT_BASE, 32, 128, amp_bf16=True)
+    if bench.wants("decode_gpt"):
+        bench.decode(GPT2_124M, 32, 32)
 
 
 def run_isolated(args, op) -> list[dict]:
-    """Run one training-step row in a fresh process so its peak RSS is its own."""
+    """Run one whole-model row (a training step, decoding) in a fresh process so its peak RSS is its own."""
     cmd = [sys.executable, os.path.abspath(__file__), "--op", op, "--json", "--no-isolate", "--device", args.device,
            "--threads", str(args.threads), "--warmup", str(args.warmup), "--train-iters", str(args.train_iters),
            "--gpt-batch", str(args.gpt_batch)] + (["--compile"] if args.compile else [])
@@ -497,7 +529,7 @@ def main() -> int:
     ap.add_argument("--sdpa-backends", default="flash", help="CUDA attention backends: flash,cudnn,efficient,math")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training-step models")
     ap.add_argument("--no-sweep", action="store_true", help="CPU: skip the attention sequence-length sweep")
-    ap.add_argument("--no-isolate", action="store_true", help="run training steps in this process")
+    ap.add_argument("--no-isolate", action="store_true", help="run the whole-model rows (training steps, decoding) in this process")
     args = ap.parse_args()
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -527,10 +559,10 @@ def main() -> int:
     print(("# " if not args.json else "") + json.dumps({"env": env}), file=sys.stderr)
 
     isolate = not args.no_isolate
-    if isolate:  # training steps in child processes, run after the kernels
-        train_ops = [o for o in TRAIN_OPS if args.ops is None or o in args.ops]
+    if isolate:  # whole-model rows in child processes, run after the kernels
+        train_ops = [o for o in MODEL_OPS if args.ops is None or o in args.ops]
         args.ops = (args.ops or set(MEM_OPS) | {"matmul", "attention_fwd", "attention_bwd", "attention_fwd_bwd",
-                                                 "cross_entropy_fwd", "cross_entropy_bwd"}) - set(TRAIN_OPS)
+                                                 "cross_entropy_fwd", "cross_entropy_bwd"}) - set(MODEL_OPS)
     bench = Bench(args)
     (cpu_suite if cpu else cuda_suite)(bench, args)
     if isolate:

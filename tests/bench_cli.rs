@@ -31,7 +31,7 @@ fn quick_bench_checks_times_and_reports_every_case() {
     let saved = rows(&std::fs::read_to_string(&out).unwrap());
     assert_eq!(printed.len(), saved.len());
     let ops: std::collections::BTreeSet<&str> = printed.iter().map(|r| r["op"].as_str().unwrap()).collect();
-    for op in ["copy", "matmul", "gelu_fwd", "gelu_bwd", "gelu_tanh_fwd", "layer_norm_fwd", "layer_norm_bwd", "softmax_fwd", "softmax_bwd", "cross_entropy_fwd", "cross_entropy_bwd", "attention_fwd", "attention_bwd", "attention_fwd_bwd", "train_step_gpt", "train_step_bert"] {
+    for op in ["copy", "matmul", "gelu_fwd", "gelu_bwd", "gelu_tanh_fwd", "layer_norm_fwd", "layer_norm_bwd", "softmax_fwd", "softmax_bwd", "cross_entropy_fwd", "cross_entropy_bwd", "attention_fwd", "attention_bwd", "attention_fwd_bwd", "train_step_gpt", "train_step_bert", "decode_gpt"] {
         assert!(ops.contains(op), "no row for {op}: {ops:?}");
     }
     for r in &printed {
@@ -58,6 +58,10 @@ fn quick_bench_checks_times_and_reports_every_case() {
     assert!(printed.iter().filter(|r| r["variant"] != "composed" && r["op"] == "softmax_fwd").all(|r| r["max_err"].as_f64().unwrap() < 1e-4));
     let train = printed.iter().find(|r| r["op"] == "train_step_gpt").unwrap();
     assert!(train["tokens_per_s"].as_f64().unwrap() > 0.0 && train["params"].as_u64().unwrap() > 0);
+    // greedy decoding with the key/value cache, checked against a full recomputation before timing
+    let dec = printed.iter().find(|r| r["op"] == "decode_gpt").unwrap();
+    assert_eq!(dec["id"], "decode_gpt/cpu/f32/1x8x8");
+    assert!(dec["tokens_per_s"].as_f64().unwrap() > 0.0 && dec["check_max_gap"].as_f64().unwrap() <= 1e-4, "{dec}");
     // the bf16 mixed-precision steps, labelled as torch_bench.py labels its autocast rows
     for op in ["train_step_gpt", "train_step_bert"] {
         let mixed = printed.iter().find(|r| r["op"] == op && r["dtype"] == "bf16-autocast").unwrap_or_else(|| panic!("no bf16 {op} row"));

@@ -160,3 +160,88 @@ fn legacy_checkpoints() {
         assert!(rel_err(&out.loss.unwrap().reshape(&[1]).unwrap(), &f.expected["loss"]) <= 1e-4, "{name}: loss");
     }
 }
+
+/// Greedy generation through the key/value cache gives transformers' tokens (its own cached
+/// `generate`), and every step's next-token logits match transformers' at relative error 1e-4.
+/// The fixture records the smallest top-1 / top-2 logit gap (0.015), far above that error.
+#[test]
+fn gpt2_greedy_generation_matches_transformers() {
+    use kiln::model::gpt::SampleOptions;
+    use kiln::model::model::LoadedModel;
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("gpt2_generate").join("meta.json")).unwrap()).unwrap();
+    let expected: HashMap<String, Tensor> = read_safetensors(fixture("gpt2_generate").join("expected.safetensors")).unwrap().into_iter().collect();
+    let loaded = LoadedModel::from_dir(fixture(meta["model_dir"].as_str().unwrap()), 0, device()).unwrap();
+    let m = loaded.model.as_gpt2().unwrap();
+    let new = meta["max_new_tokens"].as_u64().unwrap() as usize;
+    let ids = |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
+    for (i, (prompt, want)) in meta["prompts"].as_array().unwrap().iter().zip(meta["sequences"].as_array().unwrap()).enumerate() {
+        let (prompt, want) = (ids(prompt), ids(want));
+        let got = m.generate(&prompt, &SampleOptions { max_new_tokens: new, temperature: 0.0, top_k: 0, seed: 0, eos: None }).unwrap();
+        assert_eq!(got, want, "prompt {i}: tokens differ from transformers' generate");
+        // the same steps by hand: feed the prompt, then each generated token, comparing logits
+        let steps = &expected[&format!("logits.{i}")];
+        let mut cache = m.transformer.new_cache();
+        let ctx = ForwardCtx::eval();
+        let mut input = prompt.clone();
+        for s in 0..new {
+            let x = Tensor::from_vec(input.clone(), &[1, input.len()]).unwrap().to_device(device()).unwrap();
+            let logits = m.next_token_logits(&x, &mut cache, &ctx).unwrap();
+            let err = rel_err(&logits, &steps.narrow(0, s, 1).unwrap());
+            assert!(err < 1e-4, "prompt {i}, step {s}: logits rel err {err:.2e}");
+            input = vec![want[prompt.len() + s]];
+        }
+        assert_eq!(cache.len(), prompt.len() + new - 1);
+    }
+}
+
+/// Feeding a batch through the key/value cache in pieces (a prefill, single tokens, and a chunk
+/// that goes one position at a time) gives the hidden states of one causal forward over it; bad
+/// input is an error that leaves the cache as it was.
+#[test]
+fn gpt2_kv_cache_pieces_match_one_forward() {
+    use kiln::model::model::LoadedModel;
+    let loaded = LoadedModel::from_dir(fixture("gpt2_lm"), 0, device()).unwrap();
+    let m = loaded.model.as_gpt2().unwrap();
+    let (b, t) = (2, 30);
+    let ids: Vec<i64> = (0..b * t).map(|i| ((i * 37 + 11) % 100) as i64).collect();
+    let ids = Tensor::from_vec(ids, &[b, t]).unwrap().to_device(device()).unwrap();
+    let ctx = ForwardCtx::eval();
+    let full = kiln::tensor::no_grad(|| m.transformer.forward(&ids, None, &ctx)).unwrap();
+    let mut cache = m.transformer.new_cache();
+    let mut parts = Vec::new();
+    for (start, len) in [(0, 7), (7, 1), (8, 1), (9, 5), (14, 16)] {
+        parts.push(m.transformer.forward_cached(&ids.narrow(1, start, len).unwrap(), &mut cache, &ctx).unwrap());
+        assert_eq!(cache.len(), start + len);
+    }
+    let pieces = Tensor::cat(&parts, 1).unwrap();
+    let err = rel_err(&pieces, &full);
+    assert!(err < 1e-5, "hidden states through the cache differ: rel err {err:.2e}");
+    // the LM-head variants agree with the full logits too
+    let logits = kiln::tensor::no_grad(|| m.forward(&ids, None, None, &ctx)).unwrap().logits;
+    let mut c2 = m.transformer.new_cache();
+    let all = m.forward_cached(&ids, &mut c2, &ctx).unwrap();
+    assert!(rel_err(&all, &logits) < 1e-5);
+    let mut c3 = m.transformer.new_cache();
+    let last = m.next_token_logits(&ids, &mut c3, &ctx).unwrap();
+    assert!(rel_err(&last, &logits.narrow(1, t - 1, 1).unwrap()) < 1e-5);
+    // errors leave the cache untouched: too many positions, another batch size, ids out of range
+    let n_pos = 64;
+    let before = cache.len();
+    let long = Tensor::from_vec(vec![1i64; b * (n_pos - before + 1)], &[b, n_pos - before + 1]).unwrap().to_device(device()).unwrap();
+    let e = m.transformer.forward_cached(&long, &mut cache, &ctx).unwrap_err().to_string();
+    assert!(e.contains("exceed"), "{e}");
+    let one = Tensor::from_vec(vec![1i64], &[1, 1]).unwrap().to_device(device()).unwrap();
+    let e = m.transformer.forward_cached(&one, &mut cache, &ctx).unwrap_err().to_string();
+    assert!(e.contains("batch"), "{e}");
+    let bad = Tensor::from_vec(vec![1i64, 100], &[b, 1]).unwrap().to_device(device()).unwrap();
+    assert!(m.transformer.forward_cached(&bad, &mut cache, &ctx).is_err());
+    let bad_chunk = Tensor::from_vec(vec![1i64, 2, 3, 4, 5, 100], &[b, 3]).unwrap().to_device(device()).unwrap();
+    assert!(m.transformer.forward_cached(&bad_chunk, &mut cache, &ctx).is_err(), "an id out of range in the second position of a chunk");
+    assert_eq!(cache.len(), before);
+    // and the cache still continues correctly after the errors
+    let next = Tensor::from_vec(vec![5i64, 6], &[b, 1]).unwrap().to_device(device()).unwrap();
+    let h = m.transformer.forward_cached(&next, &mut cache, &ctx).unwrap();
+    let ext = Tensor::cat(&[ids.clone(), next.clone()], 1).unwrap();
+    let want = kiln::tensor::no_grad(|| m.transformer.forward(&ext, None, &ctx)).unwrap().narrow(1, t, 1).unwrap();
+    assert!(rel_err(&h, &want) < 1e-5);
+}

@@ -134,12 +134,16 @@ impl LoadedModel {
         }
         let cfg = ModelConfig::load(dir.join(crate::train_state::CONFIG_FILE))?;
         let store = ParamStore::new(seed, DType::F32, device);
-        let model = Model::build(&cfg, &store)?;
         let weights = dir.join(crate::train_state::MODEL_FILE);
-        if weights.exists() {
+        let model = if weights.exists() {
+            // strict: every parameter is overwritten, so none is drawn first
+            let model = store.build_for_load(|s| Model::build(&cfg, s))?;
             let map = crate::checkpoint::HfNameMap::for_model_type(cfg.model_type());
             crate::checkpoint::load_params(&weights, &store, &map, &crate::checkpoint::LoadOptions::strict())?;
-        }
+            model
+        } else {
+            Model::build(&cfg, &store)?
+        };
         let tokenizer = crate::tokenize::find_tokenizer(None, Some(dir))?;
         Ok(LoadedModel { cfg, store, model, tokenizer })
     }

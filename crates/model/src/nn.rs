@@ -194,11 +194,10 @@ pub enum QkvProj {
 }
 
 impl SelfAttention {
-    /// x [B, T, C] (+ key padding mask [B, T], 1 = keep) → [B, T, C].
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &ForwardCtx) -> Result<Tensor> {
+    /// x [B, T, C] → q, k, v, each `[B, H, T, d]` (views of the projections; no copy).
+    fn heads(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, c) = dims3(x)?;
-        let h = self.n_head;
-        let d = c / h;
+        let (h, d) = (self.n_head, c / self.n_head);
         let (q, k, v) = match &self.qkv {
             QkvProj::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
             QkvProj::Fused(p) => {
@@ -208,6 +207,18 @@ impl SelfAttention {
             }
         };
         let heads = |z: &Tensor| -> Result<Tensor> { z.reshape(&[b, t, h, d])?.permute(&[0, 2, 1, 3]) };
+        Ok((heads(&q)?, heads(&k)?, heads(&v)?))
+    }
+
+    /// y `[B, H, T, d]` → merged heads `[B, T, C]` → the output projection.
+    fn merge(&self, y: &Tensor) -> Result<Tensor> {
+        let (b, h, t, d) = (y.dim(0)?, y.dim(1)?, y.dim(2)?, y.dim(3)?);
+        self.out.forward(&y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, h * d])?)
+    }
+
+    /// x [B, T, C] (+ key padding mask [B, T], 1 = keep) → [B, T, C].
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &ForwardCtx) -> Result<Tensor> {
+        let (q, k, v) = self.heads(x)?;
         let opts = AttentionOpts { causal: self.causal, key_padding_mask: mask.cloned(), scale: None };
         if ctx.train && self.attn_dropout.p > 0.0 {
             // The fused kernel never materialises the probabilities, so there is nothing to drop:
@@ -215,9 +226,82 @@ impl SelfAttention {
             static WARN: std::sync::Once = std::sync::Once::new();
             WARN.call_once(|| eprintln!("kiln: attention-probability dropout ({}) is not applied by the fused attention op", self.attn_dropout.p));
         }
-        let y = heads(&q)?.attention(&heads(&k)?, &heads(&v)?, &opts)?;
-        let y = y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, c])?;
-        self.out.forward(&y)
+        self.merge(&q.attention(&k, &v, &opts)?)
+    }
+
+    /// Inference with a key/value cache: x `[B, t, C]` holds the positions that follow the ones in
+    /// `slot` (`None`: none yet). The new keys and values are appended to `slot`, and the new queries
+    /// attend to all of its positions; causal attention needs `t == 1` once `slot` holds positions
+    /// (the models' `forward_cached` feeds longer inputs one position at a time). No dropout.
+    pub fn forward_cached(&self, x: &Tensor, slot: &mut Option<LayerKv>) -> Result<Tensor> {
+        let (q, k, v) = self.heads(x)?;
+        let (t, past) = (q.dim(2)?, slot.as_ref().map_or(0, LayerKv::len));
+        if self.causal && past > 0 && t > 1 {
+            return Err(kiln_tensor::Error::msg(format!("attention: a causal step after {past} cached positions takes one position at a time, got {t}")));
+        }
+        let kv = match slot.take() {
+            None => LayerKv { k: k.contiguous()?, v: v.contiguous()? },
+            Some(old) => LayerKv { k: Tensor::cat(&[old.k, k], 2)?, v: Tensor::cat(&[old.v, v], 2)? },
+        };
+        // the first step is causal among its own positions; a later single query sees every key
+        let opts = AttentionOpts { causal: self.causal && past == 0, key_padding_mask: None, scale: None };
+        let y = q.attention(&kv.k, &kv.v, &opts)?;
+        *slot = Some(kv);
+        self.merge(&y)
+    }
+}
+
+/// One attention layer's cached keys and values, `[B, H, T, d]` each (see [`KvCache`]).
+#[derive(Clone)]
+pub struct LayerKv {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+impl LayerKv {
+    /// Cached positions.
+    pub fn len(&self) -> usize {
+        self.k.shape()[2]
+    }
+    /// True when no position is cached (never, for a slot that was filled).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The keys and values a decoder has computed for the positions it has already seen, one slot per
+/// layer. With it, generation feeds each new token alone (one row through every layer, attending
+/// to the cached keys) instead of the whole sequence again. Made by the model
+/// (`Gpt2Model::new_cache`); inference only (no autograd history is kept).
+#[derive(Clone)]
+pub struct KvCache {
+    pub(crate) layers: Vec<Option<LayerKv>>,
+}
+
+impl KvCache {
+    /// An empty cache for a model of `n_layer` attention layers.
+    pub fn new(n_layer: usize) -> Self {
+        KvCache { layers: vec![None; n_layer] }
+    }
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|s| s.as_ref()).map_or(0, LayerKv::len)
+    }
+    /// True before the first step.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The batch size of the cached positions (`None` when empty).
+    pub fn batch(&self) -> Option<usize> {
+        self.layers.first().and_then(|s| s.as_ref()).map(|s| s.k.shape()[0])
+    }
+    /// Forgets every position (the next step starts at position 0).
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|s| *s = None);
+    }
+    /// The layers' slots (keys and values `[B, H, T, d]`).
+    pub fn layers(&self) -> &[Option<LayerKv>] {
+        &self.layers
     }
 }
 

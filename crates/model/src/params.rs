@@ -136,6 +136,8 @@ impl Param {
 struct StoreInner {
     params: BTreeMap<String, Param>,
     frozen_patterns: Vec<String>,
+    /// Inside [`ParamStore::build_for_load`]: new parameters are zeros, not drawn.
+    placeholder: bool,
 }
 
 /// A registry of named parameters with a default dtype, device and init seed. Cheap to clone
@@ -170,7 +172,7 @@ impl ParamStore {
     /// An empty store whose new parameters are `dtype` on `device`, initialised from `seed`.
     pub fn new(seed: u64, dtype: DType, device: Device) -> ParamStore {
         ParamStore {
-            inner: Arc::new(Mutex::new(StoreInner { params: BTreeMap::new(), frozen_patterns: Vec::new() })),
+            inner: Arc::new(Mutex::new(StoreInner { params: BTreeMap::new(), frozen_patterns: Vec::new(), placeholder: false })),
             seed,
             dtype,
             device,
@@ -208,11 +210,22 @@ impl ParamStore {
         if name.is_empty() {
             return Err(Error::msg("param store: empty parameter name"));
         }
-        let t = self.init_tensor(name, shape, init)?;
+        let t = if inner.placeholder { Tensor::zeros(shape, self.dtype, self.device)? } else { self.init_tensor(name, shape, init)? };
         let frozen = inner.frozen_patterns.iter().any(|pat| name_matches(name, pat));
         let p = Param::new(name, t, frozen, default_no_decay(shape));
         inner.params.insert(name.to_string(), p.clone());
         Ok(p)
+    }
+
+    /// Runs `build` (a model constructor) with the parameters it creates starting as zeros instead
+    /// of their random init: for a store whose every parameter is loaded from a checkpoint next
+    /// (drawing GPT-2 124M's weights took a third of its loading time). Parameters created after
+    /// `build` returns are initialised as usual.
+    pub fn build_for_load<R>(&self, build: impl FnOnce(&ParamStore) -> Result<R>) -> Result<R> {
+        self.inner.lock().unwrap().placeholder = true;
+        let out = build(self);
+        self.inner.lock().unwrap().placeholder = false;
+        out
     }
 
     fn init_tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {

@@ -252,6 +252,23 @@ impl Tensor {
         let data = src.storage_window()?;
         self.update_storage(|s| {
             let n = self.elem_count();
+            if self.is_contiguous() {
+                // the common case (parameters): one copy into the window, no index list
+                let o = self.layout().offset();
+                macro_rules! copy {
+                    ($a:ident, $b:ident) => {
+                        $a[o..o + n].copy_from_slice(CpuSlice::cpu_slice(&$b).unwrap())
+                    };
+                }
+                match s.as_cpu_mut()? {
+                    CpuStorage::F32(a) => copy!(a, data),
+                    CpuStorage::F64(a) => copy!(a, data),
+                    CpuStorage::BF16(a) => copy!(a, data),
+                    CpuStorage::F16(a) => copy!(a, data),
+                    CpuStorage::I64(a) => copy!(a, data),
+                }
+                return Ok(());
+            }
             let idx: Vec<usize> = self.layout().indices().collect();
             let dst = s.as_cpu_mut()?;
             macro_rules! copy {

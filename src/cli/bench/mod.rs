@@ -8,7 +8,7 @@ mod report;
 use clap::Args;
 use kiln::lab::cases::{self, Ctx, Pass};
 use kiln::lab::harness::{run_case, Case, TimerCfg};
-use kiln::lab::{row, train_step};
+use kiln::lab::{decode, row, train_step};
 use kiln::{DType, Device, Error, Result};
 use row::Row;
 use std::io::Write;
@@ -95,7 +95,7 @@ fn write_rows(path: &PathBuf, rows: &[Row]) -> Result<()> {
 /// Every op `kiln bench` measures (the ceilings `copy` and `matmul` always run).
 const OPS: &[&str] = &[
     "copy", "matmul", "gelu_fwd", "gelu_bwd", "gelu_tanh_fwd", "gelu_tanh_bwd", "layer_norm_fwd", "layer_norm_bwd", "softmax_fwd", "softmax_bwd",
-    "cross_entropy_fwd", "cross_entropy_bwd", "attention_fwd", "attention_bwd", "attention_fwd_bwd", "train_step_gpt", "train_step_bert",
+    "cross_entropy_fwd", "cross_entropy_bwd", "attention_fwd", "attention_bwd", "attention_fwd_bwd", "train_step_gpt", "train_step_bert", "decode_gpt",
 ];
 /// Every variant name a case can have.
 const VARIANTS: &[&str] = &[
@@ -288,6 +288,9 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
         let tr = train_step::rows(device, quick, steps, a.gpt_batch, &|op| filter.op(op))?;
         // (the "kiln" variant of a training step is its only one)
         emit(&mut rows, tr, a.json, ceil);
+        // 5. greedy decoding with the key/value cache
+        let dec = decode::rows(device, quick, if quick { 2 } else { 5 }, &|op| filter.op(op))?;
+        emit(&mut rows, dec, a.json, ceil);
     }
     Ok(rows)
 }

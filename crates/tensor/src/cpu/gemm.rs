@@ -151,8 +151,12 @@ impl<'a, T> MatMut<'a, T> {
     }
 }
 
-/// Parallel grain: GEMMs below this many flops (2·m·n·k) stay on one thread.
+/// Parallel grain: GEMMs below this many flops (2·m·n·k) stay on one thread, unless B is
+/// larger than [`PAR_B_ELEMS`].
 pub const PAR_FLOPS: f64 = (1u64 << 23) as f64;
+/// A GEMM whose B has this many elements (1 MB of f32) is split across threads whatever its flops:
+/// with one or a few rows of A (decoding a token) it is bound by reading B, which two cores do faster than one.
+pub const PAR_B_ELEMS: usize = 1 << 18;
 
 /// Where a matrix sits in its slice.
 #[derive(Debug, Clone, Copy)]
@@ -298,7 +302,7 @@ unsafe fn gemm_at<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, mut beta
 
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
     let nt = rayon::current_num_threads();
-    let parallel = threads == Threads::Auto && nt > 1 && flops >= PAR_FLOPS;
+    let parallel = threads == Threads::Auto && nt > 1 && (flops >= PAR_FLOPS || k * n >= PAR_B_ELEMS);
     let bias_ptr = bias.map_or(std::ptr::null(), |b| b.as_ptr());
     // SAFETY: bounds and C's non-aliasing were checked above; C is exclusively borrowed.
     if unsafe { T::blocked_gemm(m, k, n, alpha, pa, rsa, csa, pb, rsb, csb, beta, pc.0, rsc, csc, bias_ptr, parallel) } {

@@ -95,6 +95,64 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f
         return;
     }
     let nt = if parallel { rayon::current_num_threads() } else { 1 };
+    if m <= FEW_ROWS && csb == 1 {
+        // a row-major B: (block of k, column half) units, each streaming its rows of B into its own
+        // partial sums; then the blocks' sums are added into C in block order
+        let (nb, halves) = (k.div_ceil(KC), if nt > 1 && n >= 2 * NR { 2 } else { 1 });
+        let cols = |h: usize| ((h * n / halves) / 8 * 8, ((h + 1) * n / halves) / 8 * 8 + if h + 1 == halves { n % 8 } else { 0 });
+        let mut sums = vec![0f32; nb * m * n];
+        let (ap, bp, sp) = (Ptr(a as *mut f32), Ptr(b as *mut f32), Ptr(sums.as_mut_ptr()));
+        let unit = |u: usize| {
+            let (blk, (j0, j1)) = (u / halves, cols(u % halves));
+            let p0 = blk * KC;
+            // SAFETY: rows p0.. of B and A's columns p0..: in bounds (caller); each unit writes its
+            // own (block, columns) window of `sums`
+            unsafe { few_rows_row_major(m, p0, KC.min(k - p0), j0, j1, ap.get(), rsa, csa, bp.get(), rsb, sp.get().add(blk * m * n), n) }
+        };
+        if nt > 1 && nb * halves > 1 {
+            (0..nb * halves).into_par_iter().for_each(unit);
+        } else {
+            (0..nb * halves).for_each(unit);
+        }
+        add_bias(0, m, 0, n, beta == 0.0);
+        let acc0 = beta != 0.0 || !bias.get().is_null();
+        for i in 0..m {
+            let cr = std::slice::from_raw_parts_mut(c.get().add(i * ldc), n);
+            for (blk, part) in sums.chunks_exact(m * n).enumerate() {
+                let first = blk == 0 && !acc0;
+                for (o, &x) in cr.iter_mut().zip(&part[i * n..(i + 1) * n]) {
+                    *o = if first { x * alpha } else { x * alpha + *o };
+                }
+            }
+        }
+        return;
+    }
+    if m <= FEW_ROWS {
+        // a transposed B: groups of columns, a few per thread; each element of C is written by one task
+        let np = n.div_ceil(NR);
+        let groups = if nt > 1 { (4 * nt).min(np) } else { 1 };
+        let (ap, bp) = (Ptr(a as *mut f32), Ptr(b as *mut f32));
+        let task = |g: usize| {
+            let (jp0, jp1) = (g * np / groups, (g + 1) * np / groups);
+            add_bias(0, m, jp0 * NR, (jp1 * NR).min(n) - jp0 * NR, beta == 0.0);
+            let acc0 = beta != 0.0 || !bias.get().is_null();
+            // SAFETY: panels jp0..jp1 of B and those columns of C's m rows: in bounds (caller) and
+            // disjoint between tasks
+            unsafe {
+                if rsb == 1 && csa == 1 {
+                    few_rows_dot(m, k, jp0 * NR, (jp1 * NR).min(n), alpha, ap.get(), rsa, bp.get(), csb, acc0, c.get(), ldc)
+                } else {
+                    few_rows_task(m, k, n, jp0, jp1, alpha, ap.get(), rsa, csa, bp.get(), rsb, csb, acc0, c.get(), ldc)
+                }
+            }
+        };
+        if groups > 1 {
+            (0..groups).into_par_iter().for_each(task);
+        } else {
+            task(0);
+        }
+        return;
+    }
     // the packed B blocks go in this thread's buffer, taken out for the call (a task this thread
     // steals while waiting may run another GEMM: it then finds the slot empty and grows its own)
     let mut buf = BPACK.with_borrow_mut(std::mem::take);
@@ -155,7 +213,144 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f
     });
 }
 
+/// Up to this many rows of A (one register block), [`sgemm`] reads B through [`few_rows_task`].
+const FEW_ROWS: usize = 6;
+
+/// Columns `16·jp0 .. 16·jp1` of C for m ≤ [`FEW_ROWS`] rows when neither [`few_rows_row_major`]
+/// nor [`few_rows_dot`] applies (a strided B, or a transposed A).
+///
+/// With so few rows every element of B is used at most six times, and packing all of B into the
+/// shared buffer first (a write and a read of B's whole size) costs more than the multiplication.
+/// Here each 16-column panel, all of k deep, is packed into this thread's own buffer (48 KB at
+/// k = 768: it stays in L2) just before the register block sweeps it, with A read in place: B
+/// crosses the memory bus once. Per element of C the operations and their order are the blocked
+/// path's (sums over blocks of `KC`, added in order).
+///
+/// # Safety
+/// avx2 + fma; as for [`sgemm`], restricted to these columns.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn few_rows_task(m: usize, k: usize, n: usize, jp0: usize, jp1: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, acc0: bool, c: *mut f32, ldc: usize) {
+    PANEL.with_borrow_mut(|buf| {
+        buf.resize(k * NR, 0.0);
+        for jp in jp0..jp1 {
+            let (j0, w) = (jp * NR, NR.min(n - jp * NR));
+            gemm256::pack_panel(k, w, b.offset(j0 as isize * csb), rsb, csb, buf);
+            for pc in (0..k).step_by(KC) {
+                let acc = pc > 0 || acc0;
+                gemm256::block_rows(m, KC.min(k - pc), alpha, a.offset(pc as isize * csa), rsa, csa, buf.as_ptr().add(pc * NR), acc, c.add(j0), ldc, w);
+            }
+        }
+    })
+}
+
+/// Columns `j0..j1` of C for m ≤ [`FEW_ROWS`] rows of a row-major A and a transposed B (`rsb ==
+/// 1`: column j of B is row j of a row-major W, as for `nn.Linear` weights and tied LM heads):
+/// each element a dot product of A's row with W's row, four rows of W at a time, sixteen lanes of
+/// partial sums added at the end.
+///
+/// Unlike the other paths this does not keep the blocked path's order of additions (a sequential
+/// chain over k would need the 8 × 8 transposes of a panel, which held the GPT-2 LM head to half
+/// of this speed), so a few rows' results differ from the same rows inside a tall product by
+/// rounding; they are still the same whatever the thread count.
+///
+/// # Safety
+/// avx2 + fma; A's m rows of k (`a[i·rsa + p]`) and W's rows `j0..j1` of k (`b[j·ldb + p]`) in
+/// bounds; C's m rows of `ldc` do not alias them.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn few_rows_dot(m: usize, k: usize, j0: usize, j1: usize, alpha: f32, a: *const f32, rsa: isize, b: *const f32, ldb: isize, acc0: bool, c: *mut f32, ldc: usize) {
+    let hsum = |v: __m256| -> f32 {
+        let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        let x = _mm_add_ss(x, _mm_shuffle_ps::<1>(x, x));
+        _mm_cvtss_f32(x)
+    };
+    let mut j = j0;
+    while j < j1 {
+        let nr = 4.min(j1 - j);
+        let rows: [*const f32; 4] = std::array::from_fn(|r| b.offset((j + r.min(nr - 1)) as isize * ldb));
+        for i in 0..m {
+            let ai = a.offset(i as isize * rsa);
+            let (mut acc, mut acc2) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+            let mut p = 0;
+            while p + 16 <= k {
+                let x0 = _mm256_loadu_ps(ai.add(p));
+                let x1 = _mm256_loadu_ps(ai.add(p + 8));
+                for r in 0..4 {
+                    acc[r] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(rows[r].add(p)), acc[r]);
+                    acc2[r] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(rows[r].add(p + 8)), acc2[r]);
+                }
+                p += 16;
+            }
+            for r in 0..nr {
+                let mut s = hsum(_mm256_add_ps(acc[r], acc2[r]));
+                for q in p..k {
+                    s = (*ai.add(q)).mul_add(*rows[r].add(q), s);
+                }
+                let o = c.add(i * ldc + j + r);
+                *o = if acc0 { s * alpha + *o } else { s * alpha };
+            }
+        }
+        j += nr;
+    }
+}
+
+/// The sums over rows `p0..p0 + kc` of a row-major B (`csb == 1`, GPT-2's `Conv1D` weights) for
+/// columns `j0..j1` and m ≤ [`FEW_ROWS`] rows of A: `out[i·ld + j] = Σ_p A[i][p]·B[p][j]`, an FMA
+/// chain from zero in order of p, as [`gemm256::block_rows`] sums one block of `KC`.
+///
+/// B is read a row at a time, the rows of a block of k being one contiguous stretch of memory when
+/// the unit spans all columns. (Packing 16-column panels of a row-major B reads one cache line from
+/// each of k rows; that stride kept decoding's GEMVs at a third of the bandwidth that streaming gets.)
+///
+/// # Safety
+/// avx2 + fma; A's `m × (p0 + kc)` and B's `(p0 + kc) × j1` elements in bounds; `out` holds
+/// `m` rows of `ld ≥ j1` floats, not aliasing A or B.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn few_rows_row_major(m: usize, p0: usize, kc: usize, j0: usize, j1: usize, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, out: *mut f32, ld: usize) {
+    let w = j1 - j0;
+    for i in 0..m {
+        std::ptr::write_bytes(out.add(i * ld + j0), 0, w);
+    }
+    // four rows of B per pass over the accumulators: each element's FMA chain keeps its order (p,
+    // p + 1, p + 2, p + 3), with a quarter of the accumulator loads and stores
+    const RP: usize = 8;
+    let mut p = p0;
+    while p < p0 + kc {
+        let rows = RP.min(p0 + kc - p);
+        let br: [*const f32; RP] = std::array::from_fn(|r| b.offset((p + r.min(rows - 1)) as isize * rsb).add(j0));
+        for i in 0..m {
+            let ai: [f32; RP] = std::array::from_fn(|r| *a.offset(i as isize * rsa + (p + r.min(rows - 1)) as isize * csa));
+            let av: [__m256; RP] = std::array::from_fn(|r| _mm256_set1_ps(ai[r]));
+            let o = out.add(i * ld + j0);
+            let mut q = 0;
+            if rows == RP {
+                while q + 8 <= w {
+                    let mut x = _mm256_loadu_ps(o.add(q));
+                    for r in 0..RP {
+                        x = _mm256_fmadd_ps(av[r], _mm256_loadu_ps(br[r].add(q)), x);
+                    }
+                    _mm256_storeu_ps(o.add(q), x);
+                    q += 8;
+                }
+            }
+            for q in q..w {
+                let mut x = *o.add(q);
+                for r in 0..rows {
+                    x = ai[r].mul_add(*br[r].add(q), x);
+                }
+                *o.add(q) = x;
+            }
+        }
+        p += rows;
+    }
+}
+
 thread_local! {
+    /// One B panel of [`few_rows_task`] (16 · k floats).
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The calling thread's packed B blocks (grown, never shrunk: at most B_FLOATS).
     static BPACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// A task's rows of A, packed (see [`run_task`]); MC · KC floats per thread.
@@ -246,7 +441,7 @@ mod tests {
             return;
         }
         let val = |s: usize| ((s * 2654435761usize) % 1000) as f32 / 500.0 - 1.0;
-        for &(m, k, n) in &[(1, 1, 1), (7, 13, 5), (75, 300, 37), (150, 520, 70), (13, 9, 4100), (200, 257, 90), (7, 4100, 600)] {
+        for &(m, k, n) in &[(1, 1, 1), (7, 13, 5), (75, 300, 37), (150, 520, 70), (13, 9, 4100), (200, 257, 90), (7, 4100, 600), (1, 300, 37), (3, 520, 70), (6, 257, 1030), (5, 7, 17)] {
             let av: Vec<f32> = (0..m * k).map(val).collect();
             let bv: Vec<f32> = (0..k * n).map(|s| val(s + 7)).collect();
             let want = naive(m, k, n, &|i, p| av[i * k + p], &|p, j| bv[p * n + j]);
@@ -273,6 +468,53 @@ mod tests {
                             let old = if beta == 0.0 { 0.0 } else { beta as f64 * before[i * ldc + j] as f64 };
                             let w = 1.5 * want[i * n + j] + old + if with_bias { bias[j] as f64 } else { 0.0 };
                             assert!((got as f64 - w).abs() <= 2e-5 * (k as f64).sqrt() * (1.0 + w.abs()), "{m}x{k}x{n} ta {ta} tb {tb} beta {beta} bias {with_bias}: ({i}, {j}) {got} vs {w}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Up to six rows take the few-rows paths. With a row-major B their results are the same bits
+    /// as the same rows of a taller product (the packed path); with a transposed B (dot products)
+    /// they match it to rounding. Either way they do not depend on the thread count. Bias and beta,
+    /// several k blocks, a partial last panel.
+    #[test]
+    fn few_rows_match_the_blocked_path_on_any_thread_count() {
+        if !available() {
+            eprintln!("SKIPPED: no AVX2 + FMA on this CPU");
+            return;
+        }
+        let val = |s: usize| ((s * 2654435761usize) % 1000) as f32 / 500.0 - 1.0;
+        let (tall, k, n) = (20, 600, 85);
+        let av: Vec<f32> = (0..tall * k).map(val).collect();
+        let bv: Vec<f32> = (0..k * n).map(|s| val(s + 7)).collect();
+        let bt: Vec<f32> = (0..n * k).map(|q| bv[(q % k) * n + q / k]).collect();
+        let bias: Vec<f32> = (0..n).map(|j| val(j + 11)).collect();
+        let c0: Vec<f32> = (0..tall * n).map(|s| val(s + 3)).collect();
+        for tb in [false, true] {
+            let (pb, rsb, csb) = if tb { (bt.as_ptr(), 1, k as isize) } else { (bv.as_ptr(), n as isize, 1) };
+            for (beta, with_bias) in [(0.0f32, false), (0.0, true), (0.5, true)] {
+                let bp = if with_bias { bias.as_ptr() } else { std::ptr::null() };
+                let run = |m: usize, threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut c = c0[..m * n].to_vec();
+                    let (pb, bp, cp) = (Ptr(pb as *mut f32), Ptr(bp as *mut f32), Ptr(c.as_mut_ptr()));
+                    pool.install(|| unsafe { sgemm(m, k, n, 1.5, av.as_ptr(), k as isize, 1, pb.get(), rsb, csb, beta, cp.get(), n, bp.get(), true) });
+                    c
+                };
+                let want = run(tall, 2);
+                for m in 1..=FEW_ROWS {
+                    let got = run(m, 2);
+                    let what = format!("m {m}, transposed B {tb}, beta {beta}, bias {with_bias}");
+                    for t in [1, 3] {
+                        assert!(got.iter().zip(run(m, t)).all(|(x, y)| x.to_bits() == y.to_bits()), "{what}: {t} threads differ from 2");
+                    }
+                    for (x, y) in got.iter().zip(&want) {
+                        if tb {
+                            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()) * (k as f32).sqrt(), "{what}: {x} vs {y}");
+                        } else {
+                            assert_eq!(x.to_bits(), y.to_bits(), "{what}: rows differ from the blocked path's");
                         }
                     }
                 }

@@ -1,0 +1,107 @@
+//! The decoding row of `kiln bench`: greedy generation from a GPT-2 with the key/value cache
+//! (`Gpt2LmHeadModel::generate`), batch 1, as scripts/torch_bench.py runs Hugging Face's
+//! `generate(use_cache=True, do_sample=False)` on the same config. One call is the prefill of the
+//! prompt plus `new` tokens; decoding one token streams every weight once, so the row counts
+//! bytes: 4·P·new (f32 weights, tied embedding counted once), against the copy bandwidth.
+//!
+//! Before timing, the generated tokens are checked against one full forward over the whole
+//! sequence: at every generated position the cached decoder's pick must be the recomputed
+//! logits' maximum (within a relative 1e-4, so a near-tie that rounding may break either way is
+//! not an error).
+use super::harness::{Stats, Work};
+use super::row::Row;
+use crate::model::config::{Gpt2Config, ModelConfig};
+use crate::model::gpt::{Gpt2LmHeadModel, SampleOptions};
+use crate::model::model::Model;
+use crate::model::nn::ForwardCtx;
+use crate::model::ParamStore;
+use crate::tensor::{cuda, no_grad};
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// The op name of the row.
+pub const OP: &str = "decode_gpt";
+
+/// (config, prompt tokens, new tokens): GPT-2 124M with 32 + 32 tokens, or a one-layer model
+/// with 8 + 8 when `quick`.
+pub fn spec(quick: bool) -> Result<(Gpt2Config, usize, usize)> {
+    if quick {
+        let mut g: Gpt2Config = serde_json::from_str("{}").map_err(|e| Error::msg(e.to_string()))?;
+        (g.n_layer, g.n_embd, g.n_head, g.vocab_size, g.n_positions) = (1, 32, 2, 256, 64);
+        (g.bos_token_id, g.eos_token_id) = (Some(0), Some(0));
+        return Ok((g, 8, 8));
+    }
+    match ModelConfig::preset("gpt2")? {
+        ModelConfig::Gpt2(g) => Ok((g, 32, 32)),
+        _ => Err(Error::msg("decode: the gpt2 preset is not a GPT-2 config")),
+    }
+}
+
+/// Seeded prompt ids in the vocabulary (the same rule as torch_bench.py's).
+pub fn prompt(n: usize, vocab: usize) -> Vec<i64> {
+    (0..n).map(|i| ((i * 7919 + 13) % vocab) as i64).collect()
+}
+
+/// Checks greedy `ids` (prompt + generated) against a full forward over them; returns the largest
+/// gap between a recomputed maximum and the picked token's logit, relative to the logits' scale.
+pub fn check_greedy(m: &Gpt2LmHeadModel, ids: &[i64], n_prompt: usize) -> Result<f64> {
+    let x = Tensor::from_vec(ids.to_vec(), &[1, ids.len()])?.to_device(m.transformer.wte.weight.tensor().device())?;
+    let logits = no_grad(|| m.forward(&x, None, None, &ForwardCtx::eval()))?.logits;
+    let v = logits.dim(2)?;
+    let all = logits.to_dtype(DType::F64)?.to_vec::<f64>()?;
+    let mut worst = 0.0f64;
+    for pos in n_prompt..ids.len() {
+        let row = &all[(pos - 1) * v..pos * v];
+        let (max, scale) = row.iter().fold((f64::NEG_INFINITY, 0.0f64), |(m, s), &x| (m.max(x), s.max(x.abs())));
+        let gap = (max - row[ids[pos] as usize]) / scale.max(1e-30);
+        if gap > 1e-4 {
+            return Err(Error::msg(format!("decode: token {pos} ({}) is not the recomputed maximum (gap {gap:.2e} of the logits' scale)", ids[pos])));
+        }
+        worst = worst.max(gap);
+    }
+    Ok(worst)
+}
+
+/// Times greedy generation (1 warm-up call, then `runs`); one row, or none when filtered out.
+pub fn rows(device: Device, quick: bool, runs: usize, filter: &dyn Fn(&str) -> bool) -> Result<Vec<Row>> {
+    if !filter(OP) {
+        return Ok(vec![]);
+    }
+    let (cfg, n_prompt, new) = spec(quick)?;
+    let mut row = Row::new(OP, "kiln", device, DType::F32, &format!("1x{n_prompt}x{new}"), false);
+    if let Err(e) = measure(&cfg, n_prompt, new, device, runs, &mut row) {
+        row.status = format!("error: {e}");
+    }
+    Ok(vec![row])
+}
+
+fn measure(cfg: &Gpt2Config, n_prompt: usize, new: usize, device: Device, runs: usize, row: &mut Row) -> Result<()> {
+    let store = ParamStore::new(0, DType::F32, device);
+    let model = Model::build(&ModelConfig::Gpt2(cfg.clone()), &store)?;
+    let m = model.as_gpt2()?;
+    let n_params: usize = store.params().iter().map(|p| p.elem_count()).sum();
+    let p = prompt(n_prompt, cfg.vocab_size);
+    let opts = SampleOptions { max_new_tokens: new, temperature: 0.0, top_k: 0, seed: 0, eos: None };
+    let ids = m.generate(&p, &opts)?;
+    let gap = check_greedy(m, &ids, n_prompt)?;
+    let mut times = Vec::new();
+    for _ in 0..runs.max(1) {
+        cuda::synchronize(device)?;
+        let (out, ms) = cuda::time_ms(device, || m.generate(&p, &opts))?;
+        if out != ids {
+            return Err(Error::msg("decode: two greedy runs gave different tokens"));
+        }
+        times.push(ms);
+    }
+    let s = Stats::of(times);
+    row.set_stats(&s, Work::Bytes((4 * n_params * new) as u64));
+    let x = &mut row.extra;
+    x.insert("tokens_per_s".into(), ((new as f64 / (s.median_ms / 1e3) * 10.0).round() / 10.0).into());
+    x.insert("ms_per_token".into(), ((s.median_ms / new as f64 * 1e3).round() / 1e3).into());
+    x.insert("params".into(), n_params.into());
+    x.insert("prompt_tokens".into(), n_prompt.into());
+    x.insert("new_tokens".into(), new.into());
+    x.insert("check_max_gap".into(), gap.into());
+    x.insert("method".into(), "Gpt2LmHeadModel::generate, greedy, key/value cache; bytes = 4*P*new (weights streamed per token)".into());
+    x.insert("config".into(), serde_json::to_value(cfg).map_err(|e| Error::msg(e.to_string()))?);
+    Ok(())
+}
