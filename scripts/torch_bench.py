@@ -468,7 +468,8 @@ def cpu_suite(bench: Bench, args):
     if bench.wants("train_step_bert"):
         bench.train_step("bert", BERT_CPU, 8, 128, amp_bf16=False)
     if bench.wants("decode_gpt"):
-        bench.decode(GPT2_124M, 32, 32)
+        for n_prompt in (32, 512):
+            bench.decode(GPT2_124M, n_prompt, 32)
 
 
 def cuda_suite(bench: Bench, args):
@@ -498,7 +499,8 @@ def cuda_suite(bench: Bench, args):
     if bench.wants("train_step_bert"):
         bench.train_step("bert", BERT_BASE, 32, 128, amp_bf16=True)
     if bench.wants("decode_gpt"):
-        bench.decode(GPT2_124M, 32, 32)
+        for n_prompt in (32, 512):
+            bench.decode(GPT2_124M, n_prompt, 32)
 
 
 def run_isolated(args, op) -> list[dict]:

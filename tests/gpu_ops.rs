@@ -114,6 +114,24 @@ gpu_test!(cat_split_and_narrow_backward, |dev| {
     assert_eq!(c.to_vec::<f32>().unwrap(), a.to_vec::<f32>().unwrap(), "cat with an empty input");
 });
 
+gpu_test!(assign_narrow_matches_cpu, |dev| {
+    // the key/value cache's in-place window writes: on CUDA a new buffer, the same values
+    for dt in [DType::F32, DType::BF16] {
+        let base = input(11, &[2, 3, 37, 16], dt, false);
+        let src = input(12, &[2, 3, 5, 16], dt, false);
+        for start in [0, 13, 32] {
+            let (c, g) = (base.clone().contiguous().unwrap(), base.to_device(dev).unwrap().contiguous().unwrap());
+            let held = g.narrow(2, 0, 37).unwrap();
+            c.assign_narrow(2, start, &src).unwrap();
+            g.assign_narrow(2, start, &src.to_device(dev).unwrap()).unwrap();
+            assert_eq!(g.device(), dev);
+            assert_eq!(g.to_vec_f64().unwrap(), c.to_vec_f64().unwrap(), "{dt} window at {start}");
+            assert_eq!(held.to_vec_f64().unwrap(), base.to_vec_f64().unwrap(), "{dt}: an earlier view changed");
+        }
+    }
+    eprintln!("ok: assign_narrow");
+});
+
 gpu_test!(unary_ops, |dev| {
     type F = fn(&Tensor) -> Result<Tensor>;
     let ops: [(&str, F, bool); 8] = [

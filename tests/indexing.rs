@@ -155,3 +155,38 @@ fn index_select_backward_accumulates_on_shared_leaf() {
     sel.backward().unwrap();
     assert_close("twice-selected row", &grad_check.grad().unwrap(), &Tensor::from_slice(&[0.0f64, 0., 0., 0., 2., 2.], &[3, 2]).unwrap(), 0.0);
 }
+
+/// `assign_narrow` writes only its window, in place; views taken before keep the old data; the
+/// other dims must match and the window must fit.
+#[test]
+fn assign_narrow_writes_the_window_only() {
+    let base: Vec<f32> = (0..2 * 3 * 8 * 4).map(|i| i as f32).collect();
+    for dt in [DType::F32, DType::BF16, DType::F64, DType::I64] {
+        let t = Tensor::from_vec(base.clone(), &[2, 3, 8, 4]).unwrap().to_dtype(dt).unwrap();
+        let before = t.narrow(2, 0, 8).unwrap(); // a view taken earlier
+        let src = Tensor::from_vec((0..2 * 3 * 2 * 4).map(|i| -1.0 - i as f32).collect::<Vec<_>>(), &[2, 3, 2, 4]).unwrap().to_dtype(dt).unwrap();
+        // a permuted source: the window gets src's logical elements
+        let src_t = src.permute(&[0, 1, 3, 2]).unwrap().contiguous().unwrap().permute(&[0, 1, 3, 2]).unwrap();
+        t.assign_narrow(2, 5, &src_t).unwrap();
+        let got = t.to_vec_f64().unwrap();
+        let want_src = src.to_vec_f64().unwrap();
+        for (i, &g) in got.iter().enumerate() {
+            let (b, h, p, c) = (i / 96, i / 32 % 3, i / 4 % 8, i % 4);
+            let want = if (5..7).contains(&p) { want_src[((b * 3 + h) * 2 + p - 5) * 4 + c] } else { base[i] as f64 };
+            assert_eq!(g, want, "{dt}: element {i}");
+        }
+        assert_eq!(before.to_vec_f64().unwrap(), base.iter().map(|&x| x as f64).collect::<Vec<_>>(), "{dt}: an earlier view changed");
+    }
+    let t = Tensor::zeros(&[2, 3, 8, 4], DType::F32, Device::Cpu).unwrap();
+    let ok = Tensor::ones(&[2, 3, 2, 4], DType::F32, Device::Cpu).unwrap();
+    for (e, want) in [
+        (t.assign_narrow(2, 7, &ok).unwrap_err(), "out of bounds"),
+        (t.assign_narrow(2, 0, &Tensor::ones(&[2, 2, 2, 4], DType::F32, Device::Cpu).unwrap()).unwrap_err(), "assign_narrow"),
+        (t.assign_narrow(2, 0, &Tensor::ones(&[2, 3, 2], DType::F32, Device::Cpu).unwrap()).unwrap_err(), "assign_narrow"),
+        (t.assign_narrow(2, 0, &ok.to_dtype(DType::F64).unwrap()).unwrap_err(), "assign_narrow"),
+        (t.assign_narrow(4, 0, &ok).unwrap_err(), "assign_narrow"),
+    ] {
+        assert!(e.to_string().contains(want), "{e}");
+    }
+    assert_eq!(t.sum_all().unwrap().to_scalar().unwrap(), 0.0, "a failed call wrote something");
+}

@@ -1,8 +1,9 @@
-//! The decoding row of `kiln bench`: greedy generation from a GPT-2 with the key/value cache
-//! (`Gpt2LmHeadModel::generate`), batch 1, as scripts/torch_bench.py runs Hugging Face's
-//! `generate(use_cache=True, do_sample=False)` on the same config. One call is the prefill of the
-//! prompt plus `new` tokens; decoding one token streams every weight once, so the row counts
-//! bytes: 4·P·new (f32 weights, tied embedding counted once), against the copy bandwidth.
+//! The decoding rows of `kiln bench`: greedy generation from a GPT-2 with the key/value cache
+//! (`Gpt2LmHeadModel::generate`), batch 1, after a short and a long prompt, as
+//! scripts/torch_bench.py runs Hugging Face's `generate(use_cache=True, do_sample=False)` on the
+//! same config. One call is the prefill of the prompt plus `new` tokens; decoding one token streams
+//! every weight once, so the rows count bytes: 4·P·new (f32 weights, tied embedding counted once),
+//! against the copy bandwidth.
 //!
 //! Before timing, the generated tokens are checked against one full forward over the whole
 //! sequence: at every generated position the cached decoder's pick must be the recomputed
@@ -21,17 +22,17 @@ use crate::{DType, Device, Error, Result, Tensor};
 /// The op name of the row.
 pub const OP: &str = "decode_gpt";
 
-/// (config, prompt tokens, new tokens): GPT-2 124M with 32 + 32 tokens, or a one-layer model
-/// with 8 + 8 when `quick`.
-pub fn spec(quick: bool) -> Result<(Gpt2Config, usize, usize)> {
+/// (config, [(prompt tokens, new tokens)]): GPT-2 124M with 32 + 32 and 512 + 32 tokens (a
+/// short and a long context), or a one-layer model with 8 + 8 when `quick`.
+pub fn spec(quick: bool) -> Result<(Gpt2Config, Vec<(usize, usize)>)> {
     if quick {
         let mut g: Gpt2Config = serde_json::from_str("{}").map_err(|e| Error::msg(e.to_string()))?;
         (g.n_layer, g.n_embd, g.n_head, g.vocab_size, g.n_positions) = (1, 32, 2, 256, 64);
         (g.bos_token_id, g.eos_token_id) = (Some(0), Some(0));
-        return Ok((g, 8, 8));
+        return Ok((g, vec![(8, 8)]));
     }
     match ModelConfig::preset("gpt2")? {
-        ModelConfig::Gpt2(g) => Ok((g, 32, 32)),
+        ModelConfig::Gpt2(g) => Ok((g, vec![(32, 32), (512, 32)])),
         _ => Err(Error::msg("decode: the gpt2 preset is not a GPT-2 config")),
     }
 }
@@ -61,22 +62,32 @@ pub fn check_greedy(m: &Gpt2LmHeadModel, ids: &[i64], n_prompt: usize) -> Result
     Ok(worst)
 }
 
-/// Times greedy generation (1 warm-up call, then `runs`); one row, or none when filtered out.
+/// Times greedy generation (1 warm-up call, then `runs`) at each shape of [`spec`]; no rows when
+/// filtered out.
 pub fn rows(device: Device, quick: bool, runs: usize, filter: &dyn Fn(&str) -> bool) -> Result<Vec<Row>> {
     if !filter(OP) {
         return Ok(vec![]);
     }
-    let (cfg, n_prompt, new) = spec(quick)?;
-    let mut row = Row::new(OP, "kiln", device, DType::F32, &format!("1x{n_prompt}x{new}"), false);
-    if let Err(e) = measure(&cfg, n_prompt, new, device, runs, &mut row) {
-        row.status = format!("error: {e}");
+    let (cfg, shapes) = spec(quick)?;
+    let store = ParamStore::new(0, DType::F32, device);
+    let model = Model::build(&ModelConfig::Gpt2(cfg.clone()), &store);
+    let mut out = Vec::new();
+    for (n_prompt, new) in shapes {
+        let mut row = Row::new(OP, "kiln", device, DType::F32, &format!("1x{n_prompt}x{new}"), false);
+        let r = match &model {
+            Ok(model) => measure(&cfg, model, &store, n_prompt, new, device, runs, &mut row),
+            Err(e) => Err(Error::msg(e.to_string())),
+        };
+        if let Err(e) = r {
+            row.status = format!("error: {e}");
+        }
+        out.push(row);
     }
-    Ok(vec![row])
+    Ok(out)
 }
 
-fn measure(cfg: &Gpt2Config, n_prompt: usize, new: usize, device: Device, runs: usize, row: &mut Row) -> Result<()> {
-    let store = ParamStore::new(0, DType::F32, device);
-    let model = Model::build(&ModelConfig::Gpt2(cfg.clone()), &store)?;
+#[allow(clippy::too_many_arguments)]
+fn measure(cfg: &Gpt2Config, model: &Model, store: &ParamStore, n_prompt: usize, new: usize, device: Device, runs: usize, row: &mut Row) -> Result<()> {
     let m = model.as_gpt2()?;
     let n_params: usize = store.params().iter().map(|p| p.elem_count()).sum();
     let p = prompt(n_prompt, cfg.vocab_size);

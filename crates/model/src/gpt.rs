@@ -119,7 +119,7 @@ impl Gpt2Model {
         if past + t > max {
             return Err(Error::msg(format!("gpt2: {past} cached and {t} new positions exceed the maximum of {max} positions")));
         }
-        let before = cache.clone();
+        let lens = cache.lens();
         let run = |cache: &mut KvCache| -> Result<Tensor> {
             if past > 0 && t > 1 {
                 let steps = (0..t).map(|i| self.forward_cached(&input_ids.narrow(1, i, 1)?, cache, ctx)).collect::<Result<Vec<_>>>()?;
@@ -136,7 +136,7 @@ impl Gpt2Model {
                 self.ln_f.forward(&x)
             })
         };
-        run(cache).inspect_err(|_| *cache = before)
+        run(cache).inspect_err(|_| cache.truncate(&lens))
     }
 }
 

@@ -239,33 +239,97 @@ impl SelfAttention {
         if self.causal && past > 0 && t > 1 {
             return Err(kiln_tensor::Error::msg(format!("attention: a causal step after {past} cached positions takes one position at a time, got {t}")));
         }
-        let kv = match slot.take() {
-            None => LayerKv { k: k.contiguous()?, v: v.contiguous()? },
-            Some(old) => LayerKv { k: Tensor::cat(&[old.k, k], 2)?, v: Tensor::cat(&[old.v, v], 2)? },
-        };
+        match slot {
+            None => *slot = Some(LayerKv::new(&k, &v)?),
+            Some(kv) => kv.append(&k, &v)?,
+        }
+        let kv = slot.as_ref().expect("filled above");
         // the first step is causal among its own positions; a later single query sees every key
         let opts = AttentionOpts { causal: self.causal && past == 0, key_padding_mask: None, scale: None };
-        let y = q.attention(&kv.k, &kv.v, &opts)?;
-        *slot = Some(kv);
+        let y = q.attention(&kv.keys()?, &kv.values()?, &opts)?;
         self.merge(&y)
     }
 }
 
-/// One attention layer's cached keys and values, `[B, H, T, d]` each (see [`KvCache`]).
+/// One attention layer's cached keys and values (see [`KvCache`]): buffers `[B, H, capacity, d]`
+/// of which the first `len` positions are filled. New positions are written in place (on the
+/// CPU; see [`Tensor::assign_narrow`]) and the capacity doubles when full, so a step costs its own
+/// positions, not a copy of the whole cache.
 #[derive(Clone)]
 pub struct LayerKv {
-    pub k: Tensor,
-    pub v: Tensor,
+    k: Tensor,
+    v: Tensor,
+    len: usize,
 }
 
 impl LayerKv {
-    /// Cached positions.
-    pub fn len(&self) -> usize {
+    /// A slot holding `k`, `v` (`[B, H, t, d]`), with room for at least 16 positions.
+    fn new(k: &Tensor, v: &Tensor) -> Result<Self> {
+        let t = k.dim(2)?;
+        let mut kv = LayerKv { k: Self::buffer(k, 0)?, v: Self::buffer(v, 0)?, len: 0 };
+        kv.reserve(t.next_power_of_two().max(16))?;
+        kv.append(k, v)?;
+        Ok(kv)
+    }
+    /// An empty buffer like `x` (`[B, H, _, d]`) with `cap` positions.
+    fn buffer(x: &Tensor, cap: usize) -> Result<Tensor> {
+        let s = x.shape();
+        if s.len() != 4 {
+            return Err(kiln_tensor::Error::Shape { op: "kv cache", shape: s.to_vec(), msg: "keys and values are [B, H, T, d]".into() });
+        }
+        Tensor::zeros(&[s[0], s[1], cap, s[3]], x.dtype(), x.device())
+    }
+    /// Grows the buffers to at least `cap` positions, keeping the filled ones.
+    fn reserve(&mut self, cap: usize) -> Result<()> {
+        if cap <= self.capacity() {
+            return Ok(());
+        }
+        for b in [&mut self.k, &mut self.v] {
+            let nb = Self::buffer(b, cap)?;
+            if self.len > 0 {
+                nb.assign_narrow(2, 0, &b.narrow(2, 0, self.len)?)?;
+            }
+            *b = nb;
+        }
+        Ok(())
+    }
+    /// Appends `k`, `v` (`[B, H, t, d]`) after the filled positions.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let need = self.len + k.dim(2)?;
+        if need > self.capacity() {
+            self.reserve(need.max(2 * self.capacity()))?;
+        }
+        self.k.assign_narrow(2, self.len, k)?;
+        self.v.assign_narrow(2, self.len, v)?;
+        self.len = need;
+        Ok(())
+    }
+    /// Forgets the positions from `len` on.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+    fn capacity(&self) -> usize {
         self.k.shape()[2]
     }
-    /// True when no position is cached (never, for a slot that was filled).
+    /// Cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when no position is cached.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+    /// The cached keys, `[B, H, len, d]` (a view of the buffer).
+    pub fn keys(&self) -> Result<Tensor> {
+        self.k.narrow(2, 0, self.len)
+    }
+    /// The cached values, `[B, H, len, d]` (a view of the buffer).
+    pub fn values(&self) -> Result<Tensor> {
+        self.v.narrow(2, 0, self.len)
+    }
+    /// The batch size.
+    pub fn batch(&self) -> usize {
+        self.k.shape()[0]
     }
 }
 
@@ -293,13 +357,26 @@ impl KvCache {
     }
     /// The batch size of the cached positions (`None` when empty).
     pub fn batch(&self) -> Option<usize> {
-        self.layers.first().and_then(|s| s.as_ref()).map(|s| s.k.shape()[0])
+        self.layers.first().and_then(|s| s.as_ref()).map(LayerKv::batch)
+    }
+    /// The number of positions each layer holds (to undo a failed step with [`KvCache::truncate`]).
+    pub(crate) fn lens(&self) -> Vec<usize> {
+        self.layers.iter().map(|s| s.as_ref().map_or(0, LayerKv::len)).collect()
+    }
+    /// Cuts every layer back to `lens` positions (from [`KvCache::lens`]).
+    pub(crate) fn truncate(&mut self, lens: &[usize]) {
+        for (s, &l) in self.layers.iter_mut().zip(lens) {
+            match s {
+                Some(kv) if l > 0 => kv.truncate(l),
+                _ => *s = None,
+            }
+        }
     }
     /// Forgets every position (the next step starts at position 0).
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|s| *s = None);
     }
-    /// The layers' slots (keys and values `[B, H, T, d]`).
+    /// The layers' slots.
     pub fn layers(&self) -> &[Option<LayerKv>] {
         &self.layers
     }

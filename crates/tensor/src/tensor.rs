@@ -291,6 +291,70 @@ impl Tensor {
         })
     }
 
+    /// Overwrites the window `narrow(dim, start, len)` of this tensor with `src` (`len` = `src`'s
+    /// size along `dim`; its other dims must equal this tensor's), in place: like [`Tensor::assign`],
+    /// not recorded by autograd, and views taken earlier keep the old data (copy-on-write). On the
+    /// CPU only the window is written; on CUDA, where buffers are immutable, the tensor gets a new
+    /// buffer (whole-size copy), and it must be contiguous.
+    pub fn assign_narrow<D: crate::Dim>(&self, dim: D, start: usize, src: &Tensor) -> Result<()> {
+        const OP: &str = "assign_narrow";
+        let d = dim.resolve(self.rank(), OP)?;
+        let len = if src.rank() == self.rank() { src.shape()[d] } else { 0 };
+        let mut want = self.shape().to_vec();
+        want[d] = len;
+        if src.rank() != self.rank() || src.shape() != want.as_slice() {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: src.shape().to_vec() });
+        }
+        if start + len > self.shape()[d] {
+            return Err(Error::Shape { op: OP, shape: self.shape().to_vec(), msg: format!("window {start}..{} out of bounds for dim {d} of size {}", start + len, self.shape()[d]) });
+        }
+        if src.dtype() != self.dtype() {
+            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: src.dtype() });
+        }
+        if src.device() != self.device() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: src.device() });
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        if self.device().is_cuda() {
+            // a new buffer: the parts before and after the window around `src`
+            let size = self.shape()[d];
+            let mut parts = Vec::with_capacity(3);
+            if start > 0 {
+                parts.push(self.narrow(d, 0, start)?);
+            }
+            parts.push(src.clone());
+            if start + len < size {
+                parts.push(self.narrow(d, start + len, size - start - len)?);
+            }
+            let whole = crate::no_grad(|| Tensor::cat(&parts, d))?;
+            drop(parts);
+            return self.assign_cuda(&whole);
+        }
+        let data = src.storage_window()?;
+        // the window's layout, computed here: a narrowed view would share the storage and make the
+        // write below copy it
+        let mut shape = self.shape().to_vec();
+        shape[d] = len;
+        let window = Layout::new(shape, self.strides().to_vec(), self.layout().offset() + start * self.strides()[d]);
+        self.update_storage(|s| {
+            macro_rules! put {
+                ($a:ident, $b:ident) => {
+                    crate::cpu::strided::scatter($a, &window, CpuSlice::cpu_slice(&$b).unwrap())
+                };
+            }
+            match s.as_cpu_mut()? {
+                CpuStorage::F32(a) => put!(a, data),
+                CpuStorage::F64(a) => put!(a, data),
+                CpuStorage::BF16(a) => put!(a, data),
+                CpuStorage::F16(a) => put!(a, data),
+                CpuStorage::I64(a) => put!(a, data),
+            }
+            Ok(())
+        })
+    }
+
     /// Runs `f` on this tensor's storage, copying it first if another tensor shares it.
     pub fn update_storage<R>(&self, f: impl FnOnce(&mut Storage) -> Result<R>) -> Result<R> {
         let mut guard = self.0.storage.write().unwrap();

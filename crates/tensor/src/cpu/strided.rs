@@ -101,9 +101,69 @@ pub fn gather<T: Copy + Send + Sync>(src: &[T], layout: &Layout) -> Vec<T> {
     }
 }
 
+/// Writes `src` (the view's elements, row-major) into the view `layout` of `dst`: [`gather`]'s
+/// inverse, over the same coalesced runs (unit-stride runs are `copy_from_slice`s). Serial: it
+/// serves small in-place writes (a key/value cache's new positions).
+///
+/// Panics if the view reaches past `dst` or `src` does not hold exactly its elements.
+pub fn scatter<T: Copy>(dst: &mut [T], layout: &Layout, src: &[T]) {
+    let n = layout.elem_count();
+    assert_eq!(src.len(), n, "strided scatter: {} elements for a view of {n}", src.len());
+    if n == 0 {
+        return;
+    }
+    let (shape, strides) = coalesce(layout);
+    let (run, run_stride) = match (shape.last(), strides.last()) {
+        (Some(&r), Some(&s)) => (r, s),
+        _ => (1, 1),
+    };
+    let outer = &shape[..shape.len().saturating_sub(1)];
+    let outer_strides = &strides[..strides.len().saturating_sub(1)];
+    let mut idx = vec![0usize; outer.len()];
+    let mut off = layout.offset();
+    for row in src.chunks(run) {
+        if run_stride == 1 {
+            dst[off..off + run].copy_from_slice(row);
+        } else {
+            for (j, &x) in row.iter().enumerate() {
+                dst[off + j * run_stride] = x;
+            }
+        }
+        for d in (0..outer.len()).rev() {
+            idx[d] += 1;
+            off += outer_strides[d];
+            if idx[d] < outer[d] {
+                break;
+            }
+            off -= outer[d] * outer_strides[d];
+            idx[d] = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scatter_inverts_gather() {
+        for l in [
+            Layout::contiguous(&[7, 11]),
+            Layout::new(vec![11, 7], vec![1, 11], 0),                // transpose
+            Layout::new(vec![2, 3, 4, 5], vec![240, 80, 5, 1], 15),  // a narrow of dim 2 ([2, 3, 16, 5], from 3)
+            Layout::new(vec![4, 9, 5], vec![135, 15, 1], 10),         // narrow of the last dim
+            Layout::new(vec![1], vec![1], 4999),
+            Layout::new(vec![3, 0, 2], vec![2, 2, 1], 0),
+        ] {
+            let src: Vec<f32> = (0..l.elem_count()).map(|i| i as f32 + 0.5).collect();
+            let mut dst = vec![-1f32; 5000];
+            scatter(&mut dst, &l, &src);
+            assert_eq!(gather(&dst, &l), src, "{l:?}");
+            // nothing outside the view was written
+            let inside: std::collections::HashSet<usize> = l.indices().collect();
+            assert!(dst.iter().enumerate().all(|(i, &x)| inside.contains(&i) || x == -1.0), "{l:?}");
+        }
+    }
 
     fn reference(src: &[f32], l: &Layout) -> Vec<f32> {
         l.indices().map(|i| src[i]).collect()
