@@ -249,43 +249,25 @@ impl Tensor {
         if self.device().is_cuda() {
             return self.assign_cuda(&src);
         }
-        let data = src.storage_window()?;
+        self.write_view(self.layout().clone(), &src)
+    }
+
+    /// Writes `src`'s elements (row-major) into the view `view` of this tensor's storage, copying
+    /// the storage first if another tensor shares it (CPU).
+    fn write_view(&self, view: Layout, src: &Tensor) -> Result<()> {
         self.update_storage(|s| {
-            let n = self.elem_count();
-            if self.is_contiguous() {
-                // the common case (parameters): one copy into the window, no index list
-                let o = self.layout().offset();
-                macro_rules! copy {
-                    ($a:ident, $b:ident) => {
-                        $a[o..o + n].copy_from_slice(CpuSlice::cpu_slice(&$b).unwrap())
-                    };
-                }
-                match s.as_cpu_mut()? {
-                    CpuStorage::F32(a) => copy!(a, data),
-                    CpuStorage::F64(a) => copy!(a, data),
-                    CpuStorage::BF16(a) => copy!(a, data),
-                    CpuStorage::F16(a) => copy!(a, data),
-                    CpuStorage::I64(a) => copy!(a, data),
-                }
-                return Ok(());
+            // (src's elements in place when it is contiguous; a shared storage was copied above)
+            macro_rules! put {
+                ($a:ident) => {
+                    src.with_slice(|d| crate::cpu::strided::scatter($a, &view, d))?
+                };
             }
-            let idx: Vec<usize> = self.layout().indices().collect();
-            let dst = s.as_cpu_mut()?;
-            macro_rules! copy {
-                ($a:ident, $b:ident) => {{
-                    let b = CpuSlice::cpu_slice(&$b).unwrap();
-                    let a = $a;
-                    for k in 0..n {
-                        a[idx[k]] = b[k];
-                    }
-                }};
-            }
-            match dst {
-                CpuStorage::F32(a) => copy!(a, data),
-                CpuStorage::F64(a) => copy!(a, data),
-                CpuStorage::BF16(a) => copy!(a, data),
-                CpuStorage::F16(a) => copy!(a, data),
-                CpuStorage::I64(a) => copy!(a, data),
+            match s.as_cpu_mut()? {
+                CpuStorage::F32(a) => put!(a),
+                CpuStorage::F64(a) => put!(a),
+                CpuStorage::BF16(a) => put!(a),
+                CpuStorage::F16(a) => put!(a),
+                CpuStorage::I64(a) => put!(a),
             }
             Ok(())
         })
@@ -332,27 +314,11 @@ impl Tensor {
             drop(parts);
             return self.assign_cuda(&whole);
         }
-        let data = src.storage_window()?;
         // the window's layout, computed here: a narrowed view would share the storage and make the
-        // write below copy it
+        // write copy it
         let mut shape = self.shape().to_vec();
         shape[d] = len;
-        let window = Layout::new(shape, self.strides().to_vec(), self.layout().offset() + start * self.strides()[d]);
-        self.update_storage(|s| {
-            macro_rules! put {
-                ($a:ident, $b:ident) => {
-                    crate::cpu::strided::scatter($a, &window, CpuSlice::cpu_slice(&$b).unwrap())
-                };
-            }
-            match s.as_cpu_mut()? {
-                CpuStorage::F32(a) => put!(a, data),
-                CpuStorage::F64(a) => put!(a, data),
-                CpuStorage::BF16(a) => put!(a, data),
-                CpuStorage::F16(a) => put!(a, data),
-                CpuStorage::I64(a) => put!(a, data),
-            }
-            Ok(())
-        })
+        self.write_view(Layout::new(shape, self.strides().to_vec(), self.layout().offset() + start * self.strides()[d]), src)
     }
 
     /// Runs `f` on this tensor's storage, copying it first if another tensor shares it.

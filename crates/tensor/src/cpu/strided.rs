@@ -76,15 +76,7 @@ pub fn gather<T: Copy + Send + Sync>(src: &[T], layout: &Layout) -> Vec<T> {
                     o.write(src[off + j * run_stride]);
                 }
             }
-            for d in (0..outer.len()).rev() {
-                idx[d] += 1;
-                off += outer_strides[d];
-                if idx[d] < outer[d] {
-                    break;
-                }
-                off -= outer[d] * outer_strides[d];
-                idx[d] = 0;
-            }
+            next_run(&mut idx, &mut off, outer, outer_strides);
         }
     };
     // SAFETY: `fill` writes every element (chunks of `run` cover the buffer exactly, since `run`
@@ -129,15 +121,21 @@ pub fn scatter<T: Copy>(dst: &mut [T], layout: &Layout, src: &[T]) {
                 dst[off + j * run_stride] = x;
             }
         }
-        for d in (0..outer.len()).rev() {
-            idx[d] += 1;
-            off += outer_strides[d];
-            if idx[d] < outer[d] {
-                break;
-            }
-            off -= outer[d] * outer_strides[d];
-            idx[d] = 0;
+        next_run(&mut idx, &mut off, outer, outer_strides);
+    }
+}
+
+/// Steps the odometer `idx` over the outer dims (`outer`, `outer_strides`) to the next run, keeping
+/// `off` (the run's first element) in step.
+fn next_run(idx: &mut [usize], off: &mut usize, outer: &[usize], outer_strides: &[usize]) {
+    for d in (0..outer.len()).rev() {
+        idx[d] += 1;
+        *off += outer_strides[d];
+        if idx[d] < outer[d] {
+            return;
         }
+        *off -= outer[d] * outer_strides[d];
+        idx[d] = 0;
     }
 }
 
