@@ -79,7 +79,7 @@ pub fn run(a: &Args) -> Result<Summary> {
     let eos = tok.and_then(|t| SpecialIds::of(t).eot).map(|i| i as i64);
     println!("{}: GPT-2, {} layers, vocab {}{}", dir.display(), l.cfg.num_layers(), l.cfg.vocab_size(), if tok.is_some() { "" } else { " (no tokenizer.json: token ids)" });
     println!("prompt: {}", show(&prompt)?);
-    let base = SampleOptions { max_new_tokens: a.max_new_tokens, temperature: 0.0, top_k: 0, seed: a.seed, eos };
+    let base = SampleOptions { max_new_tokens: a.max_new_tokens, seed: a.seed, eos, ..Default::default() };
     let greedy = gpt.generate(&prompt, &base)?;
     println!("greedy: {}", show(&greedy[prompt.len()..])?);
     let sampled = SampleOptions { temperature: a.temperature, top_k: a.top_k, ..base };

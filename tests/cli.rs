@@ -128,6 +128,9 @@ fn bad_input_gives_clear_errors() {
     // unwritable output (a path under a regular file)
     let o = kiln(&["forward", "--model", fx.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", out.join("x.safetensors").to_str().unwrap()]);
     assert!(!o.status.success() && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+    // sampling settings that cannot sample, refused before the model is read
+    assert_fails(&kiln(&["generate", "--model", d.join("nope").to_str().unwrap(), "--prompt", "a", "--top-p", "0"]), "top_p");
+    assert_fails(&kiln(&["generate", "--model", d.join("nope").to_str().unwrap(), "--prompt", "a", "--temperature", "NaN"]), "temperature");
     // CUDA requested on a machine without it
     assert_fails(&kiln(&["train", "--device", "cuda", "--steps", "1"]), "CUDA");
 }

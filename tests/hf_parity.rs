@@ -176,7 +176,7 @@ fn gpt2_greedy_generation_matches_transformers() {
     let ids = |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
     for (i, (prompt, want)) in meta["prompts"].as_array().unwrap().iter().zip(meta["sequences"].as_array().unwrap()).enumerate() {
         let (prompt, want) = (ids(prompt), ids(want));
-        let got = m.generate(&prompt, &SampleOptions { max_new_tokens: new, temperature: 0.0, top_k: 0, seed: 0, eos: None }).unwrap();
+        let got = m.generate(&prompt, &SampleOptions { max_new_tokens: new, ..Default::default() }).unwrap();
         assert_eq!(got, want, "prompt {i}: tokens differ from transformers' generate");
         // the same steps by hand: feed the prompt, then each generated token, comparing logits
         let steps = &expected[&format!("logits.{i}")];

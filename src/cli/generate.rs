@@ -18,6 +18,9 @@ pub struct GenerateArgs {
     pub temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens holding this much probability, in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
@@ -26,12 +29,14 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let device: Device = a.device.parse()?;
+    let opts = SampleOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, eos: None };
+    opts.check()?; // before loading the model
     let l = super::load_model_dir(&a.model, 0, device)?;
     let m = l.model.as_gpt2().map_err(|e| Error::msg(format!("generate: {e}")))?;
     let tok = l.tokenizer.ok_or_else(|| Error::msg(format!("generate: no tokenizer.json in {}", a.model.display())))?;
     let prompt = tokenize::encode_ids(&tok, &a.prompt)?;
     let eos = tokenize::SpecialIds::of(&tok).eot.map(|i| i as i64);
-    let ids = m.generate(&prompt, &SampleOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, seed: a.seed, eos })?;
+    let ids = m.generate(&prompt, &SampleOptions { eos, ..opts })?;
     println!("{}", tokenize::decode_ids(&tok, &ids)?);
     Ok(())
 }

@@ -274,7 +274,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     if let (Model::Gpt2(m), true) = (&trainer.model, args.sample_tokens > 0 && !args.json) {
         let prompt = tok.encode("The", false).map_err(|e| Error::msg(format!("tokenizer: {e}")))?.get_ids().iter().map(|&i| i as i64).collect::<Vec<_>>();
-        let ids = m.generate(&prompt, &SampleOptions { max_new_tokens: args.sample_tokens, temperature: 0.8, top_k: 40, seed: args.seed, eos: None })?;
+        let ids = m.generate(&prompt, &SampleOptions { max_new_tokens: args.sample_tokens, temperature: 0.8, top_k: 40, seed: args.seed, ..Default::default() })?;
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
         println!("sample: {}", tok.decode(&ids, true).map_err(|e| Error::msg(format!("tokenizer: {e}")))?);
     }

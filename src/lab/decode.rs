@@ -91,7 +91,7 @@ fn measure(cfg: &Gpt2Config, model: &Model, store: &ParamStore, n_prompt: usize,
     let m = model.as_gpt2()?;
     let n_params: usize = store.params().iter().map(|p| p.elem_count()).sum();
     let p = prompt(n_prompt, cfg.vocab_size);
-    let opts = SampleOptions { max_new_tokens: new, temperature: 0.0, top_k: 0, seed: 0, eos: None };
+    let opts = SampleOptions { max_new_tokens: new, ..Default::default() };
     let ids = m.generate(&p, &opts)?;
     let gap = check_greedy(m, &ids, n_prompt)?;
     let mut times = Vec::new();
