@@ -36,7 +36,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let tok = l.tokenizer.ok_or_else(|| Error::msg(format!("generate: no tokenizer.json in {}", a.model.display())))?;
     let prompt = tokenize::encode_ids(&tok, &a.prompt)?;
     let eos = tokenize::SpecialIds::of(&tok).eot.map(|i| i as i64);
+    let t0 = std::time::Instant::now();
     let ids = m.generate(&prompt, &SampleOptions { eos, ..opts })?;
+    let (secs, new) = (t0.elapsed().as_secs_f64(), ids.len() - prompt.len());
     println!("{}", tokenize::decode_ids(&tok, &ids)?);
+    // timings on stderr, so stdout is only the text
+    eprintln!("generate: {} prompt tokens, {new} new in {secs:.2} s ({:.1} tokens/s, prefill included)", prompt.len(), new as f64 / secs.max(1e-9));
     Ok(())
 }
