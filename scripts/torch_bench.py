@@ -378,16 +378,17 @@ class Bench:
         self.emit(f"train_step_{which}", dtype_s, (batch, seq), times, flops=flops, variant=variant, **extra)
 
     # -------------------------------------------------------------- decoding
-    def decode(self, cfg, n_prompt, new):
+    def decode(self, cfg, n_prompt, new, dtype_s="f32"):
         """Greedy generation with the key/value cache, batch 1: HF GPT2LMHeadModel.generate(use_cache=True,
-        do_sample=False), exactly `new` tokens after an `n_prompt`-token prompt (kiln's prompt rule). Bytes as kiln
-        counts them: the f32 weights streamed once per generated token, 4*P*new."""
+        do_sample=False), exactly `new` tokens after an `n_prompt`-token prompt (kiln's prompt rule), with the model's
+        weights in `dtype_s` (f32, or bf16 as model.to(torch.bfloat16)). Bytes as kiln counts them: the weights
+        streamed once per generated token, (weight bytes)*P*new."""
         from transformers import GPT2Config, GPT2LMHeadModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(**cfg, bos_token_id=0, eos_token_id=0)).to(self.device).eval()
+        model = GPT2LMHeadModel(GPT2Config(**cfg, bos_token_id=0, eos_token_id=0)).to(self.device, DT[dtype_s]).eval()
         n_params = sum(p.numel() for p in model.parameters())
         ids = torch.tensor([[(i * 7919 + 13) % cfg["vocab_size"] for i in range(n_prompt)]], device=self.device)
         mask = torch.ones_like(ids)
@@ -401,7 +402,8 @@ class Bench:
         timer = Timer(self.device, 1, 5, 5, 0.0)
         times = timer.run(gen, [None])
         med_s = statistics.median(times) / 1e3
-        self.emit("decode_gpt", "f32", (1, n_prompt, new), times, bytes_=4 * n_params * new,
+        esize = torch.tensor([], dtype=DT[dtype_s]).element_size()
+        self.emit("decode_gpt", dtype_s, (1, n_prompt, new), times, bytes_=esize * n_params * new,
                   tokens_per_s=round(new / med_s, 1), ms_per_token=round(med_s * 1e3 / new, 3), params=n_params,
                   prompt_tokens=n_prompt, new_tokens=new, config=cfg,
                   method="transformers GPT2LMHeadModel.generate(use_cache=True, do_sample=False)")
@@ -468,8 +470,9 @@ def cpu_suite(bench: Bench, args):
     if bench.wants("train_step_bert"):
         bench.train_step("bert", BERT_CPU, 8, 128, amp_bf16=False)
     if bench.wants("decode_gpt"):
-        for n_prompt in (32, 512):
-            bench.decode(GPT2_124M, n_prompt, 32)
+        for dt in ("f32", "bf16"):
+            for n_prompt in (32, 512):
+                bench.decode(GPT2_124M, n_prompt, 32, dt)
 
 
 def cuda_suite(bench: Bench, args):
@@ -499,8 +502,9 @@ def cuda_suite(bench: Bench, args):
     if bench.wants("train_step_bert"):
         bench.train_step("bert", BERT_BASE, 32, 128, amp_bf16=True)
     if bench.wants("decode_gpt"):
-        for n_prompt in (32, 512):
-            bench.decode(GPT2_124M, n_prompt, 32)
+        for dt in ("f32", "bf16"):
+            for n_prompt in (32, 512):
+                bench.decode(GPT2_124M, n_prompt, 32, dt)
 
 
 def run_isolated(args, op) -> list[dict]:

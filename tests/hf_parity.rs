@@ -245,3 +245,38 @@ fn gpt2_kv_cache_pieces_match_one_forward() {
     let want = kiln::tensor::no_grad(|| m.transformer.forward(&ext, None, &ctx)).unwrap().narrow(1, t, 1).unwrap();
     assert!(rel_err(&h, &want) < 1e-5);
 }
+
+/// With bf16 weights (`LoadedModel::from_dir_as`), generation computes in bf16 through the same
+/// cache: every step's logits stay within bf16 rounding of transformers' f32 logits, and feeding
+/// the tokens in pieces gives the full bf16 forward's logits.
+#[test]
+fn gpt2_generation_with_bf16_weights() {
+    use kiln::model::model::LoadedModel;
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("gpt2_generate").join("meta.json")).unwrap()).unwrap();
+    let expected: HashMap<String, Tensor> = read_safetensors(fixture("gpt2_generate").join("expected.safetensors")).unwrap().into_iter().collect();
+    let loaded = LoadedModel::from_dir_as(fixture("gpt2_lm"), 0, device(), DType::BF16).unwrap();
+    let m = loaded.model.as_gpt2().unwrap();
+    assert_eq!(m.transformer.wte.weight.dtype(), DType::BF16);
+    let ids = |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
+    let (prompt, seq) = (ids(&meta["prompts"][0]), ids(&meta["sequences"][0]));
+    let steps = &expected["logits.0"];
+    let ctx = ForwardCtx::eval().with_compute_dtype(DType::BF16);
+    let mut cache = m.transformer.new_cache();
+    let mut worst = 0.0f64;
+    let mut input = prompt.clone();
+    for s in 0..seq.len() - prompt.len() {
+        let x = Tensor::from_vec(input.clone(), &[1, input.len()]).unwrap().to_device(device()).unwrap();
+        let logits = m.next_token_logits(&x, &mut cache, &ctx).unwrap();
+        assert_eq!(logits.dtype(), DType::BF16);
+        worst = worst.max(rel_err(&logits, &steps.narrow(0, s, 1).unwrap()));
+        input = vec![seq[prompt.len() + s]];
+    }
+    assert!(worst < 1.6e-2, "bf16 logits vs transformers' f32: rel err {worst:.2e}");
+    let all = Tensor::from_vec(seq.clone(), &[1, seq.len()]).unwrap().to_device(device()).unwrap();
+    let full = kiln::tensor::no_grad(|| m.forward(&all, None, None, &ctx)).unwrap().logits;
+    let mut c2 = m.transformer.new_cache();
+    let pieces = Tensor::cat(&[m.forward_cached(&all.narrow(1, 0, 9).unwrap(), &mut c2, &ctx).unwrap(), m.forward_cached(&all.narrow(1, 9, seq.len() - 9).unwrap(), &mut c2, &ctx).unwrap()], 1).unwrap();
+    let e = rel_err(&pieces, &full);
+    assert!(e < 2e-2, "bf16 cached pieces vs one bf16 forward: rel err {e:.2e}");
+    eprintln!("bf16: logits vs transformers f32 {worst:.2e}, cached vs full {e:.2e}");
+}

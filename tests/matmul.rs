@@ -258,3 +258,27 @@ fn matmul_bias_errors_name_the_op() {
     let e = x.matmul_bias(&w, &Tensor::zeros(&[5], DType::F64, Device::Cpu).unwrap()).unwrap_err().to_string();
     assert!(e.contains("matmul_bias") && e.contains("dtype"), "{e}");
 }
+
+/// 2-D bf16 products read B as stored (no widened copy of a bf16 weight): their results are the
+/// same bits as widening both operands to f32, multiplying and rounding once, for one to seven rows
+/// (the few-rows paths) and many (the blocked GEMM), a row-major B with an offset, a transposed B
+/// (an `nn.Linear` weight), and a transposed A.
+#[test]
+fn bf16_products_read_b_as_stored() {
+    let (k, n) = (300, 70);
+    let w = Tensor::randn(2, &[k + 3, n], 0.0, 1.0, DType::F32, Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+    let wt = Tensor::randn(3, &[n, k], 0.0, 1.0, DType::F32, Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+    for m in [1, 2, 3, 4, 5, 6, 7, 75] {
+        let x = Tensor::randn(m as u64, &[m, k], 0.0, 1.0, DType::F32, Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let xt = x.t().unwrap().contiguous().unwrap().t().unwrap();
+        for (what, b) in [("row-major", w.narrow(0, 3, k).unwrap()), ("transposed", wt.t().unwrap())] {
+            for (how, a) in [("plain A", &x), ("transposed A", &xt)] {
+                let got = a.matmul(&b).unwrap();
+                assert_eq!((got.dtype(), got.shape()), (DType::BF16, &[m, n][..]));
+                let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                let want = f(a).matmul(&f(&b)).unwrap().to_dtype(DType::BF16).unwrap();
+                assert_eq!(got.to_vec_f64().unwrap(), want.to_vec_f64().unwrap(), "{what} B, {how}, m {m}");
+            }
+        }
+    }
+}

@@ -2,7 +2,7 @@
 use clap::Args;
 use kiln::model::gpt::SampleOptions;
 use kiln::model::tokenize;
-use kiln::{Device, Error, Result};
+use kiln::{DType, Device, Error, Result};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -25,13 +25,21 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The weights' dtype for generation: f32 (as stored in the checkpoint) or bf16 (half the
+    /// memory; each token reads half the bytes).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let device: Device = a.device.parse()?;
     let opts = SampleOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, eos: None };
     opts.check()?; // before loading the model
-    let l = super::load_model_dir(&a.model, 0, device)?;
+    let dtype: DType = a.dtype.parse()?;
+    if dtype != DType::F32 && dtype != DType::BF16 {
+        return Err(Error::msg(format!("generate: --dtype must be f32 or bf16, got {dtype}")));
+    }
+    let l = kiln::model::model::LoadedModel::from_dir_as(&a.model, 0, device, dtype)?;
     let m = l.model.as_gpt2().map_err(|e| Error::msg(format!("generate: {e}")))?;
     let tok = l.tokenizer.ok_or_else(|| Error::msg(format!("generate: no tokenizer.json in {}", a.model.display())))?;
     let prompt = tokenize::encode_ids(&tok, &a.prompt)?;

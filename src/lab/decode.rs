@@ -1,9 +1,9 @@
 //! The decoding rows of `kiln bench`: greedy generation from a GPT-2 with the key/value cache
 //! (`Gpt2LmHeadModel::generate`), batch 1, after a short and a long prompt, as
 //! scripts/torch_bench.py runs Hugging Face's `generate(use_cache=True, do_sample=False)` on the
-//! same config. One call is the prefill of the prompt plus `new` tokens; decoding one token streams
-//! every weight once, so the rows count bytes: 4·P·new (f32 weights, tied embedding counted once),
-//! against the copy bandwidth.
+//! same config, with f32 and with bf16 weights. One call is the prefill of the prompt plus `new`
+//! tokens; decoding one token streams every weight once, so the rows count bytes: 4·P·new for f32
+//! weights, 2·P·new for bf16 (tied embedding counted once), against the copy bandwidth.
 //!
 //! Before timing, the generated tokens are checked against one full forward over the whole
 //! sequence: at every generated position the cached decoder's pick must be the recomputed
@@ -42,11 +42,20 @@ pub fn prompt(n: usize, vocab: usize) -> Vec<i64> {
     (0..n).map(|i| ((i * 7919 + 13) % vocab) as i64).collect()
 }
 
-/// Checks greedy `ids` (prompt + generated) against a full forward over them; returns the largest
-/// gap between a recomputed maximum and the picked token's logit, relative to the logits' scale.
+/// The largest gap [`check_greedy`] allows, relative to the logits' scale, for parameters in `dt`:
+/// 1e-4 in f32; two bf16 roundings (2⁻⁷) when the logits themselves are bf16.
+pub fn greedy_tolerance(dt: DType) -> f64 {
+    if dt == DType::F32 || dt == DType::F64 { 1e-4 } else { 2.0 / 128.0 }
+}
+
+/// Checks greedy `ids` (prompt + generated) against a full forward over them, computed in the
+/// parameters' dtype as `generate` is; returns the largest gap between a recomputed maximum and the
+/// picked token's logit, relative to the logits' scale.
 pub fn check_greedy(m: &Gpt2LmHeadModel, ids: &[i64], n_prompt: usize) -> Result<f64> {
-    let x = Tensor::from_vec(ids.to_vec(), &[1, ids.len()])?.to_device(m.transformer.wte.weight.tensor().device())?;
-    let logits = no_grad(|| m.forward(&x, None, None, &ForwardCtx::eval()))?.logits;
+    let w = m.transformer.wte.weight.tensor();
+    let x = Tensor::from_vec(ids.to_vec(), &[1, ids.len()])?.to_device(w.device())?;
+    let logits = no_grad(|| m.forward(&x, None, None, &ForwardCtx::eval().with_compute_dtype(w.dtype())))?.logits;
+    let tol = greedy_tolerance(w.dtype());
     let v = logits.dim(2)?;
     let all = logits.to_dtype(DType::F64)?.to_vec::<f64>()?;
     let mut worst = 0.0f64;
@@ -54,7 +63,7 @@ pub fn check_greedy(m: &Gpt2LmHeadModel, ids: &[i64], n_prompt: usize) -> Result
         let row = &all[(pos - 1) * v..pos * v];
         let (max, scale) = row.iter().fold((f64::NEG_INFINITY, 0.0f64), |(m, s), &x| (m.max(x), s.max(x.abs())));
         let gap = (max - row[ids[pos] as usize]) / scale.max(1e-30);
-        if gap > 1e-4 {
+        if gap > tol {
             return Err(Error::msg(format!("decode: token {pos} ({}) is not the recomputed maximum (gap {gap:.2e} of the logits' scale)", ids[pos])));
         }
         worst = worst.max(gap);
@@ -69,19 +78,22 @@ pub fn rows(device: Device, quick: bool, runs: usize, filter: &dyn Fn(&str) -> b
         return Ok(vec![]);
     }
     let (cfg, shapes) = spec(quick)?;
-    let store = ParamStore::new(0, DType::F32, device);
-    let model = Model::build(&ModelConfig::Gpt2(cfg.clone()), &store);
     let mut out = Vec::new();
-    for (n_prompt, new) in shapes {
-        let mut row = Row::new(OP, "kiln", device, DType::F32, &format!("1x{n_prompt}x{new}"), false);
-        let r = match &model {
-            Ok(model) => measure(&cfg, model, &store, n_prompt, new, device, runs, &mut row),
-            Err(e) => Err(Error::msg(e.to_string())),
-        };
-        if let Err(e) = r {
-            row.status = format!("error: {e}");
+    // f32 weights, and bf16 weights (generate computes in the parameters' dtype)
+    for dt in [DType::F32, DType::BF16] {
+        let store = ParamStore::new(0, dt, device);
+        let model = Model::build(&ModelConfig::Gpt2(cfg.clone()), &store);
+        for &(n_prompt, new) in &shapes {
+            let mut row = Row::new(OP, "kiln", device, dt, &format!("1x{n_prompt}x{new}"), false);
+            let r = match &model {
+                Ok(model) => measure(&cfg, model, &store, n_prompt, new, device, runs, &mut row),
+                Err(e) => Err(Error::msg(e.to_string())),
+            };
+            if let Err(e) = r {
+                row.status = format!("error: {e}");
+            }
+            out.push(row);
         }
-        out.push(row);
     }
     Ok(out)
 }
@@ -104,7 +116,8 @@ fn measure(cfg: &Gpt2Config, model: &Model, store: &ParamStore, n_prompt: usize,
         times.push(ms);
     }
     let s = Stats::of(times);
-    row.set_stats(&s, Work::Bytes((4 * n_params * new) as u64));
+    let dt = m.transformer.wte.weight.dtype();
+    row.set_stats(&s, Work::Bytes((dt.size_in_bytes() * n_params * new) as u64));
     let x = &mut row.extra;
     x.insert("tokens_per_s".into(), ((new as f64 / (s.median_ms / 1e3) * 10.0).round() / 10.0).into());
     x.insert("ms_per_token".into(), ((s.median_ms / new as f64 * 1e3).round() / 1e3).into());
@@ -112,7 +125,7 @@ fn measure(cfg: &Gpt2Config, model: &Model, store: &ParamStore, n_prompt: usize,
     x.insert("prompt_tokens".into(), n_prompt.into());
     x.insert("new_tokens".into(), new.into());
     x.insert("check_max_gap".into(), gap.into());
-    x.insert("method".into(), "Gpt2LmHeadModel::generate, greedy, key/value cache; bytes = 4*P*new (weights streamed per token)".into());
+    x.insert("method".into(), "Gpt2LmHeadModel::generate, greedy, key/value cache; bytes = (weight bytes)*P*new (weights streamed per token)".into());
     x.insert("config".into(), serde_json::to_value(cfg).map_err(|e| Error::msg(e.to_string()))?);
     Ok(())
 }

@@ -257,7 +257,8 @@ impl Gpt2LmHeadModel {
     /// Continues `prompt` (token ids, at least one) token by token: greedy when temperature is 0,
     /// otherwise softmax(logits / temperature) restricted to the top-k and then to the top-p
     /// nucleus, sampled with a seeded RNG.
-    /// Each step feeds only the new token, through a key/value cache. The context is the last
+    /// Each step feeds only the new token, through a key/value cache, computing in the parameters'
+    /// dtype (see [`crate::model::LoadedModel::from_dir_as`]). The context is the last
     /// `n_positions` tokens: past that length every step recomputes the window (positions 0..).
     pub fn generate(&self, prompt: &[i64], o: &SampleOptions) -> Result<Vec<i64>> {
         use rand::SeedableRng;
@@ -271,7 +272,8 @@ impl Gpt2LmHeadModel {
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(o.seed);
         let mut ids = prompt.to_vec();
-        let ctx = ForwardCtx::eval();
+        // activations in the parameters' dtype: bf16 weights are read as stored, never widened
+        let ctx = ForwardCtx::eval().with_compute_dtype(self.transformer.wte.weight.dtype());
         let max_t = self.transformer.cfg.n_positions;
         let device = self.transformer.wte.weight.tensor().device();
         let mut cache = self.transformer.new_cache();

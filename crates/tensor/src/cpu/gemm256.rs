@@ -74,13 +74,51 @@ pub(crate) unsafe fn sgemm_panels(m: usize, n: usize, k: usize, alpha: f32, a: *
     }
 }
 
+/// An element type B may have on the few-rows paths: f32, or bf16 widened exactly to f32 as it is
+/// loaded (decoding with bf16 weights reads half the bytes).
+pub(crate) trait BElem: Copy + Send + Sync {
+    /// Eight consecutive elements as f32.
+    ///
+    /// # Safety
+    /// avx2; `p..p + 8` readable.
+    unsafe fn load8(p: *const Self) -> __m256;
+    /// One element as f32.
+    ///
+    /// # Safety
+    /// `p` readable.
+    unsafe fn get(p: *const Self) -> f32;
+}
+
+impl BElem for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const f32) -> f32 {
+        *p
+    }
+}
+
+impl BElem for half::bf16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const half::bf16) -> __m256 {
+        // a bf16 is the high half of an f32: widen the 16-bit lanes and shift them up
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i))))
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const half::bf16) -> f32 {
+        (*p).to_f32()
+    }
+}
+
 /// Packs the k × n matrix `B[p][j] = b[p·rsb + j·csb]` into `dst` as `ceil(n / 16)` panels of
 /// k × 16 (zero-filled past `n`): the layout [`sgemm_panels`] reads, with `pstride = 16·k`.
 ///
 /// # Safety
 /// Every element of B is in bounds; the CPU supports avx2.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn pack_panels(k: usize, n: usize, b: *const f32, rsb: isize, csb: isize, dst: &mut Vec<f32>) {
+pub(crate) unsafe fn pack_panels<E: BElem>(k: usize, n: usize, b: *const E, rsb: isize, csb: isize, dst: &mut Vec<f32>) {
     let np = n.div_ceil(NR);
     if dst.len() < np * k * NR {
         dst.resize(np * k * NR, 0.0);
@@ -90,20 +128,20 @@ pub(crate) unsafe fn pack_panels(k: usize, n: usize, b: *const f32, rsb: isize, 
     }
 }
 
-/// Packs one panel: `dst[p·16 + j] = B[p][j]` for p < k, j < w, zeros for w ≤ j < 16. A transposed
-/// B (contiguous columns) goes through 8 × 8 register transposes.
+/// Packs one panel: `dst[p·16 + j] = B[p][j]` (as f32) for p < k, j < w, zeros for w ≤ j < 16. A
+/// transposed B (contiguous columns) goes through 8 × 8 register transposes.
 ///
 /// # Safety
 /// avx2; B's k × w elements are in bounds; `dst` holds k·16 floats.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn pack_panel(k: usize, w: usize, b: *const f32, rsb: isize, csb: isize, dst: &mut [f32]) {
+pub(crate) unsafe fn pack_panel<E: BElem>(k: usize, w: usize, b: *const E, rsb: isize, csb: isize, dst: &mut [f32]) {
     assert!(dst.len() >= k * NR);
     let d = dst.as_mut_ptr();
     if csb == 1 && w == NR {
         for p in 0..k {
             let s = b.offset(p as isize * rsb);
-            _mm256_storeu_ps(d.add(p * NR), _mm256_loadu_ps(s));
-            _mm256_storeu_ps(d.add(p * NR + 8), _mm256_loadu_ps(s.add(8)));
+            _mm256_storeu_ps(d.add(p * NR), E::load8(s));
+            _mm256_storeu_ps(d.add(p * NR + 8), E::load8(s.add(8)));
         }
         return;
     }
@@ -112,7 +150,7 @@ pub(crate) unsafe fn pack_panel(k: usize, w: usize, b: *const f32, rsb: isize, c
         while p0 + 8 <= k {
             let mut j0 = 0;
             while j0 + 8 <= w {
-                let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(b.offset((j0 + i) as isize * csb + p0 as isize)));
+                let r: [__m256; 8] = std::array::from_fn(|i| E::load8(b.offset((j0 + i) as isize * csb + p0 as isize)));
                 for (q, v) in transpose8(r).iter().enumerate() {
                     _mm256_storeu_ps(d.add((p0 + q) * NR + j0), *v);
                 }
@@ -120,7 +158,7 @@ pub(crate) unsafe fn pack_panel(k: usize, w: usize, b: *const f32, rsb: isize, c
             }
             for p in p0..p0 + 8 {
                 for j in j0..NR {
-                    *d.add(p * NR + j) = if j < w { *b.offset(p as isize + j as isize * csb) } else { 0.0 };
+                    *d.add(p * NR + j) = if j < w { E::get(b.offset(p as isize + j as isize * csb)) } else { 0.0 };
                 }
             }
             p0 += 8;
@@ -129,7 +167,7 @@ pub(crate) unsafe fn pack_panel(k: usize, w: usize, b: *const f32, rsb: isize, c
     for p in p0..k {
         let s = b.offset(p as isize * rsb);
         for j in 0..NR {
-            *d.add(p * NR + j) = if j < w { *s.offset(j as isize * csb) } else { 0.0 };
+            *d.add(p * NR + j) = if j < w { E::get(s.offset(j as isize * csb)) } else { 0.0 };
         }
     }
 }

@@ -15,7 +15,7 @@
 //!
 //! Every element of C is the same sequence of operations whatever the thread count (a sequential
 //! sum over each `KC` block, blocks added in order), so results do not depend on it.
-use super::gemm256;
+use super::gemm256::{self, BElem};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -55,7 +55,7 @@ pub(crate) fn available() -> bool {
 /// [`available`]; every addressed element of A, B (when k > 0), C and the bias is in bounds; C's rows
 /// do not overlap (`ldc ≥ n` or m ≤ 1) and C does not alias A, B or the bias.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, beta: f32, c: *mut f32, ldc: usize, bias: *const f32, parallel: bool) {
+pub(crate) unsafe fn sgemm<E: BElem>(m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const E, rsb: isize, csb: isize, beta: f32, c: *mut f32, ldc: usize, bias: *const f32, parallel: bool) {
     if m == 0 || n == 0 {
         return;
     }
@@ -95,56 +95,22 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f
         return;
     }
     let nt = if parallel { rayon::current_num_threads() } else { 1 };
-    if m <= FEW_ROWS && csb == 1 {
-        // a row-major B: (block of k, column half) units, each streaming its rows of B into its own
-        // partial sums; then the blocks' sums are added into C in block order
-        let (nb, halves) = (k.div_ceil(KC), if nt > 1 && n >= 2 * NR { 2 } else { 1 });
-        let cols = |h: usize| ((h * n / halves) / 8 * 8, ((h + 1) * n / halves) / 8 * 8 + if h + 1 == halves { n % 8 } else { 0 });
-        let mut sums = vec![0f32; nb * m * n];
-        let (ap, bp, sp) = (Ptr(a as *mut f32), Ptr(b as *mut f32), Ptr(sums.as_mut_ptr()));
-        let unit = |u: usize| {
-            let (blk, (j0, j1)) = (u / halves, cols(u % halves));
-            let p0 = blk * KC;
-            // SAFETY: rows p0.. of B and A's columns p0..: in bounds (caller); each unit writes its
-            // own (block, columns) window of `sums`
-            unsafe { few_rows_row_major(m, p0, KC.min(k - p0), j0, j1, ap.get(), rsa, csa, bp.get(), rsb, sp.get().add(blk * m * n), n) }
-        };
-        if nt > 1 && nb * halves > 1 {
-            (0..nb * halves).into_par_iter().for_each(unit);
-        } else {
-            (0..nb * halves).for_each(unit);
-        }
-        add_bias(0, m, 0, n, beta == 0.0);
-        let acc0 = beta != 0.0 || !bias.get().is_null();
-        for i in 0..m {
-            let cr = std::slice::from_raw_parts_mut(c.get().add(i * ldc), n);
-            for (blk, part) in sums.chunks_exact(m * n).enumerate() {
-                let first = blk == 0 && !acc0;
-                for (o, &x) in cr.iter_mut().zip(&part[i * n..(i + 1) * n]) {
-                    *o = if first { x * alpha } else { x * alpha + *o };
-                }
-            }
-        }
-        return;
-    }
     if m <= FEW_ROWS {
-        // a transposed B: groups of columns, a few per thread; each element of C is written by one task
+        // a row-major B, or a transposed B with a row-major A (SAFETY: as for this function)
+        if few_rows::<E>(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c.get(), ldc, !bias.get().is_null(), &add_bias, nt) {
+            return;
+        }
+        // a strided B, or a transposed A: one packed panel at a time
         let np = n.div_ceil(NR);
         let groups = if nt > 1 { (4 * nt).min(np) } else { 1 };
-        let (ap, bp) = (Ptr(a as *mut f32), Ptr(b as *mut f32));
+        let (ap, bp) = (Ptr(a as *mut f32), BPtr(b));
         let task = |g: usize| {
             let (jp0, jp1) = (g * np / groups, (g + 1) * np / groups);
             add_bias(0, m, jp0 * NR, (jp1 * NR).min(n) - jp0 * NR, beta == 0.0);
             let acc0 = beta != 0.0 || !bias.get().is_null();
             // SAFETY: panels jp0..jp1 of B and those columns of C's m rows: in bounds (caller) and
             // disjoint between tasks
-            unsafe {
-                if rsb == 1 && csa == 1 {
-                    few_rows_dot(m, k, jp0 * NR, (jp1 * NR).min(n), alpha, ap.get(), rsa, bp.get(), csb, acc0, c.get(), ldc)
-                } else {
-                    few_rows_task(m, k, n, jp0, jp1, alpha, ap.get(), rsa, csa, bp.get(), rsb, csb, acc0, c.get(), ldc)
-                }
-            }
+            unsafe { few_rows_task(m, k, n, jp0, jp1, alpha, ap.get(), rsa, csa, bp.get(), rsb, csb, acc0, c.get(), ldc) }
         };
         if groups > 1 {
             (0..groups).into_par_iter().for_each(task);
@@ -164,7 +130,7 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f
         // panel jp holds all k rows (`pstride = 16·k`); a task reads rows pc.. at `+ 16·pc`
         let pstride = k * NR;
         buf.resize(np * pstride, 0.0);
-        let bb = Ptr(b.offset(jc as isize * csb) as *mut f32);
+        let bb = BPtr(b.offset(jc as isize * csb));
         let pack = |(jp, dst): (usize, &mut [f32])| {
             // SAFETY: panel jp covers columns jc + 16·jp .. (at most 16) and all k rows of the checked B
             unsafe { gemm256::pack_panel(k, NR.min(nc - jp * NR), bb.get().offset((jp * NR) as isize * csb), rsb, csb, dst) }
@@ -213,8 +179,91 @@ pub(crate) unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: *const f
     });
 }
 
-/// Up to this many rows of A (one register block), [`sgemm`] reads B through [`few_rows_task`].
-const FEW_ROWS: usize = 6;
+/// Up to this many rows of A (one register block), [`sgemm`] takes the few-rows paths.
+pub(crate) const FEW_ROWS: usize = 6;
+
+/// `C = alpha·A·B + beta·C` (+ the bias that `bias_fill` writes) for m ≤ [`FEW_ROWS`] rows of f32 A
+/// and a B of element `E`, when B is row-major (`csb == 1`: [`few_rows_row_major`]) or transposed
+/// with a row-major A (`rsb == 1`, `csa == 1`: [`few_rows_dot`]); false (nothing written) otherwise.
+/// `bias_fill(i0, i1, j0, w, overwrite)` puts the bias into rows i0..i1, columns j0..j0 + w of C
+/// (a no-op without one); `has_bias` says whether there is one. `nt` > 1 splits the work.
+///
+/// # Safety
+/// avx2 + fma; as for [`sgemm`] (A, B, C in bounds, C not aliasing them).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn few_rows<E: BElem>(
+    m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const E, rsb: isize, csb: isize, beta: f32, c: *mut f32, ldc: usize, has_bias: bool,
+    bias_fill: &(dyn Fn(usize, usize, usize, usize, bool) + Sync), nt: usize,
+) -> bool {
+    let (ap, bp, cp) = (Ptr(a as *mut f32), BPtr(b), Ptr(c));
+    let acc0 = beta != 0.0 || has_bias;
+    if csb == 1 {
+        // (block of k, column half) units, each streaming its rows of B into its own partial sums;
+        // then the blocks' sums are added into C in block order
+        let (nb, halves) = (k.div_ceil(KC), if nt > 1 && n >= 2 * NR { 2 } else { 1 });
+        let cols = |h: usize| ((h * n / halves) / 8 * 8, ((h + 1) * n / halves) / 8 * 8 + if h + 1 == halves { n % 8 } else { 0 });
+        let mut sums = vec![0f32; nb * m * n];
+        let sp = Ptr(sums.as_mut_ptr());
+        let unit = |u: usize| {
+            let (blk, (j0, j1)) = (u / halves, cols(u % halves));
+            let p0 = blk * KC;
+            // SAFETY: rows p0.. of B and A's columns p0..: in bounds (caller); each unit writes its
+            // own (block, columns) window of `sums`
+            unsafe { few_rows_row_major(m, p0, KC.min(k - p0), j0, j1, ap.get(), rsa, csa, bp.get(), rsb, sp.get().add(blk * m * n), n) }
+        };
+        if nt > 1 && nb * halves > 1 {
+            (0..nb * halves).into_par_iter().for_each(unit);
+        } else {
+            (0..nb * halves).for_each(unit);
+        }
+        bias_fill(0, m, 0, n, beta == 0.0);
+        for i in 0..m {
+            let cr = std::slice::from_raw_parts_mut(c.add(i * ldc), n);
+            for (blk, part) in sums.chunks_exact(m * n).enumerate() {
+                let first = blk == 0 && !acc0;
+                for (o, &x) in cr.iter_mut().zip(&part[i * n..(i + 1) * n]) {
+                    *o = if first { x * alpha } else { x * alpha + *o };
+                }
+            }
+        }
+        return true;
+    }
+    if rsb != 1 || csa != 1 {
+        return false;
+    }
+    // a transposed B: groups of columns, a few per thread; each element of C is written by one task
+    let np = n.div_ceil(NR);
+    let groups = if nt > 1 { (4 * nt).min(np) } else { 1 };
+    let task = |g: usize| {
+        let (j0, j1) = ((g * np / groups) * NR, ((g + 1) * np / groups * NR).min(n));
+        bias_fill(0, m, j0, j1 - j0, beta == 0.0);
+        // SAFETY: rows j0..j1 of the transposed B and those columns of C's m rows: in bounds
+        // (caller) and disjoint between tasks
+        unsafe { few_rows_dot(m, k, j0, j1, alpha, ap.get(), rsa, bp.get(), csb, acc0, cp.get(), ldc) }
+    };
+    if groups > 1 {
+        (0..groups).into_par_iter().for_each(task);
+    } else {
+        task(0);
+    }
+    true
+}
+
+/// A B pointer rayon tasks may share (read only).
+struct BPtr<E>(*const E);
+impl<E> Clone for BPtr<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for BPtr<E> {}
+unsafe impl<E: Sync> Send for BPtr<E> {}
+unsafe impl<E: Sync> Sync for BPtr<E> {}
+impl<E> BPtr<E> {
+    fn get(self) -> *const E {
+        self.0
+    }
+}
 
 /// Columns `16·jp0 .. 16·jp1` of C for m ≤ [`FEW_ROWS`] rows when neither [`few_rows_row_major`]
 /// nor [`few_rows_dot`] applies (a strided B, or a transposed A).
@@ -230,7 +279,7 @@ const FEW_ROWS: usize = 6;
 /// avx2 + fma; as for [`sgemm`], restricted to these columns.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn few_rows_task(m: usize, k: usize, n: usize, jp0: usize, jp1: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, csb: isize, acc0: bool, c: *mut f32, ldc: usize) {
+unsafe fn few_rows_task<E: BElem>(m: usize, k: usize, n: usize, jp0: usize, jp1: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const E, rsb: isize, csb: isize, acc0: bool, c: *mut f32, ldc: usize) {
     PANEL.with_borrow_mut(|buf| {
         buf.resize(k * NR, 0.0);
         for jp in jp0..jp1 {
@@ -259,7 +308,7 @@ unsafe fn few_rows_task(m: usize, k: usize, n: usize, jp0: usize, jp1: usize, al
 /// bounds; C's m rows of `ldc` do not alias them.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn few_rows_dot(m: usize, k: usize, j0: usize, j1: usize, alpha: f32, a: *const f32, rsa: isize, b: *const f32, ldb: isize, acc0: bool, c: *mut f32, ldc: usize) {
+unsafe fn few_rows_dot<E: BElem>(m: usize, k: usize, j0: usize, j1: usize, alpha: f32, a: *const f32, rsa: isize, b: *const E, ldb: isize, acc0: bool, c: *mut f32, ldc: usize) {
     let hsum = |v: __m256| -> f32 {
         let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
@@ -269,7 +318,7 @@ unsafe fn few_rows_dot(m: usize, k: usize, j0: usize, j1: usize, alpha: f32, a: 
     let mut j = j0;
     while j < j1 {
         let nr = 4.min(j1 - j);
-        let rows: [*const f32; 4] = std::array::from_fn(|r| b.offset((j + r.min(nr - 1)) as isize * ldb));
+        let rows: [*const E; 4] = std::array::from_fn(|r| b.offset((j + r.min(nr - 1)) as isize * ldb));
         for i in 0..m {
             let ai = a.offset(i as isize * rsa);
             let (mut acc, mut acc2) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
@@ -278,15 +327,15 @@ unsafe fn few_rows_dot(m: usize, k: usize, j0: usize, j1: usize, alpha: f32, a: 
                 let x0 = _mm256_loadu_ps(ai.add(p));
                 let x1 = _mm256_loadu_ps(ai.add(p + 8));
                 for r in 0..4 {
-                    acc[r] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(rows[r].add(p)), acc[r]);
-                    acc2[r] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(rows[r].add(p + 8)), acc2[r]);
+                    acc[r] = _mm256_fmadd_ps(x0, E::load8(rows[r].add(p)), acc[r]);
+                    acc2[r] = _mm256_fmadd_ps(x1, E::load8(rows[r].add(p + 8)), acc2[r]);
                 }
                 p += 16;
             }
             for r in 0..nr {
                 let mut s = hsum(_mm256_add_ps(acc[r], acc2[r]));
                 for q in p..k {
-                    s = (*ai.add(q)).mul_add(*rows[r].add(q), s);
+                    s = (*ai.add(q)).mul_add(E::get(rows[r].add(q)), s);
                 }
                 let o = c.add(i * ldc + j + r);
                 *o = if acc0 { s * alpha + *o } else { s * alpha };
@@ -309,7 +358,7 @@ unsafe fn few_rows_dot(m: usize, k: usize, j0: usize, j1: usize, alpha: f32, a: 
 /// `m` rows of `ld ≥ j1` floats, not aliasing A or B.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn few_rows_row_major(m: usize, p0: usize, kc: usize, j0: usize, j1: usize, a: *const f32, rsa: isize, csa: isize, b: *const f32, rsb: isize, out: *mut f32, ld: usize) {
+unsafe fn few_rows_row_major<E: BElem>(m: usize, p0: usize, kc: usize, j0: usize, j1: usize, a: *const f32, rsa: isize, csa: isize, b: *const E, rsb: isize, out: *mut f32, ld: usize) {
     let w = j1 - j0;
     for i in 0..m {
         std::ptr::write_bytes(out.add(i * ld + j0), 0, w);
@@ -320,7 +369,7 @@ unsafe fn few_rows_row_major(m: usize, p0: usize, kc: usize, j0: usize, j1: usiz
     let mut p = p0;
     while p < p0 + kc {
         let rows = RP.min(p0 + kc - p);
-        let br: [*const f32; RP] = std::array::from_fn(|r| b.offset((p + r.min(rows - 1)) as isize * rsb).add(j0));
+        let br: [*const E; RP] = std::array::from_fn(|r| b.offset((p + r.min(rows - 1)) as isize * rsb).add(j0));
         for i in 0..m {
             let ai: [f32; RP] = std::array::from_fn(|r| *a.offset(i as isize * rsa + (p + r.min(rows - 1)) as isize * csa));
             let av: [__m256; RP] = std::array::from_fn(|r| _mm256_set1_ps(ai[r]));
@@ -330,7 +379,7 @@ unsafe fn few_rows_row_major(m: usize, p0: usize, kc: usize, j0: usize, j1: usiz
                 while q + 8 <= w {
                     let mut x = _mm256_loadu_ps(o.add(q));
                     for r in 0..RP {
-                        x = _mm256_fmadd_ps(av[r], _mm256_loadu_ps(br[r].add(q)), x);
+                        x = _mm256_fmadd_ps(av[r], E::load8(br[r].add(q)), x);
                     }
                     _mm256_storeu_ps(o.add(q), x);
                     q += 8;
@@ -339,7 +388,7 @@ unsafe fn few_rows_row_major(m: usize, p0: usize, kc: usize, j0: usize, j1: usiz
             for q in q..w {
                 let mut x = *o.add(q);
                 for r in 0..rows {
-                    x = ai[r].mul_add(*br[r].add(q), x);
+                    x = ai[r].mul_add(E::get(br[r].add(q)), x);
                 }
                 *o.add(q) = x;
             }

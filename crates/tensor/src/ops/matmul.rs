@@ -150,8 +150,12 @@ fn mm(a: &Tensor, b: &Tensor, reduce: bool) -> Result<Tensor> {
         let out = Tensor::from_storage(Storage::Cuda(crate::cuda::ops_nn::matmul(a, b, &batch, m, k, n)?), &shape)?;
         return if reduce && !batch.is_empty() { out.sum_dims(&(0..batch.len()).collect::<Vec<_>>(), false) } else { Ok(out) };
     }
-    let _ = k;
     let dt = a.dtype();
+    if dt == DType::BF16 && batch.is_empty() {
+        if let Some(out) = bf16_b(a, b, m, k, n)? {
+            return Ok(out);
+        }
+    }
     let cd = dt.cpu_compute();
     let (a, b) = (regular(&a.to_dtype(cd)?.detach())?, regular(&b.to_dtype(cd)?.detach())?);
     let out = match cd {
@@ -164,6 +168,32 @@ fn mm(a: &Tensor, b: &Tensor, reduce: bool) -> Result<Tensor> {
     // (`CpuStorage::to_dtype` copies even when the dtype already matches.)
     let out = if cd == dt { out } else { out.to_dtype(dt) };
     Tensor::from_storage(Storage::Cpu(out), &shape)
+}
+
+/// A 2-D bf16 product with B (the weight, in a linear layer) read as stored by
+/// [`crate::cpu::gemm::gemm_bf16_b`]: A widened to f32, the f32 result rounded to bf16 once (the
+/// same bits as widening both). `None` where that path does not apply (no AVX2 + FMA).
+fn bf16_b(a: &Tensor, b: &Tensor, m: usize, k: usize, n: usize) -> Result<Option<Tensor>> {
+    let b = regular(&b.detach())?;
+    let ob = Operand::new(&b, &[]);
+    let af = a.detach().to_dtype(DType::F32)?.contiguous()?;
+    let (sa, sb) = (af.storage(), b.storage());
+    let da = &sa.as_cpu()?.as_slice::<f32>()?[af.layout().offset()..];
+    let db = sb.as_cpu()?.as_slice::<half::bf16>()?;
+    let mut c = try_zeroed(m * n)?;
+    let am = Mat { data: da, offset: 0, rows: m, cols: k, rs: k as isize, cs: 1 };
+    if !crate::cpu::gemm::gemm_bf16_b(am, ob.mat(db, ob.offset), &mut c)? {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_vec(c, &[m, n])?.to_dtype(DType::BF16)?))
+}
+
+/// A zeroed f32 buffer, or an allocation error.
+fn try_zeroed(n: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::msg(format!("matmul: cannot allocate {n} f32 outputs")))?;
+    v.resize(n, 0.0);
+    Ok(v)
 }
 
 struct MatMul {
