@@ -7,8 +7,8 @@
 //!
 //! Before timing, the generated tokens are checked against one full forward over the whole
 //! sequence: at every generated position the cached decoder's pick must be the recomputed
-//! logits' maximum (within a relative 1e-4, so a near-tie that rounding may break either way is
-//! not an error).
+//! logits' maximum, within [`greedy_tolerance`] of the logits' scale (so a near-tie that rounding
+//! may break either way is not an error).
 use super::harness::{Stats, Work};
 use super::row::Row;
 use crate::model::config::{Gpt2Config, ModelConfig};

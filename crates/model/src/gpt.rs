@@ -161,7 +161,7 @@ impl Gpt2LmHeadModel {
     /// Logits [B, T, V]; with `labels` [B, T] also the shifted LM loss.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, labels: Option<&Tensor>, ctx: &ForwardCtx) -> Result<LmOutput> {
         let h = self.transformer.forward(input_ids, attention_mask, ctx)?;
-        let logits = Linear::tied(&self.transformer.wte.weight).forward(&h)?;
+        let logits = self.lm_head(&h)?;
         let loss = match labels {
             Some(l) => Some(shifted_lm_loss(&logits, l)?),
             None => None,
@@ -173,7 +173,7 @@ impl Gpt2LmHeadModel {
     /// (see [`Gpt2Model::forward_cached`]).
     pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache, ctx: &ForwardCtx) -> Result<Tensor> {
         let h = self.transformer.forward_cached(input_ids, cache, ctx)?;
-        kiln_tensor::no_grad(|| Linear::tied(&self.transformer.wte.weight).forward(&h))
+        kiln_tensor::no_grad(|| self.lm_head(&h))
     }
 
     /// The logits of the last of `input_ids`' positions, `[B, V]`, after feeding them as
@@ -182,7 +182,12 @@ impl Gpt2LmHeadModel {
     pub fn next_token_logits(&self, input_ids: &Tensor, cache: &mut KvCache, ctx: &ForwardCtx) -> Result<Tensor> {
         let h = self.transformer.forward_cached(input_ids, cache, ctx)?;
         let last = h.narrow(1, h.dim(1)? - 1, 1)?.squeeze(1)?;
-        kiln_tensor::no_grad(|| Linear::tied(&self.transformer.wte.weight).forward(&last))
+        kiln_tensor::no_grad(|| self.lm_head(&last))
+    }
+
+    /// The LM head: hidden states `[.., C]` → logits `[.., V]` on the tied token embedding.
+    fn lm_head(&self, h: &Tensor) -> Result<Tensor> {
+        Linear::tied(&self.transformer.wte.weight).forward(h)
     }
 }
 

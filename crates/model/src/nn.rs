@@ -265,9 +265,8 @@ pub struct LayerKv {
 impl LayerKv {
     /// A slot holding `k`, `v` (`[B, H, t, d]`), with room for at least 16 positions.
     fn new(k: &Tensor, v: &Tensor) -> Result<Self> {
-        let t = k.dim(2)?;
-        let mut kv = LayerKv { k: Self::buffer(k, 0)?, v: Self::buffer(v, 0)?, len: 0 };
-        kv.reserve(t.next_power_of_two().max(16))?;
+        let cap = k.dim(2)?.next_power_of_two().max(16);
+        let mut kv = LayerKv { k: Self::buffer(k, cap)?, v: Self::buffer(v, cap)?, len: 0 };
         kv.append(k, v)?;
         Ok(kv)
     }

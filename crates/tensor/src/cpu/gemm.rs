@@ -251,37 +251,46 @@ pub fn gemm_uninit<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, c: &mut
     unsafe { gemm_at(alpha, a, b, T::zero(), c.as_mut_ptr().cast(), c.len(), cg, None, threads) }
 }
 
-/// `C = A·B` into `c` (row-major `a.rows × b.cols`, the whole slice) for an f32 A and a bf16 B read
-/// as it is stored: the blocked GEMM packs B's panels straight from bf16 and the few-rows paths
-/// widen it as they stream it, so a bf16 weight is never widened whole (decoding with bf16 weights
-/// streams half the bytes of f32). The same bits as widening B first and multiplying in f32.
-/// `Ok(false)` (and `c` untouched) without AVX2 + FMA.
-pub fn gemm_bf16_b(a: Mat<'_, f32>, b: Mat<'_, half::bf16>, c: &mut [f32]) -> Result<bool> {
+/// Whether [`gemm_bf16_b`] runs on this CPU (AVX2 + FMA).
+pub fn bf16_b_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::sgemm::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `C = A·B` into uninitialized `c` (row-major `a.rows × b.cols`, the whole slice; every element is
+/// written) for an f32 A and a bf16 B read as it is stored: the blocked GEMM packs B's panels
+/// straight from bf16 and the few-rows paths widen it as they stream it, so a bf16 weight is never
+/// widened whole (decoding with bf16 weights streams half the bytes of f32). The same bits as
+/// widening B first and multiplying in f32. An error where [`bf16_b_supported`] is false.
+pub fn gemm_bf16_b(a: Mat<'_, f32>, b: Mat<'_, half::bf16>, c: &mut [MaybeUninit<f32>]) -> Result<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k || c.len() != m * n {
         return Err(Error::msg(format!("gemm: A {m}x{k}, B {}x{n} and an output of {} elements do not chain", b.rows, c.len())));
     }
+    if !bf16_b_supported() {
+        return Err(Error::msg("gemm: the bf16-B product needs AVX2 + FMA"));
+    }
     #[cfg(target_arch = "x86_64")]
     {
-        if !super::sgemm::available() {
-            return Ok(false);
-        }
-        if m == 0 || n == 0 {
-            return Ok(true);
-        }
         if k > 0 {
             Geom { offset: a.offset, rows: m, cols: k, rs: a.rs, cs: a.cs }.check("A", a.data.len())?;
             Geom { offset: b.offset, rows: k, cols: n, rs: b.rs, cs: b.cs }.check("B", b.data.len())?;
         }
-        let flops = 2.0 * m as f64 * n as f64 * k as f64;
-        let parallel = rayon::current_num_threads() > 1 && (flops >= PAR_FLOPS || k * n >= PAR_B_ELEMS);
+        let parallel = split_across_threads(m, k, n, rayon::current_num_threads());
         let (pa, pb) = if k > 0 { (a.data[a.offset..].as_ptr(), b.data[b.offset..].as_ptr()) } else { (a.data.as_ptr(), b.data.as_ptr()) };
-        // SAFETY: A and B were checked in bounds; `c` is an exclusively borrowed m × n row-major buffer.
-        unsafe { super::sgemm::sgemm::<half::bf16>(m, k, n, 1.0, pa, a.rs, a.cs, pb, b.rs, b.cs, 0.0, c.as_mut_ptr(), n, std::ptr::null(), parallel) };
-        Ok(true)
+        // SAFETY: A and B were checked in bounds; `c` is an exclusively borrowed m × n row-major
+        // buffer, never read (β = 0) and written whole.
+        unsafe { super::sgemm::sgemm::<half::bf16>(m, k, n, 1.0, pa, a.rs, a.cs, pb, b.rs, b.cs, 0.0, c.as_mut_ptr().cast(), n, std::ptr::null(), parallel) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    Ok(false)
+    Ok(())
+}
+
+/// Whether a GEMM of this size is split across `nt` threads: enough FLOPs ([`PAR_FLOPS`]) or a
+/// large enough B ([`PAR_B_ELEMS`]).
+fn split_across_threads(m: usize, k: usize, n: usize, nt: usize) -> bool {
+    nt > 1 && (2.0 * m as f64 * n as f64 * k as f64 >= PAR_FLOPS || k * n >= PAR_B_ELEMS)
 }
 
 /// `C = alpha·A·B + bias` (the bias row added to every row) into uninitialized `c`, as
@@ -333,9 +342,8 @@ unsafe fn gemm_at<T: GemmFloat>(alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, mut beta
     let pc = SendPtr(unsafe { c_data.add(cg.offset) });
     let (rsa, csa, rsb, csb, rsc, csc) = (a.rs, a.cs, b.rs, b.cs, cg.rs, cg.cs);
 
-    let flops = 2.0 * m as f64 * n as f64 * k as f64;
     let nt = rayon::current_num_threads();
-    let parallel = threads == Threads::Auto && nt > 1 && (flops >= PAR_FLOPS || k * n >= PAR_B_ELEMS);
+    let parallel = threads == Threads::Auto && split_across_threads(m, k, n, nt);
     let bias_ptr = bias.map_or(std::ptr::null(), |b| b.as_ptr());
     // SAFETY: bounds and C's non-aliasing were checked above; C is exclusively borrowed.
     if unsafe { T::blocked_gemm(m, k, n, alpha, pa, rsa, csa, pb, rsb, csb, beta, pc.0, rsc, csc, bias_ptr, parallel) } {

@@ -96,27 +96,8 @@ pub(crate) unsafe fn sgemm<E: BElem>(m: usize, k: usize, n: usize, alpha: f32, a
     }
     let nt = if parallel { rayon::current_num_threads() } else { 1 };
     if m <= FEW_ROWS {
-        // a row-major B, or a transposed B with a row-major A (SAFETY: as for this function)
-        if few_rows::<E>(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c.get(), ldc, !bias.get().is_null(), &add_bias, nt) {
-            return;
-        }
-        // a strided B, or a transposed A: one packed panel at a time
-        let np = n.div_ceil(NR);
-        let groups = if nt > 1 { (4 * nt).min(np) } else { 1 };
-        let (ap, bp) = (Ptr(a as *mut f32), BPtr(b));
-        let task = |g: usize| {
-            let (jp0, jp1) = (g * np / groups, (g + 1) * np / groups);
-            add_bias(0, m, jp0 * NR, (jp1 * NR).min(n) - jp0 * NR, beta == 0.0);
-            let acc0 = beta != 0.0 || !bias.get().is_null();
-            // SAFETY: panels jp0..jp1 of B and those columns of C's m rows: in bounds (caller) and
-            // disjoint between tasks
-            unsafe { few_rows_task(m, k, n, jp0, jp1, alpha, ap.get(), rsa, csa, bp.get(), rsb, csb, acc0, c.get(), ldc) }
-        };
-        if groups > 1 {
-            (0..groups).into_par_iter().for_each(task);
-        } else {
-            task(0);
-        }
+        // SAFETY: as for this function
+        few_rows::<E>(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c.get(), ldc, !bias.get().is_null(), &add_bias, nt);
         return;
     }
     // the packed B blocks go in this thread's buffer, taken out for the call (a task this thread
@@ -180,21 +161,22 @@ pub(crate) unsafe fn sgemm<E: BElem>(m: usize, k: usize, n: usize, alpha: f32, a
 }
 
 /// Up to this many rows of A (one register block), [`sgemm`] takes the few-rows paths.
-pub(crate) const FEW_ROWS: usize = 6;
+const FEW_ROWS: usize = 6;
 
 /// `C = alpha·A·B + beta·C` (+ the bias that `bias_fill` writes) for m ≤ [`FEW_ROWS`] rows of f32 A
-/// and a B of element `E`, when B is row-major (`csb == 1`: [`few_rows_row_major`]) or transposed
-/// with a row-major A (`rsb == 1`, `csa == 1`: [`few_rows_dot`]); false (nothing written) otherwise.
-/// `bias_fill(i0, i1, j0, w, overwrite)` puts the bias into rows i0..i1, columns j0..j0 + w of C
-/// (a no-op without one); `has_bias` says whether there is one. `nt` > 1 splits the work.
+/// and a B of element `E`: a row-major B (`csb == 1`) through [`few_rows_row_major`], a transposed
+/// B with a row-major A (`rsb == 1`, `csa == 1`) through [`few_rows_dot`], any other through
+/// [`few_rows_task`]. `bias_fill(i0, i1, j0, w, overwrite)` puts the bias into rows i0..i1, columns
+/// j0..j0 + w of C (a no-op without one); `has_bias` says whether there is one. `nt` > 1 splits the
+/// work.
 ///
 /// # Safety
 /// avx2 + fma; as for [`sgemm`] (A, B, C in bounds, C not aliasing them).
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn few_rows<E: BElem>(
+unsafe fn few_rows<E: BElem>(
     m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const E, rsb: isize, csb: isize, beta: f32, c: *mut f32, ldc: usize, has_bias: bool,
     bias_fill: &(dyn Fn(usize, usize, usize, usize, bool) + Sync), nt: usize,
-) -> bool {
+) {
     let (ap, bp, cp) = (Ptr(a as *mut f32), BPtr(b), Ptr(c));
     let acc0 = beta != 0.0 || has_bias;
     if csb == 1 {
@@ -226,27 +208,30 @@ pub(crate) unsafe fn few_rows<E: BElem>(
                 }
             }
         }
-        return true;
+        return;
     }
-    if rsb != 1 || csa != 1 {
-        return false;
-    }
-    // a transposed B: groups of columns, a few per thread; each element of C is written by one task
+    // otherwise groups of 16-column panels, a few per thread; each element of C is written by one task
+    let dot = rsb == 1 && csa == 1;
     let np = n.div_ceil(NR);
     let groups = if nt > 1 { (4 * nt).min(np) } else { 1 };
     let task = |g: usize| {
-        let (j0, j1) = ((g * np / groups) * NR, ((g + 1) * np / groups * NR).min(n));
+        let (jp0, jp1) = (g * np / groups, (g + 1) * np / groups);
+        let (j0, j1) = (jp0 * NR, (jp1 * NR).min(n));
         bias_fill(0, m, j0, j1 - j0, beta == 0.0);
-        // SAFETY: rows j0..j1 of the transposed B and those columns of C's m rows: in bounds
-        // (caller) and disjoint between tasks
-        unsafe { few_rows_dot(m, k, j0, j1, alpha, ap.get(), rsa, bp.get(), csb, acc0, cp.get(), ldc) }
+        // SAFETY: columns j0..j1 of B and of C's m rows: in bounds (caller) and disjoint between tasks
+        unsafe {
+            if dot {
+                few_rows_dot(m, k, j0, j1, alpha, ap.get(), rsa, bp.get(), csb, acc0, cp.get(), ldc)
+            } else {
+                few_rows_task(m, k, n, jp0, jp1, alpha, ap.get(), rsa, csa, bp.get(), rsb, csb, acc0, cp.get(), ldc)
+            }
+        }
     };
     if groups > 1 {
         (0..groups).into_par_iter().for_each(task);
     } else {
         task(0);
     }
-    true
 }
 
 /// A B pointer rayon tasks may share (read only).
@@ -266,7 +251,7 @@ impl<E> BPtr<E> {
 }
 
 /// Columns `16·jp0 .. 16·jp1` of C for m ≤ [`FEW_ROWS`] rows when neither [`few_rows_row_major`]
-/// nor [`few_rows_dot`] applies (a strided B, or a transposed A).
+/// nor [`few_rows_dot`] applies (a strided B, or a transposed B with a transposed A).
 ///
 /// With so few rows every element of B is used at most six times, and packing all of B into the
 /// shared buffer first (a write and a read of B's whole size) costs more than the multiplication.

@@ -172,28 +172,20 @@ fn mm(a: &Tensor, b: &Tensor, reduce: bool) -> Result<Tensor> {
 
 /// A 2-D bf16 product with B (the weight, in a linear layer) read as stored by
 /// [`crate::cpu::gemm::gemm_bf16_b`]: A widened to f32, the f32 result rounded to bf16 once (the
-/// same bits as widening both). `None` where that path does not apply (no AVX2 + FMA).
+/// same bits as widening both). `None` where that path does not run (no AVX2 + FMA).
 fn bf16_b(a: &Tensor, b: &Tensor, m: usize, k: usize, n: usize) -> Result<Option<Tensor>> {
+    if !crate::cpu::gemm::bf16_b_supported() {
+        return Ok(None);
+    }
     let b = regular(&b.detach())?;
     let ob = Operand::new(&b, &[]);
     let af = a.detach().to_dtype(DType::F32)?.contiguous()?;
     let (sa, sb) = (af.storage(), b.storage());
     let da = &sa.as_cpu()?.as_slice::<f32>()?[af.layout().offset()..];
     let db = sb.as_cpu()?.as_slice::<half::bf16>()?;
-    let mut c = try_zeroed(m * n)?;
     let am = Mat { data: da, offset: 0, rows: m, cols: k, rs: k as isize, cs: 1 };
-    if !crate::cpu::gemm::gemm_bf16_b(am, ob.mat(db, ob.offset), &mut c)? {
-        return Ok(None);
-    }
+    let c = fresh(m * n, |c| crate::cpu::gemm::gemm_bf16_b(am, ob.mat(db, ob.offset), c))?;
     Ok(Some(Tensor::from_vec(c, &[m, n])?.to_dtype(DType::BF16)?))
-}
-
-/// A zeroed f32 buffer, or an allocation error.
-fn try_zeroed(n: usize) -> Result<Vec<f32>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| Error::msg(format!("matmul: cannot allocate {n} f32 outputs")))?;
-    v.resize(n, 0.0);
-    Ok(v)
 }
 
 struct MatMul {
