@@ -16,9 +16,8 @@
 //! At the end the model is saved with `Trainer::save`, loaded back with `LoadedModel::from_dir` and
 //! checked to give the same accuracy.
 use clap::Parser;
-use kiln::model::bert::BertLabels;
 use kiln::model::data::{Batch, DataPosition};
-use kiln::model::model::{LoadedModel, Model};
+use kiln::model::model::{Inputs, LoadedModel, Model};
 use kiln::model::nn::ForwardCtx;
 use kiln::model::sched::{Decay, LrSchedule};
 use kiln::model::trainer::{BatchSource, TrainOptions, Trainer};
@@ -152,7 +151,7 @@ impl BatchSource for KeywordTask {
 
 /// Fraction of `batch` the model classifies correctly.
 pub fn accuracy(model: &Model, batch: &Batch) -> Result<f64> {
-    let out = no_grad(|| model.forward(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.token_type_ids), &BertLabels::default(), &ForwardCtx::eval()))?;
+    let out = no_grad(|| model.forward(&Inputs { input_ids: Some(batch.input_ids.clone()), attention_mask: Some(batch.attention_mask.clone()), token_type_ids: Some(batch.token_type_ids.clone()), ..Default::default() }, &ForwardCtx::eval()))?;
     let logits = out.get("logits").ok_or_else(|| Error::msg("the model produced no logits"))?;
     let pred = logits.argmax(1, false)?.to_vec::<i64>()?;
     let gold = batch.labels.to_vec::<i64>()?;
@@ -179,8 +178,8 @@ fn start(a: &Args) -> Result<(ModelConfig, ParamStore, String)> {
             let mut cfg = ModelConfig::preset("bert-tiny")?;
             cfg.set_architecture("BertForSequenceClassification");
             cfg.set_vocab_size(128);
-            if let ModelConfig::Bert(c) = &mut cfg {
-                c.set_num_labels(3);
+            cfg.set_num_labels(3);
+            if let ModelConfig::Encoder(c) = &mut cfg {
                 c.max_position_embeddings = 128;
                 c.attention_probs_dropout_prob = 0.0;
             }
@@ -194,8 +193,10 @@ pub fn run(a: &Args) -> Result<Summary> {
         return Err(Error::msg("--batch, --steps and --eval-examples must be positive"));
     }
     let (cfg, store, from) = start(a)?;
-    let ModelConfig::Bert(bc) = &cfg else { return Err(Error::msg("expected a BERT config")) };
-    let classes = bc.num_labels();
+    if !matches!(cfg, ModelConfig::Encoder(_)) {
+        return Err(Error::msg("expected a BERT config"));
+    }
+    let classes = cfg.num_labels();
     if a.seq > cfg.max_positions() {
         return Err(Error::msg(format!("--seq {} exceeds the model's {} positions", a.seq, cfg.max_positions())));
     }

@@ -9,7 +9,7 @@
 //! With a `tokenizer.json` in the directory the prompt is text and the output is decoded; without
 //! one (like the HF-parity fixture) the prompt is a list of token ids and ids are printed.
 use clap::Parser;
-use kiln::model::gpt::SampleOptions;
+use kiln::model::generate::SampleOptions;
 use kiln::model::model::LoadedModel;
 use kiln::model::tokenize::{decode_ids, encode_ids, SpecialIds};
 use kiln::{Device, Error, Result};
@@ -62,7 +62,7 @@ pub fn run(a: &Args) -> Result<Summary> {
     }
     let dir = a.model.clone().or_else(default_model_dir).ok_or_else(|| Error::msg("no model directory given and tests/fixtures/gpt2_lm not found; pass one"))?;
     let l = LoadedModel::from_dir(&dir, 0, Device::Cpu)?;
-    let gpt = l.model.as_gpt2()?;
+    let gpt = l.model.as_causal_lm()?;
     let tok = l.tokenizer.as_ref();
     let prompt = match (&a.prompt_ids, tok) {
         (Some(s), _) => parse_ids(s)?,

@@ -15,11 +15,11 @@ use std::path::Path;
 fn tiny(model: &str, vocab: usize) -> ModelConfig {
     let mut cfg = ModelConfig::preset(model).unwrap();
     match &mut cfg {
-        ModelConfig::Gpt2(c) => {
+        ModelConfig::Decoder(c) => {
             (c.n_embd, c.n_layer, c.n_head, c.vocab_size, c.n_positions) = (64, 2, 2, vocab, 64);
             (c.resid_pdrop, c.embd_pdrop, c.attn_pdrop, c.bos_token_id, c.eos_token_id) = (0.0, 0.0, 0.0, Some(0), Some(0));
         }
-        ModelConfig::Bert(c) => {
+        ModelConfig::Encoder(c) => {
             (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.vocab_size) = (64, 2, 2, 128, vocab);
             (c.hidden_dropout_prob, c.attention_probs_dropout_prob, c.pad_token_id) = (0.0, 0.0, Some(0));
             c.extra.insert("architectures".into(), serde_json::json!(["BertForMaskedLM"]));

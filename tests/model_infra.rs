@@ -3,6 +3,7 @@
 //! data pipelines (MLM / NSP / causal LM) and exact resume.
 use kiln::model::checkpoint::{load_params, plan_load, save_params, HfNameMap, LoadOptions};
 use kiln::model::config::{ModelConfig, PRESETS};
+use kiln::model::family::Family;
 use kiln::model::data::{pad_rows, split_documents, BertBatcher, CausalLmBatcher, MlmMasker, NspBuilder, IGNORE_INDEX};
 use kiln::model::optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, Optimizer};
 use kiln::model::params::{Init, ParamStore};
@@ -48,15 +49,15 @@ fn f32s(t: &Tensor) -> Vec<f32> {
 #[test]
 fn config_fixture_round_trip_keeps_unknown_fields() {
     let cfg = ModelConfig::load(fixture("bert_seq_cls")).unwrap();
-    let ModelConfig::Bert(b) = &cfg else { panic!("expected bert") };
-    assert_eq!((b.hidden_size, b.num_attention_heads, b.num_labels(), b.layer_norm_eps), (32, 4, 3, 1e-12));
+    let ModelConfig::Encoder(b) = &cfg else { panic!("expected bert") };
+    assert_eq!((b.hidden_size, b.num_attention_heads, cfg.num_labels(), b.layer_norm_eps), (32, 4, 3, 1e-12));
     assert_eq!(b.extra.get("architectures").unwrap()[0], "BertForSequenceClassification");
     let d = tmpdir("cfg");
     cfg.save(&d).unwrap();
     assert_eq!(ModelConfig::load(&d).unwrap(), cfg);
 
     let g = ModelConfig::load(fixture("gpt2_lm/config.json")).unwrap();
-    let ModelConfig::Gpt2(c) = &g else { panic!("expected gpt2") };
+    let ModelConfig::Decoder(c) = &g else { panic!("expected gpt2") };
     assert_eq!((c.n_inner, c.inner_size(), c.layer_norm_epsilon, c.activation_function.as_str()), (None, 128, 1e-5, "gelu_new"));
     assert_eq!((c.bos_token_id, c.eos_token_id), (Some(99), Some(99)));
     let v = g.to_json_value().unwrap();
@@ -189,7 +190,7 @@ fn hf_quirks_legacy_names_buffers_prefix_and_tied() {
     // BERT: gamma/beta + int64 position_ids buffer → same weights as the modern file.
     let modern = fixture("bert_masked_lm/model.safetensors");
     let store = store_like(&modern, |n| Some(n.to_string()));
-    let rep = load_params(fixture("bert_legacy_names/model.safetensors"), &store, &HfNameMap::bert(), &LoadOptions::strict()).unwrap();
+    let rep = load_params(fixture("bert_legacy_names/model.safetensors"), &store, &Family::Bert.name_map(), &LoadOptions::strict()).unwrap();
     assert!(rep.is_clean(), "{rep}");
     assert_eq!(rep.ignored, vec!["bert.embeddings.position_ids"]);
     assert!(rep.loaded.contains(&("bert.embeddings.LayerNorm.weight".into(), "bert.embeddings.LayerNorm.gamma".into())));
@@ -199,7 +200,7 @@ fn hf_quirks_legacy_names_buffers_prefix_and_tied() {
     }
     // GPT-2 hub layout: no `transformer.` prefix, attn.bias / attn.masked_bias buffers.
     let gstore = store_like(&fixture("gpt2_lm/model.safetensors"), |n| Some(n.to_string()));
-    let rep = load_params(fixture("gpt2_legacy_names/model.safetensors"), &gstore, &HfNameMap::gpt2(), &LoadOptions::strict()).unwrap();
+    let rep = load_params(fixture("gpt2_legacy_names/model.safetensors"), &gstore, &Family::Gpt2.name_map(), &LoadOptions::strict()).unwrap();
     assert!(rep.is_clean(), "{rep}");
     assert_eq!(rep.ignored.len(), 4);
     assert!(rep.loaded.contains(&("transformer.wte.weight".into(), "wte.weight".into())));
@@ -210,7 +211,7 @@ fn hf_quirks_legacy_names_buffers_prefix_and_tied() {
     let tp = tstore.get("transformer.h.0.attn.c_attn.weight").unwrap();
     tstore.remove(tp.name());
     let tp = tstore.get_or_init("transformer.h.0.attn.c_attn.weight", &[96, 32], Init::Zeros).unwrap();
-    let tmap = HfNameMap::gpt2().with_transposed(&["h.0.attn.c_attn.weight"]);
+    let tmap = Family::Gpt2.name_map().with_transposed(&["h.0.attn.c_attn.weight"]);
     load_params(fixture("gpt2_lm/model.safetensors"), &tstore, &tmap, &LoadOptions::strict()).unwrap();
     assert_eq!(f32s(&tp.tensor()), f32s(&c_attn.tensor().t().unwrap()));
     let d = tmpdir("tp");
@@ -219,13 +220,13 @@ fn hf_quirks_legacy_names_buffers_prefix_and_tied() {
 
     // BertModel file (no prefix) into a model with `bert.`: encoder loads, MLM head missing.
     let mlm = store_like(&modern, |n| Some(n.to_string()));
-    let rep = load_params(fixture("bert_base_model/model.safetensors"), &mlm, &HfNameMap::bert(), &LoadOptions::default()).unwrap();
+    let rep = load_params(fixture("bert_base_model/model.safetensors"), &mlm, &Family::Bert.name_map(), &LoadOptions::default()).unwrap();
     assert_eq!(rep.missing, vec!["cls.predictions.bias", "cls.predictions.transform.LayerNorm.bias", "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.dense.bias", "cls.predictions.transform.dense.weight"]);
     assert_eq!(rep.unexpected, vec!["pooler.dense.bias", "pooler.dense.weight"]);
     assert!(rep.loaded.contains(&("bert.embeddings.word_embeddings.weight".into(), "embeddings.word_embeddings.weight".into())));
     // ...and the other direction: a prefixed file into a bare encoder.
     let bare = store_like(&fixture("bert_base_model/model.safetensors"), |n| Some(n.to_string()));
-    let rep = load_params(&modern, &bare, &HfNameMap::bert(), &LoadOptions::default()).unwrap();
+    let rep = load_params(&modern, &bare, &Family::Bert.name_map(), &LoadOptions::default()).unwrap();
     assert_eq!(rep.missing, vec!["pooler.dense.bias", "pooler.dense.weight"]);
     assert_eq!(rep.unexpected.len(), 5);
 
@@ -236,15 +237,15 @@ fn hf_quirks_legacy_names_buffers_prefix_and_tied() {
     ts.push(("cls.predictions.decoder.bias".into(), bias.clone()));
     ts.push(("cls.predictions.decoder.weight".into(), reference.tensor("bert.embeddings.word_embeddings.weight").unwrap()));
     write_safetensors(d.join("both.safetensors"), &ts, None, None).unwrap();
-    let rep = load_params(d.join("both.safetensors"), &store, &HfNameMap::bert(), &LoadOptions::strict()).unwrap();
+    let rep = load_params(d.join("both.safetensors"), &store, &Family::Bert.name_map(), &LoadOptions::strict()).unwrap();
     assert_eq!(rep.ignored, vec!["cls.predictions.decoder.bias", "cls.predictions.decoder.weight"]);
     ts.retain(|(n, _)| n != "cls.predictions.bias");
     write_safetensors(d.join("alias.safetensors"), &ts, None, None).unwrap();
     let fresh = store_like(&modern, |n| Some(n.to_string()));
-    let rep = load_params(d.join("alias.safetensors"), &fresh, &HfNameMap::bert(), &LoadOptions::strict()).unwrap();
+    let rep = load_params(d.join("alias.safetensors"), &fresh, &Family::Bert.name_map(), &LoadOptions::strict()).unwrap();
     assert!(rep.loaded.contains(&("cls.predictions.bias".into(), "cls.predictions.decoder.bias".into())), "{rep}");
     assert_eq!(f32s(&fresh.get("cls.predictions.bias").unwrap().tensor()), f32s(&bias));
-    save_params(d.join("resaved.safetensors"), &fresh, &HfNameMap::bert(), None).unwrap();
+    save_params(d.join("resaved.safetensors"), &fresh, &Family::Bert.name_map(), None).unwrap();
     assert_eq!(StFile::open(d.join("resaved.safetensors")).unwrap().names(), reference.names());
     std::fs::remove_dir_all(d).unwrap();
 }
@@ -299,11 +300,11 @@ fn corrupt_or_truncated_files_are_errors_naming_the_path() {
     for (tag, bytes) in cases {
         let p = d.join(format!("{tag}.safetensors"));
         std::fs::write(&p, &bytes).unwrap();
-        let e = load_params(&p, &store, &HfNameMap::bert(), &LoadOptions::default()).unwrap_err().to_string();
+        let e = load_params(&p, &store, &Family::Bert.name_map(), &LoadOptions::default()).unwrap_err().to_string();
         assert!(e.contains(&p.display().to_string()) && e.contains("safetensors"), "{tag}: {e}");
         assert!(read_safetensors(&p).is_err(), "{tag}");
     }
-    let e = load_params(d.join("nope.safetensors"), &store, &HfNameMap::bert(), &LoadOptions::default()).unwrap_err().to_string();
+    let e = load_params(d.join("nope.safetensors"), &store, &Family::Bert.name_map(), &LoadOptions::default()).unwrap_err().to_string();
     assert!(e.contains("nope.safetensors"), "{e}");
     let e = load_train_state(fixture("bert_base_model/model.safetensors")).unwrap_err().to_string();
     assert!(e.contains("not a kiln training-state file"), "{e}");
@@ -637,7 +638,7 @@ fn tokenizers_train_save_load_round_trip() {
     assert_eq!(again.encode(text, false).unwrap().get_ids(), enc.get_ids());
     let mut cfg = ModelConfig::preset("gpt2-tiny").unwrap();
     tokenize::sync_config(&mut cfg, &bpe);
-    let ModelConfig::Gpt2(g) = &cfg else { unreachable!() };
+    let ModelConfig::Decoder(g) = &cfg else { unreachable!() };
     assert_eq!((g.vocab_size, g.eos_token_id), (bpe.get_vocab_size(true), Some(0)));
     let stream = kiln::model::data::encode_stream(&bpe, "ab ab\n\ncd", Some(0)).unwrap();
     assert_eq!(stream.iter().filter(|&&t| t == 0).count(), 2, "one <|endoftext|> per document");
@@ -727,7 +728,7 @@ fn checkpoint_directory_is_hf_layout() {
     let d = tmpdir("ckpt");
     let cfg = ModelConfig::load(fixture("gpt2_lm")).unwrap();
     let store = store_like(&fixture("gpt2_lm/model.safetensors"), |n| Some(n.to_string()));
-    load_params(fixture("gpt2_lm/model.safetensors"), &store, &HfNameMap::gpt2(), &LoadOptions::strict()).unwrap();
+    load_params(fixture("gpt2_lm/model.safetensors"), &store, &Family::Gpt2.name_map(), &LoadOptions::strict()).unwrap();
     let tok = tokenize::train_bpe_from_texts(&["hello world", "hello there"], 280).unwrap();
     let mut rngs = BTreeMap::new();
     rngs.insert("dropout".to_string(), DataRng::new(1, 2).state());

@@ -4,7 +4,7 @@
 //! run with a message naming the step while the last checkpoint stays intact (library and CLI).
 use kiln::model::config::ModelConfig;
 use kiln::model::data::{encode_documents, encode_stream, read_text, Batch, BertBatcher, CausalLmBatcher, IGNORE_INDEX};
-use kiln::model::model::{LoadedModel, Model};
+use kiln::model::model::{Inputs, LoadedModel, Model};
 use kiln::model::nn::ForwardCtx;
 use kiln::model::sched::{Decay, LrSchedule};
 use kiln::model::tokenize::{self, SpecialIds, Tokenizer};
@@ -54,7 +54,7 @@ fn opts(steps: u64, lr: f64, warmup: u64, out: Option<PathBuf>, ckpt_every: u64)
 /// A GPT-2 config of the given size whose vocabulary matches `tok`, dropout off.
 fn small_gpt(tok: &Tokenizer, n_embd: usize, n_layer: usize, n_head: usize) -> ModelConfig {
     let mut cfg = ModelConfig::preset("gpt2-tiny").unwrap();
-    if let ModelConfig::Gpt2(c) = &mut cfg {
+    if let ModelConfig::Decoder(c) = &mut cfg {
         (c.n_embd, c.n_layer, c.n_head) = (n_embd, n_layer, n_head);
         (c.resid_pdrop, c.embd_pdrop, c.attn_pdrop) = (0.0, 0.0, 0.0);
     }
@@ -110,8 +110,9 @@ fn mlm_accuracy(model: &Model, eval: &mut BertBatcher, n: usize, most_frequent: 
     let (mut model_n, mut base_n) = ((0, 0), (0, 0));
     for _ in 0..n {
         let b = eval.next_batch().unwrap();
-        let out = no_grad(|| model.forward(&b.input_ids, Some(&b.attention_mask), Some(&b.token_type_ids), &Default::default(), &ForwardCtx::eval())).unwrap();
-        let pred = out.get("logits").unwrap().argmax(2, false).unwrap().to_vec::<i64>().unwrap();
+        let inputs = Inputs { input_ids: Some(b.input_ids.clone()), attention_mask: Some(b.attention_mask.clone()), token_type_ids: Some(b.token_type_ids.clone()), ..Default::default() };
+        let out = no_grad(|| model.forward(&inputs, &ForwardCtx::eval())).unwrap();
+        let pred = out.get("logits").or(out.get("prediction_logits")).unwrap().argmax(2, false).unwrap().to_vec::<i64>().unwrap();
         let m = count_masked(&b, |i| pred[i]);
         let f = count_masked(&b, |_| most_frequent);
         (model_n.0, model_n.1, base_n.0, base_n.1) = (model_n.0 + m.0, model_n.1 + m.1, base_n.0 + f.0, base_n.1 + f.1);
@@ -139,7 +140,7 @@ fn tiny_bert_mlm_accuracy_beats_the_most_frequent_token() {
     let most_frequent = counts.iter().filter(|(i, _)| !sp.all().contains(i)).max_by_key(|(_, &c)| c).map(|(&i, _)| i as i64).unwrap();
     let mut cfg = ModelConfig::preset("bert-tiny").unwrap();
     cfg.set_architecture("BertForMaskedLM");
-    if let ModelConfig::Bert(c) = &mut cfg {
+    if let ModelConfig::Encoder(c) = &mut cfg {
         (c.hidden_dropout_prob, c.attention_probs_dropout_prob) = (0.0, 0.0);
     }
     tokenize::sync_config(&mut cfg, &tok);

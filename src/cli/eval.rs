@@ -28,9 +28,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let l = super::load_model_dir(&a.model, 0, device)?;
     let tok = l.tokenizer.as_ref().ok_or_else(|| Error::msg(format!("eval: no tokenizer.json in {}", a.model.display())))?;
     let text = kiln::model::data::read_text(&a.data)?;
-    let mut src: Box<dyn BatchSource> = match l.cfg.model_type() {
-        "gpt2" => Box::new(CausalLmBatcher::new(encode_stream(tok, &text, SpecialIds::of(tok).eot)?, a.batch, a.seq, 0)?),
-        _ => Box::new(BertBatcher::new(encode_documents(tok, &text)?, &SpecialIds::of(tok), l.cfg.vocab_size(), a.batch, a.seq, 0, l.model.is_pretraining())?),
+    let mut src: Box<dyn BatchSource> = match l.cfg.family().is_decoder() {
+        true => Box::new(CausalLmBatcher::new(encode_stream(tok, &text, SpecialIds::of(tok).eot)?, a.batch, a.seq, 0)?),
+        false => Box::new(BertBatcher::new(encode_documents(tok, &text)?, &SpecialIds::of(tok), l.cfg.vocab_size(), a.batch, a.seq, 0, l.model.is_pretraining())?),
     };
     let trainer = kiln::model::trainer::Trainer { cfg: l.cfg.clone(), store: l.store.clone(), model: l.model, tokenizer: None, optimizer: kiln::model::AdamW::new(Default::default()), step: 0, losses: vec![], evals: vec![], scaler: Default::default() };
     let loss = trainer.evaluate(src.as_mut(), a.batches)?;

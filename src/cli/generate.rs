@@ -1,6 +1,6 @@
 //! `kiln generate`: greedy or sampled continuation from a GPT-2 checkpoint.
 use clap::Args;
-use kiln::model::gpt::SampleOptions;
+use kiln::model::generate::SampleOptions;
 use kiln::model::tokenize;
 use kiln::{DType, Device, Error, Result};
 use std::path::PathBuf;
@@ -40,7 +40,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         return Err(Error::msg(format!("generate: --dtype must be f32 or bf16, got {dtype}")));
     }
     let l = kiln::model::model::LoadedModel::from_dir_as(&a.model, 0, device, dtype)?;
-    let m = l.model.as_gpt2().map_err(|e| Error::msg(format!("generate: {e}")))?;
+    let m = l.model.as_causal_lm().map_err(|e| Error::msg(format!("generate: {e}")))?;
     let tok = l.tokenizer.ok_or_else(|| Error::msg(format!("generate: no tokenizer.json in {}", a.model.display())))?;
     let prompt = tokenize::encode_ids(&tok, &a.prompt)?;
     let eos = tokenize::SpecialIds::of(&tok).eot.map(|i| i as i64);

@@ -3,15 +3,14 @@ use crate::{corpus, plot};
 use clap::Args;
 use kiln::model::config::ModelConfig;
 use kiln::model::data::{encode_documents, encode_stream, BertBatcher, CausalLmBatcher};
-use kiln::model::gpt::SampleOptions;
-use kiln::model::model::Model;
+use kiln::model::generate::SampleOptions;
 use kiln::model::optim::AdamWConfig;
 use kiln::model::params::ParamStore;
 use kiln::model::sched::{Decay, LrSchedule};
 use kiln::model::tokenize::{self, SpecialIds};
 use kiln::model::train_state::load_train_state;
 use kiln::model::trainer::{BatchSource, EvalLog, StepLog, TrainObserver, TrainOptions, Trainer};
-use kiln::model::{HfNameMap, LoadOptions};
+use kiln::model::LoadOptions;
 use kiln::{DType, Device, Error, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -170,9 +169,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             if dir.as_ref().is_some_and(|d| d.join("model.safetensors").exists()) {
                 return Err(Error::msg("train: the checkpoint has weights but no tokenizer.json; pass --tokenizer"));
             }
-            let t = match cfg.model_type() {
-                "gpt2" => tokenize::train_bpe_from_texts(&[train_text], args.vocab)?,
-                _ => tokenize::train_wordpiece_from_texts(&[train_text], args.vocab)?,
+            let t = match cfg.family().is_decoder() {
+                true => tokenize::train_bpe_from_texts(&[train_text], args.vocab)?,
+                false => tokenize::train_wordpiece_from_texts(&[train_text], args.vocab)?,
             };
             tokenize::sync_config(&mut cfg, &t);
             t
@@ -190,18 +189,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(d) = &dir {
         let w = d.join("model.safetensors");
         if w.exists() {
-            kiln::model::load_params(&w, &store, &HfNameMap::for_model_type(cfg.model_type()), &LoadOptions::strict())?;
+            kiln::model::load_params(&w, &store, &cfg.family().name_map(), &LoadOptions::strict())?;
         }
     }
-    let (mut data, mut eval): (Box<dyn BatchSource>, Box<dyn BatchSource>) = match cfg.model_type() {
-        "gpt2" => {
+    let (mut data, mut eval): (Box<dyn BatchSource>, Box<dyn BatchSource>) = match cfg.family().is_decoder() {
+        true => {
             let eot = SpecialIds::of(&tok).eot;
             let tr = encode_stream(&tok, train_text, eot)?;
             let ev = encode_stream(&tok, eval_text, eot)?;
             (Box::new(CausalLmBatcher::new(tr, args.batch, args.seq, args.seed)?), Box::new(CausalLmBatcher::new(ev, args.batch, args.seq, args.seed ^ 1)?))
         }
-        _ => {
-            let nsp = matches!(&trainer.model, m if m.is_pretraining());
+        false => {
+            let nsp = trainer.model.is_pretraining();
             let sp = SpecialIds::of(&tok);
             let v = cfg.vocab_size();
             (
@@ -272,7 +271,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             println!("peak device memory ({device}): {:.1} MiB (caching-allocator high-water mark)", peak as f64 / (1u64 << 20) as f64);
         }
     }
-    if let (Model::Gpt2(m), true) = (&trainer.model, args.sample_tokens > 0 && !args.json) {
+    if let (Ok(m), true) = (trainer.model.as_causal_lm(), args.sample_tokens > 0 && !args.json) {
         let prompt = tok.encode("The", false).map_err(|e| Error::msg(format!("tokenizer: {e}")))?.get_ids().iter().map(|&i| i as i64).collect::<Vec<_>>();
         let ids = m.generate(&prompt, &SampleOptions { max_new_tokens: args.sample_tokens, temperature: 0.8, top_k: 40, seed: args.seed, ..Default::default() })?;
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();

@@ -1,5 +1,5 @@
 //! The decoding rows of `kiln bench`: greedy generation from a GPT-2 with the key/value cache
-//! (`Gpt2LmHeadModel::generate`), batch 1, after a short and a long prompt, as
+//! (`CausalLm::generate`), batch 1, after a short and a long prompt, as
 //! scripts/torch_bench.py runs Hugging Face's `generate(use_cache=True, do_sample=False)` on the
 //! same config, with f32 and with bf16 weights. One call is the prefill of the prompt plus `new`
 //! tokens; decoding one token streams every weight once, so the rows count bytes: 4·P·new for f32
@@ -11,8 +11,9 @@
 //! may break either way is not an error).
 use super::harness::{Stats, Work};
 use super::row::Row;
-use crate::model::config::{Gpt2Config, ModelConfig};
-use crate::model::gpt::{Gpt2LmHeadModel, SampleOptions};
+use crate::model::config::{DecoderConfig, ModelConfig};
+use crate::model::family::Family;
+use crate::model::generate::{CausalLm, SampleOptions};
 use crate::model::model::Model;
 use crate::model::nn::ForwardCtx;
 use crate::model::ParamStore;
@@ -24,15 +25,15 @@ pub const OP: &str = "decode_gpt";
 
 /// (config, [(prompt tokens, new tokens)]): GPT-2 124M with 32 + 32 and 512 + 32 tokens (a
 /// short and a long context), or a one-layer model with 8 + 8 when `quick`.
-pub fn spec(quick: bool) -> Result<(Gpt2Config, Vec<(usize, usize)>)> {
+pub fn spec(quick: bool) -> Result<(DecoderConfig, Vec<(usize, usize)>)> {
     if quick {
-        let mut g: Gpt2Config = serde_json::from_str("{}").map_err(|e| Error::msg(e.to_string()))?;
+        let mut g = DecoderConfig::defaults(Family::Gpt2);
         (g.n_layer, g.n_embd, g.n_head, g.vocab_size, g.n_positions) = (1, 32, 2, 256, 64);
         (g.bos_token_id, g.eos_token_id) = (Some(0), Some(0));
         return Ok((g, vec![(8, 8)]));
     }
     match ModelConfig::preset("gpt2")? {
-        ModelConfig::Gpt2(g) => Ok((g, vec![(32, 32), (512, 32)])),
+        ModelConfig::Decoder(g) => Ok((g, vec![(32, 32), (512, 32)])),
         _ => Err(Error::msg("decode: the gpt2 preset is not a GPT-2 config")),
     }
 }
@@ -51,7 +52,7 @@ pub fn greedy_tolerance(dt: DType) -> f64 {
 /// Checks greedy `ids` (prompt + generated) against a full forward over them, computed in the
 /// parameters' dtype as `generate` is; returns the largest gap between a recomputed maximum and the
 /// picked token's logit, relative to the logits' scale.
-pub fn check_greedy(m: &Gpt2LmHeadModel, ids: &[i64], n_prompt: usize) -> Result<f64> {
+pub fn check_greedy(m: &CausalLm, ids: &[i64], n_prompt: usize) -> Result<f64> {
     let w = m.transformer.wte.weight.tensor();
     let x = Tensor::from_vec(ids.to_vec(), &[1, ids.len()])?.to_device(w.device())?;
     let logits = no_grad(|| m.forward(&x, None, None, &ForwardCtx::eval().with_compute_dtype(w.dtype())))?.logits;
@@ -82,7 +83,7 @@ pub fn rows(device: Device, quick: bool, runs: usize, filter: &dyn Fn(&str) -> b
     // f32 weights, and bf16 weights (generate computes in the parameters' dtype)
     for dt in [DType::F32, DType::BF16] {
         let store = ParamStore::new(0, dt, device);
-        let model = Model::build(&ModelConfig::Gpt2(cfg.clone()), &store);
+        let model = Model::build(&ModelConfig::Decoder(cfg.clone()), &store);
         for &(n_prompt, new) in &shapes {
             let mut row = Row::new(OP, "kiln", device, dt, &format!("1x{n_prompt}x{new}"), false);
             let r = match &model {
@@ -99,13 +100,13 @@ pub fn rows(device: Device, quick: bool, runs: usize, filter: &dyn Fn(&str) -> b
 }
 
 #[allow(clippy::too_many_arguments)]
-fn measure(cfg: &Gpt2Config, model: &Model, store: &ParamStore, n_prompt: usize, new: usize, device: Device, runs: usize, row: &mut Row) -> Result<()> {
-    let m = model.as_gpt2()?;
+fn measure(cfg: &DecoderConfig, model: &Model, store: &ParamStore, n_prompt: usize, new: usize, device: Device, runs: usize, row: &mut Row) -> Result<()> {
+    let m = model.as_causal_lm()?;
     let n_params: usize = store.params().iter().map(|p| p.elem_count()).sum();
     let p = prompt(n_prompt, cfg.vocab_size);
     let opts = SampleOptions { max_new_tokens: new, ..Default::default() };
     let ids = m.generate(&p, &opts)?;
-    let gap = check_greedy(m, &ids, n_prompt)?;
+    let gap = check_greedy(&m, &ids, n_prompt)?;
     let mut times = Vec::new();
     for _ in 0..runs.max(1) {
         cuda::synchronize(device)?;
@@ -125,7 +126,7 @@ fn measure(cfg: &Gpt2Config, model: &Model, store: &ParamStore, n_prompt: usize,
     x.insert("prompt_tokens".into(), n_prompt.into());
     x.insert("new_tokens".into(), new.into());
     x.insert("check_max_gap".into(), gap.into());
-    x.insert("method".into(), "Gpt2LmHeadModel::generate, greedy, key/value cache; bytes = (weight bytes)*P*new (weights streamed per token)".into());
+    x.insert("method".into(), "CausalLm::generate, greedy, key/value cache; bytes = (weight bytes)*P*new (weights streamed per token)".into());
     x.insert("config".into(), serde_json::to_value(cfg).map_err(|e| Error::msg(e.to_string()))?);
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! allows it (`/proc/self/clear_refs`), and the device allocator's peak on CUDA.
 use super::harness::{Stats, Work};
 use super::row::Row;
-use crate::model::config::{BertConfig, Gpt2Config, ModelConfig};
+use crate::model::config::{DecoderConfig, EncoderConfig, ModelConfig};
+use crate::model::family::Family;
 use crate::model::data::Batch;
 use crate::model::model::Model;
 use crate::model::nn::ForwardCtx;
@@ -16,14 +17,14 @@ use crate::{DType, Device, Error, Result, Tensor};
 /// The step configs: (op, config, layers, width).
 pub fn configs(quick: bool) -> Result<Vec<(&'static str, ModelConfig)>> {
     let (l, d, h, v, ffn) = if quick { (1, 32, 2, 256, 64) } else { (4, 256, 4, 8192, 1024) };
-    let mut g: Gpt2Config = serde_json::from_str("{}").map_err(|e| Error::msg(e.to_string()))?;
+    let mut g = DecoderConfig::defaults(Family::Gpt2);
     (g.n_layer, g.n_embd, g.n_head, g.vocab_size, g.n_positions) = (l, d, h, v, 128);
     (g.resid_pdrop, g.embd_pdrop, g.attn_pdrop) = (0.0, 0.0, 0.0);
     (g.bos_token_id, g.eos_token_id) = (Some(0), Some(0)); // as torch_bench.py (the default 50256 is past a small vocab)
-    let mut b: BertConfig = serde_json::from_str("{}").map_err(|e| Error::msg(e.to_string()))?;
+    let mut b = EncoderConfig::defaults(Family::Bert);
     (b.num_hidden_layers, b.hidden_size, b.num_attention_heads, b.intermediate_size, b.vocab_size) = (l, d, h, ffn, v);
     (b.hidden_dropout_prob, b.attention_probs_dropout_prob) = (0.0, 0.0);
-    Ok(vec![("train_step_gpt", ModelConfig::Gpt2(g)), ("train_step_bert", ModelConfig::Bert(b))])
+    Ok(vec![("train_step_gpt", ModelConfig::Decoder(g)), ("train_step_bert", ModelConfig::Encoder(b))])
 }
 
 /// A seeded batch: GPT labels are the next tokens; BERT labels every ~7th position (-100 elsewhere).
@@ -38,8 +39,8 @@ fn batch(cfg: &ModelConfig, b: usize, t: usize, device: Device) -> Result<Batch>
     };
     let ids: Vec<i64> = (0..b * (t + 1)).map(|_| next()).collect();
     let (inp, lab): (Vec<i64>, Vec<i64>) = match cfg {
-        ModelConfig::Gpt2(_) => ids.chunks(t + 1).flat_map(|r| (0..t).map(move |i| (r[i], r[i + 1]))).unzip(),
-        ModelConfig::Bert(_) => ids.chunks(t + 1).flat_map(|r| (0..t).map(move |i| (r[i], if (i * 7 + 3) % 20 < 3 { r[i] } else { -100 }))).unzip(),
+        ModelConfig::Decoder(_) => ids.chunks(t + 1).flat_map(|r| (0..t).map(move |i| (r[i], r[i + 1]))).unzip(),
+        ModelConfig::Encoder(_) => ids.chunks(t + 1).flat_map(|r| (0..t).map(move |i| (r[i], if (i * 7 + 3) % 20 < 3 { r[i] } else { -100 }))).unzip(),
     };
     Batch {
         input_ids: Tensor::from_vec(inp, &[b, t])?,
@@ -85,10 +86,10 @@ pub fn specs(device: Device, quick: bool, gpt_batch: usize) -> Result<Vec<StepSp
     } else if device != Device::Cpu {
         let mut gpt = ModelConfig::preset("gpt2")?;
         let mut bert = ModelConfig::preset("bert-base")?;
-        if let ModelConfig::Gpt2(g) = &mut gpt {
+        if let ModelConfig::Decoder(g) = &mut gpt {
             (g.resid_pdrop, g.embd_pdrop, g.attn_pdrop) = (0.0, 0.0, 0.0);
         }
-        if let ModelConfig::Bert(c) = &mut bert {
+        if let ModelConfig::Encoder(c) = &mut bert {
             (c.hidden_dropout_prob, c.attention_probs_dropout_prob) = (0.0, 0.0);
         }
         out.push(StepSpec { op: "train_step_gpt", cfg: gpt, batch: gpt_batch.max(1), seq: 1024, compute: DType::BF16 });
@@ -224,8 +225,8 @@ fn step_row(spec: &StepSpec, device: Device, steps: usize, row: &mut Row) -> Res
         }
     }
     let cfg_json = match cfg {
-        ModelConfig::Gpt2(c) => serde_json::to_value(c),
-        ModelConfig::Bert(c) => serde_json::to_value(c),
+        ModelConfig::Decoder(c) => serde_json::to_value(c),
+        ModelConfig::Encoder(c) => serde_json::to_value(c),
     };
     x.insert("config".into(), cfg_json.map_err(|e| Error::msg(e.to_string()))?);
     if let Some(mb) = peak_rss_mb() {

@@ -46,39 +46,6 @@ impl HfNameMap {
     pub fn exact() -> HfNameMap {
         HfNameMap::default()
     }
-    /// BERT: `bert.` prefix optional, `position_ids`/`token_type_ids` buffers ignored, legacy
-    /// `gamma`/`beta`, MLM decoder tied to the word embeddings and `cls.predictions.bias`.
-    pub fn bert() -> HfNameMap {
-        HfNameMap {
-            prefixes: vec!["bert.".into()],
-            ignore_suffixes: vec!["embeddings.position_ids".into(), "embeddings.token_type_ids".into()],
-            tied: vec![
-                ("cls.predictions.decoder.weight".into(), "bert.embeddings.word_embeddings.weight".into()),
-                ("cls.predictions.decoder.bias".into(), "cls.predictions.bias".into()),
-            ],
-            legacy_layer_norm: true,
-            transposed: vec![],
-        }
-    }
-    /// GPT-2: `transformer.` prefix optional, `attn.bias` / `attn.masked_bias` buffers ignored,
-    /// `lm_head.weight` tied to `transformer.wte.weight`; Conv1D weights kept `[in, out]`.
-    pub fn gpt2() -> HfNameMap {
-        HfNameMap {
-            prefixes: vec!["transformer.".into()],
-            ignore_suffixes: vec![".attn.bias".into(), ".attn.masked_bias".into()],
-            tied: vec![("lm_head.weight".into(), "transformer.wte.weight".into())],
-            legacy_layer_norm: true,
-            transposed: vec![],
-        }
-    }
-    /// The map for a `model_type` (`bert` / `gpt2`; anything else: [`HfNameMap::exact`]).
-    pub fn for_model_type(model_type: &str) -> HfNameMap {
-        match model_type {
-            "bert" => Self::bert(),
-            "gpt2" => Self::gpt2(),
-            _ => Self::exact(),
-        }
-    }
     /// Declares that parameters ending with these suffixes are stored transposed in the file.
     pub fn with_transposed(mut self, suffixes: &[&str]) -> HfNameMap {
         self.transposed.extend(suffixes.iter().map(|s| s.to_string()));

@@ -3,7 +3,8 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`config`] | `config.json` for BERT / GPT-2 (HF field names), presets, validation |
+//! | [`config`] | `config.json` of every family member (HF field names and defaults), presets, validation |
+//! | [`family`] | the family table: `model_type` and HF architecture names → stack, head, name quirks |
 //! | [`params`] | [`params::ParamStore`] / [`params::Param`]: named parameters, freeze, no-decay |
 //! | [`checkpoint`] | `model.safetensors` with HF names and their quirks, [`checkpoint::LoadReport`] |
 //! | [`st_io`] | raw safetensors I/O (f32 / f16 / bf16 / f64 / ints), atomic writes |
@@ -12,9 +13,11 @@
 //! | [`tokenize`] | load or train tokenizers (byte-level BPE, WordPiece) |
 //! | [`data`] | causal-LM windows, MLM masking, NSP pairs, padding, resumable positions |
 //! | [`rng`] | the serialisable ChaCha8 generator used by the data pipeline |
-//! | [`nn`] | layers: Linear, Embedding, LayerNorm, Dropout, SelfAttention, FeedForward |
-//! | [`bert`], [`gpt`] | BERT (+ heads) and GPT-2 with HF parameter names |
-//! | [`model`] | [`model::Model`]: any model built from a config |
+//! | [`nn`] | layers: Linear, Embedding, LayerNorm, Dropout, SelfAttention, FeedForward, KvCache |
+//! | [`encoder`], [`decoder`] | the two stacks (BERT, RoBERTa, ALBERT, DistilBERT, ELECTRA; GPT-1, GPT-2) with HF parameter names |
+//! | [`heads`] | MLM, classification, token, QA, discriminator, LM and multiple-choice heads; the losses |
+//! | [`generate`] | [`generate::CausalLm`]: cached decoding and sampling |
+//! | [`model`] | [`model::Model`]: any architecture built from a config, HF inputs and outputs by name |
 //! | [`trainer`] | the training loop: accumulation, clipping, schedules, eval, checkpoints, resume |
 //! | [`train_state`] | `training_state.safetensors` and whole checkpoint directories |
 //!
@@ -26,7 +29,7 @@
 //! store.get_or_init("bert.embeddings.word_embeddings.weight", &[cfg.vocab_size(), cfg.hidden_size()], Init::Normal { std: 0.02 })?;
 //! let dir = std::env::temp_dir().join(format!("kiln-doc-{}", std::process::id()));
 //! std::fs::create_dir_all(&dir).unwrap();
-//! let map = checkpoint::HfNameMap::bert();
+//! let map = kiln_model::family::Family::Bert.name_map();
 //! checkpoint::save_params(dir.join("model.safetensors"), &store, &map, None)?;
 //! let report = checkpoint::load_params(dir.join("model.safetensors"), &store, &map, &checkpoint::LoadOptions::strict())?;
 //! assert!(report.is_clean());
@@ -34,12 +37,15 @@
 //! # Ok::<(), kiln_tensor::Error>(())
 //! ```
 mod adamw_kernel;
-pub mod bert;
 mod bert_batcher;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
-pub mod gpt;
+pub mod decoder;
+pub mod encoder;
+pub mod family;
+pub mod generate;
+pub mod heads;
 pub mod io;
 pub mod model;
 pub mod nn;
@@ -53,7 +59,8 @@ pub mod train_state;
 pub mod trainer;
 
 pub use checkpoint::{load_params, save_params, HfNameMap, LoadOptions, LoadReport};
-pub use config::{BertConfig, Gpt2Config, ModelConfig};
+pub use config::{DecoderConfig, EncoderConfig, ModelConfig};
+pub use family::{Arch, Family, Task};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, Optimizer};
 pub use params::{Init, Param, ParamStore};
 pub use sched::{Decay, LrSchedule};

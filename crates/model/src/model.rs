@@ -1,23 +1,181 @@
-//! One handle over every model kiln builds from a config: GPT-2 LM or BERT with a head.
-use crate::bert::{BertLabels, BertTask, BertWithHead};
+//! One handle over every model of the family: a stack ([`Encoder`] or [`Decoder`]) and a head,
+//! chosen by the config's architecture ([`crate::family::ARCHITECTURES`]). [`Model::forward`] takes
+//! the HF forward arguments by name ([`Inputs`]) and returns the HF output names ([`Outputs`]).
 use crate::config::ModelConfig;
 use crate::data::Batch;
-use crate::gpt::Gpt2LmHeadModel;
-use crate::nn::ForwardCtx;
+use crate::decoder::Decoder;
+use crate::encoder::Encoder;
+use crate::family::{Arch, Family, Task};
+use crate::generate::CausalLm;
+use crate::heads::{flat_ce, masked_bce_with_logits, mse, shifted_lm_loss, Classifier, Discriminator, LmHead, MlmHead, SequenceSummary, TokenHead};
+use crate::nn::{dims3, ForwardCtx, Linear};
 use crate::params::ParamStore;
 use kiln_tensor::{DType, Device, Error, Result, Tensor};
 use std::path::Path;
 
+/// The stack under the head.
+pub enum Stack {
+    Encoder(Encoder),
+    Decoder(Decoder),
+}
+
+/// What sits on the stack (see [`crate::heads`] for each).
+pub enum Head {
+    /// A bare stack (`BertModel`, `GPT2Model`, ...).
+    None,
+    MaskedLm(MlmHead),
+    /// BERT: MLM + next-sentence prediction (`cls.seq_relationship` on the pooled output).
+    BertPreTraining(MlmHead, Linear),
+    /// ALBERT: MLM + sentence-order prediction (`sop_classifier.classifier` on the pooled output).
+    AlbertPreTraining(MlmHead, TokenHead),
+    /// ELECTRA's replaced-token discriminator.
+    Discriminator(Discriminator),
+    SequenceClassification(Classifier),
+    TokenClassification(TokenHead),
+    QuestionAnswering(TokenHead),
+    CausalLm(LmHead),
+    /// LM head + multiple-choice summary (GPT-1 / GPT-2 `DoubleHeadsModel`).
+    DoubleHeads(LmHead, SequenceSummary),
+}
+
 /// A model built from a [`ModelConfig`], its parameters living in a [`ParamStore`].
-pub enum Model {
-    Gpt2(Gpt2LmHeadModel),
-    Bert(BertWithHead),
+pub struct Model {
+    pub arch: Arch,
+    pub stack: Stack,
+    pub head: Head,
+    num_labels: usize,
+}
+
+/// The HF forward arguments, by name (each optional; which ones a model takes: [`Arch::inputs`]).
+#[derive(Default, Clone)]
+pub struct Inputs {
+    pub input_ids: Option<Tensor>,
+    pub attention_mask: Option<Tensor>,
+    pub token_type_ids: Option<Tensor>,
+    pub labels: Option<Tensor>,
+    pub next_sentence_label: Option<Tensor>,
+    pub sentence_order_label: Option<Tensor>,
+    pub start_positions: Option<Tensor>,
+    pub end_positions: Option<Tensor>,
+    pub mc_token_ids: Option<Tensor>,
+    pub mc_labels: Option<Tensor>,
+}
+
+/// An integer field as a tensor: nested lists of one rectangular shape (`[B]`, `[B, T]`, `[B, C, T]`).
+fn int_field(key: &str, x: &serde_json::Value) -> Result<Tensor> {
+    let bad = |why: &str| Error::msg(format!("batch: field '{key}' {why}"));
+    let mut shape = Vec::new();
+    let mut probe = x;
+    while let serde_json::Value::Array(a) = probe {
+        shape.push(a.len());
+        match a.first() {
+            Some(f) => probe = f,
+            None => return Err(bad("has an empty list (pad the rows to one length)")),
+        }
+    }
+    if shape.is_empty() {
+        return Err(bad("must be a list"));
+    }
+    let mut flat = Vec::with_capacity(shape.iter().product());
+    fn walk(v: &serde_json::Value, shape: &[usize], out: &mut Vec<i64>, bad: &dyn Fn(&str) -> Error) -> Result<()> {
+        match (v, shape.split_first()) {
+            (serde_json::Value::Array(a), Some((&n, rest))) if a.len() == n => a.iter().try_for_each(|e| walk(e, rest, out, bad)),
+            (serde_json::Value::Array(_), _) => Err(bad("must have rows of one length at every level (pad them)")),
+            (e, None) => {
+                out.push(e.as_i64().ok_or_else(|| bad("must hold integers"))?);
+                Ok(())
+            }
+            (_, Some(_)) => Err(bad("mixes lists and numbers")),
+        }
+    }
+    walk(x, &shape, &mut flat, &bad)?;
+    Tensor::from_vec(flat, &shape)
+}
+
+/// Every field of [`Inputs`], by HF name.
+pub const INPUT_NAMES: [&str; 10] =
+    ["input_ids", "attention_mask", "token_type_ids", "labels", "next_sentence_label", "sentence_order_label", "start_positions", "end_positions", "mc_token_ids", "mc_labels"];
+
+impl Inputs {
+    /// Inputs holding `input_ids` only.
+    pub fn ids(input_ids: &Tensor) -> Inputs {
+        Inputs { input_ids: Some(input_ids.clone()), ..Default::default() }
+    }
+    /// The slot of an HF argument name (see [`INPUT_NAMES`]).
+    pub fn slot(&mut self, name: &str) -> Option<&mut Option<Tensor>> {
+        Some(match name {
+            "input_ids" => &mut self.input_ids,
+            "attention_mask" => &mut self.attention_mask,
+            "token_type_ids" => &mut self.token_type_ids,
+            "labels" => &mut self.labels,
+            "next_sentence_label" => &mut self.next_sentence_label,
+            "sentence_order_label" => &mut self.sentence_order_label,
+            "start_positions" => &mut self.start_positions,
+            "end_positions" => &mut self.end_positions,
+            "mc_token_ids" => &mut self.mc_token_ids,
+            "mc_labels" => &mut self.mc_labels,
+            _ => return None,
+        })
+    }
+    /// A batch in JSON: an object whose keys are HF argument names ([`INPUT_NAMES`]) holding
+    /// nested lists of integers of one rectangular shape (`[B]`, `[B, T]`, `[B, C, T]`); `null`
+    /// means absent. Unknown keys and ragged rows are errors naming the field; `input_ids` is
+    /// required. The tensors are on the CPU.
+    pub fn from_json(v: &serde_json::Value) -> Result<Inputs> {
+        let obj = v.as_object().ok_or_else(|| Error::msg("batch: must be a JSON object"))?;
+        let mut inputs = Inputs::default();
+        for (k, x) in obj {
+            let slot = inputs.slot(k).ok_or_else(|| Error::msg(format!("batch: unknown field '{k}' (known: {})", INPUT_NAMES.join(", "))))?;
+            if !x.is_null() {
+                *slot = Some(int_field(k, x)?);
+            }
+        }
+        if inputs.input_ids.is_none() {
+            return Err(Error::msg("batch: 'input_ids' is required"));
+        }
+        Ok(inputs)
+    }
+    /// Every input moved to `device`.
+    pub fn to_device(mut self, device: Device) -> Result<Inputs> {
+        for n in INPUT_NAMES {
+            let slot = self.slot(n).expect("a known name");
+            if let Some(t) = slot.take() {
+                *slot = Some(t.to_device(device)?);
+            }
+        }
+        Ok(self)
+    }
+    /// The names of the inputs that are set.
+    pub fn present(&self) -> Vec<&'static str> {
+        let mut me = self.clone();
+        INPUT_NAMES.into_iter().filter(|n| me.slot(n).is_some_and(|s| s.is_some())).collect()
+    }
+}
+
+impl Arch {
+    /// The HF forward arguments this architecture takes.
+    pub fn inputs(&self) -> Vec<&'static str> {
+        let mut v = vec!["input_ids", "attention_mask"];
+        if self.family != Family::DistilBert {
+            v.push("token_type_ids");
+        }
+        v.extend(match (self.family, self.task) {
+            (_, Task::Base) => &[][..],
+            (Family::Bert, Task::PreTraining) => &["labels", "next_sentence_label"],
+            (Family::Albert, Task::PreTraining) => &["labels", "sentence_order_label"],
+            (_, Task::QuestionAnswering) => &["start_positions", "end_positions"],
+            (_, Task::DoubleHeads) => &["labels", "mc_token_ids", "mc_labels"],
+            _ => &["labels"],
+        });
+        v
+    }
 }
 
 /// Named outputs of a forward pass (HF output names).
 #[derive(Default)]
 pub struct Outputs {
     pub tensors: Vec<(String, Tensor)>,
+    /// HF's `loss` (a double-heads model's LM loss; its `mc_loss` is among the tensors).
     pub loss: Option<Tensor>,
 }
 
@@ -26,82 +184,286 @@ impl Outputs {
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.tensors.iter().find(|(k, _)| k == name).map(|(_, t)| t)
     }
+    fn put(&mut self, name: &str, t: Tensor) {
+        self.tensors.push((name.to_string(), t));
+    }
+    /// What training minimises: `loss`, plus `mc_loss` where the model has one (`None` without
+    /// labels).
+    pub fn total_loss(&self) -> Result<Option<Tensor>> {
+        match (&self.loss, self.get("mc_loss")) {
+            (Some(l), Some(m)) => Ok(Some(l.add(m)?)),
+            (Some(l), None) => Ok(Some(l.clone())),
+            (None, m) => Ok(m.cloned()),
+        }
+    }
 }
 
 impl Model {
-    /// Builds the model for `cfg`: GPT-2 → GPT2LMHeadModel; BERT → the head named by the
-    /// config's `architectures` (default BertForMaskedLM).
+    /// Builds the architecture named by the config (`architectures[0]`, default the family's
+    /// pre-training LM). A bare encoder gets the pooler its family's base model has.
     pub fn build(cfg: &ModelConfig, ps: &ParamStore) -> Result<Model> {
-        match cfg {
-            ModelConfig::Gpt2(c) => Ok(Model::Gpt2(Gpt2LmHeadModel::new(ps, c)?)),
-            ModelConfig::Bert(c) => {
-                let arch = cfg.architecture().unwrap_or("BertForMaskedLM");
-                let task = BertTask::from_architecture(arch)
-                    .ok_or_else(|| Error::msg(format!("unsupported BERT architecture '{arch}' (BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering)")))?;
-                Ok(Model::Bert(BertWithHead::new(ps, c, task)?))
+        Self::build_with_pooler(cfg, ps, None)
+    }
+
+    /// [`Model::build`], choosing for a bare BERT / RoBERTa / ALBERT whether it has a pooler
+    /// (`add_pooling_layer` in transformers; `None`: yes).
+    pub fn build_with_pooler(cfg: &ModelConfig, ps: &ParamStore, pooler: Option<bool>) -> Result<Model> {
+        cfg.validate()?;
+        let arch = cfg.arch()?;
+        let prefix = if arch.prefixed() { arch.family.prefix() } else { "" };
+        let nl = cfg.num_labels();
+        let (stack, head) = match cfg {
+            ModelConfig::Encoder(c) => {
+                let spec_pooler = crate::encoder::EncoderSpec::of(c).has_pooler();
+                let with_pooler = match arch.task {
+                    Task::Base => spec_pooler && pooler.unwrap_or(true),
+                    Task::PreTraining | Task::SequenceClassification => matches!(c.family, Family::Bert | Family::Albert),
+                    _ => false,
+                };
+                let enc = Encoder::new(ps, c, prefix, with_pooler)?;
+                let (h, std) = (c.hidden_size, c.initializer_range);
+                let cls_drop = c.extra_f64("classifier_dropout").unwrap_or(c.hidden_dropout_prob);
+                let head = match (c.family, arch.task) {
+                    (_, Task::Base) => Head::None,
+                    (_, Task::MaskedLm) => Head::MaskedLm(MlmHead::new(ps, c, &enc.word.weight)?),
+                    (Family::Bert, Task::PreTraining) => {
+                        Head::BertPreTraining(MlmHead::new(ps, c, &enc.word.weight)?, Linear::new(ps, "cls.seq_relationship", h, 2, true, std)?)
+                    }
+                    (Family::Albert, Task::PreTraining) => Head::AlbertPreTraining(
+                        MlmHead::new(ps, c, &enc.word.weight)?,
+                        TokenHead::new(ps, "sop_classifier.classifier", h, nl, std, c.extra_f64("classifier_dropout_prob").unwrap_or(0.1))?,
+                    ),
+                    (Family::Electra, Task::PreTraining) => Head::Discriminator(Discriminator::new(ps, c)?),
+                    (_, Task::SequenceClassification) => Head::SequenceClassification(Classifier::encoder(ps, c, nl)?),
+                    (_, Task::TokenClassification) => Head::TokenClassification(TokenHead::new(ps, "classifier", h, nl, std, cls_drop)?),
+                    (f, Task::QuestionAnswering) => {
+                        let drop = if f == Family::DistilBert { c.extra_f64("qa_dropout").unwrap_or(0.1) } else { 0.0 };
+                        Head::QuestionAnswering(TokenHead::new(ps, "qa_outputs", h, 2, std, drop)?)
+                    }
+                    (f, t) => return Err(Error::msg(format!("{}: no {t:?} head", f.model_type()))),
+                };
+                (Stack::Encoder(enc), head)
             }
-        }
-    }
-
-    /// The GPT-2 language model, or an error naming what was expected (for callers that need one).
-    pub fn as_gpt2(&self) -> Result<&Gpt2LmHeadModel> {
-        match self {
-            Model::Gpt2(m) => Ok(m),
-            Model::Bert(_) => Err(Error::msg("expected a GPT-2 (causal LM) model, got a BERT")),
-        }
-    }
-
-    /// Whether the BERT head is pre-training (MLM + NSP).
-    pub fn is_pretraining(&self) -> bool {
-        matches!(self, Model::Bert(b) if matches!(b.head, crate::bert::BertHead::PreTraining(..)))
-    }
-
-    /// The training loss of a batch (causal LM, MLM or MLM + NSP).
-    pub fn loss(&self, b: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
-        let out = match self {
-            Model::Gpt2(m) => {
-                // Batcher labels are already the next tokens (no HF-style shift here).
-                let logits = m.forward(&b.input_ids, Some(&b.attention_mask), None, ctx)?.logits;
-                let (bs, t, v) = crate::nn::dims3(&logits)?;
-                Some(logits.reshape(&[bs * t, v])?.to_dtype(DType::F32)?.cross_entropy(&b.labels.contiguous()?.reshape(&[bs * t])?, -100)?)
-            }
-            Model::Bert(m) => {
-                let labels = BertLabels { labels: Some(b.labels.clone()), next_sentence_label: b.next_sentence_label.clone(), ..Default::default() };
-                m.forward(&b.input_ids, Some(&b.attention_mask), Some(&b.token_type_ids), &labels, ctx)?.loss
+            ModelConfig::Decoder(c) => {
+                let dec = Decoder::new(ps, c, prefix)?;
+                let head = match arch.task {
+                    Task::Base => Head::None,
+                    Task::CausalLm => Head::CausalLm(LmHead::new(ps, c, &dec.wte.weight)?),
+                    Task::DoubleHeads => Head::DoubleHeads(LmHead::new(ps, c, &dec.wte.weight)?, SequenceSummary::new(ps, c)?),
+                    Task::SequenceClassification => Head::SequenceClassification(Classifier::gpt2(ps, c, nl)?),
+                    Task::TokenClassification => {
+                        Head::TokenClassification(TokenHead::new(ps, "classifier", c.n_embd, nl, c.initializer_range, c.extra_f64("classifier_dropout").unwrap_or(0.1))?)
+                    }
+                    t => return Err(Error::msg(format!("{}: no {t:?} head", c.family.model_type()))),
+                };
+                (Stack::Decoder(dec), head)
             }
         };
-        out.ok_or_else(|| Error::msg("the batch produced no loss (missing labels?)"))
+        Ok(Model { arch, stack, head, num_labels: nl })
     }
 
-    /// A forward pass with optional inputs, returning every named output.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, token_type_ids: Option<&Tensor>, labels: &BertLabels, ctx: &ForwardCtx) -> Result<Outputs> {
+    /// The decoder and its LM head (GPT-1 / GPT-2 LM and double-heads models), for generation; an
+    /// error naming the architecture otherwise.
+    pub fn as_causal_lm(&self) -> Result<CausalLm<'_>> {
+        match (&self.stack, &self.head) {
+            (Stack::Decoder(d), Head::CausalLm(lm) | Head::DoubleHeads(lm, _)) => Ok(CausalLm { transformer: d, lm_head: lm }),
+            _ => Err(Error::msg(format!("expected a causal LM (GPT-1 / GPT-2 with an LM head), got {}", self.arch.name))),
+        }
+    }
+
+    /// Whether the head is BERT's pre-training (MLM + NSP): its batches carry NSP pairs.
+    pub fn is_pretraining(&self) -> bool {
+        matches!(self.head, Head::BertPreTraining(..))
+    }
+
+    /// Whether the model is a causal LM (its training batches are next-token windows).
+    pub fn is_causal_lm(&self) -> bool {
+        matches!(self.head, Head::CausalLm(_))
+    }
+
+    /// The training loss of a batch from kiln's batchers: for a causal LM, next-token windows
+    /// (labels already shifted, so no shift here); for every other head, the batch's labels (and
+    /// NSP labels, for BERT pre-training) go to the head as HF's `labels` (`loss` + `mc_loss`).
+    pub fn loss(&self, b: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
+        if let (Stack::Decoder(d), Head::CausalLm(lm)) = (&self.stack, &self.head) {
+            let logits = lm.forward(&d.forward(&b.input_ids, Some(&b.attention_mask), None, ctx)?)?;
+            return flat_ce(&logits, &b.labels, -100);
+        }
+        let takes = self.arch.inputs();
+        if b.next_sentence_label.is_some() && !takes.contains(&"next_sentence_label") {
+            return Err(Error::msg(format!("{} takes no next-sentence labels", self.arch.name)));
+        }
+        let inputs = Inputs {
+            input_ids: Some(b.input_ids.clone()),
+            attention_mask: Some(b.attention_mask.clone()),
+            token_type_ids: takes.contains(&"token_type_ids").then(|| b.token_type_ids.clone()),
+            labels: Some(b.labels.clone()),
+            next_sentence_label: b.next_sentence_label.clone(),
+            ..Default::default()
+        };
+        self.forward(&inputs, ctx)?.total_loss()?.ok_or_else(|| Error::msg(format!("{}: the batch produced no loss (missing labels?)", self.arch.name)))
+    }
+
+    /// A forward pass on the HF arguments in `inputs`, returning every HF output and the loss when
+    /// labels are given. An argument this architecture does not take is an error naming it.
+    pub fn forward(&self, inputs: &Inputs, ctx: &ForwardCtx) -> Result<Outputs> {
+        let takes = self.arch.inputs();
+        if let Some(bad) = inputs.present().into_iter().find(|n| !takes.contains(n)) {
+            return Err(Error::msg(format!("'{bad}' is not an input of {} (its inputs: {})", self.arch.name, takes.join(", "))));
+        }
+        let ids = inputs.input_ids.as_ref().ok_or_else(|| Error::msg("input_ids is required"))?;
         let mut o = Outputs::default();
-        match self {
-            Model::Gpt2(m) => {
-                let r = m.forward(input_ids, attention_mask, labels.labels.as_ref(), ctx)?;
-                o.tensors.push(("last_hidden_state".into(), r.last_hidden_state));
-                o.tensors.push(("logits".into(), r.logits));
-                o.loss = r.loss;
-            }
-            Model::Bert(m) => {
-                let r = m.forward(input_ids, attention_mask, token_type_ids, labels, ctx)?;
-                for (k, v) in [
-                    ("last_hidden_state", r.last_hidden_state),
-                    ("pooler_output", r.pooler_output),
-                    ("logits", r.logits),
-                    ("seq_relationship_logits", r.seq_relationship_logits),
-                    ("start_logits", r.start_logits),
-                    ("end_logits", r.end_logits),
-                ] {
-                    if let Some(v) = v {
-                        o.tensors.push((k.to_string(), v));
-                    }
+        match &self.stack {
+            Stack::Encoder(enc) => {
+                let r = enc.forward(ids, inputs.attention_mask.as_ref(), inputs.token_type_ids.as_ref(), ctx)?;
+                o.put("last_hidden_state", r.last_hidden_state.clone());
+                if let Some(p) = &r.pooler_output {
+                    o.put("pooler_output", p.clone());
                 }
-                o.loss = r.loss;
+                self.encoder_head(&r.last_hidden_state, r.pooler_output.as_ref(), inputs, ctx, &mut o)?;
             }
+            Stack::Decoder(dec) => self.decoder_forward(dec, ids, inputs, ctx, &mut o)?,
         }
         Ok(o)
     }
+
+    fn encoder_head(&self, h: &Tensor, pooled: Option<&Tensor>, inp: &Inputs, ctx: &ForwardCtx, o: &mut Outputs) -> Result<()> {
+        let ce = |logits: &Tensor, l: &Option<Tensor>| l.as_ref().map(|l| flat_ce(logits, l, -100)).transpose();
+        let need_pool = || pooled.ok_or_else(|| Error::msg("this head reads the pooler, which the model lacks"));
+        match &self.head {
+            Head::None => {}
+            Head::MaskedLm(lm) => {
+                let logits = lm.forward(h)?;
+                o.loss = ce(&logits, &inp.labels)?;
+                o.put("logits", logits);
+            }
+            Head::BertPreTraining(lm, nsp) => {
+                let (logits, rel) = (lm.forward(h)?, nsp.forward(need_pool()?)?);
+                if let (Some(l), Some(n)) = (&inp.labels, &inp.next_sentence_label) {
+                    o.loss = Some(flat_ce(&logits, l, -100)?.add(&flat_ce(&rel, n, -100)?)?);
+                }
+                o.put("prediction_logits", logits);
+                o.put("seq_relationship_logits", rel);
+            }
+            Head::AlbertPreTraining(lm, sop) => {
+                let (logits, order) = (lm.forward(h)?, sop.forward(need_pool()?, ctx)?);
+                if let (Some(l), Some(s)) = (&inp.labels, &inp.sentence_order_label) {
+                    o.loss = Some(flat_ce(&logits, l, -100)?.add(&flat_ce(&order, s, -100)?)?);
+                }
+                o.put("prediction_logits", logits);
+                o.put("sop_logits", order);
+            }
+            Head::Discriminator(d) => {
+                let logits = d.forward(h)?;
+                o.loss = inp.labels.as_ref().map(|l| masked_bce_with_logits(&logits, l, inp.attention_mask.as_ref())).transpose()?;
+                o.put("logits", logits);
+            }
+            Head::SequenceClassification(c) => {
+                let pad = match &self.stack {
+                    Stack::Encoder(e) => e.cfg.pad_token_id,
+                    Stack::Decoder(d) => d.cfg.pad_token_id,
+                };
+                let ids = inp.input_ids.as_ref().expect("checked");
+                let logits = c.forward(h, pooled, ids, pad, ctx)?;
+                o.loss = match (&inp.labels, self.num_labels) {
+                    (Some(l), 1) => Some(mse(&logits, l)?),
+                    (l, _) => ce(&logits, l)?,
+                };
+                o.put("logits", logits);
+            }
+            Head::TokenClassification(c) => {
+                let logits = c.forward(h, ctx)?;
+                o.loss = ce(&logits, &inp.labels)?;
+                o.put("logits", logits);
+            }
+            Head::QuestionAnswering(qa) => {
+                let (b, t, _) = dims3(h)?;
+                let logits = qa.forward(h, ctx)?; // [B, T, 2]
+                let parts = logits.split(&[1, 1], 2)?;
+                let start = parts[0].squeeze(2)?.contiguous()?;
+                let end = parts[1].squeeze(2)?.contiguous()?;
+                if let (Some(s), Some(e)) = (&inp.start_positions, &inp.end_positions) {
+                    // HF clamps positions to [0, T] and ignores T
+                    let clamp = |p: &Tensor| -> Result<Tensor> {
+                        let v: Vec<i64> = p.to_vec::<i64>()?.into_iter().map(|x| x.clamp(0, t as i64)).collect();
+                        if v.len() != b {
+                            return Err(Error::ShapeMismatch { op: "start/end_positions", lhs: vec![b], rhs: p.shape().to_vec() });
+                        }
+                        Tensor::from_vec(v, &[b])?.to_device(start.device())
+                    };
+                    let ls = flat_ce(&start, &clamp(s)?, t as i64)?;
+                    let le = flat_ce(&end, &clamp(e)?, t as i64)?;
+                    o.loss = Some(ls.add(&le)?.mul_scalar(0.5)?);
+                }
+                o.put("start_logits", start);
+                o.put("end_logits", end);
+            }
+            Head::CausalLm(_) | Head::DoubleHeads(..) => unreachable!("decoder heads sit on decoders"),
+        }
+        Ok(())
+    }
+
+    fn decoder_forward(&self, dec: &Decoder, ids: &Tensor, inp: &Inputs, ctx: &ForwardCtx, o: &mut Outputs) -> Result<()> {
+        // double heads take [B, C, T]: the choices run as B·C rows
+        let shape = ids.shape().to_vec();
+        let (b, choices) = match (&self.head, shape.len()) {
+            (Head::DoubleHeads(..), 3) => (shape[0], shape[1]),
+            (Head::DoubleHeads(..), _) => return Err(Error::Shape { op: "input_ids", shape, msg: "a double-heads model takes [batch, choices, seq]".into() }),
+            _ => (shape[0], 1),
+        };
+        let t = *shape.last().unwrap_or(&0);
+        let rows = |x: &Option<Tensor>| -> Result<Option<Tensor>> {
+            match x {
+                Some(x) if x.shape() != shape.as_slice() => Err(Error::ShapeMismatch { op: "attention_mask / token_type_ids / labels", lhs: shape.clone(), rhs: x.shape().to_vec() }),
+                Some(x) => Ok(Some(x.reshape(&[b * choices, t])?)),
+                None => Ok(None),
+            }
+        };
+        let flat_ids = ids.reshape(&[b * choices, t])?;
+        let h = dec.forward(&flat_ids, rows(&inp.attention_mask)?.as_ref(), rows(&inp.token_type_ids)?.as_ref(), ctx)?;
+        let unflat = |x: &Tensor| -> Result<Tensor> {
+            let mut s = shape.clone();
+            s.extend_from_slice(&x.shape()[2..]);
+            x.reshape(&s)
+        };
+        o.put("last_hidden_state", unflat(&h)?);
+        match &self.head {
+            Head::None => {}
+            Head::CausalLm(lm) | Head::DoubleHeads(lm, _) => {
+                let logits = lm.forward(&h)?;
+                o.loss = rows(&inp.labels)?.map(|l| shifted_lm_loss(&logits, &l)).transpose()?;
+                if let Head::DoubleHeads(_, mc) = &self.head {
+                    let mc_logits = mc.forward(&h, inp.mc_token_ids.as_ref(), b, choices, ctx)?;
+                    if let Some(l) = &inp.mc_labels {
+                        o.put("mc_loss", flat_ce(&mc_logits, l, -100)?);
+                    }
+                    o.put("mc_logits", mc_logits);
+                }
+                o.put("logits", unflat(&logits)?);
+            }
+            Head::SequenceClassification(c) => {
+                let logits = c.forward(&h, None, &flat_ids, dec.cfg.pad_token_id, ctx)?;
+                o.loss = match (&inp.labels, self.num_labels) {
+                    (Some(l), 1) => Some(mse(&logits, l)?),
+                    (Some(l), _) => Some(flat_ce(&logits, l, -100)?),
+                    _ => None,
+                };
+                o.put("logits", logits);
+            }
+            Head::TokenClassification(c) => {
+                let logits = c.forward(&h, ctx)?;
+                o.loss = inp.labels.as_ref().map(|l| flat_ce(&logits, l, -100)).transpose()?;
+                o.put("logits", logits);
+            }
+            _ => unreachable!("encoder heads sit on encoders"),
+        }
+        Ok(())
+    }
+}
+
+/// Whether a file holds a bare encoder's pooler (`pooler.dense.weight`, ALBERT's `pooler.weight`).
+fn file_has_pooler(names: &[String]) -> bool {
+    names.iter().any(|n| n.ends_with("pooler.dense.weight") || n == "pooler.weight" || n.ends_with(".pooler.weight"))
 }
 
 /// A model loaded from a Hugging Face-layout directory: `config.json`, `model.safetensors` when
@@ -111,7 +473,7 @@ impl Model {
 /// ```no_run
 /// use kiln_model::model::LoadedModel;
 /// let m = LoadedModel::from_dir("tests/fixtures/gpt2_lm", 0, kiln_tensor::Device::Cpu)?;
-/// let gpt = m.model.as_gpt2()?;
+/// let gpt = m.model.as_causal_lm()?;
 /// # Ok::<(), kiln_tensor::Error>(())
 /// ```
 pub struct LoadedModel {
@@ -123,16 +485,17 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads `dir` strictly (every weight of the model must be in the file, with its shape);
-    /// `seed` initialises the weights when the directory has no `model.safetensors`. Missing
-    /// directories, bad configs and mismatched weights are errors naming the file.
+    /// Loads `dir` strictly (every weight of the model must be in the file, with its shape; a
+    /// bare encoder's pooler is there or not as the file says); `seed` initialises the weights when
+    /// the directory has no `model.safetensors`. Missing directories, bad configs and mismatched
+    /// weights are errors naming the file.
     pub fn from_dir(dir: impl AsRef<Path>, seed: u64, device: Device) -> Result<LoadedModel> {
         Self::from_dir_as(dir, seed, device, DType::F32)
     }
 
     /// [`LoadedModel::from_dir`] with the parameters held in `dtype` (f32, bf16 or f16; the file's
     /// tensors are converted on load). For inference: bf16 weights halve the memory and the bytes a
-    /// decoding step streams (`Gpt2LmHeadModel::generate` computes in the parameters' dtype).
+    /// decoding step streams (`CausalLm::generate` computes in the parameters' dtype).
     pub fn from_dir_as(dir: impl AsRef<Path>, seed: u64, device: Device, dtype: DType) -> Result<LoadedModel> {
         if !dtype.is_float() {
             return Err(Error::msg(format!("model parameters must be a float dtype, got {dtype}")));
@@ -146,10 +509,10 @@ impl LoadedModel {
         let store = ParamStore::new(seed, dtype, device);
         let weights = dir.join(crate::train_state::MODEL_FILE);
         let model = if weights.exists() {
+            let file = crate::st_io::StFile::open(&weights)?;
             // strict: every parameter is overwritten, so none is drawn first
-            let model = store.build_for_load(|s| Model::build(&cfg, s))?;
-            let map = crate::checkpoint::HfNameMap::for_model_type(cfg.model_type());
-            crate::checkpoint::load_params(&weights, &store, &map, &crate::checkpoint::LoadOptions::strict())?;
+            let model = store.build_for_load(|s| Model::build_with_pooler(&cfg, s, Some(file_has_pooler(&file.names()))))?;
+            crate::checkpoint::load_params_from(&file, &store, &cfg.family().name_map(), &crate::checkpoint::LoadOptions::strict())?;
             model
         } else {
             Model::build(&cfg, &store)?

@@ -62,7 +62,14 @@ pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
     match act {
         Activation::Gelu => x.gelu(),
         Activation::GeluTanh => x.gelu_tanh(),
+        Activation::Relu => x.relu(),
+        Activation::Tanh => x.tanh(),
     }
+}
+
+/// `[B, T, C]` → `[B, C]`: position 0 of each row (the `[CLS]` / `<s>` token).
+pub fn first_token(x: &Tensor) -> Result<Tensor> {
+    x.narrow(1, 0, 1)?.squeeze(1)
 }
 
 /// `y = x W^T + b` (PyTorch `nn.Linear`, weight [out, in]) or, with `conv1d` layout, `y = x W + b`

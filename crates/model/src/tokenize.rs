@@ -218,12 +218,12 @@ pub fn sync_config(cfg: &mut ModelConfig, tok: &Tokenizer) {
     let ids = SpecialIds::of(tok);
     cfg.set_vocab_size(tok.get_vocab_size(true));
     match cfg {
-        ModelConfig::Bert(c) => {
+        ModelConfig::Encoder(c) => {
             if ids.pad.is_some() {
                 c.pad_token_id = ids.pad;
             }
         }
-        ModelConfig::Gpt2(c) => {
+        ModelConfig::Decoder(c) => {
             if ids.eot.is_some() {
                 c.bos_token_id = ids.eot;
                 c.eos_token_id = ids.eot;
@@ -239,7 +239,7 @@ pub fn encode_many(tok: &Tokenizer, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
 }
 
 /// Encodes one text without special tokens, as the i64 ids models take
-/// (e.g. the prompt of [`crate::gpt::Gpt2LmHeadModel::generate`]).
+/// (e.g. the prompt of [`crate::generate::CausalLm::generate`]).
 pub fn encode_ids(tok: &Tokenizer, text: &str) -> Result<Vec<i64>> {
     let enc = tok.encode(text, false).map_err(|e| tk_err("encode", e))?;
     Ok(enc.get_ids().iter().map(|&i| i as i64).collect())

@@ -9,7 +9,7 @@
 //! A checkpoint directory ([`save_checkpoint`]) is HF-loadable: `config.json`, `model.safetensors`
 //! (HF names), `tokenizer.json`, plus `training_state.safetensors`. Each file is written to a
 //! temporary file in the same directory, fsynced and renamed; the training state is written last.
-use crate::checkpoint::{save_params, HfNameMap};
+use crate::checkpoint::save_params;
 use crate::config::ModelConfig;
 use crate::data::DataPosition;
 use crate::optim::OptimState;
@@ -118,7 +118,7 @@ pub fn load_train_state(path: impl AsRef<Path>) -> Result<TrainState> {
 pub fn save_checkpoint(dir: impl AsRef<Path>, cfg: &ModelConfig, store: &ParamStore, tok: Option<&Tokenizer>, state: Option<&TrainState>) -> Result<()> {
     let d = dir.as_ref();
     std::fs::create_dir_all(d).map_err(|e| Error::Io { path: d.display().to_string(), source: e })?;
-    save_params(d.join(MODEL_FILE), store, &HfNameMap::for_model_type(cfg.model_type()), None)?;
+    save_params(d.join(MODEL_FILE), store, &cfg.family().name_map(), None)?;
     cfg.save(d.join(CONFIG_FILE))?;
     if let Some(t) = tok {
         save_tokenizer(t, d.join(TOKENIZER_FILE))?;
