@@ -558,9 +558,10 @@ impl ModelConfig {
         for (k, x) in fam.fixed() {
             obj.insert(k.into(), x);
         }
-        let bad = |e: serde_json::Error| Error::msg(format!("{origin}: invalid {mt} config: {e}"));
+        // errors name the field (`vocab_size: invalid type: string "many", expected usize`)
+        let bad = |e: serde_path_to_error::Error<serde_json::Error>| Error::msg(format!("{origin}: invalid {mt} config: {}: {}", e.path(), e.inner()));
         let cfg = if fam.is_decoder() {
-            let mut c: DecoderConfig = serde_json::from_value(serde_json::Value::Object(obj)).map_err(bad)?;
+            let mut c: DecoderConfig = serde_path_to_error::deserialize(serde_json::Value::Object(obj)).map_err(bad)?;
             c.family = fam;
             if validate {
                 for w in c.warnings() {
@@ -569,7 +570,7 @@ impl ModelConfig {
             }
             ModelConfig::Decoder(c)
         } else {
-            let mut c: EncoderConfig = serde_json::from_value(serde_json::Value::Object(obj)).map_err(bad)?;
+            let mut c: EncoderConfig = serde_path_to_error::deserialize(serde_json::Value::Object(obj)).map_err(bad)?;
             c.family = fam;
             ModelConfig::Encoder(c)
         };
