@@ -758,6 +758,246 @@ def make_family(name: str, out_root: str) -> None:
           f"loss={float(tensors['loss']):.6g}, {nbytes // 1024} KiB" + (f", {len(messages)} warnings" if messages else ""))
 
 
+# ---------------------------------------------------------------------------------------------- tokenizers
+# One small tokenizer.json per family (tests/fixtures/tokenizers/<family>/), made the way transformers' own
+# tokenizer class for that family makes its backend: the class's normalizer and pre-tokenizer are taken from a
+# freshly constructed instance, a tiny vocabulary is trained on tinyshakespeare with the `tokenizers` trainers
+# through them, and the class is then constructed from that vocabulary (so its post-processor, special tokens
+# and decoder are the class's own). expected.json: what the class (reloaded from the saved folder) returns with
+# add_special_tokens=True, checked against PreTrainedTokenizerFast(tokenizer_file=tokenizer.json).
+TOKENIZER_CORPUS = os.environ.get("KILN_TOKENIZER_CORPUS", "/work/shared/data/tinyshakespeare.txt")
+TOKENIZER_SINGLES = [
+    "Hello, world!",
+    "First Citizen: Before we proceed any further, hear me speak.",
+    "  Leading spaces, and a trailing one ",
+    "UPPER lower MiXeD Case",
+    "O Romeo, Romeo! wherefore art thou Romeo?",
+    "na\u00efve caf\u00e9 \u2014 \u201cquoted\u201d r\u00e9sum\u00e9",
+    "xylophonequartz zyzzyva \u2206 \u65e5\u672c \U0001F600",
+    "tab\tseparated\nnew line   multiple   spaces",
+    "In 1603, 42 kings didn't pay $7.50!",
+    "",
+]
+TOKENIZER_PAIRS = [
+    ["How are you?", "I am fine, thank you."],
+    ["  What's in a name?", "That which we call a rose"],
+    ["Question with an UNKNOWN \u2206", "answer"],
+]
+# family -> (transformers class, class kwargs, trainer kind, vocab size, specials trained first,
+#            specials appended after the trained vocabulary, family-specific extra single texts)
+TOKENIZER_FAMILIES = {
+    "bert": ("BertTokenizer", {}, "wordpiece", 600, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], [],
+             ["The capital of France is [MASK]."]),
+    "distilbert": ("DistilBertTokenizer", {"do_lower_case": False}, "wordpiece", 500,
+                   ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], [], ["The capital of France is [MASK]."]),
+    # transformers 5 has no ElectraTokenizer: AutoTokenizer maps model_type "electra" to BertTokenizer
+    "electra": ("BertTokenizer", {}, "wordpiece", 400, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], [],
+                ["The capital of France is [MASK]."]),
+    # <mask> as in FacebookAI/roberta-base's tokenizer.json: lstrip=True (it absorbs the space before it)
+    "roberta": ("RobertaTokenizer", {"mask_token": ("<mask>", {"lstrip": True, "rstrip": False})}, "bytelevel_bpe", 700, ["<s>", "<pad>", "</s>", "<unk>"],
+                ["<mask>"], ["The capital of France is<mask>.", "The <mask> is here"]),
+    "gpt2": ("GPT2Tokenizer", {}, "bytelevel_bpe", 700, [], ["<|endoftext|>"], ["Hello<|endoftext|> World"]),
+    "albert": ("AlbertTokenizer", {}, "unigram", 500, ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"], [],
+               ["The capital of France is [MASK]."]),
+    "openai_gpt": ("OpenAIGPTTokenizer", {}, "bpe_w", 700, [], ["<unk>"], []),
+}
+
+
+def _word_counts(template, piece_to_symbols) -> dict:
+    """Corpus words through the template tokenizer's own normalizer and pre-tokenizer -> {symbols: count}."""
+    backend = template.backend_tokenizer
+    counts: dict = {}
+    with open(TOKENIZER_CORPUS, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if backend.normalizer is not None:
+                line = backend.normalizer.normalize_str(line)
+            for piece, _ in backend.pre_tokenizer.pre_tokenize_str(line):
+                counts[piece] = counts.get(piece, 0) + 1
+    out: dict = {}
+    for piece, c in counts.items():
+        key = tuple(piece_to_symbols(piece))
+        out[key] = out.get(key, 0) + c
+    return out
+
+
+def _bpe(word_counts: dict, n_tokens: int, join) -> tuple[list, list]:
+    """Deterministic BPE: repeatedly merge the most frequent adjacent pair (ties: the smallest pair), until
+    n_tokens new tokens exist. Returns (merges, new tokens in creation order)."""
+    words = [list(w) for w in word_counts]
+    freqs = list(word_counts.values())
+    pairs: dict = {}
+    where: dict = {}
+    for i, w in enumerate(words):
+        for a, b in zip(w, w[1:]):
+            pairs[(a, b)] = pairs.get((a, b), 0) + freqs[i]
+            where.setdefault((a, b), set()).add(i)
+    merges, new_tokens, seen = [], [], set()
+    while len(new_tokens) < n_tokens and pairs:
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        tok = join(*best)
+        merges.append(best)
+        if tok not in seen:
+            seen.add(tok)
+            new_tokens.append(tok)
+        for i in sorted(where.pop(best, ())):
+            w, f = words[i], freqs[i]
+            for p in zip(w, w[1:]):
+                pairs[p] -= f
+                if pairs[p] == 0:
+                    del pairs[p]
+            out, j = [], 0
+            while j < len(w):
+                if j + 1 < len(w) and (w[j], w[j + 1]) == best:
+                    out.append(tok)
+                    j += 2
+                else:
+                    out.append(w[j])
+                    j += 1
+            words[i] = out
+            for p in zip(out, out[1:]):
+                pairs[p] = pairs.get(p, 0) + f
+                where.setdefault(p, set()).add(i)
+        pairs.pop(best, None)
+    return merges, new_tokens
+
+
+def _bytes_to_unicode_order() -> list:
+    """The 256 byte-level symbols in GPT-2's order (printable bytes first, the rest mapped to 256+n)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + \
+        list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def _build_vocab(kind: str, template, size: int, specials: list, appended: list):
+    """Deterministic tiny vocabulary (tokenizers' own trainers iterate Rust HashMaps, so their output changes
+    from run to run): BPE merges over the corpus words as the template tokenizer pre-tokenizes them."""
+    if kind == "bytelevel_bpe":
+        alphabet = _bytes_to_unicode_order()
+        wc = _word_counts(template, list)
+        budget = size - len(specials) - len(alphabet) - len(appended)
+        merges, new = _bpe(wc, budget, lambda a, b: a + b)
+        vocab = {t: i for i, t in enumerate(specials + alphabet + new + appended)}
+        return {"vocab": vocab, "merges": merges}
+    if kind == "bpe_w":  # GPT-1: the last symbol of a word carries the </w> suffix
+        wc = _word_counts(template, lambda p: list(p[:-1]) + [p[-1] + "</w>"])
+        chars = sorted({c for w in wc for s in w for c in s.replace("</w>", "")})
+        alphabet = chars + [c + "</w>" for c in chars]
+        budget = size - len(specials) - len(alphabet) - len(appended)
+        merges, new = _bpe(wc, budget, lambda a, b: a + b)
+        vocab = {t: i for i, t in enumerate(specials + alphabet + new + appended)}
+        return {"vocab": vocab, "merges": merges}
+    if kind == "wordpiece":  # continuation symbols carry the ## prefix; merges only decide the vocabulary
+        wc = _word_counts(template, lambda p: [p[0]] + ["##" + c for c in p[1:]])
+        chars = sorted({s[-1] for w in wc for s in w})
+        alphabet = chars + ["##" + c for c in chars]
+        budget = size - len(specials) - len(alphabet) - len(appended)
+        _, new = _bpe(wc, budget, lambda a, b: a + b[2:])
+        new = [t for t in new if t not in alphabet]
+        vocab = {t: i for i, t in enumerate(specials + alphabet + new + appended)}
+        return {"vocab": vocab}
+    if kind == "unigram":  # pieces from BPE over the Metaspace words, scores = log frequencies (hard EM)
+        from tokenizers import Tokenizer, models
+
+        wc = _word_counts(template, list)
+        chars = sorted({c for w in wc for c in w})
+        budget = size - len(specials) - len(chars)
+        _, new = _bpe(wc, budget, lambda a, b: a + b)
+        pieces = chars + [t for t in new if t not in chars]
+        scores = {p: -1.0 for p in pieces}  # start: fewest pieces per word
+        for _ in range(3):  # Viterbi (hard EM) re-estimation with the Unigram model itself, add-one counts
+            model = Tokenizer(models.Unigram([(p, scores[p]) for p in pieces], unk_id=None, byte_fallback=False))
+            counts = {p: 1.0 for p in pieces}
+            for w, c in wc.items():
+                for t in model.model.tokenize("".join(w)):
+                    counts[t.value] = counts.get(t.value, 1.0) + c
+            total = sum(counts.values())
+            scores = {p: round(float(np.log(counts[p] / total)), 6) for p in pieces}
+        ordered = sorted(pieces, key=lambda p: (-scores[p], p))
+        return {"vocab": [(t, 0.0) for t in specials] + [(p, scores[p]) for p in ordered]}
+    raise ValueError(kind)
+
+
+def make_tokenizer(family: str, out_root: str) -> None:
+    cls_name, spec_kwargs, kind, size, specials, appended, extra = TOKENIZER_FAMILIES[family]
+    cls = getattr(transformers, cls_name)
+    # (content, {AddedToken flags}) -> AddedToken
+    kwargs = {k: transformers.AddedToken(v[0], **v[1]) if isinstance(v, tuple) else v for k, v in spec_kwargs.items()}
+    template = cls(**kwargs)
+    args = _build_vocab(kind, template, size, specials, appended)
+    tok = cls(**args, **kwargs)
+    d = os.path.join(out_root, "tokenizers", family)
+    os.makedirs(d, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(tmp, f), os.path.join(d, f))
+    tok_file = os.path.join(d, "tokenizer.json")
+    reloaded = cls.from_pretrained(d)
+    generic = transformers.PreTrainedTokenizerFast(tokenizer_file=tok_file)
+
+    cases = [{"text": t} for t in TOKENIZER_SINGLES + extra] + [{"text": a, "text_pair": b} for a, b in TOKENIZER_PAIRS]
+    default_keys = None
+    for c in cases:
+        args = [c["text"]] + ([c["text_pair"]] if "text_pair" in c else [])
+        enc = reloaded(*args, add_special_tokens=True, return_token_type_ids=True, return_attention_mask=True)
+        plain = reloaded(*args, add_special_tokens=True)
+        default_keys = sorted(plain)
+        gen_enc = generic(*args, add_special_tokens=True, return_token_type_ids=True, return_attention_mask=True)
+        first = tok(*args, add_special_tokens=True, return_token_type_ids=True, return_attention_mask=True)
+        for k in ("input_ids", "token_type_ids", "attention_mask"):
+            assert enc[k] == gen_enc[k] == first[k], (family, c, k)
+        c["input_ids"] = enc["input_ids"]
+        c["token_type_ids"] = enc["token_type_ids"]
+        c["attention_mask"] = enc["attention_mask"]
+        c["tokens"] = reloaded.convert_ids_to_tokens(enc["input_ids"])
+        c["no_special_tokens_ids"] = reloaded(*args, add_special_tokens=False)["input_ids"]
+        c["decoded"] = reloaded.decode(enc["input_ids"], skip_special_tokens=False)
+    tj = json.load(open(tok_file))
+    specials_map = {}
+    for name in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
+        t = getattr(reloaded, name, None)
+        if t is not None:
+            specials_map[name] = [str(t), reloaded.convert_tokens_to_ids(str(t))]
+    expected = {
+        "family": family,
+        "class": cls_name,
+        "class_kwargs": {k: ({"content": v[0], **v[1]} if isinstance(v, tuple) else v) for k, v in spec_kwargs.items()},
+        "how_built": f"{kind} vocabulary of {size} from tinyshakespeare.txt through the normalizer / pre-tokenizer "
+                     f"of a fresh {cls_name}() (deterministic BPE in scripts/make_fixtures.py); specials first "
+                     f"{specials}, appended last {appended}; then {cls_name}(vocab"
+                     f"{', merges' if 'merges' in args else ''}, **class_kwargs).save_pretrained",
+        "call": "tokenizer(text[, text_pair], add_special_tokens=True, return_token_type_ids=True, "
+                "return_attention_mask=True) on the class reloaded from this folder; identical with "
+                "PreTrainedTokenizerFast(tokenizer_file='tokenizer.json')",
+        "keys_returned_by_default": default_keys,
+        "model_input_names": list(reloaded.model_input_names),
+        "vocab_size": len(reloaded),
+        "special_tokens": specials_map,
+        "normalizer": (tj.get("normalizer") or {}).get("type"),
+        "pre_tokenizer": (tj.get("pre_tokenizer") or {}).get("type"),
+        "model": tj["model"]["type"],
+        "post_processor": (tj.get("post_processor") or {}).get("type"),
+        "decoder": (tj.get("decoder") or {}).get("type"),
+        "transformers_version": transformers.__version__,
+        "tokenizers_version": __import__("tokenizers").__version__,
+        "cases": cases,
+    }
+    with open(os.path.join(d, "expected.json"), "w") as f:
+        json.dump(expected, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print(f"tokenizers/{family:11s} {cls_name:20s} vocab {len(reloaded):4d}, {len(cases)} cases, "
+          f"{os.path.getsize(tok_file) // 1024} KiB tokenizer.json")
+
+
 # ---------------------------------------------------------------------------------------------- main
 def write_json(path: str, obj) -> None:
     with open(path, "w") as f:
@@ -907,8 +1147,10 @@ def main() -> int:
     torch.set_default_dtype(torch.float32)
     torch.set_num_threads(1)  # reduction order independent of the machine's core count
     os.makedirs(args.out, exist_ok=True)
-    names = args.only or list(FIXTURES) + list(LEGACY) + list(GENERATE) + list(FAMILY_FIXTURES)
-    unknown = [n for n in names if n not in FIXTURES and n not in LEGACY and n not in GENERATE and n not in FAMILY_FIXTURES]
+    tokenizer_names = [f"tokenizers/{f}" for f in TOKENIZER_FAMILIES]
+    names = args.only or list(FIXTURES) + list(LEGACY) + list(GENERATE) + list(FAMILY_FIXTURES) + tokenizer_names
+    known = set(FIXTURES) | set(LEGACY) | set(GENERATE) | set(FAMILY_FIXTURES) | set(tokenizer_names)
+    unknown = [n for n in names if n not in known]
     if unknown:
         ap.error(f"unknown fixture names: {unknown}")
     for n in names:
@@ -923,6 +1165,9 @@ def main() -> int:
     for n in names:
         if n in GENERATE:
             make_generate(n, args.out)
+    for n in names:
+        if n in tokenizer_names:
+            make_tokenizer(n.split("/", 1)[1], args.out)
     return 0
 
 
