@@ -11,8 +11,14 @@ fixture we write:
     expected.safetensors   outputs, loss, grad.<param>, after_adamw.<param> (all f32)
     meta.json              class, conventions, AdamW hyper-parameters, versions, tensor names in the file
 
+Family fixtures (FAMILY_FIXTURES: RoBERTa, ALBERT, DistilBERT, ELECTRA, GPT-1, more BERT / GPT-2 heads) have the
+same files without after_adamw; bare models get a fixed weighted-sum loss so that gradients are checked.
+tokenizers/<family>/ holds a small tokenizer.json per family, built by transformers' own tokenizer class from a
+deterministic tiny vocabulary, and expected.json (ids / token_type_ids / attention_mask for a set of texts).
+
 Regenerate (from the repository root):
     .venv-torch/bin/python scripts/make_fixtures.py [--out tests/fixtures] [--only NAME ...]
+    (NAME: a fixture folder, or tokenizers/<family>)
 """
 from __future__ import annotations
 
