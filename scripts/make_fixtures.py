@@ -761,7 +761,8 @@ def make_family(name: str, out_root: str) -> None:
     write_json(os.path.join(d, "meta.json"), meta)
     nbytes = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     print(f"{name:28s} {spec['cls'].__name__:36s} {len(file_names):3d} tensors in file, {len(tensors):3d} expected, "
-          f"loss={float(tensors['loss']):.6g}, {nbytes // 1024} KiB" + (f", {len(messages)} warnings" if messages else ""))
+          f"loss={float(tensors['loss']):.6g}, {nbytes // 1024} KiB"
+          + (f", {len(messages)} warnings" if messages else ""))
 
 
 # ---------------------------------------------------------------------------------------------- tokenizers
@@ -800,7 +801,8 @@ TOKENIZER_FAMILIES = {
     "electra": ("BertTokenizer", {}, "wordpiece", 400, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], [],
                 ["The capital of France is [MASK]."]),
     # <mask> as in FacebookAI/roberta-base's tokenizer.json: lstrip=True (it absorbs the space before it)
-    "roberta": ("RobertaTokenizer", {"mask_token": ("<mask>", {"lstrip": True, "rstrip": False})}, "bytelevel_bpe", 700, ["<s>", "<pad>", "</s>", "<unk>"],
+    "roberta": ("RobertaTokenizer", {"mask_token": ("<mask>", {"lstrip": True, "rstrip": False})}, "bytelevel_bpe",
+                700, ["<s>", "<pad>", "</s>", "<unk>"],
                 ["<mask>"], ["The capital of France is<mask>.", "The <mask> is here"]),
     "gpt2": ("GPT2Tokenizer", {}, "bytelevel_bpe", 700, [], ["<|endoftext|>"], ["Hello<|endoftext|> World"]),
     "albert": ("AlbertTokenizer", {}, "unigram", 500, ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"], [],
