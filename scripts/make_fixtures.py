@@ -800,7 +800,9 @@ TOKENIZER_FAMILIES = {
     # transformers 5 has no ElectraTokenizer: AutoTokenizer maps model_type "electra" to BertTokenizer
     "electra": ("BertTokenizer", {}, "wordpiece", 400, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], [],
                 ["The capital of France is [MASK]."]),
-    # <mask> as in FacebookAI/roberta-base's tokenizer.json: lstrip=True (it absorbs the space before it)
+    # <mask> given as AddedToken(lstrip=True): it absorbs the space before it. RobertaTokenizer does not do this by
+    # itself in transformers 5 (unlike e.g. MPNetTokenizer, tokenization_mpnet.py:136); the flag is stored in
+    # tokenizer.json's added_tokens.
     "roberta": ("RobertaTokenizer", {"mask_token": ("<mask>", {"lstrip": True, "rstrip": False})}, "bytelevel_bpe",
                 700, ["<s>", "<pad>", "</s>", "<unk>"],
                 ["<mask>"], ["The capital of France is<mask>.", "The <mask> is here"]),
