@@ -153,3 +153,31 @@ fn presets_train_on_the_builtin_corpus_in_every_dtype() {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// `kiln train --model DIR` where DIR holds only a minimal config.json as transformers would read
+/// it (GPT-2 with its default bos/eos 50256; RoBERTa and DistilBERT masked LMs with their own
+/// field names): each trains and writes a checkpoint that loads back.
+#[test]
+fn config_only_directories_of_the_family_train() {
+    for (tag, cfg) in [
+        ("gpt2", r#"{"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64}"#),
+        ("roberta", r#"{"model_type": "roberta", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 66, "type_vocab_size": 1}"#),
+        ("distilbert", r#"{"model_type": "distilbert", "dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64, "max_position_embeddings": 64}"#),
+    ] {
+        let d = tmp(&format!("cfg-only-{tag}"));
+        let model = d.join("model");
+        std::fs::create_dir_all(&model).unwrap();
+        write(&model.join("config.json"), cfg);
+        let out = d.join("out");
+        let o = kiln(&["train", "--model", model.to_str().unwrap(), "--steps", "3", "--batch", "2", "--seq", "16", "--vocab", "200", "--json", "--sample-tokens", "0", "--out", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{tag}: {}", stderr(&o));
+        assert_eq!(loss_lines(&o).len(), 3, "{tag}");
+        let back = kiln::model::model::LoadedModel::from_dir(&out, 0, kiln::Device::Cpu).unwrap();
+        assert_eq!(back.cfg.model_type(), tag);
+        let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        if tag == "distilbert" {
+            assert!(written.get("dim").is_some() && written.get("hidden_size").is_none(), "{written}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

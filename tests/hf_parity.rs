@@ -32,6 +32,10 @@ fn rel_err(ours: &Tensor, theirs: &Tensor) -> f64 {
     a.iter().zip(&b).map(|(x, y)| if x.is_finite() { (x - y).abs() } else { f64::INFINITY }).fold(0.0, f64::max) / scale
 }
 
+fn max_abs(t: &Tensor) -> f64 {
+    t.to_vec_f64().unwrap().iter().fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
 fn read_json(path: PathBuf) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
@@ -79,8 +83,8 @@ fn check(name: &str) -> usize {
             }
             out.total_loss().unwrap().unwrap()
         }
-        (None, Some(_)) => panic!("{name}: transformers computed a loss, kiln none"),
-        (_, None) => {
+        (Some(_), None) => panic!("{name}: kiln computed a loss, transformers none"),
+        (None, theirs) => {
             let weights: Vec<(&String, &Tensor)> = expected.iter().filter(|(k, _)| k.starts_with("loss_weight.")).collect();
             if weights.is_empty() {
                 return 0; // a forward-only fixture
@@ -94,7 +98,11 @@ fn check(name: &str) -> usize {
                     None => term,
                 });
             }
-            total.unwrap()
+            let total = total.unwrap();
+            let theirs = theirs.unwrap_or_else(|| panic!("{name}: the fixture has loss weights but no loss"));
+            let e = rel_err(&total.reshape(&[1]).unwrap(), theirs);
+            assert!(e <= 1e-4, "{name}: stand-in loss relative error {e:.2e}");
+            total
         }
     };
     if !expected.keys().any(|k| k.starts_with("grad.")) {
@@ -105,8 +113,10 @@ fn check(name: &str) -> usize {
     for p in l.store.params() {
         let theirs = expected.get(&format!("grad.{}", p.name())).unwrap_or_else(|| panic!("{name}: transformers has no parameter '{}'", p.name()));
         let ours = p.grad().unwrap_or_else(|| panic!("{name}: no gradient for {}", p.name()));
-        let e = rel_err(&ours, theirs);
-        assert!(e <= 1e-3, "{name}: grad.{} relative error {e:.2e}", p.name());
+        // gradients that are zero in theory (a QA head's bias: the softmax sums to 1) are float
+        // noise on both sides: within 1e-6 absolute passes too
+        let (e, abs) = (rel_err(&ours, theirs), rel_err(&ours, theirs) * max_abs(theirs).max(1e-4));
+        assert!(e <= 1e-3 || abs <= 1e-6, "{name}: grad.{} relative error {e:.2e} (absolute {abs:.2e})", p.name());
         n_grads += 1;
     }
     let theirs = expected.keys().filter(|k| k.starts_with("grad.")).count();
@@ -131,6 +141,36 @@ parity! {
     bert_for_token_classification => "bert_token_cls",
     bert_for_question_answering => "bert_qa",
     bert_model_with_pooler_no_prefix => "bert_base_model",
+    bert_model_without_pooler => "bert_model_no_pooler",
+    roberta_model => "roberta_model",
+    roberta_for_masked_lm => "roberta_masked_lm",
+    roberta_for_sequence_classification => "roberta_seq_cls",
+    roberta_for_token_classification => "roberta_token_cls",
+    roberta_for_question_answering => "roberta_qa",
+    roberta_with_transformers_default_config => "roberta_default_config",
+    albert_model => "albert_model",
+    albert_for_pretraining => "albert_pretraining",
+    albert_for_masked_lm => "albert_masked_lm",
+    albert_for_sequence_classification => "albert_seq_cls",
+    distilbert_model => "distilbert_model",
+    distilbert_with_sinusoidal_positions => "distilbert_sinusoidal_model",
+    distilbert_for_masked_lm => "distilbert_masked_lm",
+    distilbert_for_sequence_classification => "distilbert_seq_cls",
+    distilbert_for_question_answering => "distilbert_qa",
+    electra_model => "electra_model",
+    electra_for_pretraining => "electra_pretraining",
+    electra_for_masked_lm => "electra_masked_lm",
+    electra_for_sequence_classification => "electra_seq_cls",
+    openai_gpt_model => "openai_gpt_model",
+    openai_gpt_lm_head_model => "openai_gpt_lm",
+    openai_gpt_double_heads_model => "openai_gpt_double_heads",
+    gpt2_model => "gpt2_model",
+    gpt2_for_sequence_classification => "gpt2_seq_cls",
+    gpt2_double_heads_model => "gpt2_double_heads",
+    gpt2_for_token_classification => "gpt2_token_cls",
+    gpt2_with_token_type_ids => "gpt2_token_types",
+    gpt2_with_untied_lm_head => "gpt2_untied_head",
+    gpt2_with_transformers_default_config => "gpt2_default_config",
 }
 
 /// Legacy checkpoints (gamma/beta names, position_ids buffer; GPT-2 without prefix, attn.bias

@@ -6,7 +6,7 @@
 use super::harness::{Stats, Work};
 use super::row::Row;
 use crate::model::config::{DecoderConfig, EncoderConfig, ModelConfig};
-use crate::model::family::Family;
+use crate::model::family::{Family, FAMILIES};
 use crate::model::data::Batch;
 use crate::model::model::Model;
 use crate::model::nn::ForwardCtx;
@@ -98,6 +98,40 @@ pub fn specs(device: Device, quick: bool, gpt_batch: usize) -> Result<Vec<StepSp
     Ok(out)
 }
 
+/// The family rows (`family_step_<model_type>`): every member's pre-training model (a masked LM,
+/// or a causal LM for GPT-1 / GPT-2) at one size, so that a slow path in one member shows against
+/// kiln's BERT of the same size: BERT-base (12 layers × 768, 12 heads, FFN 3072, vocabulary 30522,
+/// ALBERT's embeddings 128 wide as in albert-base, DistilBERT with 12 layers rather than its 6)
+/// (the decoders' FFN is 4 × 768 = 3072 too) at 2 × 128 in f32, dropout off; a one-layer width-32 model at 2 × 16 when `quick`.
+pub fn family_specs(quick: bool) -> Result<Vec<StepSpec>> {
+    let (l, d, h, ffn, v, b, t) = if quick { (1, 32, 2, 64, 256, 2, 16) } else { (12, 768, 12, 3072, 30522, 2, 128) };
+    let mut out = Vec::new();
+    for (op, f) in FAMILY_OPS.iter().zip(FAMILIES) {
+        let mut j = match f {
+            Family::DistilBert => serde_json::json!({"dim": d, "n_layers": l, "n_heads": h, "hidden_dim": ffn, "dropout": 0.0, "attention_dropout": 0.0}),
+            Family::OpenAiGpt | Family::Gpt2 => serde_json::json!({"n_embd": d, "n_layer": l, "n_head": h, "n_positions": 512,
+                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "bos_token_id": 0, "eos_token_id": 0}),
+            _ => serde_json::json!({"hidden_size": d, "num_hidden_layers": l, "num_attention_heads": h, "intermediate_size": ffn,
+                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}),
+        };
+        j["model_type"] = f.model_type().into();
+        j["vocab_size"] = v.into();
+        match f {
+            Family::Roberta => j["max_position_embeddings"] = 514.into(),
+            Family::Albert => (j["embedding_size"], j["hidden_act"]) = ((if quick { 16 } else { 128 }).into(), "gelu_new".into()),
+            Family::Electra => j["embedding_size"] = d.into(),
+            _ => {}
+        }
+        let cfg = ModelConfig::from_json_str(&j.to_string(), op)?;
+        out.push(StepSpec { op, cfg, batch: b, seq: t, compute: DType::F32 });
+    }
+    Ok(out)
+}
+
+/// The op names of [`family_specs`], in [`FAMILIES`] order.
+pub const FAMILY_OPS: [&str; 7] =
+    ["family_step_bert", "family_step_roberta", "family_step_albert", "family_step_distilbert", "family_step_electra", "family_step_openai-gpt", "family_step_gpt2"];
+
 /// Dense bf16 tensor-core peak (TFLOP/s, from the vendor's data sheet) of a GPU named `name`, for
 /// the model-FLOPs utilisation of mixed-precision steps; `None` for GPUs not in the table.
 pub fn bf16_peak_tflops(name: &str) -> Option<f64> {
@@ -117,7 +151,7 @@ pub fn bf16_peak_tflops(name: &str) -> Option<f64> {
 /// Times `steps` training steps after 2 warm-up steps; one row per spec of [`specs`].
 pub fn rows(device: Device, quick: bool, steps: usize, gpt_batch: usize, filter: &dyn Fn(&str) -> bool) -> Result<Vec<Row>> {
     let mut out = Vec::new();
-    for spec in specs(device, quick, gpt_batch)? {
+    for spec in specs(device, quick, gpt_batch)?.into_iter().chain(family_specs(quick)?) {
         if !filter(spec.op) {
             continue;
         }

@@ -96,6 +96,7 @@ fn write_rows(path: &PathBuf, rows: &[Row]) -> Result<()> {
 const OPS: &[&str] = &[
     "copy", "matmul", "gelu_fwd", "gelu_bwd", "gelu_tanh_fwd", "gelu_tanh_bwd", "layer_norm_fwd", "layer_norm_bwd", "softmax_fwd", "softmax_bwd",
     "cross_entropy_fwd", "cross_entropy_bwd", "attention_fwd", "attention_bwd", "attention_fwd_bwd", "train_step_gpt", "train_step_bert", "decode_gpt",
+    "family_step_bert", "family_step_roberta", "family_step_albert", "family_step_distilbert", "family_step_electra", "family_step_openai-gpt", "family_step_gpt2",
 ];
 /// Every variant name a case can have.
 const VARIANTS: &[&str] = &[
