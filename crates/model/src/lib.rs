@@ -17,6 +17,7 @@
 //! | [`encoder`], [`decoder`] | the two stacks (BERT, RoBERTa, ALBERT, DistilBERT, ELECTRA; GPT-1, GPT-2) with HF parameter names |
 //! | [`heads`] | MLM, classification, token, QA, discriminator, LM and multiple-choice heads; the losses |
 //! | [`generate`] | [`generate::CausalLm`]: cached decoding and sampling |
+//! | [`inputs`] | the HF forward arguments by name, from a JSON batch; which ones an architecture takes |
 //! | [`model`] | [`model::Model`]: any architecture built from a config, HF inputs and outputs by name |
 //! | [`trainer`] | the training loop: accumulation, clipping, schedules, eval, checkpoints, resume |
 //! | [`train_state`] | `training_state.safetensors` and whole checkpoint directories |
@@ -46,6 +47,7 @@ pub mod encoder;
 pub mod family;
 pub mod generate;
 pub mod heads;
+pub mod inputs;
 pub mod io;
 pub mod model;
 pub mod nn;

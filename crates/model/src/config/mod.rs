@@ -20,9 +20,12 @@
 use crate::family::{Arch, Family};
 use crate::io::{atomic_write, io_err};
 use kiln_tensor::{Error, Result};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::Path;
+
+mod decoder;
+mod encoder;
+pub use decoder::DecoderConfig;
+pub use encoder::EncoderConfig;
 
 /// Extra JSON fields carried through unchanged.
 pub type Extra = serde_json::Map<String, serde_json::Value>;
@@ -63,90 +66,11 @@ impl Activation {
     }
 }
 
-/// An encoder's hyper-parameters: BERT's field names (HF `BertConfig`); the other encoders of the
-/// family are read into them by their adapter (see the module docs).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EncoderConfig {
-    /// Which member (set from `model_type`, not a JSON field).
-    #[serde(skip)]
-    pub family: Family,
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub intermediate_size: usize,
-    /// `"gelu"` (exact erf) for BERT; see [`Activation::from_hf`].
-    pub hidden_act: String,
-    pub hidden_dropout_prob: f64,
-    pub attention_probs_dropout_prob: f64,
-    pub max_position_embeddings: usize,
-    /// 0: no token types (DistilBERT).
-    pub type_vocab_size: usize,
-    pub initializer_range: f64,
-    pub layer_norm_eps: f64,
-    pub pad_token_id: Option<u32>,
-    /// ALBERT / ELECTRA: the embeddings' width E (projected to `hidden_size` when it differs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub embedding_size: Option<usize>,
-    /// ALBERT: layers are shared in this many groups.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub num_hidden_groups: Option<usize>,
-    /// ALBERT: layers per group.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inner_group_num: Option<usize>,
-    /// Classification labels (`{"0": "LABEL_0", ...}`); their count is [`ModelConfig::num_labels`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id2label: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label2id: Option<BTreeMap<String, i64>>,
-    /// Every other field of the file, written back unchanged.
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-/// A decoder's hyper-parameters: GPT-2's field names (HF `GPT2Config`); GPT-1 is read into them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DecoderConfig {
-    /// Which member (set from `model_type`, not a JSON field).
-    #[serde(skip)]
-    pub family: Family,
-    pub vocab_size: usize,
-    pub n_positions: usize,
-    pub n_embd: usize,
-    pub n_layer: usize,
-    pub n_head: usize,
-    /// Feed-forward width; `null` means `4 * n_embd` (see [`DecoderConfig::inner_size`]).
-    pub n_inner: Option<usize>,
-    /// `"gelu_new"` (tanh) for GPT-2; see [`Activation::from_hf`].
-    pub activation_function: String,
-    pub resid_pdrop: f64,
-    pub embd_pdrop: f64,
-    pub attn_pdrop: f64,
-    pub layer_norm_epsilon: f64,
-    pub initializer_range: f64,
-    pub bos_token_id: Option<u32>,
-    pub eos_token_id: Option<u32>,
-    /// Pools the last non-padding token in `GPT2ForSequenceClassification`.
-    #[serde(default)]
-    pub pad_token_id: Option<u32>,
-    /// The LM head shares the token embedding (transformers' default). When false, the head is its
-    /// own `lm_head.weight`.
-    #[serde(default = "yes")]
-    pub tie_word_embeddings: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id2label: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label2id: Option<BTreeMap<String, i64>>,
-    /// Every other field of the file, written back unchanged.
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 
-fn check(cond: bool, model: &str, msg: impl FnOnce() -> String) -> Result<()> {
+pub(crate) fn check(cond: bool, model: &str, msg: impl FnOnce() -> String) -> Result<()> {
     if cond {
         Ok(())
     } else {
@@ -154,11 +78,11 @@ fn check(cond: bool, model: &str, msg: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
-fn check_prob(model: &str, name: &str, p: f64) -> Result<()> {
+pub(crate) fn check_prob(model: &str, name: &str, p: f64) -> Result<()> {
     check((0.0..1.0).contains(&p), model, || format!("{name} = {p} must be in [0, 1)"))
 }
 
-fn check_nonzero(model: &str, fields: &[(&str, usize)]) -> Result<()> {
+pub(crate) fn check_nonzero(model: &str, fields: &[(&str, usize)]) -> Result<()> {
     for (name, v) in fields {
         check(*v > 0, model, || format!("{name} must be > 0"))?;
     }
@@ -166,13 +90,13 @@ fn check_nonzero(model: &str, fields: &[(&str, usize)]) -> Result<()> {
 }
 
 /// A float field of `extra` (e.g. `classifier_dropout`), `None` when absent or null.
-fn extra_f64(extra: &Extra, key: &str) -> Option<f64> {
+pub(crate) fn extra_f64(extra: &Extra, key: &str) -> Option<f64> {
     extra.get(key).and_then(|v| v.as_f64())
 }
 
 /// The dropout probabilities kept in `extra` (`classifier_dropout`, `summary_first_dropout`, ...)
 /// must be probabilities too.
-fn check_extra_probs(model: &str, extra: &Extra, keys: &[&str]) -> Result<()> {
+pub(crate) fn check_extra_probs(model: &str, extra: &Extra, keys: &[&str]) -> Result<()> {
     for k in keys {
         if let Some(v) = extra.get(*k).filter(|v| !v.is_null()) {
             let p = v.as_f64().ok_or_else(|| Error::msg(format!("invalid {model} config: {k} must be a number or null, got {v}")))?;
@@ -184,157 +108,12 @@ fn check_extra_probs(model: &str, extra: &Extra, keys: &[&str]) -> Result<()> {
 
 /// `extra[key]` must be `want` (or absent): features kiln does not compute are refused rather
 /// than silently ignored.
-fn check_unsupported(model: &str, extra: &Extra, key: &str, want: serde_json::Value) -> Result<()> {
+pub(crate) fn check_unsupported(model: &str, extra: &Extra, key: &str, want: serde_json::Value) -> Result<()> {
     match extra.get(key) {
         Some(v) if *v != want && !(v.is_null() && want.is_boolean()) => {
             Err(Error::msg(format!("invalid {model} config: {key} = {v} is not supported by kiln (only {want})")))
         }
         _ => Ok(()),
-    }
-}
-
-impl EncoderConfig {
-    /// transformers' defaults for `family` (an encoder).
-    pub fn defaults(family: Family) -> EncoderConfig {
-        match ModelConfig::from_value(serde_json::json!({ "model_type": family.model_type() }), "<defaults>", false) {
-            Ok(ModelConfig::Encoder(c)) => c,
-            _ => unreachable!("the defaults of {family:?} are an encoder config"),
-        }
-    }
-    /// Width of one attention head.
-    pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads.max(1)
-    }
-    /// Longest sequence the position embeddings allow (RoBERTa: minus the padding offset, so 512
-    /// for its 514 positions).
-    pub fn max_positions(&self) -> usize {
-        match self.family {
-            Family::Roberta => self.max_position_embeddings.saturating_sub(self.pad_token_id.unwrap_or(1) as usize + 1),
-            _ => self.max_position_embeddings,
-        }
-    }
-    /// The embeddings' width (`embedding_size`, else `hidden_size`).
-    pub fn embedding_dim(&self) -> usize {
-        self.embedding_size.unwrap_or(self.hidden_size)
-    }
-    /// The parsed `hidden_act`.
-    pub fn activation(&self) -> Result<Activation> {
-        Activation::from_hf(&self.hidden_act)
-    }
-    /// A float field kept in `extra` (`classifier_dropout`, `qa_dropout`, ...).
-    pub fn extra_f64(&self, key: &str) -> Option<f64> {
-        extra_f64(&self.extra, key)
-    }
-    /// Checks sizes, probabilities, eps, the activation and the family's own fields; errors say
-    /// which field is wrong.
-    pub fn validate(&self) -> Result<()> {
-        let m = self.family.model_type();
-        check_nonzero(
-            m,
-            &[
-                ("vocab_size", self.vocab_size),
-                ("hidden_size", self.hidden_size),
-                ("num_hidden_layers", self.num_hidden_layers),
-                ("num_attention_heads", self.num_attention_heads),
-                ("intermediate_size", self.intermediate_size),
-                ("max_position_embeddings", self.max_position_embeddings),
-            ],
-        )?;
-        if self.family != Family::DistilBert {
-            check_nonzero(m, &[("type_vocab_size", self.type_vocab_size)])?;
-        }
-        for (k, v) in [("embedding_size", self.embedding_size), ("num_hidden_groups", self.num_hidden_groups), ("inner_group_num", self.inner_group_num)] {
-            check(v != Some(0), m, || format!("{k} must be > 0"))?;
-        }
-        check(self.hidden_size.is_multiple_of(self.num_attention_heads), m, || {
-            format!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads)
-        })?;
-        check_prob(m, "hidden_dropout_prob", self.hidden_dropout_prob)?;
-        check_prob(m, "attention_probs_dropout_prob", self.attention_probs_dropout_prob)?;
-        check_extra_probs(m, &self.extra, &["classifier_dropout", "classifier_dropout_prob", "qa_dropout", "seq_classif_dropout", "summary_last_dropout"])?;
-        check(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite(), m, || format!("layer_norm_eps = {} must be > 0", self.layer_norm_eps))?;
-        if let Some(p) = self.pad_token_id {
-            // nn.Embedding(padding_idx=pad) refuses a pad outside the table
-            check((p as usize) < self.vocab_size, m, || format!("pad_token_id {p} >= vocab_size {}", self.vocab_size))?;
-        }
-        if self.family == Family::Roberta {
-            // positions start after the padding index
-            let pad = self.pad_token_id.unwrap_or(1) as usize;
-            check(self.max_position_embeddings > pad + 1, m, || format!("max_position_embeddings {} must exceed pad_token_id + 1 = {}", self.max_position_embeddings, pad + 1))?;
-        }
-        check_unsupported(m, &self.extra, "position_embedding_type", "absolute".into())?;
-        check_unsupported(m, &self.extra, "is_decoder", false.into())?;
-        check_unsupported(m, &self.extra, "add_cross_attention", false.into())?;
-        self.activation().map_err(|e| Error::msg(format!("invalid {m} config: hidden_act: {e}")))?;
-        Ok(())
-    }
-}
-
-impl DecoderConfig {
-    /// transformers' defaults for `family` (a decoder).
-    pub fn defaults(family: Family) -> DecoderConfig {
-        match ModelConfig::from_value(serde_json::json!({ "model_type": family.model_type() }), "<defaults>", false) {
-            Ok(ModelConfig::Decoder(c)) => c,
-            _ => unreachable!("the defaults of {family:?} are a decoder config"),
-        }
-    }
-    /// The feed-forward width: `n_inner`, or `4 * n_embd` when it is `null`.
-    pub fn inner_size(&self) -> usize {
-        self.n_inner.unwrap_or(4 * self.n_embd)
-    }
-    /// Width of one attention head.
-    pub fn head_dim(&self) -> usize {
-        self.n_embd / self.n_head.max(1)
-    }
-    /// The parsed `activation_function` (GPT-1's `afn`: `"gelu"` is the tanh form there).
-    pub fn activation(&self) -> Result<Activation> {
-        match self.family {
-            Family::OpenAiGpt => Activation::from_hf_gpt1(&self.activation_function),
-            _ => Activation::from_hf(&self.activation_function),
-        }
-    }
-    /// A float field kept in `extra` (`summary_first_dropout`, ...).
-    pub fn extra_f64(&self, key: &str) -> Option<f64> {
-        extra_f64(&self.extra, key)
-    }
-    /// Checks sizes, probabilities, eps and the activation; errors say which field is wrong.
-    pub fn validate(&self) -> Result<()> {
-        let m = self.family.model_type();
-        check_nonzero(
-            m,
-            &[
-                ("vocab_size", self.vocab_size),
-                ("n_positions", self.n_positions),
-                ("n_embd", self.n_embd),
-                ("n_layer", self.n_layer),
-                ("n_head", self.n_head),
-                ("n_inner", self.inner_size()),
-            ],
-        )?;
-        check(self.n_embd.is_multiple_of(self.n_head), m, || format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head))?;
-        check_prob(m, "resid_pdrop", self.resid_pdrop)?;
-        check_prob(m, "embd_pdrop", self.embd_pdrop)?;
-        check_prob(m, "attn_pdrop", self.attn_pdrop)?;
-        check_extra_probs(m, &self.extra, &["summary_first_dropout", "summary_last_dropout", "classifier_dropout"])?;
-        check(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite(), m, || {
-            format!("layer_norm_epsilon = {} must be > 0", self.layer_norm_epsilon)
-        })?;
-        check_unsupported(m, &self.extra, "scale_attn_weights", true.into())?;
-        check_unsupported(m, &self.extra, "scale_attn_by_inverse_layer_idx", false.into())?;
-        check_unsupported(m, &self.extra, "add_cross_attention", false.into())?;
-        self.activation().map_err(|e| Error::msg(format!("invalid {m} config: activation_function: {e}")))?;
-        Ok(())
-    }
-    /// Token ids transformers accepts with a warning: outside the vocabulary (its `GPT2Config()`
-    /// writes 50256 whatever the vocabulary size). They are never looked up by kiln's forward.
-    fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
-        for (name, id) in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id), ("pad_token_id", self.pad_token_id)] {
-            if let Some(id) = id.filter(|&i| i as usize >= self.vocab_size) {
-                w.push(format!("{name} {id} is outside the vocabulary (vocab_size {}); kept, as transformers does", self.vocab_size));
-            }
-        }
-        w
     }
 }
 
