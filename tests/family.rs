@@ -38,7 +38,8 @@ fn tiny(arch: &str) -> ModelConfig {
         m.insert("embedding_size".into(), json!(8));
     }
     if a.family == Family::Albert {
-        (m.insert("num_hidden_layers".into(), json!(3)), m.insert("num_hidden_groups".into(), json!(2)));
+        m.insert("num_hidden_layers".into(), json!(3));
+        m.insert("num_hidden_groups".into(), json!(2));
     }
     if a.family == Family::Gpt2 {
         m.insert("pad_token_id".into(), json!(0));
