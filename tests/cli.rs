@@ -194,3 +194,45 @@ fn config_only_directories_of_the_family_train() {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+/// Issue 18's quiet wrong answers that are now errors before anything is written: a negative or
+/// non-finite learning rate, clip or weight decay; `eval --batches 0`; a dangling weights link
+/// (was: a randomly initialised model); weights holding NaN or infinity.
+#[test]
+fn hyper_parameters_and_weights_that_cannot_train_are_errors() {
+    let d = tmp("bad-hyper");
+    let out = d.join("o");
+    for (flag, v, want) in [("--lr", "-1", "lr"), ("--lr", "NaN", "lr"), ("--clip", "-1", "clip"), ("--clip", "NaN", "clip"), ("--weight-decay", "-0.5", "weight_decay"), ("--eval-batches", "0", "batch")] {
+        let o = kiln(&["train", "--steps", "1", &format!("{flag}={v}"), "--out", out.to_str().unwrap()]);
+        assert_fails(&o, want);
+        assert!(!out.exists(), "{flag} {v}: the output directory was created");
+    }
+    let fx = fixture("gpt2_lm");
+    let text = d.join("t.txt");
+    write(&text, "some text to evaluate on, some text to evaluate on.\n");
+    // a model directory whose weights link points nowhere
+    let m = d.join("dangling");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::copy(fx.join("config.json"), m.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(d.join("nowhere.safetensors"), m.join("model.safetensors")).unwrap();
+    let batch = fx.join("batch.json");
+    assert_fails(&kiln(&["forward", "--model", m.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", d.join("f.safetensors").to_str().unwrap()]), "nowhere.safetensors");
+    // weights with a NaN
+    let n = d.join("nan");
+    std::fs::create_dir_all(&n).unwrap();
+    std::fs::copy(fx.join("config.json"), n.join("config.json")).unwrap();
+    let mut ts = kiln::model::st_io::read_safetensors(fx.join("model.safetensors")).unwrap();
+    let (name, t) = ts.iter_mut().find(|(k, _)| k.ends_with("ln_f.weight")).unwrap();
+    let mut v = t.to_vec::<f32>().unwrap();
+    v[3] = f32::NAN;
+    *t = kiln::Tensor::from_vec(v, t.shape()).unwrap();
+    let name = name.clone();
+    kiln::model::st_io::write_safetensors(n.join("model.safetensors"), &ts, None, None).unwrap();
+    assert_fails(&kiln(&["forward", "--model", n.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", d.join("f.safetensors").to_str().unwrap()]), &name);
+    // eval over zero batches (the fixture directory has no tokenizer: use a trained tiny run)
+    let run = d.join("run");
+    let o = kiln(&["train", "--steps", "1", "--batch", "2", "--seq", "16", "--vocab", "300", "--json", "--sample-tokens", "0", "--out", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_fails(&kiln(&["eval", "--model", run.to_str().unwrap(), "--data", text.to_str().unwrap(), "--batches", "0"]), "batches");
+    std::fs::remove_dir_all(d).unwrap();
+}

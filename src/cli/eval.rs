@@ -24,6 +24,9 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    if a.batches == 0 || a.batch == 0 {
+        return Err(Error::msg("eval: --batches and --batch must be at least 1"));
+    }
     let device: Device = a.device.parse()?;
     let l = super::load_model_dir(&a.model, 0, device)?;
     let tok = l.tokenizer.as_ref().ok_or_else(|| Error::msg(format!("eval: no tokenizer.json in {}", a.model.display())))?;

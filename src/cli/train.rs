@@ -10,6 +10,7 @@ use kiln::model::sched::{Decay, LrSchedule};
 use kiln::model::tokenize::{self, SpecialIds};
 use kiln::model::train_state::load_train_state;
 use kiln::model::trainer::{BatchSource, EvalLog, StepLog, TrainObserver, TrainOptions, Trainer};
+use kiln::model::io::entry_exists;
 use kiln::model::LoadOptions;
 use kiln::{DType, Device, Error, Result};
 use std::io::IsTerminal;
@@ -150,6 +151,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return Err(Error::msg("train: --batch, --steps must be positive and --seq at least 2"));
     }
     let decay: Decay = args.schedule.parse()?;
+    let adamw = AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() };
+    // the hyper-parameters are checked before a tokenizer is trained or a file written
+    let opts_for = |schedule: LrSchedule, out: Option<PathBuf>| TrainOptions {
+        steps: args.steps,
+        schedule,
+        adamw,
+        clip: args.clip,
+        accum: args.accum,
+        seed: args.seed,
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        ckpt_every: args.ckpt_every,
+        out,
+        compute_dtype,
+    };
+    opts_for(LrSchedule::constant(args.lr), None).check().map_err(|e| Error::msg(format!("{e} (--lr, --weight-decay, --clip, --accum, --eval-batches)")))?;
     let (dir, preset) = model_spec(&args);
     let mut cfg = match &dir {
         Some(d) => ModelConfig::load(d.join("config.json"))?,
@@ -166,7 +183,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let tok = match tokenize::find_tokenizer(args.tokenizer.as_deref(), dir.as_deref())? {
         Some(t) => t,
         None => {
-            if dir.as_ref().is_some_and(|d| d.join("model.safetensors").exists()) {
+            if dir.as_ref().is_some_and(|d| entry_exists(&d.join("model.safetensors"))) {
                 return Err(Error::msg("train: the checkpoint has weights but no tokenizer.json; pass --tokenizer"));
             }
             let t = match cfg.family().is_decoder() {
@@ -184,11 +201,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return Err(Error::msg(format!("train: --seq {} exceeds the model's {} positions", args.seq, cfg.max_positions())));
     }
     let store = ParamStore::new(args.seed, DType::F32, device);
-    let adamw = AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() };
     let mut trainer = Trainer::new(cfg.clone(), store.clone(), Some(&tok), adamw)?;
     if let Some(d) = &dir {
         let w = d.join("model.safetensors");
-        if w.exists() {
+        if entry_exists(&w) {
             kiln::model::load_params(&w, &store, &cfg.family().name_map(), &LoadOptions::strict())?;
         }
     }
@@ -220,19 +236,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), source: e })?;
     let total = args.steps;
     let schedule = LrSchedule { peak_lr: args.lr, min_lr: args.lr * 0.1, warmup_steps: args.warmup.min(total), total_steps: total, decay };
-    let opts = TrainOptions {
-        steps: total,
-        schedule,
-        adamw,
-        clip: args.clip,
-        accum: args.accum,
-        seed: args.seed,
-        eval_every: args.eval_every,
-        eval_batches: args.eval_batches,
-        ckpt_every: args.ckpt_every,
-        out: Some(out.clone()),
-        compute_dtype,
-    };
+    let opts = opts_for(schedule, Some(out.clone()));
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(total);
         if let Ok(s) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})") {

@@ -241,6 +241,9 @@ pub fn load_params_from(file: &StFile, store: &ParamStore, map: &HfNameMap, opts
         }
         let p = store.get(name).expect("planned from the store");
         p.assign(&t).map_err(|e| Error::msg(format!("{}: loading '{f}' into '{name}': {e}", file.path())))?;
+        if let Some(bad) = crate::params::first_non_finite(std::slice::from_ref(&p))? {
+            return Err(Error::msg(format!("{}: tensor '{f}' (parameter '{bad}') holds NaN or infinite values", file.path())));
+        }
     }
     Ok(rep)
 }

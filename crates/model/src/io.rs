@@ -8,6 +8,13 @@ pub(crate) fn io_err(path: &Path, source: std::io::Error) -> Error {
     Error::Io { path: path.display().to_string(), source }
 }
 
+/// Whether a directory entry exists at `path`, a dangling symlink included (which
+/// `Path::exists` calls absent: a model whose weights link is broken must be an error when opened,
+/// not a freshly initialised model).
+pub fn entry_exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory is written,
 /// fsynced and renamed over `path` (then the directory is fsynced). A crash leaves either the old
 /// file or the new one, never a torn file.

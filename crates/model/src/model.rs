@@ -384,7 +384,7 @@ impl LoadedModel {
         let cfg = ModelConfig::load(dir.join(crate::train_state::CONFIG_FILE))?;
         let store = ParamStore::new(seed, dtype, device);
         let weights = dir.join(crate::train_state::MODEL_FILE);
-        let model = if weights.exists() {
+        let model = if crate::io::entry_exists(&weights) {
             let file = crate::st_io::StFile::open(&weights)?;
             // strict: every parameter is overwritten, so none is drawn first
             let model = store.build_for_load(|s| Model::build_with_pooler(&cfg, s, Some(file_has_pooler(&file.names()))))?;

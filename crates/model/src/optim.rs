@@ -82,6 +82,25 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
+impl AdamWConfig {
+    /// PyTorch's checks: lr ≥ 0, eps ≥ 0, betas in [0, 1), weight decay ≥ 0, all finite; the error
+    /// names the hyper-parameter.
+    pub fn check(&self) -> Result<()> {
+        let bad = |name: &str, v: f64, want: &str| Err(Error::msg(format!("adamw: {name} = {v} is invalid ({want})")));
+        for (name, v) in [("lr", self.lr), ("eps", self.eps), ("weight_decay", self.weight_decay)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(name, v, "must be finite and >= 0");
+            }
+        }
+        for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(name, v, "must be in [0, 1)");
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for AdamWConfig {
     fn default() -> Self {
         AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }

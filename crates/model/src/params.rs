@@ -373,3 +373,18 @@ impl ParamPath {
         &self.prefix
     }
 }
+
+/// The name of the first parameter holding a NaN or an infinity, if any.
+pub fn first_non_finite(params: &[Param]) -> Result<Option<String>> {
+    for p in params {
+        let t = p.tensor();
+        let bad = match (t.dtype(), t.device()) {
+            (kiln_tensor::DType::F32, kiln_tensor::Device::Cpu) => t.with_slice::<f32, _>(|s| s.iter().any(|x| !x.is_finite()))?,
+            _ => t.to_vec_f64()?.iter().any(|x| !x.is_finite()),
+        };
+        if bad {
+            return Ok(Some(p.name().to_string()));
+        }
+    }
+    Ok(None)
+}

@@ -33,7 +33,11 @@ impl StFile {
     /// Reads and validates `path` (header, offsets, total length).
     pub fn open(path: impl AsRef<Path>) -> Result<StFile> {
         let p = path.as_ref();
-        let bytes = std::fs::read(p).map_err(|e| io_err(p, e))?;
+        let bytes = std::fs::read(p).map_err(|e| match std::fs::read_link(p) {
+            // a broken link: name where it points
+            Ok(target) if !p.exists() => Error::msg(format!("{} is a symlink to {}, which does not exist", p.display(), target.display())),
+            _ => io_err(p, e),
+        })?;
         Self::from_bytes(bytes, &p.display().to_string())
     }
 

@@ -1,6 +1,7 @@
 //! The training loop behind `kiln train`, usable as a library: data → model → loss → backward →
 //! clip → AdamW with a schedule, gradient accumulation, held-out evaluation, atomic checkpoints and
 //! exact resume.
+pub use crate::params::first_non_finite;
 use crate::config::ModelConfig;
 use crate::data::Batch;
 use crate::model::Model;
@@ -64,6 +65,32 @@ pub struct TrainOptions {
     /// Activations' dtype: f32, or mixed precision with bf16 / f16 activations and GEMMs over f32
     /// master weights and optimizer state (see [`ForwardCtx`]); f16 adds dynamic loss scaling.
     pub compute_dtype: DType,
+}
+
+impl TrainOptions {
+    /// Errors naming the option for what cannot train: a negative or non-finite learning rate,
+    /// weight decay or clip (0 = no clipping), no accumulation, a compute dtype other than
+    /// f32 / bf16 / f16, zero evaluation batches.
+    pub fn check(&self) -> Result<()> {
+        self.adamw.check()?;
+        let (lr, min) = (self.schedule.peak_lr, self.schedule.min_lr);
+        if !(lr.is_finite() && lr >= 0.0 && min.is_finite() && min >= 0.0) {
+            return Err(Error::msg(format!("train: the learning rate must be finite and >= 0, got {lr} (floor {min})")));
+        }
+        if !(self.clip.is_finite() && self.clip >= 0.0) {
+            return Err(Error::msg(format!("train: clip must be finite and >= 0 (0 = no clipping), got {}", self.clip)));
+        }
+        if self.accum == 0 {
+            return Err(Error::msg("train: gradient accumulation must be at least 1"));
+        }
+        if self.eval_batches == 0 {
+            return Err(Error::msg("train: evaluation needs at least 1 batch"));
+        }
+        if !matches!(self.compute_dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::msg(format!("train: compute dtype {} is not supported (f32, bf16 or f16)", self.compute_dtype)));
+        }
+        Ok(())
+    }
 }
 
 /// Dynamic loss scaling for f16 training, with the semantics of PyTorch's `GradScaler`: the loss
@@ -180,13 +207,16 @@ impl<'a> Trainer<'a> {
 
     /// Mean loss over `n` batches from `eval`, without gradients.
     pub fn evaluate(&self, eval: &mut dyn BatchSource, n: usize) -> Result<f64> {
+        if n == 0 {
+            return Err(Error::msg("eval: --batches must be at least 1"));
+        }
         let ctx = ForwardCtx::eval();
         let mut total = 0.0;
-        for _ in 0..n.max(1) {
+        for _ in 0..n {
             let b = eval.next_batch()?.to_device(self.store.device())?;
             total += no_grad(|| self.model.loss(&b, &ctx))?.to_scalar()?;
         }
-        Ok(total / n.max(1) as f64)
+        Ok(total / n as f64)
     }
 
     /// Writes the checkpoint directory (weights, config, tokenizer, training state) atomically per file.
@@ -208,12 +238,7 @@ impl<'a> Trainer<'a> {
     /// (1-based, as in [`StepLog::step`]); nothing is written then, so the last checkpoint in
     /// `opts.out` stays as it was.
     pub fn run(&mut self, opts: &TrainOptions, data: &mut dyn BatchSource, mut eval: Option<&mut dyn BatchSource>, obs: &mut dyn TrainObserver) -> Result<()> {
-        if opts.accum == 0 {
-            return Err(Error::msg("train: gradient accumulation must be at least 1"));
-        }
-        if !matches!(opts.compute_dtype, DType::F32 | DType::BF16 | DType::F16) {
-            return Err(Error::msg(format!("train: compute dtype {} is not supported (f32, bf16 or f16)", opts.compute_dtype)));
-        }
+        opts.check()?;
         let scaling = opts.compute_dtype == DType::F16;
         let params = self.store.trainable();
         // Every evaluation reads the same held-out batches.
@@ -308,19 +333,4 @@ fn stop(params: &[crate::params::Param], what: String, step: u64, opts: &TrainOp
         None => "no checkpoint was being written".to_string(),
     };
     Error::msg(format!("train: {what} at step {step}; stopping ({ckpt}). Try a lower learning rate (--lr)."))
-}
-
-/// The name of the first parameter holding a NaN or an infinity, if any.
-pub fn first_non_finite(params: &[crate::params::Param]) -> Result<Option<String>> {
-    for p in params {
-        let t = p.tensor();
-        let bad = match (t.dtype(), t.device()) {
-            (kiln_tensor::DType::F32, kiln_tensor::Device::Cpu) => t.with_slice::<f32, _>(|s| s.iter().any(|x| !x.is_finite()))?,
-            _ => t.to_vec_f64()?.iter().any(|x| !x.is_finite()),
-        };
-        if bad {
-            return Ok(Some(p.name().to_string()));
-        }
-    }
-    Ok(None)
 }
