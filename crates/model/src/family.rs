@@ -5,9 +5,9 @@
 //! |---|---|---|---|---|
 //! | BERT | `bert` | encoder | `bert.` | Model, ForMaskedLM, ForPreTraining, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering |
 //! | RoBERTa | `roberta` | encoder (padding-offset positions) | `roberta.` | Model, ForMaskedLM, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering |
-//! | ALBERT | `albert` | encoder (factorised embeddings, shared layer groups) | `albert.` | Model, ForPreTraining, ForMaskedLM, ForSequenceClassification |
-//! | DistilBERT | `distilbert` | encoder (no token types) | `distilbert.` | Model, ForMaskedLM, ForSequenceClassification, ForQuestionAnswering |
-//! | ELECTRA | `electra` | encoder (embedding projection when E ≠ H) | `electra.` | Model, ForPreTraining, ForMaskedLM, ForSequenceClassification |
+//! | ALBERT | `albert` | encoder (factorised embeddings, shared layer groups) | `albert.` | Model, ForPreTraining, ForMaskedLM, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering |
+//! | DistilBERT | `distilbert` | encoder (no token types) | `distilbert.` | Model, ForMaskedLM, ForSequenceClassification, ForQuestionAnswering, ForTokenClassification |
+//! | ELECTRA | `electra` | encoder (embedding projection when E ≠ H) | `electra.` | Model, ForPreTraining, ForMaskedLM, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering |
 //! | GPT-1 | `openai-gpt` | decoder, post-LN, no final LayerNorm | `transformer.` | OpenAIGPTModel, OpenAIGPTLMHeadModel, OpenAIGPTDoubleHeadsModel |
 //! | GPT-2 | `gpt2` | decoder, pre-LN, final `ln_f` | `transformer.` | GPT2Model, GPT2LMHeadModel, GPT2DoubleHeadsModel, GPT2ForSequenceClassification, GPT2ForTokenClassification |
 //!
@@ -83,14 +83,19 @@ pub const ARCHITECTURES: &[Arch] = &[
     a("AlbertForPreTraining", Albert, PreTraining),
     a("AlbertForMaskedLM", Albert, MaskedLm),
     a("AlbertForSequenceClassification", Albert, SequenceClassification),
+    a("AlbertForTokenClassification", Albert, TokenClassification),
+    a("AlbertForQuestionAnswering", Albert, QuestionAnswering),
     a("DistilBertModel", DistilBert, Base),
     a("DistilBertForMaskedLM", DistilBert, MaskedLm),
     a("DistilBertForSequenceClassification", DistilBert, SequenceClassification),
     a("DistilBertForQuestionAnswering", DistilBert, QuestionAnswering),
+    a("DistilBertForTokenClassification", DistilBert, TokenClassification),
     a("ElectraModel", Electra, Base),
     a("ElectraForPreTraining", Electra, PreTraining),
     a("ElectraForMaskedLM", Electra, MaskedLm),
     a("ElectraForSequenceClassification", Electra, SequenceClassification),
+    a("ElectraForTokenClassification", Electra, TokenClassification),
+    a("ElectraForQuestionAnswering", Electra, QuestionAnswering),
     a("OpenAIGPTModel", OpenAiGpt, Base),
     a("OpenAIGPTLMHeadModel", OpenAiGpt, CausalLm),
     a("OpenAIGPTDoubleHeadsModel", OpenAiGpt, DoubleHeads),

@@ -98,7 +98,14 @@ impl Model {
                 };
                 let enc = Encoder::new(ps, c, prefix, with_pooler)?;
                 let (h, std) = (c.hidden_size, c.initializer_range);
-                let cls_drop = c.extra_f64("classifier_dropout").unwrap_or(c.hidden_dropout_prob);
+                // the token classifier's dropout: ALBERT's classifier_dropout_prob, DistilBERT's
+                // dropout, the others' classifier_dropout (each falling back to the hidden dropout)
+                let cls_drop = match c.family {
+                    Family::Albert => c.extra_f64("classifier_dropout_prob"),
+                    Family::DistilBert => None,
+                    _ => c.extra_f64("classifier_dropout"),
+                }
+                .unwrap_or(c.hidden_dropout_prob);
                 let head = match (c.family, arch.task) {
                     (_, Task::Base) => Head::None,
                     (_, Task::MaskedLm) => Head::MaskedLm(MlmHead::new(ps, c, &enc.word.weight)?),
