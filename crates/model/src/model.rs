@@ -203,14 +203,15 @@ impl Model {
                 if let Some(p) = &r.pooler_output {
                     o.put("pooler_output", p.clone());
                 }
-                self.encoder_head(&r.last_hidden_state, r.pooler_output.as_ref(), inputs, ctx, &mut o)?;
+                self.head_forward(&r.last_hidden_state, r.pooler_output.as_ref(), inputs, ctx, &mut o)?;
             }
             Stack::Decoder(dec) => self.decoder_forward(dec, ids, inputs, ctx, &mut o)?,
         }
         Ok(o)
     }
 
-    fn encoder_head(&self, h: &Tensor, pooled: Option<&Tensor>, inp: &Inputs, ctx: &ForwardCtx, o: &mut Outputs) -> Result<()> {
+    /// The heads that read hidden states `[B, T, H]` (+ the pooler's output): all but the LM heads.
+    fn head_forward(&self, h: &Tensor, pooled: Option<&Tensor>, inp: &Inputs, ctx: &ForwardCtx, o: &mut Outputs) -> Result<()> {
         let ce = |logits: &Tensor, l: &Option<Tensor>| l.as_ref().map(|l| flat_ce(logits, l, -100)).transpose();
         let need_pool = || pooled.ok_or_else(|| Error::msg("this head reads the pooler, which the model lacks"));
         match &self.head {
@@ -281,7 +282,7 @@ impl Model {
                 o.put("start_logits", start);
                 o.put("end_logits", end);
             }
-            Head::CausalLm(_) | Head::DoubleHeads(..) => unreachable!("decoder heads sit on decoders"),
+            Head::CausalLm(_) | Head::DoubleHeads(..) => unreachable!("the LM heads run in decoder_forward"),
         }
         Ok(())
     }
@@ -324,21 +325,8 @@ impl Model {
                 }
                 o.put("logits", unflat(&logits)?);
             }
-            Head::SequenceClassification(c) => {
-                let logits = c.forward(&h, None, &flat_ids, dec.cfg.pad_token_id, ctx)?;
-                o.loss = match (&inp.labels, self.num_labels) {
-                    (Some(l), 1) => Some(mse(&logits, l)?),
-                    (Some(l), _) => Some(flat_ce(&logits, l, -100)?),
-                    _ => None,
-                };
-                o.put("logits", logits);
-            }
-            Head::TokenClassification(c) => {
-                let logits = c.forward(&h, ctx)?;
-                o.loss = inp.labels.as_ref().map(|l| flat_ce(&logits, l, -100)).transpose()?;
-                o.put("logits", logits);
-            }
-            _ => unreachable!("encoder heads sit on encoders"),
+            // the per-sequence and per-token heads read the hidden states as on an encoder
+            _ => self.head_forward(&h, None, inp, ctx, o)?,
         }
         Ok(())
     }
