@@ -334,39 +334,23 @@ def legacy_rewrite(src_file: str, dst_file: str, kind: str, cfg: dict) -> list[s
 # Fixtures for every architecture of the BERT / GPT family (RoBERTa, ALBERT, DistilBERT, ELECTRA, GPT-1, more
 # GPT-2 heads). Same sizes, seeding and file layout as above; expected.safetensors holds outputs, loss and
 # grad.<param> (no after_adamw: the optimizer is model-independent and checked by the fixtures above).
-ROBERTA_KW = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64 + 2,  # positions start at pad_token_id + 1 = 2
-    type_vocab_size=1,
-    hidden_act="gelu",
-    layer_norm_eps=1e-5,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-    pad_token_id=1,
-    bos_token_id=0,
-    eos_token_id=2,
-)
-ALBERT_KW = dict(
-    vocab_size=VOCAB,
-    embedding_size=16,
-    hidden_size=32,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    type_vocab_size=2,
-    hidden_act="gelu_new",
-    layer_norm_eps=1e-12,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-    classifier_dropout_prob=0.0,
-    pad_token_id=0,
-    bos_token_id=2,
-    eos_token_id=3,
-)
+ROBERTA_KW = {  # BERT's sizes with RoBERTa's conventions
+    **BERT_KW,
+    "max_position_embeddings": 64 + 2,  # positions start at pad_token_id + 1 = 2
+    "type_vocab_size": 1,
+    "layer_norm_eps": 1e-5,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+}
+ALBERT_KW = {  # BERT's sizes with ALBERT's factorised embeddings and activation (layers: ALBERT_*)
+    **{k: v for k, v in BERT_KW.items() if k != "num_hidden_layers"},
+    "embedding_size": 16,
+    "hidden_act": "gelu_new",
+    "classifier_dropout_prob": 0.0,
+    "bos_token_id": 2,
+    "eos_token_id": 3,
+}
 DISTILBERT_KW = dict(
     vocab_size=VOCAB,
     dim=32,
@@ -381,22 +365,7 @@ DISTILBERT_KW = dict(
     seq_classif_dropout=0.0,
     pad_token_id=0,
 )
-ELECTRA_KW = dict(
-    vocab_size=VOCAB,
-    embedding_size=16,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    type_vocab_size=2,
-    hidden_act="gelu",
-    layer_norm_eps=1e-12,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-    summary_last_dropout=0.0,
-    pad_token_id=0,
-)
+ELECTRA_KW = {**BERT_KW, "embedding_size": 16, "summary_last_dropout": 0.0}
 OPENAI_GPT_KW = dict(
     vocab_size=VOCAB,
     n_embd=32,
