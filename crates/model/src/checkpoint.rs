@@ -21,7 +21,7 @@
 use crate::params::ParamStore;
 use crate::st_io::{write_safetensors, StFile};
 use kiln_tensor::{DType, Error, Result, Tensor};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// How HF names in a file relate to the parameter names of a model.
@@ -248,15 +248,13 @@ pub fn load_params_from(file: &StFile, store: &ParamStore, map: &HfNameMap, opts
     Ok(rep)
 }
 
-/// The tensors [`save_params`] writes: every parameter under its HF name (tied aliases are not
-/// parameters, so they are absent, as in HF files), transposed where `map` says so.
+/// The tensors [`save_params`] writes: every parameter under its HF name, transposed where `map`
+/// says so. A tied alias is not a parameter (the head uses its target's), so it is absent, as in
+/// HF files; a parameter that bears an alias's name is an untied head (GPT-2 with
+/// `tie_word_embeddings: false`) and is written.
 pub fn hf_tensors(store: &ParamStore, map: &HfNameMap) -> Result<Vec<(String, Tensor)>> {
-    let tied: BTreeSet<&str> = map.tied.iter().map(|(a, _)| a.as_str()).collect();
     let mut out = Vec::new();
     for p in store.params() {
-        if tied.contains(p.name()) {
-            continue;
-        }
         let mut t = p.tensor().detach();
         if map.is_transposed(p.name()) && t.rank() == 2 {
             t = t.t()?.contiguous()?;
