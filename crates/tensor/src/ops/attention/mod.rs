@@ -5,6 +5,7 @@
 //! from it. Tile GEMMs: `gemm512.rs` (AVX-512 f32), `cpu/gemm256.rs` (AVX2 + FMA f32) or
 //! matrixmultiply (scalar level, f64); softmax row primitives with
 //! AVX-512 / AVX2 / scalar bodies in `simd.rs`.
+mod bwd;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -15,7 +16,8 @@ mod simd;
 use crate::autograd::{node, BackwardOp};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Error, Layout, Result, Tensor};
-use cpu::{Dims, KeyMask, Saved, View};
+use bwd::Saved;
+use cpu::{Dims, KeyMask, View};
 use simd::AttnFloat;
 use std::sync::Arc;
 
@@ -182,7 +184,7 @@ impl<T: AttnFloat> BackwardOp for AttentionBackward<T> {
         let ct = T::DTYPE;
         let (qo, ko, vo, go) = (Operand::new(&self.q, ct)?, Operand::new(&self.k, ct)?, Operand::new(&self.v, ct)?, Operand::new(g, ct)?);
         let saved = Saved { out: self.out.as_cpu()?.as_slice::<T>()?, lse: &self.lse, dout: go.view::<T>()? };
-        let (dq, dk, dv) = cpu::backward(&self.p, qo.view::<T>()?, ko.view::<T>()?, vo.view::<T>()?, self.mask.as_ref(), &saved);
+        let (dq, dk, dv) = bwd::backward(&self.p, qo.view::<T>()?, ko.view::<T>()?, vo.view::<T>()?, self.mask.as_ref(), &saved);
         let wrap = |x: Vec<T>, like: &Tensor| -> Result<Option<Tensor>> {
             if !like.requires_grad() {
                 return Ok(None);
