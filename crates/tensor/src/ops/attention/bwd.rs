@@ -1,7 +1,7 @@
 //! The fused attention backward on the CPU: recomputes the probabilities tile by tile from the
 //! saved logsumexp (no Tq×Tk matrix), splits each (batch, head) over key chunks, and sums the
 //! chunks' dQ partials in a fixed order (deterministic whatever the thread count).
-use super::cpu::{key_end, pack_tile_t, rows_packed, scores, tile_b, BOp, Dims, KeyMask, View};
+use super::cpu::{key_end, pack_tile_t, rows_packed, scores, tile_b, BOp, Dims, DropMask, KeyMask, View};
 use super::simd::AttnFloat;
 use rayon::prelude::*;
 
@@ -101,6 +101,11 @@ impl<T: AttnFloat> Task<'_, T> {
         let mut dp = vec![T::zero(); BQ_B * BK_B];
         let (mut kt, mut vt) = (vec![T::zero(); d * BK_B], vec![T::zero(); dvd * BK_B]);
         let scale = T::from_f64(p.scale);
+        // dropout: the tile's keep factors M/(1-p), and P ∘ M/(1-p) (the probabilities the forward
+        // multiplied V by)
+        let drop = DropMask::<T>::new(p);
+        let tile_len = if drop.is_some() { BQ_B * BK_B } else { 0 };
+        let (mut mk, mut pd) = (vec![T::zero(); tile_len], vec![T::zero(); tile_len]);
         for j0 in (j_start..j_start + nkeys).step_by(BK_B) {
             let nk = BK_B.min(p.tk - j0);
             if self.mask.is_some_and(|m| !m.any(b, j0, nk)) {
@@ -142,20 +147,38 @@ impl<T: AttnFloat> Task<'_, T> {
                         T::exp_sub_sum(row, lse[i0 + r]);
                     }
                 }
+                let pv = match &drop {
+                    None => s.as_ptr(),
+                    Some(dm) => {
+                        for r in 0..nq {
+                            let t = r * BK_B..r * BK_B + nk;
+                            dm.factors(&mut mk[t.clone()], b, h, i0 + r, j0);
+                            pd[t.clone()].iter_mut().zip(&s[t.clone()]).zip(&mk[t]).for_each(|((y, &x), &f)| *y = x * f);
+                        }
+                        pd.as_ptr()
+                    }
+                };
                 let (qi, gi) = (self.q.row(b, h, i0), dout.row(b, h, i0));
-                // SAFETY: all operands are in-bounds tiles: s/dp are nq×nk with leading dim BK_B,
+                // SAFETY: all operands are in-bounds tiles: s/pd/dp are nq×nk with leading dim BK_B,
                 // dk_j/dv_j are nk rows of this task's exclusive output, dq rows i0..i0+nq.
                 unsafe {
-                    // dV_j += Pᵀ dO_i
-                    T::tile(nk, dvd, nq, T::one(), s.as_ptr(), 1, BK_B as isize, gi, dout.st[2], true, dv_j, dvd);
+                    // dV_j += Pᵀ dO_i (with dropout: (P ∘ M/(1-p))ᵀ dO_i)
+                    T::tile(nk, dvd, nq, T::one(), pv, 1, BK_B as isize, gi, dout.st[2], true, dv_j, dvd);
                     // dP = dO_i V_jᵀ
                     tile_b(nq, nk, dvd, T::one(), gi, dout.rs(), dout.cs(), vt_j, false, dp.as_mut_ptr(), BK_B);
                 }
-                // dS = P ∘ (dP - D)
+                // dS = P ∘ (dP - D); with dropout dP' = dP ∘ M/(1-p) takes dP's place (D = rowsum(dO ∘ O)
+                // is unchanged: O already holds the dropped probabilities)
                 for r in 0..nq {
-                    let di = self.dsum[i0 + r];
-                    for (x, &pr) in dp[r * BK_B..r * BK_B + nk].iter_mut().zip(&s[r * BK_B..r * BK_B + nk]) {
-                        *x = pr * (*x - di);
+                    let (di, t) = (self.dsum[i0 + r], r * BK_B..r * BK_B + nk);
+                    if drop.is_some() {
+                        for ((x, &pr), &f) in dp[t.clone()].iter_mut().zip(&s[t.clone()]).zip(&mk[t]) {
+                            *x = pr * (*x * f - di);
+                        }
+                    } else {
+                        for (x, &pr) in dp[t.clone()].iter_mut().zip(&s[t]) {
+                            *x = pr * (*x - di);
+                        }
                     }
                 }
                 unsafe {

@@ -23,6 +23,51 @@ pub(crate) struct Dims {
     pub dv: usize,
     pub scale: f64,
     pub causal: bool,
+    /// Attention-probability dropout, only with p > 0 (`None` runs the kernels without it).
+    pub drop: Option<super::AttnDropout>,
+}
+
+/// Dropout of the probabilities inside the kernels: whether P[b, h, i, j] is kept depends only on
+/// the seed and the counter `((b·H + h)·Tq + i)·Tk + j` (the dropout op's keep function), so the
+/// backward regenerates the forward's mask and nothing Tq×Tk is stored.
+#[derive(Clone, Copy)]
+pub(super) struct DropMask<T> {
+    seed: u64,
+    thr: f32,
+    /// 1 / (1 - p), as the dropout op computes it.
+    pub scale: T,
+    h: usize,
+    tq: usize,
+    tk: usize,
+}
+
+impl<T: AttnFloat> DropMask<T> {
+    pub fn new(p: &Dims) -> Option<Self> {
+        let d = p.drop?;
+        Some(DropMask { seed: d.seed, thr: crate::ops::dropout::threshold(d.p), scale: T::from_f64(1.0 / (1.0 - d.p)), h: p.h, tq: p.tq, tk: p.tk })
+    }
+    /// The counter of (b, h, i, j0).
+    #[inline]
+    fn base(&self, b: usize, h: usize, i: usize, j0: usize) -> u64 {
+        (((b * self.h + h) * self.tq + i) * self.tk + j0) as u64
+    }
+    /// Zeroes the dropped probabilities of row `i`, keys `j0..j0 + row.len()` (kept ones stay
+    /// unscaled: the forward folds 1/(1-p) into its final normalisation).
+    pub fn drop_row(&self, row: &mut [T], b: usize, h: usize, i: usize, j0: usize) {
+        let base = self.base(b, h, i, j0);
+        for (c, x) in row.iter_mut().enumerate() {
+            if !crate::ops::dropout::keep(self.seed, base + c as u64, self.thr) {
+                *x = T::zero();
+            }
+        }
+    }
+    /// `f[c]` = 1/(1-p) where key `j0 + c` of row `i` is kept, 0 where it is dropped.
+    pub fn factors(&self, f: &mut [T], b: usize, h: usize, i: usize, j0: usize) {
+        let base = self.base(b, h, i, j0);
+        for (c, x) in f.iter_mut().enumerate() {
+            *x = if crate::ops::dropout::keep(self.seed, base + c as u64, self.thr) { self.scale } else { T::zero() };
+        }
+    }
 }
 
 /// A read-only strided [B, H, T, C] operand: `data[off + b·st0 + h·st1 + t·st2 + c·st3]`.
@@ -168,7 +213,9 @@ pub(super) fn key_end(p: &Dims, i0: usize, nq: usize) -> usize {
 }
 
 /// Forward: returns (out [b, h, tq, dv], lse [b, h, tq]). A row whose keys are all masked gets
-/// output 0 and lse -inf.
+/// output 0 and lse -inf. With dropout (`p.drop`) the dropped probabilities are zeroed before each
+/// P·V tile product and the output is scaled by 1/(1-p); `l` and the lse stay those of the
+/// undropped softmax (what the backward recomputes P from).
 pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>, mask: Option<&KeyMask<T>>) -> (Vec<T>, Vec<T>) {
     let (tq, dv) = (p.tq, p.dv);
     let mut out = vec![T::zero(); p.b * p.h * tq * dv];
@@ -177,6 +224,7 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
         return (out, lse);
     }
     let nkt = p.tk.div_ceil(BK_F);
+    let drop = DropMask::<T>::new(p);
     let v_rows = rows_packed(p, &v, p.tk, dv);
     let v = v_rows.as_deref().map_or(v, |x| View::contiguous(x, p.h, p.tk, dv));
     out.par_chunks_mut((tq * dv).max(1)).zip(lse.par_chunks_mut(tq.max(1))).enumerate().for_each(|(bh, (o_bh, l_bh))| {
@@ -228,6 +276,11 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
                     }
                     m[r] = m_new;
                 }
+                if let Some(dm) = &drop {
+                    for r in 0..nq {
+                        dm.drop_row(&mut s[r * BK_F..r * BK_F + nk], b, h, i0 + r, j0);
+                    }
+                }
                 let v_j = match panels {
                     Some((_, vp)) => BOp::Panels(vp[j0 * 16..].as_ptr(), p.tk * 16),
                     None => BOp::Rows(v.row(b, h, j0), v.st[2]),
@@ -240,6 +293,7 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
             for r in 0..nq {
                 if l[r] > T::zero() {
                     let inv = T::one() / l[r];
+                    let inv = drop.as_ref().map_or(inv, |dm| inv * dm.scale);
                     o[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= inv);
                     lse[r] = m[r] + l[r].ln();
                 }

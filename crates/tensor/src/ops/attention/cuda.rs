@@ -61,6 +61,9 @@ pub(super) fn run(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, p: D
     if p.causal && p.tq != p.tk {
         return Err(not_implemented("causal attention with Tq != Tk"));
     }
+    if p.drop.is_some() {
+        return Err(not_implemented("attention-probability dropout"));
+    }
     let dims = AttentionDims { batch: p.b, heads: p.h, q_len: p.tq, kv_len: p.tk, head_dim: p.d, scale: p.scale as f32, causal: p.causal };
     let (qc, kc, vc) = (contiguous(q)?, contiguous(k)?, contiguous(v)?);
     let mask = match &opts.key_padding_mask {
