@@ -19,6 +19,8 @@ pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod launch_attn;
 #[cfg(feature = "cuda")]
+mod launch_attn_tma;
+#[cfg(feature = "cuda")]
 pub mod launch_nn;
 #[cfg(feature = "cuda")]
 pub mod launch_train;
