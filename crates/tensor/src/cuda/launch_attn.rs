@@ -8,6 +8,7 @@
 //! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
 use super::device::CudaBackend;
 use super::launch::{allow_smem, check_len, to_i32, KernelFloat, NULL_PTR};
+use crate::ops::attention::AttnDropout;
 use crate::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
 
@@ -23,6 +24,9 @@ pub struct AttentionDims {
     pub head_dim: usize,
     pub scale: f32,
     pub causal: bool,
+    /// Attention-probability dropout (p > 0): the `_drop` kernels of attention.cu (`Simple`) and
+    /// attention_tc.cu (`TensorCore`), which take `(float p_drop, u64 seed)` after the dims.
+    pub dropout: Option<AttnDropout>,
 }
 
 /// Rows per block of the kernels (attention.cu: 4 warps x 4 query rows fwd, x 2 rows bwd).
@@ -85,13 +89,19 @@ impl AttentionDims {
         Ok(())
     }
     /// The kernels for this call on a device of `arch` (e.g. "sm_90") with elements `suffix`.
+    /// With dropout only `Simple` and `TensorCore` have variants: other requests run `TensorCore`.
     pub fn kernel(&self, arch: &str, suffix: &str) -> AttnKernel {
         let eligible = matches!(suffix, "bf16" | "f16") && matches!(self.head_dim, 64 | 128) && super::nvrtc::arch_number(arch) >= 80;
-        match super::attention_kernel_override() {
+        let choice = match super::attention_kernel_override() {
             _ if !eligible => AttnKernel::Simple,
             Some(AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong) if super::nvrtc::arch_number(arch) != 90 => AttnKernel::TensorCore,
             Some(k) => k,
             None => AttnKernel::TensorCore,
+        };
+        if self.dropout.is_some() && choice != AttnKernel::Simple {
+            AttnKernel::TensorCore
+        } else {
+            choice
         }
     }
     fn q_elems(&self) -> usize {
@@ -102,6 +112,19 @@ impl AttentionDims {
     }
     fn rows(&self) -> usize {
         self.batch * self.heads * self.q_len
+    }
+    /// The kernel-name infix of the dropout variants (`attention_fwd_drop_f32`,
+    /// `attention_fwd_tc_drop_d64_bf16`), empty without dropout.
+    fn drop_infix(&self) -> &'static str {
+        if self.dropout.is_some() {
+            "drop_"
+        } else {
+            ""
+        }
+    }
+    /// The `(float p_drop, u64 seed)` the dropout variants take after the dims.
+    fn drop_args(&self) -> Option<(f32, u64)> {
+        self.dropout.map(|d| (crate::ops::dropout::threshold(d.p), d.seed))
     }
     /// The kernels' `int B, int H, int Tq, int Tk, int D, float scale, int causal` (checked).
     pub(super) fn args(&self) -> [i32; 6] {
@@ -132,13 +155,17 @@ impl CudaBackend {
             return Ok(());
         }
         let d = dims.head_dim;
+        if dims.dropout.is_some() && !matches!(kernel, AttnKernel::Simple | AttnKernel::TensorCore) {
+            return Err(Error::msg(format!("{op}: the {kernel:?} kernels have no dropout variant (AttentionDims::kernel picks Simple or TensorCore)")));
+        }
+        let x = dims.drop_infix();
         let tma = matches!(kernel, AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong);
         if tma && self.attention_fwd_tma(out, lse, q, k, v, key_mask, dims, kernel == AttnKernel::WgmmaTmaPingpong)? {
             return Ok(());
         }
         let (f, smem, rows, threads) = match kernel {
             AttnKernel::TensorCore => {
-                let f = self.function("attention_tc", &format!("attention_fwd_tc_d{d}_{}", T::SUFFIX))?;
+                let f = self.function("attention_tc", &format!("attention_fwd_tc_{x}d{d}_{}", T::SUFFIX))?;
                 (f, (2 * TC_ROWS * (d + 8) * 2) as u32, TC_ROWS, 128)
             }
             AttnKernel::TensorCore2 => {
@@ -150,13 +177,16 @@ impl CudaBackend {
                 let f = self.function("attention_wgmma", &format!("attention_fwd_wg_{serial}d{d}_{}", T::SUFFIX))?;
                 (f, wg_smem(d), WG_ROWS, 256)
             }
-            AttnKernel::Simple => (self.function("attention", &format!("attention_fwd_{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS, 128),
+            AttnKernel::Simple => (self.function("attention", &format!("attention_fwd_{x}{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS, 128),
         };
         allow_smem(&f, smem)?;
-        let args = dims.args();
+        let (args, drop) = (dims.args(), dims.drop_args());
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(lse).arg(q).arg(k).arg(v);
         push_mask_and_dims(&mut b, key_mask, &args, &dims.scale);
+        if let Some((p, seed)) = &drop {
+            b.arg(p).arg(seed);
+        }
         let grid = (dims.q_len.div_ceil(rows) as u32, (dims.batch * dims.heads) as u32, 1);
         unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (threads, 1, 1), shared_mem_bytes: smem }) }?;
         Ok(())
@@ -199,20 +229,23 @@ impl CudaBackend {
             unsafe { b.launch(cfg) }?;
         }
         if matches!(kernel, AttnKernel::TensorCore2 | AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong) {
+            if dims.dropout.is_some() {
+                return Err(Error::msg(format!("{op}: the {kernel:?} kernels have no dropout variant")));
+            }
             return self.attention_bwd_one_pass(dq, dk, dv, lse, &delta, q, k, v, dout, key_mask, dims, kernel);
         }
-        let tc = kernel == AttnKernel::TensorCore;
+        let (tc, x, drop) = (kernel == AttnKernel::TensorCore, dims.drop_infix(), dims.drop_args());
         // 2. dQ over key tiles, 3. dK / dV over query tiles
         for (pass, len) in [("dq", dims.q_len), ("dkdv", dims.kv_len)] {
             if len == 0 {
                 continue;
             }
             let (f, smem, rows) = if tc {
-                let f = self.function("attention_tc", &format!("attention_bwd_{pass}_tc_d{d}_{}", T::SUFFIX))?;
+                let f = self.function("attention_tc", &format!("attention_bwd_{pass}_tc_{x}d{d}_{}", T::SUFFIX))?;
                 let smem = if pass == "dq" { (2 * TC_ROWS * (d + 8) * 2) as u32 } else { tc_dkdv_smem(d, false) };
                 (f, smem, TC_ROWS)
             } else {
-                (self.function("attention", &format!("attention_bwd_{pass}_{}", T::SUFFIX))?, ((16 * d + 64 * (d + 1)) * 4) as u32, BWD_ROWS)
+                (self.function("attention", &format!("attention_bwd_{pass}_{x}{}", T::SUFFIX))?, ((16 * d + 64 * (d + 1)) * 4) as u32, BWD_ROWS)
             };
             allow_smem(&f, smem)?;
             let mut b = self.stream().launch_builder(&f);
@@ -223,6 +256,9 @@ impl CudaBackend {
             }
             b.arg(lse).arg(&*delta).arg(q).arg(k).arg(v).arg(dout);
             push_mask_and_dims(&mut b, key_mask, &args, &dims.scale);
+            if let Some((p, seed)) = &drop {
+                b.arg(p).arg(seed);
+            }
             let cfg = LaunchConfig { grid_dim: (len.div_ceil(rows) as u32, bh, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem };
             unsafe { b.launch(cfg) }?;
         }
@@ -300,15 +336,22 @@ mod tests {
     #[test]
     fn the_kernel_choice_follows_eligibility_and_the_thread_override() {
         fn pick(head_dim: usize, arch: &str, dt: &str) -> AttnKernel {
-            AttentionDims { batch: 1, heads: 1, q_len: 5, kv_len: 5, head_dim, scale: 1.0, causal: false }.kernel(arch, dt)
+            AttentionDims { batch: 1, heads: 1, q_len: 5, kv_len: 5, head_dim, scale: 1.0, causal: false, dropout: None }.kernel(arch, dt)
+        }
+        // with dropout: the kernels that have dropout variants, whatever the request
+        fn pick_drop(head_dim: usize, arch: &str, dt: &str) -> AttnKernel {
+            let dropout = Some(AttnDropout { p: 0.1, seed: 1 });
+            AttentionDims { batch: 1, heads: 1, q_len: 5, kv_len: 5, head_dim, scale: 1.0, causal: false, dropout }.kernel(arch, dt)
         }
         assert_eq!(pick(64, "sm_90", "bf16"), AttnKernel::TensorCore);
         assert_eq!(pick(128, "sm_80", "f16"), AttnKernel::TensorCore);
         for (d, arch, dt) in [(64, "sm_90", "f32"), (80, "sm_90", "bf16"), (64, "sm_75", "bf16")] {
             assert_eq!(pick(d, arch, dt), AttnKernel::Simple, "{d} {arch} {dt}");
         }
+        assert_eq!((pick_drop(64, "sm_90", "bf16"), pick_drop(80, "sm_90", "bf16"), pick_drop(64, "sm_90", "f32")), (AttnKernel::TensorCore, AttnKernel::Simple, AttnKernel::Simple));
         force_attention_kernel(Some(AttnKernel::TensorCore2));
         assert_eq!(pick(128, "sm_90a", "bf16"), AttnKernel::TensorCore2);
+        assert_eq!((pick_drop(128, "sm_90a", "bf16"), pick_drop(96, "sm_90", "bf16")), (AttnKernel::TensorCore, AttnKernel::Simple));
         assert_eq!(pick(96, "sm_90", "bf16"), AttnKernel::Simple, "tc2 where it is not eligible");
         // another thread keeps the default
         std::thread::spawn(|| assert_eq!(pick(64, "sm_90", "bf16"), AttnKernel::TensorCore)).join().unwrap();
@@ -325,12 +368,14 @@ mod tests {
         assert_eq!([wg_bwd_smem(64), wg_bwd_smem(128)], [82_944, 148_480], "attention_wgmma.cu's header: 81 / 145 KB");
         force_attention_kernel(Some(AttnKernel::WgmmaTma));
         assert_eq!((pick(128, "sm_90a", "f16"), pick(64, "sm_89", "bf16")), (AttnKernel::WgmmaTma, AttnKernel::TensorCore));
+        assert_eq!(pick_drop(128, "sm_90", "f16"), AttnKernel::TensorCore);
         force_attention_kernel(Some(AttnKernel::WgmmaTmaPingpong));
         assert_eq!((pick(64, "sm_90", "bf16"), pick(128, "sm_80", "f16")), (AttnKernel::WgmmaTmaPingpong, AttnKernel::TensorCore));
         assert_eq!([wgtma_smem(64), wgtma_smem(128)], [83_016, 164_936], "attention_tma.cu's header: 5 * 128 * D * 2 + 72 + 1024");
         assert_eq!((std::mem::size_of::<TmaMap>(), std::mem::align_of::<TmaMap>() % 64), (128, 0), "CUtensorMap: 128 bytes, 64-byte aligned");
         force_attention_kernel(Some(AttnKernel::Simple));
         assert_eq!(pick(64, "sm_90", "f16"), AttnKernel::Simple);
+        assert_eq!(pick_drop(64, "sm_90", "f16"), AttnKernel::Simple);
         force_attention_kernel(None);
         assert_eq!(pick(64, "sm_90", "f16"), AttnKernel::TensorCore);
         assert_eq!((tc2_key_tile(64), tc2_key_tile(128)), (64, 32));

@@ -10,6 +10,8 @@
 use crate::{Device, Error, Result};
 
 pub mod kernels;
+mod attn_dropout;
+pub use attn_dropout::{attention_dropout_path, force_attention_dropout, AttnDropoutPath};
 #[cfg(feature = "cuda")]
 pub mod alloc;
 #[cfg(feature = "cuda")]

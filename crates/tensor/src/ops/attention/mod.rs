@@ -10,6 +10,8 @@ mod bwd;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_composed;
 #[cfg(target_arch = "x86_64")]
 mod gemm512;
 mod simd;
@@ -156,25 +158,34 @@ fn run<T: AttnFloat>(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, p
 /// Scaled-dot-product attention with its per-row logsumexp; see [`Tensor::attention`].
 ///
 /// Returns `(out [B, H, Tq, dv], lse [B, H, Tq])`; `lse` is f32 (f64 for f64 inputs), holds
-/// `log Σ_j exp(scale·q_i·k_j)` over the kept keys, and is `-inf` for fully masked rows. Only `out`
-/// carries gradients.
+/// `log Σ_j exp(scale·q_i·k_j)` over the kept keys (with dropout: of the undropped softmax), and is
+/// `-inf` for fully masked rows. Only `out` carries gradients.
 pub fn attention_with_lse(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<(Tensor, Tensor)> {
+    let (out, lse) = dispatch(q, k, v, opts, true)?;
+    Ok((out, lse.ok_or_else(|| Error::msg(format!("{OP}: no logsumexp was computed")))?))
+}
+
+/// The forward on the inputs' device; the lse may be left out (`None`) when `want_lse` is false
+/// (CUDA's composed dropout path computes it separately, only when asked for).
+fn dispatch(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, want_lse: bool) -> Result<(Tensor, Option<Tensor>)> {
     let p = check(q, k, v, opts)?;
     #[cfg(feature = "cuda")]
     if q.device().is_cuda() {
-        return cuda::run(q, k, v, opts, p);
+        return cuda::run(q, k, v, opts, p, want_lse);
     }
-    match q.dtype().cpu_compute() {
-        DType::F32 => run::<f32>(q, k, v, opts, p),
-        DType::F64 => run::<f64>(q, k, v, opts, p),
-        d => Err(Error::UnsupportedDType { op: OP, dtype: d }),
-    }
+    let _ = want_lse;
+    let (out, lse) = match q.dtype().cpu_compute() {
+        DType::F32 => run::<f32>(q, k, v, opts, p)?,
+        DType::F64 => run::<f64>(q, k, v, opts, p)?,
+        d => return Err(Error::UnsupportedDType { op: OP, dtype: d }),
+    };
+    Ok((out, Some(lse)))
 }
 
 /// Scaled-dot-product attention; see [`Tensor::attention`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {
     let _range = crate::nvtx::range("attention");
-    Ok(attention_with_lse(q, k, v, opts)?.0)
+    Ok(dispatch(q, k, v, opts, false)?.0)
 }
 
 impl Tensor {
