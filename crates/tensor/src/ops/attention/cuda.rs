@@ -6,8 +6,8 @@
 //! causal mask is aligned bottom-right, kiln's top-left; they agree only for square calls).
 //!
 //! With dropout the kernels' `_drop` variants run when [`crate::cuda::attention_dropout_path`] is
-//! `Fused` (opt-in: `KILN_ATTN_DROPOUT=fused`); by default `cuda_composed.rs` applies the same
-//! mask with ops validated on hardware.
+//! `Fused` (opt-in: `KILN_ATTN_DROPOUT=fused`); by default the composed path applies the same
+//! mask with ops validated on hardware (`composed.rs`).
 use super::cpu::Dims;
 use super::{AttentionOpts, OP};
 use crate::autograd::{node, BackwardOp};
@@ -64,7 +64,15 @@ pub(super) fn run(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, mut 
         p.drop = None; // no probabilities to drop
     }
     if p.drop.is_some() && attention_dropout_path() == AttnDropoutPath::Composed {
-        return super::cuda_composed::run(q, k, v, opts, p, want_lse);
+        let out = super::composed::attention_dropout(q, k, v, opts, &p)?;
+        // the lse (of the undropped softmax) from the fused forward without dropout, when asked for
+        let lse = if want_lse {
+            let plain = AttentionOpts { dropout: None, ..opts.clone() };
+            crate::no_grad(|| run(q, k, v, &plain, Dims { drop: None, ..p }, true))?.1
+        } else {
+            None
+        };
+        return Ok((out, lse));
     }
     if p.dv != p.d {
         return Err(not_implemented("attention with a v head dim different from q/k's"));

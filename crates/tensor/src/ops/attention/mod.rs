@@ -8,10 +8,11 @@
 //! ([`AttnDropout`]) with a counter-based mask the backward regenerates (FlashAttention's way).
 mod bwd;
 mod cpu;
+// CUDA's default dropout path (device-generic; without the cuda feature only its test uses it)
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod composed;
 #[cfg(feature = "cuda")]
 mod cuda;
-#[cfg(feature = "cuda")]
-mod cuda_composed;
 #[cfg(target_arch = "x86_64")]
 mod gemm512;
 mod simd;
