@@ -283,12 +283,12 @@ mod tests {
     use crate::Device;
 
     /// Forward + backward bits on a pool of `threads` threads.
-    fn bits(threads: usize, b: usize, h: usize) -> Vec<u32> {
+    fn bits(threads: usize, b: usize, h: usize, dropout: Option<AttnDropout>) -> Vec<u32> {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let mk = |s, t| Tensor::randn(s, &[b, h, t, 32], 0.0, 1.0, DType::F32, Device::Cpu).unwrap().var();
             let (q, k, v) = (mk(1, 150), mk(2, 200), mk(3, 200));
-            let out = q.attention(&k, &v, &AttentionOpts { causal: true, ..Default::default() }).unwrap();
+            let out = q.attention(&k, &v, &AttentionOpts { causal: true, dropout, ..Default::default() }).unwrap();
             out.mul(&out).unwrap().sum_all().unwrap().backward().unwrap();
             let mut all = out.to_vec::<f32>().unwrap();
             for x in [&q, &k, &v] {
@@ -304,7 +304,9 @@ mod tests {
         // SIMD level (and its lock) keeps tests that force other levels from running in between.
         use crate::cpu::simd::{detected, with_level};
         for (b, h) in [(1, 2), (4, 4)] {
-            with_level(detected(), || assert_eq!(bits(1, b, h), bits(3, b, h), "b {b} h {h}"));
+            for dropout in [None, Some(AttnDropout { p: 0.2, seed: 5 })] {
+                with_level(detected(), || assert_eq!(bits(1, b, h, dropout), bits(3, b, h, dropout), "b {b} h {h} {dropout:?}"));
+            }
         }
     }
 }
