@@ -34,6 +34,8 @@ pub(crate) struct Dims {
 pub(super) struct DropMask<T> {
     seed: u64,
     thr: f32,
+    /// `thr` as the integer threshold of the vectorised flags ([`super::keep`]).
+    kt: u64,
     /// 1 / (1 - p), as the dropout op computes it.
     pub scale: T,
     h: usize,
@@ -44,29 +46,37 @@ pub(super) struct DropMask<T> {
 impl<T: AttnFloat> DropMask<T> {
     pub fn new(p: &Dims) -> Option<Self> {
         let d = p.drop?;
-        Some(DropMask { seed: d.seed, thr: crate::ops::dropout::threshold(d.p), scale: T::from_f64(1.0 / (1.0 - d.p)), h: p.h, tq: p.tq, tk: p.tk })
+        let thr = crate::ops::dropout::threshold(d.p);
+        Some(DropMask { seed: d.seed, thr, kt: super::keep::int_threshold(thr), scale: T::from_f64(1.0 / (1.0 - d.p)), h: p.h, tq: p.tq, tk: p.tk })
     }
     /// The counter of (b, h, i, j0).
     #[inline]
     fn base(&self, b: usize, h: usize, i: usize, j0: usize) -> u64 {
         (((b * self.h + h) * self.tq + i) * self.tk + j0) as u64
     }
-    /// Zeroes the dropped probabilities of row `i`, keys `j0..j0 + row.len()` (kept ones stay
-    /// unscaled: the forward folds 1/(1-p) into its final normalisation).
-    pub fn drop_row(&self, row: &mut [T], b: usize, h: usize, i: usize, j0: usize) {
-        let base = self.base(b, h, i, j0);
-        for (c, x) in row.iter_mut().enumerate() {
-            if !crate::ops::dropout::keep(self.seed, base + c as u64, self.thr) {
-                *x = T::zero();
+    /// `x = f(x, kept)` for the elements of row `i`, keys `j0..j0 + xs.len()`: the keep bits come
+    /// from the SIMD level's body 128 at a time, and `f` is applied without branches (an
+    /// unpredictable branch per element cost more than the mask itself).
+    #[inline(always)]
+    fn each(&self, xs: &mut [T], b: usize, h: usize, i: usize, j0: usize, f: impl Fn(T, bool) -> T) {
+        for (n, chunk) in xs.chunks_mut(128).enumerate() {
+            let bits = super::keep::keep_bits(self.seed, self.base(b, h, i, j0 + 128 * n), self.thr, self.kt, chunk.len());
+            for (w, part) in [bits as u64, (bits >> 64) as u64].into_iter().zip(chunk.chunks_mut(64)) {
+                for (c, x) in part.iter_mut().enumerate() {
+                    *x = f(*x, (w >> c) & 1 != 0);
+                }
             }
         }
     }
+    /// Zeroes the dropped probabilities of row `i`, keys `j0..j0 + row.len()` (kept ones stay
+    /// unscaled: the forward folds 1/(1-p) into its final normalisation).
+    pub fn drop_row(&self, row: &mut [T], b: usize, h: usize, i: usize, j0: usize) {
+        self.each(row, b, h, i, j0, |x, kept| if kept { x } else { T::zero() });
+    }
     /// `f[c]` = 1/(1-p) where key `j0 + c` of row `i` is kept, 0 where it is dropped.
     pub fn factors(&self, f: &mut [T], b: usize, h: usize, i: usize, j0: usize) {
-        let base = self.base(b, h, i, j0);
-        for (c, x) in f.iter_mut().enumerate() {
-            *x = if crate::ops::dropout::keep(self.seed, base + c as u64, self.thr) { self.scale } else { T::zero() };
-        }
+        let scale = self.scale;
+        self.each(f, b, h, i, j0, |_, kept| if kept { scale } else { T::zero() });
     }
 }
 

@@ -15,6 +15,7 @@ mod composed;
 mod cuda;
 #[cfg(target_arch = "x86_64")]
 mod gemm512;
+mod keep;
 mod simd;
 
 use crate::autograd::{node, BackwardOp};
