@@ -4,8 +4,10 @@
 //! tile); the forward saves the per-row logsumexp and the backward recomputes the probabilities
 //! from it. Tile GEMMs: `gemm512.rs` (AVX-512 f32), `cpu/gemm256.rs` (AVX2 + FMA f32) or
 //! matrixmultiply (scalar level, f64); softmax row primitives with
-//! AVX-512 / AVX2 / scalar bodies in `simd.rs`. Optional attention-probability dropout
-//! ([`AttnDropout`]) with a counter-based mask the backward regenerates (FlashAttention's way).
+//! AVX-512 / AVX2 / scalar bodies in `simd.rs`; the backward in `bwd.rs`. Optional
+//! attention-probability dropout ([`AttnDropout`]) with a counter-based mask the backward
+//! regenerates (FlashAttention's way), its bits computed per SIMD level in `keep.rs`. On CUDA:
+//! `cuda.rs` (the fused kernels) and `composed.rs` (the default dropout path there).
 mod bwd;
 mod cpu;
 // CUDA's default dropout path (device-generic; without the cuda feature only its test uses it)
