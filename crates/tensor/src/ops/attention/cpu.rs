@@ -34,7 +34,7 @@ pub(crate) struct Dims {
 pub(super) struct DropMask<T> {
     seed: u64,
     thr: f32,
-    /// `thr` as the integer threshold of the vectorised flags ([`super::keep`]).
+    /// `thr` as the integer threshold of the vectorised keep bits ([`super::keep`]).
     kt: u64,
     /// 1 / (1 - p), as the dropout op computes it.
     pub scale: T,
