@@ -22,6 +22,14 @@
 // At D = 128 that is 41.1 KB (fwd) and 41.2 KB (bwd): under the 48 KB default, no opt-in needed.
 // Backward recomputes P blockwise from lse (never stored): dS = P * (dP - delta), dQ = scale dS K,
 // dK = scale dS^T Q, dV = P^T dO. Every output element is produced by exactly one block: no atomics.
+//
+// Attention-probability dropout: attention_fwd_drop_<T>, attention_bwd_dq_drop_<T> and
+// attention_bwd_dkdv_drop_<T> take the arguments above followed by (float p_drop, u64 seed), same
+// launch. P[bh, i, j] is kept iff dropout_keep(seed, (bh * Tq + i) * Tk + j, p_drop) (common.cuh,
+// the contract of dropout.cu) and scaled by 1 / (1 - p_drop): out = (P * M / (1 - p)) V, lse that of
+// the undropped softmax. The backward regenerates M: dP' = dP * M / (1 - p), dS = P * (dP' - delta),
+// dV = (P * M / (1 - p))^T dO; delta = rowsum(dO * out) is unchanged (out already holds the
+// dropout). The entry points without `_drop` are the same templates with the dropout compiled out.
 #include "common.cuh"
 
 #define ATT_WARPS 4   // warps per block (block = 128 threads)
@@ -46,9 +54,9 @@ __device__ __forceinline__ bool key_visible(const float* key_mask, int b, int Tk
 // ------------------------------------------------------------------------------------- forward
 // Each warp owns RQ query rows; lane l scores key k0 + l of the current tile against them, then the
 // warp folds the tile into its running (max m, sum l, accumulator o) with the online-softmax update.
-template <typename T, int RQ>
+template <typename T, int RQ, bool DROP>
 __device__ void attention_fwd(T* out, float* lse, const T* q, const T* k, const T* v, const float* key_mask,
-                              int B, int H, int Tq, int Tk, int D, float scale, int causal) {
+                              int B, int H, int Tq, int Tk, int D, float scale, int causal, AttnDrop drop) {
     constexpr int BQ = ATT_WARPS * RQ;
     extern __shared__ float smem[];
     float* q_s = smem;                       // [BQ][D]
@@ -96,6 +104,7 @@ __device__ void attention_fwd(T* out, float* lse, const T* q, const T* k, const 
             float alpha = expf(m[r] - m_new);  // 0 when m[r] == -inf
             float p = ok ? expf(sc - m_new) : 0.f;
             l[r] = l[r] * alpha + warp_sum(p);
+            if (DROP && ok && attn_drop_factor(drop, bh, Tq, Tk, i, j) == 0.f) p = 0.f;  // 1/(1-p) at the end
 #pragma unroll
             for (int c = 0; c < ATT_MAXC; ++c) o[r][c] *= alpha;
             for (int jj = 0; jj < ATT_TILE; ++jj) {
@@ -114,6 +123,7 @@ __device__ void attention_fwd(T* out, float* lse, const T* q, const T* k, const 
         int i = q0 + warp * RQ + r;
         if (i >= Tq) continue;
         float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+        if (DROP) inv *= drop.scale;
         T* orow = out + ((i64)bh * Tq + i) * D;
 #pragma unroll
         for (int c = 0; c < ATT_MAXC; ++c) {
@@ -141,7 +151,8 @@ __device__ void attention_bwd_preprocess(float* delta, const T* out, const T* do
 #define ATT_KERNELS(T, S)                                                                          \
     extern "C" __global__ void attention_fwd_##S(T* out, float* lse, const T* q, const T* k,       \
                                                  const T* v, const float* key_mask, ATT_DIMS) {   \
-        attention_fwd<T, 4>(out, lse, q, k, v, key_mask, B, H, Tq, Tk, D, scale, causal);          \
+        attention_fwd<T, 4, false>(out, lse, q, k, v, key_mask, B, H, Tq, Tk, D, scale, causal,    \
+                                   AttnDrop{});                                                    \
     }                                                                                              \
     extern "C" __global__ void attention_bwd_preprocess_##S(float* delta, const T* out,            \
                                                             const T* dout, int rows, int D) {      \
@@ -151,14 +162,36 @@ __device__ void attention_bwd_preprocess(float* delta, const T* out, const T* do
                                                     const T* q, const T* k, const T* v,            \
                                                     const T* dout, const float* key_mask,          \
                                                     ATT_DIMS) {                                    \
-        attention_bwd_dq<T, 2>(dq, lse, delta, q, k, v, dout, key_mask, B, H, Tq, Tk, D, scale,    \
-                               causal);                                                            \
+        attention_bwd_dq<T, 2, false>(dq, lse, delta, q, k, v, dout, key_mask, B, H, Tq, Tk, D,     \
+                                      scale, causal, AttnDrop{});                                  \
     }                                                                                              \
     extern "C" __global__ void attention_bwd_dkdv_##S(T* dk, T* dv, const float* lse,              \
                                                       const float* delta, const T* q, const T* k,  \
                                                       const T* v, const T* dout,                   \
                                                       const float* key_mask, ATT_DIMS) {           \
-        attention_bwd_dkdv<T, 2>(dk, dv, lse, delta, q, k, v, dout, key_mask, B, H, Tq, Tk, D,     \
-                                 scale, causal);                                                   \
+        attention_bwd_dkdv<T, 2, false>(dk, dv, lse, delta, q, k, v, dout, key_mask, B, H, Tq, Tk,  \
+                                        D, scale, causal, AttnDrop{});                             \
     }
 KILN_FOR_FLOATS(ATT_KERNELS)
+
+// The same kernels with attention-probability dropout (opt-in on the Rust side; see the header).
+#define ATT_DROP_KERNELS(T, S)                                                                     \
+    extern "C" __global__ void attention_fwd_drop_##S(T* out, float* lse, const T* q, const T* k,  \
+                                                      const T* v, const float* key_mask, ATT_DIMS, \
+                                                      float p_drop, u64 seed) {                    \
+        attention_fwd<T, 4, true>(out, lse, q, k, v, key_mask, B, H, Tq, Tk, D, scale, causal,     \
+                                  attn_drop(p_drop, seed));                                        \
+    }                                                                                              \
+    extern "C" __global__ void attention_bwd_dq_drop_##S(                                          \
+        T* dq, const float* lse, const float* delta, const T* q, const T* k, const T* v,           \
+        const T* dout, const float* key_mask, ATT_DIMS, float p_drop, u64 seed) {                  \
+        attention_bwd_dq<T, 2, true>(dq, lse, delta, q, k, v, dout, key_mask, B, H, Tq, Tk, D,      \
+                                     scale, causal, attn_drop(p_drop, seed));                      \
+    }                                                                                              \
+    extern "C" __global__ void attention_bwd_dkdv_drop_##S(                                        \
+        T* dk, T* dv, const float* lse, const float* delta, const T* q, const T* k, const T* v,    \
+        const T* dout, const float* key_mask, ATT_DIMS, float p_drop, u64 seed) {                  \
+        attention_bwd_dkdv<T, 2, true>(dk, dv, lse, delta, q, k, v, dout, key_mask, B, H, Tq, Tk,   \
+                                       D, scale, causal, attn_drop(p_drop, seed));                 \
+    }
+KILN_FOR_FLOATS(ATT_DROP_KERNELS)

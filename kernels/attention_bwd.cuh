@@ -1,13 +1,14 @@
 // attention_bwd.cuh — the two backward passes of attention.cu (included by it; see its header for
-// the launch contract). Both recompute P = exp(scale * q.k - lse) tile by tile.
+// the launch contract). Both recompute P = exp(scale * q.k - lse) tile by tile (and with DROP the
+// dropout mask from its counters).
 #pragma once
 
 // dQ pass: each warp owns RQ query rows (like the forward); lane l handles key k0 + l of the tile.
 //   dS_ij = P_ij * (dO_i . V_j - delta_i);  dQ_i = scale * sum_j dS_ij K_j
-template <typename T, int RQ>
+template <typename T, int RQ, bool DROP>
 __device__ void attention_bwd_dq(T* dq, const float* lse, const float* delta, const T* q, const T* k,
                                  const T* v, const T* dout, const float* key_mask, int B, int H, int Tq,
-                                 int Tk, int D, float scale, int causal) {
+                                 int Tk, int D, float scale, int causal, AttnDrop drop) {
     constexpr int BQ = ATT_WARPS * RQ;
     extern __shared__ float smem[];
     float* q_s = smem;                    // [BQ][D]
@@ -55,6 +56,7 @@ __device__ void attention_bwd_dq(T* dq, const float* lse, const float* delta, co
             int i = q0 + warp * RQ + r;
             bool ok = kv && i < Tq && (!causal || j <= i + offset) && lse_r[r] != -KILN_INF;
             float p = ok ? expf(s[r] * scale - lse_r[r]) : 0.f;
+            if (DROP && ok) dp[r] *= attn_drop_factor(drop, bh, Tq, Tk, i, j);  // dP' = dP * M / (1 - p)
             float ds = p * (dp[r] - delta_r[r]);
             for (int jj = 0; jj < ATT_TILE; ++jj) {
                 float dsj = __shfl_sync(FULL_MASK, ds, jj);
@@ -81,10 +83,10 @@ __device__ void attention_bwd_dq(T* dq, const float* lse, const float* delta, co
 
 // dK/dV pass: each warp owns RK key rows; lane l handles query i0 + l of the current query tile.
 //   dV_j = sum_i P_ij dO_i;  dK_j = scale * sum_i dS_ij Q_i
-template <typename T, int RK>
+template <typename T, int RK, bool DROP>
 __device__ void attention_bwd_dkdv(T* dk, T* dv, const float* lse, const float* delta, const T* q,
                                    const T* k, const T* v, const T* dout, const float* key_mask, int B,
-                                   int H, int Tq, int Tk, int D, float scale, int causal) {
+                                   int H, int Tq, int Tk, int D, float scale, int causal, AttnDrop drop) {
     constexpr int BK = ATT_WARPS * RK;
     extern __shared__ float smem[];
     float* k_s = smem;                     // [BK][D]
@@ -134,9 +136,11 @@ __device__ void attention_bwd_dkdv(T* dk, T* dv, const float* lse, const float* 
             int j = k0 + warp * RK + r;
             bool ok = kv[r] && i < Tq && (!causal || j <= i + offset) && lse_i != -KILN_INF;
             float p = ok ? expf(s[r] * scale - lse_i) : 0.f;
-            float ds = p * (dp[r] - delta_i);
+            float f = DROP && ok ? attn_drop_factor(drop, bh, Tq, Tk, i, j) : 1.f;  // M / (1 - p)
+            float ds = p * (dp[r] * f - delta_i);
+            float pd = p * f;  // dV takes the dropped probabilities
             for (int jj = 0; jj < ATT_TILE; ++jj) {
-                float pj = __shfl_sync(FULL_MASK, p, jj), dsj = __shfl_sync(FULL_MASK, ds, jj);
+                float pj = __shfl_sync(FULL_MASK, pd, jj), dsj = __shfl_sync(FULL_MASK, ds, jj);
 #pragma unroll
                 for (int c = 0; c < ATT_MAXC; ++c) {
                     int d = lane + 32 * c;

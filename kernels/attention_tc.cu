@@ -29,6 +29,10 @@
 //     + 2 * 32 * 4 bytes (27.9 KB at D = 64, 52.5 KB at D = 128: above 48 KB, opt in with
 //     cudaFuncSetAttribute(MaxDynamicSharedMemorySize)).
 //   Each output element is written by exactly one block (no atomics): deterministic.
+//   With attention-probability dropout (the contract of attention.cu's `_drop` kernels: P[bh, i, j]
+//   kept iff dropout_keep(seed, (bh * Tq + i) * Tk + j, p_drop), scaled by 1 / (1 - p_drop)):
+//   attention_fwd_tc_drop_d*, attention_bwd_dq_tc_drop_d*, attention_bwd_dkdv_tc_drop_d* take the
+//   arguments above followed by (float p_drop, u64 seed); same launches.
 #include "common.cuh"
 #include "tensor_core.cuh"
 #include "attention_tile.cuh"
@@ -51,9 +55,9 @@ __device__ __forceinline__ void tc_load_tile(T* dst, const T* src, int row0, int
     cp_async_commit();
 }
 
-template <typename T, int D>
+template <typename T, int D, bool DROP = false>
 __device__ void attention_fwd_tc(T* out, float* lse, const T* q, const T* k, const T* v, const float* key_mask,
-                                 int B, int H, int Tq, int Tk, float scale, int causal) {
+                                 int B, int H, int Tq, int Tk, float scale, int causal, AttnDrop drop = AttnDrop{}) {
     constexpr int LDS = D + 8;       // padded row stride (elements): conflict-free ldmatrix
     constexpr int KS = D / 16;       // k-steps of Q K^T
     constexpr int NT = TC_BK / 8;    // 8-key n-tiles of S
@@ -110,6 +114,7 @@ __device__ void attention_fwd_tc(T* out, float* lse, const T* q, const T* k, con
 
         // mask, scale to base 2, online softmax (a row's 64 values live in the 4 threads of a quad)
         tc_softmax_step<NT, DT>(s, o, m, l, true, key_mask, b, Tq, Tk, i0, k0, c, causal, sl2);
+        if constexpr (DROP) tc_drop_p<NT>(s, drop, bh, Tq, Tk, i0, k0, c);  // l keeps the undropped sum
 
         // O += P V: P (16 x 64) from the S registers, V (64 x D) through ldmatrix.trans
 #pragma unroll
@@ -127,7 +132,7 @@ __device__ void attention_fwd_tc(T* out, float* lse, const T* q, const T* k, con
     }
 
     // finish: full row sums across the quad, normalise, store
-    tc_store_rows<T, D>(out, lse, o, m, l, bh, Tq, i0, c);
+    tc_store_rows<T, D>(out, lse, o, m, l, bh, Tq, i0, c, DROP ? drop.scale : 1.f);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,6 +302,33 @@ ATT_TC_KERNEL(bf16, bf16, 64)
 ATT_TC_KERNEL(bf16, bf16, 128)
 ATT_TC_KERNEL(f16, f16, 64)
 ATT_TC_KERNEL(f16, f16, 128)
+
+// The default (tc) forward and two-pass backward with attention-probability dropout (see the header).
+#define ATT_TC_DIMS int B, int H, int Tq, int Tk, int D, float scale, int causal, float p_drop, u64 seed
+#define ATT_TC_DROP_KERNEL(T, S, DIM)                                                               \
+    extern "C" __global__ void __launch_bounds__(128) attention_fwd_tc_drop_d##DIM##_##S(          \
+        T* out, float* lse, const T* q, const T* k, const T* v, const float* key_mask,             \
+        ATT_TC_DIMS) {                                                                             \
+        attention_fwd_tc<T, DIM, true>(out, lse, q, k, v, key_mask, B, H, Tq, Tk, scale, causal,   \
+                                       attn_drop(p_drop, seed));                                   \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc_drop_d##DIM##_##S(       \
+        T* dq, const float* lse, const float* delta, const T* q, const T* k, const T* v,           \
+        const T* dout, const float* key_mask, ATT_TC_DIMS) {                                       \
+        attention_bwd_dq_tc<T, DIM, true>(dq, lse, delta, q, k, v, dout, key_mask, H, Tq, Tk,      \
+                                          scale, causal, attn_drop(p_drop, seed));                 \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) attention_bwd_dkdv_tc_drop_d##DIM##_##S(     \
+        T* dk, T* dv, const float* lse, const float* delta, const T* q, const T* k, const T* v,    \
+        const T* dout, const float* key_mask, ATT_TC_DIMS) {                                       \
+        attention_bwd_dkdv_tc<T, DIM, false, true>(nullptr, dk, dv, lse, delta, q, k, v, dout,     \
+                                                   key_mask, H, Tq, Tk, scale, causal,             \
+                                                   attn_drop(p_drop, seed));                       \
+    }
+ATT_TC_DROP_KERNEL(bf16, bf16, 64)
+ATT_TC_DROP_KERNEL(bf16, bf16, 128)
+ATT_TC_DROP_KERNEL(f16, f16, 64)
+ATT_TC_DROP_KERNEL(f16, f16, 128)
 #define ATT_DQ_CONVERT(T, S)                                                                       \
     extern "C" __global__ void attention_bwd_dq_convert_##S(T* dq, const float* dq_accum, i64 n,   \
                                                           float scale) {                         \

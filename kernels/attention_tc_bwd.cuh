@@ -12,10 +12,11 @@
 
 // dQ pass: each warp owns 16 query rows (Q and dO fragments stay in registers); 32-key tiles of K
 // and V stream through shared memory.  dQ_i = scale * sum_j dS_ij K_j.
-template <typename T, int D>
+// With DROP (attention-probability dropout): dS = P (dP * M / (1 - p) - delta), M regenerated.
+template <typename T, int D, bool DROP = false>
 __device__ void attention_bwd_dq_tc(T* dq, const float* lse, const float* delta, const T* q, const T* k,
                                     const T* v, const T* dout, const float* key_mask, int H, int Tq,
-                                    int Tk, float scale, int causal) {
+                                    int Tk, float scale, int causal, AttnDrop drop = AttnDrop{}) {
     constexpr int LDS = D + 8, KS = D / 16, NT = TC_BK2 / 8, DT = D / 8;
     extern __shared__ float smem[];
     T* sA = reinterpret_cast<T*>(smem);  // [64][LDS]: Q, then dO, then the K tile
@@ -80,6 +81,7 @@ __device__ void attention_bwd_dq_tc(T* dq, const float* lse, const float* delta,
             for (int e = 0; e < 4; ++e) {
                 int r = e >> 1, i = i0 + 8 * r, j = k0 + t * 8 + 2 * c + (e & 1);
                 float p = tc_visible(key_mask, b, Tq, Tk, i, j, causal) ? exp2f(s[t][e] * sl2 - l2[r]) : 0.f;
+                if constexpr (DROP) dp[t][e] *= attn_drop_factor(drop, bh, Tq, Tk, i, j);
                 s[t][e] = p * (dp[t][e] - dl[r]);  // dS
             }
         }
@@ -173,11 +175,13 @@ __device__ __forceinline__ void tc_dq_tile_add(float* dq, const T* sS, const T* 
 // dK/dV pass: each warp owns 16 key rows (K and V of the block's 64 keys stay in shared memory);
 // 32-query tiles of Q and dO stream through.  dV_j = sum_i P_ij dO_i;  dK_j = scale sum_i dS_ij Q_i.
 // Works on the transposed scores: S^T = K Q^T (16 keys x 32 queries per warp).
-// With DQ (attention_bwd_tc2 below) it also adds the tile's dQ = dS K into dq_accum.
-template <typename T, int D, bool DQ>
+// With DQ (attention_bwd_tc2 below) it also adds the tile's dQ = dS K into dq_accum. With DROP
+// (attention-probability dropout; not combined with DQ) dV takes P^T M / (1 - p) (tc_bwd_pt_dst).
+template <typename T, int D, bool DQ, bool DROP = false>
 __device__ void attention_bwd_dkdv_tc(float* dq_accum, T* dk, T* dv, const float* lse, const float* delta, const T* q,
                                       const T* k, const T* v, const T* dout, const float* key_mask, int H,
-                                      int Tq, int Tk, float scale, int causal) {
+                                      int Tq, int Tk, float scale, int causal, AttnDrop drop = AttnDrop{}) {
+    static_assert(!(DQ && DROP), "the single-pass backward has no dropout variant");
     constexpr int LDS = D + 8, KS = D / 16, NT = TC_BK2 / 8, DT = D / 8;
     extern __shared__ float smem[];
     T* sK = reinterpret_cast<T*>(smem);   // [64][LDS]
@@ -237,7 +241,7 @@ __device__ void attention_bwd_dkdv_tc(float* dq_accum, T* dk, T* dv, const float
                 mma_16816(dp[t + 1], vf, of + 2, T{});
             }
         }
-        tc_bwd_pt_dst<NT>(s, dp, true, key_mask, b, Tq, Tk, qt, j0, c, causal, sl2, sL, sD);  // s: P^T, dp: dS^T
+        tc_bwd_pt_dst<NT, DROP>(s, dp, true, key_mask, b, Tq, Tk, qt, j0, c, causal, sl2, sL, sD, drop, bh);  // s: P^T, dp: dS^T
         if constexpr (DQ) {  // stage dS^T (16-bit, as the mma consumes it) for the block's dQ product
 #pragma unroll
             for (int t = 0; t < NT; ++t)

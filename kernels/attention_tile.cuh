@@ -85,6 +85,17 @@ __device__ __forceinline__ void tc_softmax_step(float (&s)[NT][4], float (&o)[DT
     tc_rescale<DT>(o, alpha);
 }
 
+// Attention-probability dropout on P as tc_softmax_stats leaves it (rows i0, i0 + 8, keys from k0):
+// the dropped elements become 0 (the kept ones stay unscaled; 1 / (1 - p) is applied at the store).
+template <int NT>
+__device__ __forceinline__ void tc_drop_p(float (&s)[NT][4], const AttnDrop& drop, i64 bh, int Tq, int Tk, int i0, int k0, int c) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            if (attn_drop_factor(drop, bh, Tq, Tk, i0 + (e >> 1) * 8, k0 + t * 8 + 2 * c + (e & 1)) == 0.f) s[t][e] = 0.f;
+}
+
 // P (16 x 16 for k-step kk, from the S accumulators of n-tiles 2kk and 2kk + 1) as the A fragment
 // of mma.m16n8k16 / wgmma (rows g, g + 8; columns 2c.., 2c + 8..), 16-bit.
 template <typename T, int NT>
@@ -104,11 +115,12 @@ __device__ __forceinline__ void tc_pack_p(u32 (&pf)[NT / 2][4], const float (&s)
 // The backward's transposed tile: s[t][e] = S^T and dp[t][e] = dP^T for key j0 + 8 (e / 2) and
 // query qt + 8 t + 2 c + e % 2 become P^T = exp2(S^T sl2 - lse2) (0 where the key is hidden,
 // checked only where need_mask) and dS^T = P^T (dP^T - delta). l2 / dl: the query tile's lse2 and
-// delta, indexed by query - qt.
-template <int NT>
+// delta, indexed by query - qt. With DROP (attention-probability dropout of head bh), f = M / (1 - p)
+// regenerated from the counters: s = P^T f (what dV takes) and dS^T = P^T (dP^T f - delta).
+template <int NT, bool DROP = false>
 __device__ __forceinline__ void tc_bwd_pt_dst(float (&s)[NT][4], float (&dp)[NT][4], bool need_mask, const float* key_mask,
                                               int b, int Tq, int Tk, int qt, int j0, int c, int causal, float sl2,
-                                              const float* l2, const float* dl) {
+                                              const float* l2, const float* dl, AttnDrop drop = AttnDrop{}, i64 bh = 0) {
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
 #pragma unroll
@@ -116,8 +128,14 @@ __device__ __forceinline__ void tc_bwd_pt_dst(float (&s)[NT][4], float (&dp)[NT]
             const int il = 8 * t + 2 * c + (e & 1);
             const bool vis = !need_mask || tc_visible(key_mask, b, Tq, Tk, qt + il, j0 + 8 * (e >> 1), causal);
             const float p = vis ? exp2f(s[t][e] * sl2 - l2[il]) : 0.f;
-            s[t][e] = p;
-            dp[t][e] = p * (dp[t][e] - dl[il]);
+            if constexpr (DROP) {
+                const float f = attn_drop_factor(drop, bh, Tq, Tk, qt + il, j0 + 8 * (e >> 1));
+                s[t][e] = p * f;
+                dp[t][e] = p * (dp[t][e] * f - dl[il]);
+            } else {
+                s[t][e] = p;
+                dp[t][e] = p * (dp[t][e] - dl[il]);
+            }
         }
     }
 }
@@ -143,10 +161,10 @@ __device__ __forceinline__ void tc_store_dkdv(T* dk, T* dv, const float (&dka)[D
 
 // The end of a forward: full row sums across the quad, O / l stored as 16-bit pairs, and the
 // natural-log logsumexp (-inf and O = 0 for a row that saw no key). Rows i0 and i0 + 8; o as in
-// tc_softmax_step.
+// tc_softmax_step. `oscale` multiplies O / l (dropout's 1 / (1 - p)).
 template <typename T, int D>
 __device__ __forceinline__ void tc_store_rows(T* out, float* lse, const float (&o)[D / 8][4], const float (&m)[2],
-                                              const float (&l)[2], i64 bh, int Tq, int i0, int c) {
+                                              const float (&l)[2], i64 bh, int Tq, int i0, int c, float oscale = 1.f) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         float lr = l[r];
@@ -154,7 +172,7 @@ __device__ __forceinline__ void tc_store_rows(T* out, float* lse, const float (&
         lr += __shfl_xor_sync(FULL_MASK, lr, 2);
         const int i = i0 + r * 8;
         if (i >= Tq) continue;
-        float inv = lr > 0.f ? 1.f / lr : 0.f;
+        float inv = lr > 0.f ? oscale / lr : 0.f;
         T* orow = out + (bh * Tq + i) * D;
 #pragma unroll
         for (int t = 0; t < D / 8; ++t)

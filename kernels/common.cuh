@@ -246,6 +246,33 @@ template <typename T, int P> struct WarpRow {
     __device__ __forceinline__ static bool valid(int p, int cols) { return p * 32 + (threadIdx.x & 31) < cols / N; }
 };
 
+// ---- the dropout RNG contract (docs/KERNELS.md; the CPU: cuda::kernels::dropout_uniform) -----
+// A uniform number in [0, 1) for element idx under seed: the SplitMix64 finaliser of
+// seed + golden * (idx + 1) (wrapping u64), its top 24 bits times 2^-24 (exact in f32). Used by
+// dropout.cu and by the attention kernels' probability dropout; this is the one definition.
+__device__ __forceinline__ float dropout_uniform(u64 seed, i64 idx) {
+    u64 z = seed + 0x9E3779B97F4A7C15ull * (u64)(idx + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+// Element idx is kept by dropout with probability p iff its uniform number is >= p.
+__device__ __forceinline__ bool dropout_keep(u64 seed, i64 idx, float p) { return dropout_uniform(seed, idx) >= p; }
+
+// Attention-probability dropout (the attention kernels' `_drop` entry points): probability
+// P[bh, i, j] is kept iff dropout_keep(seed, (bh * Tq + i) * Tk + j, p) and then scaled by
+// scale = 1 / (1 - p) (computed in f32, as dropout.cu does).
+struct AttnDrop {
+    u64 seed;
+    float p, scale;
+};
+__device__ __forceinline__ AttnDrop attn_drop(float p, u64 seed) { return AttnDrop{seed, p, 1.0f / (1.0f - p)}; }
+// 1 / (1 - p) where P[bh, i, j] is kept, 0 where it is dropped.
+__device__ __forceinline__ float attn_drop_factor(const AttnDrop& d, i64 bh, int Tq, int Tk, int i, int j) {
+    return dropout_keep(d.seed, (bh * Tq + i) * Tk + j, d.p) ? d.scale : 0.f;
+}
+
 // Instantiates M(T, S, E) for every elements-per-lane count E of the `_warp<E>` row kernels.
 #define KILN_ROW_E(M, T, S) M(T, S, 8) M(T, S, 16) M(T, S, 24) M(T, S, 32) M(T, S, 48) M(T, S, 64)
 

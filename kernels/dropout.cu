@@ -12,20 +12,14 @@
 //   dropout_fwd_<T>(T* out, const T* inp, i64 n, float p, u64 seed)
 //   dropout_bwd_<T>(T* dinp, const T* dout, i64 n, float p, u64 seed)   (same mask, same scale)
 // p = 0 keeps everything (u >= 0 always); p = 1 drops everything. Launch: 1-D grid-stride.
+// dropout_uniform / dropout_keep are defined once, in common.cuh (the attention kernels' probability
+// dropout uses the same functions).
 #include "common.cuh"
-
-__device__ __forceinline__ float dropout_uniform(u64 seed, i64 idx) {
-    u64 z = seed + 0x9E3779B97F4A7C15ull * (u64)(idx + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)(z >> 40) * (1.0f / 16777216.0f);
-}
 
 template <typename T>
 __device__ void dropout_apply(T* out, const T* inp, i64 n, float p, u64 seed) {
     float scale = 1.0f / (1.0f - p);
-    map1(out, inp, n, [=](i64 i, float x) { return dropout_uniform(seed, i) >= p ? x * scale : 0.f; });
+    map1(out, inp, n, [=](i64 i, float x) { return dropout_keep(seed, i, p) ? x * scale : 0.f; });
 }
 
 #define DROPOUT_KERNELS(T, S)                                                                      \

@@ -44,7 +44,7 @@ impl Case {
         })
     }
     fn opts(&self) -> AttentionOpts {
-        AttentionOpts { causal: self.causal, key_padding_mask: self.mask_tensor(DType::I64), scale: self.scale }
+        AttentionOpts { causal: self.causal, key_padding_mask: self.mask_tensor(DType::I64), scale: self.scale, dropout: None }
     }
     /// q, k, v as f64 [B, H, T, d] views of [B, T, H, d] tensors (the layout models produce).
     fn inputs(&self, seed: u64) -> [Tensor; 3] {
@@ -296,7 +296,7 @@ fn fused_matches_composed_reference() {
             let (q, k, v) = (mk(11, tq), mk(12, tk), mk(13, tk));
             // keep key 0 of every row so no row is fully masked
             let mask = pad.then(|| Tensor::from_vec((0..b * tk).map(|i| if i % tk == 0 || i % 3 != 2 { 1i64 } else { 0 }).collect(), &[b, tk]).unwrap());
-            let opts = AttentionOpts { causal, key_padding_mask: mask, scale: None };
+            let opts = AttentionOpts { causal, key_padding_mask: mask, scale: None, dropout: None };
             let w = Tensor::randn(14, &[b, h, tq, d], 0.0, 1.0, dtype, Device::Cpu).unwrap();
             let run = |f: &dyn Fn() -> kiln::Result<Tensor>| {
                 for t in [&q, &k, &v] {

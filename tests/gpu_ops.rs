@@ -460,3 +460,7 @@ fn no_device_errors_are_clear() {
         assert!(e.to_string().to_lowercase().contains("cuda"), "{e}");
     }
 }
+
+// attention-probability dropout (fused kernels and the composed path) against the CPU
+#[path = "gpu_ops/attention_dropout.rs"]
+mod attention_dropout;

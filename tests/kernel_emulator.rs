@@ -3,7 +3,8 @@
 //! double-precision references: the element-wise, reduction, LayerNorm and softmax kernels, the simple
 //! attention and the tensor-core attention (tc and tc2, forward and backward, bf16 and f16, masks,
 //! odd shapes; the sm_90a wgmma forward and backward under an emulation of wgmma's operand layouts
-//! and asynchronous completion). This is how kernels without a GPU run get checked in CI.
+//! and asynchronous completion; the attention kernels' dropout variants against a double reference
+//! that builds the mask with its own SplitMix64). This is how kernels without a GPU run get checked in CI.
 //!
 //! The second test builds the same programs under ThreadSanitizer: the emulator runs a block's
 //! threads as real threads that meet at real barriers, lands cp.async copies only at the issuing
@@ -65,15 +66,16 @@ fn tsan_missing(dir: &std::path::Path) -> Option<String> {
     (!ran.as_ref().is_ok_and(|o| o.status.success())).then(|| format!("a -fsanitize=thread program does not run here: {ran:?}"))
 }
 
-/// The checks every run must show: no FAIL line, exit status 0, "all ok" from each of the three
-/// programs (test_ops, test_attention, test_attention_tc), and the tensor-core kernels' checks.
+/// The checks every run must show: no FAIL line, exit status 0, "all ok" from each of the four
+/// programs (test_ops, test_attention, test_attention_tc, test_attention_dropout), and the
+/// tensor-core and dropout kernels' checks.
 fn assert_all_ok(o: &Output) {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
     let failed: Vec<&str> = stdout.lines().filter(|l| l.contains("FAIL")).collect();
     assert!(o.status.success() && failed.is_empty(), "emulated kernels failed:\n{}\n{stdout}\n{stderr}", failed.join("\n"));
-    assert_eq!(stdout.lines().filter(|l| *l == "all ok").count(), 3, "{stdout}");
-    for must in ["tc2 out", "tc2 dq", "tc2 dk", "tc2 dv", "wg out", "wg lse", "wg serial out", "wgtma out", "wgtma lse", "wgtma pingpong out", "wg dq", "wg dk", "wg dv"] {
+    assert_eq!(stdout.lines().filter(|l| *l == "all ok").count(), 4, "{stdout}");
+    for must in ["drop out", "drop dq", "drop dk", "drop dv", "tc drop out", "tc drop dq", "tc drop dk", "tc drop dv", "tc2 out", "tc2 dq", "tc2 dk", "tc2 dv", "wg out", "wg lse", "wg serial out", "wgtma out", "wgtma lse", "wgtma pingpong out", "wg dq", "wg dk", "wg dv"] {
         assert!(stdout.contains(must), "no {must:?} check ran:\n{stdout}");
     }
 }

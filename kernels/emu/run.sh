@@ -21,7 +21,7 @@ if [ "${KILN_EMU_TSAN:-0}" = 1 ]; then
   flags=(-O1 -g -fsanitize=thread -DKILN_EMU_TSAN=1)
   export TSAN_OPTIONS="halt_on_error=1 exitcode=66 ${TSAN_OPTIONS:-}"
 fi
-for t in ${KILN_EMU_TESTS:-test_ops test_attention test_attention_tc}; do
+for t in ${KILN_EMU_TESTS:-test_ops test_attention test_attention_tc test_attention_dropout}; do
   g++ -std=c++20 "${flags[@]}" -pthread -w -I"$out" -I"$here" -o "$out/$t" "$here/$t.cpp"
   timeout "${KILN_EMU_TIMEOUT:-900}" "$out/$t"  # a deadlocked kernel (barriers that never complete) fails here
 done

@@ -5,7 +5,7 @@
 //! parameter names are exactly the checkpoint's tensor names.
 use crate::config::Activation;
 use crate::params::{Init, Param, ParamStore};
-use kiln_tensor::ops::attention::AttentionOpts;
+use kiln_tensor::ops::attention::{AttentionOpts, AttnDropout};
 use kiln_tensor::{DType, Result, Tensor};
 use std::cell::Cell;
 
@@ -226,13 +226,10 @@ impl SelfAttention {
     /// x [B, T, C] (+ key padding mask [B, T], 1 = keep) → [B, T, C].
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &ForwardCtx) -> Result<Tensor> {
         let (q, k, v) = self.heads(x)?;
-        let opts = AttentionOpts { causal: self.causal, key_padding_mask: mask.cloned(), scale: None };
-        if ctx.train && self.attn_dropout.p > 0.0 {
-            // The fused kernel never materialises the probabilities, so there is nothing to drop:
-            // attention-probability dropout is not applied (hidden-state dropout still is).
-            static WARN: std::sync::Once = std::sync::Once::new();
-            WARN.call_once(|| eprintln!("kiln: attention-probability dropout ({}) is not applied by the fused attention op", self.attn_dropout.p));
-        }
+        // attention-probability dropout inside the fused op, its mask seeded from the context's stream
+        let p = self.attn_dropout.p;
+        let dropout = (ctx.train && p > 0.0).then(|| AttnDropout { p, seed: ctx.next_seed() });
+        let opts = AttentionOpts { causal: self.causal, key_padding_mask: mask.cloned(), scale: None, dropout };
         self.merge(&q.attention(&k, &v, &opts)?)
     }
 
@@ -252,7 +249,7 @@ impl SelfAttention {
         }
         let kv = slot.as_ref().expect("filled above");
         // the first step is causal among its own positions; a later single query sees every key
-        let opts = AttentionOpts { causal: self.causal && past == 0, key_padding_mask: None, scale: None };
+        let opts = AttentionOpts { causal: self.causal && past == 0, key_padding_mask: None, scale: None, dropout: None };
         let y = q.attention(&kv.keys()?, &kv.values()?, &opts)?;
         self.merge(&y)
     }

@@ -150,9 +150,14 @@ mod tests {
 
     #[test]
     fn dropout_contract_matches_the_kernel_source() {
-        let src = file("dropout").unwrap().source;
-        for c in ["0x9E3779B97F4A7C15", "0xBF58476D1CE4E5B9", "0x94D049BB133111EB", "z >> 30", "z >> 27", "z >> 31", "z >> 40", "16777216", ">= p"] {
-            assert!(src.contains(c), "dropout.cu lost `{c}`");
+        // one definition, in common.cuh, which dropout.cu and the attention kernels call
+        let common = HEADERS.iter().find(|(n, _)| *n == "common.cuh").unwrap().1;
+        for c in ["0x9E3779B97F4A7C15", "0xBF58476D1CE4E5B9", "0x94D049BB133111EB", "z >> 30", "z >> 27", "z >> 31", "z >> 40", "16777216", ") >= p;"] {
+            assert!(common.contains(c), "common.cuh lost `{c}`");
+        }
+        assert!(file("dropout").unwrap().source.contains("dropout_keep(seed, i, p)"));
+        for f in KERNEL_FILES {
+            assert!(!f.source.contains("float dropout_uniform("), "{} defines the dropout RNG a second time", f.stem);
         }
         // Known values: seed 0, idx 0 is splitmix64's first output for state 0 (0xE220A8397B1DCDAF).
         assert_eq!(dropout_uniform(0, 0), (0xE220_A839_7B1D_CDAFu64 >> 40) as f32 / 16_777_216.0);

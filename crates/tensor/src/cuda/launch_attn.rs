@@ -3,13 +3,14 @@
 //! head dim 64 or 128, sm_80+: the default two-pass deterministic backward, and the opt-in
 //! FlashAttention-2-style `tc2` forward and single-pass backward), attention_wgmma.cu (the
 //! sm_90a wgmma forward and single-pass backward) and attention_tma.cu (the warp-specialized TMA
-//! forward, with tensor maps built here), chosen per call by
+//! forward, with tensor maps built in launch_attn_tma.rs), chosen per call by
 //! [`AttentionDims::kernel`].
 //! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
 use super::device::CudaBackend;
 use super::launch::{allow_smem, check_len, to_i32, KernelFloat, NULL_PTR};
+use crate::ops::attention::AttnDropout;
 use crate::{Error, Result};
-use cudarc::driver::{sys, CudaSlice, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
 
 /// Shapes and options of one attention call. q: `[batch, heads, q_len, head_dim]`, k / v:
 /// `[batch, heads, kv_len, head_dim]`, all contiguous. `scale` is usually `1 / sqrt(head_dim)`.
@@ -23,6 +24,9 @@ pub struct AttentionDims {
     pub head_dim: usize,
     pub scale: f32,
     pub causal: bool,
+    /// Attention-probability dropout (p > 0): the `_drop` kernels of attention.cu (`Simple`) and
+    /// attention_tc.cu (`TensorCore`), which take `(float p_drop, u64 seed)` after the dims.
+    pub dropout: Option<AttnDropout>,
 }
 
 /// Rows per block of the kernels (attention.cu: 4 warps x 4 query rows fwd, x 2 rows bwd).
@@ -43,7 +47,7 @@ fn tc_dkdv_smem(head_dim: usize, dq: bool) -> u32 {
 }
 /// Query rows per block of `attention_fwd_wg` (2 warpgroups x 64), and its dynamic shared memory:
 /// the Q tile and two stages of 128-key K and V tiles, unpadded (80 KB at d 64, 160 KB at d 128).
-const WG_ROWS: usize = 128;
+pub(super) const WG_ROWS: usize = 128;
 fn wg_smem(head_dim: usize) -> u32 {
     ((WG_ROWS + 4 * 128) * head_dim * 2) as u32
 }
@@ -63,7 +67,7 @@ fn tc2_key_tile(head_dim: usize) -> usize {
 /// The arguments every attention kernel ends with: `const float* key_mask` (null when absent),
 /// then `int B, int H, int Tq, int Tk, int D, float scale, int causal` (`args` from
 /// [`AttentionDims::args`]).
-fn push_mask_and_dims<'a>(b: &mut LaunchArgs<'a>, key_mask: Option<&'a CudaView<f32>>, args: &'a [i32; 6], scale: &'a f32) {
+pub(super) fn push_mask_and_dims<'a>(b: &mut LaunchArgs<'a>, key_mask: Option<&'a CudaView<f32>>, args: &'a [i32; 6], scale: &'a f32) {
     match key_mask {
         Some(m) => b.arg(m),
         None => b.arg(&NULL_PTR),
@@ -85,13 +89,19 @@ impl AttentionDims {
         Ok(())
     }
     /// The kernels for this call on a device of `arch` (e.g. "sm_90") with elements `suffix`.
+    /// With dropout only `Simple` and `TensorCore` have variants: other requests run `TensorCore`.
     pub fn kernel(&self, arch: &str, suffix: &str) -> AttnKernel {
         let eligible = matches!(suffix, "bf16" | "f16") && matches!(self.head_dim, 64 | 128) && super::nvrtc::arch_number(arch) >= 80;
-        match super::attention_kernel_override() {
+        let choice = match super::attention_kernel_override() {
             _ if !eligible => AttnKernel::Simple,
             Some(AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong) if super::nvrtc::arch_number(arch) != 90 => AttnKernel::TensorCore,
             Some(k) => k,
             None => AttnKernel::TensorCore,
+        };
+        if self.dropout.is_some() && choice != AttnKernel::Simple {
+            AttnKernel::TensorCore
+        } else {
+            choice
         }
     }
     fn q_elems(&self) -> usize {
@@ -103,8 +113,21 @@ impl AttentionDims {
     fn rows(&self) -> usize {
         self.batch * self.heads * self.q_len
     }
+    /// The kernel-name infix of the dropout variants (`attention_fwd_drop_f32`,
+    /// `attention_fwd_tc_drop_d64_bf16`), empty without dropout.
+    fn drop_infix(&self) -> &'static str {
+        if self.dropout.is_some() {
+            "drop_"
+        } else {
+            ""
+        }
+    }
+    /// The `(float p_drop, u64 seed)` the dropout variants take after the dims.
+    fn drop_args(&self) -> Option<(f32, u64)> {
+        self.dropout.map(|d| (crate::ops::dropout::threshold(d.p), d.seed))
+    }
     /// The kernels' `int B, int H, int Tq, int Tk, int D, float scale, int causal` (checked).
-    fn args(&self) -> [i32; 6] {
+    pub(super) fn args(&self) -> [i32; 6] {
         [self.batch, self.heads, self.q_len, self.kv_len, self.head_dim, self.causal as usize].map(|v| v as i32)
     }
 }
@@ -132,13 +155,17 @@ impl CudaBackend {
             return Ok(());
         }
         let d = dims.head_dim;
+        if dims.dropout.is_some() && !matches!(kernel, AttnKernel::Simple | AttnKernel::TensorCore) {
+            return Err(Error::msg(format!("{op}: the {kernel:?} kernels have no dropout variant (AttentionDims::kernel picks Simple or TensorCore)")));
+        }
+        let x = dims.drop_infix();
         let tma = matches!(kernel, AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong);
         if tma && self.attention_fwd_tma(out, lse, q, k, v, key_mask, dims, kernel == AttnKernel::WgmmaTmaPingpong)? {
             return Ok(());
         }
         let (f, smem, rows, threads) = match kernel {
             AttnKernel::TensorCore => {
-                let f = self.function("attention_tc", &format!("attention_fwd_tc_d{d}_{}", T::SUFFIX))?;
+                let f = self.function("attention_tc", &format!("attention_fwd_tc_{x}d{d}_{}", T::SUFFIX))?;
                 (f, (2 * TC_ROWS * (d + 8) * 2) as u32, TC_ROWS, 128)
             }
             AttnKernel::TensorCore2 => {
@@ -150,13 +177,16 @@ impl CudaBackend {
                 let f = self.function("attention_wgmma", &format!("attention_fwd_wg_{serial}d{d}_{}", T::SUFFIX))?;
                 (f, wg_smem(d), WG_ROWS, 256)
             }
-            AttnKernel::Simple => (self.function("attention", &format!("attention_fwd_{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS, 128),
+            AttnKernel::Simple => (self.function("attention", &format!("attention_fwd_{x}{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS, 128),
         };
         allow_smem(&f, smem)?;
-        let args = dims.args();
+        let (args, drop) = (dims.args(), dims.drop_args());
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(lse).arg(q).arg(k).arg(v);
         push_mask_and_dims(&mut b, key_mask, &args, &dims.scale);
+        if let Some((p, seed)) = &drop {
+            b.arg(p).arg(seed);
+        }
         let grid = (dims.q_len.div_ceil(rows) as u32, (dims.batch * dims.heads) as u32, 1);
         unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (threads, 1, 1), shared_mem_bytes: smem }) }?;
         Ok(())
@@ -199,20 +229,23 @@ impl CudaBackend {
             unsafe { b.launch(cfg) }?;
         }
         if matches!(kernel, AttnKernel::TensorCore2 | AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong) {
+            if dims.dropout.is_some() {
+                return Err(Error::msg(format!("{op}: the {kernel:?} kernels have no dropout variant")));
+            }
             return self.attention_bwd_one_pass(dq, dk, dv, lse, &delta, q, k, v, dout, key_mask, dims, kernel);
         }
-        let tc = kernel == AttnKernel::TensorCore;
+        let (tc, x, drop) = (kernel == AttnKernel::TensorCore, dims.drop_infix(), dims.drop_args());
         // 2. dQ over key tiles, 3. dK / dV over query tiles
         for (pass, len) in [("dq", dims.q_len), ("dkdv", dims.kv_len)] {
             if len == 0 {
                 continue;
             }
             let (f, smem, rows) = if tc {
-                let f = self.function("attention_tc", &format!("attention_bwd_{pass}_tc_d{d}_{}", T::SUFFIX))?;
+                let f = self.function("attention_tc", &format!("attention_bwd_{pass}_tc_{x}d{d}_{}", T::SUFFIX))?;
                 let smem = if pass == "dq" { (2 * TC_ROWS * (d + 8) * 2) as u32 } else { tc_dkdv_smem(d, false) };
                 (f, smem, TC_ROWS)
             } else {
-                (self.function("attention", &format!("attention_bwd_{pass}_{}", T::SUFFIX))?, ((16 * d + 64 * (d + 1)) * 4) as u32, BWD_ROWS)
+                (self.function("attention", &format!("attention_bwd_{pass}_{x}{}", T::SUFFIX))?, ((16 * d + 64 * (d + 1)) * 4) as u32, BWD_ROWS)
             };
             allow_smem(&f, smem)?;
             let mut b = self.stream().launch_builder(&f);
@@ -223,6 +256,9 @@ impl CudaBackend {
             }
             b.arg(lse).arg(&*delta).arg(q).arg(k).arg(v).arg(dout);
             push_mask_and_dims(&mut b, key_mask, &args, &dims.scale);
+            if let Some((p, seed)) = &drop {
+                b.arg(p).arg(seed);
+            }
             let cfg = LaunchConfig { grid_dim: (len.div_ceil(rows) as u32, bh, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem };
             unsafe { b.launch(cfg) }?;
         }
@@ -291,105 +327,31 @@ impl CudaBackend {
     }
 }
 
-/// The driver's tensor map (`CUtensorMap`, 128 opaque bytes), passed by value to attention_tma.cu's
-/// kernels as a `const __grid_constant__ TmaMap`.
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-pub(crate) struct TmaMap(sys::CUtensorMap);
-// SAFETY: plain bytes with the layout and alignment the kernel parameter declares.
-unsafe impl DeviceRepr for TmaMap {}
-
-/// Rows of a TMA box (and of the kernel's query block and key tile) and its 64 columns: one
-/// 128-byte swizzle atom row of 16-bit elements.
-const TMA_BOX: [u32; 3] = [64, 128, 1];
-/// Dynamic shared memory of `attention_fwd_wgtma`: Q and two stages of K and V (128 rows each),
-/// nine mbarriers, and 1 KB to align the swizzled tiles.
-fn wgtma_smem(head_dim: usize) -> u32 {
-    (5 * 128 * head_dim * 2 + 72 + 1024) as u32
-}
-
-/// A 3-D tensor map (innermost first: head dim, sequence, batch * heads) over the contiguous
-/// 16-bit tensor `[bh, len, d]` at `ptr`: 64 x 128 x 1 boxes, 128-byte swizzle, rows past `len`
-/// zero-filled.
-fn tma_map_3d(ptr: sys::CUdeviceptr, bh: usize, len: usize, d: usize, bf16: bool) -> Result<TmaMap> {
-    use sys::*;
-    let dtype = if bf16 { CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 } else { CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16 };
-    let dims = [d as u64, len as u64, bh as u64];
-    let strides = [2 * d as u64, (2 * d * len) as u64];  // bytes, of dims 1 and 2
-    let elem_strides = [1u32; 3];
-    let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
-    // SAFETY: every array has the rank's entries, `map` is 128-byte aligned, and the driver only
-    // reads `ptr` as an address (nothing is accessed until a kernel runs with the map).
-    let r = unsafe {
-        cuTensorMapEncodeTiled(
-            map.as_mut_ptr(), dtype, 3, ptr as *mut std::ffi::c_void, dims.as_ptr(), strides.as_ptr(), TMA_BOX.as_ptr(),
-            elem_strides.as_ptr(), CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B, CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    };
-    if r != CUresult::CUDA_SUCCESS {
-        return Err(Error::msg(format!("attention_fwd: cuTensorMapEncodeTiled([{bh}, {len}, {d}]) failed: {r:?}")));
-    }
-    // SAFETY: the driver wrote the map (CUDA_SUCCESS).
-    Ok(TmaMap(unsafe { map.assume_init() }))
-}
-
-impl CudaBackend {
-    /// `attention_fwd` with attention_fwd_wgtma (or its pingpong form): builds the q, k, v tensor maps and launches, or
-    /// returns false (nothing launched) where the kernel cannot take them: no keys or no queries
-    /// (a map needs every dimension nonzero) or a pointer not 16-byte aligned. The caller then
-    /// runs `attention_fwd_wg`, which has the same contract.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_fwd_tma<T: KernelFloat>(
-        &self, out: &mut CudaViewMut<T>, lse: &mut CudaViewMut<f32>, q: &CudaView<T>, k: &CudaView<T>, v: &CudaView<T>,
-        key_mask: Option<&CudaView<f32>>, dims: &AttentionDims, pingpong: bool,
-    ) -> Result<bool> {
-        let (bh, d) = (dims.batch * dims.heads, dims.head_dim);
-        if dims.q_len == 0 || dims.kv_len == 0 || bh == 0 {
-            return Ok(false);
-        }
-        let stream = self.stream();
-        // the guards record the kernel's reads of q, k, v when dropped, after the launch
-        let (pq, _rq) = q.device_ptr(stream);
-        let (pk, _rk) = k.device_ptr(stream);
-        let (pv, _rv) = v.device_ptr(stream);
-        if [pq, pk, pv].iter().any(|p| p % 16 != 0) {
-            return Ok(false);
-        }
-        let bf16 = T::SUFFIX == "bf16";
-        let maps = [tma_map_3d(pq, bh, dims.q_len, d, bf16)?, tma_map_3d(pk, bh, dims.kv_len, d, bf16)?, tma_map_3d(pv, bh, dims.kv_len, d, bf16)?];
-        let pp = if pingpong { "pp_" } else { "" };
-        let f = self.function("attention_tma", &format!("attention_fwd_wgtma_{pp}d{d}_{}", T::SUFFIX))?;
-        let smem = wgtma_smem(d);
-        allow_smem(&f, smem)?;
-        let args = dims.args();
-        let mut b = stream.launch_builder(&f);
-        b.arg(out).arg(lse).arg(&maps[0]).arg(&maps[1]).arg(&maps[2]);
-        push_mask_and_dims(&mut b, key_mask, &args, &dims.scale);
-        let grid = (dims.q_len.div_ceil(WG_ROWS) as u32, bh as u32, 1);
-        unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (384, 1, 1), shared_mem_bytes: smem }) }?;
-        Ok(true)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::launch_attn_tma::{wgtma_smem, TmaMap};
     use super::*;
     use crate::cuda::force_attention_kernel;
 
     #[test]
     fn the_kernel_choice_follows_eligibility_and_the_thread_override() {
         fn pick(head_dim: usize, arch: &str, dt: &str) -> AttnKernel {
-            AttentionDims { batch: 1, heads: 1, q_len: 5, kv_len: 5, head_dim, scale: 1.0, causal: false }.kernel(arch, dt)
+            AttentionDims { batch: 1, heads: 1, q_len: 5, kv_len: 5, head_dim, scale: 1.0, causal: false, dropout: None }.kernel(arch, dt)
+        }
+        // with dropout: the kernels that have dropout variants, whatever the request
+        fn pick_drop(head_dim: usize, arch: &str, dt: &str) -> AttnKernel {
+            let dropout = Some(AttnDropout { p: 0.1, seed: 1 });
+            AttentionDims { batch: 1, heads: 1, q_len: 5, kv_len: 5, head_dim, scale: 1.0, causal: false, dropout }.kernel(arch, dt)
         }
         assert_eq!(pick(64, "sm_90", "bf16"), AttnKernel::TensorCore);
         assert_eq!(pick(128, "sm_80", "f16"), AttnKernel::TensorCore);
         for (d, arch, dt) in [(64, "sm_90", "f32"), (80, "sm_90", "bf16"), (64, "sm_75", "bf16")] {
             assert_eq!(pick(d, arch, dt), AttnKernel::Simple, "{d} {arch} {dt}");
         }
+        assert_eq!((pick_drop(64, "sm_90", "bf16"), pick_drop(80, "sm_90", "bf16"), pick_drop(64, "sm_90", "f32")), (AttnKernel::TensorCore, AttnKernel::Simple, AttnKernel::Simple));
         force_attention_kernel(Some(AttnKernel::TensorCore2));
         assert_eq!(pick(128, "sm_90a", "bf16"), AttnKernel::TensorCore2);
+        assert_eq!((pick_drop(128, "sm_90a", "bf16"), pick_drop(96, "sm_90", "bf16")), (AttnKernel::TensorCore, AttnKernel::Simple));
         assert_eq!(pick(96, "sm_90", "bf16"), AttnKernel::Simple, "tc2 where it is not eligible");
         // another thread keeps the default
         std::thread::spawn(|| assert_eq!(pick(64, "sm_90", "bf16"), AttnKernel::TensorCore)).join().unwrap();
@@ -406,12 +368,14 @@ mod tests {
         assert_eq!([wg_bwd_smem(64), wg_bwd_smem(128)], [82_944, 148_480], "attention_wgmma.cu's header: 81 / 145 KB");
         force_attention_kernel(Some(AttnKernel::WgmmaTma));
         assert_eq!((pick(128, "sm_90a", "f16"), pick(64, "sm_89", "bf16")), (AttnKernel::WgmmaTma, AttnKernel::TensorCore));
+        assert_eq!(pick_drop(128, "sm_90", "f16"), AttnKernel::TensorCore);
         force_attention_kernel(Some(AttnKernel::WgmmaTmaPingpong));
         assert_eq!((pick(64, "sm_90", "bf16"), pick(128, "sm_80", "f16")), (AttnKernel::WgmmaTmaPingpong, AttnKernel::TensorCore));
         assert_eq!([wgtma_smem(64), wgtma_smem(128)], [83_016, 164_936], "attention_tma.cu's header: 5 * 128 * D * 2 + 72 + 1024");
         assert_eq!((std::mem::size_of::<TmaMap>(), std::mem::align_of::<TmaMap>() % 64), (128, 0), "CUtensorMap: 128 bytes, 64-byte aligned");
         force_attention_kernel(Some(AttnKernel::Simple));
         assert_eq!(pick(64, "sm_90", "f16"), AttnKernel::Simple);
+        assert_eq!(pick_drop(64, "sm_90", "f16"), AttnKernel::Simple);
         force_attention_kernel(None);
         assert_eq!(pick(64, "sm_90", "f16"), AttnKernel::TensorCore);
         assert_eq!((tc2_key_tile(64), tc2_key_tile(128)), (64, 32));

@@ -10,6 +10,8 @@
 use crate::{Device, Error, Result};
 
 pub mod kernels;
+mod attn_dropout;
+pub use attn_dropout::{attention_dropout_path, force_attention_dropout, AttnDropoutPath};
 #[cfg(feature = "cuda")]
 pub mod alloc;
 #[cfg(feature = "cuda")]
@@ -18,6 +20,8 @@ pub mod device;
 pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod launch_attn;
+#[cfg(feature = "cuda")]
+mod launch_attn_tma;
 #[cfg(feature = "cuda")]
 pub mod launch_nn;
 #[cfg(feature = "cuda")]

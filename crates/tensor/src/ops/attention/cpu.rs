@@ -1,8 +1,9 @@
-//! CPU kernels of fused attention: tiled forward with an online softmax (saves the per-row
-//! logsumexp) and a fused backward that recomputes the probabilities tile by tile. No Tq×Tk matrix
-//! is ever stored; scratch is O(tile²) per task. Parallel with rayon, deterministic: every output
-//! element is produced by one task in a fixed order (the backward's optional dQ partials are summed
-//! in a fixed order too), and the split into tasks depends only on the shapes.
+//! CPU kernels of fused attention: the tiled forward with an online softmax (saves the per-row
+//! logsumexp) and the tile helpers it shares with the backward (`bwd.rs`, which recomputes the
+//! probabilities tile by tile). No Tq×Tk matrix is ever stored; scratch is O(tile²) per task.
+//! Parallel with rayon, deterministic: every output element is produced by one task in a fixed
+//! order (the backward's optional dQ partials are summed in a fixed order too), and the split into
+//! tasks depends only on the shapes.
 use super::simd::AttnFloat;
 use rayon::prelude::*;
 
@@ -10,12 +11,6 @@ use rayon::prelude::*;
 /// halves the per-row softmax bookkeeping and the accumulator loads/stores per key).
 const BQ_F: usize = 64;
 const BK_F: usize = 128;
-/// Backward tiles: query rows × keys.
-const BQ_B: usize = 64;
-const BK_B: usize = 64;
-/// The backward splits each (batch, head) over key chunks until about this many tasks exist
-/// (a function of the shape only, so results do not depend on the thread count).
-const MIN_TASKS: usize = 16;
 
 /// Problem sizes: q [b, h, tq, d], k [b, h, tk, d], v [b, h, tk, dv].
 #[derive(Clone, Copy, Debug)]
@@ -28,6 +23,61 @@ pub(crate) struct Dims {
     pub dv: usize,
     pub scale: f64,
     pub causal: bool,
+    /// Attention-probability dropout, only with p > 0 (`None` runs the kernels without it).
+    pub drop: Option<super::AttnDropout>,
+}
+
+/// Dropout of the probabilities inside the kernels: whether P[b, h, i, j] is kept depends only on
+/// the seed and the counter `((b·H + h)·Tq + i)·Tk + j` (the dropout op's keep function), so the
+/// backward regenerates the forward's mask and nothing Tq×Tk is stored.
+#[derive(Clone, Copy)]
+pub(super) struct DropMask<T> {
+    seed: u64,
+    thr: f32,
+    /// `thr` as the integer threshold of the vectorised keep bits ([`super::keep`]).
+    kt: u64,
+    /// 1 / (1 - p), as the dropout op computes it.
+    pub scale: T,
+    h: usize,
+    tq: usize,
+    tk: usize,
+}
+
+impl<T: AttnFloat> DropMask<T> {
+    pub fn new(p: &Dims) -> Option<Self> {
+        let d = p.drop?;
+        let thr = crate::ops::dropout::threshold(d.p);
+        Some(DropMask { seed: d.seed, thr, kt: super::keep::int_threshold(thr), scale: T::from_f64(1.0 / (1.0 - d.p)), h: p.h, tq: p.tq, tk: p.tk })
+    }
+    /// The counter of (b, h, i, j0).
+    #[inline]
+    fn base(&self, b: usize, h: usize, i: usize, j0: usize) -> u64 {
+        (((b * self.h + h) * self.tq + i) * self.tk + j0) as u64
+    }
+    /// `x = f(x, kept)` for the elements of row `i`, keys `j0..j0 + xs.len()`: the keep bits come
+    /// from the SIMD level's body 128 at a time, and `f` is applied without branches (an
+    /// unpredictable branch per element cost more than the mask itself).
+    #[inline(always)]
+    fn each(&self, xs: &mut [T], b: usize, h: usize, i: usize, j0: usize, f: impl Fn(T, bool) -> T) {
+        for (n, chunk) in xs.chunks_mut(128).enumerate() {
+            let bits = super::keep::keep_bits(self.seed, self.base(b, h, i, j0 + 128 * n), self.thr, self.kt, chunk.len());
+            for (w, part) in [bits as u64, (bits >> 64) as u64].into_iter().zip(chunk.chunks_mut(64)) {
+                for (c, x) in part.iter_mut().enumerate() {
+                    *x = f(*x, (w >> c) & 1 != 0);
+                }
+            }
+        }
+    }
+    /// Zeroes the dropped probabilities of row `i`, keys `j0..j0 + row.len()` (kept ones stay
+    /// unscaled: the forward folds 1/(1-p) into its final normalisation).
+    pub fn drop_row(&self, row: &mut [T], b: usize, h: usize, i: usize, j0: usize) {
+        self.each(row, b, h, i, j0, |x, kept| if kept { x } else { T::zero() });
+    }
+    /// `f[c]` = 1/(1-p) where key `j0 + c` of row `i` is kept, 0 where it is dropped.
+    pub fn factors(&self, f: &mut [T], b: usize, h: usize, i: usize, j0: usize) {
+        let scale = self.scale;
+        self.each(f, b, h, i, j0, |_, kept| if kept { scale } else { T::zero() });
+    }
 }
 
 /// A read-only strided [B, H, T, C] operand: `data[off + b·st0 + h·st1 + t·st2 + c·st3]`.
@@ -40,23 +90,23 @@ pub(crate) struct View<'a, T> {
 
 impl<'a, T> View<'a, T> {
     /// A contiguous [b, h, t, c] buffer.
-    fn contiguous(data: &'a [T], h: usize, t: usize, c: usize) -> Self {
+    pub(super) fn contiguous(data: &'a [T], h: usize, t: usize, c: usize) -> Self {
         View { data, off: 0, st: [h * t * c, t * c, c, 1] }
     }
     /// Pointer to element (b, h, t, 0); `t` must be a valid row.
     #[inline]
-    fn row(&self, b: usize, h: usize, t: usize) -> *const T {
+    pub(super) fn row(&self, b: usize, h: usize, t: usize) -> *const T {
         let i = self.off + b * self.st[0] + h * self.st[1] + t * self.st[2];
         debug_assert!(i < self.data.len());
         // SAFETY: (b, h, t, 0) is an element of the tensor, so `i` is inside its storage.
         unsafe { self.data.as_ptr().add(i) }
     }
     #[inline]
-    fn rs(&self) -> isize {
+    pub(super) fn rs(&self) -> isize {
         self.st[2] as isize
     }
     #[inline]
-    fn cs(&self) -> isize {
+    pub(super) fn cs(&self) -> isize {
         self.st[3] as isize
     }
 }
@@ -72,14 +122,14 @@ impl<T: AttnFloat> KeyMask<T> {
         KeyMask { bias: keep.iter().map(|&k| if k { T::zero() } else { T::neg_infinity() }).collect(), tk }
     }
     /// Whether batch row `b` keeps any of keys j0..j0+nk (fully dropped tiles are skipped).
-    fn any(&self, b: usize, j0: usize, nk: usize) -> bool {
+    pub(super) fn any(&self, b: usize, j0: usize, nk: usize) -> bool {
         self.bias[b * self.tk + j0..][..nk].iter().any(|&x| x == T::zero())
     }
 }
 
 /// A copy of `x` [b, h, t, c] with contiguous rows (the tile GEMMs read B operands by rows), or
 /// None when its rows are contiguous already.
-fn rows_packed<T: AttnFloat>(p: &Dims, x: &View<T>, t: usize, c: usize) -> Option<Vec<T>> {
+pub(super) fn rows_packed<T: AttnFloat>(p: &Dims, x: &View<T>, t: usize, c: usize) -> Option<Vec<T>> {
     if x.st[3] == 1 {
         return None;
     }
@@ -97,7 +147,7 @@ fn rows_packed<T: AttnFloat>(p: &Dims, x: &View<T>, t: usize, c: usize) -> Optio
 /// Rows j0..j0+nk of `x` [b, h, t, c] for one (b, h), transposed into `dst` (c rows of stride
 /// `ld`): the B operand of `q·kᵀ` and `dO·vᵀ` for one key tile.
 #[allow(clippy::too_many_arguments)]
-fn pack_tile_t<T: AttnFloat>(x: &View<T>, b: usize, h: usize, j0: usize, nk: usize, c: usize, dst: &mut [T], ld: usize) {
+pub(super) fn pack_tile_t<T: AttnFloat>(x: &View<T>, b: usize, h: usize, j0: usize, nk: usize, c: usize, dst: &mut [T], ld: usize) {
     for jj in 0..nk {
         let src = x.row(b, h, j0 + jj);
         for cc in 0..c {
@@ -109,7 +159,7 @@ fn pack_tile_t<T: AttnFloat>(x: &View<T>, b: usize, h: usize, j0: usize, nk: usi
 
 /// The B operand of a tile GEMM: rows read in place, or panels from [`AttnFloat::pack_panels`].
 #[derive(Clone, Copy)]
-enum BOp<T> {
+pub(super) enum BOp<T> {
     /// `B[p][j] = b[p·ldb + j]`: (b, ldb).
     Rows(*const T, usize),
     /// (pointer at the tile's first row and 16-column panel, panel stride); see [`AttnFloat::tile_panels`].
@@ -118,7 +168,7 @@ enum BOp<T> {
 
 impl<T> BOp<T> {
     /// The k × n matrix held in `x` with rows of stride `ld` (checked to fit).
-    fn rows(x: &[T], ld: usize, k: usize, n: usize) -> Self {
+    pub(super) fn rows(x: &[T], ld: usize, k: usize, n: usize) -> Self {
         assert!(n <= ld && x.len() >= (k - 1) * ld + n);
         BOp::Rows(x.as_ptr(), ld)
     }
@@ -129,7 +179,7 @@ impl<T> BOp<T> {
 /// # Safety
 /// As for [`AttnFloat::tile`]; B covers k rows and n columns.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_b<T: AttnFloat>(m: usize, n: usize, k: usize, alpha: T, a: *const T, rsa: isize, csa: isize, b: BOp<T>, acc: bool, c: *mut T, ldc: usize) {
+pub(super) unsafe fn tile_b<T: AttnFloat>(m: usize, n: usize, k: usize, alpha: T, a: *const T, rsa: isize, csa: isize, b: BOp<T>, acc: bool, c: *mut T, ldc: usize) {
     match b {
         BOp::Rows(b, ldb) => T::tile(m, n, k, alpha, a, rsa, csa, b, ldb, acc, c, ldc),
         BOp::Panels(b, pstride) => T::tile_panels(m, n, k, alpha, a, rsa, csa, b, pstride, acc, c, ldc),
@@ -143,7 +193,7 @@ unsafe fn tile_b<T: AttnFloat>(m: usize, n: usize, k: usize, alpha: T, a: *const
 /// # Safety
 /// `kt` covers d rows and nk columns.
 #[allow(clippy::too_many_arguments)]
-unsafe fn scores<T: AttnFloat>(p: &Dims, q: &View<T>, kt: BOp<T>, mask: Option<&KeyMask<T>>, b: usize, h: usize, i0: usize, nq: usize, j0: usize, nk: usize, s: &mut [T], ld: usize) {
+pub(super) unsafe fn scores<T: AttnFloat>(p: &Dims, q: &View<T>, kt: BOp<T>, mask: Option<&KeyMask<T>>, b: usize, h: usize, i0: usize, nq: usize, j0: usize, nk: usize, s: &mut [T], ld: usize) {
     assert!(nk <= ld && s.len() >= nq * ld);
     // SAFETY: rows i0..i0+nq of q exist; kt is this tile's d×nk block (the caller's contract); s
     // holds nq rows of ld.
@@ -164,7 +214,7 @@ unsafe fn scores<T: AttnFloat>(p: &Dims, q: &View<T>, kt: BOp<T>, mask: Option<&
 }
 
 /// Keys the queries of tile [i0, i0+nq) may see.
-fn key_end(p: &Dims, i0: usize, nq: usize) -> usize {
+pub(super) fn key_end(p: &Dims, i0: usize, nq: usize) -> usize {
     if p.causal {
         p.tk.min(i0 + nq)
     } else {
@@ -173,7 +223,9 @@ fn key_end(p: &Dims, i0: usize, nq: usize) -> usize {
 }
 
 /// Forward: returns (out [b, h, tq, dv], lse [b, h, tq]). A row whose keys are all masked gets
-/// output 0 and lse -inf.
+/// output 0 and lse -inf. With dropout (`p.drop`) the dropped probabilities are zeroed before each
+/// P·V tile product and the output is scaled by 1/(1-p); `l` and the lse stay those of the
+/// undropped softmax (what the backward recomputes P from).
 pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>, mask: Option<&KeyMask<T>>) -> (Vec<T>, Vec<T>) {
     let (tq, dv) = (p.tq, p.dv);
     let mut out = vec![T::zero(); p.b * p.h * tq * dv];
@@ -182,6 +234,7 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
         return (out, lse);
     }
     let nkt = p.tk.div_ceil(BK_F);
+    let drop = DropMask::<T>::new(p);
     let v_rows = rows_packed(p, &v, p.tk, dv);
     let v = v_rows.as_deref().map_or(v, |x| View::contiguous(x, p.h, p.tk, dv));
     out.par_chunks_mut((tq * dv).max(1)).zip(lse.par_chunks_mut(tq.max(1))).enumerate().for_each(|(bh, (o_bh, l_bh))| {
@@ -233,6 +286,11 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
                     }
                     m[r] = m_new;
                 }
+                if let Some(dm) = &drop {
+                    for r in 0..nq {
+                        dm.drop_row(&mut s[r * BK_F..r * BK_F + nk], b, h, i0 + r, j0);
+                    }
+                }
                 let v_j = match panels {
                     Some((_, vp)) => BOp::Panels(vp[j0 * 16..].as_ptr(), p.tk * 16),
                     None => BOp::Rows(v.row(b, h, j0), v.st[2]),
@@ -245,6 +303,7 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
             for r in 0..nq {
                 if l[r] > T::zero() {
                     let inv = T::one() / l[r];
+                    let inv = drop.as_ref().map_or(inv, |dm| inv * dm.scale);
                     o[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= inv);
                     lse[r] = m[r] + l[r].ln();
                 }
@@ -252,161 +311,4 @@ pub(crate) fn forward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>
         });
     });
     (out, lse)
-}
-
-/// Saved forward state and the incoming gradient for [`backward`].
-pub(crate) struct Saved<'a, T> {
-    /// The forward output, contiguous [b, h, tq, dv].
-    pub out: &'a [T],
-    /// Per-row logsumexp [b, h, tq].
-    pub lse: &'a [T],
-    /// dL/d(out).
-    pub dout: View<'a, T>,
-}
-
-/// Fused backward: returns (dq, dk, dv), contiguous, shaped like q, k, v.
-pub(crate) fn backward<T: AttnFloat>(p: &Dims, q: View<T>, k: View<T>, v: View<T>, mask: Option<&KeyMask<T>>, sv: &Saved<T>) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let (bhs, tq, tk, d, dv) = (p.b * p.h, p.tq, p.tk, p.d, p.dv);
-    let mut dk = vec![T::zero(); bhs * tk * d];
-    let mut dvv = vec![T::zero(); bhs * tk * dv];
-    if bhs == 0 || tq == 0 || tk == 0 {
-        return (vec![T::zero(); bhs * tq * d], dk, dvv);
-    }
-    // D_i = rowsum(dO_i ∘ O_i)
-    let mut dsum = vec![T::zero(); bhs * tq];
-    dsum.par_chunks_mut(tq).enumerate().for_each(|(bh, dst)| {
-        let (b, h) = (bh / p.h, bh % p.h);
-        for (i, x) in dst.iter_mut().enumerate() {
-            let o = &sv.out[(bh * tq + i) * dv..][..dv];
-            let g = sv.dout.row(b, h, i);
-            // SAFETY: row i of dout has dv elements at stride st3.
-            *x = o.iter().enumerate().map(|(c, &o)| o * unsafe { *g.add(c * sv.dout.st[3]) }).sum();
-        }
-    });
-    // Key chunks per (b, h): enough tasks for the pool, decided by the shape alone.
-    let nkt = tk.div_ceil(BK_B);
-    let chunks = nkt.min(MIN_TASKS.div_ceil(bhs));
-    let per = nkt.div_ceil(chunks);
-    let chunks = nkt.div_ceil(per);
-    let mut dq_parts = vec![T::zero(); bhs * chunks * tq * d];
-    let dsum = &dsum;
-    // B operands with contiguous rows: q, k, dO as they are (or copied), kᵀ and vᵀ per key tile.
-    let (q_rows, k_rows, g_rows) = (rows_packed(p, &q, tq, d), rows_packed(p, &k, tk, d), rows_packed(p, &sv.dout, tq, dv));
-    let q = q_rows.as_deref().map_or(q, |x| View::contiguous(x, p.h, tq, d));
-    let k = k_rows.as_deref().map_or(k, |x| View::contiguous(x, p.h, tk, d));
-    let dout = g_rows.as_deref().map_or(sv.dout, |x| View::contiguous(x, p.h, tq, dv));
-    let sv = &Saved { out: sv.out, lse: sv.lse, dout };
-    dk.par_chunks_mut(tk * d).zip(dvv.par_chunks_mut(tk * dv)).zip(dq_parts.par_chunks_mut(chunks * tq * d)).enumerate().for_each(|(bh, ((dk_bh, dv_bh), dq_bh))| {
-        dk_bh.par_chunks_mut(per * BK_B * d).zip(dv_bh.par_chunks_mut(per * BK_B * dv)).zip(dq_bh.par_chunks_mut(tq * d)).enumerate().for_each(|(c, ((dk_c, dv_c), dq_c))| {
-            let task = Task { p, q: &q, k: &k, v: &v, mask, sv, dsum: &dsum[bh * tq..(bh + 1) * tq], b: bh / p.h, h: bh % p.h };
-            task.run(c * per * BK_B, dk_c, dv_c, dq_c);
-        });
-    });
-    let dq = if chunks == 1 {
-        dq_parts
-    } else {
-        let mut dq = vec![T::zero(); bhs * tq * d];
-        dq.par_chunks_mut(tq * d).zip(dq_parts.par_chunks(chunks * tq * d)).for_each(|(dst, parts)| {
-            for part in parts.chunks(tq * d) {
-                dst.iter_mut().zip(part).for_each(|(x, &y)| *x += y);
-            }
-        });
-        dq
-    };
-    (dq, dk, dvv)
-}
-
-/// One backward task: the keys of one chunk of one (batch, head), against every query tile.
-struct Task<'a, T> {
-    p: &'a Dims,
-    /// q and k with contiguous rows.
-    q: &'a View<'a, T>,
-    k: &'a View<'a, T>,
-    v: &'a View<'a, T>,
-    mask: Option<&'a KeyMask<T>>,
-    sv: &'a Saved<'a, T>,
-    /// D for this (b, h).
-    dsum: &'a [T],
-    b: usize,
-    h: usize,
-}
-
-impl<T: AttnFloat> Task<'_, T> {
-    /// Keys [j_start, j_start + dk.len()/d): accumulates their dK, dV and this chunk's dQ part.
-    fn run(&self, j_start: usize, dk: &mut [T], dv: &mut [T], dq: &mut [T]) {
-        let (p, b, h) = (self.p, self.b, self.h);
-        let (d, dvd) = (p.d, p.dv);
-        let nkeys = dk.len() / d;
-        let lse = &self.sv.lse[(b * p.h + h) * p.tq..][..p.tq];
-        let dout = &self.sv.dout;
-        let mut s = vec![T::zero(); BQ_B * BK_B];
-        let mut dp = vec![T::zero(); BQ_B * BK_B];
-        let (mut kt, mut vt) = (vec![T::zero(); d * BK_B], vec![T::zero(); dvd * BK_B]);
-        let scale = T::from_f64(p.scale);
-        for j0 in (j_start..j_start + nkeys).step_by(BK_B) {
-            let nk = BK_B.min(p.tk - j0);
-            if self.mask.is_some_and(|m| !m.any(b, j0, nk)) {
-                continue;
-            }
-            let (dk_j, dv_j) = (dk[(j0 - j_start) * d..].as_mut_ptr(), dv[(j0 - j_start) * dvd..].as_mut_ptr());
-            // the B operands fixed for this key tile, packed once where there is a packed-B kernel:
-            // K_jᵀ (scores), V_jᵀ (dP), K_j (dQ)
-            let (kr, vr) = (self.k.row(b, h, j0), self.v.row(b, h, j0));
-            // SAFETY: rows j0..j0+nk of k and v exist, with d / dv elements each.
-            let panels = unsafe {
-                match (T::pack_panels(d, nk, kr, self.k.cs(), self.k.rs()), T::pack_panels(dvd, nk, vr, self.v.cs(), self.v.rs()), T::pack_panels(nk, d, kr, self.k.rs(), self.k.cs())) {
-                    (Some(kt_p), Some(vt_p), Some(kj_p)) => Some((kt_p, vt_p, kj_p)),
-                    _ => None,
-                }
-            };
-            let (kt_j, vt_j, k_j) = match &panels {
-                Some((kt_p, vt_p, kj_p)) => (BOp::Panels(kt_p.as_ptr(), d * 16), BOp::Panels(vt_p.as_ptr(), dvd * 16), BOp::Panels(kj_p.as_ptr(), nk * 16)),
-                None => {
-                    pack_tile_t(self.k, b, h, j0, nk, d, &mut kt, BK_B);
-                    pack_tile_t(self.v, b, h, j0, nk, dvd, &mut vt, BK_B);
-                    (BOp::rows(&kt, BK_B, d, nk), BOp::rows(&vt, BK_B, dvd, nk), BOp::Rows(kr, self.k.st[2]))
-                }
-            };
-            let i_start = if p.causal { j0 / BQ_B * BQ_B } else { 0 };
-            for i0 in (i_start..p.tq).step_by(BQ_B) {
-                let nq = BQ_B.min(p.tq - i0);
-                if key_end(p, i0, nq) <= j0 {
-                    continue;
-                }
-                // P = exp(S - lse): the forward's probabilities, recomputed.
-                // SAFETY: kt_j holds K_jᵀ (d × nk).
-                unsafe { scores(p, self.q, kt_j, self.mask, b, h, i0, nq, j0, nk, &mut s, BK_B) };
-                for r in 0..nq {
-                    let row = &mut s[r * BK_B..r * BK_B + nk];
-                    if lse[i0 + r] == T::neg_infinity() {
-                        row.fill(T::zero());
-                    } else {
-                        T::exp_sub_sum(row, lse[i0 + r]);
-                    }
-                }
-                let (qi, gi) = (self.q.row(b, h, i0), dout.row(b, h, i0));
-                // SAFETY: all operands are in-bounds tiles: s/dp are nq×nk with leading dim BK_B,
-                // dk_j/dv_j are nk rows of this task's exclusive output, dq rows i0..i0+nq.
-                unsafe {
-                    // dV_j += Pᵀ dO_i
-                    T::tile(nk, dvd, nq, T::one(), s.as_ptr(), 1, BK_B as isize, gi, dout.st[2], true, dv_j, dvd);
-                    // dP = dO_i V_jᵀ
-                    tile_b(nq, nk, dvd, T::one(), gi, dout.rs(), dout.cs(), vt_j, false, dp.as_mut_ptr(), BK_B);
-                }
-                // dS = P ∘ (dP - D)
-                for r in 0..nq {
-                    let di = self.dsum[i0 + r];
-                    for (x, &pr) in dp[r * BK_B..r * BK_B + nk].iter_mut().zip(&s[r * BK_B..r * BK_B + nk]) {
-                        *x = pr * (*x - di);
-                    }
-                }
-                unsafe {
-                    // dK_j += scale · dSᵀ Q_i
-                    T::tile(nk, d, nq, scale, dp.as_ptr(), 1, BK_B as isize, qi, self.q.st[2], true, dk_j, d);
-                    // dQ_i += scale · dS K_j
-                    tile_b(nq, d, nk, scale, dp.as_ptr(), BK_B as isize, 1, k_j, true, dq[i0 * d..].as_mut_ptr(), d);
-                }
-            }
-        }
-    }
 }

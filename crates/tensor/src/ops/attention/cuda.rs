@@ -4,13 +4,17 @@
 //! device) and records which kernels ran; the backward runs their blockwise passes. Limits of the CUDA path (clear errors): head dims
 //! of q/k and v must be equal and at most 128, and a causal call needs `Tq == Tk` (the kernel's
 //! causal mask is aligned bottom-right, kiln's top-left; they agree only for square calls).
+//!
+//! With dropout the kernels' `_drop` variants run when [`crate::cuda::attention_dropout_path`] is
+//! `Fused` (opt-in: `KILN_ATTN_DROPOUT=fused`); by default the composed path applies the same
+//! mask with ops validated on hardware (`composed.rs`).
 use super::cpu::Dims;
 use super::{AttentionOpts, OP};
 use crate::autograd::{node, BackwardOp};
 use crate::cuda::launch_attn::{AttentionDims, AttnKernel};
 use crate::cuda::ops::{contiguous, float_dispatch};
 use crate::cuda::storage::out_buf;
-use crate::cuda::{not_implemented, CudaStorage};
+use crate::cuda::{attention_dropout_path, not_implemented, AttnDropoutPath, CudaStorage};
 use crate::storage::Storage;
 use crate::{DType, Result, Tensor};
 
@@ -53,15 +57,30 @@ impl BackwardOp for AttentionCudaBackward {
     }
 }
 
-/// The CUDA forward of `attention_with_lse` (shapes validated by the caller).
-pub(super) fn run(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, p: Dims) -> Result<(Tensor, Tensor)> {
+/// The CUDA forward of `attention_with_lse` (shapes validated by the caller); the lse may be left
+/// out when `want_lse` is false (the composed dropout path).
+pub(super) fn run(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, mut p: Dims, want_lse: bool) -> Result<(Tensor, Option<Tensor>)> {
+    if p.tq == 0 || p.tk == 0 {
+        p.drop = None; // no probabilities to drop
+    }
+    if p.drop.is_some() && attention_dropout_path() == AttnDropoutPath::Composed {
+        let out = super::composed::attention_dropout(q, k, v, opts, &p)?;
+        // the lse (of the undropped softmax) from the fused forward without dropout, when asked for
+        let lse = if want_lse {
+            let plain = AttentionOpts { dropout: None, ..opts.clone() };
+            crate::no_grad(|| run(q, k, v, &plain, Dims { drop: None, ..p }, true))?.1
+        } else {
+            None
+        };
+        return Ok((out, lse));
+    }
     if p.dv != p.d {
         return Err(not_implemented("attention with a v head dim different from q/k's"));
     }
     if p.causal && p.tq != p.tk {
         return Err(not_implemented("causal attention with Tq != Tk"));
     }
-    let dims = AttentionDims { batch: p.b, heads: p.h, q_len: p.tq, kv_len: p.tk, head_dim: p.d, scale: p.scale as f32, causal: p.causal };
+    let dims = AttentionDims { batch: p.b, heads: p.h, q_len: p.tq, kv_len: p.tk, head_dim: p.d, scale: p.scale as f32, causal: p.causal, dropout: p.drop };
     let (qc, kc, vc) = (contiguous(q)?, contiguous(k)?, contiguous(v)?);
     let mask = match &opts.key_padding_mask {
         Some(m) => Some(contiguous(&m.detach().to_dtype(DType::F32)?)?),
@@ -85,5 +104,5 @@ pub(super) fn run(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, p: D
     let o = Tensor::from_storage(Storage::Cuda(out), q.shape())?.with_history(&[q, k, v], || {
         node(AttentionCudaBackward { q: q.clone(), k: k.clone(), v: v.clone(), mask, out: saved, lse, dims, kernel })
     });
-    Ok((o, lse_t))
+    Ok((o, Some(lse_t)))
 }

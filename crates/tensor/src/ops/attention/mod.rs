@@ -4,24 +4,63 @@
 //! tile); the forward saves the per-row logsumexp and the backward recomputes the probabilities
 //! from it. Tile GEMMs: `gemm512.rs` (AVX-512 f32), `cpu/gemm256.rs` (AVX2 + FMA f32) or
 //! matrixmultiply (scalar level, f64); softmax row primitives with
-//! AVX-512 / AVX2 / scalar bodies in `simd.rs`.
+//! AVX-512 / AVX2 / scalar bodies in `simd.rs`; the backward in `bwd.rs`. Optional
+//! attention-probability dropout ([`AttnDropout`]) with a counter-based mask the backward
+//! regenerates (FlashAttention's way), its bits computed per SIMD level in `keep.rs`. On CUDA:
+//! `cuda.rs` (the fused kernels) and `composed.rs` (the default dropout path there).
+mod bwd;
 mod cpu;
+// CUDA's default dropout path (device-generic; without the cuda feature only its test uses it)
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod composed;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(target_arch = "x86_64")]
 mod gemm512;
+mod keep;
 mod simd;
 
 use crate::autograd::{node, BackwardOp};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Error, Layout, Result, Tensor};
-use cpu::{Dims, KeyMask, Saved, View};
+use bwd::Saved;
+use cpu::{Dims, KeyMask, View};
 use simd::AttnFloat;
 use std::sync::Arc;
 
 const OP: &str = "attention";
 
-/// Options of [`Tensor::attention`]. `Default` is: not causal, no mask, scale `1/sqrt(d)`.
+/// Attention-probability dropout (FlashAttention's, inside the fused op): each probability
+/// `P[b, h, i, j]` of the softmax is kept with probability `1 - p` and the kept ones are scaled
+/// by `1/(1 - p)`, so `out = (P ∘ M / (1 - p))·v`.
+///
+/// Whether an element is kept depends only on `seed` and its counter
+/// `((b·H + h)·Tq + i)·Tk + j` (the row-major index in a contiguous `[B, H, Tq, Tk]` matrix),
+/// through the same keep function as [`Tensor::dropout`] ([`crate::ops::dropout::keep`], the RNG
+/// contract shared with the CUDA kernels): the same seed gives the same mask on any device and
+/// thread count, and the backward regenerates it instead of storing it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnDropout {
+    /// Drop probability, in [0, 1). 0 is the same as no dropout (bit for bit).
+    pub p: f64,
+    /// Seed of the mask.
+    pub seed: u64,
+}
+
+impl AttnDropout {
+    /// The counter of probability `(b, h, i, j)` in an attention with `heads` heads, `tq` queries
+    /// and `tk` keys: `((b·heads + h)·tq + i)·tk + j`.
+    pub fn index(heads: usize, tq: usize, tk: usize, b: usize, h: usize, i: usize, j: usize) -> u64 {
+        (((b * heads + h) * tq + i) * tk + j) as u64
+    }
+    /// Whether the probability with counter `index` is kept.
+    pub fn keeps(&self, index: u64) -> bool {
+        crate::ops::dropout::keep(self.seed, index, crate::ops::dropout::threshold(self.p))
+    }
+}
+
+/// Options of [`Tensor::attention`]. `Default` is: not causal, no mask, scale `1/sqrt(d)`, no
+/// dropout.
 #[derive(Debug, Clone, Default)]
 pub struct AttentionOpts {
     /// Query `i` sees keys `j <= i` only. Like PyTorch's `scaled_dot_product_attention(is_causal=True)`
@@ -32,6 +71,8 @@ pub struct AttentionOpts {
     pub key_padding_mask: Option<Tensor>,
     /// Multiplies `q·kᵀ`; `None` means `1/sqrt(d)`.
     pub scale: Option<f64>,
+    /// Attention-probability dropout (training); `None` or `p = 0`: none.
+    pub dropout: Option<AttnDropout>,
 }
 
 /// Validated sizes of a call.
@@ -58,6 +99,11 @@ fn check(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Dim
     if !scale.is_finite() {
         return Err(Error::msg(format!("{OP}: scale must be finite, got {scale}")));
     }
+    if let Some(d) = &opts.dropout {
+        if !(0.0..1.0).contains(&d.p) {
+            return Err(Error::msg(format!("{OP}: dropout.p must be in [0, 1), got {}", d.p)));
+        }
+    }
     if let Some(m) = &opts.key_padding_mask {
         if m.shape() != [qs[0], ks[2]] {
             return Err(Error::ShapeMismatch { op: "attention (key_padding_mask must be [B, Tk])", lhs: m.shape().to_vec(), rhs: vec![qs[0], ks[2]] });
@@ -66,7 +112,7 @@ fn check(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Dim
             return Err(Error::DeviceMismatch { op: OP, lhs: m.device(), rhs: q.device() });
         }
     }
-    Ok(Dims { b: qs[0], h: qs[1], tq: qs[2], tk: ks[2], d: qs[3], dv: vs[3], scale, causal: opts.causal })
+    Ok(Dims { b: qs[0], h: qs[1], tq: qs[2], tk: ks[2], d: qs[3], dv: vs[3], scale, causal: opts.causal, drop: opts.dropout.filter(|d| d.p > 0.0) })
 }
 
 /// A tensor in compute dtype `T`, with the storage handle that keeps its data alive.
@@ -116,25 +162,34 @@ fn run<T: AttnFloat>(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, p
 /// Scaled-dot-product attention with its per-row logsumexp; see [`Tensor::attention`].
 ///
 /// Returns `(out [B, H, Tq, dv], lse [B, H, Tq])`; `lse` is f32 (f64 for f64 inputs), holds
-/// `log Σ_j exp(scale·q_i·k_j)` over the kept keys, and is `-inf` for fully masked rows. Only `out`
-/// carries gradients.
+/// `log Σ_j exp(scale·q_i·k_j)` over the kept keys (with dropout: of the undropped softmax), and is
+/// `-inf` for fully masked rows. Only `out` carries gradients.
 pub fn attention_with_lse(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<(Tensor, Tensor)> {
+    let (out, lse) = dispatch(q, k, v, opts, true)?;
+    Ok((out, lse.ok_or_else(|| Error::msg(format!("{OP}: no logsumexp was computed")))?))
+}
+
+/// The forward on the inputs' device; the lse may be left out (`None`) when `want_lse` is false
+/// (CUDA's composed dropout path computes it separately, only when asked for).
+fn dispatch(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, want_lse: bool) -> Result<(Tensor, Option<Tensor>)> {
     let p = check(q, k, v, opts)?;
     #[cfg(feature = "cuda")]
     if q.device().is_cuda() {
-        return cuda::run(q, k, v, opts, p);
+        return cuda::run(q, k, v, opts, p, want_lse);
     }
-    match q.dtype().cpu_compute() {
-        DType::F32 => run::<f32>(q, k, v, opts, p),
-        DType::F64 => run::<f64>(q, k, v, opts, p),
-        d => Err(Error::UnsupportedDType { op: OP, dtype: d }),
-    }
+    let _ = want_lse;
+    let (out, lse) = match q.dtype().cpu_compute() {
+        DType::F32 => run::<f32>(q, k, v, opts, p)?,
+        DType::F64 => run::<f64>(q, k, v, opts, p)?,
+        d => return Err(Error::UnsupportedDType { op: OP, dtype: d }),
+    };
+    Ok((out, Some(lse)))
 }
 
 /// Scaled-dot-product attention; see [`Tensor::attention`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {
     let _range = crate::nvtx::range("attention");
-    Ok(attention_with_lse(q, k, v, opts)?.0)
+    Ok(dispatch(q, k, v, opts, false)?.0)
 }
 
 impl Tensor {
@@ -144,7 +199,11 @@ impl Tensor {
     ///   transposed `[B, T, H, d]` view is read in place); output `[B, H, Tq, dv]`, contiguous.
     /// - `opts.causal`: query `i` sees keys `j <= i` (top-left aligned, as PyTorch's
     ///   `is_causal`, also for Tq != Tk). `opts.key_padding_mask` `[B, Tk]`: nonzero keeps a key.
-    ///   `opts.scale` defaults to `1/sqrt(d)`.
+    ///   `opts.scale` defaults to `1/sqrt(d)`. `opts.dropout`: attention-probability dropout
+    ///   ([`AttnDropout`]: a counter-based mask, regenerated by the backward; the saved
+    ///   logsumexp is the undropped softmax's). On CUDA the fused kernels apply it only when
+    ///   `KILN_ATTN_DROPOUT=fused` (or [`crate::cuda::force_attention_dropout`]); otherwise a
+    ///   composed path of hardware-validated ops applies the same mask.
     /// - A query row whose keys are all masked outputs 0 (PyTorch gives NaN there), and its
     ///   gradients are 0.
     /// - f32 and f64; bf16 / f16 are computed in f32 and the result cast back.
@@ -153,7 +212,7 @@ impl Tensor {
     ///
     /// Errors (naming `attention` and the shapes): ranks other than 4, mismatched B/H/d between q
     /// and k or B/H/Tk between k and v, a mask that is not `[B, Tk]`, zero head dims, dtype or
-    /// device mismatches, non-float inputs.
+    /// device mismatches, non-float inputs, a `dropout.p` outside [0, 1).
     pub fn attention(&self, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {
         attention(self, k, v, opts)
     }
@@ -182,7 +241,7 @@ impl<T: AttnFloat> BackwardOp for AttentionBackward<T> {
         let ct = T::DTYPE;
         let (qo, ko, vo, go) = (Operand::new(&self.q, ct)?, Operand::new(&self.k, ct)?, Operand::new(&self.v, ct)?, Operand::new(g, ct)?);
         let saved = Saved { out: self.out.as_cpu()?.as_slice::<T>()?, lse: &self.lse, dout: go.view::<T>()? };
-        let (dq, dk, dv) = cpu::backward(&self.p, qo.view::<T>()?, ko.view::<T>()?, vo.view::<T>()?, self.mask.as_ref(), &saved);
+        let (dq, dk, dv) = bwd::backward(&self.p, qo.view::<T>()?, ko.view::<T>()?, vo.view::<T>()?, self.mask.as_ref(), &saved);
         let wrap = |x: Vec<T>, like: &Tensor| -> Result<Option<Tensor>> {
             if !like.requires_grad() {
                 return Ok(None);
@@ -196,8 +255,10 @@ impl<T: AttnFloat> BackwardOp for AttentionBackward<T> {
 }
 
 /// The composed (unfused) attention: `softmax(mask(q kᵀ · scale)) v` built from matmul,
-/// masked_fill, softmax_last_dim and matmul. It stores the full T×T matrix; it exists to test the
-/// fused op against. Rows whose keys are all masked give NaN here (as in PyTorch), where the fused op gives 0.
+/// masked_fill, softmax_last_dim and matmul (with `opts.dropout`, the probabilities go through
+/// [`Tensor::dropout`], whose mask on the contiguous `[B, H, Tq, Tk]` matrix is the fused op's).
+/// It stores the full T×T matrix; it exists to test the fused op against. Rows whose keys are all
+/// masked give NaN here (as in PyTorch), where the fused op gives 0.
 pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {
     let (tq, tk, d) = (q.dim(2)?, k.dim(2)?, q.dim(3)?);
     let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
@@ -212,7 +273,11 @@ pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionO
         let drop = m.to_dtype(s.dtype())?.eq_scalar(0.0)?.reshape(&[b, 1, 1, tk])?;
         s = s.masked_fill(&drop, f64::NEG_INFINITY)?;
     }
-    s.softmax_last_dim()?.matmul(v)
+    let mut p = s.softmax_last_dim()?;
+    if let Some(d) = opts.dropout {
+        p = p.dropout(d.p, d.seed, true)?;
+    }
+    p.matmul(v)
 }
 
 #[cfg(test)]
@@ -221,12 +286,12 @@ mod tests {
     use crate::Device;
 
     /// Forward + backward bits on a pool of `threads` threads.
-    fn bits(threads: usize, b: usize, h: usize) -> Vec<u32> {
+    fn bits(threads: usize, b: usize, h: usize, dropout: Option<AttnDropout>) -> Vec<u32> {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let mk = |s, t| Tensor::randn(s, &[b, h, t, 32], 0.0, 1.0, DType::F32, Device::Cpu).unwrap().var();
             let (q, k, v) = (mk(1, 150), mk(2, 200), mk(3, 200));
-            let out = q.attention(&k, &v, &AttentionOpts { causal: true, ..Default::default() }).unwrap();
+            let out = q.attention(&k, &v, &AttentionOpts { causal: true, dropout, ..Default::default() }).unwrap();
             out.mul(&out).unwrap().sum_all().unwrap().backward().unwrap();
             let mut all = out.to_vec::<f32>().unwrap();
             for x in [&q, &k, &v] {
@@ -242,7 +307,9 @@ mod tests {
         // SIMD level (and its lock) keeps tests that force other levels from running in between.
         use crate::cpu::simd::{detected, with_level};
         for (b, h) in [(1, 2), (4, 4)] {
-            with_level(detected(), || assert_eq!(bits(1, b, h), bits(3, b, h), "b {b} h {h}"));
+            for dropout in [None, Some(AttnDropout { p: 0.2, seed: 5 })] {
+                with_level(detected(), || assert_eq!(bits(1, b, h, dropout), bits(3, b, h, dropout), "b {b} h {h} {dropout:?}"));
+            }
         }
     }
 }
