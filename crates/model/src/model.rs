@@ -159,11 +159,6 @@ impl Model {
         matches!(self.head, Head::BertPreTraining(..))
     }
 
-    /// Whether the model is a causal LM (its training batches are next-token windows).
-    pub fn is_causal_lm(&self) -> bool {
-        matches!(self.head, Head::CausalLm(_))
-    }
-
     /// The training loss of a batch from kiln's batchers: for a causal LM, next-token windows
     /// (labels already shifted, so no shift here); for every other head, the batch's labels (and
     /// NSP labels, for BERT pre-training) go to the head as HF's `labels` (`loss` + `mc_loss`).
