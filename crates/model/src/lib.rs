@@ -17,6 +17,7 @@
 //! | [`encoder`], [`decoder`] | the two stacks (BERT, RoBERTa, ALBERT, DistilBERT, ELECTRA; GPT-1, GPT-2) with HF parameter names |
 //! | [`heads`] | MLM, classification, token, QA, discriminator, LM and multiple-choice heads; the losses |
 //! | [`generate`] | [`generate::CausalLm`]: cached decoding and sampling |
+//! | [`embed`] | [`embed::SentenceEncoder`]: sentence-transformers pipelines (pooling, normalisation, length-sorted batches) |
 //! | [`model`] | [`model::Model`]: any architecture built from a config, HF inputs and outputs by name |
 //! | [`trainer`] | the training loop: accumulation, clipping, schedules, eval, checkpoints, resume |
 //! | [`train_state`] | `training_state.safetensors` and whole checkpoint directories |
@@ -42,6 +43,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod decoder;
+pub mod embed;
 pub mod encoder;
 pub mod family;
 pub mod generate;
