@@ -135,7 +135,7 @@ pub struct SentenceEncoder {
 /// `model_max_length` of `tokenizer_config.json`, if the file gives one.
 fn tokenizer_config_limit(dir: &Path) -> Option<usize> {
     let v = read_json(&dir.join("tokenizer_config.json")).ok()?;
-    v.get("model_max_length")?.as_f64().filter(|&x| x >= 1.0 && x < 1e15).map(|x| x as usize)
+    v.get("model_max_length")?.as_f64().filter(|x| (1.0..1e15).contains(x)).map(|x| x as usize)
 }
 
 impl SentenceEncoder {
