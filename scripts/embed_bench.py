@@ -21,10 +21,11 @@ machine (lscpu model name, AVX2 / AVX-512 flags).
 
 On a shared machine other processes' CPU time during a run is measured (/proc/stat busy time minus
 the run's own CPU time, as a fraction of its wall time: "foreign"). PyTorch's OpenMP threads wait at
-a barrier after every op, so a core taken by another process stalls them far more than kiln's rayon
-tasks (a 2-vCPU VM with one busy neighbour: PyTorch 5-8x slower, kiln 1.5x). The summary therefore
-also gives the ratio over the quiet rounds (every side's foreign load < --quiet) and the ratio of the
-best rounds; the quiet ratio is the one to quote.
+a barrier after every op, so a core taken by another process stalls them more than kiln's rayon tasks
+(2-vCPU VM, one `yes > /dev/null` beside the runs: kiln 1.8x slower, PyTorch 2.7x; beside other
+sessions' parallel builds PyTorch ran 5-10x slower). The summary therefore also gives the ratio over
+the quiet rounds (every side's foreign load < --quiet) and the ratio of the best rounds; the quiet
+ratio is the one to quote.
 
   cargo build --release        # with CARGO_TARGET_DIR set, pass --kiln $CARGO_TARGET_DIR/release/kiln
   .venv-torch/bin/python scripts/embed_bench.py --model $KILN_MINILM_DIR --rounds 3 [--st] [--json OUT]
