@@ -186,7 +186,8 @@ fn every_pooling_mode_and_normalisation_match_a_composed_reference() {
 
 /// The tokenizer.json's own truncation (5) and fixed padding (64) are replaced: texts are cut at
 /// max_seq_length (special tokens included) and never padded alone; a bare encoder directory
-/// (no modules.json) cuts at the model's 64 positions and mean-pools without normalising.
+/// (no modules.json) cuts at the model's 64 positions and mean-pools without normalising;
+/// `do_lower_case` lower-cases for a tokenizer that does not.
 #[test]
 fn tokenizer_settings_follow_sentence_transformers() {
     let d = st_dir("tok", Some(legacy(&[PoolingMode::Mean])), true);
@@ -206,6 +207,16 @@ fn tokenizer_settings_follow_sentence_transformers() {
     let e = enc.embed(&[&long, "a dog"]).unwrap().to_vec::<f32>().unwrap();
     let want = reference(&enc.model, &reference_ids(&bare, &long, 64), &[PoolingMode::Mean], false);
     assert!(max_abs(&e[..32], &want) < 1e-5);
+    // do_lower_case: a Lowercase normalizer goes in front of a tokenizer that does not lower-case
+    let mut tok = tokenizers::Tokenizer::from_file(d.join("tokenizer.json")).unwrap();
+    tok.with_normalizer(None::<tokenizers::NormalizerWrapper>).unwrap();
+    kiln::model::tokenize::save_tokenizer(&tok, d.join("tokenizer.json")).unwrap();
+    for lower in [false, true] {
+        std::fs::write(d.join("sentence_bert_config.json"), format!(r#"{{"max_seq_length": {MAX_SEQ}, "do_lower_case": {lower}}}"#)).unwrap();
+        let enc = SentenceEncoder::from_dir(&d, Device::Cpu).unwrap();
+        let e = enc.tokenize(&["THE CAT SAT", "the cat sat"]).unwrap();
+        assert_eq!(e[0].get_ids() == e[1].get_ids(), lower, "do_lower_case {lower}");
+    }
 }
 
 /// Sorting by length and padding within batches gives each text the embedding it has alone, in the
