@@ -1,4 +1,4 @@
-//! The `kiln` command line: train, forward, generate, eval, kernels, bench.
+//! The `kiln` command line: train, forward, generate, eval, embed, kernels, bench.
 use clap::{Parser, Subcommand};
 
 /// mimalloc instead of the system allocator (feature `mimalloc`, default on). glibc serves blocks
@@ -32,6 +32,8 @@ enum Cmd {
     Generate(cli::generate::GenerateArgs),
     /// Held-out loss and perplexity of a checkpoint on a text file.
     Eval(cli::eval::EvalArgs),
+    /// Sentence embeddings of a text file (one text per line), as sentence-transformers computes them.
+    Embed(cli::embed::EmbedArgs),
     /// Compile every CUDA kernel with NVRTC and print registers / spills / shared memory.
     Kernels(cli::kernels::KernelsArgs),
     /// Time the ops against this machine's measured ceilings.
@@ -47,6 +49,7 @@ fn main() {
         Cmd::Forward(a) => cli::forward::run(a),
         Cmd::Generate(a) => cli::generate::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
+        Cmd::Embed(a) => cli::embed::run(a),
         Cmd::Kernels(a) => cli::kernels::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
     };

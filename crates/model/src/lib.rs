@@ -18,6 +18,7 @@
 //! | [`heads`] | MLM, classification, token, QA, discriminator, LM and multiple-choice heads; the losses |
 //! | [`generate`] | [`generate::CausalLm`]: cached decoding and sampling |
 //! | [`inputs`] | the HF forward arguments by name, from a JSON batch; which ones an architecture takes |
+//! | [`embed`] | [`embed::SentenceEncoder`]: sentence-transformers pipelines (pooling, normalisation, length-sorted batches) |
 //! | [`model`] | [`model::Model`]: any architecture built from a config, HF inputs and outputs by name |
 //! | [`trainer`] | the training loop: accumulation, clipping, schedules, eval, checkpoints, resume |
 //! | [`train_state`] | `training_state.safetensors` and whole checkpoint directories |
@@ -43,6 +44,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod decoder;
+pub mod embed;
 pub mod encoder;
 pub mod family;
 pub mod generate;
