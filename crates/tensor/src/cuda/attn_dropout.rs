@@ -29,15 +29,7 @@ thread_local! {
 /// (read once; another value is reported on stderr and ignored).
 fn env_path() -> Option<AttnDropoutPath> {
     static ENV: std::sync::OnceLock<Option<AttnDropoutPath>> = std::sync::OnceLock::new();
-    *ENV.get_or_init(|| match std::env::var("KILN_ATTN_DROPOUT").ok().as_deref() {
-        None | Some("") => None,
-        Some("fused") => Some(AttnDropoutPath::Fused),
-        Some("composed") => Some(AttnDropoutPath::Composed),
-        Some(v) => {
-            eprintln!("kiln: KILN_ATTN_DROPOUT={v:?} is not `fused` or `composed`; ignored");
-            None
-        }
-    })
+    *ENV.get_or_init(|| super::env_choice("KILN_ATTN_DROPOUT", &[("fused", AttnDropoutPath::Fused), ("composed", AttnDropoutPath::Composed)]))
 }
 
 /// On this thread, makes later CUDA attention calls with dropout take `path` (`None`: the default,

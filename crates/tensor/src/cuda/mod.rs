@@ -300,15 +300,19 @@ thread_local! {
 /// block kernels without a rebuild, e.g. on a GPU where the warp kernels have not yet been checked.
 fn env_row_kernel() -> Option<RowKernel> {
     static ENV: std::sync::OnceLock<Option<RowKernel>> = std::sync::OnceLock::new();
-    *ENV.get_or_init(|| match std::env::var("KILN_ROW_KERNEL").ok().as_deref() {
-        None | Some("") => None,
-        Some("block") => Some(RowKernel::Block),
-        Some("warp") => Some(RowKernel::Warp),
-        Some(v) => {
-            eprintln!("kiln: KILN_ROW_KERNEL={v:?} is not `block` or `warp`; ignored");
-            None
-        }
-    })
+    *ENV.get_or_init(|| env_choice("KILN_ROW_KERNEL", &[("block", RowKernel::Block), ("warp", RowKernel::Warp)]))
+}
+
+/// The value named by environment variable `var` among `choices` (`None` when unset or empty; a
+/// name not among them is reported on stderr and ignored). Read it once, behind a `OnceLock`.
+pub(crate) fn env_choice<T: Copy>(var: &str, choices: &[(&str, T)]) -> Option<T> {
+    let v = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+    let hit = choices.iter().find(|(name, _)| *name == v).map(|&(_, t)| t);
+    if hit.is_none() {
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        eprintln!("kiln: {var}={v:?} is not one of {}; ignored", names.join(", "));
+    }
+    hit
 }
 
 /// On this thread, makes later CUDA softmax / log_softmax / LayerNorm launches run `kernel`
