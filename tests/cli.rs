@@ -236,3 +236,68 @@ fn hyper_parameters_and_weights_that_cannot_train_are_errors() {
     assert_fails(&kiln(&["eval", "--model", run.to_str().unwrap(), "--data", text.to_str().unwrap(), "--batches", "0"]), "batches");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// Nothing a user did not ask to overwrite is overwritten: `train --out` over a directory holding a
+/// checkpoint refuses without `--overwrite`; `forward --out` naming a file it reads, or an `--out`
+/// that is a symlink, is refused; and a FIFO standing for a model file is an error, not a hang.
+#[test]
+fn outputs_never_replace_inputs_or_links_and_fifos_do_not_hang() {
+    let d = tmp("no-overwrite");
+    let run = d.join("run");
+    let common = ["--steps", "1", "--batch", "2", "--seq", "16", "--vocab", "300", "--json", "--sample-tokens", "0", "--out", run.to_str().unwrap()];
+    let o = kiln(&[&["train"][..], &common].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = std::fs::read(run.join("model.safetensors")).unwrap();
+    assert_fails(&kiln(&[&["train", "--seed", "9"][..], &common].concat()), "--overwrite");
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), before, "the checkpoint was replaced");
+    let o = kiln(&[&["train", "--seed", "9", "--overwrite"][..], &common].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(std::fs::read(run.join("model.safetensors")).unwrap(), before, "--overwrite did not write");
+
+    // forward --out onto the weights it reads, or through a symlink
+    let fx = fixture("gpt2_lm");
+    let model = d.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fx.join(f), model.join(f)).unwrap();
+    }
+    let batch = fx.join("batch.json");
+    let weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    let fwd = |out: &Path| kiln(&["forward", "--model", model.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_fails(&fwd(&model.join("model.safetensors")), "reads");
+    assert_eq!(std::fs::read(model.join("model.safetensors")).unwrap(), weights);
+    let kept = d.join("kept.safetensors");
+    write(&kept, "precious");
+    let link = d.join("link.safetensors");
+    std::os::unix::fs::symlink(&kept, &link).unwrap();
+    assert_fails(&fwd(&link), "symlink");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "precious");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced by a file");
+
+    // a FIFO named model.safetensors: an error, within seconds
+    let fifo_dir = d.join("fifo");
+    std::fs::create_dir_all(&fifo_dir).unwrap();
+    std::fs::copy(fx.join("config.json"), fifo_dir.join("config.json")).unwrap();
+    let mk = Command::new("mkfifo").arg(fifo_dir.join("model.safetensors")).status().expect("mkfifo");
+    assert!(mk.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["forward", "--model", fifo_dir.to_str().unwrap(), "--batch", batch.to_str().unwrap(), "--out", d.join("f.safetensors").to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed().as_secs() > 30 {
+            let _ = child.kill();
+            panic!("kiln forward hung on a FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success() && err.contains("not a regular file"), "{err}");
+    std::fs::remove_dir_all(d).unwrap();
+}

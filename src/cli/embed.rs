@@ -34,8 +34,7 @@ pub struct EmbedArgs {
 
 /// The texts of `file`: its lines, or an error for a missing file, invalid UTF-8 or no text at all.
 fn read_texts(file: &std::path::Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(file).map_err(|e| Error::Io { path: file.display().to_string(), source: e })?;
-    let text = String::from_utf8(bytes).map_err(|e| Error::msg(format!("{}: not UTF-8 text: {e}", file.display())))?;
+    let text = kiln::model::io::read_input_text(file)?;
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     if lines.iter().all(|l| l.trim().is_empty()) {
         return Err(Error::msg(format!("{}: the texts file is empty (no line holds text)", file.display())));
@@ -50,6 +49,9 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     }
     if a.json && a.out.is_some() {
         return Err(Error::msg("embed: give either --out or --json, not both"));
+    }
+    if let Some(out) = &a.out {
+        super::out_is_not_an_input(out, &[a.texts.clone()], &a.model)?;
     }
     let texts = read_texts(&a.texts)?;
     let enc = SentenceEncoder::from_dir(&a.model, device)?;

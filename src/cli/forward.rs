@@ -29,7 +29,8 @@ pub struct ForwardArgs {
 
 pub fn run(a: ForwardArgs) -> Result<()> {
     let device: kiln::Device = a.device.parse()?;
-    let text = std::fs::read_to_string(&a.batch).map_err(|e| Error::Io { path: a.batch.display().to_string(), source: e })?;
+    super::out_is_not_an_input(&a.out, &[a.batch.clone()], &a.model)?;
+    let text = kiln::model::io::read_input_text(&a.batch)?;
     let v: Value = serde_json::from_str(&text).map_err(|e| Error::msg(format!("batch {}: invalid JSON: {e}", a.batch.display())))?;
     // the batch is read on the host; the model runs where its parameters are
     let inputs = Inputs::from_json(&v)?.to_device(device)?;

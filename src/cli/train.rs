@@ -60,9 +60,13 @@ pub struct TrainArgs {
     /// CUDA: let f32 matmuls use TF32 tensor cores (10-bit mantissa inputs; off: strict FP32).
     #[arg(long)]
     pub tf32: bool,
-    /// Where the checkpoint, tokenizer and loss curve go.
+    /// Where the checkpoint, tokenizer and loss curve go. A directory that already holds a model
+    /// or checkpoint is refused unless --overwrite is given (or --resume continues it).
     #[arg(long, default_value = "out/run")]
     pub out: PathBuf,
+    /// Replace the model or checkpoint already in --out.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Continue a run from its checkpoint directory (exactly, on the CPU).
     #[arg(long)]
     pub resume: Option<PathBuf>,
@@ -167,6 +171,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         compute_dtype,
     };
     opts_for(LrSchedule::constant(args.lr), None).check().map_err(|e| Error::msg(format!("{e} (--lr, --weight-decay, --clip, --accum, --eval-batches)")))?;
+    if args.resume.is_none() && !args.overwrite {
+        let held: Vec<&str> = ["model.safetensors", "config.json", "training_state.safetensors", "tokenizer.json"].into_iter().filter(|f| entry_exists(&args.out.join(f))).collect();
+        if !held.is_empty() {
+            return Err(Error::msg(format!("train: --out {} already holds a model ({}); pass --overwrite to replace it, --resume to continue it, or another --out", args.out.display(), held.join(", "))));
+        }
+    }
     let (dir, preset) = model_spec(&args);
     let mut cfg = match &dir {
         Some(d) => ModelConfig::load(d.join("config.json"))?,

@@ -60,7 +60,7 @@ pub struct DataPosition {
 /// Reads a UTF-8 text file; empty or whitespace-only files are an error naming the path.
 pub fn read_text(path: impl AsRef<Path>) -> Result<String> {
     let p = path.as_ref();
-    let s = std::fs::read_to_string(p).map_err(|e| Error::Io { path: p.display().to_string(), source: e })?;
+    let s = crate::io::read_input_text(p)?;
     if s.trim().is_empty() {
         return Err(Error::msg(format!("{}: the data file has no text", p.display())));
     }

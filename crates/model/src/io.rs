@@ -15,6 +15,30 @@ pub fn entry_exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
 
+/// Reads a whole input file. It must be a regular file (a symlink to one is followed): a FIFO or a
+/// device would block or never end, so they are an error naming the path, as is a broken link.
+pub fn read_input(path: &Path) -> Result<Vec<u8>> {
+    check_regular(path)?;
+    std::fs::read(path).map_err(|e| io_err(path, e))
+}
+
+/// [`read_input`] as UTF-8 text.
+pub fn read_input_text(path: &Path) -> Result<String> {
+    String::from_utf8(read_input(path)?).map_err(|e| Error::msg(format!("{}: not UTF-8 text: {e}", path.display())))
+}
+
+fn check_regular(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_dir() => Err(Error::msg(format!("{} is a directory, not a file", path.display()))),
+        Ok(_) => Err(Error::msg(format!("{} is not a regular file (a FIFO, socket or device?)", path.display()))),
+        Err(e) => match std::fs::read_link(path) {
+            Ok(target) => Err(Error::msg(format!("{} is a symlink to {}, which does not exist", path.display(), target.display()))),
+            Err(_) => Err(io_err(path, e)),
+        },
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory is written,
 /// fsynced and renamed over `path` (then the directory is fsynced). A crash leaves either the old
 /// file or the new one, never a torn file.
@@ -24,6 +48,13 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => std::path::PathBuf::from("."),
     };
     let name = path.file_name().ok_or_else(|| Error::msg(format!("{}: not a file path", path.display())))?;
+    // a rename would replace a symlink or a device node by a regular file: refuse instead
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.is_file() {
+            let what = if m.file_type().is_symlink() { "a symlink" } else if m.is_dir() { "a directory" } else { "not a regular file" };
+            return Err(Error::msg(format!("refusing to write {}: it is {what} (give the path of a regular file)", path.display())));
+        }
+    }
     let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
     let res = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;

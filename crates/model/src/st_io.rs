@@ -4,7 +4,7 @@
 //! copied into typed vectors with `bytemuck::pod_collect_to_vec`. Every failure names the file;
 //! truncated files and garbage headers are errors, never panics. Writing goes through
 //! [`crate::io::atomic_write`].
-use crate::io::{atomic_write, io_err};
+use crate::io::atomic_write;
 use half::{bf16, f16};
 use kiln_tensor::{CpuStorage, DType, Device, Error, Result, Storage, Tensor};
 use safetensors::tensor::TensorView;
@@ -33,11 +33,7 @@ impl StFile {
     /// Reads and validates `path` (header, offsets, total length).
     pub fn open(path: impl AsRef<Path>) -> Result<StFile> {
         let p = path.as_ref();
-        let bytes = std::fs::read(p).map_err(|e| match std::fs::read_link(p) {
-            // a broken link: name where it points
-            Ok(target) if !p.exists() => Error::msg(format!("{} is a symlink to {}, which does not exist", p.display(), target.display())),
-            _ => io_err(p, e),
-        })?;
+        let bytes = crate::io::read_input(p)?;
         Self::from_bytes(bytes, &p.display().to_string())
     }
 

@@ -34,7 +34,7 @@ fn tk_err(what: &str, e: impl std::fmt::Display) -> Error {
 /// Loads a `tokenizer.json` (HF format); errors name the file.
 pub fn load_tokenizer(path: impl AsRef<Path>) -> Result<Tokenizer> {
     let p = path.as_ref();
-    let bytes = std::fs::read(p).map_err(|e| io_err(p, e))?;
+    let bytes = crate::io::read_input(p)?;
     Tokenizer::from_bytes(&bytes).map_err(|e| Error::msg(format!("{}: not a valid tokenizer.json: {e}", p.display())))
 }
 

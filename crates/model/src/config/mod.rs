@@ -365,7 +365,7 @@ impl ModelConfig {
         if p.is_dir() {
             p = p.join("config.json");
         }
-        let text = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
+        let text = crate::io::read_input_text(&p)?;
         Self::from_json_str(&text, &p.display().to_string())
     }
 
