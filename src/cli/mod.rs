@@ -14,11 +14,14 @@ use std::path::Path;
 /// A model loaded from an HF-layout directory (see [`LoadedModel::from_dir`]).
 pub type Loaded = LoadedModel;
 
+/// The files of a model directory that commands read.
+const MODEL_FILES: [&str; 6] = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "modules.json", "sentence_bert_config.json"];
+
 /// An `--out` file that already exists may not be one of the files the command reads (`inputs`,
-/// or any file of the model directory `model_dir`): writing it would replace the data being read.
+/// or the model files of `model_dir`): writing it would replace the data being read.
 pub fn out_is_not_an_input(out: &Path, inputs: &[std::path::PathBuf], model_dir: &Path) -> Result<()> {
     let Ok(target) = std::fs::canonicalize(out) else { return Ok(()) }; // not there yet
-    let model_files = std::fs::read_dir(model_dir).into_iter().flatten().flatten().map(|e| e.path());
+    let model_files = MODEL_FILES.iter().map(|f| model_dir.join(f));
     for input in inputs.iter().cloned().chain(model_files) {
         if std::fs::canonicalize(&input).is_ok_and(|p| p == target) {
             return Err(kiln::Error::msg(format!("--out {} is {}, which this command reads; write the output elsewhere", out.display(), input.display())));
