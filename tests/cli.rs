@@ -234,6 +234,12 @@ fn hyper_parameters_and_weights_that_cannot_train_are_errors() {
     let o = kiln(&["train", "--steps", "1", "--batch", "2", "--seq", "16", "--vocab", "300", "--json", "--sample-tokens", "0", "--out", run.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_fails(&kiln(&["eval", "--model", run.to_str().unwrap(), "--data", text.to_str().unwrap(), "--batches", "0"]), "batches");
+    // more new tokens than the context holds: an error at once (was: hours of sliding-window work)
+    let t0 = std::time::Instant::now();
+    assert_fails(&kiln(&["generate", "--model", run.to_str().unwrap(), "--prompt", "the", "--max-new-tokens", "1000000000"]), "context");
+    assert!(t0.elapsed().as_secs() < 60);
+    let o = kiln(&["generate", "--model", run.to_str().unwrap(), "--prompt", "the", "--max-new-tokens", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     std::fs::remove_dir_all(d).unwrap();
 }
 

@@ -43,6 +43,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let m = l.model.as_causal_lm().map_err(|e| Error::msg(format!("generate: {e}")))?;
     let tok = l.tokenizer.ok_or_else(|| Error::msg(format!("generate: no tokenizer.json in {}", a.model.display())))?;
     let prompt = tokenize::encode_ids(&tok, &a.prompt)?;
+    // past the context the window would slide, recomputed every token: a huge --max-new-tokens
+    // would then run for hours before printing anything
+    let context = m.transformer.cfg.n_positions;
+    if prompt.len() + a.max_new_tokens > context {
+        return Err(Error::msg(format!(
+            "generate: {} prompt tokens + --max-new-tokens {} exceed the model's context of {context} positions (at most {} new tokens fit)",
+            prompt.len(),
+            a.max_new_tokens,
+            context.saturating_sub(prompt.len())
+        )));
+    }
     let eos = tokenize::SpecialIds::of(&tok).eot.map(|i| i as i64);
     let t0 = std::time::Instant::now();
     let ids = m.generate(&prompt, &SampleOptions { eos, ..opts })?;
