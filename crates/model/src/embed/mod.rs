@@ -24,7 +24,7 @@ pub mod pooling;
 use crate::config::ModelConfig;
 use crate::model::{LoadedModel, Stack};
 use crate::nn::ForwardCtx;
-use kiln_tensor::{DType, Device, Error, Result, Tensor};
+use kiln_tensor::{Device, Error, Result, Tensor};
 pub use pooling::{l2_normalize_rows, Pooling, PoolingMode};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -53,7 +53,7 @@ pub struct Pipeline {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+    let text = crate::io::read_input_text(path)?;
     serde_json::from_str(&text).map_err(|e| Error::msg(format!("{}: invalid JSON: {e}", path.display())))
 }
 
@@ -210,7 +210,7 @@ impl SentenceEncoder {
                 (ids[r * t + i], types[r * t + i], mask[r * t + i]) = (id as i64, ty as i64, m as i64);
             }
         }
-        let takes_types = matches!(&self.model.model.stack, Stack::Encoder(enc) if enc.token_type.is_some());
+        let takes_types = self.model.model.arch.inputs().contains(&"token_type_ids");
         Ok(crate::model::Inputs {
             input_ids: Some(Tensor::from_vec(ids, &[b, t])?),
             attention_mask: Some(Tensor::from_vec(mask, &[b, t])?),
@@ -226,10 +226,7 @@ impl SentenceEncoder {
         let mask = inputs.attention_mask.as_ref().expect("set by batch_inputs");
         let _g = kiln_tensor::no_grad_guard();
         let h = enc.forward(inputs.input_ids.as_ref().expect("set"), Some(mask), inputs.token_type_ids.as_ref(), &ForwardCtx::eval())?.last_hidden_state;
-        let &[b, t, hd] = h.shape() else { return Err(Error::msg("encoder output is not [batch, seq, hidden]")) };
-        let x = h.to_device(Device::Cpu)?.to_dtype(DType::F32)?.to_vec::<f32>()?;
-        let m = mask.to_device(Device::Cpu)?.to_vec::<i64>()?;
-        let mut out = self.pipeline.pooling.pool(&x, &m, b, t, hd)?;
+        let mut out = self.pipeline.pooling.forward(&h, mask)?.to_vec::<f32>()?;
         if self.pipeline.normalize {
             l2_normalize_rows(&mut out, self.dim());
         }
