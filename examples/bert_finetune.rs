@@ -207,7 +207,7 @@ pub fn run(a: &Args) -> Result<Summary> {
     let mut trainer = Trainer::new(cfg.clone(), store, None, adamw)?;
     println!("fine-tuning {from}: {} params, {classes} classes, {} held-out examples", trainer.store.num_params(), a.eval_examples);
     let schedule = LrSchedule { peak_lr: a.lr, min_lr: a.lr * 0.1, warmup_steps: (a.steps / 10).min(20), total_steps: a.steps, decay: Decay::Cosine };
-    let mut opts = TrainOptions { steps: 0, schedule, adamw, clip: 1.0, accum: 1, seed: a.seed, eval_every: 0, eval_batches: 1, ckpt_every: 0, out: None, compute_dtype: DType::F32 };
+    let mut opts = TrainOptions { steps: 0, schedule, adamw, clip: 1.0, accum: 1, seed: a.seed, eval_every: 0, eval_batches: 1, ckpt_every: 0, out: None, keep: 2, overwrite: false, compute_dtype: DType::F32 };
     let mut acc = vec![(0, accuracy(&trainer.model, &held_out)?)];
     println!("step {:>4}  held-out accuracy {:5.1}%  (chance {:.1}%)", 0, 100.0 * acc[0].1, 100.0 / classes as f64);
     while trainer.step < a.steps {
@@ -220,7 +220,7 @@ pub fn run(a: &Args) -> Result<Summary> {
         acc.push((trainer.step, a_now));
         println!("step {:>4}  held-out accuracy {:5.1}%  train loss {mean:.4}", trainer.step, 100.0 * a_now);
     }
-    trainer.save(&a.out, &data)?;
+    trainer.save(&a.out, &data, 1)?;
     let back = LoadedModel::from_dir(&a.out, 0, Device::Cpu)?;
     let reloaded = accuracy(&back.model, &held_out)?;
     println!("saved to {}; loaded back: held-out accuracy {:.1}%", a.out.display(), 100.0 * reloaded);

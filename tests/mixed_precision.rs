@@ -93,7 +93,7 @@ fn curve(dtype: DType, steps: u64) -> (Vec<f64>, LossScaler) {
     let mut tr = Trainer::new(cfg, store, None, AdamWConfig { lr: 3e-3, ..Default::default() }).unwrap();
     let mut data = CausalLmBatcher::new(ids, 8, 64, 11).unwrap();
     let schedule = LrSchedule { peak_lr: 3e-3, min_lr: 3e-4, warmup_steps: 10, total_steps: steps, decay: Decay::Cosine };
-    let opts = TrainOptions { steps, schedule, adamw: AdamWConfig { lr: 3e-3, ..Default::default() }, clip: 1.0, accum: 1, seed: 5, eval_every: 0, eval_batches: 1, ckpt_every: 0, out: None, compute_dtype: dtype };
+    let opts = TrainOptions { steps, schedule, adamw: AdamWConfig { lr: 3e-3, ..Default::default() }, clip: 1.0, accum: 1, seed: 5, eval_every: 0, eval_batches: 1, ckpt_every: 0, out: None, keep: 2, overwrite: false, compute_dtype: dtype };
     tr.run(&opts, &mut data, None, &mut ()).unwrap();
     (tr.losses.iter().map(|l| l.1).collect(), tr.scaler)
 }
@@ -141,7 +141,7 @@ fn loss_scaler_skips_overflowing_updates_and_regrows() {
     let mut data = CausalLmBatcher::new(ids, 4, 32, 3).unwrap();
     let before: Vec<Vec<f64>> = store.params().iter().map(|p| p.tensor().to_vec_f64().unwrap()).collect();
     let schedule = LrSchedule { peak_lr: 1e-3, min_lr: 1e-3, warmup_steps: 0, total_steps: 1, decay: Decay::Constant };
-    let mut opts = TrainOptions { steps: 1, schedule, adamw: AdamWConfig { lr: 1e-3, ..Default::default() }, clip: 0.0, accum: 1, seed: 1, eval_every: 0, eval_batches: 1, ckpt_every: 0, out: None, compute_dtype: DType::F16 };
+    let mut opts = TrainOptions { steps: 1, schedule, adamw: AdamWConfig { lr: 1e-3, ..Default::default() }, clip: 0.0, accum: 1, seed: 1, eval_every: 0, eval_batches: 1, ckpt_every: 0, out: None, keep: 2, overwrite: false, compute_dtype: DType::F16 };
     tr.run(&opts, &mut data, None, &mut ()).unwrap();
     assert_eq!(tr.scaler.skipped, 1, "the first update overflows");
     let after: Vec<Vec<f64>> = store.params().iter().map(|p| p.tensor().to_vec_f64().unwrap()).collect();

@@ -48,7 +48,7 @@ fn unigram_entropy(ids: impl Iterator<Item = u32>) -> f64 {
 fn opts(steps: u64, lr: f64, warmup: u64, out: Option<PathBuf>, ckpt_every: u64) -> TrainOptions {
     let schedule = LrSchedule { peak_lr: lr, min_lr: lr * 0.1, warmup_steps: warmup, total_steps: steps, decay: Decay::Cosine };
     let adamw = AdamWConfig { lr, weight_decay: 0.01, ..Default::default() };
-    TrainOptions { steps, schedule, adamw, clip: 1.0, accum: 1, seed: 5, eval_every: 0, eval_batches: 8, ckpt_every, out, compute_dtype: DType::F32 }
+    TrainOptions { steps, schedule, adamw, clip: 1.0, accum: 1, seed: 5, eval_every: 0, eval_batches: 8, ckpt_every, out, keep: 2, overwrite: false, compute_dtype: DType::F32 }
 }
 
 /// A GPT-2 config of the given size whose vocabulary matches `tok`, dropout off.

@@ -11,7 +11,7 @@ use kiln::model::tokenize::{self, SpecialIds};
 use kiln::model::train_state::load_train_state;
 use kiln::model::trainer::{BatchSource, EvalLog, StepLog, TrainObserver, TrainOptions, Trainer};
 use kiln::model::io::entry_exists;
-use kiln::model::LoadOptions;
+use kiln::model::{run_dir, LoadOptions};
 use kiln::{DType, Device, Error, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -60,16 +60,23 @@ pub struct TrainArgs {
     /// CUDA: let f32 matmuls use TF32 tensor cores (10-bit mantissa inputs; off: strict FP32).
     #[arg(long)]
     pub tf32: bool,
-    /// Where the checkpoint, tokenizer and loss curve go. A directory that already holds a model
-    /// or checkpoint is refused unless --overwrite is given (or --resume continues it).
-    #[arg(long, default_value = "out/run")]
-    pub out: PathBuf,
-    /// Replace the model or checkpoint already in --out.
+    /// The run directory: its checkpoints (`checkpoint-<step>/`, the current one linked as
+    /// `current` and its files at the top level, an HF model directory) and the loss curve.
+    /// Default: out/run, or with --resume the run being continued. A directory that already holds
+    /// a model or checkpoint is refused unless --overwrite is given (or --resume continues it).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace the model or checkpoints already in --out (they are removed once this run's first
+    /// checkpoint is current).
     #[arg(long)]
     pub overwrite: bool,
-    /// Continue a run from its checkpoint directory (exactly, on the CPU).
+    /// Continue a run exactly (bit for bit on the CPU): a run directory (its current checkpoint)
+    /// or one of its checkpoint-<step> directories.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Checkpoints of this run to keep, the newest ones (0 = all).
+    #[arg(long, default_value_t = 2)]
+    pub keep: usize,
     #[arg(long, default_value_t = 50)]
     pub eval_every: u64,
     #[arg(long, default_value_t = 4)]
@@ -118,6 +125,17 @@ impl TrainObserver for Progress {
             println!("{line}");
         }
     }
+    fn on_skip(&mut self, step: u64, micro: usize, why: &str) {
+        if self.json {
+            println!("{}", serde_json::json!({"step": step, "micro_batch": micro, "skipped": why}));
+        } else {
+            let line = format!("step {step}: skipped micro-batch {micro}: {why}");
+            match &self.bar {
+                Some(b) => b.println(line),
+                None => println!("{line}"),
+            }
+        }
+    }
     fn on_checkpoint(&mut self, dir: &Path, step: u64) {
         if !self.json {
             let line = format!("checkpoint  step {step}  -> {}", dir.display());
@@ -129,16 +147,49 @@ impl TrainObserver for Progress {
     }
 }
 
-fn model_spec(args: &TrainArgs) -> (Option<PathBuf>, String) {
-    if let Some(r) = &args.resume {
-        return (Some(r.clone()), String::new());
+/// Where a run starts from and where it writes.
+struct Plan {
+    /// The directory read (a run's current checkpoint, a checkpoint, an HF directory), if any.
+    from: Option<PathBuf>,
+    /// The preset, when there is no directory.
+    preset: String,
+    /// The run directory written.
+    out: PathBuf,
+}
+
+/// Resolves `--model`, `--resume` and `--out`, and refuses to write over what was not asked for:
+/// a model or checkpoints in `--out` (unless `--overwrite`, or `--resume` continues that run),
+/// or, resuming an earlier checkpoint of a run directory, the later ones (unless `--overwrite`).
+fn plan(args: &TrainArgs) -> Result<Plan> {
+    let (from, preset) = match &args.resume {
+        Some(r) => (Some(r.clone()), String::new()),
+        None if Path::new(&args.model).is_dir() => (Some(PathBuf::from(&args.model)), String::new()),
+        None => (None, args.model.clone()),
+    };
+    let from = from.map(|d| run_dir::resolve(&d).map(|r| r.dir)).transpose()?;
+    let continued = args.resume.as_deref().map(run_dir::run_root);
+    let out = args.out.clone().or_else(|| continued.clone()).unwrap_or_else(|| PathBuf::from("out/run"));
+    let same = |a: &Path, b: &Path| a == b || std::fs::canonicalize(a).ok().zip(std::fs::canonicalize(b).ok()).is_some_and(|(x, y)| x == y);
+    let continues_out = continued.as_deref().is_some_and(|c| same(c, &out));
+    if !args.overwrite && !continues_out {
+        let held = run_dir::held_entries(&out);
+        if !held.is_empty() {
+            return Err(Error::msg(format!("train: --out {} already holds a model ({}); pass --overwrite to replace it, --resume to continue it, or another --out", out.display(), held.join(", "))));
+        }
     }
-    let p = Path::new(&args.model);
-    if p.is_dir() {
-        (Some(p.to_path_buf()), String::new())
-    } else {
-        (None, args.model.clone())
+    if let (Some(r), true, false) = (&args.resume, continues_out, args.overwrite) {
+        let name = r.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let (Some(cur), Some(name)) = (run_dir::current_name(&out), name.filter(|_| run_dir::run_root(r) != *r)) {
+            if cur != name {
+                return Err(Error::msg(format!(
+                    "train: --resume {} is not the current checkpoint of {} ({cur}); continuing it there would replace the later checkpoints: pass --overwrite, or --out elsewhere",
+                    r.display(),
+                    out.display()
+                )));
+            }
+        }
     }
+    Ok(Plan { from, preset, out })
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -168,16 +219,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eval_batches: args.eval_batches,
         ckpt_every: args.ckpt_every,
         out,
+        keep: args.keep,
+        overwrite: args.overwrite,
         compute_dtype,
     };
     opts_for(LrSchedule::constant(args.lr), None).check().map_err(|e| Error::msg(format!("{e} (--lr, --weight-decay, --clip, --accum, --eval-batches)")))?;
-    if args.resume.is_none() && !args.overwrite {
-        let held: Vec<&str> = ["model.safetensors", "config.json", "training_state.safetensors", "tokenizer.json"].into_iter().filter(|f| entry_exists(&args.out.join(f))).collect();
-        if !held.is_empty() {
-            return Err(Error::msg(format!("train: --out {} already holds a model ({}); pass --overwrite to replace it, --resume to continue it, or another --out", args.out.display(), held.join(", "))));
-        }
-    }
-    let (dir, preset) = model_spec(&args);
+    let Plan { from: dir, preset, out } = plan(&args)?;
     let mut cfg = match &dir {
         Some(d) => ModelConfig::load(d.join("config.json"))?,
         None => ModelConfig::preset(&preset)?,
@@ -235,14 +282,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             )
         }
     };
-    if let Some(r) = &args.resume {
+    if let (Some(_), Some(r)) = (&args.resume, &dir) {
         let st = load_train_state(r.join("training_state.safetensors"))?;
         trainer.restore(&st, data.as_mut())?;
         if trainer.step >= args.steps {
             return Err(Error::msg(format!("train: the checkpoint is already at step {} (>= --steps {})", trainer.step, args.steps)));
         }
     }
-    let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
     std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), source: e })?;
     let total = args.steps;
     let schedule = LrSchedule { peak_lr: args.lr, min_lr: args.lr * 0.1, warmup_steps: args.warmup.min(total), total_steps: total, decay };

@@ -27,7 +27,8 @@ pub fn read_input_text(path: &Path) -> Result<String> {
     String::from_utf8(read_input(path)?).map_err(|e| Error::msg(format!("{}: not UTF-8 text: {e}", path.display())))
 }
 
-fn check_regular(path: &Path) -> Result<()> {
+/// Errors unless `path` is a regular file or a symlink to one (see [`read_input`]).
+pub(crate) fn check_regular(path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
         Ok(m) if m.is_dir() => Err(Error::msg(format!("{} is a directory, not a file", path.display()))),

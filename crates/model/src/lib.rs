@@ -21,7 +21,8 @@
 //! | [`embed`] | [`embed::SentenceEncoder`]: sentence-transformers pipelines (pooling, normalisation, length-sorted batches) |
 //! | [`model`] | [`model::Model`]: any architecture built from a config, HF inputs and outputs by name |
 //! | [`trainer`] | the training loop: accumulation, clipping, schedules, eval, checkpoints, resume |
-//! | [`train_state`] | `training_state.safetensors` and whole checkpoint directories |
+//! | [`train_state`] | `training_state.safetensors` and the files of a checkpoint |
+//! | [`run_dir`] | a run's checkpoints, each written and made current as one unit (manifest, `current` link, keep N) |
 //!
 //! ```
 //! use kiln_model::{checkpoint, config::ModelConfig, params::{Init, ParamStore}};
@@ -56,6 +57,7 @@ pub mod nn;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod run_dir;
 pub mod sched;
 pub mod st_io;
 pub mod tokenize;

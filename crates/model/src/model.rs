@@ -334,7 +334,8 @@ fn file_has_pooler(names: &[String]) -> bool {
 
 /// A model loaded from a Hugging Face-layout directory: `config.json`, `model.safetensors` when
 /// present (a directory with only `config.json` means freshly initialised weights) and
-/// `tokenizer.json` when present.
+/// `tokenizer.json` when present. A kiln run directory or checkpoint (with a manifest, see
+/// [`crate::run_dir`]) is verified first and read from its current checkpoint.
 ///
 /// ```no_run
 /// use kiln_model::model::LoadedModel;
@@ -371,6 +372,9 @@ impl LoadedModel {
         if !dir.is_dir() {
             return Err(Error::msg(format!("model directory {} does not exist", dir.display())));
         }
+        // a kiln run directory reads its current checkpoint, verified against its manifest
+        let resolved = crate::run_dir::resolve(dir)?;
+        let dir = resolved.dir.as_path();
         let cfg = ModelConfig::load(dir.join(crate::train_state::CONFIG_FILE))?;
         let store = ParamStore::new(seed, dtype, device);
         let weights = dir.join(crate::train_state::MODEL_FILE);

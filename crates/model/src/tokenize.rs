@@ -53,10 +53,14 @@ pub fn find_tokenizer(explicit: Option<&Path>, model_dir: Option<&Path>) -> Resu
     Ok(None)
 }
 
+/// `tok` as pretty `tokenizer.json` text.
+pub fn tokenizer_json(tok: &Tokenizer) -> Result<String> {
+    tok.to_string(true).map_err(|e| tk_err("cannot serialize", e))
+}
+
 /// Writes `tok` as pretty `tokenizer.json` at `path`, atomically.
 pub fn save_tokenizer(tok: &Tokenizer, path: impl AsRef<Path>) -> Result<()> {
-    let s = tok.to_string(true).map_err(|e| tk_err("cannot serialize", e))?;
-    atomic_write(path.as_ref(), s.as_bytes())
+    atomic_write(path.as_ref(), tokenizer_json(tok)?.as_bytes())
 }
 
 fn check_inputs(files: &[PathBuf], vocab_size: usize) -> Result<Vec<String>> {

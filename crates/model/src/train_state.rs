@@ -6,17 +6,19 @@
 //! trainer extras. Restoring all of it (plus the f32 weights in `model.safetensors`) makes a
 //! resumed CPU run bit-identical to an uninterrupted one.
 //!
-//! A checkpoint directory ([`save_checkpoint`]) is HF-loadable: `config.json`, `model.safetensors`
-//! (HF names), `tokenizer.json`, plus `training_state.safetensors`. Each file is written to a
-//! temporary file in the same directory, fsynced and renamed; the training state is written last.
-use crate::checkpoint::save_params;
+//! [`checkpoint_files`] lists the files of a checkpoint (`config.json`, `model.safetensors` with HF
+//! names, `tokenizer.json`, `training_state.safetensors`) with their bytes made on demand;
+//! [`crate::run_dir`] writes them as one unit with a manifest (what `kiln train` does), and
+//! [`save_checkpoint`] writes them into a plain HF directory, each file atomically on its own.
+use crate::checkpoint::hf_tensors;
 use crate::config::ModelConfig;
 use crate::data::DataPosition;
 use crate::optim::OptimState;
 use crate::params::ParamStore;
 use crate::rng::RngState;
-use crate::st_io::{write_safetensors, StFile};
-use crate::tokenize::{save_tokenizer, Tokenizer};
+use crate::io::atomic_write;
+use crate::st_io::{to_safetensors_bytes, StFile};
+use crate::tokenize::Tokenizer;
 use kiln_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +37,10 @@ const FORMAT_VERSION: u32 = 1;
 pub struct TrainState {
     /// Optimizer updates done so far.
     pub step: u64,
+    /// Names the run the state belongs to (drawn when a run starts, kept across resumes); the
+    /// checkpoints of a run directory are pruned within their run only.
+    #[serde(default)]
+    pub run_id: String,
     /// [`ModelConfig::hash_hex`] of the model being trained (checked on resume).
     pub config_hash: String,
     /// Where the data pipeline is.
@@ -82,9 +88,8 @@ fn state_path(path: &Path) -> PathBuf {
     }
 }
 
-/// Writes the training state to `path` (a file, or a directory to hold `training_state.safetensors`).
-pub fn save_train_state(path: impl AsRef<Path>, st: &TrainState) -> Result<()> {
-    let p = state_path(path.as_ref());
+/// The bytes of `training_state.safetensors` for `st`.
+pub fn train_state_bytes(st: &TrainState) -> Result<Vec<u8>> {
     let h = Header {
         version: FORMAT_VERSION,
         state: st.clone(),
@@ -92,9 +97,14 @@ pub fn save_train_state(path: impl AsRef<Path>, st: &TrainState) -> Result<()> {
         optimizer_hyper: st.optimizer.hyper.clone(),
         optimizer_steps: st.optimizer.steps.clone(),
     };
-    let json = serde_json::to_string(&h).map_err(|e| Error::msg(format!("{}: cannot serialize training state: {e}", p.display())))?;
+    let json = serde_json::to_string(&h).map_err(|e| Error::msg(format!("cannot serialize the training state: {e}")))?;
     let meta: HashMap<String, String> = [(META_KEY.to_string(), json)].into_iter().collect();
-    write_safetensors(&p, &st.optimizer.tensors, None, Some(meta))
+    to_safetensors_bytes(&st.optimizer.tensors, None, Some(meta))
+}
+
+/// Writes the training state to `path` (a file, or a directory to hold `training_state.safetensors`).
+pub fn save_train_state(path: impl AsRef<Path>, st: &TrainState) -> Result<()> {
+    atomic_write(&state_path(path.as_ref()), &train_state_bytes(st)?)
 }
 
 /// Reads a training state written by [`save_train_state`] (`path`: the file or its directory).
@@ -112,19 +122,34 @@ pub fn load_train_state(path: impl AsRef<Path>) -> Result<TrainState> {
     Ok(st)
 }
 
-/// Writes a full checkpoint directory (created if needed): `config.json`, `model.safetensors`
-/// (f32, HF names per `cfg`'s model type), `tokenizer.json` when given, and the training state when
-/// given (last).
+/// One file of a checkpoint: its name and a maker of its bytes (called once, when the file is
+/// written, so that only one file's bytes are held at a time).
+pub type CheckpointFile<'a> = (&'static str, Box<dyn FnOnce() -> Result<Vec<u8>> + 'a>);
+
+/// The files of a checkpoint, in writing order: `model.safetensors` (f32, HF names per `cfg`'s
+/// model type), `config.json`, `tokenizer.json` when given, the training state when given.
+pub fn checkpoint_files<'a>(cfg: &'a ModelConfig, store: &'a ParamStore, tok: Option<&'a Tokenizer>, state: Option<&'a TrainState>) -> Vec<CheckpointFile<'a>> {
+    let mut files: Vec<CheckpointFile<'a>> = vec![
+        (MODEL_FILE, Box::new(move || to_safetensors_bytes(&hf_tensors(store, &cfg.family().name_map())?, None, None))),
+        (CONFIG_FILE, Box::new(move || Ok(cfg.to_json_file_string()?.into_bytes()))),
+    ];
+    if let Some(t) = tok {
+        files.push((TOKENIZER_FILE, Box::new(move || crate::tokenize::tokenizer_json(t).map(String::into_bytes))));
+    }
+    if let Some(s) = state {
+        files.push((TRAIN_STATE_FILE, Box::new(move || train_state_bytes(s))));
+    }
+    files
+}
+
+/// Writes a plain HF checkpoint directory (created if needed) with [`checkpoint_files`], each
+/// file atomically on its own, the training state last. This is an export: a set that must be
+/// one unit (a training run's checkpoints) is written by [`crate::run_dir::commit`].
 pub fn save_checkpoint(dir: impl AsRef<Path>, cfg: &ModelConfig, store: &ParamStore, tok: Option<&Tokenizer>, state: Option<&TrainState>) -> Result<()> {
     let d = dir.as_ref();
     std::fs::create_dir_all(d).map_err(|e| Error::Io { path: d.display().to_string(), source: e })?;
-    save_params(d.join(MODEL_FILE), store, &cfg.family().name_map(), None)?;
-    cfg.save(d.join(CONFIG_FILE))?;
-    if let Some(t) = tok {
-        save_tokenizer(t, d.join(TOKENIZER_FILE))?;
-    }
-    if let Some(s) = state {
-        save_train_state(d.join(TRAIN_STATE_FILE), s)?;
+    for (name, make) in checkpoint_files(cfg, store, tok, state) {
+        atomic_write(&d.join(name), &make()?)?;
     }
     Ok(())
 }

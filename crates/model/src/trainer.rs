@@ -9,7 +9,8 @@ use crate::nn::ForwardCtx;
 use crate::optim::{clip_grads_to, AdamW, AdamWConfig, Optimizer};
 use crate::params::ParamStore;
 use crate::sched::LrSchedule;
-use crate::train_state::{save_checkpoint, TrainState};
+use crate::run_dir::{commit, Commit};
+use crate::train_state::{checkpoint_files, TrainState};
 use kiln_tensor::{no_grad, DType, Error, Result};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -61,7 +62,12 @@ pub struct TrainOptions {
     pub eval_batches: usize,
     /// Checkpoint every N updates (0 = only at the end); needs `out`.
     pub ckpt_every: u64,
+    /// The run directory checkpoints are committed to (see [`crate::run_dir`]).
     pub out: Option<PathBuf>,
+    /// Checkpoints of this run kept in `out`, the newest first (0 = all).
+    pub keep: usize,
+    /// Let the first checkpoint replace other runs' checkpoints in `out`.
+    pub overwrite: bool,
     /// Activations' dtype: f32, or mixed precision with bf16 / f16 activations and GEMMs over f32
     /// master weights and optimizer state (see [`ForwardCtx`]); f16 adds dynamic loss scaling.
     pub compute_dtype: DType,
@@ -155,6 +161,9 @@ pub trait TrainObserver {
     fn on_step(&mut self, _log: &StepLog) {}
     fn on_eval(&mut self, _log: &EvalLog) {}
     fn on_checkpoint(&mut self, _dir: &std::path::Path, _step: u64) {}
+    /// Micro-batch `micro` of update `step` (1-based) was skipped: `why`. When every micro-batch
+    /// of an update is skipped, the update is (no optimizer step; the data and schedule advance).
+    fn on_skip(&mut self, _step: u64, _micro: usize, _why: &str) {}
 }
 
 /// `()` observes nothing (a quiet run).
@@ -172,6 +181,8 @@ pub struct Trainer<'a> {
     pub evals: Vec<EvalLog>,
     /// Used when `compute_dtype` is f16; saved in and restored from the training state.
     pub scaler: LossScaler,
+    /// Names this run in its checkpoints (drawn by [`Trainer::new`], restored by [`Trainer::restore`]).
+    pub run_id: String,
 }
 
 /// The dropout seed of micro-batch `micro` of update `step`: a pure function, so resumed runs replay it.
@@ -184,7 +195,7 @@ pub fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
 impl<'a> Trainer<'a> {
     pub fn new(cfg: ModelConfig, store: ParamStore, tokenizer: Option<&'a tokenizers::Tokenizer>, adamw: AdamWConfig) -> Result<Self> {
         let model = Model::build(&cfg, &store)?;
-        Ok(Trainer { cfg, store, model, tokenizer, optimizer: AdamW::new(adamw), step: 0, losses: Vec::new(), evals: Vec::new(), scaler: LossScaler::default() })
+        Ok(Trainer { cfg, store, model, tokenizer, optimizer: AdamW::new(adamw), step: 0, losses: Vec::new(), evals: Vec::new(), scaler: LossScaler::default(), run_id: crate::run_dir::new_run_id() })
     }
 
     /// Restores optimizer moments, the step and the data position from a training-state file.
@@ -193,6 +204,9 @@ impl<'a> Trainer<'a> {
         self.optimizer.load_state(&st.optimizer)?;
         data.set_position(&st.data)?;
         self.step = st.step;
+        if !st.run_id.is_empty() {
+            self.run_id = st.run_id.clone();
+        }
         if let Some(l) = st.extra.get("losses").and_then(|v| serde_json::from_value::<Vec<(u64, f64)>>(v.clone()).ok()) {
             self.losses = l;
         }
@@ -219,24 +233,33 @@ impl<'a> Trainer<'a> {
         Ok(total / n as f64)
     }
 
-    /// Writes the checkpoint directory (weights, config, tokenizer, training state) atomically per file.
-    pub fn save(&self, dir: &std::path::Path, data: &dyn BatchSource) -> Result<()> {
+    /// Commits a checkpoint (weights, config, tokenizer, training state) to the run directory
+    /// `dir` as one unit and makes it current, keeping this run's newest `keep` (0 = all); see
+    /// [`crate::run_dir`]. Returns the checkpoint's directory.
+    pub fn save(&self, dir: &std::path::Path, data: &dyn BatchSource, keep: usize) -> Result<PathBuf> {
+        self.save_with(dir, data, keep, false)
+    }
+
+    fn save_with(&self, dir: &std::path::Path, data: &dyn BatchSource, keep: usize, overwrite: bool) -> Result<PathBuf> {
+        let config_hash = self.cfg.hash_hex()?;
         let st = TrainState {
             step: self.step,
-            config_hash: self.cfg.hash_hex()?,
+            run_id: self.run_id.clone(),
+            config_hash: config_hash.clone(),
             data: data.position(),
             extra: serde_json::json!({ "losses": self.losses,
                 "loss_scale": { "scale": self.scaler.scale, "good": self.scaler.good, "skipped": self.scaler.skipped } }),
             optimizer: self.optimizer.state()?,
             ..Default::default()
         };
-        save_checkpoint(dir, &self.cfg, &self.store, self.tokenizer, Some(&st))
+        let files = checkpoint_files(&self.cfg, &self.store, self.tokenizer, Some(&st));
+        commit(dir, Commit { files, run_id: &self.run_id, step: self.step, config_hash, keep, overwrite })
     }
 
     /// Runs updates `self.step .. opts.steps`. A non-finite loss or gradient norm, or weights
     /// that became non-finite before a checkpoint, stop the run with an error naming the step
-    /// (1-based, as in [`StepLog::step`]); nothing is written then, so the last checkpoint in
-    /// `opts.out` stays as it was.
+    /// (1-based, as in [`StepLog::step`]) and the checkpoints `opts.out` holds; nothing is
+    /// written then, so the current checkpoint stays as it was.
     pub fn run(&mut self, opts: &TrainOptions, data: &mut dyn BatchSource, mut eval: Option<&mut dyn BatchSource>, obs: &mut dyn TrainObserver) -> Result<()> {
         opts.check()?;
         let scaling = opts.compute_dtype == DType::F16;
@@ -250,8 +273,16 @@ impl<'a> Trainer<'a> {
             self.optimizer.set_lr(lr);
             let mut loss_sum = 0.0;
             let mut tokens = 0usize;
+            let mut used = 0usize;
             for micro in 0..opts.accum {
-                let b = data.next_batch()?.to_device(self.store.device())?;
+                let b = data.next_batch()?;
+                if b.labels.to_vec::<i64>()?.iter().all(|&l| l == crate::data::IGNORE_INDEX) {
+                    // its loss is the mean of nothing, NaN (as in PyTorch): nothing to learn from
+                    obs.on_skip(self.step + 1, micro, "every label is ignored (-100), so its loss is NaN");
+                    continue;
+                }
+                let b = b.to_device(self.store.device())?;
+                used += 1;
                 tokens += b.input_ids.elem_count();
                 let ctx = ForwardCtx::train(dropout_seed(opts.seed, self.step, micro)).with_compute_dtype(opts.compute_dtype);
                 let loss = {
@@ -267,34 +298,42 @@ impl<'a> Trainer<'a> {
                 let scaled = if factor != 1.0 { loss.mul_scalar(factor)? } else { loss };
                 scaled.backward()?;
             }
-            if scaling {
-                crate::optim::scale_grads(&params, 1.0 / self.scaler.scale)?;
-            }
-            let grad_norm = crate::optim::grad_norm(&params)?;
-            // f16: an overflow skips this update and lowers the scale; otherwise it stops the run
-            let step_ok = if scaling { self.scaler.update(grad_norm.is_finite()) } else { true };
-            if !grad_norm.is_finite() && !scaling {
-                return Err(stop(&params, format!("the gradient norm became {grad_norm}"), self.step + 1, opts));
-            }
-            if !step_ok && self.scaler.scale < 1.0 {
-                // overflow is what a scale below 1 cannot cause: the gradients are NaN for good
-                return Err(stop(&params, format!("the f16 gradients stayed non-finite down to loss scale {}", self.scaler.scale), self.step + 1, opts));
-            }
-            if step_ok {
-                if opts.clip > 0.0 {
-                    clip_grads_to(&params, grad_norm, opts.clip)?;
+            if used > 0 {
+                // the gradient is the mean over the micro-batches that had labels
+                let unscale = if scaling { 1.0 / self.scaler.scale } else { 1.0 } * opts.accum as f64 / used as f64;
+                if unscale != 1.0 {
+                    crate::optim::scale_grads(&params, unscale)?;
                 }
-                let _r = kiln_tensor::nvtx::range("optimizer");
-                no_grad(|| self.optimizer.step(&params))?;
+                let grad_norm = crate::optim::grad_norm(&params)?;
+                // f16: an overflow skips this update and lowers the scale; otherwise it stops the run
+                let step_ok = if scaling { self.scaler.update(grad_norm.is_finite()) } else { true };
+                if !grad_norm.is_finite() && !scaling {
+                    return Err(stop(&params, format!("the gradient norm became {grad_norm}"), self.step + 1, opts));
+                }
+                if !step_ok && self.scaler.scale < 1.0 {
+                    // overflow is what a scale below 1 cannot cause: the gradients are NaN for good
+                    return Err(stop(&params, format!("the f16 gradients stayed non-finite down to loss scale {}", self.scaler.scale), self.step + 1, opts));
+                }
+                if step_ok {
+                    if opts.clip > 0.0 {
+                        clip_grads_to(&params, grad_norm, opts.clip)?;
+                    }
+                    let _r = kiln_tensor::nvtx::range("optimizer");
+                    no_grad(|| self.optimizer.step(&params))?;
+                }
+                for p in &params {
+                    p.zero_grad();
+                }
+                self.step += 1;
+                let loss = loss_sum / used as f64;
+                self.losses.push((self.step, loss));
+                let secs = t0.elapsed().as_secs_f64();
+                obs.on_step(&StepLog { step: self.step, loss, lr, grad_norm, step_ms: secs * 1e3, tokens_per_s: tokens as f64 / secs });
+            } else {
+                // every micro-batch was skipped, so is the update; the data and the schedule
+                // advance (a resume replays the same skip)
+                self.step += 1;
             }
-            for p in &params {
-                p.zero_grad();
-            }
-            self.step += 1;
-            let loss = loss_sum / opts.accum as f64;
-            self.losses.push((self.step, loss));
-            let secs = t0.elapsed().as_secs_f64();
-            obs.on_step(&StepLog { step: self.step, loss, lr, grad_norm, step_ms: secs * 1e3, tokens_per_s: tokens as f64 / secs });
             let last = self.step == opts.steps;
             if let Some(ev) = eval.as_deref_mut() {
                 if last || (opts.eval_every > 0 && self.step.is_multiple_of(opts.eval_every)) {
@@ -314,8 +353,8 @@ impl<'a> Trainer<'a> {
                     if let Some(name) = first_non_finite(&params)? {
                         return Err(stop(&params, format!("parameter '{name}' became non-finite in the update (lr {lr:.3e})"), self.step, opts));
                     }
-                    self.save(dir, data)?;
-                    obs.on_checkpoint(dir, self.step);
+                    let ck = self.save_with(dir, data, opts.keep, opts.overwrite)?;
+                    obs.on_checkpoint(&ck, self.step);
                 }
             }
         }
@@ -329,7 +368,7 @@ fn stop(params: &[crate::params::Param], what: String, step: u64, opts: &TrainOp
         p.zero_grad();
     }
     let ckpt = match &opts.out {
-        Some(d) => format!("the last checkpoint in {}, if any, is left as it was", d.display()),
+        Some(d) => crate::run_dir::describe(d),
         None => "no checkpoint was being written".to_string(),
     };
     Error::msg(format!("train: {what} at step {step}; stopping ({ckpt}). Try a lower learning rate (--lr)."))

@@ -406,6 +406,11 @@ impl ModelConfig {
         serde_json::to_string_pretty(&v).map_err(|e| Error::msg(format!("config: cannot serialize: {e}")))
     }
 
+    /// The text of `config.json`: [`ModelConfig::to_json_string`] and a final newline.
+    pub fn to_json_file_string(&self) -> Result<String> {
+        Ok(self.to_json_string()? + "\n")
+    }
+
     /// Writes `config.json` atomically: `path` is the file or a directory (created if needed).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let mut p = path.as_ref().to_path_buf();
@@ -413,9 +418,7 @@ impl ModelConfig {
             std::fs::create_dir_all(&p).map_err(|e| io_err(&p, e))?;
             p = p.join("config.json");
         }
-        let mut s = self.to_json_string()?;
-        s.push('\n');
-        atomic_write(&p, s.as_bytes())
+        atomic_write(&p, self.to_json_file_string()?.as_bytes())
     }
 
     /// A stable 64-bit FNV-1a hash of the canonical JSON (to check that a resumed run uses the

@@ -154,8 +154,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore: i64, count: usiz
         )
     })?;
     let losses = Tensor::from_storage(Storage::Cuda(CudaStorage::from_slice(losses, &be)), &[rows])?;
-    let scale = if count == 0 { 0.0 } else { 1.0 / count as f64 };
-    let loss = crate::no_grad(|| losses.sum_all()?.affine(scale, 0.0)?.to_dtype(logits.dtype()))?;
+    // the mean of no rows is NaN, as on the CPU and in PyTorch
+    let (scale, bias) = if count == 0 { (0.0, f64::NAN) } else { (1.0 / count as f64, 0.0) };
+    let loss = crate::no_grad(|| losses.sum_all()?.affine(scale, bias)?.to_dtype(logits.dtype()))?;
     let lse = CudaStorage::from_slice(lse, &be);
     let targets = targets.detach();
     Ok(Tensor::from_storage(Storage::Cuda(storage_of(op, &loss)?), &[])?

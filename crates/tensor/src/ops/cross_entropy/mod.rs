@@ -64,8 +64,8 @@ impl Tensor {
     /// with `reduction="mean"`; use -100 for PyTorch's default ignore index).
     ///
     /// - Only rank-2 logits are accepted: flatten leading dims first (`reshape(&[B*T, C])`).
-    /// - If every row is ignored the loss is 0 and the gradient is 0 (PyTorch returns NaN; a fully
-    ///   masked batch should not poison training).
+    /// - If every row is ignored the loss is NaN (the mean of nothing) and the gradient is 0, as in
+    ///   PyTorch; the trainer skips such batches before computing them.
     /// - Differentiable in `self` (fused backward `(softmax - onehot)/count`, 0 on ignored rows).
     ///
     /// Errors: logits not rank 2 or not float, targets not i64 or not `[N]`, device mismatch, a
@@ -108,7 +108,7 @@ impl Tensor {
             DType::F64 => fwd::<f64>(&xc, &t, c, ignore_index, cpu::cross_entropy_fwd::<f64>)?,
             d => return Err(Error::UnsupportedDType { op: OP, dtype: d }),
         };
-        let loss = if count == 0 { 0.0 } else { sum / count as f64 };
+        let loss = if count == 0 { f64::NAN } else { sum / count as f64 };
         let out = Tensor::from_storage(Storage::Cpu(CpuStorage::from_f64_iter(dt, std::iter::once(loss))), &[])?;
         Ok(out.with_history(&[self], || node(CrossEntropyBackward { logits: self.clone(), targets: Arc::new(t), lse, count, ignore: ignore_index })))
     }
