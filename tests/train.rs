@@ -172,9 +172,24 @@ fn tiny_bert_mlm_accuracy_beats_the_most_frequent_token() {
     assert!(after > before + 0.10, "accuracy did not rise: {before:.3} -> {after:.3}");
 }
 
-/// Every file of a directory, by name.
+/// Every entry under a directory by relative path: a file's bytes, a symlink's target.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())).collect()
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()) {
+            let (p, t) = (e.path(), e.file_type().unwrap());
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if t.is_symlink() {
+                out.insert(rel, format!("-> {}", std::fs::read_link(&p).unwrap().display()).into_bytes());
+            } else if t.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
 }
 
 /// An absurd learning rate: the library stops with the step named, whether the loss goes

@@ -23,8 +23,9 @@
 //!    are other runs' checkpoints.
 //!
 //! [`resolve`] turns a model directory into the one directory to read: `current`'s target, the
-//! directory itself when it holds a manifest, or a plain HF directory (no manifest, as transformers
-//! writes it, loaded as it is). A manifest is verified before anything is read: a file missing,
+//! directory itself when it holds a manifest, the newest complete `checkpoint-*` when there is no
+//! `current` yet (a crash before the first link), or a plain HF directory (no manifest, as
+//! transformers writes it, loaded as it is). A manifest is verified before anything is read: a file missing,
 //! of another size or checksum, an unlisted model file, or a config of another hash is a torn or
 //! foreign set, and an error.
 //!
@@ -275,18 +276,23 @@ pub fn resolve(dir: &Path) -> Result<Resolved> {
             d
         }
         _ if entry_exists(&dir.join(MANIFEST_FILE)) => dir.to_path_buf(),
-        _ => return Ok(Resolved { dir: dir.to_path_buf(), manifest: None }),
+        // a crash between a first checkpoint's rename and its `current` link: the newest
+        // complete checkpoint (only where the directory is not itself a model)
+        _ => match checkpoint_dirs(dir).into_iter().filter(|d| d.manifest.is_some()).max_by_key(|d| d.order()) {
+            Some(d) if !entry_exists(&dir.join(CONFIG_FILE)) => dir.join(d.name),
+            _ => return Ok(Resolved { dir: dir.to_path_buf(), manifest: None }),
+        },
     };
     let manifest = verify(&snapshot)?;
     Ok(Resolved { dir: snapshot, manifest: Some(manifest) })
 }
 
-/// The run directory a checkpoint directory belongs to: `dir`'s parent when `dir` is one of the
-/// `checkpoint-*` directories of a run directory (its parent has a `current` link), else `dir`.
+/// The run directory a checkpoint directory belongs to: `dir`'s parent when `dir` is a
+/// `checkpoint-*` directory holding a manifest, else `dir`.
 pub fn run_root(dir: &Path) -> PathBuf {
-    let is_member = dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("checkpoint-"));
+    let is_member = dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("checkpoint-")) && dir.join(MANIFEST_FILE).is_file();
     match dir.parent() {
-        Some(p) if is_member && std::fs::symlink_metadata(p.join(CURRENT_LINK)).is_ok_and(|m| m.file_type().is_symlink()) => p.to_path_buf(),
+        Some(p) if is_member => p.to_path_buf(),
         _ => dir.to_path_buf(),
     }
 }
@@ -393,6 +399,9 @@ pub fn clean_stale(root: &Path) -> Result<Vec<PathBuf>> {
 /// module docs); returns the checkpoint's directory.
 pub fn commit(root: &Path, c: Commit<'_>) -> Result<PathBuf> {
     std::fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
+    if std::fs::symlink_metadata(root.join(MANIFEST_FILE)).is_ok_and(|m| m.is_file()) {
+        return Err(Error::msg(format!("{} is a checkpoint, not a run directory: write to its parent {}", root.display(), run_root(root).display())));
+    }
     clean_stale(root)?;
     let pid = std::process::id();
     let tmp = root.join(format!(".tmp-checkpoint-{}.{pid}", c.step));
