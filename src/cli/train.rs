@@ -7,7 +7,7 @@ use kiln::model::generate::SampleOptions;
 use kiln::model::optim::AdamWConfig;
 use kiln::model::params::ParamStore;
 use kiln::model::sched::{Decay, LrSchedule};
-use kiln::model::tokenize::{self, SpecialIds};
+use kiln::model::tokenize::{self, SpecialIds, TokenizerKind};
 use kiln::model::train_state::load_train_state;
 use kiln::model::trainer::{BatchSource, EvalLog, StepLog, TrainObserver, TrainOptions, Trainer};
 use kiln::model::io::entry_exists;
@@ -243,10 +243,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             if dir.as_ref().is_some_and(|d| entry_exists(&d.join("model.safetensors"))) {
                 return Err(Error::msg("train: the checkpoint has weights but no tokenizer.json; pass --tokenizer"));
             }
-            let t = match cfg.family().is_decoder() {
-                true => tokenize::train_bpe_from_texts(&[train_text], args.vocab)?,
-                false => tokenize::train_wordpiece_from_texts(&[train_text], args.vocab)?,
-            };
+            let kind = if cfg.family().is_decoder() { TokenizerKind::Bpe } else { TokenizerKind::WordPiece };
+            // the tokenizers crate's own bars, on an interactive stderr only (as the training bar)
+            let show_progress = !args.json && std::io::stderr().is_terminal();
+            let t = tokenize::train_from_texts(kind, &[train_text], args.vocab, show_progress)?;
             tokenize::sync_config(&mut cfg, &t);
             t
         }

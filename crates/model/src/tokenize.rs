@@ -1,13 +1,22 @@
 //! Tokenizers through the Hugging Face `tokenizers` crate: load a `tokenizer.json`, or train one on
 //! the training data (byte-level BPE for GPT-2, WordPiece for BERT) and save it with the checkpoint.
 //!
-//! - GPT-2 style: BPE model, `ByteLevel` pre-tokenizer (`add_prefix_space = false`), byte-level
-//!   decoder and post-processor, special token `<|endoftext|>`.
+//! - GPT-2 style: BPE model, `ByteLevel` pre-tokenizer (`add_prefix_space = false`) followed by a
+//!   piece-length cap ([`MAX_BPE_PIECE`]), byte-level decoder and post-processor, special token
+//!   `<|endoftext|>`.
 //! - BERT style: WordPiece model (`##` continuation), lower-casing `BertNormalizer`,
-//!   `BertPreTokenizer`, `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]` template with type ids 0/1,
-//!   WordPiece decoder, special tokens `[PAD] [UNK] [CLS] [SEP] [MASK]` (ids 0–4 when trained here).
+//!   `BertPreTokenizer` followed by a piece-length cap ([`MAX_WORDPIECE_PIECE`]),
+//!   `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]` template with type ids 0/1, WordPiece decoder,
+//!   special tokens `[PAD] [UNK] [CLS] [SEP] [MASK]` (ids 0–4 when trained here).
+//!
+//! Training is linear in the text: the cap bounds every pre-tokenized piece ("word"), so a long
+//! run without whitespace (a minified file, a base64 blob, a DNA sequence, CJK text) is counted as
+//! many short words rather than one huge one, over which the `tokenizers` crate's BPE trainer (which
+//! WordPiece training also uses) is quadratic: each merge rewrites the word's symbol vector once per
+//! occurrence of the pair. The cap is part of the saved pre-tokenizer (a standard `Split` with a
+//! regex, which Python `tokenizers` and tokenizers.js load too), so encoding applies it as well.
 use crate::config::ModelConfig;
-use crate::io::{atomic_write, io_err};
+use crate::io::atomic_write;
 use kiln_tensor::{Error, Result};
 use std::path::{Path, PathBuf};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -18,14 +27,56 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::AddedToken;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
 pub use tokenizers::Tokenizer;
 
 /// GPT-2's end-of-text token.
 pub const EOT: &str = "<|endoftext|>";
 /// BERT's special tokens, in the order they get ids 0.. when trained here.
 pub const BERT_SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+
+/// The longest piece the byte-level BPE tokenizers trained here pre-tokenize to, in bytes (the
+/// `ByteLevel` pre-tokenizer turns each byte into one character; the cap then cuts longer pieces
+/// into runs of this many, the last one shorter). GPT-2's regex already cuts ordinary text at
+/// whitespace, letter/digit/punctuation changes and contractions, so its pieces are words of a few
+/// bytes and never reach the cap; only long runs of one class do (say 256 letters in a row, or 85
+/// CJK characters without punctuation). Those pieces are tokenized as before except that no token
+/// spans a cut, and no learned token is longer than the cap. The bound keeps the trainer's merge
+/// cost per occurrence at O(cap) instead of O(run length), which makes training linear in the text.
+pub const MAX_BPE_PIECE: usize = 256;
+
+/// The longest piece the WordPiece tokenizers trained here pre-tokenize to, in characters (after
+/// `BertPreTokenizer`, which cuts at whitespace and punctuation). It equals the WordPiece model's
+/// `max_input_chars_per_word` (100, as in BERT), beyond which a word would become a single `[UNK]`:
+/// a longer run is cut into pieces the model can tokenize, the later pieces starting a new word
+/// (no `##`). Ordinary words are far shorter and tokenize as in BERT. Training cost is bounded as
+/// for BPE; encoding such a run costs WordPiece's greedy longest-match search, O(cap²) per piece,
+/// so it stays linear in the run's length too.
+pub const MAX_WORDPIECE_PIECE: usize = 100;
+
+/// The tokenizer families kiln trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerKind {
+    /// GPT-2 style byte-level BPE.
+    Bpe,
+    /// BERT style WordPiece.
+    WordPiece,
+}
+
+impl TokenizerKind {
+    /// The family a `model_type` trains: `gpt2` → BPE, `bert` → WordPiece.
+    pub fn for_model_type(model_type: &str) -> Result<TokenizerKind> {
+        match model_type {
+            "gpt2" => Ok(TokenizerKind::Bpe),
+            "bert" => Ok(TokenizerKind::WordPiece),
+            other => Err(Error::msg(format!("no tokenizer family for model_type '{other}'"))),
+        }
+    }
+}
 
 fn tk_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::msg(format!("tokenizer: {what}: {e}"))
@@ -63,37 +114,43 @@ pub fn save_tokenizer(tok: &Tokenizer, path: impl AsRef<Path>) -> Result<()> {
     atomic_write(path.as_ref(), tokenizer_json(tok)?.as_bytes())
 }
 
-fn check_inputs(files: &[PathBuf], vocab_size: usize) -> Result<Vec<String>> {
+fn check_vocab_size(vocab_size: usize) -> Result<()> {
     if vocab_size == 0 {
         return Err(Error::msg("tokenizer training: vocab_size must be > 0"));
     }
-    let mut out = Vec::new();
-    let mut any = false;
-    for f in files {
-        let meta = std::fs::metadata(f).map_err(|e| io_err(f, e))?;
-        any |= meta.len() > 0;
-        out.push(f.display().to_string());
-    }
-    if !any {
-        return Err(Error::msg(format!("tokenizer training: no text in {:?}", out)));
-    }
-    Ok(out)
+    Ok(())
+}
+
+/// Reads the training files (regular files, UTF-8; see [`crate::io::read_input`]).
+fn read_inputs(files: &[PathBuf]) -> Result<Vec<String>> {
+    files.iter().map(|f| crate::io::read_input_text(f)).collect()
+}
+
+/// `pre` followed by the cap that cuts pieces longer than `max_chars` characters into runs of
+/// `max_chars` (the last one shorter); shorter pieces pass unchanged. The cap is a `Split` on the
+/// regex `.{max_chars}` keeping matches and the text between them as pieces (`Isolated`): a piece
+/// shorter than the pattern's minimum length is passed over without a search. The regex sees no
+/// newline (`ByteLevel` maps `\n` to `Ċ`, `BertPreTokenizer` drops whitespace), so `.` is every
+/// character it meets, in the regex crate (kiln, Rust `tokenizers`) and Oniguruma (Python) alike.
+fn capped(pre: impl Into<PreTokenizerWrapper>, max_chars: usize) -> Result<Sequence> {
+    let cap = Split::new(SplitPattern::Regex(format!(".{{{max_chars}}}")), SplitDelimiterBehavior::Isolated, false).map_err(|e| tk_err("piece-length cap", e))?;
+    Ok(Sequence::new(vec![pre.into(), cap.into()]))
 }
 
 /// A GPT-2 style byte-level BPE tokenizer, untrained.
-fn bpe_skeleton() -> Tokenizer {
+fn bpe_skeleton() -> Result<Tokenizer> {
     let mut tok = Tokenizer::new(BPE::default());
-    tok.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+    tok.with_pre_tokenizer(Some(capped(ByteLevel::default().add_prefix_space(false), MAX_BPE_PIECE)?));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
     tok.with_post_processor(Some(ByteLevel::default().add_prefix_space(false).trim_offsets(false)));
-    tok
+    Ok(tok)
 }
 
-fn bpe_trainer(vocab_size: usize) -> TrainerWrapper {
+fn bpe_trainer(vocab_size: usize, show_progress: bool) -> TrainerWrapper {
     BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(2)
-        .show_progress(false)
+        .show_progress(show_progress)
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .special_tokens(vec![AddedToken::from(EOT, true)])
         .build()
@@ -103,16 +160,16 @@ fn bpe_trainer(vocab_size: usize) -> TrainerWrapper {
 fn wordpiece_skeleton() -> Result<Tokenizer> {
     let mut tok = Tokenizer::new(WordPiece::default());
     tok.with_normalizer(Some(BertNormalizer::default())).map_err(|e| tk_err("normalizer", e))?;
-    tok.with_pre_tokenizer(Some(BertPreTokenizer));
+    tok.with_pre_tokenizer(Some(capped(BertPreTokenizer, MAX_WORDPIECE_PIECE)?));
     tok.with_decoder(Some(WordPieceDecoder::default()));
     Ok(tok)
 }
 
-fn wordpiece_trainer(vocab_size: usize) -> TrainerWrapper {
+fn wordpiece_trainer(vocab_size: usize, show_progress: bool) -> TrainerWrapper {
     WordPieceTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(2)
-        .show_progress(false)
+        .show_progress(show_progress)
         .special_tokens(BERT_SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect())
         .build()
         .into()
@@ -133,55 +190,89 @@ fn bert_post_process(tok: &mut Tokenizer) -> Result<()> {
     Ok(())
 }
 
+/// Cuts `text` before each `\n` that a non-whitespace character follows. Both pre-tokenizers
+/// already end a piece there and start a new one (GPT-2's regex makes such a `\n` a piece of its
+/// own, whatever whitespace precedes it; BERT's drops it), so the parts pre-tokenize to exactly the
+/// pieces of the whole text and training on them counts the same words, while the trainer can
+/// pre-tokenize them in parallel and its progress bar counts them.
+pub fn training_parts(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '\n' && i > start && chars.peek().is_some_and(|&(_, n)| !n.is_whitespace()) {
+            parts.push(&text[start..i]);
+            start = i;
+        }
+    }
+    if start < text.len() {
+        parts.push(&text[start..]);
+    }
+    parts
+}
+
+/// Trains a tokenizer of `kind` with at most `vocab_size` tokens on in-memory texts (each one a
+/// document or a whole corpus: [`training_parts`] cuts them for the trainer). With `show_progress`
+/// the `tokenizers` crate draws its progress bars on stderr (pre-processing, counting, merges); the
+/// CLI asks for them only when stderr is a terminal and the output is not `--json`.
+pub fn train_from_texts(kind: TokenizerKind, texts: &[&str], vocab_size: usize, show_progress: bool) -> Result<Tokenizer> {
+    check_vocab_size(vocab_size)?;
+    if texts.iter().all(|t| t.trim().is_empty()) {
+        return Err(Error::msg("tokenizer training: no text"));
+    }
+    let parts: Vec<&str> = texts.iter().flat_map(|t| training_parts(t)).collect();
+    match kind {
+        TokenizerKind::Bpe => {
+            let mut tok = bpe_skeleton()?;
+            let mut trainer = bpe_trainer(vocab_size, show_progress);
+            tok.train(&mut trainer, parts.into_iter()).map_err(|e| tk_err("BPE training failed", e))?;
+            Ok(tok)
+        }
+        TokenizerKind::WordPiece => {
+            let mut tok = wordpiece_skeleton()?;
+            let mut trainer = wordpiece_trainer(vocab_size, show_progress);
+            tok.train(&mut trainer, parts.into_iter()).map_err(|e| tk_err("WordPiece training failed", e))?;
+            bert_post_process(&mut tok)?;
+            Ok(tok)
+        }
+    }
+}
+
+/// Trains a tokenizer of `kind` on text files (regular UTF-8 files; errors name the file).
+pub fn train_from_files(kind: TokenizerKind, files: &[PathBuf], vocab_size: usize, show_progress: bool) -> Result<Tokenizer> {
+    check_vocab_size(vocab_size)?;
+    let texts = read_inputs(files)?;
+    if texts.iter().all(|t| t.trim().is_empty()) {
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        return Err(Error::msg(format!("tokenizer training: no text in {names:?}")));
+    }
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    train_from_texts(kind, &texts, vocab_size, show_progress)
+}
+
 /// Trains a byte-level BPE tokenizer (GPT-2 style) of at most `vocab_size` tokens on text files.
 pub fn train_bpe(files: &[PathBuf], vocab_size: usize) -> Result<Tokenizer> {
-    let files = check_inputs(files, vocab_size)?;
-    let mut tok = bpe_skeleton();
-    let mut trainer = bpe_trainer(vocab_size);
-    tok.train_from_files(&mut trainer, files).map_err(|e| tk_err("BPE training failed", e))?;
-    Ok(tok)
+    train_from_files(TokenizerKind::Bpe, files, vocab_size, false)
 }
 
 /// Trains a WordPiece tokenizer (BERT style) of at most `vocab_size` tokens on text files.
 pub fn train_wordpiece(files: &[PathBuf], vocab_size: usize) -> Result<Tokenizer> {
-    let files = check_inputs(files, vocab_size)?;
-    let mut tok = wordpiece_skeleton()?;
-    let mut trainer = wordpiece_trainer(vocab_size);
-    tok.train_from_files(&mut trainer, files).map_err(|e| tk_err("WordPiece training failed", e))?;
-    bert_post_process(&mut tok)?;
-    Ok(tok)
+    train_from_files(TokenizerKind::WordPiece, files, vocab_size, false)
 }
 
 /// [`train_bpe`] on in-memory texts (each one a line or a document).
 pub fn train_bpe_from_texts(texts: &[&str], vocab_size: usize) -> Result<Tokenizer> {
-    if texts.iter().all(|t| t.trim().is_empty()) {
-        return Err(Error::msg("tokenizer training: no text"));
-    }
-    let mut tok = bpe_skeleton();
-    let mut trainer = bpe_trainer(vocab_size);
-    tok.train(&mut trainer, texts.iter()).map_err(|e| tk_err("BPE training failed", e))?;
-    Ok(tok)
+    train_from_texts(TokenizerKind::Bpe, texts, vocab_size, false)
 }
 
 /// [`train_wordpiece`] on in-memory texts.
 pub fn train_wordpiece_from_texts(texts: &[&str], vocab_size: usize) -> Result<Tokenizer> {
-    if texts.iter().all(|t| t.trim().is_empty()) {
-        return Err(Error::msg("tokenizer training: no text"));
-    }
-    let mut tok = wordpiece_skeleton()?;
-    let mut trainer = wordpiece_trainer(vocab_size);
-    tok.train(&mut trainer, texts.iter()).map_err(|e| tk_err("WordPiece training failed", e))?;
-    bert_post_process(&mut tok)?;
-    Ok(tok)
+    train_from_texts(TokenizerKind::WordPiece, texts, vocab_size, false)
 }
 
 /// Trains the tokenizer family of `model_type` (`gpt2` → BPE, `bert` → WordPiece).
 pub fn train_for_model(model_type: &str, files: &[PathBuf], vocab_size: usize) -> Result<Tokenizer> {
-    match model_type {
-        "gpt2" => train_bpe(files, vocab_size),
-        "bert" => train_wordpiece(files, vocab_size),
-        other => Err(Error::msg(format!("no tokenizer family for model_type '{other}'"))),
-    }
+    train_from_files(TokenizerKind::for_model_type(model_type)?, files, vocab_size, false)
 }
 
 /// The special-token ids a pipeline needs (None where the vocabulary lacks the token).
