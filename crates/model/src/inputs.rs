@@ -33,7 +33,10 @@ fn int_field(key: &str, x: &serde_json::Value) -> Result<Tensor> {
     if shape.is_empty() {
         return Err(bad("must be a list"));
     }
-    let mut flat = Vec::with_capacity(shape.iter().product());
+    // The shape is read off the first element at each level, so it may claim far more elements than
+    // the batch holds (a ragged batch, caught below): reserve no more than a modest amount up front.
+    let claimed = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
+    let mut flat = Vec::with_capacity(claimed.min(1 << 16));
     fn walk(v: &serde_json::Value, shape: &[usize], out: &mut Vec<i64>, bad: &dyn Fn(&str) -> Error) -> Result<()> {
         match (v, shape.split_first()) {
             (serde_json::Value::Array(a), Some((&n, rest))) if a.len() == n => a.iter().try_for_each(|e| walk(e, rest, out, bad)),

@@ -2,7 +2,10 @@
 //!
 //! Reading never reinterprets the file buffer in place (its alignment is not guaranteed): bytes are
 //! copied into typed vectors with `bytemuck::pod_collect_to_vec`. Every failure names the file;
-//! truncated files and garbage headers are errors, never panics. Writing goes through
+//! truncated files and garbage headers are errors, never panics: kiln checks the framing and the
+//! header itself first (`check_layout`: which tensor's entry is wrong, duplicate names, offsets
+//! that would overflow the safetensors crate's own checks), then lets the crate validate it too.
+//! tests/fuzz_loaders.rs feeds it random and mutated files. Writing goes through
 //! [`crate::io::atomic_write`].
 use crate::io::atomic_write;
 use half::{bf16, f16};
@@ -37,8 +40,11 @@ impl StFile {
         Self::from_bytes(bytes, &p.display().to_string())
     }
 
-    /// Validates an in-memory file; `origin` is named in errors.
+    /// Validates an in-memory file; `origin` is named in errors, which say what is wrong (the
+    /// header length, the header's text, or which tensor's entry).
     pub fn from_bytes(bytes: Vec<u8>, origin: &str) -> Result<StFile> {
+        check_layout(&bytes).map_err(|e| Error::msg(format!("{origin}: cannot read safetensors: {e}")))?;
+        // the crate's own validation, which the checks above imply (kept as the last word)
         SafeTensors::deserialize(&bytes).map_err(|e| st_err(origin, e))?;
         Ok(StFile { path: origin.to_string(), bytes })
     }
@@ -85,6 +91,104 @@ impl StFile {
     pub fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
         self.names().into_iter().map(|n| self.tensor(&n).map(|t| (n, t))).collect()
     }
+}
+
+/// safetensors' limit on the header's length (the crate's `MAX_HEADER_SIZE`).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// The header's top-level entries in file order; a name given twice is an error (serde_json would
+/// keep the last one silently).
+struct HeaderEntries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for HeaderEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = HeaderEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<HeaderEntries, A::Error> {
+                let (mut out, mut seen) = (Vec::new(), std::collections::HashSet::new());
+                while let Some(k) = m.next_key::<String>()? {
+                    if !seen.insert(k.clone()) {
+                        return Err(serde::de::Error::custom(format!("duplicate name '{k}'")));
+                    }
+                    out.push((k, m.next_value()?));
+                }
+                Ok(HeaderEntries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Checks a safetensors file's framing and header, saying what is wrong and where: the 8-byte
+/// header length against the file and safetensors' limit, the header's text, each tensor's entry
+/// (dtype, shape, offsets inside the data section, byte count) and that the tensors tile the data
+/// section. It also keeps out what the safetensors crate's checks would overflow on (offsets near
+/// `usize::MAX`) and shapes whose strides overflow (`[0, 2^32, 2^32]`).
+fn check_layout(b: &[u8]) -> std::result::Result<(), String> {
+    let Some(len) = b.get(..8) else {
+        return Err(format!("not a safetensors file: {} bytes, shorter than the 8-byte header length that starts one", b.len()));
+    };
+    let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    if n > MAX_HEADER {
+        return Err(format!("header length {n} is over safetensors' limit of {MAX_HEADER} bytes (the file is corrupt or not a safetensors file)"));
+    }
+    let n = n as usize;
+    let Some(data_len) = (b.len() - 8).checked_sub(n) else {
+        return Err(format!("header length {n} runs past the end of the file ({} bytes): the file is truncated or not a safetensors file", b.len()));
+    };
+    let text = std::str::from_utf8(&b[8..8 + n]).map_err(|e| format!("the header is not UTF-8 text: {e}"))?;
+    let HeaderEntries(entries) = serde_json::from_str(text).map_err(|e| format!("the header is not valid safetensors JSON: {e}"))?;
+    let mut spans = Vec::with_capacity(entries.len());
+    for (name, v) in entries {
+        if name == "__metadata__" {
+            serde_json::from_value::<Option<HashMap<String, String>>>(v).map_err(|e| format!("__metadata__ must map names to strings: {e}"))?;
+            continue;
+        }
+        let info: safetensors::tensor::TensorInfo = serde_json::from_value(v).map_err(|e| format!("tensor '{name}': invalid header entry: {e}"))?;
+        let (s, e) = info.data_offsets;
+        let (shape, dtype) = (&info.shape, info.dtype);
+        if e < s {
+            return Err(format!("tensor '{name}': data_offsets [{s}, {e}] end before they start"));
+        }
+        if e > data_len {
+            return Err(format!("tensor '{name}': data_offsets [{s}, {e}] run past the end of the data section ({data_len} bytes): the file is truncated or corrupt"));
+        }
+        // the product of the dimensions, and of the non-zero ones (the strides of an empty tensor)
+        let too_large = || format!("tensor '{name}': shape {shape:?} is too large");
+        shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d.max(1))).ok_or_else(too_large)?;
+        let count = shape.iter().product::<usize>();
+        let bits = count.checked_mul(dtype.bitsize()).ok_or_else(too_large)?;
+        if bits % 8 != 0 {
+            return Err(format!("tensor '{name}': shape {shape:?} of {dtype:?} is not a whole number of bytes"));
+        }
+        if bits / 8 != e - s {
+            return Err(format!("tensor '{name}': shape {shape:?} of {dtype:?} needs {} bytes, its data_offsets [{s}, {e}] hold {}", bits / 8, e - s));
+        }
+        spans.push((s, e, name));
+    }
+    spans.sort();
+    let mut pos = 0;
+    let mut prev: Option<(usize, usize, String)> = None;
+    for (s, e, name) in spans {
+        match &prev {
+            _ if s == pos => {}
+            None => return Err(format!("the data section starts with {s} bytes that no tensor holds (a gap before tensor '{name}')")),
+            Some((ps, pe, pn)) if s > pos => {
+                return Err(format!("a gap of {} bytes between tensor '{pn}' (data_offsets [{ps}, {pe}]) and tensor '{name}' ([{s}, {e}])", s - pos))
+            }
+            Some((ps, pe, pn)) => return Err(format!("tensors '{pn}' (data_offsets [{ps}, {pe}]) and '{name}' ([{s}, {e}]) overlap")),
+        }
+        pos = e;
+        prev = Some((s, e, name));
+    }
+    if pos < data_len {
+        return Err(format!("the data section has {} bytes past the last tensor (the file is corrupt)", data_len - pos));
+    }
+    Ok(())
 }
 
 fn st_err(origin: &str, e: safetensors::SafeTensorError) -> Error {

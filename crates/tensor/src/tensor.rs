@@ -65,6 +65,10 @@ impl Tensor {
 
     /// A contiguous tensor owning `storage` with no autograd history.
     pub fn from_storage(storage: Storage, shape: &[usize]) -> Result<Tensor> {
+        // the strides multiply the non-zero dims: an empty `[0, 2^32, 2^32]` would overflow them
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d.max(1))).is_none() {
+            return Err(Error::msg(format!("from_storage: shape {shape:?} is too large (its dimensions' product overflows)")));
+        }
         let n: usize = shape.iter().product();
         let len = storage.len();
         if n != len {
