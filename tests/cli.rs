@@ -307,3 +307,67 @@ fn outputs_never_replace_inputs_or_links_and_fifos_do_not_hang() {
     assert!(!status.success() && err.contains("not a regular file"), "{err}");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// Issue 18, limits before allocation: sizes no machine can hold, in a config written as
+/// transformers writes it or in a command's flags, are refused before anything is allocated
+/// (they used to abort with `memory allocation of N bytes failed`, some after filling the memory):
+/// a normal non-zero exit within seconds, whose message names the field, the bytes needed and the
+/// memory available.
+#[test]
+fn sizes_no_machine_holds_are_refused_before_allocating() {
+    let d = tmp("limits");
+    let data = d.join("data.txt");
+    write(&data, &"The cat sat on the mat. A dog ran in the park.\n".repeat(100));
+    let tok = fixture("tokenizers/gpt2/tokenizer.json");
+    let refused = |what: &str, args: &[&str], want: &str| {
+        let t0 = std::time::Instant::now();
+        let o = kiln(args);
+        let secs = t0.elapsed().as_secs_f64();
+        let e = stderr(&o);
+        // an exit code (Some), not a signal (None: SIGABRT, SIGKILL from the OOM killer)
+        assert_eq!(o.status.code(), Some(1), "{what}: {:?}: {e}", o.status);
+        assert!(e.contains(want), "{what}: stderr does not mention '{want}': {e}");
+        assert!(!e.contains("memory allocation") && !e.contains("panicked"), "{what}: {e}");
+        assert!(secs < 60.0, "{what}: took {secs:.1} s: was something allocated first?");
+        e
+    };
+    // config fields: the transformers-written GPT-2 config of a fixture with one size changed
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("gpt2_default_config/config.json")).unwrap()).unwrap();
+    for (field, value) in [("vocab_size", 1_000_000_000_000u64), ("n_embd", 1 << 40), ("n_inner", 1_000_000_000_000), ("n_layer", 1_000_000_000)] {
+        let m = d.join(field);
+        std::fs::create_dir_all(&m).unwrap();
+        let mut cfg = base.clone();
+        cfg[field] = value.into();
+        write(&m.join("config.json"), &serde_json::to_string_pretty(&cfg).unwrap());
+        let model = m.to_str().unwrap();
+        let want = format!("{field} = {value} is too large");
+        let out = d.join("out.safetensors");
+        let o = d.join(format!("run-{field}"));
+        for (cmd, args) in [
+            ("forward", vec!["forward", "--model", model, "--batch", fixture("gpt2_default_config/batch.json").to_str().unwrap(), "--out", out.to_str().unwrap()]),
+            ("generate", vec!["generate", "--model", model, "--prompt", "hello", "--max-new-tokens", "2"]),
+            ("eval", vec!["eval", "--model", model, "--data", data.to_str().unwrap(), "--seq", "16"]),
+            ("train", vec!["train", "--model", model, "--tokenizer", tok.to_str().unwrap(), "--steps", "1", "--seq", "16", "--out", o.to_str().unwrap()]),
+        ] {
+            let e = refused(&format!("{cmd} with {field} = {value}"), &args, &want);
+            assert!(e.contains("available") && e.contains("total"), "{cmd} {field}: the memory is not named: {e}");
+            assert!(e.contains(" PiB") || e.contains(" EiB") || e.contains(" TiB"), "{cmd} {field}: the bytes are not named: {e}");
+        }
+        assert!(!o.exists(), "train with {field} = {value} wrote {}", o.display());
+    }
+    // flags
+    let out = |tag: &str| d.join(tag).to_str().unwrap().to_string();
+    let e = refused("train --batch 1e11", &["train", "--batch", "100000000000", "--steps", "1", "--out", &out("b")], "--batch = 100000000000 is too large: training");
+    assert!(e.contains("activations") && e.contains("available"), "{e}");
+    let e = refused("train --vocab 1e11", &["train", "--vocab", "100000000000", "--steps", "1", "--out", &out("v")], "--vocab = 100000000000 is too large: training a tokenizer");
+    assert!(e.contains("5.09 TiB") && e.contains("available"), "{e}");
+    refused("train --seq 1e9", &["train", "--seq", "1000000000", "--steps", "1", "--out", &out("s")], "--seq 1000000000 exceeds the model's 256 positions");
+    let lm = fixture("gpt2_lm");
+    let e = refused("eval --batch 1e10", &["eval", "--model", lm.to_str().unwrap(), "--data", data.to_str().unwrap(), "--batch", "10000000000"], "--batch = 10000000000 is too large");
+    assert!(e.contains("available"), "{e}");
+    refused("eval --seq 1e6", &["eval", "--model", lm.to_str().unwrap(), "--data", data.to_str().unwrap(), "--seq", "1000000"], "--seq 1000000 exceeds the model's 64 positions");
+    for tag in ["b", "v", "s"] {
+        assert!(!d.join(tag).exists(), "--out {tag} was written");
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
