@@ -65,6 +65,8 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 enum Expect {
     /// Exit status 1 with this text in stderr, no file under the work directory changed.
     Error(&'static str),
+    /// As `Error`, with every one of these texts.
+    Errors(Vec<String>),
     /// Success (what it wrote is checked by the case's own closure, if any).
     Ok,
 }
@@ -93,18 +95,23 @@ fn run_all(work: &Path, cases: Vec<Case>) {
             (_, _) if err.contains("panicked") => Some(format!("panicked: {err}")),
             (Expect::Ok, Some(0)) => None,
             (Expect::Ok, _) => Some(format!("expected success, got {code:?}: {err}")),
-            (Expect::Error(want), Some(1)) if err.contains(want) => {
-                let after = snapshot(work);
-                let changed: Vec<&String> = before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
-                (!changed.is_empty()).then(|| format!("failed as expected but changed {changed:?}"))
-            }
+            (Expect::Error(want), Some(1)) if err.contains(want) => unchanged(&before, work),
+            (Expect::Errors(want), Some(1)) if want.iter().all(|w| err.contains(w.as_str())) => unchanged(&before, work),
             (Expect::Error(want), _) => Some(format!("expected exit 1 mentioning {want:?}, got {code:?}: {err}")),
+            (Expect::Errors(want), _) => Some(format!("expected exit 1 mentioning each of {want:?}, got {code:?}: {err}")),
         };
         if let Some(v) = verdict {
-            failures.push(format!("{}: {v}", c.name));
+            failures.push(format!("{} (kiln {}): {v}", c.name, c.args.join(" ")));
         }
     }
     assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// None when nothing under `work` changed since `before`, else what did.
+fn unchanged(before: &BTreeMap<String, Vec<u8>>, work: &Path) -> Option<String> {
+    let after = snapshot(work);
+    let changed: Vec<&String> = before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
+    (!changed.is_empty()).then(|| format!("failed as expected but changed {changed:?}"))
 }
 
 /// A safetensors file from a header (JSON text) and a data section.
@@ -300,6 +307,55 @@ fn training_inputs() {
         Case { name: "1 MB without whitespace", args: ["train", "--data", &s(&nows), "--steps", "1", "--batch", "2", "--seq", "16", "--vocab", "300", "--json", "--sample-tokens", "0", "--out", &s(&work.join("nows"))].iter().map(|x| x.to_string()).collect(), expect: Expect::Ok },
         Case { name: "--overwrite", args: train(&["--steps", "1", "--seed", "9", "--out", &run, "--overwrite"]), expect: Expect::Ok },
     ];
+    run_all(&work, cases);
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+/// Sizes no machine can hold, in a config written as transformers writes it or in a command's
+/// flags: refused before anything is allocated (they used to abort with `memory allocation of N
+/// bytes failed`, some after filling the memory), the message naming the field, the bytes needed
+/// and the memory available.
+#[test]
+fn sizes_no_machine_holds() {
+    let work = tmp("limits");
+    let data = work.join("data.txt");
+    std::fs::write(&data, "The cat sat on the mat. A dog ran in the park.\n".repeat(100)).unwrap();
+    let data = s(&data);
+    let tok = s(&fixture("tokenizers/gpt2/tokenizer.json"));
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("gpt2_default_config/config.json")).unwrap()).unwrap();
+    let batch = s(&fixture("gpt2_default_config/batch.json"));
+    let out = s(&work.join("out.safetensors"));
+    let mut cases = Vec::new();
+    for (field, value) in [("vocab_size", 1_000_000_000_000u64), ("n_embd", 1 << 40), ("n_inner", 1_000_000_000_000), ("n_layer", 1_000_000_000)] {
+        let m = work.join(field);
+        std::fs::create_dir_all(&m).unwrap();
+        let mut cfg = base.clone();
+        cfg[field] = value.into();
+        std::fs::write(m.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+        let model = s(&m);
+        let run = s(&work.join(format!("run-{field}")));
+        // the field, the memory, and bytes in units no machine has
+        let want = |unit: &str| vec![format!("{field} = {value} is too large"), "available".into(), "total".into(), unit.into()];
+        let unit = if field == "n_embd" { " EiB" } else { "iB" };
+        for args in [
+            vec!["forward", "--model", &model, "--batch", &batch, "--out", &out],
+            vec!["generate", "--model", &model, "--prompt", "hello", "--max-new-tokens", "2"],
+            vec!["eval", "--model", &model, "--data", &data, "--seq", "16"],
+            vec!["train", "--model", &model, "--tokenizer", &tok, "--steps", "1", "--seq", "16", "--out", &run],
+        ] {
+            cases.push(Case { name: "a config size", args: args.iter().map(|a| a.to_string()).collect(), expect: Expect::Errors(want(unit)) });
+        }
+    }
+    let o = |tag: &str| s(&work.join(tag));
+    let lm = s(&fixture("gpt2_lm"));
+    let e = |v: &[&str]| Expect::Errors(v.iter().map(|x| x.to_string()).collect());
+    cases.extend([
+        case("train --batch 1e11", &["train", "--batch", "100000000000", "--steps", "1", "--out", &o("b")], e(&["--batch = 100000000000 is too large: training", "activations", "available"])),
+        case("train --vocab 1e11", &["train", "--vocab", "100000000000", "--steps", "1", "--out", &o("v")], e(&["--vocab = 100000000000 is too large: training a tokenizer", "5.09 TiB", "available"])),
+        case("train --seq 1e9", &["train", "--seq", "1000000000", "--steps", "1", "--out", &o("s")], Expect::Error("--seq 1000000000 exceeds the model's 256 positions")),
+        case("eval --batch 1e10", &["eval", "--model", &lm, "--data", &data, "--batch", "10000000000"], e(&["--batch = 10000000000 is too large", "available"])),
+        case("eval --seq 1e6", &["eval", "--model", &lm, "--data", &data, "--seq", "1000000"], Expect::Error("--seq 1000000 exceeds the model's 64 positions")),
+    ]);
     run_all(&work, cases);
     std::fs::remove_dir_all(&work).unwrap();
 }

@@ -6,6 +6,7 @@
 //! error.
 use clap::Args;
 use kiln::model::embed::{SentenceEncoder, DEFAULT_BATCH};
+use kiln::model::limits;
 use kiln::{Device, Error, Result, Tensor};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -55,6 +56,9 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     }
     let texts = read_texts(&a.texts)?;
     let enc = SentenceEncoder::from_dir(&a.model, device)?;
+    // the batches hold at most --batch texts of at most max_seq_length tokens: checked before they run
+    let (batch, seq) = (limits::Size::new("--batch", a.batch.min(texts.len())), limits::Size::new("max_seq_length", enc.max_seq_length));
+    limits::check_on(&enc.model.cfg, &limits::Job::Infer { batch, seq }, device).map_err(|e| Error::msg(format!("embed: {e}")))?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let batches = texts.len().div_ceil(a.batch);
     let bar = (batches > 4 && std::io::stderr().is_terminal()).then(|| {

@@ -1,6 +1,7 @@
 //! `kiln eval`: mean loss and perplexity of a checkpoint over a text file (causal LM or MLM).
 use clap::Args;
 use kiln::model::data::{encode_documents, encode_stream, BertBatcher, CausalLmBatcher};
+use kiln::model::limits;
 use kiln::model::tokenize::SpecialIds;
 use kiln::model::trainer::BatchSource;
 use kiln::{Device, Error, Result};
@@ -28,6 +29,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         return Err(Error::msg("eval: --batches and --batch must be at least 1"));
     }
     let device: Device = a.device.parse()?;
+    kiln::tensor::cuda::check_device(device)?;
+    // the sizes are checked before the model is loaded or a batch drawn
+    if a.model.is_dir() {
+        let cfg = kiln::model::config::ModelConfig::load(a.model.join("config.json"))?;
+        let (batch, seq) = (limits::Size::new("--batch", a.batch), limits::Size::new("--seq", a.seq));
+        limits::check_positions(&cfg, seq).map_err(|e| Error::msg(format!("eval: {e}")))?;
+        limits::check_on(&cfg, &limits::Job::Infer { batch, seq }, device).map_err(|e| Error::msg(format!("eval: {e}")))?;
+    }
     let l = super::load_model_dir(&a.model, 0, device)?;
     let tok = l.tokenizer.as_ref().ok_or_else(|| Error::msg(format!("eval: no tokenizer.json in {}", a.model.display())))?;
     let text = kiln::model::data::read_text(&a.data)?;

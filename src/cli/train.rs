@@ -11,7 +11,7 @@ use kiln::model::tokenize::{self, SpecialIds, TokenizerKind};
 use kiln::model::train_state::load_train_state;
 use kiln::model::trainer::{BatchSource, EvalLog, StepLog, TrainObserver, TrainOptions, Trainer};
 use kiln::model::io::entry_exists;
-use kiln::model::{run_dir, LoadOptions};
+use kiln::model::{limits, run_dir, LoadOptions};
 use kiln::{DType, Device, Error, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -237,7 +237,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let cut = text.char_indices().map(|(i, _)| i).find(|&i| i >= text.len() * 9 / 10).unwrap_or(text.len());
     let (train_text, eval_text) = text.split_at(cut);
     // Tokenizer: explicit, in the model dir, or trained here on the training text.
-    let tok = match tokenize::find_tokenizer(args.tokenizer.as_deref(), dir.as_deref())? {
+    let found = tokenize::find_tokenizer(args.tokenizer.as_deref(), dir.as_deref())?;
+    // the sizes are checked before anything is allocated (a tokenizer trained, a model built)
+    let job = limits::Job::Train { batch: limits::Size::new("--batch", args.batch), seq: limits::Size::new("--seq", args.seq) };
+    let memory = limits::Memory::of(device);
+    limits::check_positions(&cfg, limits::Size::new("--seq", args.seq)).map_err(|e| Error::msg(format!("train: {e}")))?;
+    if found.is_none() {
+        let what = "training a tokenizer with that vocabulary";
+        limits::check_bytes(limits::Size::new("--vocab", args.vocab), limits::TOKENIZER_BYTES_PER_TOKEN, what, memory.as_ref()).map_err(|e| Error::msg(format!("train: {e}")))?;
+    }
+    // (a tokenizer trained here sets the vocabulary: until then, the model without one)
+    let mut sized = cfg.clone();
+    if found.is_none() {
+        sized.set_vocab_size(1);
+    }
+    limits::check(&sized, &job, memory.as_ref()).map_err(|e| Error::msg(format!("train: {e}")))?;
+    let tok = match found {
         Some(t) => t,
         None => {
             if dir.as_ref().is_some_and(|d| entry_exists(&d.join("model.safetensors"))) {
@@ -254,9 +269,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if tok.get_vocab_size(true) > cfg.vocab_size() {
         return Err(Error::msg(format!("train: tokenizer has {} tokens but the model's vocab_size is {}", tok.get_vocab_size(true), cfg.vocab_size())));
     }
-    if args.seq > cfg.max_positions() {
-        return Err(Error::msg(format!("train: --seq {} exceeds the model's {} positions", args.seq, cfg.max_positions())));
-    }
+    limits::check(&cfg, &job, memory.as_ref()).map_err(|e| Error::msg(format!("train: {e}")))?;
     let store = ParamStore::new(args.seed, DType::F32, device);
     let mut trainer = Trainer::new(cfg.clone(), store.clone(), Some(&tok), adamw)?;
     if let Some(d) = &dir {

@@ -92,7 +92,7 @@ impl EncoderSpec {
                     let inner = c.inner_group_num.unwrap_or(1);
                     format!("encoder.albert_layer_groups.{}.albert_layers.{}", k / inner, k % inner)
                 },
-                stored: cfg.num_hidden_groups.unwrap_or(1) * cfg.inner_group_num.unwrap_or(1),
+                stored: cfg.num_hidden_groups.unwrap_or(1).saturating_mul(cfg.inner_group_num.unwrap_or(1)),
                 projection: Some("encoder.embedding_hidden_mapping_in"),
                 pooler: Some("pooler"),
                 ffn_dropout: false,

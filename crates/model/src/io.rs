@@ -19,6 +19,7 @@ pub fn entry_exists(path: &Path) -> bool {
 /// device would block or never end, so they are an error naming the path, as is a broken link.
 pub fn read_input(path: &Path) -> Result<Vec<u8>> {
     check_regular(path)?;
+    crate::limits::check_file(path)?;
     std::fs::read(path).map_err(|e| io_err(path, e))
 }
 

@@ -19,6 +19,7 @@
 //! | [`generate`] | [`generate::CausalLm`]: cached decoding and sampling |
 //! | [`inputs`] | the HF forward arguments by name, from a JSON batch; which ones an architecture takes |
 //! | [`embed`] | [`embed::SentenceEncoder`]: sentence-transformers pipelines (pooling, normalisation, length-sorted batches) |
+//! | [`limits`] | sizes checked before allocation: a config's or a command's, against the model and the machine's memory |
 //! | [`model`] | [`model::Model`]: any architecture built from a config, HF inputs and outputs by name |
 //! | [`trainer`] | the training loop: accumulation, clipping, schedules, eval, checkpoints, resume |
 //! | [`train_state`] | `training_state.safetensors` and the files of a checkpoint |
@@ -52,6 +53,7 @@ pub mod generate;
 pub mod heads;
 pub mod inputs;
 pub mod io;
+pub mod limits;
 pub mod model;
 pub mod nn;
 pub mod optim;

@@ -85,6 +85,8 @@ impl Model {
     /// (`add_pooling_layer` in transformers; `None`: yes).
     pub fn build_with_pooler(cfg: &ModelConfig, ps: &ParamStore, pooler: Option<bool>) -> Result<Model> {
         cfg.validate()?;
+        // sizes the machine cannot hold are refused before a parameter is allocated
+        crate::limits::check_on(cfg, &crate::limits::Job::Load { dtype: ps.dtype() }, ps.device())?;
         let arch = cfg.arch()?;
         let prefix = if arch.prefixed() { arch.family.prefix() } else { "" };
         let nl = cfg.num_labels();
@@ -355,7 +357,8 @@ impl LoadedModel {
     /// Loads `dir` strictly (every weight of the model must be in the file, with its shape; a
     /// bare encoder's pooler is there or not as the file says); `seed` initialises the weights when
     /// the directory has no `model.safetensors`. Missing directories, bad configs and mismatched
-    /// weights are errors naming the file.
+    /// weights are errors naming the file; a config too large for the memory is refused before
+    /// anything is read or allocated ([`crate::limits`]).
     pub fn from_dir(dir: impl AsRef<Path>, seed: u64, device: Device) -> Result<LoadedModel> {
         Self::from_dir_as(dir, seed, device, DType::F32)
     }
@@ -375,7 +378,10 @@ impl LoadedModel {
         // a kiln run directory reads its current checkpoint, verified against its manifest
         let resolved = crate::run_dir::resolve(dir)?;
         let dir = resolved.dir.as_path();
-        let cfg = ModelConfig::load(dir.join(crate::train_state::CONFIG_FILE))?;
+        let config_file = dir.join(crate::train_state::CONFIG_FILE);
+        let cfg = ModelConfig::load(&config_file)?;
+        // before the weights are read
+        crate::limits::check_on(&cfg, &crate::limits::Job::Load { dtype }, device).map_err(|e| Error::msg(format!("{}: {e}", config_file.display())))?;
         let store = ParamStore::new(seed, dtype, device);
         let weights = dir.join(crate::train_state::MODEL_FILE);
         let model = if crate::io::entry_exists(&weights) {

@@ -300,3 +300,37 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)], d
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
     StFile::open(path)?.tensors()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file with `header` (JSON) and `data` bytes after it.
+    fn file(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut v = (header.len() as u64).to_le_bytes().to_vec();
+        v.extend(header.as_bytes());
+        v.extend(data);
+        v
+    }
+
+    #[test]
+    fn a_header_that_claims_more_than_the_file_holds_is_an_error_before_any_allocation() {
+        let cases = [
+            // 4.5 PB of f32 claimed, 16 bytes there
+            r#"{"w": {"dtype": "F32", "shape": [1099511627776, 1024], "data_offsets": [0, 4503599627370496]}}"#,
+            // the offsets say 16 bytes, the shape 4.5 PB
+            r#"{"w": {"dtype": "F32", "shape": [1099511627776, 1024], "data_offsets": [0, 16]}}"#,
+            // a shape whose element count overflows
+            r#"{"w": {"dtype": "F32", "shape": [1099511627776, 1099511627776, 1099511627776], "data_offsets": [0, 16]}}"#,
+            // an end offset past the data
+            r#"{"w": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}"#,
+        ];
+        for h in cases {
+            let e = StFile::from_bytes(file(h, &[0; 16]), "w.safetensors").err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.starts_with("w.safetensors: cannot read safetensors"), "{h}: {e}");
+        }
+        // and the honest file reads
+        let ok = StFile::from_bytes(file(r#"{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}"#, &[0; 16]), "ok").unwrap();
+        assert_eq!(ok.tensor("w").unwrap().shape(), &[4]);
+    }
+}

@@ -28,6 +28,10 @@ pub enum Error {
     Backward(String),
     #[error("i/o error on {path}: {source}")]
     Io { path: String, #[source] source: std::io::Error },
+    /// A tensor buffer that cannot be allocated: its size overflows, or the allocator refused it
+    /// (see [`crate::mem`]).
+    #[error("{op}: cannot allocate a {dtype} tensor of shape {shape:?}{}: {reason}", .bytes.map(|b| format!(" ({})", crate::mem::human_bytes(b))).unwrap_or_default())]
+    Alloc { op: &'static str, shape: Vec<usize>, dtype: DType, bytes: Option<u128>, reason: String },
     #[error("{0}")]
     Msg(String),
 }

@@ -15,6 +15,7 @@ pub mod cuda;
 mod device;
 mod dtype;
 mod error;
+pub mod mem;
 pub mod nvtx;
 pub mod ops;
 pub mod shape;

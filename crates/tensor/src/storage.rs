@@ -34,15 +34,32 @@ impl CpuStorage {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// A zero-filled buffer.
-    pub fn zeros(dtype: DType, n: usize) -> Self {
-        match dtype {
-            DType::F32 => CpuStorage::F32(vec![0.0; n]),
-            DType::F64 => CpuStorage::F64(vec![0.0; n]),
-            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; n]),
-            DType::F16 => CpuStorage::F16(vec![f16::ZERO; n]),
-            DType::I64 => CpuStorage::I64(vec![0; n]),
-        }
+    /// A zero-filled buffer for a tensor of `shape` (allocated zeroed, no fill pass). A shape whose
+    /// size overflows, or memory the allocator refuses, is an [`Error::Alloc`] naming `op`.
+    pub fn zeros(op: &'static str, dtype: DType, shape: &[usize]) -> Result<Self> {
+        use crate::mem::try_zeros;
+        let n = crate::mem::elem_count(op, shape, dtype)?;
+        Ok(match dtype {
+            DType::F32 => CpuStorage::F32(try_zeros(op, shape, n)?),
+            DType::F64 => CpuStorage::F64(try_zeros(op, shape, n)?),
+            DType::BF16 => CpuStorage::BF16(try_zeros(op, shape, n)?),
+            DType::F16 => CpuStorage::F16(try_zeros(op, shape, n)?),
+            DType::I64 => CpuStorage::I64(try_zeros(op, shape, n)?),
+        })
+    }
+    /// The buffer of a tensor of `shape` filled from f64 values (the first `shape`'s element
+    /// count of them), reserved up front: a size that overflows or that the allocator refuses is
+    /// an [`Error::Alloc`] naming `op`.
+    pub fn try_from_f64_iter(op: &'static str, dtype: DType, shape: &[usize], it: impl Iterator<Item = f64>) -> Result<Self> {
+        use crate::mem::try_collect;
+        let n = crate::mem::elem_count(op, shape, dtype)?;
+        Ok(match dtype {
+            DType::F32 => CpuStorage::F32(try_collect(op, shape, n, it.map(|v| v as f32))?),
+            DType::F64 => CpuStorage::F64(try_collect(op, shape, n, it)?),
+            DType::BF16 => CpuStorage::BF16(try_collect(op, shape, n, it.map(bf16::from_f64))?),
+            DType::F16 => CpuStorage::F16(try_collect(op, shape, n, it.map(f16::from_f64))?),
+            DType::I64 => CpuStorage::I64(try_collect(op, shape, n, it.map(|v| v as i64))?),
+        })
     }
     /// Builds a buffer of `dtype` from f64 values (creation helpers and tests).
     pub fn from_f64_iter(dtype: DType, it: impl Iterator<Item = f64>) -> Self {
@@ -73,16 +90,17 @@ impl CpuStorage {
         }
     }
     /// The elements of the view `layout` (row-major) in a new buffer: a coalesced, threaded
-    /// strided copy ([`crate::cpu::strided::gather`]).
-    pub fn gather_view(&self, layout: &crate::shape::Layout) -> Self {
+    /// strided copy ([`crate::cpu::strided::gather`]). A buffer the allocator refuses (a large
+    /// broadcast made contiguous) is an [`Error::Alloc`].
+    pub fn gather_view(&self, layout: &crate::shape::Layout) -> Result<Self> {
         use crate::cpu::strided::gather;
-        match self {
-            CpuStorage::F32(v) => CpuStorage::F32(gather(v, layout)),
-            CpuStorage::F64(v) => CpuStorage::F64(gather(v, layout)),
-            CpuStorage::BF16(v) => CpuStorage::BF16(gather(v, layout)),
-            CpuStorage::F16(v) => CpuStorage::F16(gather(v, layout)),
-            CpuStorage::I64(v) => CpuStorage::I64(gather(v, layout)),
-        }
+        Ok(match self {
+            CpuStorage::F32(v) => CpuStorage::F32(gather(v, layout)?),
+            CpuStorage::F64(v) => CpuStorage::F64(gather(v, layout)?),
+            CpuStorage::BF16(v) => CpuStorage::BF16(gather(v, layout)?),
+            CpuStorage::F16(v) => CpuStorage::F16(gather(v, layout)?),
+            CpuStorage::I64(v) => CpuStorage::I64(gather(v, layout)?),
+        })
     }
     /// Converts an owned buffer to `dtype`, without the copy [`CpuStorage::to_dtype`] makes when the
     /// dtype already matches (the common case: kernels computed in the tensor's own dtype).

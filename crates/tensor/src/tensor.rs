@@ -69,7 +69,7 @@ impl Tensor {
         if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d.max(1))).is_none() {
             return Err(Error::msg(format!("from_storage: shape {shape:?} is too large (its dimensions' product overflows)")));
         }
-        let n: usize = shape.iter().product();
+        let n = crate::mem::elem_count("from_storage", shape, storage.dtype())?;
         let len = storage.len();
         if n != len {
             return Err(Error::ElementCount { op: "from_storage", expected: n, got: len });
@@ -119,13 +119,15 @@ impl Tensor {
     pub fn scalar<T: WithDType + CpuSlice>(v: T) -> Tensor {
         Self::from_parts(Arc::new(Storage::Cpu(T::into_storage(vec![v]))), Layout::contiguous(&[]), false, None)
     }
+    /// A tensor of `shape` filled with `v`. Like every constructor here, a shape whose size
+    /// overflows or that memory cannot hold is an [`Error::Alloc`], not an abort.
     pub fn full(v: f64, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
-        let n = shape.iter().product();
-        Self::from_storage(Storage::Cpu(CpuStorage::from_f64_iter(dtype, std::iter::repeat_n(v, n))), shape)?.to_device(device)
+        let s = CpuStorage::try_from_f64_iter("full", dtype, shape, std::iter::repeat(v))?;
+        Self::from_storage(Storage::Cpu(s), shape)?.to_device(device)
     }
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         cuda::check_device(device)?;
-        Self::from_storage(Storage::Cpu(CpuStorage::zeros(dtype, shape.iter().product())), shape)?.to_device(device)
+        Self::from_storage(Storage::Cpu(CpuStorage::zeros("zeros", dtype, shape)?), shape)?.to_device(device)
     }
     pub fn ones(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
         Self::full(1.0, shape, dtype, device)
@@ -142,15 +144,14 @@ impl Tensor {
             return Err(Error::msg("arange: step must be finite and non-zero"));
         }
         let n = ((end - start) / step).ceil().max(0.0) as usize;
-        let s = CpuStorage::from_f64_iter(dtype, (0..n).map(|i| start + i as f64 * step));
+        let s = CpuStorage::try_from_f64_iter("arange", dtype, &[n], (0..n).map(|i| start + i as f64 * step))?;
         Self::from_storage(Storage::Cpu(s), &[n])?.to_device(device)
     }
     /// Normal(mean, std) samples from a seeded ChaCha8 generator (deterministic across runs and machines).
     pub fn randn(seed: u64, shape: &[usize], mean: f64, std: f64, dtype: DType, device: Device) -> Result<Tensor> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let dist = rand_distr::Normal::new(mean, std).map_err(|e| Error::msg(format!("randn: {e}")))?;
-        let n = shape.iter().product();
-        let s = CpuStorage::from_f64_iter(dtype, (0..n).map(|_| dist.sample(&mut rng)));
+        let s = CpuStorage::try_from_f64_iter("randn", dtype, shape, std::iter::repeat_with(|| dist.sample(&mut rng)))?;
         Self::from_storage(Storage::Cpu(s), shape)?.to_device(device)
     }
     /// Uniform[lo, hi) samples from a seeded ChaCha8 generator.
@@ -160,8 +161,7 @@ impl Tensor {
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let dist = rand_distr::Uniform::new(lo, hi).map_err(|e| Error::msg(format!("rand_uniform: {e}")))?;
-        let n = shape.iter().product();
-        let s = CpuStorage::from_f64_iter(dtype, (0..n).map(|_| dist.sample(&mut rng)));
+        let s = CpuStorage::try_from_f64_iter("rand_uniform", dtype, shape, std::iter::repeat_with(|| dist.sample(&mut rng)))?;
         Self::from_storage(Storage::Cpu(s), shape)?.to_device(device)
     }
 
@@ -336,7 +336,7 @@ impl Tensor {
     /// For CPU kernels: the result has exactly `elem_count()` elements in row-major order.
     pub fn storage_window(&self) -> Result<CpuStorage> {
         // a contiguous layout coalesces into one run: a (threaded) memcpy
-        Ok(self.storage().as_cpu()?.gather_view(self.layout()))
+        self.storage().as_cpu()?.gather_view(self.layout())
     }
 
     /// Calls `f` with this tensor's elements as a contiguous `&[T]` without copying when possible.
@@ -348,7 +348,7 @@ impl Tensor {
             let o = self.layout().offset();
             Ok(f(&all[o..o + self.elem_count()]))
         } else {
-            let g = cpu.gather_view(self.layout());
+            let g = cpu.gather_view(self.layout())?;
             Ok(f(g.as_slice::<T>()?))
         }
     }

@@ -53,7 +53,8 @@ impl DecoderConfig {
     }
     /// The feed-forward width: `n_inner`, or `4 * n_embd` when it is `null`.
     pub fn inner_size(&self) -> usize {
-        self.n_inner.unwrap_or(4 * self.n_embd)
+        // (saturating: a huge n_embd is refused by name in crate::limits, not by an overflow here)
+        self.n_inner.unwrap_or(self.n_embd.saturating_mul(4))
     }
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {

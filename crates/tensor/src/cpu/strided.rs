@@ -6,6 +6,7 @@
 //! are `memcpy`s, the rest a strided loop. Large copies are split into blocks of whole runs across
 //! rayon's threads; each block finds its starting index once and then steps an odometer.
 use crate::shape::Layout;
+use crate::{Result, WithDType};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -38,11 +39,12 @@ pub fn coalesce(layout: &Layout) -> (Vec<usize>, Vec<usize>) {
     (shape, strides)
 }
 
-/// The elements of the view `layout` over `src`, row-major, in a new buffer.
-pub fn gather<T: Copy + Send + Sync>(src: &[T], layout: &Layout) -> Vec<T> {
-    let n = layout.elem_count();
+/// The elements of the view `layout` over `src`, row-major, in a new buffer. A buffer the
+/// allocator refuses (say a large broadcast view) is an [`crate::Error::Alloc`].
+pub fn gather<T: WithDType>(src: &[T], layout: &Layout) -> Result<Vec<T>> {
+    let n = crate::mem::elem_count("contiguous", layout.shape(), T::DTYPE)?;
     if n == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let (shape, strides) = coalesce(layout);
     let base = layout.offset();
@@ -82,13 +84,14 @@ pub fn gather<T: Copy + Send + Sync>(src: &[T], layout: &Layout) -> Vec<T> {
     // SAFETY: `fill` writes every element (chunks of `run` cover the buffer exactly, since `run`
     // divides `n`).
     unsafe {
-        super::uninit_vec(n, |spare| {
+        super::try_uninit_vec("contiguous", layout.shape(), n, |spare| {
             if n >= PAR_MIN && rayon::current_num_threads() > 1 {
                 let runs_per_block = (BLOCK / run).max(1);
                 spare.par_chunks_mut(runs_per_block * run).enumerate().for_each(|(b, dst)| fill(b * runs_per_block, dst));
             } else {
                 fill(0, spare);
             }
+            Ok(())
         })
     }
 }
@@ -156,7 +159,7 @@ mod tests {
             let src: Vec<f32> = (0..l.elem_count()).map(|i| i as f32 + 0.5).collect();
             let mut dst = vec![-1f32; 5000];
             scatter(&mut dst, &l, &src);
-            assert_eq!(gather(&dst, &l), src, "{l:?}");
+            assert_eq!(gather(&dst, &l).unwrap(), src, "{l:?}");
             // nothing outside the view was written
             let inside: std::collections::HashSet<usize> = l.indices().collect();
             assert!(dst.iter().enumerate().all(|(i, &x)| inside.contains(&i) || x == -1.0), "{l:?}");
@@ -190,7 +193,7 @@ mod tests {
             Layout::new(vec![3, 0, 2], vec![2, 2, 1], 0),              // empty
         ];
         for l in &cases {
-            assert_eq!(gather(&src, l), reference(&src, l), "{l:?}");
+            assert_eq!(gather(&src, l).unwrap(), reference(&src, l), "{l:?}");
         }
     }
 
@@ -199,15 +202,15 @@ mod tests {
         // big enough to split across threads; runs of 3 do not divide the block size
         let src: Vec<f32> = (0..300_000).map(|i| (i % 9973) as f32).collect();
         let l = Layout::new(vec![40, 700, 3], vec![3 * 2500, 3, 1], 17);
-        assert_eq!(gather(&src, &l), reference(&src, &l));
+        assert_eq!(gather(&src, &l).unwrap(), reference(&src, &l));
         let t = Layout::new(vec![500, 600], vec![1, 500], 0); // stride-500 inner loop, 300k elements
-        assert_eq!(gather(&src, &t), reference(&src, &t));
+        assert_eq!(gather(&src, &t).unwrap(), reference(&src, &t));
     }
 
     #[test]
     #[should_panic(expected = "strided gather")]
     fn gather_refuses_out_of_bounds_views() {
         let src = [0f32; 10];
-        gather(&src, &Layout::new(vec![2, 5], vec![5, 1], 1));
+        let _ = gather(&src, &Layout::new(vec![2, 5], vec![5, 1], 1));
     }
 }

@@ -200,6 +200,15 @@ pub fn peak_memory_bytes(device: Device) -> Option<usize> {
     no_backend(device)
 }
 
+/// `(free, total)` bytes of `device`'s memory as the driver reports them, or `None` for the CPU, a
+/// device that cannot be opened, or a build without the `cuda` feature.
+pub fn memory_info(device: Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    return backend_of(device).and_then(|b| b.context().mem_get_info().ok()).map(|(free, total)| (free as u64, total as u64));
+    #[cfg(not(feature = "cuda"))]
+    no_backend(device)
+}
+
 /// The CUDA attention kernels a forward can run (its backward runs the matching passes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttnKernel {

@@ -63,8 +63,33 @@ impl BinaryElem for f32 {
 
 /// A new buffer of `n` elements written chunk by chunk by `f(start, chunk)`, in parallel when
 /// `n >= PAR_MIN`. Each chunk is zero-filled right before `f` sees it, while it is in cache: unlike
-/// `vec![0; n]` this costs no separate pass over memory.
+/// `vec![0; n]` this costs no separate pass over memory. For outputs the size of an input; see
+/// [`try_build_chunks`] for sizes chosen by broadcasting.
 pub(crate) fn build_chunks<T: CpuFloat>(n: usize, chunk: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) -> Vec<T> {
+    // SAFETY: `fill_chunks` initializes every element of every chunk, and the chunks cover the buffer.
+    unsafe { crate::cpu::uninit_vec(n, |spare| fill_chunks(spare, chunk, &f)) }
+}
+
+/// [`build_chunks`] for the buffer of a tensor of `shape` (`n` elements), reserved fallibly: memory
+/// the allocator refuses is an [`crate::Error::Alloc`] naming `op`. `prepare` runs once the buffer
+/// is reserved and returns the chunk writer (so that its own tables are built only then).
+pub(crate) fn try_build_chunks<T: CpuFloat, F: Fn(usize, &mut [T]) + Sync + Send>(
+    op: &'static str,
+    shape: &[usize],
+    n: usize,
+    chunk: usize,
+    prepare: impl FnOnce() -> F,
+) -> Result<Vec<T>> {
+    // SAFETY: `fill_chunks` initializes every element of every chunk, and the chunks cover the buffer.
+    unsafe {
+        crate::cpu::try_uninit_vec(op, shape, n, |spare| {
+            fill_chunks(spare, chunk, &prepare());
+            Ok(())
+        })
+    }
+}
+
+fn fill_chunks<T: CpuFloat>(spare: &mut [MaybeUninit<T>], chunk: usize, f: &(impl Fn(usize, &mut [T]) + Sync + Send)) {
     let chunk = chunk.max(1);
     let body = |(c, dst): (usize, &mut [MaybeUninit<T>])| {
         for d in dst.iter_mut() {
@@ -74,20 +99,15 @@ pub(crate) fn build_chunks<T: CpuFloat>(n: usize, chunk: usize, f: impl Fn(usize
         let dst = unsafe { &mut *(dst as *mut [MaybeUninit<T>] as *mut [T]) };
         f(c * chunk, dst);
     };
-    // SAFETY: `body` initializes every element of every chunk, and the chunks cover the buffer.
-    unsafe {
-        crate::cpu::uninit_vec(n, |spare| {
-            if n >= PAR_MIN {
-                spare.par_chunks_mut(chunk).enumerate().for_each(body);
-            } else {
-                spare.chunks_mut(chunk).enumerate().for_each(body);
-            }
-        })
+    if spare.len() >= PAR_MIN {
+        spare.par_chunks_mut(chunk).enumerate().for_each(body);
+    } else {
+        spare.chunks_mut(chunk).enumerate().for_each(body);
     }
 }
 
 fn kernel<T: BinaryElem>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<CpuStorage> {
-    let n: usize = shape.iter().product();
+    let n = crate::mem::elem_count(op.name(), shape, T::DTYPE)?;
     let (sa, sb) = (a.storage(), b.storage());
     let (va, vb) = (sa.as_cpu()?.as_slice::<T>()?, sb.as_cpu()?.as_slice::<T>()?);
     let (la, lb) = (a.layout(), b.layout());
@@ -113,19 +133,22 @@ fn kernel<T: BinaryElem>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) 
         let l = crate::shape::Layout::new(t.shape()[..r - 1].to_vec(), t.strides()[..r - 1].to_vec(), t.layout().offset());
         l.indices().collect()
     };
-    let (ra, rb) = (row_offsets(&a_full), row_offsets(&b_full));
-    let body = |start: usize, o: &mut [T]| {
-        let r = start / last;
-        let (oa, ob) = (ra[r], rb[r]);
-        if sa_last == 1 && sb_last == 1 {
-            // rows that are unit-stride in both operands (e.g. a bias row broadcast over a batch)
-            return T::slices(op, &va[oa..oa + last], &vb[ob..ob + last], o);
-        }
-        for (j, x) in o.iter_mut().enumerate() {
-            *x = op.apply(va[oa + j * sa_last], vb[ob + j * sb_last]);
+    // the output is reserved first: a broadcast can ask for far more than its operands hold
+    let prepare = || {
+        let (ra, rb) = (row_offsets(&a_full), row_offsets(&b_full));
+        move |start: usize, o: &mut [T]| {
+            let r = start / last;
+            let (oa, ob) = (ra[r], rb[r]);
+            if sa_last == 1 && sb_last == 1 {
+                // rows that are unit-stride in both operands (e.g. a bias row broadcast over a batch)
+                return T::slices(op, &va[oa..oa + last], &vb[ob..ob + last], o);
+            }
+            for (j, x) in o.iter_mut().enumerate() {
+                *x = op.apply(va[oa + j * sa_last], vb[ob + j * sb_last]);
+            }
         }
     };
-    let out = if rows > 0 { build_chunks(n, last, body) } else { vec![T::zero(); n] };
+    let out = if rows > 0 { try_build_chunks(op.name(), shape, n, last, prepare)? } else { Vec::new() };
     Ok(T::into_storage(out))
 }
 

@@ -83,9 +83,11 @@ fn kernel<T: GemmFloat + CpuSlice>(a: &Tensor, b: &Tensor, batch: &[usize], redu
     let (oa, ob) = (Operand::new(a, batch), Operand::new(b, batch));
     let (m, k, n) = (oa.rows, oa.cols, ob.cols);
     let nb: usize = batch.iter().product();
-    let len = if reduce { m * n } else { nb * m * n };
-    if m * n == 0 || nb == 0 {
-        return Ok(vec![T::zero(); len]);
+    let out_shape: Vec<usize> = if reduce { vec![m, n] } else { batch.iter().copied().chain([m, n]).collect() };
+    let out_shape = &out_shape[..];
+    let len = crate::mem::elem_count("matmul", out_shape, T::DTYPE)?;
+    if len == 0 {
+        return Ok(Vec::new());
     }
     let (one, zero) = (T::one(), T::zero());
     if reduce {
@@ -93,9 +95,9 @@ fn kernel<T: GemmFloat + CpuSlice>(a: &Tensor, b: &Tensor, batch: &[usize], redu
         if let (Some(sa_k), Some(sb_k)) = (fold(&oa.with_batch(batch, (k, oa.cs))), fold(&ob.with_batch(batch, (k, ob.rs)))) {
             let am = Mat { cols: nb * k, cs: sa_k as isize, ..oa.mat(da, oa.offset) };
             let bm = Mat { rows: nb * k, rs: sb_k as isize, ..ob.mat(db, ob.offset) };
-            return fresh(len, |c| gemm_uninit(one, am, bm, c, Threads::Auto));
+            return fresh(out_shape, |c| gemm_uninit(one, am, bm, c, Threads::Auto));
         }
-        let mut out = vec![zero; len];
+        let mut out = crate::mem::try_collect("matmul", out_shape, len, std::iter::repeat(zero))?;
         let (pa, pb) = (oa.offsets(batch), ob.offsets(batch));
         for i in 0..nb {
             let beta = if i == 0 { zero } else { one };
@@ -106,13 +108,13 @@ fn kernel<T: GemmFloat + CpuSlice>(a: &Tensor, b: &Tensor, batch: &[usize], redu
     if nb > 1 && ob.bstrides.iter().all(|&s| s == 0) {
         if let Some(s) = fold(&oa.with_batch(batch, (m, oa.rs))) {
             let am = Mat { rows: nb * m, rs: s as isize, ..oa.mat(da, oa.offset) };
-            return fresh(len, |c| gemm_uninit(one, am, ob.mat(db, ob.offset), c, Threads::Auto));
+            return fresh(out_shape, |c| gemm_uninit(one, am, ob.mat(db, ob.offset), c, Threads::Auto));
         }
     }
     let (pa, pb) = (oa.offsets(batch), ob.offsets(batch));
     let flops = 2.0 * (m * n) as f64 * k as f64;
     let one_gemm = |i: usize, c: &mut [MaybeUninit<T>], threads: Threads| gemm_uninit(one, oa.mat(da, pa[i]), ob.mat(db, pb[i]), c, threads);
-    fresh(len, |out| {
+    fresh(out_shape, |out| {
         if nb > 1 && (flops < 4.0 * PAR_FLOPS || nb >= 2 * rayon::current_num_threads()) {
             let grain = (PAR_FLOPS / flops.max(1.0)).ceil() as usize;
             out.par_chunks_mut(m * n).with_min_len(grain.max(1)).enumerate().try_for_each(|(i, c)| one_gemm(i, c, Threads::Single))
@@ -122,11 +124,13 @@ fn kernel<T: GemmFloat + CpuSlice>(a: &Tensor, b: &Tensor, batch: &[usize], redu
     })
 }
 
-/// A `Vec` of `len` elements written once by the GEMMs of `fill`: each caller's GEMMs (β = 0) write
-/// every element of their disjoint blocks, which cover the buffer, so no zero-fill comes first.
-fn fresh<T>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>]) -> Result<()>) -> Result<Vec<T>> {
+/// The buffer of a product of `shape`, written once by the GEMMs of `fill`: each caller's GEMMs
+/// (β = 0) write every element of their disjoint blocks, which cover the buffer, so no zero-fill
+/// comes first. A size that overflows or that the allocator refuses is an [`Error::Alloc`].
+fn fresh<T: crate::WithDType>(shape: &[usize], fill: impl FnOnce(&mut [MaybeUninit<T>]) -> Result<()>) -> Result<Vec<T>> {
+    let len = crate::mem::elem_count("matmul", shape, T::DTYPE)?;
     // SAFETY: on Ok, `fill` wrote every element (see above).
-    unsafe { try_uninit_vec(len, fill) }
+    unsafe { try_uninit_vec("matmul", shape, len, fill) }
 }
 
 /// Validates rank ≥ 2 operands; returns (batch shape, m, k, n). Errors name the op and both shapes.
@@ -184,7 +188,7 @@ fn bf16_b(a: &Tensor, b: &Tensor, m: usize, k: usize, n: usize) -> Result<Option
     let da = &sa.as_cpu()?.as_slice::<f32>()?[af.layout().offset()..];
     let db = sb.as_cpu()?.as_slice::<half::bf16>()?;
     let am = Mat { data: da, offset: 0, rows: m, cols: k, rs: k as isize, cs: 1 };
-    let c = fresh(m * n, |c| crate::cpu::gemm::gemm_bf16_b(am, ob.mat(db, ob.offset), c))?;
+    let c = fresh(&[m, n], |c| crate::cpu::gemm::gemm_bf16_b(am, ob.mat(db, ob.offset), c))?;
     Ok(Some(Tensor::from_vec(c, &[m, n])?.to_dtype(DType::BF16)?))
 }
 
@@ -230,7 +234,7 @@ fn mm_bias<T: GemmFloat + CpuSlice>(x: &Tensor, w: &Tensor, bias: &Tensor) -> Re
     let db = &sb.as_cpu()?.as_slice::<T>()?[bias.layout().offset()..];
     let (ox, ow) = (Operand::new(&x, &[]), Operand::new(&w, &[]));
     let (m, n) = (ox.rows, ow.cols);
-    let out = fresh(m * n, |c| gemm_bias_uninit(T::one(), ox.mat(dx, ox.offset), ow.mat(dw, ow.offset), &db[..n], c, Threads::Auto))?;
+    let out = fresh(&[m, n], |c| gemm_bias_uninit(T::one(), ox.mat(dx, ox.offset), ow.mat(dw, ow.offset), &db[..n], c, Threads::Auto))?;
     Tensor::from_storage(Storage::Cpu(T::into_storage(out)), &[m, n])
 }
 
