@@ -92,6 +92,36 @@ fn quick_bench_checks_times_and_reports_every_case() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `kiln bench`'s training-step row and `kiln train`'s `step_ms` time the same work: both run the
+/// trainer's loop (`Trainer::run`), and the row's config, written as a model directory and trained
+/// by `kiln train` at the row's batch × seq, has the same parameters, vocabulary and tokens per step.
+/// (A config directory's tokenizer aims at the config's vocab_size: a 512-token default vocabulary
+/// made `kiln train` time a smaller model than the bench, 1.45× apart.)
+#[test]
+fn train_step_rows_and_kiln_train_measure_the_same_work() {
+    let dir = tmp("same-step");
+    let o = kiln(&["bench", "--quick", "--json", "--op", "train_step_gpt"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed = rows(&String::from_utf8_lossy(&o.stdout));
+    let row = printed.iter().find(|r| r["op"] == "train_step_gpt" && r["dtype"] == "f32").expect("an f32 train_step_gpt row");
+    let mut cfg = row["config"].clone();
+    cfg["model_type"] = "gpt2".into();
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
+    let (b, t) = (row["batch"].as_u64().unwrap().to_string(), row["seq"].as_u64().unwrap().to_string());
+    let run = dir.join("run");
+    let o = kiln(&["train", "--model", model.to_str().unwrap(), "--batch", &b, "--seq", &t, "--steps", "2", "--json", "--sample-tokens", "0", "--eval-every", "0", "--out", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = rows(&String::from_utf8_lossy(&o.stdout));
+    let head = lines.iter().find(|l| l.get("params").is_some()).expect("kiln train --json describes the run first");
+    assert_eq!(head["params"], row["params"], "{head}\n{row}");
+    assert_eq!(head["vocab_size"], cfg["vocab_size"]);
+    assert_eq!(head["tokens_per_step"].as_u64(), Some(row["batch"].as_u64().unwrap() * row["seq"].as_u64().unwrap()));
+    assert_eq!(lines.iter().filter(|l| l["step_ms"].as_f64().is_some_and(|ms| ms > 0.0)).count(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_inputs_are_clear_errors() {
     let dir = tmp("bad");

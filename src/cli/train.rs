@@ -84,10 +84,12 @@ pub struct TrainArgs {
     /// Checkpoint every N updates (0 = only at the end).
     #[arg(long, default_value_t = 0)]
     pub ckpt_every: u64,
-    /// Vocabulary size of a tokenizer trained here.
-    #[arg(long, default_value_t = 512)]
-    pub vocab: usize,
-    /// One JSON object per line (step, loss, lr, step_ms, tokens_per_s).
+    /// Vocabulary size of a tokenizer trained here (default: the config's vocab_size for a model
+    /// directory, 512 for a preset). The model's vocab_size becomes the trained tokenizer's size.
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// One JSON object per line: first the run (model, parameters, vocabulary, tokens per step,
+    /// the config as trained), then per step (step, loss, lr, step_ms, tokens_per_s).
     #[arg(long)]
     pub json: bool,
     /// Tokens of sample text printed at the end (GPT-2 only; 0 = none).
@@ -242,9 +244,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let job = limits::Job::Train { batch: limits::Size::new("--batch", args.batch), seq: limits::Size::new("--seq", args.seq) };
     let memory = limits::Memory::of(device);
     limits::check_positions(&cfg, limits::Size::new("--seq", args.seq)).map_err(|e| Error::msg(format!("train: {e}")))?;
+    // a tokenizer trained here aims at --vocab, else at the vocabulary the config asks for
+    let vocab = match (args.vocab, &dir) {
+        (Some(v), _) => limits::Size::new("--vocab", v),
+        (None, Some(_)) => limits::Size::new("vocab_size", cfg.vocab_size()),
+        (None, None) => limits::Size::new("--vocab", 512),
+    };
     if found.is_none() {
         let what = "training a tokenizer with that vocabulary";
-        limits::check_bytes(limits::Size::new("--vocab", args.vocab), limits::TOKENIZER_BYTES_PER_TOKEN, what, memory.as_ref()).map_err(|e| Error::msg(format!("train: {e}")))?;
+        limits::check_bytes(vocab, limits::TOKENIZER_BYTES_PER_TOKEN, what, memory.as_ref()).map_err(|e| Error::msg(format!("train: {e}")))?;
     }
     // (a tokenizer trained here sets the vocabulary: until then, the model without one)
     let mut sized = cfg.clone();
@@ -261,7 +269,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let kind = if cfg.family().is_decoder() { TokenizerKind::Bpe } else { TokenizerKind::WordPiece };
             // the tokenizers crate's own bars, on an interactive stderr only (as the training bar)
             let show_progress = !args.json && std::io::stderr().is_terminal();
-            let t = tokenize::train_from_texts(kind, &[train_text], args.vocab, show_progress)?;
+            let t = tokenize::train_from_texts(kind, &[train_text], vocab.value, show_progress)?;
             tokenize::sync_config(&mut cfg, &t);
             t
         }
@@ -314,14 +322,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
         b.set_position(trainer.step);
         b
     });
-    if !args.json {
+    let tokens_per_step = args.batch * args.seq * args.accum;
+    if args.json {
+        // what is trained, so that step_ms compares with `kiln bench`'s train_step rows (same loop)
+        let run = serde_json::json!({"model_type": cfg.model_type(), "params": store.num_params(), "vocab_size": cfg.vocab_size(),
+            "layers": cfg.num_layers(), "batch": args.batch, "seq": args.seq, "accum": args.accum, "tokens_per_step": tokens_per_step,
+            "steps": total, "device": device.to_string(), "dtype": compute_dtype.as_str(), "config": cfg.to_json_value()?});
+        println!("{run}");
+    } else {
         println!(
-            "kiln train: {} ({} params, {} layers), {} tokens/step, {} steps, lr {:.1e}, device {device}, out {}",
+            "kiln train: {} ({} params, {} layers, vocabulary {}), {tokens_per_step} tokens/step, {total} steps, lr {:.1e}, device {device}, out {}",
             cfg.model_type(),
             store.num_params(),
             cfg.num_layers(),
-            args.batch * args.seq * args.accum,
-            total,
+            cfg.vocab_size(),
             args.lr,
             out.display()
         );

@@ -1,22 +1,23 @@
 //! Training-step rows of `kiln bench`: one full step (forward, backward, AdamW) of a GPT-2-style
 //! causal LM and a BERT-style MLM at batch × seq, as scripts/torch_bench.py runs them in PyTorch
-//! (same configs, dropout off, AdamW lr 1e-4 wd 0.01). FLOPs: 6·P·tokens + 12·L·T·d·tokens.
+//! (same configs, dropout off, AdamW lr 1e-4 wd 0.01, no clipping), taken by `kiln train`'s own
+//! loop ([`Trainer::run`]). FLOPs: 6·P·tokens + 12·L·T·d·tokens.
 //! Peak memory: the process's resident high-water mark (VmHWM), reset before the row where Linux
 //! allows it (`/proc/self/clear_refs`), and the device allocator's peak on CUDA.
 use super::harness::{Stats, Work};
 use super::row::Row;
 use crate::model::config::{DecoderConfig, EncoderConfig, ModelConfig};
 use crate::model::family::{Family, FAMILIES};
-use crate::model::data::Batch;
-use crate::model::model::Model;
-use crate::model::nn::ForwardCtx;
-use crate::model::{AdamW, AdamWConfig, Optimizer, ParamStore};
-use crate::tensor::{cuda, no_grad, nvtx};
+use crate::model::data::{Batch, DataPosition};
+use crate::model::sched::LrSchedule;
+use crate::model::trainer::{BatchSource, StepLog, TrainObserver, TrainOptions, Trainer};
+use crate::model::{AdamWConfig, ParamStore};
+use crate::tensor::{cuda, nvtx};
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// The step configs: (op, config, layers, width).
 pub fn configs(quick: bool) -> Result<Vec<(&'static str, ModelConfig)>> {
-    let (l, d, h, v, ffn) = if quick { (1, 32, 2, 256, 64) } else { (4, 256, 4, 8192, 1024) };
+    let (l, d, h, v, ffn) = if quick { (1, 32, 2, 512, 64) } else { (4, 256, 4, 8192, 1024) };
     let mut g = DecoderConfig::defaults(Family::Gpt2);
     (g.n_layer, g.n_embd, g.n_head, g.vocab_size, g.n_positions) = (l, d, h, v, 128);
     (g.resid_pdrop, g.embd_pdrop, g.attn_pdrop) = (0.0, 0.0, 0.0);
@@ -27,8 +28,8 @@ pub fn configs(quick: bool) -> Result<Vec<(&'static str, ModelConfig)>> {
     Ok(vec![("train_step_gpt", ModelConfig::Decoder(g)), ("train_step_bert", ModelConfig::Encoder(b))])
 }
 
-/// A seeded batch: GPT labels are the next tokens; BERT labels every ~7th position (-100 elsewhere).
-fn batch(cfg: &ModelConfig, b: usize, t: usize, device: Device) -> Result<Batch> {
+/// A seeded batch on the host: GPT labels are the next tokens; BERT labels every ~7th position (-100 elsewhere).
+fn batch(cfg: &ModelConfig, b: usize, t: usize) -> Result<Batch> {
     let v = cfg.vocab_size() as u64;
     let mut s = 0x2545_F491_4F6C_DD1Du64;
     let mut next = || {
@@ -42,14 +43,13 @@ fn batch(cfg: &ModelConfig, b: usize, t: usize, device: Device) -> Result<Batch>
         ModelConfig::Decoder(_) => ids.chunks(t + 1).flat_map(|r| (0..t).map(move |i| (r[i], r[i + 1]))).unzip(),
         ModelConfig::Encoder(_) => ids.chunks(t + 1).flat_map(|r| (0..t).map(move |i| (r[i], if (i * 7 + 3) % 20 < 3 { r[i] } else { -100 }))).unzip(),
     };
-    Batch {
+    Ok(Batch {
         input_ids: Tensor::from_vec(inp, &[b, t])?,
         labels: Tensor::from_vec(lab, &[b, t])?,
         attention_mask: Tensor::from_vec(vec![1i64; b * t], &[b, t])?,
         token_type_ids: Tensor::from_vec(vec![0i64; b * t], &[b, t])?,
         next_sentence_label: None,
-    }
-    .to_device(device)
+    })
 }
 
 /// Resets the resident-set high-water mark (Linux ≥ 4.0); false where it cannot.
@@ -168,14 +168,13 @@ pub fn rows(device: Device, quick: bool, steps: usize, gpt_batch: usize, filter:
     Ok(out)
 }
 
-/// One model, its optimizer and a fixed batch, ready to take training steps.
+/// One model, its optimizer and a fixed batch, ready to take training steps through
+/// [`Trainer::run`], the loop `kiln train` runs: one code path, so this row and `kiln train`'s
+/// `step_ms` time the same work (here without clipping, as scripts/torch_bench.py's loop).
 pub struct TrainStep {
-    model: Model,
-    params: Vec<crate::model::Param>,
-    opt: AdamW,
-    data: Batch,
-    steps: u64,
-    compute: DType,
+    trainer: Trainer<'static>,
+    data: FixedBatch,
+    opts: TrainOptions,
     /// Parameters (tied weights counted once).
     pub n_params: usize,
     /// FLOPs of one step: 6·P·tokens + 12·L·T·d·tokens.
@@ -184,40 +183,67 @@ pub struct TrainStep {
     pub tokens: usize,
 }
 
+/// The same batch every step.
+struct FixedBatch(Batch);
+
+impl BatchSource for FixedBatch {
+    fn next_batch(&mut self) -> Result<Batch> {
+        Ok(self.0.clone())
+    }
+    fn position(&self) -> DataPosition {
+        DataPosition::default()
+    }
+    fn set_position(&mut self, _p: &DataPosition) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Keeps the last logged step.
+struct LastStep(Option<StepLog>);
+
+impl TrainObserver for LastStep {
+    fn on_step(&mut self, log: &StepLog) {
+        self.0 = Some(*log);
+    }
+}
+
 impl TrainStep {
     /// A freshly initialised model for `cfg` on `device` with a seeded `[b, t]` batch; `compute`
     /// is f32, or bf16 / f16 for mixed precision (f32 master weights and optimizer state).
     pub fn new(cfg: &ModelConfig, device: Device, b: usize, t: usize, compute: DType) -> Result<TrainStep> {
-        let store = ParamStore::new(0, DType::F32, device);
-        let model = Model::build(cfg, &store)?;
-        let params = store.trainable();
-        let n_params: usize = params.iter().map(|p| p.elem_count()).sum();
+        let adamw = AdamWConfig { lr: 1e-4, weight_decay: 0.01, ..Default::default() };
+        let trainer = Trainer::new(cfg.clone(), ParamStore::new(0, DType::F32, device), None, adamw)?;
+        let n_params: usize = trainer.store.trainable().iter().map(|p| p.elem_count()).sum();
         let tokens = b * t;
         let (layers, width) = (cfg.num_layers() as f64, cfg.hidden_size() as f64);
         let flops = 6.0 * n_params as f64 * tokens as f64 + 12.0 * layers * t as f64 * width * tokens as f64;
-        let opt = AdamW::new(AdamWConfig { lr: 1e-4, weight_decay: 0.01, ..Default::default() });
-        Ok(TrainStep { model, params, opt, data: batch(cfg, b, t, device)?, steps: 0, compute, n_params, flops, tokens })
+        let opts = TrainOptions {
+            steps: 0,
+            schedule: LrSchedule::constant(adamw.lr),
+            adamw,
+            clip: 0.0,
+            accum: 1,
+            seed: 0,
+            eval_every: 0,
+            eval_batches: 1,
+            ckpt_every: 0,
+            out: None,
+            keep: 0,
+            overwrite: false,
+            compute_dtype: compute,
+        };
+        // on the host, uploaded by the trainer each step, as `kiln train` does
+        Ok(TrainStep { trainer, data: FixedBatch(batch(cfg, b, t)?), opts, n_params, flops, tokens })
     }
 
-    /// Forward, backward, AdamW, zero the gradients; returns the loss (an error if not finite).
+    /// One update (forward, backward, AdamW, gradients zeroed) through [`Trainer::run`]; returns
+    /// the loss (a non-finite one is the trainer's error).
     pub fn step(&mut self) -> Result<f64> {
         let _step = nvtx::range("train_step");
-        let loss = {
-            let _r = nvtx::range("forward");
-            self.model.loss(&self.data, &ForwardCtx::train(self.steps).with_compute_dtype(self.compute))?
-        };
-        loss.backward()?;
-        {
-            let _r = nvtx::range("optimizer");
-            no_grad(|| self.opt.step(&self.params))?;
-        }
-        self.params.iter().for_each(|p| p.zero_grad());
-        let l = loss.to_scalar()?;
-        if !l.is_finite() {
-            return Err(Error::msg(format!("the loss became {l} at step {}", self.steps)));
-        }
-        self.steps += 1;
-        Ok(l)
+        self.opts.steps = self.trainer.step + 1;
+        let mut last = LastStep(None);
+        self.trainer.run(&self.opts, &mut self.data, None, &mut last)?;
+        last.0.map(|l| l.loss).ok_or_else(|| Error::msg("train_step: the update was skipped (no labels)"))
     }
 }
 
