@@ -26,6 +26,8 @@ struct Cli {
 enum Cmd {
     /// Train a model (default: a tiny GPT on the built-in corpus, about a minute on 2 cores).
     Train(cli::train::TrainArgs),
+    /// Fine-tune a classification head on a pretrained model from labelled JSONL / CSV data.
+    Finetune(cli::finetune::FinetuneArgs),
     /// Run one forward (and optionally backward) pass on a JSON batch and write the outputs.
     Forward(cli::forward::ForwardArgs),
     /// Generate text from a GPT-2 checkpoint.
@@ -46,6 +48,7 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Train(a) => cli::train::run(a),
+        Cmd::Finetune(a) => cli::finetune::run(a),
         Cmd::Forward(a) => cli::forward::run(a),
         Cmd::Generate(a) => cli::generate::run(a),
         Cmd::Eval(a) => cli::eval::run(a),

@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod embed;
 pub mod eval;
+pub mod finetune;
 pub mod forward;
 pub mod generate;
 pub mod kernels;

@@ -97,10 +97,12 @@ pub struct TrainArgs {
     pub sample_tokens: usize,
 }
 
-struct Progress {
-    json: bool,
-    bar: Option<indicatif::ProgressBar>,
-    every: u64,
+/// Progress of a run: a bar on an interactive stderr, else a line every `every` steps, or JSON
+/// lines (shared with `kiln finetune`).
+pub(crate) struct Progress {
+    pub json: bool,
+    pub bar: Option<indicatif::ProgressBar>,
+    pub every: u64,
 }
 
 impl TrainObserver for Progress {

@@ -171,6 +171,11 @@ impl Family {
         };
         Arch::by_name(name).expect("in the table")
     }
+    /// The family's architecture with the `task` head (`BertForSequenceClassification`, ...), if
+    /// it has one.
+    pub fn arch_for(self, task: Task) -> Option<Arch> {
+        ARCHITECTURES.iter().copied().find(|a| a.family == self && a.task == task)
+    }
     /// HF field name → kiln's field name, where the family names a field differently from BERT
     /// (encoders) or GPT-2 (decoders).
     pub fn renames(self) -> &'static [(&'static str, &'static str)] {

@@ -21,6 +21,7 @@
 //! | [`embed`] | [`embed::SentenceEncoder`]: sentence-transformers pipelines (pooling, normalisation, length-sorted batches) |
 //! | [`limits`] | sizes checked before allocation: a config's or a command's, against the model and the machine's memory |
 //! | [`model`] | [`model::Model`]: any architecture built from a config, HF inputs and outputs by name |
+//! | [`finetune`] | labelled data (JSONL / CSV) for sequence, pair and token classification; labels, metrics |
 //! | [`trainer`] | the training loop: accumulation, clipping, schedules, eval, checkpoints, resume |
 //! | [`train_state`] | `training_state.safetensors` and the files of a checkpoint |
 //! | [`run_dir`] | a run's checkpoints, each written and made current as one unit (manifest, `current` link, keep N) |
@@ -49,6 +50,7 @@ pub mod decoder;
 pub mod embed;
 pub mod encoder;
 pub mod family;
+pub mod finetune;
 pub mod generate;
 pub mod heads;
 pub mod inputs;

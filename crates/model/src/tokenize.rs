@@ -327,6 +327,19 @@ pub fn sync_config(cfg: &mut ModelConfig, tok: &Tokenizer) {
     }
 }
 
+/// The padding id for `tok` and `cfg`: the tokenizer's padding, else its `[PAD]` / `<pad>` token,
+/// else an encoder config's `pad_token_id`, else 0 (padded positions are masked out anyway).
+pub fn pad_id(tok: &Tokenizer, cfg: &ModelConfig) -> u32 {
+    tok.get_padding()
+        .map(|p| p.pad_id)
+        .or_else(|| ["[PAD]", "<pad>"].iter().find_map(|t| tok.token_to_id(t)))
+        .or(match cfg {
+            ModelConfig::Encoder(c) => c.pad_token_id,
+            ModelConfig::Decoder(_) => None,
+        })
+        .unwrap_or(0)
+}
+
 /// Encodes many texts in parallel without special tokens, returning the id lists.
 pub fn encode_many(tok: &Tokenizer, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
     let encs = tok.encode_batch(texts.to_vec(), false).map_err(|e| tk_err("encode", e))?;

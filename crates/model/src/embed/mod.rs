@@ -159,7 +159,7 @@ impl SentenceEncoder {
         // model's positions (kiln also caps a larger max_seq_length, which could not run)
         let positions = cfg.max_positions();
         let max_seq_length = pipeline.max_seq_length.or_else(|| tokenizer_config_limit(&pipeline.transformer_dir)).unwrap_or(positions).min(positions);
-        let pad_id = tok.get_padding().map(|p| p.pad_id).or_else(|| ["[PAD]", "<pad>"].iter().find_map(|t| tok.token_to_id(t))).or(match &cfg { ModelConfig::Encoder(c) => c.pad_token_id, ModelConfig::Decoder(_) => None }).unwrap_or(0);
+        let pad_id = crate::tokenize::pad_id(&tok, &cfg);
         let tokenizer = Self::configure(tok, max_seq_length, pipeline.do_lower_case)?;
         Ok(SentenceEncoder { model, pipeline, tokenizer, max_seq_length, pad_id, device })
     }

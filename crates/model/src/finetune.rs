@@ -1,0 +1,394 @@
+//! Fine-tuning from labelled data (behind `kiln finetune`): sequence classification, sentence-pair
+//! classification and token classification, from JSONL or CSV files.
+//!
+//! - Data: JSONL (one object per line) or CSV (a header row), by the file's extension. Fields:
+//!   `text` [+ `text_pair`] + `label` for `seq-cls` / `pair-cls`; `tokens` + `tags` (JSON arrays, or
+//!   space-separated in CSV) for `token-cls`. Labels are kept as they are written (strings, or
+//!   numbers read as their text), ordered numerically when all are numbers and alphabetically
+//!   otherwise, and written to the config's `id2label` / `label2id`. A label in the evaluation
+//!   file that the training file lacks is an error naming the file and line.
+//! - Encoding: the model's tokenizer, truncated to `seq` (pairs: longest first); token
+//!   classification labels the first sub-token of each word and ignores (-100) the rest, as
+//!   transformers' examples do.
+//! - Metrics: accuracy and macro-F1 (classes); token accuracy and token F1 (micro-F1 over the words
+//!   whose gold or predicted tag is not the outside tag `O`, or macro-F1 over tags when there is no `O`).
+use crate::data::{Batch, DataPosition, IGNORE_INDEX};
+use crate::family::Task;
+use crate::inputs::Inputs;
+use crate::model::Model;
+use crate::nn::ForwardCtx;
+use crate::rng::DataRng;
+use crate::tokenize::Tokenizer;
+use crate::trainer::BatchSource;
+use kiln_tensor::{no_grad, Device, Error, Result, Tensor};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A fine-tuning task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinetuneTask {
+    SeqCls,
+    PairCls,
+    TokenCls,
+}
+
+impl std::str::FromStr for FinetuneTask {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "seq-cls" => Ok(FinetuneTask::SeqCls),
+            "pair-cls" => Ok(FinetuneTask::PairCls),
+            "token-cls" => Ok(FinetuneTask::TokenCls),
+            "qa" | "multiple-choice" => Err(Error::msg(format!("--task {s} is not implemented yet (seq-cls, pair-cls, token-cls)"))),
+            _ => Err(Error::msg(format!("unknown --task '{s}' (seq-cls, pair-cls, token-cls)"))),
+        }
+    }
+}
+
+impl FinetuneTask {
+    /// The HF head this task trains.
+    pub fn head(self) -> Task {
+        match self {
+            FinetuneTask::SeqCls | FinetuneTask::PairCls => Task::SequenceClassification,
+            FinetuneTask::TokenCls => Task::TokenClassification,
+        }
+    }
+    /// The name of the metric that picks the best checkpoint.
+    pub fn metric(self) -> &'static str {
+        match self {
+            FinetuneTask::TokenCls => "token_f1",
+            _ => "accuracy",
+        }
+    }
+}
+
+/// One labelled example and the line it came from (1-based; CSV: the record's line).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Example {
+    pub line: usize,
+    pub text: String,
+    pub pair: Option<String>,
+    pub label: String,
+    pub tokens: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+fn at(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
+    Error::msg(format!("{}:{line}: {msg}", path.display()))
+}
+
+/// A label as written: a JSON string as is, a number as its text.
+fn label_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads the examples of `task` from a JSONL or CSV file (by extension: `.csv`, else JSONL).
+pub fn read_examples(path: &Path, task: FinetuneTask) -> Result<Vec<Example>> {
+    let text = crate::io::read_input_text(path)?;
+    let is_csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let rows: Vec<(usize, BTreeMap<String, serde_json::Value>)> = if is_csv { csv_rows(path, &text)? } else { jsonl_rows(path, &text)? };
+    if rows.is_empty() {
+        return Err(Error::msg(format!("{}: no examples", path.display())));
+    }
+    rows.into_iter().map(|(line, r)| example(path, line, r, task, is_csv)).collect()
+}
+
+fn jsonl_rows(path: &Path, text: &str) -> Result<Vec<(usize, BTreeMap<String, serde_json::Value>)>> {
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let v: BTreeMap<String, serde_json::Value> = serde_json::from_str(l).map_err(|e| at(path, i + 1, format!("not a JSON object: {e}")))?;
+        out.push((i + 1, v));
+    }
+    Ok(out)
+}
+
+fn csv_rows(path: &Path, text: &str) -> Result<Vec<(usize, BTreeMap<String, serde_json::Value>)>> {
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = r.headers().map_err(|e| at(path, 1, format!("CSV header: {e}")))?.iter().map(|h| h.trim().to_string()).collect();
+    let mut out = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| at(path, e.position().map_or(0, |p| p.line() as usize), format!("CSV: {e}")))?;
+        let line = rec.position().map_or(0, |p| p.line() as usize);
+        let row = header.iter().cloned().zip(rec.iter().map(|f| serde_json::Value::String(f.to_string()))).collect();
+        out.push((line, row));
+    }
+    Ok(out)
+}
+
+fn example(path: &Path, line: usize, mut r: BTreeMap<String, serde_json::Value>, task: FinetuneTask, is_csv: bool) -> Result<Example> {
+    let mut field = |name: &str| r.remove(name).ok_or_else(|| at(path, line, format!("no '{name}' field")));
+    let string = |v: serde_json::Value, name: &str| v.as_str().map(str::to_string).ok_or_else(|| at(path, line, format!("'{name}' must be a string")));
+    let list = |v: serde_json::Value, name: &str| -> Result<Vec<String>> {
+        match v {
+            serde_json::Value::String(s) if is_csv => Ok(s.split_whitespace().map(str::to_string).collect()),
+            serde_json::Value::Array(a) => a.iter().map(|x| label_text(x).ok_or_else(|| at(path, line, format!("'{name}' must list strings or numbers")))).collect(),
+            _ => Err(at(path, line, format!("'{name}' must be a list"))),
+        }
+    };
+    let mut ex = Example { line, ..Default::default() };
+    match task {
+        FinetuneTask::SeqCls | FinetuneTask::PairCls => {
+            ex.text = string(field("text")?, "text")?;
+            if task == FinetuneTask::PairCls {
+                ex.pair = Some(string(field("text_pair")?, "text_pair")?);
+            }
+            let l = field("label")?;
+            ex.label = label_text(&l).filter(|s| !s.is_empty()).ok_or_else(|| at(path, line, "'label' must be a string or a number"))?;
+        }
+        FinetuneTask::TokenCls => {
+            ex.tokens = list(field("tokens")?, "tokens")?;
+            ex.tags = list(field("tags")?, "tags")?;
+            if ex.tokens.is_empty() || ex.tokens.len() != ex.tags.len() {
+                return Err(at(path, line, format!("{} tokens but {} tags (one tag per token, at least one)", ex.tokens.len(), ex.tags.len())));
+            }
+        }
+    }
+    Ok(ex)
+}
+
+/// The label set of a run, in id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels(pub Vec<String>);
+
+impl Labels {
+    /// The labels of the training examples (classes, or tags).
+    pub fn of(examples: &[Example], task: FinetuneTask) -> Labels {
+        let mut v: Vec<String> = match task {
+            FinetuneTask::TokenCls => examples.iter().flat_map(|e| e.tags.iter().cloned()).collect(),
+            _ => examples.iter().map(|e| e.label.clone()).collect(),
+        };
+        v.sort();
+        v.dedup();
+        let nums: Option<Vec<f64>> = v.iter().map(|s| s.parse::<f64>().ok()).collect();
+        if let Some(n) = nums {
+            let mut pairs: Vec<(f64, String)> = n.into_iter().zip(v).collect();
+            pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v = pairs.into_iter().map(|p| p.1).collect();
+        }
+        Labels(v)
+    }
+
+    /// From a config's `id2label` (a model fine-tuned before).
+    pub fn from_config(cfg: &crate::config::ModelConfig) -> Option<Labels> {
+        let id2 = match cfg {
+            crate::config::ModelConfig::Encoder(c) => c.id2label.as_ref(),
+            crate::config::ModelConfig::Decoder(c) => c.id2label.as_ref(),
+        }?;
+        let mut v: Vec<(usize, String)> = id2.iter().filter_map(|(k, l)| k.parse().ok().map(|i| (i, l.clone()))).collect();
+        v.sort();
+        Some(Labels(v.into_iter().map(|p| p.1).collect()))
+    }
+
+    /// Writes `id2label` / `label2id` (and so `num_labels`) into `cfg`.
+    pub fn write_to(&self, cfg: &mut crate::config::ModelConfig) {
+        let id2 = Some(self.0.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect());
+        let l2 = Some(self.0.iter().enumerate().map(|(i, l)| (l.clone(), i as i64)).collect());
+        match cfg {
+            crate::config::ModelConfig::Encoder(c) => (c.id2label, c.label2id) = (id2, l2),
+            crate::config::ModelConfig::Decoder(c) => (c.id2label, c.label2id) = (id2, l2),
+        }
+    }
+
+    fn id(&self, label: &str, path: &Path, line: usize) -> Result<i64> {
+        self.0.iter().position(|l| l == label).map(|i| i as i64).ok_or_else(|| at(path, line, format!("label '{label}' is not among the training data's labels ({})", self.0.join(", "))))
+    }
+}
+
+/// One encoded example: ids, segment ids and labels (one, or one per position).
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub ids: Vec<i64>,
+    pub types: Vec<i64>,
+    pub labels: Vec<i64>,
+}
+
+/// Encodes `examples` with `tok` truncated to `seq` tokens; labels by `labels` (an unknown one is
+/// an error naming `path` and the line).
+pub fn encode(tok: &Tokenizer, examples: &[Example], labels: &Labels, task: FinetuneTask, seq: usize, path: &Path) -> Result<Vec<Encoded>> {
+    let mut tok = tok.clone();
+    let trunc = tokenizers::TruncationParams { max_length: seq, ..Default::default() };
+    tok.with_truncation(Some(trunc)).map_err(|e| Error::msg(format!("tokenizer: {e}")))?;
+    tok.with_padding(None);
+    let tk = |e: tokenizers::Error| Error::msg(format!("tokenizer: {e}"));
+    examples
+        .iter()
+        .map(|ex| {
+            let enc = match (task, &ex.pair) {
+                (FinetuneTask::TokenCls, _) => tok.encode(ex.tokens.iter().map(String::as_str).collect::<Vec<&str>>(), true).map_err(tk)?,
+                (_, Some(p)) => tok.encode((ex.text.as_str(), p.as_str()), true).map_err(tk)?,
+                (_, None) => tok.encode(ex.text.as_str(), true).map_err(tk)?,
+            };
+            let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+            let types: Vec<i64> = enc.get_type_ids().iter().map(|&i| i as i64).collect();
+            let labels = match task {
+                FinetuneTask::TokenCls => {
+                    let mut prev = None;
+                    let mut out = Vec::with_capacity(ids.len());
+                    for w in enc.get_word_ids() {
+                        out.push(match w {
+                            Some(w) if Some(*w) != prev => labels.id(&ex.tags[*w as usize], path, ex.line)?,
+                            _ => IGNORE_INDEX,
+                        });
+                        prev = *w;
+                    }
+                    out
+                }
+                _ => vec![labels.id(&ex.label, path, ex.line)?],
+            };
+            Ok(Encoded { ids, types, labels })
+        })
+        .collect()
+}
+
+/// Pads `items` into one batch (`pad` for ids; labels per position padded with -100).
+fn collate(items: &[&Encoded], pad: i64, per_token: bool) -> Result<Batch> {
+    let (b, t) = (items.len(), items.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1));
+    let (mut ids, mut types, mut mask, mut labels) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::new());
+    for e in items {
+        let n = e.ids.len();
+        ids.extend(e.ids.iter().copied().chain(std::iter::repeat_n(pad, t - n)));
+        types.extend(e.types.iter().copied().chain(std::iter::repeat_n(0, t - n)));
+        mask.extend(std::iter::repeat_n(1i64, n).chain(std::iter::repeat_n(0, t - n)));
+        if per_token {
+            labels.extend(e.labels.iter().copied().chain(std::iter::repeat_n(IGNORE_INDEX, t - n)));
+        } else {
+            labels.push(e.labels[0]);
+        }
+    }
+    Ok(Batch {
+        input_ids: Tensor::from_vec(ids, &[b, t])?,
+        labels: if per_token { Tensor::from_vec(labels, &[b, t])? } else { Tensor::from_vec(labels, &[b])? },
+        attention_mask: Tensor::from_vec(mask, &[b, t])?,
+        token_type_ids: Tensor::from_vec(types, &[b, t])?,
+        next_sentence_label: None,
+    })
+}
+
+/// Training batches: every example once per epoch, in an order shuffled per epoch from the seed
+/// (a pure function of (seed, epoch), so a saved position resumes exactly).
+pub struct ExampleBatcher {
+    items: Vec<Encoded>,
+    batch: usize,
+    pad: i64,
+    per_token: bool,
+    seed: u64,
+    pos: DataPosition,
+    order: Vec<usize>,
+}
+
+impl ExampleBatcher {
+    pub fn new(items: Vec<Encoded>, batch: usize, pad: i64, task: FinetuneTask, seed: u64) -> Result<ExampleBatcher> {
+        if items.is_empty() || batch == 0 {
+            return Err(Error::msg("finetune: no examples, or a batch of 0"));
+        }
+        let mut b = ExampleBatcher { items, batch, pad, per_token: task == FinetuneTask::TokenCls, seed, pos: DataPosition::default(), order: Vec::new() };
+        b.reorder();
+        Ok(b)
+    }
+    fn reorder(&mut self) {
+        self.order = (0..self.items.len()).collect();
+        DataRng::new(self.seed, self.pos.epoch).shuffle(&mut self.order);
+    }
+    /// Updates per epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.items.len().div_ceil(self.batch) as u64
+    }
+}
+
+impl BatchSource for ExampleBatcher {
+    fn next_batch(&mut self) -> Result<Batch> {
+        let start = self.pos.cursor as usize;
+        let end = (start + self.batch).min(self.items.len());
+        let picked: Vec<&Encoded> = self.order[start..end].iter().map(|&i| &self.items[i]).collect();
+        let b = collate(&picked, self.pad, self.per_token)?;
+        self.pos.cursor = end as u64;
+        if end == self.items.len() {
+            self.pos.epoch += 1;
+            self.pos.cursor = 0;
+            self.reorder();
+        }
+        Ok(b)
+    }
+    fn position(&self) -> DataPosition {
+        self.pos.clone()
+    }
+    fn set_position(&mut self, p: &DataPosition) -> Result<()> {
+        if p.cursor as usize >= self.items.len() {
+            return Err(Error::msg(format!("finetune: saved position {} is past the {} examples", p.cursor, self.items.len())));
+        }
+        self.pos = p.clone();
+        self.reorder();
+        Ok(())
+    }
+}
+
+/// The task's metrics on `items` (batches of `batch`, no gradients): `accuracy` and `macro_f1`,
+/// or `token_accuracy` and `token_f1`; `outside` is the id of the `O` tag, if any.
+pub fn evaluate(model: &Model, items: &[Encoded], task: FinetuneTask, n_labels: usize, batch: usize, pad: i64, outside: Option<i64>, device: Device) -> Result<BTreeMap<&'static str, f64>> {
+    let per_token = task == FinetuneTask::TokenCls;
+    let takes_types = model.arch.inputs().contains(&"token_type_ids");
+    let (mut gold, mut pred) = (Vec::new(), Vec::new());
+    for chunk in items.chunks(batch.max(1)) {
+        let refs: Vec<&Encoded> = chunk.iter().collect();
+        let b = collate(&refs, pad, per_token)?.to_device(device)?;
+        let inputs = Inputs { input_ids: Some(b.input_ids.clone()), attention_mask: Some(b.attention_mask.clone()), token_type_ids: takes_types.then(|| b.token_type_ids.clone()), ..Default::default() };
+        let out = no_grad(|| model.forward(&inputs, &ForwardCtx::eval()))?;
+        let logits = out.get("logits").ok_or_else(|| Error::msg("finetune: the model gave no logits"))?;
+        let c = *logits.shape().last().unwrap_or(&1);
+        let v = logits.to_dtype(kiln_tensor::DType::F32)?.to_vec::<f32>()?;
+        let labels = b.labels.to_vec::<i64>()?;
+        for (row, &g) in v.chunks(c).zip(&labels) {
+            if g == IGNORE_INDEX {
+                continue;
+            }
+            let p = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as i64);
+            gold.push(g);
+            pred.push(p);
+        }
+    }
+    let acc = gold.iter().zip(&pred).filter(|(g, p)| g == p).count() as f64 / gold.len().max(1) as f64;
+    let mut m = BTreeMap::new();
+    match (per_token, outside) {
+        (true, Some(o)) => {
+            let tp = gold.iter().zip(&pred).filter(|(g, p)| g == p && **g != o).count() as f64;
+            let (gp, pp) = (gold.iter().filter(|&&g| g != o).count() as f64, pred.iter().filter(|&&p| p != o).count() as f64);
+            let f1 = if gp + pp == 0.0 { 1.0 } else { 2.0 * tp / (gp + pp) };
+            m.insert("token_accuracy", acc);
+            m.insert("token_f1", f1);
+        }
+        (true, None) => {
+            m.insert("token_accuracy", acc);
+            m.insert("token_f1", macro_f1(&gold, &pred, n_labels));
+        }
+        _ => {
+            m.insert("accuracy", acc);
+            m.insert("macro_f1", macro_f1(&gold, &pred, n_labels));
+        }
+    }
+    Ok(m)
+}
+
+/// Mean F1 over the classes that occur in `gold` or `pred`.
+fn macro_f1(gold: &[i64], pred: &[i64], n: usize) -> f64 {
+    let mut f = Vec::new();
+    for c in 0..n as i64 {
+        let tp = gold.iter().zip(pred).filter(|(g, p)| **g == c && **p == c).count() as f64;
+        let (gc, pc) = (gold.iter().filter(|&&g| g == c).count() as f64, pred.iter().filter(|&&p| p == c).count() as f64);
+        if gc + pc > 0.0 {
+            f.push(2.0 * tp / (gc + pc));
+        }
+    }
+    if f.is_empty() {
+        0.0
+    } else {
+        f.iter().sum::<f64>() / f.len() as f64
+    }
+}

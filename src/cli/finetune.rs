@@ -1,0 +1,202 @@
+//! `kiln finetune`: a classification head on a pretrained body, trained from labelled data
+//! (JSONL or CSV; see `kiln::model::finetune`), evaluated every N steps, the best checkpoint kept.
+use super::train::Progress;
+use clap::Args;
+use kiln::model::config::ModelConfig;
+use kiln::model::finetune::{self, ExampleBatcher, FinetuneTask, Labels};
+use kiln::model::optim::AdamWConfig;
+use kiln::model::params::ParamStore;
+use kiln::model::run_dir::{self, Commit};
+use kiln::model::sched::{Decay, LrSchedule};
+use kiln::model::train_state::checkpoint_files;
+use kiln::model::trainer::{TrainOptions, Trainer};
+use kiln::model::{limits, tokenize, LoadOptions};
+use kiln::{DType, Device, Error, Result};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// The pretrained model: an HF directory (any family with the task's head; a bare encoder
+    /// such as a sentence-transformers directory included) or a kiln run directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// seq-cls (text, label), pair-cls (text, text_pair, label) or token-cls (tokens, tags).
+    #[arg(long)]
+    pub task: String,
+    /// Training examples: JSONL (one object per line) or CSV (a header row), by extension.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Evaluation examples, in the same form.
+    #[arg(long)]
+    pub eval: PathBuf,
+    /// The run directory (checkpoints as `kiln train` writes them); the best checkpoint by the
+    /// task's metric goes to OUT/best.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace the model or checkpoints already in --out.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Updates (default: --epochs over the training data).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Tokens per example (longer ones are truncated).
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+    /// constant, linear or cosine decay after warm-up.
+    #[arg(long, default_value = "linear")]
+    pub schedule: String,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Evaluate (and checkpoint) every N updates (0 = once per epoch) and at the end.
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Checkpoints of this run to keep in --out (0 = all); OUT/best holds the best one.
+    #[arg(long, default_value_t = 1)]
+    pub keep: usize,
+    /// One JSON object per line (the run, steps, evaluations).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: FinetuneArgs) -> Result<()> {
+    let device: Device = a.device.parse()?;
+    kiln::tensor::cuda::check_device(device)?;
+    let compute: DType = a.dtype.parse()?;
+    let task: FinetuneTask = a.task.parse()?;
+    let decay: Decay = a.schedule.parse()?;
+    if a.batch == 0 || a.seq < 2 {
+        return Err(Error::msg("finetune: --batch must be positive and --seq at least 2"));
+    }
+    let adamw = AdamWConfig { lr: a.lr, weight_decay: a.weight_decay, ..Default::default() };
+    let mut opts = TrainOptions {
+        steps: 0,
+        schedule: LrSchedule::constant(a.lr),
+        adamw,
+        clip: a.clip,
+        accum: 1,
+        seed: a.seed,
+        eval_every: 0,
+        eval_batches: 1,
+        ckpt_every: 0,
+        out: Some(a.out.clone()),
+        keep: a.keep,
+        overwrite: a.overwrite,
+        compute_dtype: compute,
+    };
+    opts.check().map_err(|e| Error::msg(format!("finetune: {e}")))?;
+    let held = run_dir::held_entries(&a.out);
+    if !held.is_empty() && !a.overwrite {
+        return Err(Error::msg(format!("finetune: --out {} already holds a model ({}); pass --overwrite to replace it, or another --out", a.out.display(), held.join(", "))));
+    }
+    // the body: config, tokenizer, weights (verified first when it is a kiln checkpoint)
+    let from = run_dir::resolve(&a.model)?.dir;
+    let mut cfg = ModelConfig::load(from.join("config.json"))?;
+    let tok = tokenize::find_tokenizer(None, Some(&from))?.ok_or_else(|| Error::msg(format!("finetune: no tokenizer.json in {}", from.display())))?;
+    let fam = cfg.family();
+    let arch = fam.arch_for(task.head()).ok_or_else(|| Error::msg(format!("finetune: the {} family has no {:?} head", fam.model_type(), task.head())))?;
+    // the data, its labels, and the head they ask for
+    let train_ex = finetune::read_examples(&a.data, task)?;
+    let eval_ex = finetune::read_examples(&a.eval, task)?;
+    let labels = Labels::of(&train_ex, task);
+    if labels.0.len() < 2 && task != FinetuneTask::TokenCls {
+        return Err(Error::msg(format!("{}: the training data has one label ({}); classification needs two or more", a.data.display(), labels.0.join(", "))));
+    }
+    cfg.set_architecture(arch.name);
+    labels.write_to(&mut cfg);
+    limits::check(&cfg, &limits::Job::Train { batch: limits::Size::new("--batch", a.batch), seq: limits::Size::new("--seq", a.seq) }, limits::Memory::of(device).as_ref())
+        .map_err(|e| Error::msg(format!("finetune: {e}")))?;
+    limits::check_positions(&cfg, limits::Size::new("--seq", a.seq)).map_err(|e| Error::msg(format!("finetune: {e}")))?;
+    let pad = tokenize::pad_id(&tok, &cfg) as i64;
+    let train_items = finetune::encode(&tok, &train_ex, &labels, task, a.seq, &a.data)?;
+    let eval_items = finetune::encode(&tok, &eval_ex, &labels, task, a.seq, &a.eval)?;
+    let store = ParamStore::new(a.seed, DType::F32, device);
+    let mut trainer = Trainer::new(cfg.clone(), store.clone(), Some(&tok), adamw)?;
+    let weights = from.join("model.safetensors");
+    if kiln::model::io::entry_exists(&weights) {
+        // the body must load whole; the head may be absent (a new head) or of another size
+        let rep = kiln::model::load_params(&weights, &store, &fam.name_map(), &LoadOptions::default())?;
+        let body = format!("{}.", fam.prefix());
+        let lacking: Vec<&String> = rep.missing.iter().chain(rep.shape_mismatches.iter().map(|m| &m.name)).filter(|n| n.starts_with(&body)).collect();
+        if !lacking.is_empty() {
+            return Err(Error::msg(format!("finetune: {} does not hold the model's body: {rep}", weights.display())));
+        }
+    } else if !a.json {
+        println!("note: {} has no model.safetensors: the body starts from random weights", from.display());
+    }
+    let mut data = ExampleBatcher::new(train_items, a.batch, pad, task, a.seed)?;
+    let per_epoch = data.steps_per_epoch();
+    let total = a.steps.unwrap_or(a.epochs * per_epoch).max(1);
+    let every = if a.eval_every == 0 { per_epoch } else { a.eval_every };
+    opts.steps = total;
+    opts.schedule = LrSchedule { peak_lr: a.lr, min_lr: 0.0, warmup_steps: a.warmup.min(total), total_steps: total, decay };
+    let outside = labels.0.iter().position(|l| l == "O").map(|i| i as i64);
+    let line = serde_json::json!({"task": a.task, "architecture": arch.name, "params": store.num_params(), "labels": labels.0,
+        "train_examples": train_ex.len(), "eval_examples": eval_ex.len(), "steps": total, "steps_per_epoch": per_epoch});
+    if a.json {
+        println!("{line}");
+    } else {
+        println!(
+            "kiln finetune: {} ({} params), {} labels, {} training / {} evaluation examples, {total} steps ({per_epoch} per epoch), out {}",
+            arch.name,
+            store.num_params(),
+            labels.0.len(),
+            train_ex.len(),
+            eval_ex.len(),
+            a.out.display()
+        );
+    }
+    let bar = (!a.json && std::io::stderr().is_terminal()).then(|| indicatif::ProgressBar::new(total));
+    let mut progress = Progress { json: a.json, bar, every: 25 };
+    let metric = task.metric();
+    let (mut best, best_dir) = (f64::NEG_INFINITY, a.out.join("best"));
+    while trainer.step < total {
+        let mut chunk = opts.clone();
+        chunk.steps = (trainer.step + every).min(total);
+        trainer.run(&chunk, &mut data, None, &mut progress)?;
+        let m = finetune::evaluate(&trainer.model, &eval_items, task, labels.0.len(), a.batch, pad, outside, device)?;
+        let score = m[metric];
+        let improved = score > best;
+        if improved {
+            best = score;
+            let files = checkpoint_files(&trainer.cfg, &trainer.store, Some(&tok), None);
+            run_dir::commit(&best_dir, Commit { files, run_id: &trainer.run_id, step: trainer.step, config_hash: trainer.cfg.hash_hex()?, keep: 1, overwrite: true })?;
+        }
+        let mut ev = serde_json::json!({"step": trainer.step, "best": improved});
+        for (k, v) in &m {
+            ev[*k] = (*v).into();
+        }
+        match (&progress.bar, a.json) {
+            (_, true) => println!("{ev}"),
+            (Some(b), false) => b.println(format!("eval  step {:>5}  {}{}", trainer.step, fmt_metrics(&m), if improved { "  (best)" } else { "" })),
+            (None, false) => println!("eval  step {:>5}  {}{}", trainer.step, fmt_metrics(&m), if improved { "  (best)" } else { "" }),
+        }
+    }
+    if let Some(b) = &progress.bar {
+        b.finish();
+    }
+    if !a.json {
+        println!("best {metric} {best:.4} -> {}; last checkpoint -> {}", best_dir.display(), a.out.display());
+    }
+    Ok(())
+}
+
+fn fmt_metrics(m: &std::collections::BTreeMap<&'static str, f64>) -> String {
+    m.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join("  ")
+}

@@ -1,0 +1,187 @@
+//! `kiln finetune` end to end on generated tasks (issue 22, part): a sequence task (JSONL, string
+//! labels), a sentence-pair task (CSV, numeric labels) and a tagging task (JSONL tokens / tags),
+//! each from a tiny pretrained BERT made by `kiln train`; the best checkpoint loads with its labels;
+//! bad data are clear errors naming the file and line.
+use kiln::model::model::LoadedModel;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kiln-ft-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A deterministic generator (xorshift).
+struct Gen(u64);
+impl Gen {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+    fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
+        v[self.below(v.len())]
+    }
+}
+
+const FILLER: [&str; 10] = ["the", "a", "on", "and", "of", "to", "in", "it", "was", "that"];
+const NOUNS: [&str; 5] = ["king", "lord", "house", "night", "heart"];
+const VERBS: [&str; 5] = ["speak", "come", "go", "know", "love"];
+
+/// A tiny pretrained BERT run directory (with its WordPiece tokenizer) to fine-tune.
+fn body(d: &Path) -> String {
+    let out = d.join("body");
+    let o = kiln(&["train", "--model", "bert-tiny", "--steps", "2", "--batch", "2", "--seq", "32", "--vocab", "400", "--json", "--sample-tokens", "0", "--eval-every", "0", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out.display().to_string()
+}
+
+fn metric(o: &Output, name: &str) -> f64 {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get(name).and_then(|x| x.as_f64()))
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
+fn finetune(model: &str, task: &str, train: &Path, dev: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut a = vec!["finetune", "--model", model, "--task", task, "--data", train.to_str().unwrap(), "--eval", dev.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json", "--seq", "24", "--lr", "2e-3", "--batch", "16"];
+    a.extend_from_slice(extra);
+    kiln(&a)
+}
+
+/// Sentences of filler words with one cue word: "good" → pos, "bad" → neg.
+fn seq_jsonl(g: &mut Gen, n: usize) -> String {
+    (0..n)
+        .map(|_| {
+            let pos = g.below(2) == 0;
+            let mut w: Vec<&str> = (0..6 + g.below(5)).map(|_| g.pick(&FILLER)).collect();
+            let at = g.below(w.len());
+            w.insert(at, if pos { "good" } else { "bad" });
+            serde_json::json!({"text": w.join(" "), "label": if pos { "pos" } else { "neg" }}).to_string() + "\n"
+        })
+        .collect()
+}
+
+#[test]
+fn sequence_classification_from_jsonl_reaches_090_and_keeps_its_labels() {
+    let d = tmp("seq");
+    let model = body(&d);
+    let mut g = Gen(0x9E37_79B9_7F4A_7C15);
+    let (train, dev) = (d.join("train.jsonl"), d.join("dev.jsonl"));
+    std::fs::write(&train, seq_jsonl(&mut g, 480)).unwrap();
+    std::fs::write(&dev, seq_jsonl(&mut g, 120)).unwrap();
+    let out = d.join("out");
+    let o = finetune(&model, "seq-cls", &train, &dev, &out, &["--epochs", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let acc = metric(&o, "accuracy");
+    assert!(acc >= 0.9, "best accuracy {acc}");
+    assert!(metric(&o, "macro_f1") >= 0.9);
+    // the best checkpoint: the classifier architecture with the data's labels, as written
+    let best = LoadedModel::from_dir(out.join("best"), 0, kiln::Device::Cpu).unwrap();
+    assert_eq!(best.cfg.architecture(), Some("BertForSequenceClassification"));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("best/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["id2label"], serde_json::json!({"0": "neg", "1": "pos"}));
+    assert_eq!(cfg["label2id"], serde_json::json!({"neg": 0, "pos": 1}));
+    // --out is refused the second time
+    let o = finetune(&model, "seq-cls", &train, &dev, &out, &["--steps", "1"]);
+    assert!(!o.status.success() && stderr(&o).contains("--overwrite"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn pair_classification_from_csv_with_numeric_labels() {
+    let d = tmp("pair");
+    let model = body(&d);
+    let mut g = Gen(0x2545_F491_4F6C_DD1D);
+    let mut csv = |n: usize| {
+        let mut s = String::from("text,text_pair,label\n");
+        for _ in 0..n {
+            let yes = g.below(2) == 0;
+            let a: Vec<&str> = (0..5).map(|_| g.pick(&FILLER)).collect();
+            let mut b: Vec<&str> = (0..5).map(|_| g.pick(&FILLER)).collect();
+            let at = g.below(b.len());
+            b.insert(at, if yes { "good" } else { "bad" });
+            s += &format!("\"{}\",\"{}\",{}\n", a.join(" "), b.join(" "), if yes { 1 } else { 0 });
+        }
+        s
+    };
+    let (train, dev) = (d.join("train.csv"), d.join("dev.csv"));
+    std::fs::write(&train, csv(480)).unwrap();
+    std::fs::write(&dev, csv(120)).unwrap();
+    let out = d.join("out");
+    let o = finetune(&model, "pair-cls", &train, &dev, &out, &["--epochs", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(metric(&o, "accuracy") >= 0.9, "{}", String::from_utf8_lossy(&o.stdout));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("best/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["id2label"], serde_json::json!({"0": "0", "1": "1"}));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn token_classification_reaches_090_token_f1() {
+    let d = tmp("tok");
+    let model = body(&d);
+    let mut g = Gen(0xD1B5_4A32_D192_ED03);
+    let mut data = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                let words: Vec<&str> = (0..6 + g.below(6)).map(|_| match g.below(4) { 0 => g.pick(&NOUNS), 1 => g.pick(&VERBS), _ => g.pick(&FILLER) }).collect();
+                let tags: Vec<&str> = words.iter().map(|w| if NOUNS.contains(w) { "NOUN" } else if VERBS.contains(w) { "VERB" } else { "O" }).collect();
+                serde_json::json!({"tokens": words, "tags": tags}).to_string() + "\n"
+            })
+            .collect()
+    };
+    let (train, dev) = (d.join("train.jsonl"), d.join("dev.jsonl"));
+    std::fs::write(&train, data(480)).unwrap();
+    std::fs::write(&dev, data(120)).unwrap();
+    let out = d.join("out");
+    let o = finetune(&model, "token-cls", &train, &dev, &out, &["--epochs", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f1 = metric(&o, "token_f1");
+    assert!(f1 >= 0.9, "best token F1 {f1}: {}", String::from_utf8_lossy(&o.stdout));
+    let best = LoadedModel::from_dir(out.join("best"), 0, kiln::Device::Cpu).unwrap();
+    assert_eq!(best.cfg.architecture(), Some("BertForTokenClassification"));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Bad data: clear errors naming the file and line, nothing written.
+#[test]
+fn bad_finetuning_data_is_a_clear_error() {
+    let d = tmp("bad");
+    let model = body(&d);
+    let train = d.join("train.jsonl");
+    std::fs::write(&train, "{\"text\": \"a good day\", \"label\": \"pos\"}\n{\"text\": \"a bad day\", \"label\": \"neg\"}\n").unwrap();
+    let out = d.join("out");
+    let train_tok = d.join("train_tok.jsonl");
+    std::fs::write(&train_tok, "{\"tokens\": [\"a\", \"king\"], \"tags\": [\"O\", \"NOUN\"]}\n").unwrap();
+    let case = |name: &str, task: &str, dev_text: &str, want: &str| {
+        let dev = d.join(name);
+        std::fs::write(&dev, dev_text).unwrap();
+        let train = if task == "token-cls" { &train_tok } else { &train };
+        let o = finetune(&model, task, train, &dev, &out, &["--steps", "1"]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {e}");
+        assert!(e.contains(want) && !e.contains("panicked"), "{name}: {e}");
+        assert!(!out.exists(), "{name}: --out was written");
+    };
+    let dev = d.join("unknown.jsonl");
+    case("unknown.jsonl", "seq-cls", "{\"text\": \"x\", \"label\": \"pos\"}\n\n{\"text\": \"y\", \"label\": \"maybe\"}\n", &format!("{}:3: label 'maybe' is not among the training data's labels (neg, pos)", dev.display()));
+    case("empty.jsonl", "seq-cls", "", "empty.jsonl");
+    case("nolabel.jsonl", "seq-cls", "{\"text\": \"x\"}\n", "nolabel.jsonl:1: no 'label' field");
+    case("notjson.jsonl", "seq-cls", "{\"text\": \"x\", \"label\": \"pos\"}\n{oops\n", "notjson.jsonl:2: not a JSON object");
+    case("tags.jsonl", "token-cls", "{\"tokens\": [\"a\", \"b\"], \"tags\": [\"O\"]}\n", "tags.jsonl:1: 2 tokens but 1 tags");
+    case("task.jsonl", "qa", "{}\n", "not implemented yet");
+    std::fs::remove_dir_all(&d).unwrap();
+}
