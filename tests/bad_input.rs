@@ -5,6 +5,8 @@
 //!
 //! The loaders' random and mutated inputs are in tests/fuzz_loaders.rs; torn checkpoints and the
 //! crash test in tests/checkpoints.rs.
+mod common;
+use common::snapshot;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -36,29 +38,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn s(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// Every entry under `dir`: a regular file's bytes, a link's target, another kind's type (a FIFO
-/// is never opened).
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()) {
-            let (p, t) = (e.path(), e.file_type().unwrap());
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            if t.is_symlink() {
-                out.insert(rel, format!("-> {}", std::fs::read_link(&p).unwrap().display()).into_bytes());
-            } else if t.is_dir() {
-                walk(root, &p, out);
-            } else if t.is_file() {
-                out.insert(rel, std::fs::read(&p).unwrap());
-            } else {
-                out.insert(rel, b"(not a regular file)".to_vec());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 /// What a case must do.

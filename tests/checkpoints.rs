@@ -3,6 +3,8 @@
 //! labels, and the crash test: `kiln train` killed at every file operation of its checkpoint
 //! writes (through the `KILN_TEST_KILL_AT` hook) always leaves a complete checkpoint, and resuming
 //! from it ends bit-identical to an uninterrupted run.
+mod common;
+use common::snapshot;
 use kiln::model::data::{Batch, CausalLmBatcher, DataPosition, IGNORE_INDEX};
 use kiln::model::model::LoadedModel;
 use kiln::model::run_dir::{self, MANIFEST_FILE};
@@ -12,7 +14,6 @@ use kiln::model::trainer::{BatchSource, TrainObserver, TrainOptions, Trainer};
 use kiln::model::{AdamWConfig, ModelConfig, ParamStore};
 use kiln::tensor::Tensor;
 use kiln::{DType, Device, Result};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -55,26 +56,6 @@ fn data_file(d: &Path) -> PathBuf {
 fn train(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let common = ["train", "--data", data.to_str().unwrap(), "--batch", "4", "--seq", "32", "--vocab", "300", "--eval-every", "0", "--sample-tokens", "0", "--json", "--schedule", "constant", "--warmup", "0"];
     kiln_env(&[&common[..], extra].concat(), env)
-}
-
-/// Every entry under a directory by relative path: a file's bytes, a symlink's target.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()) {
-            let (p, t) = (e.path(), e.file_type().unwrap());
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            if t.is_symlink() {
-                out.insert(rel, format!("-> {}", std::fs::read_link(&p).unwrap().display()).into_bytes());
-            } else if t.is_dir() {
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 fn names(dir: &Path) -> Vec<String> {

@@ -2,6 +2,8 @@
 //! a tiny GPT gets well under the unigram entropy of its tokens, a tiny BERT's masked-token
 //! accuracy beats the most-frequent-token baseline by a clear margin, and a non-finite loss stops a
 //! run with a message naming the step while the last checkpoint stays intact (library and CLI).
+mod common;
+use common::snapshot;
 use kiln::model::config::ModelConfig;
 use kiln::model::data::{encode_documents, encode_stream, read_text, Batch, BertBatcher, CausalLmBatcher, IGNORE_INDEX};
 use kiln::model::model::{Inputs, LoadedModel, Model};
@@ -170,26 +172,6 @@ fn tiny_bert_mlm_accuracy_beats_the_most_frequent_token() {
     assert!(baseline > 0.0, "the most frequent token never appears among the held-out masked tokens");
     assert!(after >= bar, "masked-token accuracy {after:.3} is below the bar {bar:.3} (baseline {baseline:.3})");
     assert!(after > before + 0.10, "accuracy did not rise: {before:.3} -> {after:.3}");
-}
-
-/// Every entry under a directory by relative path: a file's bytes, a symlink's target.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()) {
-            let (p, t) = (e.path(), e.file_type().unwrap());
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            if t.is_symlink() {
-                out.insert(rel, format!("-> {}", std::fs::read_link(&p).unwrap().display()).into_bytes());
-            } else if t.is_dir() {
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 /// An absurd learning rate: the library stops with the step named, whether the loss goes

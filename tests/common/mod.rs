@@ -1,0 +1,27 @@
+//! Helpers shared by the integration tests (`mod common;` in each test file that uses them).
+#![allow(dead_code)]
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Every entry under `dir` by relative path: a regular file's bytes, a symlink's target, another
+/// kind's type (a FIFO is never opened). Two snapshots are equal when nothing under `dir` changed.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()) {
+            let (p, t) = (e.path(), e.file_type().unwrap());
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if t.is_symlink() {
+                out.insert(rel, format!("-> {}", std::fs::read_link(&p).unwrap().display()).into_bytes());
+            } else if t.is_dir() {
+                walk(root, &p, out);
+            } else if t.is_file() {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            } else {
+                out.insert(rel, b"(not a regular file)".to_vec());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
