@@ -185,3 +185,37 @@ fn bad_finetuning_data_is_a_clear_error() {
     case("task.jsonl", "qa", "{}\n", "not implemented yet");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// One run of 60 updates equals 30 updates and a `--resume` for 30 more: the same evaluations
+/// and, bit for bit, the same weights (a constant schedule, so that the two runs' learning rates
+/// agree; the best metric so far travels in the training state).
+#[test]
+fn a_resumed_finetuning_run_is_exact() {
+    let d = tmp("resume");
+    let model = body(&d);
+    let mut g = Gen(0x0123_4567_89AB_CDEF);
+    let (train, dev) = (d.join("train.jsonl"), d.join("dev.jsonl"));
+    std::fs::write(&train, seq_jsonl(&mut g, 240)).unwrap();
+    std::fs::write(&dev, seq_jsonl(&mut g, 60)).unwrap();
+    let evals = |o: &Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("\"accuracy\"")).map(str::to_string).collect()
+    };
+    let (full, part) = (d.join("full"), d.join("part"));
+    let common = ["--schedule", "constant", "--eval-every", "10"];
+    let o = finetune(&model, "seq-cls", &train, &dev, &full, &[&common[..], &["--steps", "30"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = evals(&o);
+    assert_eq!(want.len(), 3);
+    let o = finetune(&model, "seq-cls", &train, &dev, &part, &[&common[..], &["--steps", "10"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(evals(&o)[..], want[..1]);
+    let mut a = vec!["finetune", "--resume", part.to_str().unwrap(), "--task", "seq-cls", "--data", train.to_str().unwrap(), "--eval", dev.to_str().unwrap(), "--json", "--seq", "24", "--lr", "2e-3", "--batch", "16", "--steps", "30"];
+    a.extend_from_slice(&common);
+    let o = kiln(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(evals(&o)[..], want[1..], "the resumed evaluations differ");
+    let w = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
+    assert!(w(&full) == w(&part), "the resumed run's weights differ from the uninterrupted run's");
+    assert!(w(&full.join("best")) == w(&part.join("best")), "the best checkpoints differ");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -8,8 +8,8 @@ use kiln::model::optim::AdamWConfig;
 use kiln::model::params::ParamStore;
 use kiln::model::run_dir::{self, Commit};
 use kiln::model::sched::{Decay, LrSchedule};
-use kiln::model::train_state::checkpoint_files;
-use kiln::model::trainer::{TrainOptions, Trainer};
+use kiln::model::train_state::{checkpoint_files, load_train_state};
+use kiln::model::trainer::{TrainObserver, TrainOptions, Trainer};
 use kiln::model::{limits, tokenize, LoadOptions};
 use kiln::{DType, Device, Error, Result};
 use std::io::IsTerminal;
@@ -19,8 +19,11 @@ use std::path::PathBuf;
 pub struct FinetuneArgs {
     /// The pretrained model: an HF directory (any family with the task's head; a bare encoder
     /// such as a sentence-transformers directory included) or a kiln run directory.
-    #[arg(long)]
-    pub model: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    pub model: Option<PathBuf>,
+    /// Continue a fine-tuning run exactly: its run directory (or one of its checkpoints).
+    #[arg(long, conflicts_with = "model")]
+    pub resume: Option<PathBuf>,
     /// seq-cls (text, label), pair-cls (text, text_pair, label) or token-cls (tokens, tags).
     #[arg(long)]
     pub task: String,
@@ -31,9 +34,9 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub eval: PathBuf,
     /// The run directory (checkpoints as `kiln train` writes them); the best checkpoint by the
-    /// task's metric goes to OUT/best.
-    #[arg(long)]
-    pub out: PathBuf,
+    /// task's metric goes to OUT/best. With --resume: the run's own directory by default.
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
     /// Replace the model or checkpoints already in --out.
     #[arg(long)]
     pub overwrite: bool,
@@ -95,26 +98,40 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         eval_every: 0,
         eval_batches: 1,
         ckpt_every: 0,
-        out: Some(a.out.clone()),
+        // checkpoints are committed after each evaluation, below
+        out: None,
         keep: a.keep,
         overwrite: a.overwrite,
         compute_dtype: compute,
     };
     opts.check().map_err(|e| Error::msg(format!("finetune: {e}")))?;
-    let held = run_dir::held_entries(&a.out);
-    if !held.is_empty() && !a.overwrite {
-        return Err(Error::msg(format!("finetune: --out {} already holds a model ({}); pass --overwrite to replace it, or another --out", a.out.display(), held.join(", "))));
+    // where from, where to: a pretrained model into --out, or a run continued (in place by default)
+    let (from, out) = match (&a.resume, &a.model) {
+        (Some(r), _) => (run_dir::resolve(r)?.dir, a.out.clone().unwrap_or_else(|| run_dir::run_root(r))),
+        (None, Some(m)) => (run_dir::resolve(m)?.dir, a.out.clone().ok_or_else(|| Error::msg("finetune: --out is required"))?),
+        (None, None) => return Err(Error::msg("finetune: --model or --resume is required")),
+    };
+    let continues = a.resume.as_deref().is_some_and(|r| run_dir::run_root(r) == out);
+    let held = run_dir::held_entries(&out);
+    if !held.is_empty() && !a.overwrite && !continues {
+        return Err(Error::msg(format!("finetune: --out {} already holds a model ({}); pass --overwrite to replace it, or another --out", out.display(), held.join(", "))));
     }
-    // the body: config, tokenizer, weights (verified first when it is a kiln checkpoint)
-    let from = run_dir::resolve(&a.model)?.dir;
     let mut cfg = ModelConfig::load(from.join("config.json"))?;
     let tok = tokenize::find_tokenizer(None, Some(&from))?.ok_or_else(|| Error::msg(format!("finetune: no tokenizer.json in {}", from.display())))?;
     let fam = cfg.family();
     let arch = fam.arch_for(task.head()).ok_or_else(|| Error::msg(format!("finetune: the {} family has no {:?} head", fam.model_type(), task.head())))?;
-    // the data, its labels, and the head they ask for
+    // the data, its labels (a continued run keeps its own), and the head they ask for
     let train_ex = finetune::read_examples(&a.data, task)?;
     let eval_ex = finetune::read_examples(&a.eval, task)?;
-    let labels = Labels::of(&train_ex, task);
+    let labels = match &a.resume {
+        Some(_) => {
+            if cfg.architecture() != Some(arch.name) {
+                return Err(Error::msg(format!("finetune: {} is a {} run, not {}", from.display(), cfg.architecture().unwrap_or("?"), arch.name)));
+            }
+            Labels::from_config(&cfg).ok_or_else(|| Error::msg(format!("finetune: {}/config.json has no id2label", from.display())))?
+        }
+        None => Labels::of(&train_ex, task),
+    };
     if labels.0.len() < 2 && task != FinetuneTask::TokenCls {
         return Err(Error::msg(format!("{}: the training data has one label ({}); classification needs two or more", a.data.display(), labels.0.join(", "))));
     }
@@ -129,7 +146,9 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     let store = ParamStore::new(a.seed, DType::F32, device);
     let mut trainer = Trainer::new(cfg.clone(), store.clone(), Some(&tok), adamw)?;
     let weights = from.join("model.safetensors");
-    if kiln::model::io::entry_exists(&weights) {
+    if a.resume.is_some() {
+        kiln::model::load_params(&weights, &store, &fam.name_map(), &LoadOptions::strict())?;
+    } else if kiln::model::io::entry_exists(&weights) {
         // the body must load whole; the head may be absent (a new head) or of another size
         let rep = kiln::model::load_params(&weights, &store, &fam.name_map(), &LoadOptions::default())?;
         let body = format!("{}.", fam.prefix());
@@ -141,6 +160,9 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         println!("note: {} has no model.safetensors: the body starts from random weights", from.display());
     }
     let mut data = ExampleBatcher::new(train_items, a.batch, pad, task, a.seed)?;
+    if a.resume.is_some() {
+        trainer.restore(&load_train_state(from.join("training_state.safetensors"))?, &mut data)?;
+    }
     let per_epoch = data.steps_per_epoch();
     let total = a.steps.unwrap_or(a.epochs * per_epoch).max(1);
     let every = if a.eval_every == 0 { per_epoch } else { a.eval_every };
@@ -159,13 +181,17 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
             labels.0.len(),
             train_ex.len(),
             eval_ex.len(),
-            a.out.display()
+            out.display()
         );
     }
     let bar = (!a.json && std::io::stderr().is_terminal()).then(|| indicatif::ProgressBar::new(total));
     let mut progress = Progress { json: a.json, bar, every: 25 };
     let metric = task.metric();
-    let (mut best, best_dir) = (f64::NEG_INFINITY, a.out.join("best"));
+    let best_dir = out.join("best");
+    let mut best = trainer.extra.get("best").and_then(|v| v.as_f64()).unwrap_or(f64::NEG_INFINITY);
+    if trainer.step >= total {
+        return Err(Error::msg(format!("finetune: the run is already at step {} (>= {total} steps)", trainer.step)));
+    }
     while trainer.step < total {
         let mut chunk = opts.clone();
         chunk.steps = (trainer.step + every).min(total);
@@ -178,6 +204,10 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
             let files = checkpoint_files(&trainer.cfg, &trainer.store, Some(&tok), None);
             run_dir::commit(&best_dir, Commit { files, run_id: &trainer.run_id, step: trainer.step, config_hash: trainer.cfg.hash_hex()?, keep: 1, overwrite: true })?;
         }
+        // the checkpoint after the evaluation, so that a resumed run knows the best so far
+        trainer.extra.insert("best".into(), best.into());
+        let ck = trainer.save_with(&out, &data, a.keep, a.overwrite)?;
+        progress.on_checkpoint(&ck, trainer.step);
         let mut ev = serde_json::json!({"step": trainer.step, "best": improved});
         for (k, v) in &m {
             ev[*k] = (*v).into();
@@ -192,7 +222,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         b.finish();
     }
     if !a.json {
-        println!("best {metric} {best:.4} -> {}; last checkpoint -> {}", best_dir.display(), a.out.display());
+        println!("best {metric} {best:.4} -> {}; last checkpoint -> {}", best_dir.display(), out.display());
     }
     Ok(())
 }

@@ -183,6 +183,9 @@ pub struct Trainer<'a> {
     pub scaler: LossScaler,
     /// Names this run in its checkpoints (drawn by [`Trainer::new`], restored by [`Trainer::restore`]).
     pub run_id: String,
+    /// A caller's values, saved with each checkpoint's training state and restored with it
+    /// (e.g. `kiln finetune`'s best metric so far).
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The dropout seed of micro-batch `micro` of update `step`: a pure function, so resumed runs replay it.
@@ -195,7 +198,7 @@ pub fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
 impl<'a> Trainer<'a> {
     pub fn new(cfg: ModelConfig, store: ParamStore, tokenizer: Option<&'a tokenizers::Tokenizer>, adamw: AdamWConfig) -> Result<Self> {
         let model = Model::build(&cfg, &store)?;
-        Ok(Trainer { cfg, store, model, tokenizer, optimizer: AdamW::new(adamw), step: 0, losses: Vec::new(), evals: Vec::new(), scaler: LossScaler::default(), run_id: crate::run_dir::new_run_id() })
+        Ok(Trainer { cfg, store, model, tokenizer, optimizer: AdamW::new(adamw), step: 0, losses: Vec::new(), evals: Vec::new(), scaler: LossScaler::default(), run_id: crate::run_dir::new_run_id(), extra: Default::default() })
     }
 
     /// Restores optimizer moments, the step and the data position from a training-state file.
@@ -215,6 +218,9 @@ impl<'a> Trainer<'a> {
             if let (Some(scale), Some(good), Some(skipped)) = (f("scale"), f("good"), f("skipped")) {
                 self.scaler = LossScaler { scale, good: good as u64, skipped: skipped as u64, ..self.scaler };
             }
+        }
+        if let Some(serde_json::Value::Object(m)) = st.extra.get("caller") {
+            self.extra = m.clone();
         }
         Ok(())
     }
@@ -240,7 +246,9 @@ impl<'a> Trainer<'a> {
         self.save_with(dir, data, keep, false)
     }
 
-    fn save_with(&self, dir: &std::path::Path, data: &dyn BatchSource, keep: usize, overwrite: bool) -> Result<PathBuf> {
+    /// [`Trainer::save`]; with `overwrite`, other runs' checkpoints in `dir` go too (see
+    /// [`crate::run_dir::commit`]).
+    pub fn save_with(&self, dir: &std::path::Path, data: &dyn BatchSource, keep: usize, overwrite: bool) -> Result<PathBuf> {
         let config_hash = self.cfg.hash_hex()?;
         let st = TrainState {
             step: self.step,
@@ -248,7 +256,8 @@ impl<'a> Trainer<'a> {
             config_hash: config_hash.clone(),
             data: data.position(),
             extra: serde_json::json!({ "losses": self.losses,
-                "loss_scale": { "scale": self.scaler.scale, "good": self.scaler.good, "skipped": self.scaler.skipped } }),
+                "loss_scale": { "scale": self.scaler.scale, "good": self.scaler.good, "skipped": self.scaler.skipped },
+                "caller": self.extra }),
             optimizer: self.optimizer.state()?,
             ..Default::default()
         };
