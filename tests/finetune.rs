@@ -56,7 +56,10 @@ fn metric(o: &Output, name: &str) -> f64 {
 }
 
 fn finetune(model: &str, task: &str, train: &Path, dev: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut a = vec!["finetune", "--model", model, "--task", task, "--data", train.to_str().unwrap(), "--eval", dev.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json", "--seq", "24", "--lr", "2e-3", "--batch", "16"];
+    let mut a = vec!["finetune", "--model", model, "--task", task, "--data", train.to_str().unwrap(), "--eval", dev.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json", "--lr", "2e-3", "--batch", "16"];
+    if !extra.contains(&"--seq") {
+        a.extend(["--seq", "24"]);
+    }
     a.extend_from_slice(extra);
     kiln(&a)
 }
@@ -182,7 +185,14 @@ fn bad_finetuning_data_is_a_clear_error() {
     case("nolabel.jsonl", "seq-cls", "{\"text\": \"x\"}\n", "nolabel.jsonl:1: no 'label' field");
     case("notjson.jsonl", "seq-cls", "{\"text\": \"x\", \"label\": \"pos\"}\n{oops\n", "notjson.jsonl:2: not a JSON object");
     case("tags.jsonl", "token-cls", "{\"tokens\": [\"a\", \"b\"], \"tags\": [\"O\"]}\n", "tags.jsonl:1: 2 tokens but 1 tags");
-    case("task.jsonl", "qa", "{}\n", "not implemented yet");
+    case("task.jsonl", "multiple-choice", "{}\n", "not implemented yet");
+    let train_qa = d.join("train_qa.jsonl");
+    std::fs::write(&train_qa, "{\"question\": \"what?\", \"context\": \"a king\", \"answers\": {\"text\": [\"king\"], \"answer_start\": [2]}}\n").unwrap();
+    let dev = d.join("offsets.jsonl");
+    std::fs::write(&dev, "{\"question\": \"what?\", \"context\": \"the lord\", \"answers\": {\"text\": [\"lord\"], \"answer_start\": [3]}}\n").unwrap();
+    let o = finetune(&model, "qa", &train_qa, &dev, &out, &["--steps", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("offsets.jsonl:1: answer 'lord' is not at character 3 of the context (found ' lor')"), "{}", stderr(&o));
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -217,5 +227,45 @@ fn a_resumed_finetuning_run_is_exact() {
     let w = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
     assert!(w(&full) == w(&part), "the resumed run's weights differ from the uninterrupted run's");
     assert!(w(&full.join("best")) == w(&part.join("best")), "the best checkpoints differ");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Extractive QA on generated contexts: "... the code of the NOUN is WORD ..." asked "what is the
+/// code of the NOUN": exact match >= 0.8 (SQuAD's normalisation), answers given as HF datasets write
+/// them (offsets in characters).
+#[test]
+fn extractive_qa_reaches_080_exact_match() {
+    let d = tmp("qa");
+    let model = body(&d);
+    let mut g = Gen(0x5851_F42D_4C95_7F2D);
+    let mut data = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                let noun = g.pick(&NOUNS);
+                let answer = g.pick(&VERBS);
+                let mut words: Vec<String> = (0..4 + g.below(4)).map(|_| g.pick(&FILLER).to_string()).collect();
+                let at = g.below(words.len() + 1);
+                words.insert(at, format!("the code of the {noun} is {answer} ."));
+                // a distractor fact about another noun
+                let other = NOUNS.iter().find(|n| **n != noun).unwrap();
+                words.push(format!("the code of the {other} is {} .", g.pick(&VERBS)));
+                let context = words.join(" ");
+                let key = format!("the code of the {noun} is ");
+                let start = context.find(&key).unwrap() + key.len();
+                serde_json::json!({"question": format!("what is the code of the {noun} ?"), "context": context,
+                    "answers": {"text": [answer], "answer_start": [context[..start].chars().count()]}}).to_string() + "\n"
+            })
+            .collect()
+    };
+    let (train, dev) = (d.join("train.jsonl"), d.join("dev.jsonl"));
+    std::fs::write(&train, data(640)).unwrap();
+    std::fs::write(&dev, data(120)).unwrap();
+    let out = d.join("out");
+    let o = finetune(&model, "qa", &train, &dev, &out, &["--epochs", "4", "--seq", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let em = metric(&o, "exact_match");
+    assert!(em >= 0.8, "best exact match {em}: {}", String::from_utf8_lossy(&o.stdout));
+    let best = LoadedModel::from_dir(out.join("best"), 0, kiln::Device::Cpu).unwrap();
+    assert_eq!(best.cfg.architecture(), Some("BertForQuestionAnswering"));
     std::fs::remove_dir_all(&d).unwrap();
 }

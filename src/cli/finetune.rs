@@ -24,7 +24,8 @@ pub struct FinetuneArgs {
     /// Continue a fine-tuning run exactly: its run directory (or one of its checkpoints).
     #[arg(long, conflicts_with = "model")]
     pub resume: Option<PathBuf>,
-    /// seq-cls (text, label), pair-cls (text, text_pair, label) or token-cls (tokens, tags).
+    /// seq-cls (text, label), pair-cls (text, text_pair, label), token-cls (tokens, tags) or qa
+    /// (question, context, answers with character offsets).
     #[arg(long)]
     pub task: String,
     /// Training examples: JSONL (one object per line) or CSV (a header row), by extension.
@@ -124,6 +125,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     let train_ex = finetune::read_examples(&a.data, task)?;
     let eval_ex = finetune::read_examples(&a.eval, task)?;
     let labels = match &a.resume {
+        _ if task == FinetuneTask::Qa => Labels(Vec::new()),
         Some(_) => {
             if cfg.architecture() != Some(arch.name) {
                 return Err(Error::msg(format!("finetune: {} is a {} run, not {}", from.display(), cfg.architecture().unwrap_or("?"), arch.name)));
@@ -132,11 +134,13 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         }
         None => Labels::of(&train_ex, task),
     };
-    if labels.0.len() < 2 && task != FinetuneTask::TokenCls {
+    if labels.0.len() < 2 && matches!(task, FinetuneTask::SeqCls | FinetuneTask::PairCls) {
         return Err(Error::msg(format!("{}: the training data has one label ({}); classification needs two or more", a.data.display(), labels.0.join(", "))));
     }
     cfg.set_architecture(arch.name);
-    labels.write_to(&mut cfg);
+    if task != FinetuneTask::Qa {
+        labels.write_to(&mut cfg);
+    }
     limits::check(&cfg, &limits::Job::Train { batch: limits::Size::new("--batch", a.batch), seq: limits::Size::new("--seq", a.seq) }, limits::Memory::of(device).as_ref())
         .map_err(|e| Error::msg(format!("finetune: {e}")))?;
     limits::check_positions(&cfg, limits::Size::new("--seq", a.seq)).map_err(|e| Error::msg(format!("finetune: {e}")))?;

@@ -11,7 +11,12 @@
 //!   classification labels the first sub-token of each word and ignores (-100) the rest, as
 //!   transformers' examples do.
 //! - Metrics: accuracy and macro-F1 (classes); token accuracy and token F1 (micro-F1 over the words
-//!   whose gold or predicted tag is not the outside tag `O`, or macro-F1 over tags when there is no `O`).
+//!   whose gold or predicted tag is not the outside tag `O`, or macro-F1 over tags when there is no `O`);
+//!   SQuAD's exact match and F1 (question answering).
+//! - Question answering (`qa`): `question`, `context`, `answers` (`{"text": [..], "answer_start": [..]}`
+//!   in characters, or a list of `{"text", "answer_start"}`); an offset that does not point at its
+//!   text is an error. The pair is encoded question first, the context truncated; the first
+//!   answer's tokens are the target ((0, 0) when the window cut it off, as transformers does).
 use crate::data::{Batch, DataPosition, IGNORE_INDEX};
 use crate::family::Task;
 use crate::inputs::Inputs;
@@ -30,6 +35,8 @@ pub enum FinetuneTask {
     SeqCls,
     PairCls,
     TokenCls,
+    /// Extractive question answering (SQuAD-style).
+    Qa,
 }
 
 impl std::str::FromStr for FinetuneTask {
@@ -39,8 +46,9 @@ impl std::str::FromStr for FinetuneTask {
             "seq-cls" => Ok(FinetuneTask::SeqCls),
             "pair-cls" => Ok(FinetuneTask::PairCls),
             "token-cls" => Ok(FinetuneTask::TokenCls),
-            "qa" | "multiple-choice" => Err(Error::msg(format!("--task {s} is not implemented yet (seq-cls, pair-cls, token-cls)"))),
-            _ => Err(Error::msg(format!("unknown --task '{s}' (seq-cls, pair-cls, token-cls)"))),
+            "qa" => Ok(FinetuneTask::Qa),
+            "multiple-choice" => Err(Error::msg(format!("--task {s} is not implemented yet (seq-cls, pair-cls, token-cls, qa)"))),
+            _ => Err(Error::msg(format!("unknown --task '{s}' (seq-cls, pair-cls, token-cls, qa)"))),
         }
     }
 }
@@ -51,12 +59,14 @@ impl FinetuneTask {
         match self {
             FinetuneTask::SeqCls | FinetuneTask::PairCls => Task::SequenceClassification,
             FinetuneTask::TokenCls => Task::TokenClassification,
+            FinetuneTask::Qa => Task::QuestionAnswering,
         }
     }
     /// The name of the metric that picks the best checkpoint.
     pub fn metric(self) -> &'static str {
         match self {
             FinetuneTask::TokenCls => "token_f1",
+            FinetuneTask::Qa => "exact_match",
             _ => "accuracy",
         }
     }
@@ -71,6 +81,8 @@ pub struct Example {
     pub label: String,
     pub tokens: Vec<String>,
     pub tags: Vec<String>,
+    /// QA: the answers as (character offset in `text`, the context; answer text).
+    pub answers: Vec<(usize, String)>,
 }
 
 fn at(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
@@ -143,6 +155,11 @@ fn example(path: &Path, line: usize, mut r: BTreeMap<String, serde_json::Value>,
             let l = field("label")?;
             ex.label = label_text(&l).filter(|s| !s.is_empty()).ok_or_else(|| at(path, line, "'label' must be a string or a number"))?;
         }
+        FinetuneTask::Qa => {
+            ex.pair = Some(string(field("question")?, "question")?);
+            ex.text = string(field("context")?, "context")?;
+            ex.answers = answers(path, line, field("answers")?, &ex.text)?;
+        }
         FinetuneTask::TokenCls => {
             ex.tokens = list(field("tokens")?, "tokens")?;
             ex.tags = list(field("tags")?, "tags")?;
@@ -154,6 +171,36 @@ fn example(path: &Path, line: usize, mut r: BTreeMap<String, serde_json::Value>,
     Ok(ex)
 }
 
+/// SQuAD's answers, `{"text": [..], "answer_start": [..]}` (as HF datasets write them) or a list
+/// of `{"text", "answer_start"}`: each offset (in characters) must point at its text in `context`.
+fn answers(path: &Path, line: usize, v: serde_json::Value, context: &str) -> Result<Vec<(usize, String)>> {
+    let bad = || at(path, line, "'answers' must be {\"text\": [..], \"answer_start\": [..]} or a list of {\"text\", \"answer_start\"}");
+    let pairs: Vec<(serde_json::Value, serde_json::Value)> = match v {
+        serde_json::Value::Object(mut m) => match (m.remove("text"), m.remove("answer_start")) {
+            (Some(serde_json::Value::Array(t)), Some(serde_json::Value::Array(s))) if t.len() == s.len() => t.into_iter().zip(s).collect(),
+            _ => return Err(bad()),
+        },
+        serde_json::Value::Array(a) => a.into_iter().map(|mut x| (x["text"].take(), x["answer_start"].take())).collect(),
+        _ => return Err(bad()),
+    };
+    let chars: Vec<char> = context.chars().collect();
+    let mut out = Vec::new();
+    for (t, s) in pairs {
+        let (Some(t), Some(s)) = (t.as_str(), s.as_u64()) else { return Err(bad()) };
+        let s = s as usize;
+        let n = t.chars().count();
+        let found: String = chars.iter().skip(s).take(n).collect();
+        if t.is_empty() || s + n > chars.len() || found != t {
+            return Err(at(path, line, format!("answer '{t}' is not at character {s} of the context (found '{found}')")));
+        }
+        out.push((s, t.to_string()));
+    }
+    if out.is_empty() {
+        return Err(at(path, line, "no answer"));
+    }
+    Ok(out)
+}
+
 /// The label set of a run, in id order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Labels(pub Vec<String>);
@@ -163,6 +210,7 @@ impl Labels {
     pub fn of(examples: &[Example], task: FinetuneTask) -> Labels {
         let mut v: Vec<String> = match task {
             FinetuneTask::TokenCls => examples.iter().flat_map(|e| e.tags.iter().cloned()).collect(),
+            FinetuneTask::Qa => Vec::new(),
             _ => examples.iter().map(|e| e.label.clone()).collect(),
         };
         v.sort();
@@ -208,13 +256,25 @@ pub struct Encoded {
     pub ids: Vec<i64>,
     pub types: Vec<i64>,
     pub labels: Vec<i64>,
+    /// QA: what evaluation needs to read a span back.
+    pub qa: Option<QaSpans>,
+}
+
+/// QA evaluation data of one encoded example.
+#[derive(Debug, Clone)]
+pub struct QaSpans {
+    /// Per token: its characters in the context, or None outside the context.
+    pub offsets: Vec<Option<(usize, usize)>>,
+    pub context: Vec<char>,
+    pub answers: Vec<String>,
 }
 
 /// Encodes `examples` with `tok` truncated to `seq` tokens; labels by `labels` (an unknown one is
 /// an error naming `path` and the line).
 pub fn encode(tok: &Tokenizer, examples: &[Example], labels: &Labels, task: FinetuneTask, seq: usize, path: &Path) -> Result<Vec<Encoded>> {
     let mut tok = tok.clone();
-    let trunc = tokenizers::TruncationParams { max_length: seq, ..Default::default() };
+    let strategy = if task == FinetuneTask::Qa { tokenizers::TruncationStrategy::OnlySecond } else { tokenizers::TruncationStrategy::LongestFirst };
+    let trunc = tokenizers::TruncationParams { max_length: seq, strategy, ..Default::default() };
     tok.with_truncation(Some(trunc)).map_err(|e| Error::msg(format!("tokenizer: {e}")))?;
     tok.with_padding(None);
     let tk = |e: tokenizers::Error| Error::msg(format!("tokenizer: {e}"));
@@ -223,6 +283,8 @@ pub fn encode(tok: &Tokenizer, examples: &[Example], labels: &Labels, task: Fine
         .map(|ex| {
             let enc = match (task, &ex.pair) {
                 (FinetuneTask::TokenCls, _) => tok.encode(ex.tokens.iter().map(String::as_str).collect::<Vec<&str>>(), true).map_err(tk)?,
+                // question first, context second and truncated (offsets in characters)
+                (FinetuneTask::Qa, Some(q)) => tok.encode_char_offsets((q.as_str(), ex.text.as_str()), true).map_err(tk)?,
                 (_, Some(p)) => tok.encode((ex.text.as_str(), p.as_str()), true).map_err(tk)?,
                 (_, None) => tok.encode(ex.text.as_str(), true).map_err(tk)?,
             };
@@ -241,15 +303,30 @@ pub fn encode(tok: &Tokenizer, examples: &[Example], labels: &Labels, task: Fine
                     }
                     out
                 }
+                FinetuneTask::Qa => {
+                    // the first answer's tokens; (0, 0), the first token, when the window cut it off
+                    let offsets: Vec<Option<(usize, usize)>> = enc.get_sequence_ids().iter().zip(enc.get_offsets()).map(|(s, &o)| (*s == Some(1)).then_some(o)).collect();
+                    let (s0, t0) = &ex.answers[0];
+                    let e0 = s0 + t0.chars().count();
+                    let start = offsets.iter().position(|o| o.is_some_and(|(a, b)| a <= *s0 && *s0 < b));
+                    let end = offsets.iter().rposition(|o| o.is_some_and(|(a, b)| a < e0 && e0 <= b));
+                    let span = match (start, end) {
+                        (Some(s), Some(e)) if s <= e => vec![s as i64, e as i64],
+                        _ => vec![0, 0],
+                    };
+                    let qa = QaSpans { offsets, context: ex.text.chars().collect(), answers: ex.answers.iter().map(|a| a.1.clone()).collect() };
+                    return Ok(Encoded { ids, types, labels: span, qa: Some(qa) });
+                }
                 _ => vec![labels.id(&ex.label, path, ex.line)?],
             };
-            Ok(Encoded { ids, types, labels })
+            Ok(Encoded { ids, types, labels, qa: None })
         })
         .collect()
 }
 
 /// Pads `items` into one batch (`pad` for ids; labels per position padded with -100).
 fn collate(items: &[&Encoded], pad: i64, per_token: bool) -> Result<Batch> {
+    let label_cols = items.first().map_or(1, |e| e.labels.len());
     let (b, t) = (items.len(), items.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1));
     let (mut ids, mut types, mut mask, mut labels) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::new());
     for e in items {
@@ -260,12 +337,16 @@ fn collate(items: &[&Encoded], pad: i64, per_token: bool) -> Result<Batch> {
         if per_token {
             labels.extend(e.labels.iter().copied().chain(std::iter::repeat_n(IGNORE_INDEX, t - n)));
         } else {
-            labels.push(e.labels[0]);
+            labels.extend_from_slice(&e.labels);
         }
     }
     Ok(Batch {
         input_ids: Tensor::from_vec(ids, &[b, t])?,
-        labels: if per_token { Tensor::from_vec(labels, &[b, t])? } else { Tensor::from_vec(labels, &[b])? },
+        labels: match (per_token, label_cols) {
+            (true, _) => Tensor::from_vec(labels, &[b, t])?,
+            (false, 1) => Tensor::from_vec(labels, &[b])?,
+            (false, k) => Tensor::from_vec(labels, &[b, k])?, // QA: (start, end)
+        },
         attention_mask: Tensor::from_vec(mask, &[b, t])?,
         token_type_ids: Tensor::from_vec(types, &[b, t])?,
         next_sentence_label: None,
@@ -335,6 +416,9 @@ impl BatchSource for ExampleBatcher {
 pub fn evaluate(model: &Model, items: &[Encoded], task: FinetuneTask, n_labels: usize, batch: usize, pad: i64, outside: Option<i64>, device: Device) -> Result<BTreeMap<&'static str, f64>> {
     let per_token = task == FinetuneTask::TokenCls;
     let takes_types = model.arch.inputs().contains(&"token_type_ids");
+    if task == FinetuneTask::Qa {
+        return evaluate_qa(model, items, batch, pad, takes_types, device);
+    }
     let (mut gold, mut pred) = (Vec::new(), Vec::new());
     for chunk in items.chunks(batch.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
@@ -374,6 +458,69 @@ pub fn evaluate(model: &Model, items: &[Encoded], task: FinetuneTask, n_labels: 
         }
     }
     Ok(m)
+}
+
+/// Longest answer considered, in tokens.
+const MAX_ANSWER_TOKENS: usize = 30;
+
+/// SQuAD's exact match and F1 (each the best over the gold answers, averaged over examples): the
+/// predicted span is the best-scoring `start ≤ end < start + 30` within the context.
+fn evaluate_qa(model: &Model, items: &[Encoded], batch: usize, pad: i64, takes_types: bool, device: Device) -> Result<BTreeMap<&'static str, f64>> {
+    let (mut em, mut f1) = (0.0, 0.0);
+    for chunk in items.chunks(batch.max(1)) {
+        let refs: Vec<&Encoded> = chunk.iter().collect();
+        let b = collate(&refs, pad, false)?.to_device(device)?;
+        let inputs = Inputs { input_ids: Some(b.input_ids.clone()), attention_mask: Some(b.attention_mask.clone()), token_type_ids: takes_types.then(|| b.token_type_ids.clone()), ..Default::default() };
+        let out = no_grad(|| model.forward(&inputs, &ForwardCtx::eval()))?;
+        let get = |n: &str| -> Result<Vec<f32>> { out.get(n).ok_or_else(|| Error::msg(format!("finetune: the model gave no {n}")))?.to_dtype(kiln_tensor::DType::F32)?.to_vec::<f32>() };
+        let (starts, ends) = (get("start_logits")?, get("end_logits")?);
+        let t = b.input_ids.shape()[1];
+        for (i, e) in chunk.iter().enumerate() {
+            let qa = e.qa.as_ref().ok_or_else(|| Error::msg("finetune: a QA example without spans"))?;
+            let (sl, el) = (&starts[i * t..(i + 1) * t], &ends[i * t..(i + 1) * t]);
+            let mut best: Option<(f32, usize, usize)> = None;
+            for s in (0..qa.offsets.len()).filter(|&s| qa.offsets[s].is_some()) {
+                for e in (s..qa.offsets.len().min(s + MAX_ANSWER_TOKENS)).filter(|&e| qa.offsets[e].is_some()) {
+                    let score = sl[s] + el[e];
+                    if best.is_none_or(|b| score > b.0) {
+                        best = Some((score, s, e));
+                    }
+                }
+            }
+            let pred: String = match best {
+                Some((_, s, e)) => qa.context[qa.offsets[s].map_or(0, |o| o.0)..qa.offsets[e].map_or(0, |o| o.1)].iter().collect(),
+                None => String::new(),
+            };
+            em += qa.answers.iter().map(|a| (normalize(a) == normalize(&pred)) as u8 as f64).fold(0.0, f64::max);
+            f1 += qa.answers.iter().map(|a| token_f1(&normalize(a), &normalize(&pred))).fold(0.0, f64::max);
+        }
+    }
+    let n = items.len().max(1) as f64;
+    Ok(BTreeMap::from([("exact_match", em / n), ("f1", f1 / n)]))
+}
+
+/// SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces.
+fn normalize(s: &str) -> String {
+    let lower: String = s.to_lowercase().chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    lower.split_whitespace().filter(|w| !matches!(*w, "a" | "an" | "the")).collect::<Vec<_>>().join(" ")
+}
+
+/// F1 of the words of `pred` against `gold` (as multisets).
+fn token_f1(gold: &str, pred: &str) -> f64 {
+    let (g, p): (Vec<&str>, Vec<&str>) = (gold.split_whitespace().collect(), pred.split_whitespace().collect());
+    if g.is_empty() || p.is_empty() {
+        return (g.is_empty() && p.is_empty()) as u8 as f64;
+    }
+    let mut left: BTreeMap<&str, usize> = BTreeMap::new();
+    for w in &g {
+        *left.entry(w).or_default() += 1;
+    }
+    let common = p.iter().filter(|w| left.get_mut(*w).is_some_and(|c| if *c > 0 { *c -= 1; true } else { false })).count() as f64;
+    if common == 0.0 {
+        return 0.0;
+    }
+    let (prec, rec) = (common / p.len() as f64, common / g.len() as f64);
+    2.0 * prec * rec / (prec + rec)
 }
 
 /// Mean F1 over the classes that occur in `gold` or `pred`.

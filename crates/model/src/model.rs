@@ -163,7 +163,8 @@ impl Model {
 
     /// The training loss of a batch from kiln's batchers: for a causal LM, next-token windows
     /// (labels already shifted, so no shift here); for every other head, the batch's labels (and
-    /// NSP labels, for BERT pre-training) go to the head as HF's `labels` (`loss` + `mc_loss`).
+    /// NSP labels, for BERT pre-training) go to the head as HF's `labels` (`loss` + `mc_loss`);
+    /// for question answering the labels are `[B, 2]`: HF's `start_positions`, `end_positions`.
     pub fn loss(&self, b: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
         if let (Stack::Decoder(d), Head::CausalLm(lm)) = (&self.stack, &self.head) {
             let logits = lm.forward(&d.forward(&b.input_ids, Some(&b.attention_mask), None, ctx)?)?;
@@ -173,12 +174,17 @@ impl Model {
         if b.next_sentence_label.is_some() && !takes.contains(&"next_sentence_label") {
             return Err(Error::msg(format!("{} takes no next-sentence labels", self.arch.name)));
         }
+        // question answering: the batch's labels are [B, 2], (start, end) token positions
+        let qa = self.arch.task == crate::family::Task::QuestionAnswering;
+        let column = |i: usize| -> Result<Tensor> { b.labels.narrow(1, i, 1)?.contiguous()?.reshape(&[b.labels.shape()[0]]) };
         let inputs = Inputs {
             input_ids: Some(b.input_ids.clone()),
             attention_mask: Some(b.attention_mask.clone()),
             token_type_ids: takes.contains(&"token_type_ids").then(|| b.token_type_ids.clone()),
-            labels: Some(b.labels.clone()),
+            labels: (!qa).then(|| b.labels.clone()),
             next_sentence_label: b.next_sentence_label.clone(),
+            start_positions: if qa { Some(column(0)?) } else { None },
+            end_positions: if qa { Some(column(1)?) } else { None },
             ..Default::default()
         };
         self.forward(&inputs, ctx)?.total_loss()?.ok_or_else(|| Error::msg(format!("{}: the batch produced no loss (missing labels?)", self.arch.name)))
