@@ -4,7 +4,7 @@
 //! its backward node recorded, like the CPU path.
 use super::ops::{contiguous, float_dispatch, same_device, storage_of};
 use super::storage::{out_buf, CudaStorage};
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::{CpuStorage, Storage};
 use crate::{DType, Result, Tensor};
 
@@ -27,12 +27,7 @@ struct SelectRowsBackward {
 }
 
 impl BackwardOp for SelectRowsBackward {
-    fn name(&self) -> &'static str {
-        self.op
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| s.op, [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let shape = self.input.shape();
         let size = shape[0];
@@ -83,12 +78,7 @@ struct DropoutBackward {
 }
 
 impl BackwardOp for DropoutBackward {
-    fn name(&self) -> &'static str {
-        "dropout"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "dropout", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let dx = dropout_run(g, self.p, self.seed, true)?;
         Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), self.input.shape())?)])
@@ -111,12 +101,7 @@ struct CrossEntropyBackward {
 }
 
 impl BackwardOp for CrossEntropyBackward {
-    fn name(&self) -> &'static str {
-        "cross_entropy"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.logits.clone()]
-    }
+    backward_io!(|s| "cross_entropy", [s.logits]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let op = "cross_entropy";
         let x = &self.logits;

@@ -5,7 +5,7 @@
 //! in [`crate::cuda::kernels::dropout_uniform`]: a SplitMix64 finalizer of `seed + golden·(i + 1)`,
 //! top 24 bits as a uniform `u` in [0, 1); the element is kept when `u >= p` (as f32), i.e. with
 //! probability `1 - p`, and kept values are scaled by `1/(1 - p)`.
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::ops::binary::PAR_MIN;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
@@ -63,12 +63,7 @@ struct DropoutBackward {
 }
 
 impl BackwardOp for DropoutBackward {
-    fn name(&self) -> &'static str {
-        OP
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| OP, [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let dt = self.input.dtype();
         let gc = g.to_dtype(dt.cpu_compute())?;

@@ -7,7 +7,7 @@
 //! adds its source rows in increasing id position; for `gather`/`scatter_add` each outer slab of the
 //! destination is owned by one task that walks its indices in row-major order. No atomics, no races,
 //! and the summation order never depends on the thread count.
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::ops::binary::PAR_MIN;
 use crate::shape::{contiguous_strides, Layout};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
@@ -110,12 +110,7 @@ struct IndexSelect {
 }
 
 impl BackwardOp for IndexSelect {
-    fn name(&self) -> &'static str {
-        self.op
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| s.op, [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let shape = self.input.shape();
         let dims = split3(shape, self.dim);
@@ -225,12 +220,7 @@ struct Gather {
 }
 
 impl BackwardOp for Gather {
-    fn name(&self) -> &'static str {
-        "gather"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "gather", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(self.input.zeros_like()?.scatter_add(self.dim, &self.index, g)?)])
     }
@@ -244,12 +234,7 @@ struct ScatterAdd {
 }
 
 impl BackwardOp for ScatterAdd {
-    fn name(&self) -> &'static str {
-        "scatter_add"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone(), self.src.clone()]
-    }
+    backward_io!(|s| "scatter_add", [s.input, s.src]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let gs = if self.src.requires_grad() { Some(g.gather(self.dim, &self.index)?) } else { None };
         Ok(vec![Some(g.clone()), gs])

@@ -1,5 +1,5 @@
 //! Reductions over dims: sum, mean (max lives in `reduce_max`).
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::cpu::simd;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Dim, Error, Result, Tensor};
@@ -110,12 +110,7 @@ struct Sum {
     keep_shape: Vec<usize>,
 }
 impl BackwardOp for Sum {
-    fn name(&self) -> &'static str {
-        "sum"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "sum", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.reshape(&self.keep_shape)?.broadcast_as(self.input.shape())?)])
     }

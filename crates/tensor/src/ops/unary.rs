@@ -4,7 +4,7 @@
 //! Forward: f32 goes through the SIMD primitives where one exists (exp, tanh, log), in rayon chunks for
 //! large inputs; bf16/f16 compute in f32. Backward: one fused pass `dx = g · f'(x, y)` per op, using
 //! the saved input `x` and output `y`.
-use crate::autograd::{node, sum_to_shape, BackwardOp};
+use crate::autograd::{backward_io, node, sum_to_shape, BackwardOp};
 use crate::cpu::simd;
 use crate::ops::binary::{build_chunks, PAR_MIN};
 use crate::shape::broadcast_shapes;
@@ -181,12 +181,7 @@ struct Unary {
 }
 
 impl BackwardOp for Unary {
-    fn name(&self) -> &'static str {
-        self.op.name()
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.x.clone()]
-    }
+    backward_io!(|s| s.op.name(), [s.x]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         #[cfg(feature = "cuda")]
         if self.x.device().is_cuda() {
@@ -251,12 +246,7 @@ fn pow_bwd<T: CpuFloat + CpuSlice>(g: &[T], x: &[T], e: &[T], z: &[T]) -> (CpuSt
 }
 
 impl BackwardOp for Pow {
-    fn name(&self) -> &'static str {
-        "pow"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.base.clone(), self.exponent.clone()]
-    }
+    backward_io!(|s| "pow", [s.base, s.exponent]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let dt = self.base.dtype();
         let cd = dt.cpu_compute();

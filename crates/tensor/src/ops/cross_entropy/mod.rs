@@ -1,6 +1,6 @@
 //! Cross-entropy loss from logits `[N, C]` and i64 class targets `[N]`: fused log-softmax + NLL
 //! (the per-row log-sum-exp is saved) with a fused backward. Kernels in [`cpu`].
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
 use std::sync::Arc;
@@ -19,12 +19,7 @@ struct CrossEntropyBackward {
 }
 
 impl BackwardOp for CrossEntropyBackward {
-    fn name(&self) -> &'static str {
-        OP
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.logits.clone()]
-    }
+    backward_io!(|s| OP, [s.logits]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let x = &self.logits;
         let c = x.shape()[1];

@@ -1,6 +1,6 @@
 //! GELU, exact (erf; BERT's `"gelu"`) and tanh approximation (GPT-2's `"gelu_new"`), with a fused
 //! backward. Kernels in [`cpu`].
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Error, Result, Tensor};
 
@@ -30,12 +30,7 @@ struct GeluBackward {
 }
 
 impl BackwardOp for GeluBackward {
-    fn name(&self) -> &'static str {
-        self.approx.name()
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| s.approx.name(), [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let op = self.approx.name();
         let x = &self.input;

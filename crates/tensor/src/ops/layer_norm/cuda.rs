@@ -1,6 +1,6 @@
 //! LayerNorm on CUDA: the forward saves the per-row mean / rstd on the device (f32) and the
 //! backward runs the fused kernel (`kernels/layer_norm.cu`).
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::cuda::{ops_nn, row_kernel_override, with_row_kernel, CudaStorage, RowKernel};
 use crate::storage::Storage;
 use crate::{Result, Tensor};
@@ -16,15 +16,7 @@ struct LayerNormCudaBackward {
 }
 
 impl BackwardOp for LayerNormCudaBackward {
-    fn name(&self) -> &'static str {
-        super::OP
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        let mut v = vec![self.x.clone()];
-        v.extend(self.w.clone());
-        v.extend(self.b.clone());
-        v
-    }
+    backward_io!(|s| super::OP, [s.x], opt [s.w, s.b]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (dx, dw, db) = with_row_kernel(self.kernel, || ops_nn::layer_norm_bwd(&self.x.detach(), self.w.as_ref(), self.b.is_some(), &self.mean, &self.rstd, g))?;
         let mut out = vec![Some(Tensor::from_storage(Storage::Cuda(dx), self.x.shape())?)];

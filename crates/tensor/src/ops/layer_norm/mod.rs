@@ -1,7 +1,7 @@
 //! LayerNorm over the last dim with optional elementwise weight and bias. The forward saves the
 //! per-row mean and rstd; the fused backward computes dx, dweight and dbias in one kernel
 //! (deterministic reduction over rows). Kernels in [`cpu`].
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
 
@@ -45,15 +45,7 @@ fn bwd<T: CpuFloat + CpuSlice>(op: &LayerNormBackward, g: &Tensor, k: cpu::BwdFn
 }
 
 impl BackwardOp for LayerNormBackward {
-    fn name(&self) -> &'static str {
-        OP
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        let mut v = vec![self.x.clone()];
-        v.extend(self.w.clone());
-        v.extend(self.b.clone());
-        v
-    }
+    backward_io!(|s| OP, [s.x], opt [s.w, s.b]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         match self.mean.dtype() {
             DType::F32 => bwd::<f32>(self, g, cpu::layer_norm_bwd_f32),

@@ -1,6 +1,6 @@
 //! Softmax and log-softmax over the last dim, numerically stable (max-subtracted), with fused
 //! backward kernels that use the saved output. Kernels in [`cpu`].
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Error, Result, Tensor};
 
@@ -26,12 +26,7 @@ struct SoftmaxBackward {
 }
 
 impl BackwardOp for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        name(self.log)
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| name(s.log), [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (y, log) = (&self.y, self.log);
         #[cfg(feature = "cuda")]
