@@ -5,10 +5,13 @@
 //! f64 on CUDA is an `UnsupportedDType` error naming the op.
 use super::launch::{self, KLayout, KernelCopy};
 use super::launch_nn::GeluApprox;
+use super::device::CudaBackend;
 use super::storage::{out_buf, CudaElem, CudaStorage};
 use crate::storage::{CpuStorage, Storage};
 use crate::{DType, Device, Error, Result, Tensor};
+use cudarc::driver::{CudaView, CudaViewMut};
 use half::{bf16, f16};
+use std::sync::Arc;
 
 /// Runs `$body` with `$T` bound to the kernel float type of `$dt` (f32 / bf16 / f16).
 macro_rules! float_dispatch {
@@ -31,6 +34,42 @@ macro_rules! float_dispatch {
     };
 }
 pub(crate) use float_dispatch;
+
+/// The adapter sequence of an op's CUDA half, once: `float_out!(op, dtype, &be, n, |T, out| launch)`
+/// dispatches on the float `dtype` (binding `T`), allocates a fresh `n`-element output of `T` on
+/// `be`, runs `launch` (a `Result<()>` writing `out: &mut CudaViewMut<T>`) and returns the output
+/// as a [`CudaStorage`]. Inputs come from [`contiguous_on`].
+macro_rules! float_out {
+    ($op:expr, $dt:expr, $be:expr, $n:expr, |$T:ident, $out:ident| $launch:expr) => {
+        $crate::cuda::ops::float_dispatch!($op, $dt, $T => $crate::cuda::ops::write_out::<$T>($be, $n, |$out| $launch))
+    };
+}
+pub(crate) use float_out;
+
+/// A fresh `n`-element output of `T` on `be` (see [`out_buf`]), written by `launch`, as a storage.
+pub fn write_out<T: CudaElem>(be: &Arc<CudaBackend>, n: usize, launch: impl FnOnce(&mut CudaViewMut<T>) -> Result<()>) -> Result<CudaStorage> {
+    let mut out = out_buf::<T>(be, n)?;
+    launch(&mut out.slice_mut(..))?;
+    Ok(CudaStorage::from_slice(out, be))
+}
+
+/// The contiguous storages of `ts` (which must share one device: else `DeviceMismatch` naming
+/// `op`) and their backend: the head of an op's CUDA adapter.
+pub fn contiguous_on<const N: usize>(op: &'static str, ts: [&Tensor; N]) -> Result<(Arc<CudaBackend>, [CudaStorage; N])> {
+    same_device(op, &ts)?;
+    let cs: Vec<CudaStorage> = ts.iter().map(|t| contiguous(t)).collect::<Result<_>>()?;
+    let cs: [CudaStorage; N] = cs.try_into().map_err(|_| Error::msg("contiguous_on: count"))?;
+    let be = match cs.first() {
+        Some(c) => c.backend().clone(),
+        None => return Err(Error::msg(format!("{op}: no CUDA inputs"))),
+    };
+    Ok((be, cs))
+}
+
+/// `c`'s buffer as a `CudaView<T>` of all its elements, or a dtype error naming `op`.
+pub fn view<'a, T: CudaElem>(c: &'a CudaStorage, op: &'static str) -> Result<CudaView<'a, T>> {
+    Ok(c.slice::<T>(op)?.slice(..))
+}
 
 /// The CUDA storage of `t`, or a device error naming `op`.
 pub fn storage_of(op: &'static str, t: &Tensor) -> Result<CudaStorage> {
@@ -173,15 +212,8 @@ pub fn unary(name: &'static str, x: &Tensor, op: launch::UnaryOp) -> Result<Cuda
 
 /// `g * op'(x)` given the saved input `x` and output `y` (all the same shape).
 pub fn unary_bwd(name: &'static str, g: &Tensor, x: &Tensor, y: &Tensor, op: launch::UnaryOp) -> Result<CudaStorage> {
-    same_device(name, &[g, x, y])?;
-    let (gc, xc, yc) = (contiguous(g)?, contiguous(x)?, contiguous(y)?);
-    let b = gc.backend().clone();
-    float_dispatch!(name, x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        let (xs, ys, gs) = (xc.slice::<T>(name)?, yc.slice::<T>(name)?, gc.slice::<T>(name)?);
-        b.unary_bwd::<T>(&mut out.slice_mut(..), &xs.slice(..), &ys.slice(..), &gs.slice(..), op)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
+    let (b, [gc, xc, yc]) = contiguous_on(name, [g, x, y])?;
+    float_out!(name, x.dtype(), &b, x.elem_count(), |T, out| b.unary_bwd::<T>(out, &view(&xc, name)?, &view(&yc, name)?, &view(&gc, name)?, op))
 }
 
 /// `a op b` with numpy broadcasting to `shape`.
@@ -202,13 +234,8 @@ pub fn binary(name: &'static str, a: &Tensor, b_: &Tensor, shape: &[usize], op: 
 
 /// `x * mul + add`.
 pub fn affine(x: &Tensor, mul: f64, add: f64) -> Result<CudaStorage> {
-    let c = contiguous(x)?;
-    let b = c.backend().clone();
-    float_dispatch!("affine", x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        b.affine_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>("affine")?.slice(..), mul as f32, add as f32)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
+    let (b, [c]) = contiguous_on("affine", [x])?;
+    float_out!("affine", x.dtype(), &b, x.elem_count(), |T, out| b.affine_fwd::<T>(out, &view(&c, "affine")?, mul as f32, add as f32))
 }
 
 /// Maps kiln's GELU flavour to the kernel's.

@@ -2,7 +2,7 @@
 //! (deterministic scatter-add backward), dropout (counter-based RNG shared with the CPU, so no
 //! mask is stored) and cross-entropy (saved log-sum-exp). Each returns the result `Tensor` with
 //! its backward node recorded, like the CPU path.
-use super::ops::{contiguous, float_dispatch, same_device, storage_of};
+use super::ops::{contiguous, contiguous_on, float_dispatch, float_out, same_device, storage_of, view};
 use super::storage::{out_buf, CudaStorage};
 use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::{CpuStorage, Storage};
@@ -10,14 +10,8 @@ use crate::{DType, Result, Tensor};
 
 /// Rows `ids` of `x` viewed as `[size, inner]` (select along dim 0): `[ids.len(), inner]`.
 fn select_rows(op: &'static str, x: &Tensor, ids: &CudaStorage, size: usize, inner: usize) -> Result<CudaStorage> {
-    let xc = contiguous(x)?;
-    let be = xc.backend().clone();
-    let n = ids.len();
-    float_dispatch!(op, x.dtype(), T => {
-        let mut out = out_buf::<T>(&be, n * inner)?;
-        be.embedding_fwd::<T>(&mut out.slice_mut(..), &xc.slice::<T>(op)?.slice(..), &ids.slice::<i64>(op)?.slice(..), inner, size)?;
-        Ok(CudaStorage::from_slice(out, &be))
-    })
+    let (be, [xc]) = contiguous_on(op, [x])?;
+    float_out!(op, x.dtype(), &be, ids.len() * inner, |T, out| be.embedding_fwd::<T>(out, &view(&xc, op)?, &view(ids, op)?, inner, size))
 }
 
 struct SelectRowsBackward {
@@ -32,14 +26,9 @@ impl BackwardOp for SelectRowsBackward {
         let shape = self.input.shape();
         let size = shape[0];
         let inner: usize = shape[1..].iter().product();
-        let gc = contiguous(g)?;
-        let be = gc.backend().clone();
         let op = self.op;
-        let dx = float_dispatch!(op, g.dtype(), T => {
-            let mut out = out_buf::<T>(&be, size * inner)?;
-            be.embedding_bwd::<T>(&mut out.slice_mut(..), &gc.slice::<T>(op)?.slice(..), &self.ids.slice::<i64>(op)?.slice(..), inner, size)?;
-            Ok(CudaStorage::from_slice(out, &be))
-        })?;
+        let (be, [gc]) = contiguous_on(op, [g])?;
+        let dx = float_out!(op, g.dtype(), &be, size * inner, |T, out| be.embedding_bwd::<T>(out, &view(&gc, op)?, &view(&self.ids, op)?, inner, size))?;
         Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), shape)?)])
     }
 }
@@ -61,13 +50,10 @@ pub fn index_select(op: &'static str, x: &Tensor, dim: usize, ids: &[usize]) -> 
 }
 
 fn dropout_run(x: &Tensor, p: f64, seed: u64, bwd: bool) -> Result<CudaStorage> {
-    let xc = contiguous(x)?;
-    let be = xc.backend().clone();
-    float_dispatch!("dropout", x.dtype(), T => {
-        let mut out = out_buf::<T>(&be, x.elem_count())?;
-        let (o, i) = (&mut out.slice_mut(..), &xc.slice::<T>("dropout")?.slice(..));
-        if bwd { be.dropout_bwd::<T>(o, i, p as f32, seed)? } else { be.dropout_fwd::<T>(o, i, p as f32, seed)? }
-        Ok(CudaStorage::from_slice(out, &be))
+    let (be, [xc]) = contiguous_on("dropout", [x])?;
+    float_out!("dropout", x.dtype(), &be, x.elem_count(), |T, out| {
+        let i = &view::<T>(&xc, "dropout")?;
+        if bwd { be.dropout_bwd::<T>(out, i, p as f32, seed) } else { be.dropout_fwd::<T>(out, i, p as f32, seed) }
     })
 }
 
