@@ -8,8 +8,10 @@
 /// One kernel source file.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelFile {
-    /// File stem, e.g. `"layer_norm"` for `kernels/layer_norm.cu`.
+    /// File stem, e.g. `"layer_norm"` for `layer_norm.cu`: the name the launchers and the cache use.
     pub stem: &'static str,
+    /// Where the file is, from the repository root (`crates/tensor/src/ops/layer_norm/layer_norm.cu`).
+    pub path: &'static str,
     /// The CUDA C++ source text.
     pub source: &'static str,
     /// Uses sm_90a-only instructions (wgmma): built for `sm_90a` on sm_90 devices, nowhere else.
@@ -39,12 +41,21 @@ impl KernelFile {
 }
 
 macro_rules! kernel_file {
-    ($stem:literal) => {
-        KernelFile { stem: $stem, source: include_str!(concat!("../../../../kernels/", $stem, ".cu")), sm90a_only: false }
+    // a shared kernel file in the repository's `kernels/`
+    ($stem:literal $(, $sm90a:ident)?) => {
+        KernelFile { stem: $stem, path: concat!("kernels/", $stem, ".cu"), source: include_str!(concat!("../../../../kernels/", $stem, ".cu")), sm90a_only: kernel_file!(@sm90a $($sm90a)?) }
     };
-    ($stem:literal, sm90a) => {
-        KernelFile { stem: $stem, source: include_str!(concat!("../../../../kernels/", $stem, ".cu")), sm90a_only: true }
+    // an op's kernels, beside its Rust halves: `crates/tensor/src/ops/<op>/<stem>.cu`
+    (op $op:literal / $stem:literal) => {
+        KernelFile {
+            stem: $stem,
+            path: concat!("crates/tensor/src/ops/", $op, "/", $stem, ".cu"),
+            source: include_str!(concat!("../ops/", $op, "/", $stem, ".cu")),
+            sm90a_only: false,
+        }
     };
+    (@sm90a sm90a) => { true };
+    (@sm90a) => { false };
 }
 
 /// Every kernel file, in a fixed order.
@@ -60,7 +71,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     kernel_file!("elementwise"),
     kernel_file!("embedding"),
     kernel_file!("gelu"),
-    kernel_file!("layer_norm"),
+    kernel_file!(op "layer_norm" / "layer_norm"),
     kernel_file!("reduce"),
     kernel_file!("softmax"),
 ];

@@ -32,6 +32,8 @@ pub mod blas;
 pub mod nvrtc;
 #[cfg(feature = "cuda")]
 pub mod report;
+#[cfg(feature = "cuda")]
+pub mod rows;
 
 #[cfg(feature = "cuda")]
 pub mod ops;

@@ -1,9 +1,8 @@
-//! CUDA dispatch of the ops with their own structure: matmul (cuBLAS), sum over dims and
-//! LayerNorm (forward saving mean/rstd, fused backward). See [`super::ops`] for the conventions.
+//! CUDA dispatch of matmul (cuBLAS) and sum over dims. See [`super::ops`] for the conventions.
 use super::blas::GemmSpec;
-use super::ops::{contiguous, float_dispatch, rows_cols, same_device, storage_of};
+use super::ops::{contiguous, float_dispatch, same_device, storage_of};
 use super::storage::{out_buf, CudaStorage};
-use crate::{Error, Result, Tensor};
+use crate::{Result, Tensor};
 
 /// `(trans, batch_stride)` when `t = [batch.., r, c]` is a strided batch of tightly packed
 /// matrices (row-major, or the transpose of one); `None` when it needs a copy first.
@@ -90,68 +89,5 @@ pub fn sum_dims(x: &Tensor, dims: &[usize]) -> Result<CudaStorage> {
             b.reduce_sum_last::<T>(&mut out.slice_mut(..), &xc.slice::<T>("sum")?.slice(..), outer, inner)?;
         }
         Ok(CudaStorage::from_slice(out, &b))
-    })
-}
-
-/// LayerNorm over the last dim: `(y, mean, rstd)` (`mean` / `rstd` are f32, one per row).
-pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
-    let ts: Vec<&Tensor> = [Some(x), w, bias].into_iter().flatten().collect();
-    same_device("layer_norm", &ts)?;
-    let (rows, cols) = rows_cols(x);
-    let xc = contiguous(x)?;
-    let wc = w.map(contiguous).transpose()?;
-    let bc = bias.map(contiguous).transpose()?;
-    let be = xc.backend().clone();
-    let mut mean = out_buf::<f32>(&be, rows)?;
-    let mut rstd = out_buf::<f32>(&be, rows)?;
-    let y = float_dispatch!("layer_norm", x.dtype(), T => {
-        let mut out = out_buf::<T>(&be, x.elem_count())?;
-        let ws = wc.as_ref().map(|c| c.slice::<T>("layer_norm")).transpose()?.map(|s| s.slice(..));
-        let bs = bc.as_ref().map(|c| c.slice::<T>("layer_norm")).transpose()?.map(|s| s.slice(..));
-        be.layer_norm_fwd::<T>(
-            &mut out.slice_mut(..), Some(&mut mean.slice_mut(..)), Some(&mut rstd.slice_mut(..)),
-            &xc.slice::<T>("layer_norm")?.slice(..), ws.as_ref(), bs.as_ref(), rows, cols, eps as f32,
-        )?;
-        Ok(CudaStorage::from_slice(out, &be))
-    })?;
-    Ok((y, CudaStorage::from_slice(mean, &be), CudaStorage::from_slice(rstd, &be)))
-}
-
-/// LayerNorm backward (fused kernel): `(dx, dweight, dbias)`; `dweight` when `w` is given,
-/// `dbias` when `want_db` (from the kernel with a weight, as column sums of `g` without one).
-pub fn layer_norm_bwd(
-    x: &Tensor, w: Option<&Tensor>, want_db: bool, mean: &CudaStorage, rstd: &CudaStorage, g: &Tensor,
-) -> Result<(CudaStorage, Option<CudaStorage>, Option<CudaStorage>)> {
-    same_device("layer_norm_bwd", &[x, g])?;
-    let (rows, cols) = rows_cols(x);
-    let (xc, gc) = (contiguous(x)?, contiguous(g)?);
-    let wc = w.map(contiguous).transpose()?;
-    let be = xc.backend().clone();
-    if x.dtype() != g.dtype() {
-        return Err(Error::DTypeMismatch { op: "layer_norm_bwd", lhs: x.dtype(), rhs: g.dtype() });
-    }
-    float_dispatch!("layer_norm_bwd", x.dtype(), T => {
-        let mut dx = out_buf::<T>(&be, x.elem_count())?;
-        let mut dw = match &wc { Some(_) => Some(out_buf::<T>(&be, cols)?), None => None };
-        let mut db = match (&wc, want_db) { (Some(_), true) => Some(out_buf::<T>(&be, cols)?), _ => None };
-        let ws = wc.as_ref().map(|c| c.slice::<T>("layer_norm_bwd")).transpose()?.map(|s| s.slice(..));
-        let mut dwv = dw.as_mut().map(|s| s.slice_mut(..));
-        let mut dbv = db.as_mut().map(|s| s.slice_mut(..));
-        be.layer_norm_bwd::<T>(
-            &mut dx.slice_mut(..), dwv.as_mut(), dbv.as_mut(),
-            &mean.slice::<f32>("layer_norm_bwd")?.slice(..), &rstd.slice::<f32>("layer_norm_bwd")?.slice(..),
-            &gc.slice::<T>("layer_norm_bwd")?.slice(..), &xc.slice::<T>("layer_norm_bwd")?.slice(..), ws.as_ref(), rows, cols,
-        )?;
-        drop((dwv, dbv));
-        let db = match (db, want_db) {
-            (Some(d), _) => Some(CudaStorage::from_slice(d, &be)),
-            (None, true) => {
-                let mut d = out_buf::<T>(&be, cols)?;
-                be.reduce_sum_rows::<T>(&mut d.slice_mut(..), &gc.slice::<T>("layer_norm_bwd")?.slice(..), rows, cols)?;
-                Some(CudaStorage::from_slice(d, &be))
-            }
-            (None, false) => None,
-        };
-        Ok((CudaStorage::from_slice(dx, &be), dw.map(|d| CudaStorage::from_slice(d, &be)), db))
     })
 }
