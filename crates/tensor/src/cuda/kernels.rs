@@ -73,7 +73,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     kernel_file!("gelu"),
     kernel_file!(op "layer_norm" / "layer_norm"),
     kernel_file!("reduce"),
-    kernel_file!("softmax"),
+    kernel_file!(op "softmax" / "softmax"),
 ];
 
 /// The headers every program may `#include "name"`: (include name, text).

@@ -1,10 +1,10 @@
-//! Launchers for gelu.cu, softmax.cu, cross_entropy.cu and reduce.cu.
+//! Launchers for gelu.cu, cross_entropy.cu and reduce.cu.
 //! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
 use super::device::CudaBackend;
 use super::launch::{check_len, grid_1d, grid_rows, to_i32, KernelFloat, BLOCK, NULL_PTR};
-use super::rows::{grid_warp_rows, row_kernel_name, row_parts, warp_e, ROW_WARP_E};
+use super::rows::row_parts;
 use crate::Result;
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// Which GELU: the exact erf form (BERT `gelu`) or the tanh approximation (GPT-2 `gelu_new`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,43 +42,6 @@ impl CudaBackend {
         let mut b = self.stream().launch_builder(&f);
         b.arg(dinp).arg(inp).arg(dout).arg(&n64).arg(&a);
         unsafe { b.launch(grid_1d(n)) }?;
-        Ok(())
-    }
-
-    /// Softmax (or log_softmax when `log`) over the last dim of `[rows, cols]`.
-    pub fn softmax_fwd<T: KernelFloat>(&self, out: &mut CudaViewMut<T>, inp: &CudaView<T>, rows: usize, cols: usize, log: bool) -> Result<()> {
-        check_len("softmax_fwd", inp.len(), rows * cols)?;
-        check_len("softmax_fwd", out.len(), rows * cols)?;
-        if rows * cols == 0 {
-            return Ok(());
-        }
-        let stream = self.stream();
-        let e = warp_e::<T>(&ROW_WARP_E, cols, &[out.device_ptr(stream).0, inp.device_ptr(stream).0]);
-        let f = self.function("softmax", &row_kernel_name::<T>(if log { "log_softmax_fwd" } else { "softmax_fwd" }, e))?;
-        let (r, c) = (to_i32("softmax_fwd", rows)?, to_i32("softmax_fwd", cols)?);
-        let mut b = stream.launch_builder(&f);
-        b.arg(out).arg(inp).arg(&r).arg(&c);
-        unsafe { b.launch(if e.is_some() { grid_warp_rows(rows) } else { grid_rows(rows) }) }?;
-        Ok(())
-    }
-
-    /// Softmax / log_softmax backward from the saved forward output `out`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn softmax_bwd<T: KernelFloat>(&self, dinp: &mut CudaViewMut<T>, out: &CudaView<T>, dout: &CudaView<T>, rows: usize, cols: usize, log: bool) -> Result<()> {
-        for len in [dinp.len(), out.len(), dout.len()] {
-            check_len("softmax_bwd", len, rows * cols)?;
-        }
-        if rows * cols == 0 {
-            return Ok(());
-        }
-        let stream = self.stream();
-        let ptrs = [dinp.device_ptr(stream).0, out.device_ptr(stream).0, dout.device_ptr(stream).0];
-        let e = warp_e::<T>(&ROW_WARP_E, cols, &ptrs);
-        let f = self.function("softmax", &row_kernel_name::<T>(if log { "log_softmax_bwd" } else { "softmax_bwd" }, e))?;
-        let (r, c) = (to_i32("softmax_bwd", rows)?, to_i32("softmax_bwd", cols)?);
-        let mut b = stream.launch_builder(&f);
-        b.arg(dinp).arg(out).arg(dout).arg(&r).arg(&c);
-        unsafe { b.launch(if e.is_some() { grid_warp_rows(rows) } else { grid_rows(rows) }) }?;
         Ok(())
     }
 

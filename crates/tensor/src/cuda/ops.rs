@@ -276,31 +276,6 @@ pub(crate) fn rows_cols(t: &Tensor) -> (usize, usize) {
     (t.elem_count().checked_div(cols).unwrap_or(0), cols)
 }
 
-/// (log-)softmax over the last dim.
-pub fn softmax(x: &Tensor, log: bool) -> Result<CudaStorage> {
-    let c = contiguous(x)?;
-    let b = c.backend().clone();
-    let (rows, cols) = rows_cols(x);
-    float_dispatch!("softmax", x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        b.softmax_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>("softmax")?.slice(..), rows, cols, log)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
-}
-
-/// (log-)softmax backward from the saved output `y` (fused kernel).
-pub fn softmax_bwd(y: &Tensor, g: &Tensor, log: bool) -> Result<CudaStorage> {
-    same_device("softmax_bwd", &[y, g])?;
-    let (yc, gc) = (contiguous(y)?, contiguous(g)?);
-    let b = yc.backend().clone();
-    let (rows, cols) = rows_cols(y);
-    float_dispatch!("softmax_bwd", y.dtype(), T => {
-        let mut out = out_buf::<T>(&b, y.elem_count())?;
-        b.softmax_bwd::<T>(&mut out.slice_mut(..), &yc.slice::<T>("softmax_bwd")?.slice(..), &gc.slice::<T>("softmax_bwd")?.slice(..), rows, cols, log)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
-}
-
 /// See [`super::wgmma_probe`]: `a` [64, 16] and `b` [16, 64] bf16 CUDA tensors (any layout).
 pub fn wgmma_probe(a: &Tensor, b: &Tensor, form: i32) -> Result<CudaStorage> {
     let (ca, cb) = (contiguous(a)?, contiguous(b)?);

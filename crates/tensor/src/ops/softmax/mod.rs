@@ -1,10 +1,13 @@
 //! Softmax and log-softmax over the last dim, numerically stable (max-subtracted), with fused
-//! backward kernels that use the saved output. Kernels in [`cpu`].
+//! backward kernels that use the saved output. The CPU kernels are [`cpu`]; the CUDA half is
+//! `cuda.rs` (adapter and launchers) with `softmax.cu` beside it.
 use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Error, Result, Tensor};
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 
 fn name(log: bool) -> &'static str {
@@ -31,7 +34,7 @@ impl BackwardOp for SoftmaxBackward {
         let (y, log) = (&self.y, self.log);
         #[cfg(feature = "cuda")]
         if y.device().is_cuda() {
-            let dx = crate::cuda::with_row_kernel(self.kernel, || crate::cuda::ops::softmax_bwd(y, g, log))?;
+            let dx = crate::cuda::with_row_kernel(self.kernel, || cuda::backward(y, g, log))?;
             return Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), self.input.shape())?)]);
         }
         let d = last_dim(y);
@@ -61,7 +64,7 @@ fn softmax_impl(x: &Tensor, log: bool) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
         // the kernels compute in f32 and the backward reads the saved output in x's dtype
-        let out = Tensor::from_storage(Storage::Cuda(crate::cuda::ops::softmax(x, log)?), x.shape())?;
+        let out = Tensor::from_storage(Storage::Cuda(cuda::forward(x, log)?), x.shape())?;
         let y = out.detach();
         return Ok(out.with_history(&[x], || node(SoftmaxBackward { input: x.clone(), y, log, kernel: crate::cuda::row_kernel_override() })));
     }
