@@ -70,7 +70,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     kernel_file!("dropout"),
     kernel_file!("elementwise"),
     kernel_file!("embedding"),
-    kernel_file!("gelu"),
+    kernel_file!(op "gelu" / "gelu"),
     kernel_file!(op "layer_norm" / "layer_norm"),
     kernel_file!("reduce"),
     kernel_file!(op "softmax" / "softmax"),

@@ -1,50 +1,12 @@
-//! Launchers for gelu.cu, cross_entropy.cu and reduce.cu.
+//! Launchers for cross_entropy.cu and reduce.cu.
 //! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
 use super::device::CudaBackend;
-use super::launch::{check_len, grid_1d, grid_rows, to_i32, KernelFloat, BLOCK, NULL_PTR};
+use super::launch::{check_len, grid_rows, to_i32, KernelFloat, BLOCK, NULL_PTR};
 use super::rows::row_parts;
 use crate::Result;
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-/// Which GELU: the exact erf form (BERT `gelu`) or the tanh approximation (GPT-2 `gelu_new`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GeluApprox {
-    Erf = 0,
-    Tanh = 1,
-}
-
 impl CudaBackend {
-    /// `out = gelu(inp)` over contiguous buffers.
-    pub fn gelu_fwd<T: KernelFloat>(&self, out: &mut CudaViewMut<T>, inp: &CudaView<T>, approx: GeluApprox) -> Result<()> {
-        let n = inp.len();
-        check_len("gelu_fwd", out.len(), n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let f = self.function("gelu", &format!("gelu_fwd_{}", T::SUFFIX))?;
-        let (n64, a) = (n as i64, approx as i32);
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(out).arg(inp).arg(&n64).arg(&a);
-        unsafe { b.launch(grid_1d(n)) }?;
-        Ok(())
-    }
-
-    /// `dinp = dout * gelu'(inp)`.
-    pub fn gelu_bwd<T: KernelFloat>(&self, dinp: &mut CudaViewMut<T>, inp: &CudaView<T>, dout: &CudaView<T>, approx: GeluApprox) -> Result<()> {
-        let n = inp.len();
-        check_len("gelu_bwd", dinp.len(), n)?;
-        check_len("gelu_bwd", dout.len(), n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let f = self.function("gelu", &format!("gelu_bwd_{}", T::SUFFIX))?;
-        let (n64, a) = (n as i64, approx as i32);
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(dinp).arg(inp).arg(dout).arg(&n64).arg(&a);
-        unsafe { b.launch(grid_1d(n)) }?;
-        Ok(())
-    }
-
     /// Per-row cross-entropy losses (0 on `ignore_index` rows) and the saved logsumexp.
     #[allow(clippy::too_many_arguments)]
     pub fn cross_entropy_fwd<T: KernelFloat>(

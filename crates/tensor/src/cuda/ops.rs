@@ -4,7 +4,6 @@
 //! records the same backward node as on the CPU. f32 / bf16 / f16 only (the kernels' types);
 //! f64 on CUDA is an `UnsupportedDType` error naming the op.
 use super::launch::{self, KLayout, KernelCopy};
-use super::launch_nn::GeluApprox;
 use super::device::CudaBackend;
 use super::storage::{out_buf, CudaElem, CudaStorage};
 use crate::storage::{CpuStorage, Storage};
@@ -236,38 +235,6 @@ pub fn binary(name: &'static str, a: &Tensor, b_: &Tensor, shape: &[usize], op: 
 pub fn affine(x: &Tensor, mul: f64, add: f64) -> Result<CudaStorage> {
     let (b, [c]) = contiguous_on("affine", [x])?;
     float_out!("affine", x.dtype(), &b, x.elem_count(), |T, out| b.affine_fwd::<T>(out, &view(&c, "affine")?, mul as f32, add as f32))
-}
-
-/// Maps kiln's GELU flavour to the kernel's.
-pub fn gelu_code(tanh: bool) -> GeluApprox {
-    if tanh {
-        GeluApprox::Tanh
-    } else {
-        GeluApprox::Erf
-    }
-}
-
-/// GELU forward.
-pub fn gelu(x: &Tensor, approx: GeluApprox) -> Result<CudaStorage> {
-    let c = contiguous(x)?;
-    let b = c.backend().clone();
-    float_dispatch!("gelu", x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        b.gelu_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>("gelu")?.slice(..), approx)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
-}
-
-/// GELU backward: `dx = g * gelu'(x)` (fused kernel).
-pub fn gelu_bwd(x: &Tensor, g: &Tensor, approx: GeluApprox) -> Result<CudaStorage> {
-    same_device("gelu_bwd", &[x, g])?;
-    let (xc, gc) = (contiguous(x)?, contiguous(g)?);
-    let b = xc.backend().clone();
-    float_dispatch!("gelu_bwd", x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        b.gelu_bwd::<T>(&mut out.slice_mut(..), &xc.slice::<T>("gelu_bwd")?.slice(..), &gc.slice::<T>("gelu_bwd")?.slice(..), approx)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
 }
 
 /// `t` as `[rows, cols]` over its last dim (a scalar is one 1-element row; no columns, no rows).

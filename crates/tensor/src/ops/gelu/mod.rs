@@ -1,18 +1,22 @@
 //! GELU, exact (erf; BERT's `"gelu"`) and tanh approximation (GPT-2's `"gelu_new"`), with a fused
-//! backward. Kernels in [`cpu`].
+//! backward. The CPU kernels are [`cpu`]; the CUDA half is `cuda.rs` (adapter and launchers) with
+//! `gelu.cu` beside it.
 use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Error, Result, Tensor};
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
-/// Which GELU formula.
+/// Which GELU formula: one enum for the CPU and CUDA halves (the discriminant is the `int` the
+/// kernels of `gelu.cu` take).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GeluApprox {
-    /// `0.5·x·(1 + erf(x/√2))` (PyTorch `approximate="none"`).
-    Erf,
-    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (PyTorch `approximate="tanh"`).
-    Tanh,
+    /// `0.5·x·(1 + erf(x/√2))` (PyTorch `approximate="none"`; BERT's `gelu`).
+    Erf = 0,
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (PyTorch `approximate="tanh"`; GPT-2's `gelu_new`).
+    Tanh = 1,
 }
 
 impl GeluApprox {
@@ -36,8 +40,7 @@ impl BackwardOp for GeluBackward {
         let x = &self.input;
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
-            let k = crate::cuda::ops::gelu_code(self.approx == GeluApprox::Tanh);
-            let dx = crate::cuda::ops::gelu_bwd(&x.detach(), g, k)?;
+            let dx = cuda::backward(&x.detach(), g, self.approx)?;
             return Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), x.shape())?)]);
         }
         let dt = x.dtype();
@@ -62,7 +65,7 @@ fn gelu_impl(x: &Tensor, approx: GeluApprox) -> Result<Tensor> {
     x.check_float(op)?;
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
-        let y = crate::cuda::ops::gelu(x, crate::cuda::ops::gelu_code(approx == GeluApprox::Tanh))?;
+        let y = cuda::forward(x, approx)?;
         return Tensor::from_op(Storage::Cuda(y), x.shape(), &[x], || node(GeluBackward { input: x.clone(), approx }));
     }
     let dt = x.dtype();
