@@ -66,7 +66,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     kernel_file!("attention_tma", sm90a),
     kernel_file!("attention_wgmma", sm90a),
     kernel_file!("copy"),
-    kernel_file!("cross_entropy"),
+    kernel_file!(op "cross_entropy" / "cross_entropy"),
     kernel_file!("dropout"),
     kernel_file!("elementwise"),
     kernel_file!("embedding"),

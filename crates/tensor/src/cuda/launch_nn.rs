@@ -1,4 +1,4 @@
-//! Launchers for cross_entropy.cu and reduce.cu.
+//! Launchers for reduce.cu.
 //! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
 use super::device::CudaBackend;
 use super::launch::{check_len, grid_rows, to_i32, KernelFloat, BLOCK, NULL_PTR};
@@ -7,53 +7,6 @@ use crate::Result;
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 impl CudaBackend {
-    /// Per-row cross-entropy losses (0 on `ignore_index` rows) and the saved logsumexp.
-    #[allow(clippy::too_many_arguments)]
-    pub fn cross_entropy_fwd<T: KernelFloat>(
-        &self, losses: &mut CudaViewMut<f32>, lse: &mut CudaViewMut<f32>, logits: &CudaView<T>, targets: &CudaView<i64>,
-        rows: usize, vocab: usize, ignore_index: i64,
-    ) -> Result<()> {
-        check_len("cross_entropy_fwd", logits.len(), rows * vocab)?;
-        for len in [losses.len(), lse.len(), targets.len()] {
-            check_len("cross_entropy_fwd", len, rows)?;
-        }
-        if rows * vocab == 0 {
-            return Ok(());
-        }
-        let f = self.function("cross_entropy", &format!("cross_entropy_fwd_{}", T::SUFFIX))?;
-        let (r, v) = (to_i32("cross_entropy_fwd", rows)?, to_i32("cross_entropy_fwd", vocab)?);
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(losses).arg(lse).arg(logits).arg(targets).arg(&r).arg(&v).arg(&ignore_index);
-        unsafe { b.launch(grid_rows(rows)) }?;
-        Ok(())
-    }
-
-    /// `dlogits = dloss * (softmax(logits) - onehot(target))`; `dloss` has `rows` entries, or 1
-    /// entry broadcast to every row (e.g. `1 / n_valid` for a mean loss).
-    #[allow(clippy::too_many_arguments)]
-    pub fn cross_entropy_bwd<T: KernelFloat>(
-        &self, dlogits: &mut CudaViewMut<T>, lse: &CudaView<f32>, dloss: &CudaView<f32>, logits: &CudaView<T>,
-        targets: &CudaView<i64>, rows: usize, vocab: usize, ignore_index: i64,
-    ) -> Result<()> {
-        check_len("cross_entropy_bwd", dlogits.len(), rows * vocab)?;
-        check_len("cross_entropy_bwd", logits.len(), rows * vocab)?;
-        check_len("cross_entropy_bwd", lse.len(), rows)?;
-        check_len("cross_entropy_bwd", targets.len(), rows)?;
-        let stride: i32 = if dloss.len() == 1 { 0 } else { 1 };
-        if stride == 1 {
-            check_len("cross_entropy_bwd", dloss.len(), rows)?;
-        }
-        if rows * vocab == 0 {
-            return Ok(());
-        }
-        let f = self.function("cross_entropy", &format!("cross_entropy_bwd_{}", T::SUFFIX))?;
-        let (r, v) = (to_i32("cross_entropy_bwd", rows)?, to_i32("cross_entropy_bwd", vocab)?);
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(dlogits).arg(lse).arg(dloss).arg(logits).arg(targets).arg(&r).arg(&v).arg(&stride).arg(&ignore_index);
-        unsafe { b.launch(grid_rows(rows)) }?;
-        Ok(())
-    }
-
     /// `out[r] = sum_c inp[r, c]`.
     pub fn reduce_sum_last<T: KernelFloat>(&self, out: &mut CudaViewMut<T>, inp: &CudaView<T>, rows: usize, cols: usize) -> Result<()> {
         check_len("reduce_sum_last", inp.len(), rows * cols)?;

@@ -78,62 +78,6 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
     Tensor::from_op(Storage::Cuda(y), x.shape(), &[x], || node(DropoutBackward { input: x.clone(), p, seed }))
 }
 
-struct CrossEntropyBackward {
-    logits: Tensor,
-    targets: Tensor,
-    lse: CudaStorage,
-    count: usize,
-    ignore: i64,
-}
-
-impl BackwardOp for CrossEntropyBackward {
-    backward_io!(|s| "cross_entropy", [s.logits]);
-    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let op = "cross_entropy";
-        let x = &self.logits;
-        let (rows, vocab) = (x.shape()[0], x.shape()[1]);
-        let scale = if self.count == 0 { 0.0 } else { 1.0 / self.count as f64 };
-        // dloss = g / count, one f32 broadcast to every row (stays on the device: no sync)
-        let dloss = contiguous(&g.to_dtype(DType::F32)?.affine(scale, 0.0)?)?;
-        let (xc, tc) = (contiguous(&x.detach())?, contiguous(&self.targets)?);
-        let be = xc.backend().clone();
-        let dx = float_dispatch!(op, x.dtype(), T => {
-            let mut out = out_buf::<T>(&be, rows * vocab)?;
-            be.cross_entropy_bwd::<T>(
-                &mut out.slice_mut(..), &self.lse.slice::<f32>(op)?.slice(..), &dloss.slice::<f32>(op)?.slice(..),
-                &xc.slice::<T>(op)?.slice(..), &tc.slice::<i64>(op)?.slice(..), rows, vocab, self.ignore,
-            )?;
-            Ok(CudaStorage::from_slice(out, &be))
-        })?;
-        Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), x.shape())?)])
-    }
-}
-
-/// Mean cross-entropy of `[N, C]` logits over the `count` non-ignored targets (validated on the
-/// host by the caller), a 0-d tensor of the logits' dtype on the device.
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore: i64, count: usize) -> Result<Tensor> {
-    let op = "cross_entropy";
-    same_device(op, &[logits, targets])?;
-    let (rows, vocab) = (logits.shape()[0], logits.shape()[1]);
-    let (xc, tc) = (contiguous(logits)?, contiguous(targets)?);
-    let be = xc.backend().clone();
-    let mut losses = out_buf::<f32>(&be, rows)?;
-    let mut lse = out_buf::<f32>(&be, rows)?;
-    float_dispatch!(op, logits.dtype(), T => {
-        be.cross_entropy_fwd::<T>(
-            &mut losses.slice_mut(..), &mut lse.slice_mut(..), &xc.slice::<T>(op)?.slice(..), &tc.slice::<i64>(op)?.slice(..), rows, vocab, ignore,
-        )
-    })?;
-    let losses = Tensor::from_storage(Storage::Cuda(CudaStorage::from_slice(losses, &be)), &[rows])?;
-    // the mean of no rows is NaN, as on the CPU and in PyTorch
-    let (scale, bias) = if count == 0 { (0.0, f64::NAN) } else { (1.0 / count as f64, 0.0) };
-    let loss = crate::no_grad(|| losses.sum_all()?.affine(scale, bias)?.to_dtype(logits.dtype()))?;
-    let lse = CudaStorage::from_slice(lse, &be);
-    let targets = targets.detach();
-    Ok(Tensor::from_storage(Storage::Cuda(storage_of(op, &loss)?), &[])?
-        .with_history(&[logits], || node(CrossEntropyBackward { logits: logits.clone(), targets, lse, count, ignore })))
-}
-
 /// One AdamW step of a CUDA f32 parameter (see [`super::adamw_step`]): the new parameter and
 /// moments, as fresh storages (the caller assigns them; the kernel could also run in place).
 pub fn adamw(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, s: &super::AdamWScalars) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
