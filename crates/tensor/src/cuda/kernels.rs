@@ -67,7 +67,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     kernel_file!("attention_wgmma", sm90a),
     kernel_file!("copy"),
     kernel_file!(op "cross_entropy" / "cross_entropy"),
-    kernel_file!("dropout"),
+    kernel_file!(op "dropout" / "dropout"),
     kernel_file!("elementwise"),
     kernel_file!("embedding"),
     kernel_file!(op "gelu" / "gelu"),
@@ -113,23 +113,6 @@ pub fn source_hash(file: &KernelFile) -> u64 {
     h
 }
 
-/// The dropout RNG contract shared by kernels/dropout.cu and the CPU dropout: a uniform number
-/// in `[0, 1)` for element `idx` (row-major flat index) under `seed` (splitmix64 finaliser of
-/// `seed + golden * (idx + 1)`, top 24 bits). See docs/KERNELS.md.
-pub fn dropout_uniform(seed: u64, idx: u64) -> f32 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(idx.wrapping_add(1)));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 40) as f32 * (1.0 / 16_777_216.0)
-}
-
-/// Whether dropout with probability `p` keeps element `idx` (`u >= p`). A kept element is
-/// multiplied by `1.0f32 / (1.0f32 - p)` (computed in f32), a dropped one becomes 0.
-pub fn dropout_keep(seed: u64, idx: u64, p: f32) -> bool {
-    dropout_uniform(seed, idx) >= p
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,27 +140,6 @@ mod tests {
         for f in KERNEL_FILES.iter().filter(|f| !f.sm90a_only) {
             assert!(!f.source.contains("wgmma"), "{} uses wgmma but is not marked sm90a", f.stem);
         }
-    }
-
-    #[test]
-    fn dropout_contract_matches_the_kernel_source() {
-        // one definition, in common.cuh, which dropout.cu and the attention kernels call
-        let common = HEADERS.iter().find(|(n, _)| *n == "common.cuh").unwrap().1;
-        for c in ["0x9E3779B97F4A7C15", "0xBF58476D1CE4E5B9", "0x94D049BB133111EB", "z >> 30", "z >> 27", "z >> 31", "z >> 40", "16777216", ") >= p;"] {
-            assert!(common.contains(c), "common.cuh lost `{c}`");
-        }
-        assert!(file("dropout").unwrap().source.contains("dropout_keep(seed, i, p)"));
-        for f in KERNEL_FILES {
-            assert!(!f.source.contains("float dropout_uniform("), "{} defines the dropout RNG a second time", f.stem);
-        }
-        // Known values: seed 0, idx 0 is splitmix64's first output for state 0 (0xE220A8397B1DCDAF).
-        assert_eq!(dropout_uniform(0, 0), (0xE220_A839_7B1D_CDAFu64 >> 40) as f32 / 16_777_216.0);
-        // Cross-checked against dropout.cu itself, run under kernels/emu (seed 42, idx 0..3).
-        let want = [12_441_394u32, 2_682_851, 4_674_151].map(|k| k as f32 / 16_777_216.0);
-        assert_eq!([0, 1, 2].map(|i| dropout_uniform(42, i)), want);
-        let kept = (0..100_000u64).filter(|&i| dropout_keep(42, i, 0.1)).count();
-        assert!((89_000..91_000).contains(&kept), "{kept}");
-        assert!((0..1000u64).all(|i| dropout_keep(7, i, 0.0)) && !(0..1000u64).any(|i| dropout_keep(7, i, 1.0)));
     }
 
     #[test]

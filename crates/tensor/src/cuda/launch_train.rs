@@ -1,9 +1,9 @@
-//! Launchers for embedding.cu, dropout.cu and adamw.cu.
+//! Launchers for embedding.cu and adamw.cu.
 //! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
 use super::device::CudaBackend;
 use super::launch::{allow_smem, check_len, grid_1d, to_i32, KernelFloat, BLOCK};
 use super::AdamWScalars;
-use crate::{Error, Result};
+use crate::Result;
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// Shared memory budget the embedding backward aims for (fits the default 48 KiB).
@@ -45,33 +45,6 @@ impl CudaBackend {
         b.arg(dweight).arg(dout).arg(ids).arg(&ni).arg(&d).arg(&v).arg(&r);
         let cfg = LaunchConfig { grid_dim: (vocab.div_ceil(rows_per_block) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: smem };
         unsafe { b.launch(cfg) }?;
-        Ok(())
-    }
-
-    /// Inverted dropout with the counter-based RNG of docs/KERNELS.md (no mask is stored).
-    pub fn dropout_fwd<T: KernelFloat>(&self, out: &mut CudaViewMut<T>, inp: &CudaView<T>, p: f32, seed: u64) -> Result<()> {
-        self.dropout_launch("dropout_fwd", out, inp, p, seed)
-    }
-
-    /// Dropout backward: the same mask and scale applied to `dout`.
-    pub fn dropout_bwd<T: KernelFloat>(&self, dinp: &mut CudaViewMut<T>, dout: &CudaView<T>, p: f32, seed: u64) -> Result<()> {
-        self.dropout_launch("dropout_bwd", dinp, dout, p, seed)
-    }
-
-    fn dropout_launch<T: KernelFloat>(&self, op: &'static str, out: &mut CudaViewMut<T>, inp: &CudaView<T>, p: f32, seed: u64) -> Result<()> {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(Error::msg(format!("{op}: probability {p} is outside [0, 1]")));
-        }
-        let n = inp.len();
-        check_len(op, out.len(), n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let f = self.function("dropout", &format!("{op}_{}", T::SUFFIX))?;
-        let n64 = n as i64;
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(out).arg(inp).arg(&n64).arg(&p).arg(&seed);
-        unsafe { b.launch(grid_1d(n)) }?;
         Ok(())
     }
 

@@ -1,7 +1,6 @@
 //! CUDA forward + fused backward of the training ops: embedding / index_select along dim 0
-//! (deterministic scatter-add backward), dropout (counter-based RNG shared with the CPU, so no
-//! mask is stored) and cross-entropy (saved log-sum-exp). Each returns the result `Tensor` with
-//! its backward node recorded, like the CPU path.
+//! (deterministic scatter-add backward), and AdamW's step. index_select returns the result `Tensor`
+//! with its backward node recorded, like the CPU path.
 use super::ops::{contiguous, contiguous_on, float_dispatch, float_out, same_device, storage_of, view};
 use super::storage::{out_buf, CudaStorage};
 use crate::autograd::{backward_io, node, BackwardOp};
@@ -47,35 +46,6 @@ pub fn index_select(op: &'static str, x: &Tensor, dim: usize, ids: &[usize]) -> 
     let mut shape = x.shape().to_vec();
     shape[0] = ids.len();
     Tensor::from_op(Storage::Cuda(out), &shape, &[x], || node(SelectRowsBackward { op, input: x.clone(), ids }))
-}
-
-fn dropout_run(x: &Tensor, p: f64, seed: u64, bwd: bool) -> Result<CudaStorage> {
-    let (be, [xc]) = contiguous_on("dropout", [x])?;
-    float_out!("dropout", x.dtype(), &be, x.elem_count(), |T, out| {
-        let i = &view::<T>(&xc, "dropout")?;
-        if bwd { be.dropout_bwd::<T>(out, i, p as f32, seed) } else { be.dropout_fwd::<T>(out, i, p as f32, seed) }
-    })
-}
-
-struct DropoutBackward {
-    input: Tensor,
-    p: f64,
-    seed: u64,
-}
-
-impl BackwardOp for DropoutBackward {
-    backward_io!(|s| "dropout", [s.input]);
-    fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let dx = dropout_run(g, self.p, self.seed, true)?;
-        Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), self.input.shape())?)])
-    }
-}
-
-/// Inverted dropout in training mode (`0 < p < 1`, already validated); the backward recomputes
-/// the mask from `(seed, index)`.
-pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
-    let y = dropout_run(x, p, seed, false)?;
-    Tensor::from_op(Storage::Cuda(y), x.shape(), &[x], || node(DropoutBackward { input: x.clone(), p, seed }))
 }
 
 /// One AdamW step of a CUDA f32 parameter (see [`super::adamw_step`]): the new parameter and
