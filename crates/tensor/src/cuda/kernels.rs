@@ -69,7 +69,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     kernel_file!(op "cross_entropy" / "cross_entropy"),
     kernel_file!(op "dropout" / "dropout"),
     kernel_file!("elementwise"),
-    kernel_file!("embedding"),
+    kernel_file!(op "index_select" / "embedding"),
     kernel_file!(op "gelu" / "gelu"),
     kernel_file!(op "layer_norm" / "layer_norm"),
     kernel_file!("reduce"),
