@@ -72,7 +72,7 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     kernel_file!(op "index_select" / "embedding"),
     kernel_file!(op "gelu" / "gelu"),
     kernel_file!(op "layer_norm" / "layer_norm"),
-    kernel_file!("reduce"),
+    kernel_file!(op "reduce" / "reduce"),
     kernel_file!(op "softmax" / "softmax"),
 ];
 

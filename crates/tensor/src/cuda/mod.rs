@@ -23,8 +23,6 @@ pub mod launch_attn;
 #[cfg(feature = "cuda")]
 mod launch_attn_tma;
 #[cfg(feature = "cuda")]
-pub mod launch_nn;
-#[cfg(feature = "cuda")]
 pub mod launch_train;
 #[cfg(feature = "cuda")]
 pub mod blas;

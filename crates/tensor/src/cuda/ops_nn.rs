@@ -1,6 +1,6 @@
-//! CUDA dispatch of matmul (cuBLAS) and sum over dims. See [`super::ops`] for the conventions.
+//! CUDA dispatch of matmul (cuBLAS). See [`super::ops`] for the conventions.
 use super::blas::GemmSpec;
-use super::ops::{contiguous, float_dispatch, same_device, storage_of};
+use super::ops::{float_dispatch, same_device, storage_of};
 use super::storage::{out_buf, CudaStorage};
 use crate::{Result, Tensor};
 
@@ -61,33 +61,5 @@ pub fn matmul(a: &Tensor, b: &Tensor, batch: &[usize], m: usize, k: usize, n: us
         let (sa, sb) = (ca.slice::<T>("matmul")?, cb.slice::<T>("matmul")?);
         be.gemm::<T>(&mut out.slice_mut(..), &sa.slice(offa..), &sb.slice(offb..), &spec)?;
         Ok(CudaStorage::from_slice(out, &be))
-    })
-}
-
-/// Sum of `x` over the sorted, deduplicated `dims` (row-major output of the kept dims).
-pub fn sum_dims(x: &Tensor, dims: &[usize]) -> Result<CudaStorage> {
-    let k = dims.len();
-    let b = storage_of("sum", x)?.backend().clone();
-    if k > 0 && k < x.rank() && dims[k - 1] == k - 1 && x.elem_count() > 0 {
-        // leading dims (bias gradients): deterministic column sums of a contiguous [rows, cols]
-        let xc = contiguous(x)?;
-        let rows: usize = x.shape()[..k].iter().product();
-        let cols = x.elem_count() / rows;
-        return float_dispatch!("sum", x.dtype(), T => {
-            let mut out = out_buf::<T>(&b, cols)?;
-            b.reduce_sum_rows::<T>(&mut out.slice_mut(..), &xc.slice::<T>("sum")?.slice(..), rows, cols)?;
-            Ok(CudaStorage::from_slice(out, &b))
-        });
-    }
-    let (xp, outer, inner) = crate::ops::reduce::rows_for(x, dims)?;
-    let xc = contiguous(&xp)?;
-    float_dispatch!("sum", x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, outer)?;
-        if inner == 0 {
-            b.fill::<T>(&mut out.slice_mut(..), 0.0)?;
-        } else {
-            b.reduce_sum_last::<T>(&mut out.slice_mut(..), &xc.slice::<T>("sum")?.slice(..), outer, inner)?;
-        }
-        Ok(CudaStorage::from_slice(out, &b))
     })
 }

@@ -1,10 +1,34 @@
-//! Launchers for reduce.cu.
-//! Conventions: see launch.rs (outputs → saved stats → inputs → dims; lengths checked; async).
-use super::device::CudaBackend;
-use super::launch::{check_len, grid_rows, to_i32, KernelFloat, BLOCK, NULL_PTR};
-use super::rows::row_parts;
-use crate::Result;
+//! Sums on CUDA: the adapter of `sum_dims` and the launchers of `reduce.cu` (row sums, row max with
+//! argmax, and the deterministic column sums that bias and LayerNorm gradients use).
+use crate::cuda::device::CudaBackend;
+use crate::cuda::launch::{check_len, grid_rows, to_i32, KernelFloat, BLOCK, NULL_PTR};
+use crate::cuda::ops::{contiguous, float_out, storage_of, view};
+use crate::cuda::rows::row_parts;
+use crate::cuda::storage::CudaStorage;
+use crate::{Result, Tensor};
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+
+/// Sum of `x` over the sorted, deduplicated `dims` (row-major output of the kept dims).
+pub(super) fn sum_dims(x: &Tensor, dims: &[usize]) -> Result<CudaStorage> {
+    let k = dims.len();
+    let b = storage_of("sum", x)?.backend().clone();
+    if k > 0 && k < x.rank() && dims[k - 1] == k - 1 && x.elem_count() > 0 {
+        // leading dims (bias gradients): deterministic column sums of a contiguous [rows, cols]
+        let xc = contiguous(x)?;
+        let rows: usize = x.shape()[..k].iter().product();
+        let cols = x.elem_count() / rows;
+        return float_out!("sum", x.dtype(), &b, cols, |T, out| b.reduce_sum_rows::<T>(out, &view(&xc, "sum")?, rows, cols));
+    }
+    let (xp, outer, inner) = super::rows_for(x, dims)?;
+    let xc = contiguous(&xp)?;
+    float_out!("sum", x.dtype(), &b, outer, |T, out| {
+        if inner == 0 {
+            b.fill::<T>(out, 0.0)
+        } else {
+            b.reduce_sum_last::<T>(out, &view(&xc, "sum")?, outer, inner)
+        }
+    })
+}
 
 impl CudaBackend {
     /// `out[r] = sum_c inp[r, c]`.
