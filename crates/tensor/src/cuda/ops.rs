@@ -180,23 +180,6 @@ pub fn cast(t: &Tensor, dtype: DType) -> Result<CudaStorage> {
     CudaStorage::from_cpu(&c.to_cpu()?.to_dtype(to), c.backend().ordinal())
 }
 
-/// Maps kiln's unary op to the kernel's op code (None: no CUDA kernel for it).
-pub fn unary_code(op: crate::ops::unary::UnaryOp) -> Option<launch::UnaryOp> {
-    use crate::ops::unary::UnaryOp as U;
-    use launch::UnaryOp as K;
-    Some(match op {
-        U::Exp => K::Exp,
-        U::Log => K::Log,
-        U::Sqrt => K::Sqrt,
-        U::Tanh => K::Tanh,
-        U::Sqr => K::Sqr,
-        U::Recip => K::Recip,
-        U::Abs => K::Abs,
-        U::Relu => K::Relu,
-        U::Powf(_) => return None,
-    })
-}
-
 /// `op(x)` elementwise (any layout in, contiguous out).
 pub fn unary(name: &'static str, x: &Tensor, op: launch::UnaryOp) -> Result<CudaStorage> {
     let c = storage_of(name, x)?;
