@@ -16,6 +16,10 @@ pub struct KernelFile {
     pub source: &'static str,
     /// Uses sm_90a-only instructions (wgmma): built for `sm_90a` on sm_90 devices, nowhere else.
     pub sm90a_only: bool,
+    /// The float types every entry point exists for (`<entry>_<dtype>`).
+    pub dtypes: &'static [&'static str],
+    /// The `extern "C"` entry points the file must define, without the dtype suffix.
+    pub entries: &'static [&'static str],
 }
 
 /// The compute capability of an architecture name as a number: `sm_90a` → 90, `compute_80` → 80;
@@ -42,38 +46,54 @@ impl KernelFile {
 
 macro_rules! kernel_file {
     // a shared kernel file in the repository's `kernels/`
-    ($stem:literal $(, $sm90a:ident)?) => {
-        KernelFile { stem: $stem, path: concat!("kernels/", $stem, ".cu"), source: include_str!(concat!("../../../../kernels/", $stem, ".cu")), sm90a_only: kernel_file!(@sm90a $($sm90a)?) }
+    ($stem:literal, $dtypes:expr, [$($e:literal),* $(,)?] $(, $sm90a:ident)?) => {
+        KernelFile {
+            stem: $stem,
+            path: concat!("kernels/", $stem, ".cu"),
+            source: include_str!(concat!("../../../../kernels/", $stem, ".cu")),
+            sm90a_only: kernel_file!(@sm90a $($sm90a)?),
+            dtypes: $dtypes,
+            entries: &[$($e),*],
+        }
     };
     // an op's kernels, beside its Rust halves: `crates/tensor/src/ops/<op>/<stem>.cu`
-    (op $op:literal / $stem:literal) => {
+    (op $op:literal / $stem:literal, $dtypes:expr, [$($e:literal),* $(,)?]) => {
         KernelFile {
             stem: $stem,
             path: concat!("crates/tensor/src/ops/", $op, "/", $stem, ".cu"),
             source: include_str!(concat!("../ops/", $op, "/", $stem, ".cu")),
             sm90a_only: false,
+            dtypes: $dtypes,
+            entries: &[$($e),*],
         }
     };
     (@sm90a sm90a) => { true };
     (@sm90a) => { false };
 }
 
-/// Every kernel file, in a fixed order.
+/// Every float kernel type (`_f32`, `_bf16`, `_f16` entry points).
+pub const ALL_FLOATS: &[&str] = &["f32", "bf16", "f16"];
+/// The 16-bit float types only (the tensor-core kernels take 16-bit inputs).
+pub const HALF_FLOATS: &[&str] = &["bf16", "f16"];
+
+/// Every kernel file, in a fixed order, with the entry points it must define: the one list that
+/// the NVRTC registry, `kiln kernels`, the kernel cache and tests/kernels_compile.rs read. An op's
+/// file sits in its folder (`op "<op>" / "<stem>"`); shared ones in `kernels/`.
 pub const KERNEL_FILES: &[KernelFile] = &[
-    kernel_file!("adamw"),
-    kernel_file!("attention"),
-    kernel_file!("attention_tc"),
-    kernel_file!("attention_tma", sm90a),
-    kernel_file!("attention_wgmma", sm90a),
-    kernel_file!("copy"),
-    kernel_file!(op "cross_entropy" / "cross_entropy"),
-    kernel_file!(op "dropout" / "dropout"),
-    kernel_file!("elementwise"),
-    kernel_file!(op "index_select" / "embedding"),
-    kernel_file!(op "gelu" / "gelu"),
-    kernel_file!(op "layer_norm" / "layer_norm"),
-    kernel_file!(op "reduce" / "reduce"),
-    kernel_file!(op "softmax" / "softmax"),
+    kernel_file!("adamw", ALL_FLOATS, ["adamw_step"]),
+    kernel_file!("attention", ALL_FLOATS, ["attention_fwd", "attention_bwd_preprocess", "attention_bwd_dq", "attention_bwd_dkdv", "attention_fwd_drop", "attention_bwd_dq_drop", "attention_bwd_dkdv_drop"]),
+    kernel_file!("attention_tc", HALF_FLOATS, ["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_tc2_d64", "attention_bwd_tc2_d128", "attention_bwd_dq_convert", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128", "attention_fwd_tc_drop_d64", "attention_fwd_tc_drop_d128", "attention_bwd_dq_tc_drop_d64", "attention_bwd_dq_tc_drop_d128", "attention_bwd_dkdv_tc_drop_d64", "attention_bwd_dkdv_tc_drop_d128"]),
+    kernel_file!("attention_tma", HALF_FLOATS, ["attention_fwd_wgtma_d64", "attention_fwd_wgtma_d128", "attention_fwd_wgtma_pp_d64", "attention_fwd_wgtma_pp_d128"], sm90a),
+    kernel_file!("attention_wgmma", HALF_FLOATS, ["attention_fwd_wg_d64", "attention_fwd_wg_d128", "attention_fwd_wg_serial_d64", "attention_fwd_wg_serial_d128", "attention_bwd_wg_d64", "attention_bwd_wg_d128"], sm90a),
+    kernel_file!("copy", ALL_FLOATS, ["copy", "copy_to_strided"]),
+    kernel_file!(op "cross_entropy" / "cross_entropy", ALL_FLOATS, ["cross_entropy_fwd", "cross_entropy_bwd"]),
+    kernel_file!(op "dropout" / "dropout", ALL_FLOATS, ["dropout_fwd", "dropout_bwd"]),
+    kernel_file!("elementwise", ALL_FLOATS, ["unary_fwd", "unary_bwd", "binary_fwd", "binary_rows_fwd", "affine_fwd", "fill"]),
+    kernel_file!(op "index_select" / "embedding", ALL_FLOATS, ["embedding_fwd", "embedding_bwd"]),
+    kernel_file!(op "gelu" / "gelu", ALL_FLOATS, ["gelu_fwd", "gelu_bwd"]),
+    kernel_file!(op "layer_norm" / "layer_norm", ALL_FLOATS, ["layer_norm_fwd", "layer_norm_bwd", "layer_norm_bwd_reduce", "layer_norm_fwd_warp8", "layer_norm_fwd_warp16", "layer_norm_fwd_warp24", "layer_norm_fwd_warp32", "layer_norm_fwd_warp48", "layer_norm_fwd_warp64", "layer_norm_bwd_warp8", "layer_norm_bwd_warp16", "layer_norm_bwd_warp24", "layer_norm_bwd_warp32", "layer_norm_bwd_warp48"]),
+    kernel_file!(op "reduce" / "reduce", ALL_FLOATS, ["reduce_sum_last", "reduce_max_last", "reduce_sum_rows_partial", "reduce_sum_rows_finish"]),
+    kernel_file!(op "softmax" / "softmax", ALL_FLOATS, ["softmax_fwd", "softmax_bwd", "log_softmax_fwd", "log_softmax_bwd", "softmax_fwd_warp8", "softmax_bwd_warp8", "log_softmax_fwd_warp8", "log_softmax_bwd_warp8", "softmax_fwd_warp16", "softmax_bwd_warp16", "log_softmax_fwd_warp16", "log_softmax_bwd_warp16", "softmax_fwd_warp24", "softmax_bwd_warp24", "log_softmax_fwd_warp24", "log_softmax_bwd_warp24", "softmax_fwd_warp32", "softmax_bwd_warp32", "log_softmax_fwd_warp32", "log_softmax_bwd_warp32", "softmax_fwd_warp48", "softmax_bwd_warp48", "log_softmax_fwd_warp48", "log_softmax_bwd_warp48", "softmax_fwd_warp64", "softmax_bwd_warp64", "log_softmax_fwd_warp64", "log_softmax_bwd_warp64"]),
 ];
 
 /// The headers every program may `#include "name"`: (include name, text).
