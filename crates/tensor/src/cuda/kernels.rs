@@ -1,7 +1,6 @@
-//! The CUDA kernel sources, embedded at build time from the repository's `kernels/` folder.
-//!
-//! One `.cu` file per op, with the same stem as the CPU op (`kernels/layer_norm.cu` ↔
-//! `ops/layer_norm/`); `extern "C"` entry points named `<op>_<fwd|bwd>_<f32|bf16|f16>`.
+//! The CUDA kernel sources, embedded at build time: an op's own file from its folder
+//! (`ops/layer_norm/layer_norm.cu`), the shared ones and the headers from the repository's
+//! `kernels/`; `extern "C"` entry points named `<op>_<fwd|bwd>_<f32|bf16|f16>`, declared here once.
 //! Headers (`common.cuh`, ...) are handed to NVRTC as in-memory headers, so compiling needs no
 //! files on disk and no CUDA include directory. See docs/KERNELS.md.
 

@@ -1,12 +1,14 @@
 //! The CUDA backend: kernel sources ([`kernels`]), the NVRTC pipeline ([`nvrtc`], [`report`]) and,
 //! with the `cuda` feature (on by default), the runtime pieces: [`device::CudaBackend`] (context,
-//! stream, module cache, caching allocator, cuBLAS) and the kernel launchers in `launch*`.
+//! stream, module cache, caching allocator, cuBLAS), the launch conventions (`launch`, `rows`) and
+//! the launchers of the shared kernels. An op's own launchers live in its folder (`ops/<op>/cuda.rs`).
 //!
 //! Everything is loaded at run time (cudarc `dynamic-loading`): the crate builds with no CUDA
 //! toolkit, and every probe here answers `false` / `Err` instead of panicking when libcuda or
 //! libnvrtc is missing.
 //!
-//! [`storage::CudaStorage`] holds device buffers; [`ops`] dispatches tensor ops to the launchers.
+//! [`storage::CudaStorage`] holds device buffers; [`ops`] has the adapter helpers every op's CUDA half
+//! uses and the dispatch of copies, casts and elementwise ops.
 use crate::{Device, Error, Result};
 
 pub mod kernels;
