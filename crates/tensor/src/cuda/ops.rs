@@ -94,9 +94,7 @@ fn copy_t<T: CudaElem + KernelCopy>(t: &Tensor, c: &CudaStorage) -> Result<CudaS
     let b = c.backend();
     let src = c.slice::<T>("contiguous")?;
     let kl = KLayout::from_layout(t.layout())?;
-    let mut out = out_buf::<T>(b, t.elem_count())?;
-    b.copy::<T>(&mut out.slice_mut(..), &src.slice(t.layout().offset()..), &kl)?;
-    Ok(CudaStorage::from_slice(out, b))
+    write_out::<T>(b, t.elem_count(), |out| b.copy::<T>(out, &src.slice(t.layout().offset()..), &kl))
 }
 
 /// A contiguous copy of `t` (the storage itself when `t` already covers it exactly).
@@ -157,9 +155,7 @@ pub fn download(t: &Tensor) -> Result<CpuStorage> {
 
 fn cast_t<A: launch::KernelFloat + CudaElem, B: launch::KernelFloat + CudaElem>(c: &CudaStorage) -> Result<CudaStorage> {
     let b = c.backend();
-    let mut out = out_buf::<B>(b, c.len())?;
-    b.cast::<A, B>(&mut out.slice_mut(..), &c.slice::<A>("to_dtype")?.slice(..))?;
-    Ok(CudaStorage::from_slice(out, b))
+    write_out::<B>(b, c.len(), |out| b.cast::<A, B>(out, &view(c, "to_dtype")?))
 }
 
 /// `t` converted to `dtype` on its device. Float <-> float and i64 -> f32 run as kernels; the
@@ -173,9 +169,7 @@ pub fn cast(t: &Tensor, dtype: DType) -> Result<CudaStorage> {
     }
     if from == DType::I64 && to == DType::F32 {
         let b = c.backend();
-        let mut out = out_buf::<f32>(b, c.len())?;
-        b.cast_i64_f32(&mut out.slice_mut(..), &c.slice::<i64>("to_dtype")?.slice(..))?;
-        return Ok(CudaStorage::from_slice(out, b));
+        return write_out::<f32>(b, c.len(), |out| b.cast_i64_f32(out, &view(&c, "to_dtype")?));
     }
     CudaStorage::from_cpu(&c.to_cpu()?.to_dtype(to), c.backend().ordinal())
 }
@@ -185,11 +179,7 @@ pub fn unary(name: &'static str, x: &Tensor, op: launch::UnaryOp) -> Result<Cuda
     let c = storage_of(name, x)?;
     let b = c.backend().clone();
     let kl = KLayout::from_layout(x.layout())?;
-    float_dispatch!(name, x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        b.unary_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>(name)?.slice(x.layout().offset()..), &kl, op)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
+    float_out!(name, x.dtype(), &b, x.elem_count(), |T, out| b.unary_fwd::<T>(out, &c.slice::<T>(name)?.slice(x.layout().offset()..), &kl, op))
 }
 
 /// `g * op'(x)` given the saved input `x` and output `y` (all the same shape).
@@ -206,11 +196,9 @@ pub fn binary(name: &'static str, a: &Tensor, b_: &Tensor, shape: &[usize], op: 
     let (la, lb) = (KLayout::from_layout(fa.layout())?, KLayout::from_layout(fb.layout())?);
     let be = ca.backend().clone();
     let n: usize = shape.iter().product();
-    float_dispatch!(name, a.dtype(), T => {
-        let mut out = out_buf::<T>(&be, n)?;
+    float_out!(name, a.dtype(), &be, n, |T, out| {
         let (sa, sb) = (ca.slice::<T>(name)?, cb.slice::<T>(name)?);
-        be.binary_fwd::<T>(&mut out.slice_mut(..), &sa.slice(fa.layout().offset()..), &la, &sb.slice(fb.layout().offset()..), &lb, op)?;
-        Ok(CudaStorage::from_slice(out, &be))
+        be.binary_fwd::<T>(out, &sa.slice(fa.layout().offset()..), &la, &sb.slice(fb.layout().offset()..), &lb, op)
     })
 }
 

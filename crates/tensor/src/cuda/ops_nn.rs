@@ -1,7 +1,7 @@
 //! CUDA dispatch of matmul (cuBLAS). See [`super::ops`] for the conventions.
 use super::blas::GemmSpec;
-use super::ops::{float_dispatch, same_device, storage_of};
-use super::storage::{out_buf, CudaStorage};
+use super::ops::{float_out, same_device, storage_of};
+use super::storage::CudaStorage;
 use crate::{Result, Tensor};
 
 /// `(trans, batch_stride)` when `t = [batch.., r, c]` is a strided batch of tightly packed
@@ -56,10 +56,8 @@ pub fn matmul(a: &Tensor, b: &Tensor, batch: &[usize], m: usize, k: usize, n: us
     let (ca, cb) = (storage_of("matmul", &a)?, storage_of("matmul", &b)?);
     let be = ca.backend().clone();
     let (offa, offb) = (a.layout().offset(), b.layout().offset());
-    float_dispatch!("matmul", a.dtype(), T => {
-        let mut out = out_buf::<T>(&be, nb * m * n)?;
+    float_out!("matmul", a.dtype(), &be, nb * m * n, |T, out| {
         let (sa, sb) = (ca.slice::<T>("matmul")?, cb.slice::<T>("matmul")?);
-        be.gemm::<T>(&mut out.slice_mut(..), &sa.slice(offa..), &sb.slice(offb..), &spec)?;
-        Ok(CudaStorage::from_slice(out, &be))
+        be.gemm::<T>(out, &sa.slice(offa..), &sb.slice(offb..), &spec)
     })
 }
