@@ -79,7 +79,7 @@ pub const HALF_FLOATS: &[&str] = &["bf16", "f16"];
 /// the NVRTC registry, `kiln kernels`, the kernel cache and tests/kernels_compile.rs read. An op's
 /// file sits in its folder (`op "<op>" / "<stem>"`); shared ones in `kernels/`.
 pub const KERNEL_FILES: &[KernelFile] = &[
-    kernel_file!("adamw", ALL_FLOATS, ["adamw_step"]),
+    kernel_file!(op "adamw" / "adamw", ALL_FLOATS, ["adamw_step"]),
     kernel_file!("attention", ALL_FLOATS, ["attention_fwd", "attention_bwd_preprocess", "attention_bwd_dq", "attention_bwd_dkdv", "attention_fwd_drop", "attention_bwd_dq_drop", "attention_bwd_dkdv_drop"]),
     kernel_file!("attention_tc", HALF_FLOATS, ["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_tc2_d64", "attention_bwd_tc2_d128", "attention_bwd_dq_convert", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128", "attention_fwd_tc_drop_d64", "attention_fwd_tc_drop_d128", "attention_bwd_dq_tc_drop_d64", "attention_bwd_dq_tc_drop_d128", "attention_bwd_dkdv_tc_drop_d64", "attention_bwd_dkdv_tc_drop_d128"]),
     kernel_file!("attention_tma", HALF_FLOATS, ["attention_fwd_wgtma_d64", "attention_fwd_wgtma_d128", "attention_fwd_wgtma_pp_d64", "attention_fwd_wgtma_pp_d128"], sm90a),

@@ -13,6 +13,7 @@ macro_rules! on_device {
     }};
 }
 
+pub mod adamw;
 pub mod attention;
 pub mod binary;
 pub mod cmp;
