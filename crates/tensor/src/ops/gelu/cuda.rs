@@ -4,21 +4,21 @@ use super::GeluApprox;
 use crate::cuda::device::CudaBackend;
 use crate::cuda::launch::{check_len, grid_1d, KernelFloat};
 use crate::cuda::ops::{contiguous_on, float_out, view};
-use crate::cuda::storage::CudaStorage;
+use crate::storage::Storage;
 use crate::{Result, Tensor};
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
 /// GELU forward.
-pub(super) fn forward(x: &Tensor, approx: GeluApprox) -> Result<CudaStorage> {
+pub(super) fn forward(x: &Tensor, approx: GeluApprox) -> Result<Storage> {
     let (b, [c]) = contiguous_on("gelu", [x])?;
-    float_out!("gelu", x.dtype(), &b, x.elem_count(), |T, out| b.gelu_fwd::<T>(out, &view(&c, "gelu")?, approx))
+    float_out!("gelu", x.dtype(), &b, x.elem_count(), |T, out| b.gelu_fwd::<T>(out, &view(&c, "gelu")?, approx)).map(Storage::Cuda)
 }
 
 /// GELU backward: `dx = g * gelu'(x)` (fused kernel).
-pub(super) fn backward(x: &Tensor, g: &Tensor, approx: GeluApprox) -> Result<CudaStorage> {
+pub(super) fn backward(x: &Tensor, g: &Tensor, approx: GeluApprox) -> Result<Storage> {
     let op = "gelu_bwd";
     let (b, [xc, gc]) = contiguous_on(op, [x, g])?;
-    float_out!(op, x.dtype(), &b, x.elem_count(), |T, out| b.gelu_bwd::<T>(out, &view(&xc, op)?, &view(&gc, op)?, approx))
+    float_out!(op, x.dtype(), &b, x.elem_count(), |T, out| b.gelu_bwd::<T>(out, &view(&xc, op)?, &view(&gc, op)?, approx)).map(Storage::Cuda)
 }
 
 impl CudaBackend {

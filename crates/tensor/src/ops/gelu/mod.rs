@@ -2,7 +2,6 @@
 //! backward. The CPU kernels are [`cpu`]; the CUDA half is `cuda.rs` (adapter and launchers) with
 //! `gelu.cu` beside it.
 use crate::autograd::{backward_io, node, BackwardOp};
-use crate::storage::Storage;
 use crate::{Result, Tensor};
 
 pub mod cpu;
@@ -37,7 +36,7 @@ impl BackwardOp for GeluBackward {
     backward_io!(|s| s.approx.name(), [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let x = &self.input;
-        let dx = on_device!(x, cuda => Storage::Cuda(cuda::backward(&x.detach(), g, self.approx)?), cpu => cpu::backward(x, g, self.approx)?);
+        let dx = on_device!(x, cuda => cuda::backward(&x.detach(), g, self.approx)?, cpu => cpu::backward(x, g, self.approx)?);
         Ok(vec![Some(Tensor::from_storage(dx, x.shape())?)])
     }
 }
@@ -45,7 +44,7 @@ impl BackwardOp for GeluBackward {
 fn gelu_impl(x: &Tensor, approx: GeluApprox) -> Result<Tensor> {
     let _range = crate::nvtx::range(if approx == GeluApprox::Tanh { "gelu_tanh" } else { "gelu" });
     x.check_float(approx.name())?;
-    let y = on_device!(x, cuda => Storage::Cuda(cuda::forward(x, approx)?), cpu => cpu::forward(x, approx)?);
+    let y = on_device!(x, cuda => cuda::forward(x, approx)?, cpu => cpu::forward(x, approx)?);
     Tensor::from_op(y, x.shape(), &[x], || node(GeluBackward { input: x.clone(), approx }))
 }
 

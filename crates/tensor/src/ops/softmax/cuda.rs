@@ -5,23 +5,23 @@ use crate::cuda::device::CudaBackend;
 use crate::cuda::launch::{check_len, grid_rows, to_i32, KernelFloat};
 use crate::cuda::ops::{contiguous_on, float_out, rows_cols, view};
 use crate::cuda::rows::{grid_warp_rows, row_kernel_name, warp_e, ROW_WARP_E};
-use crate::cuda::storage::CudaStorage;
+use crate::storage::Storage;
 use crate::{Result, Tensor};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, PushKernelArg};
 
 /// (log-)softmax over the last dim.
-pub(super) fn forward(x: &Tensor, log: bool) -> Result<CudaStorage> {
+pub(super) fn forward(x: &Tensor, log: bool) -> Result<Storage> {
     let (b, [c]) = contiguous_on("softmax", [x])?;
     let (rows, cols) = rows_cols(x);
-    float_out!("softmax", x.dtype(), &b, x.elem_count(), |T, out| b.softmax_fwd::<T>(out, &view(&c, "softmax")?, rows, cols, log))
+    float_out!("softmax", x.dtype(), &b, x.elem_count(), |T, out| b.softmax_fwd::<T>(out, &view(&c, "softmax")?, rows, cols, log)).map(Storage::Cuda)
 }
 
 /// (log-)softmax backward from the saved output `y` (fused kernel).
-pub(super) fn backward(y: &Tensor, g: &Tensor, log: bool) -> Result<CudaStorage> {
+pub(super) fn backward(y: &Tensor, g: &Tensor, log: bool) -> Result<Storage> {
     let op = "softmax_bwd";
     let (b, [yc, gc]) = contiguous_on(op, [y, g])?;
     let (rows, cols) = rows_cols(y);
-    float_out!(op, y.dtype(), &b, y.elem_count(), |T, out| b.softmax_bwd::<T>(out, &view(&yc, op)?, &view(&gc, op)?, rows, cols, log))
+    float_out!(op, y.dtype(), &b, y.elem_count(), |T, out| b.softmax_bwd::<T>(out, &view(&yc, op)?, &view(&gc, op)?, rows, cols, log)).map(Storage::Cuda)
 }
 
 impl CudaBackend {

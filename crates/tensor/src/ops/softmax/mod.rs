@@ -2,7 +2,6 @@
 //! backward kernels that use the saved output. The CPU kernels are [`cpu`]; the CUDA half is
 //! `cuda.rs` (adapter and launchers) with `softmax.cu` beside it.
 use crate::autograd::{backward_io, node, BackwardOp};
-use crate::storage::Storage;
 use crate::{Result, Tensor};
 
 pub mod cpu;
@@ -33,7 +32,7 @@ impl BackwardOp for SoftmaxBackward {
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (y, log) = (&self.y, self.log);
         let dx = on_device!(y,
-            cuda => Storage::Cuda(crate::cuda::with_row_kernel(self.kernel, || cuda::backward(y, g, log))?),
+            cuda => crate::cuda::with_row_kernel(self.kernel, || cuda::backward(y, g, log))?,
             cpu => cpu::backward(y, g, log, self.input.dtype())?,
         );
         Ok(vec![Some(Tensor::from_storage(dx, self.input.shape())?)])
@@ -45,7 +44,7 @@ fn softmax_impl(x: &Tensor, log: bool) -> Result<Tensor> {
     let (out, saved, kernel) = on_device!(x,
         cuda => {
             // the kernels compute in f32 and the backward reads the saved output in x's dtype
-            let out = Tensor::from_storage(Storage::Cuda(cuda::forward(x, log)?), x.shape())?;
+            let out = Tensor::from_storage(cuda::forward(x, log)?, x.shape())?;
             let y = out.detach();
             (out, Some(y), crate::cuda::row_kernel_override())
         },
