@@ -28,6 +28,34 @@ fn temp_cache(name: &str) -> PathBuf {
     dir
 }
 
+/// Every `.cu` file in the repository (`kernels/*.cu`, `crates/tensor/src/ops/*/*.cu`) is declared in
+/// `KERNEL_FILES` under its path, and each declaration embeds that file as it is on disk: the one list
+/// cannot miss a kernel file (needs no NVRTC).
+#[test]
+fn every_cu_file_is_declared_once_with_its_source() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut on_disk = Vec::new();
+    let ops = root.join("crates/tensor/src/ops");
+    let op_dirs = std::fs::read_dir(&ops).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir());
+    for dir in std::iter::once(root.join("kernels")).chain(op_dirs) {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "cu") {
+                on_disk.push(p.strip_prefix(&root).unwrap().to_str().unwrap().to_string());
+            }
+        }
+    }
+    on_disk.sort();
+    let mut declared: Vec<String> = kernels::KERNEL_FILES.iter().map(|f| f.path.to_string()).collect();
+    declared.sort();
+    assert_eq!(declared, on_disk, "KERNEL_FILES (crates/tensor/src/cuda/kernels.rs) and the .cu files on disk differ");
+    for f in kernels::KERNEL_FILES {
+        assert_eq!(std::fs::read_to_string(root.join(f.path)).unwrap(), f.source, "{}: the embedded source is not the file", f.path);
+        assert!(f.path.ends_with(&format!("/{}.cu", f.stem)), "{}: stem {}", f.path, f.stem);
+        assert_eq!(kernels::KERNEL_FILES.iter().filter(|g| g.stem == f.stem).count(), 1, "{} declared twice", f.stem);
+    }
+}
+
 #[test]
 fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
     if !nvrtc_or_skip("every_kernel_compiles") {
