@@ -246,7 +246,7 @@ template <typename T, int P> struct WarpRow {
     __device__ __forceinline__ static bool valid(int p, int cols) { return p * 32 + (threadIdx.x & 31) < cols / N; }
 };
 
-// ---- the dropout RNG contract (docs/KERNELS.md; the CPU: cuda::kernels::dropout_uniform) -----
+// ---- the dropout RNG contract (docs/KERNELS.md; the CPU: ops::dropout::dropout_uniform) -------
 // A uniform number in [0, 1) for element idx under seed: the SplitMix64 finaliser of
 // seed + golden * (idx + 1) (wrapping u64), its top 24 bits times 2^-24 (exact in f32). Used by
 // dropout.cu and by the attention kernels' probability dropout; this is the one definition.

@@ -1,4 +1,4 @@
-//! Runs the CUDA kernels of kernels/*.cu on the CPU under kernels/emu (a small emulation of the
+//! Runs the CUDA kernels (kernels/*.cu and crates/tensor/src/ops/*/*.cu) on the CPU under kernels/emu (a small emulation of the
 //! CUDA execution model and of the mma.sync / ldmatrix / cp.async tensor-core instructions) against
 //! double-precision references: the element-wise, reduction, LayerNorm and softmax kernels, the simple
 //! attention and the tensor-core attention (tc and tc2, forward and backward, bf16 and f16, masks,

@@ -1,5 +1,5 @@
-//! Compiles every kernels/*.cu with NVRTC for sm_80 and sm_90 (no GPU needed) and checks the
-//! ptxas report: every expected entry point exists, and no kernel spills registers or uses a stack
+//! Compiles every kernel file of `cuda::kernels::KERNEL_FILES` (kernels/*.cu and ops/<op>/*.cu) with NVRTC for sm_80 and sm_90 (no GPU needed) and checks the
+//! ptxas report: every entry point the library declares for the file exists, and no kernel spills registers or uses a stack
 //! frame (local memory).
 //!
 //! NVRTC comes from PyPI (see .ci/run). Without it the tests print SKIPPED, unless
@@ -28,35 +28,39 @@ fn temp_cache(name: &str) -> PathBuf {
     dir
 }
 
-const ALL: &[&str] = &["f32", "bf16", "f16"];
-const HALF: &[&str] = &["bf16", "f16"];
-
-/// Entry points every file must define, each for every listed dtype (`<op>_<dtype>`).
-const FLOAT_KERNELS: &[(&str, &[&str], &[&str])] = &[
-    ("adamw", &["adamw_step"], ALL),
-    ("attention", &["attention_fwd", "attention_bwd_preprocess", "attention_bwd_dq", "attention_bwd_dkdv", "attention_fwd_drop", "attention_bwd_dq_drop", "attention_bwd_dkdv_drop"], ALL),
-    // tensor cores take 16-bit inputs only
-    ("attention_tc", &["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_tc2_d64", "attention_bwd_tc2_d128", "attention_bwd_dq_convert", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128", "attention_fwd_tc_drop_d64", "attention_fwd_tc_drop_d128", "attention_bwd_dq_tc_drop_d64", "attention_bwd_dq_tc_drop_d128", "attention_bwd_dkdv_tc_drop_d64", "attention_bwd_dkdv_tc_drop_d128"], HALF),
-    // sm_90a only (wgmma): compiled in the sm_90 pass as sm_90a, left out of the sm_80 pass
-    ("attention_tma", &["attention_fwd_wgtma_d64", "attention_fwd_wgtma_d128", "attention_fwd_wgtma_pp_d64", "attention_fwd_wgtma_pp_d128"], HALF),
-    ("attention_wgmma", &["attention_fwd_wg_d64", "attention_fwd_wg_d128", "attention_fwd_wg_serial_d64", "attention_fwd_wg_serial_d128", "attention_bwd_wg_d64", "attention_bwd_wg_d128"], HALF),
-    ("copy", &["copy", "copy_to_strided"], ALL),
-    ("cross_entropy", &["cross_entropy_fwd", "cross_entropy_bwd"], ALL),
-    ("dropout", &["dropout_fwd", "dropout_bwd"], ALL),
-    ("elementwise", &["unary_fwd", "unary_bwd", "binary_fwd", "binary_rows_fwd", "affine_fwd", "fill"], ALL),
-    ("embedding", &["embedding_fwd", "embedding_bwd"], ALL),
-    ("gelu", &["gelu_fwd", "gelu_bwd"], ALL),
-    ("layer_norm", &["layer_norm_fwd", "layer_norm_bwd", "layer_norm_bwd_reduce", "layer_norm_fwd_warp8", "layer_norm_fwd_warp16", "layer_norm_fwd_warp24", "layer_norm_fwd_warp32", "layer_norm_fwd_warp48", "layer_norm_fwd_warp64", "layer_norm_bwd_warp8", "layer_norm_bwd_warp16", "layer_norm_bwd_warp24", "layer_norm_bwd_warp32", "layer_norm_bwd_warp48"], ALL),
-    ("reduce", &["reduce_sum_last", "reduce_max_last", "reduce_sum_rows_partial", "reduce_sum_rows_finish"], ALL),
-    ("softmax", &["softmax_fwd", "softmax_bwd", "log_softmax_fwd", "log_softmax_bwd", "softmax_fwd_warp8", "softmax_bwd_warp8", "log_softmax_fwd_warp8", "log_softmax_bwd_warp8", "softmax_fwd_warp16", "softmax_bwd_warp16", "log_softmax_fwd_warp16", "log_softmax_bwd_warp16", "softmax_fwd_warp24", "softmax_bwd_warp24", "log_softmax_fwd_warp24", "log_softmax_bwd_warp24", "softmax_fwd_warp32", "softmax_bwd_warp32", "log_softmax_fwd_warp32", "log_softmax_bwd_warp32", "softmax_fwd_warp48", "softmax_bwd_warp48", "log_softmax_fwd_warp48", "log_softmax_bwd_warp48", "softmax_fwd_warp64", "softmax_bwd_warp64", "log_softmax_fwd_warp64", "log_softmax_bwd_warp64"], ALL),
-];
+/// Every `.cu` file in the repository (`kernels/*.cu`, `crates/tensor/src/ops/*/*.cu`) is declared in
+/// `KERNEL_FILES` under its path, and each declaration embeds that file as it is on disk: the one list
+/// cannot miss a kernel file (needs no NVRTC).
+#[test]
+fn every_cu_file_is_declared_once_with_its_source() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut on_disk = Vec::new();
+    let ops = root.join("crates/tensor/src/ops");
+    let op_dirs = std::fs::read_dir(&ops).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir());
+    for dir in std::iter::once(root.join("kernels")).chain(op_dirs) {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "cu") {
+                on_disk.push(p.strip_prefix(&root).unwrap().to_str().unwrap().to_string());
+            }
+        }
+    }
+    on_disk.sort();
+    let mut declared: Vec<String> = kernels::KERNEL_FILES.iter().map(|f| f.path.to_string()).collect();
+    declared.sort();
+    assert_eq!(declared, on_disk, "KERNEL_FILES (crates/tensor/src/cuda/kernels.rs) and the .cu files on disk differ");
+    for f in kernels::KERNEL_FILES {
+        assert_eq!(std::fs::read_to_string(root.join(f.path)).unwrap(), f.source, "{}: the embedded source is not the file", f.path);
+        assert!(f.path.ends_with(&format!("/{}.cu", f.stem)), "{}: stem {}", f.path, f.stem);
+        assert_eq!(kernels::KERNEL_FILES.iter().filter(|g| g.stem == f.stem).count(), 1, "{} declared twice", f.stem);
+    }
+}
 
 #[test]
 fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
     if !nvrtc_or_skip("every_kernel_compiles") {
         return;
     }
-    assert_eq!(FLOAT_KERNELS.len(), kernels::KERNEL_FILES.len(), "a kernel file is missing from this test");
     let (major, minor) = nvrtc::nvrtc_version().unwrap();
     println!("NVRTC {major}.{minor}");
     for arch in ["sm_80", "sm_90"] {
@@ -85,7 +89,7 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
         assert_eq!(stems.contains(&"attention_wgmma"), arch == "sm_90", "the wgmma file is built for sm_90 only: {stems:?}");
         assert_eq!(stems.contains(&"attention_tma"), arch == "sm_90", "the TMA file is built for sm_90 only: {stems:?}");
         for (stem, c) in compiled {
-            let c = c.unwrap_or_else(|e| panic!("kernels/{stem}.cu does not compile for {arch}: {e}"));
+            let c = c.unwrap_or_else(|e| panic!("{} does not compile for {arch}: {e}", kernels::file(stem).unwrap().path));
             assert_eq!(Some(c.arch.clone()), kernels::file(stem).unwrap().target(arch), "{stem}: compiled for its target arch");
             // ptxas serializes wgmma (waits after every one) when it cannot keep the accumulators in
             // registers across the asynchronous window; that costs most of the speed, so it fails here
@@ -99,9 +103,11 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
             }
             assert_cubin_metadata_agrees(stem, arch, &c);
             let names: Vec<&str> = c.kernels.iter().map(|k| k.kernel.as_str()).collect();
-            let (_, ops, dtypes) = FLOAT_KERNELS.iter().find(|(s, _, _)| *s == stem).unwrap();
-            for op in *ops {
-                for dt in *dtypes {
+            // the entry points the library declares for this file (cuda::kernels::KERNEL_FILES)
+            let file = kernels::file(stem).unwrap();
+            assert!(!file.entries.is_empty() && !file.dtypes.is_empty(), "{stem}: no entry points declared");
+            for op in file.entries {
+                for dt in file.dtypes {
                     let want = format!("{op}_{dt}");
                     assert!(names.contains(&want.as_str()), "{stem}.cu for {arch}: no entry point {want} in {names:?}");
                 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the kernels of kernels/*.cu ON THE CPU under a tiny emulation of the CUDA execution model
+# Runs the kernels of kernels/*.cu and crates/tensor/src/ops/*/*.cu ON THE CPU under a tiny emulation of the CUDA execution model
 # (emu.h: blocks in sequence, a block's threads as std::threads, barriers, warp shuffles/ballots)
 # and compares them with double-precision references. Covers the f32 paths (and the pre-sm_80
 # software bf16 rounding; f16 conversions use the host compiler's _Float16); the sm_80+ `cvt`
@@ -10,7 +10,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-$here/../../target/kernel-emu}"
 mkdir -p "$out/gen"
 # the emulator maps __shared__ to `static`, which cannot combine with `extern`
-for f in "$here"/../*.cu "$here"/../*.cuh; do
+# (the shared kernels and headers in kernels/, and each op's kernels beside its Rust halves in
+# crates/tensor/src/ops/<op>/, flattened into one folder as NVRTC sees them)
+for f in "$here"/../*.cu "$here"/../*.cuh "$here"/../../crates/tensor/src/ops/*/*.cu; do
   sed 's/extern __shared__/extern/' "$f" > "$out/gen/$(basename "$f")"
 done
 # KILN_EMU_TSAN=1: build under ThreadSanitizer (racecheck without a GPU: a shared- or global-memory

@@ -1,4 +1,4 @@
-// CPU emulation tests of kernels/{gelu,layer_norm,softmax,cross_entropy,elementwise,reduce,embedding,adamw,dropout,copy}.cu
+// CPU emulation tests of the kernels of kernels/{elementwise,copy}.cu and crates/tensor/src/ops/<op>/<op>.cu (gelu, layer_norm, softmax, cross_entropy, reduce, adamw, dropout; index_select/embedding.cu)
 // against double-precision references. Run with kernels/emu/run.sh.
 #include "emu.h"
 #include <cstdio>

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 /// Per-step scalars, already rounded to f32 as PyTorch does (the same struct the CUDA kernel takes;
 /// `decay` is exactly 1 without weight decay, and the loop then skips it: `p · 1 = p`).
-pub(crate) use kiln_tensor::cuda::AdamWScalars as AdamScalars;
+pub(crate) use kiln_tensor::ops::adamw::AdamWScalars as AdamScalars;
 
 #[inline(always)]
 fn body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamScalars) {

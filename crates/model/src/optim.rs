@@ -213,7 +213,7 @@ impl AdamW {
         };
         let (m, v) = match &mut st.buf {
             MomentBuf::Device { m, v } => {
-                let (p2, m2, v2) = no_grad(|| kiln_tensor::cuda::adamw_step(&t.detach(), &g.detach(), m, v, &s))?;
+                let (p2, m2, v2) = no_grad(|| kiln_tensor::ops::adamw::adamw_step(&t.detach(), &g.detach(), m, v, &s))?;
                 no_grad(|| t.assign(&p2))?;
                 (*m, *v) = (m2, v2);
                 return Ok(());

@@ -23,6 +23,33 @@ pub trait BackwardOp: Send + Sync {
     }
 }
 
+/// The `name()` and `inputs()` of a [`BackwardOp`] impl, written once:
+/// `backward_io!(|s| OP, [s.x, s.w])` names the op and lists the input tensors (fields or any
+/// expressions over `s`, the node), cloned in that order; `opt [s.w, s.b]` appends `Option<Tensor>`
+/// inputs that are present; `inputs = expr` gives the `Vec<Tensor>` itself.
+macro_rules! backward_io {
+    (|$s:ident| $name:expr, [$($i:expr),*] $(, opt [$($o:expr),*])?) => {
+        $crate::autograd::backward_io!(|$s| $name, inputs = {
+            #[allow(unused_mut)]
+            let mut v = vec![$($i.clone()),*];
+            $($(v.extend($o.clone());)*)?
+            v
+        });
+    };
+    (|$s:ident| $name:expr, inputs = $inputs:expr) => {
+        fn name(&self) -> &'static str {
+            #[allow(unused_variables)]
+            let $s: &Self = self;
+            $name
+        }
+        fn inputs(&self) -> Vec<$crate::Tensor> {
+            let $s: &Self = self;
+            $inputs
+        }
+    };
+}
+pub(crate) use backward_io;
+
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
 }
@@ -170,12 +197,7 @@ pub(crate) struct Identity {
     pub input: Tensor,
 }
 impl BackwardOp for Identity {
-    fn name(&self) -> &'static str {
-        "contiguous"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "contiguous", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.clone())])
     }
@@ -186,12 +208,7 @@ pub(crate) struct ToDevice {
     pub input: Tensor,
 }
 impl BackwardOp for ToDevice {
-    fn name(&self) -> &'static str {
-        "to_device"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "to_device", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.to_device(self.input.device())?)])
     }
@@ -203,12 +220,7 @@ pub(crate) struct Cast {
     pub from: DType,
 }
 impl BackwardOp for Cast {
-    fn name(&self) -> &'static str {
-        "to_dtype"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "to_dtype", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.to_dtype(self.from)?)])
     }

@@ -1,19 +1,24 @@
-//! The CUDA kernel sources, embedded at build time from the repository's `kernels/` folder.
-//!
-//! One `.cu` file per op, with the same stem as the CPU op (`kernels/layer_norm.cu` ↔
-//! `ops/layer_norm/`); `extern "C"` entry points named `<op>_<fwd|bwd>_<f32|bf16|f16>`.
+//! The CUDA kernel sources, embedded at build time: an op's own file from its folder
+//! (`ops/layer_norm/layer_norm.cu`), the shared ones and the headers from the repository's
+//! `kernels/`; `extern "C"` entry points named `<op>_<fwd|bwd>_<f32|bf16|f16>`, declared here once.
 //! Headers (`common.cuh`, ...) are handed to NVRTC as in-memory headers, so compiling needs no
 //! files on disk and no CUDA include directory. See docs/KERNELS.md.
 
 /// One kernel source file.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelFile {
-    /// File stem, e.g. `"layer_norm"` for `kernels/layer_norm.cu`.
+    /// File stem, e.g. `"layer_norm"` for `layer_norm.cu`: the name the launchers and the cache use.
     pub stem: &'static str,
+    /// Where the file is, from the repository root (`crates/tensor/src/ops/layer_norm/layer_norm.cu`).
+    pub path: &'static str,
     /// The CUDA C++ source text.
     pub source: &'static str,
     /// Uses sm_90a-only instructions (wgmma): built for `sm_90a` on sm_90 devices, nowhere else.
     pub sm90a_only: bool,
+    /// The float types every entry point exists for (`<entry>_<dtype>`).
+    pub dtypes: &'static [&'static str],
+    /// The `extern "C"` entry points the file must define, without the dtype suffix.
+    pub entries: &'static [&'static str],
 }
 
 /// The compute capability of an architecture name as a number: `sm_90a` → 90, `compute_80` → 80;
@@ -39,30 +44,55 @@ impl KernelFile {
 }
 
 macro_rules! kernel_file {
-    ($stem:literal) => {
-        KernelFile { stem: $stem, source: include_str!(concat!("../../../../kernels/", $stem, ".cu")), sm90a_only: false }
+    // a shared kernel file in the repository's `kernels/`
+    ($stem:literal, $dtypes:expr, [$($e:literal),* $(,)?] $(, $sm90a:ident)?) => {
+        KernelFile {
+            stem: $stem,
+            path: concat!("kernels/", $stem, ".cu"),
+            source: include_str!(concat!("../../../../kernels/", $stem, ".cu")),
+            sm90a_only: kernel_file!(@sm90a $($sm90a)?),
+            dtypes: $dtypes,
+            entries: &[$($e),*],
+        }
     };
-    ($stem:literal, sm90a) => {
-        KernelFile { stem: $stem, source: include_str!(concat!("../../../../kernels/", $stem, ".cu")), sm90a_only: true }
+    // an op's kernels, beside its Rust halves: `crates/tensor/src/ops/<op>/<stem>.cu`
+    (op $op:literal / $stem:literal, $dtypes:expr, [$($e:literal),* $(,)?]) => {
+        KernelFile {
+            stem: $stem,
+            path: concat!("crates/tensor/src/ops/", $op, "/", $stem, ".cu"),
+            source: include_str!(concat!("../ops/", $op, "/", $stem, ".cu")),
+            sm90a_only: false,
+            dtypes: $dtypes,
+            entries: &[$($e),*],
+        }
     };
+    (@sm90a sm90a) => { true };
+    (@sm90a) => { false };
 }
 
-/// Every kernel file, in a fixed order.
+/// Every float kernel type (`_f32`, `_bf16`, `_f16` entry points).
+pub const ALL_FLOATS: &[&str] = &["f32", "bf16", "f16"];
+/// The 16-bit float types only (the tensor-core kernels take 16-bit inputs).
+pub const HALF_FLOATS: &[&str] = &["bf16", "f16"];
+
+/// Every kernel file, in a fixed order, with the entry points it must define: the one list that
+/// the NVRTC registry, `kiln kernels`, the kernel cache and tests/kernels_compile.rs read. An op's
+/// file sits in its folder (`op "<op>" / "<stem>"`); shared ones in `kernels/`.
 pub const KERNEL_FILES: &[KernelFile] = &[
-    kernel_file!("adamw"),
-    kernel_file!("attention"),
-    kernel_file!("attention_tc"),
-    kernel_file!("attention_tma", sm90a),
-    kernel_file!("attention_wgmma", sm90a),
-    kernel_file!("copy"),
-    kernel_file!("cross_entropy"),
-    kernel_file!("dropout"),
-    kernel_file!("elementwise"),
-    kernel_file!("embedding"),
-    kernel_file!("gelu"),
-    kernel_file!("layer_norm"),
-    kernel_file!("reduce"),
-    kernel_file!("softmax"),
+    kernel_file!(op "adamw" / "adamw", ALL_FLOATS, ["adamw_step"]),
+    kernel_file!("attention", ALL_FLOATS, ["attention_fwd", "attention_bwd_preprocess", "attention_bwd_dq", "attention_bwd_dkdv", "attention_fwd_drop", "attention_bwd_dq_drop", "attention_bwd_dkdv_drop"]),
+    kernel_file!("attention_tc", HALF_FLOATS, ["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_tc2_d64", "attention_bwd_tc2_d128", "attention_bwd_dq_convert", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128", "attention_fwd_tc_drop_d64", "attention_fwd_tc_drop_d128", "attention_bwd_dq_tc_drop_d64", "attention_bwd_dq_tc_drop_d128", "attention_bwd_dkdv_tc_drop_d64", "attention_bwd_dkdv_tc_drop_d128"]),
+    kernel_file!("attention_tma", HALF_FLOATS, ["attention_fwd_wgtma_d64", "attention_fwd_wgtma_d128", "attention_fwd_wgtma_pp_d64", "attention_fwd_wgtma_pp_d128"], sm90a),
+    kernel_file!("attention_wgmma", HALF_FLOATS, ["attention_fwd_wg_d64", "attention_fwd_wg_d128", "attention_fwd_wg_serial_d64", "attention_fwd_wg_serial_d128", "attention_bwd_wg_d64", "attention_bwd_wg_d128"], sm90a),
+    kernel_file!("copy", ALL_FLOATS, ["copy", "copy_to_strided"]),
+    kernel_file!(op "cross_entropy" / "cross_entropy", ALL_FLOATS, ["cross_entropy_fwd", "cross_entropy_bwd"]),
+    kernel_file!(op "dropout" / "dropout", ALL_FLOATS, ["dropout_fwd", "dropout_bwd"]),
+    kernel_file!("elementwise", ALL_FLOATS, ["unary_fwd", "unary_bwd", "binary_fwd", "binary_rows_fwd", "affine_fwd", "fill"]),
+    kernel_file!(op "index_select" / "embedding", ALL_FLOATS, ["embedding_fwd", "embedding_bwd"]),
+    kernel_file!(op "gelu" / "gelu", ALL_FLOATS, ["gelu_fwd", "gelu_bwd"]),
+    kernel_file!(op "layer_norm" / "layer_norm", ALL_FLOATS, ["layer_norm_fwd", "layer_norm_bwd", "layer_norm_bwd_reduce", "layer_norm_fwd_warp8", "layer_norm_fwd_warp16", "layer_norm_fwd_warp24", "layer_norm_fwd_warp32", "layer_norm_fwd_warp48", "layer_norm_fwd_warp64", "layer_norm_bwd_warp8", "layer_norm_bwd_warp16", "layer_norm_bwd_warp24", "layer_norm_bwd_warp32", "layer_norm_bwd_warp48"]),
+    kernel_file!(op "reduce" / "reduce", ALL_FLOATS, ["reduce_sum_last", "reduce_max_last", "reduce_sum_rows_partial", "reduce_sum_rows_finish"]),
+    kernel_file!(op "softmax" / "softmax", ALL_FLOATS, ["softmax_fwd", "softmax_bwd", "log_softmax_fwd", "log_softmax_bwd", "softmax_fwd_warp8", "softmax_bwd_warp8", "log_softmax_fwd_warp8", "log_softmax_bwd_warp8", "softmax_fwd_warp16", "softmax_bwd_warp16", "log_softmax_fwd_warp16", "log_softmax_bwd_warp16", "softmax_fwd_warp24", "softmax_bwd_warp24", "log_softmax_fwd_warp24", "log_softmax_bwd_warp24", "softmax_fwd_warp32", "softmax_bwd_warp32", "log_softmax_fwd_warp32", "log_softmax_bwd_warp32", "softmax_fwd_warp48", "softmax_bwd_warp48", "log_softmax_fwd_warp48", "log_softmax_bwd_warp48", "softmax_fwd_warp64", "softmax_bwd_warp64", "log_softmax_fwd_warp64", "log_softmax_bwd_warp64"]),
 ];
 
 /// The headers every program may `#include "name"`: (include name, text).
@@ -102,23 +132,6 @@ pub fn source_hash(file: &KernelFile) -> u64 {
     h
 }
 
-/// The dropout RNG contract shared by kernels/dropout.cu and the CPU dropout: a uniform number
-/// in `[0, 1)` for element `idx` (row-major flat index) under `seed` (splitmix64 finaliser of
-/// `seed + golden * (idx + 1)`, top 24 bits). See docs/KERNELS.md.
-pub fn dropout_uniform(seed: u64, idx: u64) -> f32 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(idx.wrapping_add(1)));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 40) as f32 * (1.0 / 16_777_216.0)
-}
-
-/// Whether dropout with probability `p` keeps element `idx` (`u >= p`). A kept element is
-/// multiplied by `1.0f32 / (1.0f32 - p)` (computed in f32), a dropped one becomes 0.
-pub fn dropout_keep(seed: u64, idx: u64, p: f32) -> bool {
-    dropout_uniform(seed, idx) >= p
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,27 +159,6 @@ mod tests {
         for f in KERNEL_FILES.iter().filter(|f| !f.sm90a_only) {
             assert!(!f.source.contains("wgmma"), "{} uses wgmma but is not marked sm90a", f.stem);
         }
-    }
-
-    #[test]
-    fn dropout_contract_matches_the_kernel_source() {
-        // one definition, in common.cuh, which dropout.cu and the attention kernels call
-        let common = HEADERS.iter().find(|(n, _)| *n == "common.cuh").unwrap().1;
-        for c in ["0x9E3779B97F4A7C15", "0xBF58476D1CE4E5B9", "0x94D049BB133111EB", "z >> 30", "z >> 27", "z >> 31", "z >> 40", "16777216", ") >= p;"] {
-            assert!(common.contains(c), "common.cuh lost `{c}`");
-        }
-        assert!(file("dropout").unwrap().source.contains("dropout_keep(seed, i, p)"));
-        for f in KERNEL_FILES {
-            assert!(!f.source.contains("float dropout_uniform("), "{} defines the dropout RNG a second time", f.stem);
-        }
-        // Known values: seed 0, idx 0 is splitmix64's first output for state 0 (0xE220A8397B1DCDAF).
-        assert_eq!(dropout_uniform(0, 0), (0xE220_A839_7B1D_CDAFu64 >> 40) as f32 / 16_777_216.0);
-        // Cross-checked against dropout.cu itself, run under kernels/emu (seed 42, idx 0..3).
-        let want = [12_441_394u32, 2_682_851, 4_674_151].map(|k| k as f32 / 16_777_216.0);
-        assert_eq!([0, 1, 2].map(|i| dropout_uniform(42, i)), want);
-        let kept = (0..100_000u64).filter(|&i| dropout_keep(42, i, 0.1)).count();
-        assert!((89_000..91_000).contains(&kept), "{kept}");
-        assert!((0..1000u64).all(|i| dropout_keep(7, i, 0.0)) && !(0..1000u64).any(|i| dropout_keep(7, i, 1.0)));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The CUDA backend: kernel sources ([`kernels`]), the NVRTC pipeline ([`nvrtc`], [`report`]) and,
 //! with the `cuda` feature (on by default), the runtime pieces: [`device::CudaBackend`] (context,
-//! stream, module cache, caching allocator, cuBLAS) and the kernel launchers in `launch*`.
+//! stream, module cache, caching allocator, cuBLAS), the launch conventions (`launch`, `rows`) and
+//! the launchers of the shared kernels. An op's own launchers live in its folder (`ops/<op>/cuda.rs`).
 //!
 //! Everything is loaded at run time (cudarc `dynamic-loading`): the crate builds with no CUDA
 //! toolkit, and every probe here answers `false` / `Err` instead of panicking when libcuda or
 //! libnvrtc is missing.
 //!
-//! [`storage::CudaStorage`] holds device buffers; [`ops`] dispatches tensor ops to the launchers.
+//! [`storage::CudaStorage`] holds device buffers; [`ops`] has the adapter helpers every op's CUDA half
+//! uses and the dispatch of copies, casts and elementwise ops.
 use crate::{Device, Error, Result};
 
 pub mod kernels;
@@ -23,22 +25,18 @@ pub mod launch_attn;
 #[cfg(feature = "cuda")]
 mod launch_attn_tma;
 #[cfg(feature = "cuda")]
-pub mod launch_nn;
-#[cfg(feature = "cuda")]
-pub mod launch_train;
-#[cfg(feature = "cuda")]
 pub mod blas;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 #[cfg(feature = "cuda")]
 pub mod report;
+#[cfg(feature = "cuda")]
+pub mod rows;
 
 #[cfg(feature = "cuda")]
 pub mod ops;
 #[cfg(feature = "cuda")]
 pub mod ops_nn;
-#[cfg(feature = "cuda")]
-pub mod ops_train;
 #[cfg(feature = "cuda")]
 pub mod storage;
 #[cfg(feature = "cuda")]
@@ -151,43 +149,6 @@ pub fn wgmma_probe(a: &crate::Tensor, b: &crate::Tensor, form: u32) -> Result<cr
     {
         let _ = form;
         Err(Error::CudaUnavailable(format!("{op}: kiln was built without the cuda feature")))
-    }
-}
-
-/// The per-step scalars of one AdamW update, in f32 as kiln's CPU loop uses them (PyTorch's
-/// `torch.optim.AdamW` single-tensor order): `p = p·decay`, `m = lerp(m, g, w1)`,
-/// `v = v·beta2 + (one_minus_beta2·g)·g`, `p = p + (neg_step_size·m) / (√v / bc2_sqrt + eps)`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamWScalars {
-    /// `1 − lr·weight_decay`; exactly 1 for no decay.
-    pub decay: f32,
-    /// `1 − beta1`.
-    pub w1: f32,
-    pub beta2: f32,
-    pub one_minus_beta2: f32,
-    /// `√(1 − beta2ᵗ)`.
-    pub bc2_sqrt: f32,
-    pub eps: f32,
-    /// `−lr / (1 − beta1ᵗ)`.
-    pub neg_step_size: f32,
-}
-
-/// One AdamW step on the device for an f32 CUDA parameter: returns the new parameter and moments
-/// `(param, m, v)` (f32, `param`'s shape for the first, flat for the moments), the same bits as
-/// kiln's CPU loop gives for the same inputs. `grad` may be f32, bf16 or f16; `m`, `v` are f32 with
-/// `param`'s element count. Errors on other dtypes, sizes or devices, and without CUDA.
-pub fn adamw_step(param: &crate::Tensor, grad: &crate::Tensor, m: &crate::Tensor, v: &crate::Tensor, s: &AdamWScalars) -> Result<(crate::Tensor, crate::Tensor, crate::Tensor)> {
-    #[cfg(feature = "cuda")]
-    {
-        let (p, mo, vo) = ops_train::adamw(param, grad, m, v, s)?;
-        use crate::storage::Storage;
-        let n = m.elem_count();
-        Ok((crate::Tensor::from_storage(Storage::Cuda(p), param.shape())?, crate::Tensor::from_storage(Storage::Cuda(mo), &[n])?, crate::Tensor::from_storage(Storage::Cuda(vo), &[n])?))
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = (param, grad, m, v, s);
-        Err(Error::CudaUnavailable("adamw_step: kiln was built without the cuda feature".into()))
     }
 }
 

@@ -1,4 +1,4 @@
-//! The NVRTC pipeline: compile an embedded `kernels/<stem>.cu` for one GPU architecture into a
+//! The NVRTC pipeline: compile an embedded kernel file `<stem>.cu` (see [`kernels::KERNEL_FILES`]) for one GPU architecture into a
 //! CUBIN (`sm_XX`) or PTX (`compute_XX`), with the ptxas `-v` report, cached on disk.
 //!
 //! NVRTC (`libnvrtc.so.13`) is loaded at run time by cudarc; it must be on `LD_LIBRARY_PATH`
@@ -154,14 +154,14 @@ fn find_file(stem: &str) -> Result<&'static KernelFile> {
     })
 }
 
-/// Compiles `kernels/<stem>.cu` for `arch` (e.g. `"sm_90"`), through the disk cache. A file
+/// Compiles the kernel file `<stem>.cu` for `arch` (e.g. `"sm_90"`), through the disk cache. A file
 /// marked sm90a-only ([`KernelFile::target`]) is compiled for `sm_90a` when `arch` is 9.0 and is an
 /// error otherwise; the result's `arch` is the target actually used.
 pub fn compile(stem: &str, arch: &str) -> Result<CompiledKernel> {
     compile_impl(stem, arch, cache_dir().as_deref())
 }
 
-/// Compiles `kernels/<stem>.cu` for `arch` with NVRTC, bypassing the cache (reads and writes).
+/// Compiles the kernel file `<stem>.cu` for `arch` with NVRTC, bypassing the cache (reads and writes).
 pub fn compile_uncached(stem: &str, arch: &str) -> Result<CompiledKernel> {
     compile_impl(stem, arch, None)
 }
@@ -175,7 +175,7 @@ fn compile_impl(stem: &str, arch: &str, cache: Option<&Path>) -> Result<Compiled
     let file = find_file(stem)?;
     validate_arch(arch)?;
     let target = file.target(arch).ok_or_else(|| {
-        Error::msg(format!("kernels/{stem}.cu uses Hopper-only instructions (wgmma) and is built only for sm_90 (as sm_90a), not for {arch}"))
+        Error::msg(format!("{} uses Hopper-only instructions (wgmma) and is built only for sm_90 (as sm_90a), not for {arch}", file.path))
     })?;
     let arch = target.as_str();
     require_nvrtc()?;

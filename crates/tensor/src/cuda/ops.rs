@@ -4,11 +4,13 @@
 //! records the same backward node as on the CPU. f32 / bf16 / f16 only (the kernels' types);
 //! f64 on CUDA is an `UnsupportedDType` error naming the op.
 use super::launch::{self, KLayout, KernelCopy};
-use super::launch_nn::GeluApprox;
+use super::device::CudaBackend;
 use super::storage::{out_buf, CudaElem, CudaStorage};
 use crate::storage::{CpuStorage, Storage};
 use crate::{DType, Device, Error, Result, Tensor};
+use cudarc::driver::{CudaView, CudaViewMut};
 use half::{bf16, f16};
+use std::sync::Arc;
 
 /// Runs `$body` with `$T` bound to the kernel float type of `$dt` (f32 / bf16 / f16).
 macro_rules! float_dispatch {
@@ -31,6 +33,42 @@ macro_rules! float_dispatch {
     };
 }
 pub(crate) use float_dispatch;
+
+/// The adapter sequence of an op's CUDA half, once: `float_out!(op, dtype, &be, n, |T, out| launch)`
+/// dispatches on the float `dtype` (binding `T`), allocates a fresh `n`-element output of `T` on
+/// `be`, runs `launch` (a `Result<()>` writing `out: &mut CudaViewMut<T>`) and returns the output
+/// as a [`CudaStorage`]. Inputs come from [`contiguous_on`].
+macro_rules! float_out {
+    ($op:expr, $dt:expr, $be:expr, $n:expr, |$T:ident, $out:ident| $launch:expr) => {
+        $crate::cuda::ops::float_dispatch!($op, $dt, $T => $crate::cuda::ops::write_out::<$T>($be, $n, |$out| $launch))
+    };
+}
+pub(crate) use float_out;
+
+/// A fresh `n`-element output of `T` on `be` (see [`out_buf`]), written by `launch`, as a storage.
+pub fn write_out<T: CudaElem>(be: &Arc<CudaBackend>, n: usize, launch: impl FnOnce(&mut CudaViewMut<T>) -> Result<()>) -> Result<CudaStorage> {
+    let mut out = out_buf::<T>(be, n)?;
+    launch(&mut out.slice_mut(..))?;
+    Ok(CudaStorage::from_slice(out, be))
+}
+
+/// The contiguous storages of `ts` (which must share one device: else `DeviceMismatch` naming
+/// `op`) and their backend: the head of an op's CUDA adapter.
+pub fn contiguous_on<const N: usize>(op: &'static str, ts: [&Tensor; N]) -> Result<(Arc<CudaBackend>, [CudaStorage; N])> {
+    same_device(op, &ts)?;
+    let cs: Vec<CudaStorage> = ts.iter().map(|t| contiguous(t)).collect::<Result<_>>()?;
+    let cs: [CudaStorage; N] = cs.try_into().map_err(|_| Error::msg("contiguous_on: count"))?;
+    let be = match cs.first() {
+        Some(c) => c.backend().clone(),
+        None => return Err(Error::msg(format!("{op}: no CUDA inputs"))),
+    };
+    Ok((be, cs))
+}
+
+/// `c`'s buffer as a `CudaView<T>` of all its elements, or a dtype error naming `op`.
+pub fn view<'a, T: CudaElem>(c: &'a CudaStorage, op: &'static str) -> Result<CudaView<'a, T>> {
+    Ok(c.slice::<T>(op)?.slice(..))
+}
 
 /// The CUDA storage of `t`, or a device error naming `op`.
 pub fn storage_of(op: &'static str, t: &Tensor) -> Result<CudaStorage> {
@@ -56,9 +94,7 @@ fn copy_t<T: CudaElem + KernelCopy>(t: &Tensor, c: &CudaStorage) -> Result<CudaS
     let b = c.backend();
     let src = c.slice::<T>("contiguous")?;
     let kl = KLayout::from_layout(t.layout())?;
-    let mut out = out_buf::<T>(b, t.elem_count())?;
-    b.copy::<T>(&mut out.slice_mut(..), &src.slice(t.layout().offset()..), &kl)?;
-    Ok(CudaStorage::from_slice(out, b))
+    write_out::<T>(b, t.elem_count(), |out| b.copy::<T>(out, &src.slice(t.layout().offset()..), &kl))
 }
 
 /// A contiguous copy of `t` (the storage itself when `t` already covers it exactly).
@@ -119,9 +155,7 @@ pub fn download(t: &Tensor) -> Result<CpuStorage> {
 
 fn cast_t<A: launch::KernelFloat + CudaElem, B: launch::KernelFloat + CudaElem>(c: &CudaStorage) -> Result<CudaStorage> {
     let b = c.backend();
-    let mut out = out_buf::<B>(b, c.len())?;
-    b.cast::<A, B>(&mut out.slice_mut(..), &c.slice::<A>("to_dtype")?.slice(..))?;
-    Ok(CudaStorage::from_slice(out, b))
+    write_out::<B>(b, c.len(), |out| b.cast::<A, B>(out, &view(c, "to_dtype")?))
 }
 
 /// `t` converted to `dtype` on its device. Float <-> float and i64 -> f32 run as kernels; the
@@ -135,28 +169,9 @@ pub fn cast(t: &Tensor, dtype: DType) -> Result<CudaStorage> {
     }
     if from == DType::I64 && to == DType::F32 {
         let b = c.backend();
-        let mut out = out_buf::<f32>(b, c.len())?;
-        b.cast_i64_f32(&mut out.slice_mut(..), &c.slice::<i64>("to_dtype")?.slice(..))?;
-        return Ok(CudaStorage::from_slice(out, b));
+        return write_out::<f32>(b, c.len(), |out| b.cast_i64_f32(out, &view(&c, "to_dtype")?));
     }
     CudaStorage::from_cpu(&c.to_cpu()?.to_dtype(to), c.backend().ordinal())
-}
-
-/// Maps kiln's unary op to the kernel's op code (None: no CUDA kernel for it).
-pub fn unary_code(op: crate::ops::unary::UnaryOp) -> Option<launch::UnaryOp> {
-    use crate::ops::unary::UnaryOp as U;
-    use launch::UnaryOp as K;
-    Some(match op {
-        U::Exp => K::Exp,
-        U::Log => K::Log,
-        U::Sqrt => K::Sqrt,
-        U::Tanh => K::Tanh,
-        U::Sqr => K::Sqr,
-        U::Recip => K::Recip,
-        U::Abs => K::Abs,
-        U::Relu => K::Relu,
-        U::Powf(_) => return None,
-    })
 }
 
 /// `op(x)` elementwise (any layout in, contiguous out).
@@ -164,24 +179,13 @@ pub fn unary(name: &'static str, x: &Tensor, op: launch::UnaryOp) -> Result<Cuda
     let c = storage_of(name, x)?;
     let b = c.backend().clone();
     let kl = KLayout::from_layout(x.layout())?;
-    float_dispatch!(name, x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        b.unary_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>(name)?.slice(x.layout().offset()..), &kl, op)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
+    float_out!(name, x.dtype(), &b, x.elem_count(), |T, out| b.unary_fwd::<T>(out, &c.slice::<T>(name)?.slice(x.layout().offset()..), &kl, op))
 }
 
 /// `g * op'(x)` given the saved input `x` and output `y` (all the same shape).
 pub fn unary_bwd(name: &'static str, g: &Tensor, x: &Tensor, y: &Tensor, op: launch::UnaryOp) -> Result<CudaStorage> {
-    same_device(name, &[g, x, y])?;
-    let (gc, xc, yc) = (contiguous(g)?, contiguous(x)?, contiguous(y)?);
-    let b = gc.backend().clone();
-    float_dispatch!(name, x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        let (xs, ys, gs) = (xc.slice::<T>(name)?, yc.slice::<T>(name)?, gc.slice::<T>(name)?);
-        b.unary_bwd::<T>(&mut out.slice_mut(..), &xs.slice(..), &ys.slice(..), &gs.slice(..), op)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
+    let (b, [gc, xc, yc]) = contiguous_on(name, [g, x, y])?;
+    float_out!(name, x.dtype(), &b, x.elem_count(), |T, out| b.unary_bwd::<T>(out, &view(&xc, name)?, &view(&yc, name)?, &view(&gc, name)?, op))
 }
 
 /// `a op b` with numpy broadcasting to `shape`.
@@ -192,86 +196,22 @@ pub fn binary(name: &'static str, a: &Tensor, b_: &Tensor, shape: &[usize], op: 
     let (la, lb) = (KLayout::from_layout(fa.layout())?, KLayout::from_layout(fb.layout())?);
     let be = ca.backend().clone();
     let n: usize = shape.iter().product();
-    float_dispatch!(name, a.dtype(), T => {
-        let mut out = out_buf::<T>(&be, n)?;
+    float_out!(name, a.dtype(), &be, n, |T, out| {
         let (sa, sb) = (ca.slice::<T>(name)?, cb.slice::<T>(name)?);
-        be.binary_fwd::<T>(&mut out.slice_mut(..), &sa.slice(fa.layout().offset()..), &la, &sb.slice(fb.layout().offset()..), &lb, op)?;
-        Ok(CudaStorage::from_slice(out, &be))
+        be.binary_fwd::<T>(out, &sa.slice(fa.layout().offset()..), &la, &sb.slice(fb.layout().offset()..), &lb, op)
     })
 }
 
 /// `x * mul + add`.
 pub fn affine(x: &Tensor, mul: f64, add: f64) -> Result<CudaStorage> {
-    let c = contiguous(x)?;
-    let b = c.backend().clone();
-    float_dispatch!("affine", x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        b.affine_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>("affine")?.slice(..), mul as f32, add as f32)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
-}
-
-/// Maps kiln's GELU flavour to the kernel's.
-pub fn gelu_code(tanh: bool) -> GeluApprox {
-    if tanh {
-        GeluApprox::Tanh
-    } else {
-        GeluApprox::Erf
-    }
-}
-
-/// GELU forward.
-pub fn gelu(x: &Tensor, approx: GeluApprox) -> Result<CudaStorage> {
-    let c = contiguous(x)?;
-    let b = c.backend().clone();
-    float_dispatch!("gelu", x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        b.gelu_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>("gelu")?.slice(..), approx)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
-}
-
-/// GELU backward: `dx = g * gelu'(x)` (fused kernel).
-pub fn gelu_bwd(x: &Tensor, g: &Tensor, approx: GeluApprox) -> Result<CudaStorage> {
-    same_device("gelu_bwd", &[x, g])?;
-    let (xc, gc) = (contiguous(x)?, contiguous(g)?);
-    let b = xc.backend().clone();
-    float_dispatch!("gelu_bwd", x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        b.gelu_bwd::<T>(&mut out.slice_mut(..), &xc.slice::<T>("gelu_bwd")?.slice(..), &gc.slice::<T>("gelu_bwd")?.slice(..), approx)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
+    let (b, [c]) = contiguous_on("affine", [x])?;
+    float_out!("affine", x.dtype(), &b, x.elem_count(), |T, out| b.affine_fwd::<T>(out, &view(&c, "affine")?, mul as f32, add as f32))
 }
 
 /// `t` as `[rows, cols]` over its last dim (a scalar is one 1-element row; no columns, no rows).
 pub(crate) fn rows_cols(t: &Tensor) -> (usize, usize) {
     let cols = t.shape().last().copied().unwrap_or(1);
     (t.elem_count().checked_div(cols).unwrap_or(0), cols)
-}
-
-/// (log-)softmax over the last dim.
-pub fn softmax(x: &Tensor, log: bool) -> Result<CudaStorage> {
-    let c = contiguous(x)?;
-    let b = c.backend().clone();
-    let (rows, cols) = rows_cols(x);
-    float_dispatch!("softmax", x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, x.elem_count())?;
-        b.softmax_fwd::<T>(&mut out.slice_mut(..), &c.slice::<T>("softmax")?.slice(..), rows, cols, log)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
-}
-
-/// (log-)softmax backward from the saved output `y` (fused kernel).
-pub fn softmax_bwd(y: &Tensor, g: &Tensor, log: bool) -> Result<CudaStorage> {
-    same_device("softmax_bwd", &[y, g])?;
-    let (yc, gc) = (contiguous(y)?, contiguous(g)?);
-    let b = yc.backend().clone();
-    let (rows, cols) = rows_cols(y);
-    float_dispatch!("softmax_bwd", y.dtype(), T => {
-        let mut out = out_buf::<T>(&b, y.elem_count())?;
-        b.softmax_bwd::<T>(&mut out.slice_mut(..), &yc.slice::<T>("softmax_bwd")?.slice(..), &gc.slice::<T>("softmax_bwd")?.slice(..), rows, cols, log)?;
-        Ok(CudaStorage::from_slice(out, &b))
-    })
 }
 
 /// See [`super::wgmma_probe`]: `a` [64, 16] and `b` [16, 64] bf16 CUDA tensors (any layout).

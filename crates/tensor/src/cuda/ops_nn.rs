@@ -1,9 +1,8 @@
-//! CUDA dispatch of the ops with their own structure: matmul (cuBLAS), sum over dims and
-//! LayerNorm (forward saving mean/rstd, fused backward). See [`super::ops`] for the conventions.
+//! CUDA dispatch of matmul (cuBLAS). See [`super::ops`] for the conventions.
 use super::blas::GemmSpec;
-use super::ops::{contiguous, float_dispatch, rows_cols, same_device, storage_of};
-use super::storage::{out_buf, CudaStorage};
-use crate::{Error, Result, Tensor};
+use super::ops::{float_out, same_device, storage_of};
+use super::storage::CudaStorage;
+use crate::{Result, Tensor};
 
 /// `(trans, batch_stride)` when `t = [batch.., r, c]` is a strided batch of tightly packed
 /// matrices (row-major, or the transpose of one); `None` when it needs a copy first.
@@ -57,101 +56,8 @@ pub fn matmul(a: &Tensor, b: &Tensor, batch: &[usize], m: usize, k: usize, n: us
     let (ca, cb) = (storage_of("matmul", &a)?, storage_of("matmul", &b)?);
     let be = ca.backend().clone();
     let (offa, offb) = (a.layout().offset(), b.layout().offset());
-    float_dispatch!("matmul", a.dtype(), T => {
-        let mut out = out_buf::<T>(&be, nb * m * n)?;
+    float_out!("matmul", a.dtype(), &be, nb * m * n, |T, out| {
         let (sa, sb) = (ca.slice::<T>("matmul")?, cb.slice::<T>("matmul")?);
-        be.gemm::<T>(&mut out.slice_mut(..), &sa.slice(offa..), &sb.slice(offb..), &spec)?;
-        Ok(CudaStorage::from_slice(out, &be))
-    })
-}
-
-/// Sum of `x` over the sorted, deduplicated `dims` (row-major output of the kept dims).
-pub fn sum_dims(x: &Tensor, dims: &[usize]) -> Result<CudaStorage> {
-    let k = dims.len();
-    let b = storage_of("sum", x)?.backend().clone();
-    if k > 0 && k < x.rank() && dims[k - 1] == k - 1 && x.elem_count() > 0 {
-        // leading dims (bias gradients): deterministic column sums of a contiguous [rows, cols]
-        let xc = contiguous(x)?;
-        let rows: usize = x.shape()[..k].iter().product();
-        let cols = x.elem_count() / rows;
-        return float_dispatch!("sum", x.dtype(), T => {
-            let mut out = out_buf::<T>(&b, cols)?;
-            b.reduce_sum_rows::<T>(&mut out.slice_mut(..), &xc.slice::<T>("sum")?.slice(..), rows, cols)?;
-            Ok(CudaStorage::from_slice(out, &b))
-        });
-    }
-    let (xp, outer, inner) = crate::ops::reduce::rows_for(x, dims)?;
-    let xc = contiguous(&xp)?;
-    float_dispatch!("sum", x.dtype(), T => {
-        let mut out = out_buf::<T>(&b, outer)?;
-        if inner == 0 {
-            b.fill::<T>(&mut out.slice_mut(..), 0.0)?;
-        } else {
-            b.reduce_sum_last::<T>(&mut out.slice_mut(..), &xc.slice::<T>("sum")?.slice(..), outer, inner)?;
-        }
-        Ok(CudaStorage::from_slice(out, &b))
-    })
-}
-
-/// LayerNorm over the last dim: `(y, mean, rstd)` (`mean` / `rstd` are f32, one per row).
-pub fn layer_norm(x: &Tensor, w: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
-    let ts: Vec<&Tensor> = [Some(x), w, bias].into_iter().flatten().collect();
-    same_device("layer_norm", &ts)?;
-    let (rows, cols) = rows_cols(x);
-    let xc = contiguous(x)?;
-    let wc = w.map(contiguous).transpose()?;
-    let bc = bias.map(contiguous).transpose()?;
-    let be = xc.backend().clone();
-    let mut mean = out_buf::<f32>(&be, rows)?;
-    let mut rstd = out_buf::<f32>(&be, rows)?;
-    let y = float_dispatch!("layer_norm", x.dtype(), T => {
-        let mut out = out_buf::<T>(&be, x.elem_count())?;
-        let ws = wc.as_ref().map(|c| c.slice::<T>("layer_norm")).transpose()?.map(|s| s.slice(..));
-        let bs = bc.as_ref().map(|c| c.slice::<T>("layer_norm")).transpose()?.map(|s| s.slice(..));
-        be.layer_norm_fwd::<T>(
-            &mut out.slice_mut(..), Some(&mut mean.slice_mut(..)), Some(&mut rstd.slice_mut(..)),
-            &xc.slice::<T>("layer_norm")?.slice(..), ws.as_ref(), bs.as_ref(), rows, cols, eps as f32,
-        )?;
-        Ok(CudaStorage::from_slice(out, &be))
-    })?;
-    Ok((y, CudaStorage::from_slice(mean, &be), CudaStorage::from_slice(rstd, &be)))
-}
-
-/// LayerNorm backward (fused kernel): `(dx, dweight, dbias)`; `dweight` when `w` is given,
-/// `dbias` when `want_db` (from the kernel with a weight, as column sums of `g` without one).
-pub fn layer_norm_bwd(
-    x: &Tensor, w: Option<&Tensor>, want_db: bool, mean: &CudaStorage, rstd: &CudaStorage, g: &Tensor,
-) -> Result<(CudaStorage, Option<CudaStorage>, Option<CudaStorage>)> {
-    same_device("layer_norm_bwd", &[x, g])?;
-    let (rows, cols) = rows_cols(x);
-    let (xc, gc) = (contiguous(x)?, contiguous(g)?);
-    let wc = w.map(contiguous).transpose()?;
-    let be = xc.backend().clone();
-    if x.dtype() != g.dtype() {
-        return Err(Error::DTypeMismatch { op: "layer_norm_bwd", lhs: x.dtype(), rhs: g.dtype() });
-    }
-    float_dispatch!("layer_norm_bwd", x.dtype(), T => {
-        let mut dx = out_buf::<T>(&be, x.elem_count())?;
-        let mut dw = match &wc { Some(_) => Some(out_buf::<T>(&be, cols)?), None => None };
-        let mut db = match (&wc, want_db) { (Some(_), true) => Some(out_buf::<T>(&be, cols)?), _ => None };
-        let ws = wc.as_ref().map(|c| c.slice::<T>("layer_norm_bwd")).transpose()?.map(|s| s.slice(..));
-        let mut dwv = dw.as_mut().map(|s| s.slice_mut(..));
-        let mut dbv = db.as_mut().map(|s| s.slice_mut(..));
-        be.layer_norm_bwd::<T>(
-            &mut dx.slice_mut(..), dwv.as_mut(), dbv.as_mut(),
-            &mean.slice::<f32>("layer_norm_bwd")?.slice(..), &rstd.slice::<f32>("layer_norm_bwd")?.slice(..),
-            &gc.slice::<T>("layer_norm_bwd")?.slice(..), &xc.slice::<T>("layer_norm_bwd")?.slice(..), ws.as_ref(), rows, cols,
-        )?;
-        drop((dwv, dbv));
-        let db = match (db, want_db) {
-            (Some(d), _) => Some(CudaStorage::from_slice(d, &be)),
-            (None, true) => {
-                let mut d = out_buf::<T>(&be, cols)?;
-                be.reduce_sum_rows::<T>(&mut d.slice_mut(..), &gc.slice::<T>("layer_norm_bwd")?.slice(..), rows, cols)?;
-                Some(CudaStorage::from_slice(d, &be))
-            }
-            (None, false) => None,
-        };
-        Ok((CudaStorage::from_slice(dx, &be), dw.map(|d| CudaStorage::from_slice(d, &be)), db))
+        be.gemm::<T>(out, &sa.slice(offa..), &sb.slice(offb..), &spec)
     })
 }

@@ -1,5 +1,5 @@
 //! Elementwise binary ops with numpy broadcasting (add, sub, mul, div) and scalar affine maps.
-use crate::autograd::{node, sum_to_shape, BackwardOp};
+use crate::autograd::{backward_io, node, sum_to_shape, BackwardOp};
 use crate::cpu::simd;
 use crate::shape::broadcast_shapes;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
@@ -159,12 +159,7 @@ struct Binary {
 }
 
 impl BackwardOp for Binary {
-    fn name(&self) -> &'static str {
-        self.op.name()
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.a.clone(), self.b.clone()]
-    }
+    backward_io!(|s| s.op.name(), [s.a, s.b]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (a, b) = (&self.a, &self.b);
         let (ga, gb) = match self.op {
@@ -220,12 +215,7 @@ struct Affine {
     mul: f64,
 }
 impl BackwardOp for Affine {
-    fn name(&self) -> &'static str {
-        "affine"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "affine", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.affine(self.mul, 0.0)?)])
     }

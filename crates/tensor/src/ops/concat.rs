@@ -1,5 +1,5 @@
 //! Joining and splitting along a dim: cat, stack, split, chunk.
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::{CpuStorage, Storage};
 use crate::{Dim, Error, Result, Tensor};
 
@@ -8,12 +8,7 @@ struct Cat {
     dim: usize,
 }
 impl BackwardOp for Cat {
-    fn name(&self) -> &'static str {
-        "cat"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        self.inputs.clone()
-    }
+    backward_io!(|s| "cat", inputs = s.inputs.clone());
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let mut start = 0;
         let mut out = Vec::with_capacity(self.inputs.len());

@@ -1,7 +1,7 @@
 //! max / min / argmax / argmin over one dim, and max_all. Any dtype (compared natively, no upcast).
 //! NaN wins (the first NaN of a row is its max and its min, as PyTorch). Backward routes each
 //! output's gradient to the FIRST extremal element of its row (deterministic), zero elsewhere.
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::cpu::simd;
 use crate::ops::binary::PAR_MIN;
 use crate::ops::reduce::{reduce_shapes, rows_for};
@@ -98,12 +98,7 @@ fn scatter<T: CpuSlice>(g: &Tensor, idx: &[usize], inner: usize) -> Result<CpuSt
 }
 
 impl BackwardOp for MaxMin {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| s.name, [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let shape = self.input.shape();
         let (rank, d) = (shape.len(), self.dim);

@@ -4,7 +4,7 @@
 //! Forward: f32 goes through the SIMD primitives where one exists (exp, tanh, log), in rayon chunks for
 //! large inputs; bf16/f16 compute in f32. Backward: one fused pass `dx = g · f'(x, y)` per op, using
 //! the saved input `x` and output `y`.
-use crate::autograd::{node, sum_to_shape, BackwardOp};
+use crate::autograd::{backward_io, node, sum_to_shape, BackwardOp};
 use crate::cpu::simd;
 use crate::ops::binary::{build_chunks, PAR_MIN};
 use crate::shape::broadcast_shapes;
@@ -27,6 +27,24 @@ pub enum UnaryOp {
     Abs,
     Relu,
     Powf(f64),
+}
+
+/// Maps kiln's unary op to the kernel's op code (None: no CUDA kernel for it).
+#[cfg(feature = "cuda")]
+fn unary_code(op: UnaryOp) -> Option<crate::cuda::launch::UnaryOp> {
+    use crate::cuda::launch::UnaryOp as K;
+    use UnaryOp as U;
+    Some(match op {
+        U::Exp => K::Exp,
+        U::Log => K::Log,
+        U::Sqrt => K::Sqrt,
+        U::Tanh => K::Tanh,
+        U::Sqr => K::Sqr,
+        U::Recip => K::Recip,
+        U::Abs => K::Abs,
+        U::Relu => K::Relu,
+        U::Powf(_) => return None,
+    })
 }
 
 impl UnaryOp {
@@ -181,16 +199,11 @@ struct Unary {
 }
 
 impl BackwardOp for Unary {
-    fn name(&self) -> &'static str {
-        self.op.name()
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.x.clone()]
-    }
+    backward_io!(|s| s.op.name(), [s.x]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         #[cfg(feature = "cuda")]
         if self.x.device().is_cuda() {
-            let k = crate::cuda::ops::unary_code(self.op).ok_or_else(|| crate::cuda::not_implemented(self.op.name()))?;
+            let k = unary_code(self.op).ok_or_else(|| crate::cuda::not_implemented(self.op.name()))?;
             let out = crate::cuda::ops::unary_bwd(self.op.name(), g, &self.x.detach(), &self.y, k)?;
             return Ok(vec![Some(Tensor::from_storage(Storage::Cuda(out), self.x.shape())?)]);
         }
@@ -212,7 +225,7 @@ pub(crate) fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     x.check_float(op.name())?;
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
-        let k = crate::cuda::ops::unary_code(op).ok_or_else(|| crate::cuda::not_implemented(op.name()))?;
+        let k = unary_code(op).ok_or_else(|| crate::cuda::not_implemented(op.name()))?;
         let out = Tensor::from_storage(Storage::Cuda(crate::cuda::ops::unary(op.name(), x, k)?), x.shape())?;
         let y = out.detach();
         return Ok(out.with_history(&[x], || node(Unary { op, x: x.clone(), y })));
@@ -251,12 +264,7 @@ fn pow_bwd<T: CpuFloat + CpuSlice>(g: &[T], x: &[T], e: &[T], z: &[T]) -> (CpuSt
 }
 
 impl BackwardOp for Pow {
-    fn name(&self) -> &'static str {
-        "pow"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.base.clone(), self.exponent.clone()]
-    }
+    backward_io!(|s| "pow", [s.base, s.exponent]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let dt = self.base.dtype();
         let cd = dt.cpu_compute();

@@ -1,5 +1,5 @@
 //! Views that share storage: reshape, transpose/permute, narrow, broadcast, (un)squeeze.
-use crate::autograd::{node, sum_to_shape, BackwardOp};
+use crate::autograd::{backward_io, node, sum_to_shape, BackwardOp};
 use crate::shape::{contiguous_strides, view_strides, Layout};
 use crate::ops::binary::PAR_MIN;
 use crate::cpu::uninit_vec;
@@ -13,12 +13,7 @@ struct Reshape {
     input: Tensor,
 }
 impl BackwardOp for Reshape {
-    fn name(&self) -> &'static str {
-        "reshape"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "reshape", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.reshape(self.input.shape())?)])
     }
@@ -29,12 +24,7 @@ struct Permute {
     perm: Vec<usize>,
 }
 impl BackwardOp for Permute {
-    fn name(&self) -> &'static str {
-        "permute"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "permute", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let mut inv = vec![0; self.perm.len()];
         for (i, &p) in self.perm.iter().enumerate() {
@@ -50,12 +40,7 @@ struct Narrow {
     start: usize,
 }
 impl BackwardOp for Narrow {
-    fn name(&self) -> &'static str {
-        "narrow"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "narrow", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let full = self.input.shape()[self.dim];
         let len = g.shape()[self.dim];
@@ -156,12 +141,7 @@ struct Broadcast {
     input: Tensor,
 }
 impl BackwardOp for Broadcast {
-    fn name(&self) -> &'static str {
-        "broadcast_as"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "broadcast_as", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(sum_to_shape(g, self.input.shape())?)])
     }

@@ -1,6 +1,6 @@
 //! Selection by a mask: `mask.where_cond(on_true, on_false)` and `x.masked_fill(mask, value)`.
 //! Masks may have any dtype; an element is true when it is nonzero (NaN counts as true).
-use crate::autograd::{node, sum_to_shape, BackwardOp};
+use crate::autograd::{backward_io, node, sum_to_shape, BackwardOp};
 use crate::shape::broadcast_shapes;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Error, Result, Tensor};
@@ -51,12 +51,7 @@ struct WhereCond {
 }
 
 impl BackwardOp for WhereCond {
-    fn name(&self) -> &'static str {
-        "where_cond"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.on_true.clone(), self.on_false.clone()]
-    }
+    backward_io!(|s| "where_cond", [s.on_true, s.on_false]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let zero = Tensor::zeros(&[], g.dtype(), g.device())?;
         let gt = if self.on_true.requires_grad() { Some(sum_to_shape(&self.mask.where_cond(g, &zero)?, self.on_true.shape())?) } else { None };
@@ -71,12 +66,7 @@ struct MaskedFill {
 }
 
 impl BackwardOp for MaskedFill {
-    fn name(&self) -> &'static str {
-        "masked_fill"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "masked_fill", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.masked_fill(&self.mask, 0.0)?)])
     }

@@ -10,7 +10,7 @@
 //! mask with ops validated on hardware (`composed.rs`).
 use super::cpu::Dims;
 use super::{AttentionOpts, OP};
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::cuda::launch_attn::{AttentionDims, AttnKernel};
 use crate::cuda::ops::{contiguous, float_dispatch};
 use crate::cuda::storage::out_buf;
@@ -30,12 +30,7 @@ struct AttentionCudaBackward {
 }
 
 impl BackwardOp for AttentionCudaBackward {
-    fn name(&self) -> &'static str {
-        OP
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.q.clone(), self.k.clone(), self.v.clone()]
-    }
+    backward_io!(|s| OP, [s.q, s.k, s.v]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let (qc, kc, vc, gc) = (contiguous(&self.q.detach())?, contiguous(&self.k.detach())?, contiguous(&self.v.detach())?, contiguous(g)?);
         let be = qc.backend().clone();

@@ -128,7 +128,7 @@ mod tests {
         // thresholds equal to an element's own uniform number: kept (u >= thr), at every level
         for (seed, base) in [(3u64, 17u64), (u64::MAX, 1 << 50)] {
             for c in 0..16u64 {
-                let thr = crate::cuda::kernels::dropout_uniform(seed, base + c);
+                let thr = crate::ops::dropout::dropout_uniform(seed, base + c);
                 let want = (0..16).filter(|&x| crate::ops::dropout::keep(seed, base + x, thr)).fold(0u128, |b, x| b | 1 << x);
                 assert!(want >> c & 1 == 1);
                 for l in available_levels() {

@@ -20,7 +20,7 @@ mod gemm512;
 mod keep;
 mod simd;
 
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Error, Layout, Result, Tensor};
 use bwd::Saved;
@@ -231,12 +231,7 @@ struct AttentionBackward<T> {
 }
 
 impl<T: AttnFloat> BackwardOp for AttentionBackward<T> {
-    fn name(&self) -> &'static str {
-        OP
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.q.clone(), self.k.clone(), self.v.clone()]
-    }
+    backward_io!(|s| OP, [s.q, s.k, s.v]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let ct = T::DTYPE;
         let (qo, ko, vo, go) = (Operand::new(&self.q, ct)?, Operand::new(&self.k, ct)?, Operand::new(&self.v, ct)?, Operand::new(g, ct)?);

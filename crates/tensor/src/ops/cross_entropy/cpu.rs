@@ -12,7 +12,9 @@ use crate::cpu::simd::body::exp_sum_row;
 use crate::ops::softmax::cpu::max_row;
 use crate::cpu::uninit_vec;
 use crate::ops::softmax::cpu::sum64;
-use crate::CpuFloat;
+use super::CrossEntropyBackward;
+use crate::storage::{CpuSlice, CpuStorage, Storage};
+use crate::{CpuFloat, DType, Error, Result, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -175,3 +177,44 @@ unsafe fn bwd_avx512(x: &[f32], lse: f32, scale: f32, dx: &mut [MaybeUninit<f32>
 unsafe fn bwd_avx2(x: &[f32], lse: f32, scale: f32, dx: &mut [MaybeUninit<f32>]) {
     bwd_row::<F256>(x, lse, scale, dx)
 }
+
+fn fwd<T: CpuFloat + CpuSlice>(xc: &Tensor, t: &[i64], c: usize, ignore: i64, k: FwdFn<T>) -> Result<(f64, CpuStorage)> {
+    let (sum, lse) = xc.with_slice::<T, _>(|x| k(x, t, c, ignore))?;
+    Ok((sum, T::into_storage(lse)))
+}
+
+/// The forward on the CPU (targets `t` validated, `count` of them not ignored): the mean loss as a
+/// 0-d tensor of the logits' dtype, and the per-row lse in the compute dtype.
+pub(super) fn forward(logits: &Tensor, t: &[i64], ignore: i64, count: usize) -> Result<(Tensor, CpuStorage)> {
+    let (dt, c) = (logits.dtype(), logits.shape()[1]);
+    let xc = logits.detach().to_dtype(dt.cpu_compute())?;
+    let (sum, lse) = match dt.cpu_compute() {
+        DType::F32 => fwd::<f32>(&xc, t, c, ignore, cross_entropy_fwd_f32)?,
+        DType::F64 => fwd::<f64>(&xc, t, c, ignore, cross_entropy_fwd::<f64>)?,
+        d => return Err(Error::UnsupportedDType { op: super::OP, dtype: d }),
+    };
+    let loss = if count == 0 { f64::NAN } else { sum / count as f64 };
+    Ok((Tensor::from_storage(Storage::Cpu(CpuStorage::from_f64_iter(dt, std::iter::once(loss))), &[])?, lse))
+}
+
+/// The fused backward on the CPU.
+pub(super) fn backward(node: &CrossEntropyBackward, targets: &[i64], lse: &CpuStorage, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    let x = &node.logits;
+    let c = x.shape()[1];
+    let scale = if node.count == 0 { 0.0 } else { g.to_scalar()? / node.count as f64 };
+    let (t, ig) = (targets, node.ignore);
+    let xc = x.detach().to_dtype(x.dtype().cpu_compute())?;
+    let dx = match lse.dtype() {
+        DType::F32 => {
+            let l = lse.as_slice::<f32>()?;
+            xc.with_slice::<f32, _>(|x| CpuStorage::F32(cross_entropy_bwd_f32(x, t, l, c, ig, scale as f32)))?
+        }
+        DType::F64 => {
+            let l = lse.as_slice::<f64>()?;
+            xc.with_slice::<f64, _>(|x| CpuStorage::F64(cross_entropy_bwd(x, t, l, c, ig, scale)))?
+        }
+        dt => return Err(Error::UnsupportedDType { op: super::OP, dtype: dt }),
+    };
+    Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx.into_dtype(x.dtype())), x.shape())?)])
+}
+

@@ -1,60 +1,43 @@
 //! Cross-entropy loss from logits `[N, C]` and i64 class targets `[N]`: fused log-softmax + NLL
-//! (the per-row log-sum-exp is saved) with a fused backward. Kernels in [`cpu`].
-use crate::autograd::{node, BackwardOp};
-use crate::storage::{CpuSlice, CpuStorage, Storage};
-use crate::{CpuFloat, DType, Error, Result, Tensor};
+//! (the per-row log-sum-exp is saved) with a fused backward. The CPU kernels are [`cpu`]; the CUDA
+//! half is `cuda.rs` (adapter and launchers) with `cross_entropy.cu` beside it.
+use crate::autograd::{backward_io, node, BackwardOp};
+use crate::storage::CpuStorage;
+use crate::{DType, Error, Result, Tensor};
 use std::sync::Arc;
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 const OP: &str = "cross_entropy";
 
+/// What the backward keeps, per device: the targets and the per-row log-sum-exp.
+enum Saved {
+    /// The targets on the host, the lse in the compute dtype.
+    Cpu { targets: Arc<Vec<i64>>, lse: CpuStorage },
+    /// The targets and the f32 lse on the device.
+    #[cfg(feature = "cuda")]
+    Cuda { targets: Tensor, lse: crate::cuda::CudaStorage },
+}
+
+/// The one autograd node, on either device.
 struct CrossEntropyBackward {
     logits: Tensor,
-    targets: Arc<Vec<i64>>,
-    /// Per-row log-sum-exp in the compute dtype.
-    lse: CpuStorage,
+    saved: Saved,
     count: usize,
     ignore: i64,
 }
 
 impl BackwardOp for CrossEntropyBackward {
-    fn name(&self) -> &'static str {
-        OP
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.logits.clone()]
-    }
+    backward_io!(|s| OP, [s.logits]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let x = &self.logits;
-        let c = x.shape()[1];
-        let scale = if self.count == 0 { 0.0 } else { g.to_scalar()? / self.count as f64 };
-        let (t, ig) = (&self.targets[..], self.ignore);
-        let xc = x.detach().to_dtype(x.dtype().cpu_compute())?;
-        let dx = match self.lse.dtype() {
-            DType::F32 => {
-                let l = self.lse.as_slice::<f32>()?;
-                xc.with_slice::<f32, _>(|x| CpuStorage::F32(cpu::cross_entropy_bwd_f32(x, t, l, c, ig, scale as f32)))?
-            }
-            DType::F64 => {
-                let l = self.lse.as_slice::<f64>()?;
-                xc.with_slice::<f64, _>(|x| CpuStorage::F64(cpu::cross_entropy_bwd(x, t, l, c, ig, scale)))?
-            }
-            dt => return Err(Error::UnsupportedDType { op: OP, dtype: dt }),
-        };
-        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx.into_dtype(x.dtype())), x.shape())?)])
+        match &self.saved {
+            Saved::Cpu { targets, lse } => cpu::backward(self, targets, lse, g),
+            #[cfg(feature = "cuda")]
+            Saved::Cuda { targets, lse } => cuda::backward(self, targets, lse, g),
+        }
     }
-}
-
-fn fwd<T: CpuFloat + CpuSlice>(
-    xc: &Tensor,
-    t: &[i64],
-    c: usize,
-    ignore: i64,
-    k: cpu::FwdFn<T>,
-) -> Result<(f64, CpuStorage)> {
-    let (sum, lse) = xc.with_slice::<T, _>(|x| k(x, t, c, ignore))?;
-    Ok((sum, T::into_storage(lse)))
 }
 
 impl Tensor {
@@ -99,17 +82,10 @@ impl Tensor {
         }
         #[cfg(feature = "cuda")]
         if self.device().is_cuda() {
-            return crate::cuda::ops_train::cross_entropy(self, targets, ignore_index, count);
+            let (loss, saved) = cuda::forward(self, targets, ignore_index, count)?;
+            return Ok(loss.with_history(&[self], || node(CrossEntropyBackward { logits: self.clone(), saved, count, ignore: ignore_index })));
         }
-        let dt = self.dtype();
-        let xc = self.detach().to_dtype(dt.cpu_compute())?;
-        let (sum, lse) = match dt.cpu_compute() {
-            DType::F32 => fwd::<f32>(&xc, &t, c, ignore_index, cpu::cross_entropy_fwd_f32)?,
-            DType::F64 => fwd::<f64>(&xc, &t, c, ignore_index, cpu::cross_entropy_fwd::<f64>)?,
-            d => return Err(Error::UnsupportedDType { op: OP, dtype: d }),
-        };
-        let loss = if count == 0 { f64::NAN } else { sum / count as f64 };
-        let out = Tensor::from_storage(Storage::Cpu(CpuStorage::from_f64_iter(dt, std::iter::once(loss))), &[])?;
-        Ok(out.with_history(&[self], || node(CrossEntropyBackward { logits: self.clone(), targets: Arc::new(t), lse, count, ignore: ignore_index })))
+        let (out, lse) = cpu::forward(self, &t, ignore_index, count)?;
+        Ok(out.with_history(&[self], || node(CrossEntropyBackward { logits: self.clone(), saved: Saved::Cpu { targets: Arc::new(t), lse }, count, ignore: ignore_index })))
     }
 }

@@ -13,7 +13,8 @@ use crate::cpu::simd::{self, Level};
 use crate::cpu::vf32::{F256, F512, VF32};
 use crate::ops::binary::PAR_MIN;
 use crate::cpu::uninit_vec;
-use crate::CpuFloat;
+use crate::storage::{CpuSlice, CpuStorage, Storage};
+use crate::{CpuFloat, DType, Error, Result, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -359,4 +360,33 @@ unsafe fn bwd_tanh_avx2(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn erf_avx2(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     map1::<F256>(x, y, erf_v::<F256>)
+}
+
+/// The forward on the CPU: `gelu(x)` in `x`'s dtype (bf16/f16 computed in f32).
+pub(super) fn forward(x: &Tensor, approx: GeluApprox) -> Result<Storage> {
+    let dt = x.dtype();
+    let xc = x.detach().to_dtype(dt.cpu_compute())?;
+    let y = match dt.cpu_compute() {
+        DType::F32 => xc.with_slice::<f32, _>(|v| CpuStorage::F32(gelu_fwd_f32(v, approx)))?,
+        DType::F64 => xc.with_slice::<f64, _>(|v| CpuStorage::F64(gelu_fwd(v, approx)))?,
+        d => return Err(Error::UnsupportedDType { op: approx.name(), dtype: d }),
+    };
+    Ok(Storage::Cpu(y.into_dtype(dt)))
+}
+
+/// The fused backward on the CPU: `g · gelu'(x)` in `x`'s dtype.
+pub(super) fn backward(x: &Tensor, g: &Tensor, approx: GeluApprox) -> Result<Storage> {
+    let dt = x.dtype();
+    let (xc, gc) = (x.detach().to_dtype(dt.cpu_compute())?, g.to_dtype(dt.cpu_compute())?);
+    let dx = match dt.cpu_compute() {
+        DType::F32 => with2::<f32>(&xc, &gc, |x, g| gelu_bwd_f32(x, g, approx))?,
+        DType::F64 => with2::<f64>(&xc, &gc, |x, g| gelu_bwd(x, g, approx))?,
+        d => return Err(Error::UnsupportedDType { op: approx.name(), dtype: d }),
+    };
+    Ok(Storage::Cpu(dx.into_dtype(dt)))
+}
+
+/// Calls `f` with both tensors' elements as contiguous slices and wraps the result.
+fn with2<T: CpuSlice>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[T], &[T]) -> Vec<T>) -> Result<CpuStorage> {
+    a.with_slice::<T, _>(|a| b.with_slice::<T, _>(|b| T::into_storage(f(a, b))))?
 }

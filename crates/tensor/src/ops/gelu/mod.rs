@@ -1,22 +1,25 @@
 //! GELU, exact (erf; BERT's `"gelu"`) and tanh approximation (GPT-2's `"gelu_new"`), with a fused
-//! backward. Kernels in [`cpu`].
-use crate::autograd::{node, BackwardOp};
-use crate::storage::{CpuSlice, CpuStorage, Storage};
-use crate::{DType, Error, Result, Tensor};
+//! backward. The CPU kernels are [`cpu`]; the CUDA half is `cuda.rs` (adapter and launchers) with
+//! `gelu.cu` beside it.
+use crate::autograd::{backward_io, node, BackwardOp};
+use crate::{Result, Tensor};
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
-/// Which GELU formula.
+/// Which GELU formula: one enum for the CPU and CUDA halves (the discriminant is the `int` the
+/// kernels of `gelu.cu` take).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GeluApprox {
-    /// `0.5·x·(1 + erf(x/√2))` (PyTorch `approximate="none"`).
-    Erf,
-    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (PyTorch `approximate="tanh"`).
-    Tanh,
+    /// `0.5·x·(1 + erf(x/√2))` (PyTorch `approximate="none"`; BERT's `gelu`).
+    Erf = 0,
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (PyTorch `approximate="tanh"`; GPT-2's `gelu_new`).
+    Tanh = 1,
 }
 
 impl GeluApprox {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             GeluApprox::Erf => "gelu",
             GeluApprox::Tanh => "gelu_tanh",
@@ -30,54 +33,19 @@ struct GeluBackward {
 }
 
 impl BackwardOp for GeluBackward {
-    fn name(&self) -> &'static str {
-        self.approx.name()
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| s.approx.name(), [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let op = self.approx.name();
         let x = &self.input;
-        #[cfg(feature = "cuda")]
-        if x.device().is_cuda() {
-            let k = crate::cuda::ops::gelu_code(self.approx == GeluApprox::Tanh);
-            let dx = crate::cuda::ops::gelu_bwd(&x.detach(), g, k)?;
-            return Ok(vec![Some(Tensor::from_storage(Storage::Cuda(dx), x.shape())?)]);
-        }
-        let dt = x.dtype();
-        let (xc, gc) = (x.detach().to_dtype(dt.cpu_compute())?, g.to_dtype(dt.cpu_compute())?);
-        let dx = match dt.cpu_compute() {
-            DType::F32 => with2::<f32>(&xc, &gc, |x, g| cpu::gelu_bwd_f32(x, g, self.approx))?,
-            DType::F64 => with2::<f64>(&xc, &gc, |x, g| cpu::gelu_bwd(x, g, self.approx))?,
-            d => return Err(Error::UnsupportedDType { op, dtype: d }),
-        };
-        Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx.into_dtype(dt)), x.shape())?)])
+        let dx = on_device!(x, cuda => cuda::backward(&x.detach(), g, self.approx)?, cpu => cpu::backward(x, g, self.approx)?);
+        Ok(vec![Some(Tensor::from_storage(dx, x.shape())?)])
     }
-}
-
-/// Calls `f` with both tensors' elements as contiguous slices and wraps the result.
-fn with2<T: CpuSlice>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[T], &[T]) -> Vec<T>) -> Result<CpuStorage> {
-    a.with_slice::<T, _>(|a| b.with_slice::<T, _>(|b| T::into_storage(f(a, b))))?
 }
 
 fn gelu_impl(x: &Tensor, approx: GeluApprox) -> Result<Tensor> {
     let _range = crate::nvtx::range(if approx == GeluApprox::Tanh { "gelu_tanh" } else { "gelu" });
-    let op = approx.name();
-    x.check_float(op)?;
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        let y = crate::cuda::ops::gelu(x, crate::cuda::ops::gelu_code(approx == GeluApprox::Tanh))?;
-        return Tensor::from_op(Storage::Cuda(y), x.shape(), &[x], || node(GeluBackward { input: x.clone(), approx }));
-    }
-    let dt = x.dtype();
-    let xc = x.detach().to_dtype(dt.cpu_compute())?;
-    let y = match dt.cpu_compute() {
-        DType::F32 => xc.with_slice::<f32, _>(|v| CpuStorage::F32(cpu::gelu_fwd_f32(v, approx)))?,
-        DType::F64 => xc.with_slice::<f64, _>(|v| CpuStorage::F64(cpu::gelu_fwd(v, approx)))?,
-        d => return Err(Error::UnsupportedDType { op, dtype: d }),
-    };
-    Tensor::from_op(Storage::Cpu(y.into_dtype(dt)), x.shape(), &[x], || node(GeluBackward { input: x.clone(), approx }))
+    x.check_float(approx.name())?;
+    let y = on_device!(x, cuda => cuda::forward(x, approx)?, cpu => cpu::forward(x, approx)?);
+    Tensor::from_op(y, x.shape(), &[x], || node(GeluBackward { input: x.clone(), approx }))
 }
 
 impl Tensor {

@@ -1,4 +1,5 @@
-//! CPU kernels of LayerNorm over rows of length `d`, forward and fused backward.
+//! LayerNorm on the CPU: the kernels over rows of length `d`, forward and fused backward, and their
+//! tensor-level glue ([`forward`], [`backward`]).
 //!
 //! Forward, per row: `mean`, `var = mean((x - mean)²)` (biased, two passes in L1),
 //! `rstd = 1/√(var + eps)`, `y = (x - mean)·rstd·w + b`; `mean` and `rstd` are saved.
@@ -15,7 +16,9 @@ use crate::cpu::vf32::{F256, F512, VF32};
 use crate::ops::binary::PAR_MIN;
 use crate::cpu::uninit_vec;
 use crate::ops::softmax::cpu::sum64;
-use crate::CpuFloat;
+use super::LayerNormBackward;
+use crate::storage::{CpuSlice, CpuStorage, Storage};
+use crate::{CpuFloat, DType, Device, Error, Result, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -324,4 +327,61 @@ unsafe fn bwd_avx512(x: &[f32], dy: &[f32], dx: &mut [Out<f32>], m: &[f32], r: &
 #[target_feature(enable = "avx2,fma")]
 unsafe fn bwd_avx2(x: &[f32], dy: &[f32], dx: &mut [Out<f32>], m: &[f32], r: &[f32], w: &[f32], dw: &mut [f32], db: &mut [f32]) {
     bwd_rows::<F256>(x, dy, dx, m, r, w, dw, db)
+}
+
+/// The elements of `t` (converted to `T`'s dtype) as a `Vec<T>`.
+fn data<T: CpuSlice>(t: &Tensor) -> Result<Vec<T>> {
+    t.detach().to_dtype(T::DTYPE)?.with_slice::<T, _>(|s| s.to_vec())
+}
+
+fn fwd<T: CpuFloat + CpuSlice>(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64, k: FwdFn<T>) -> Result<(Tensor, Storage, Storage)> {
+    let d = x.shape().last().copied().unwrap_or(1);
+    let xc = x.detach().to_dtype(T::DTYPE)?;
+    let ws = w.map(data::<T>).transpose()?;
+    let bs = b.map(data::<T>).transpose()?;
+    let r = xc.with_slice::<T, _>(|xs| k(xs, ws.as_deref(), bs.as_deref(), d, eps))?;
+    let y = Tensor::from_storage(Storage::Cpu(T::into_storage(r.y).into_dtype(x.dtype())), x.shape())?;
+    Ok((y, Storage::Cpu(T::into_storage(r.mean)), Storage::Cpu(T::into_storage(r.rstd))))
+}
+
+/// The forward on the CPU (inputs validated by `Tensor::layer_norm`): `(y, mean, rstd)`, the
+/// statistics in the compute dtype.
+pub(super) fn forward(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Result<(Tensor, Storage, Storage)> {
+    match x.dtype().cpu_compute() {
+        DType::F32 => fwd::<f32>(x, w, b, eps, layer_norm_fwd_f32),
+        DType::F64 => fwd::<f64>(x, w, b, eps, layer_norm_fwd::<f64>),
+        dt => Err(Error::UnsupportedDType { op: super::OP, dtype: dt }),
+    }
+}
+
+fn bwd<T: CpuFloat + CpuSlice>(node: &LayerNormBackward, mean: &CpuStorage, rstd: &CpuStorage, g: &Tensor, k: BwdFn<T>) -> Result<Vec<Option<Tensor>>> {
+    let d = node.x.shape().last().copied().unwrap_or(1);
+    let (xc, gc) = (node.x.detach().to_dtype(T::DTYPE)?, g.to_dtype(T::DTYPE)?);
+    let w = node.w.as_ref().map(data::<T>).transpose()?;
+    let (mean, rstd) = (mean.as_slice::<T>()?, rstd.as_slice::<T>()?);
+    let r = xc.with_slice::<T, _>(|x| gc.with_slice::<T, _>(|dy| k(x, dy, w.as_deref(), mean, rstd, d)))??;
+    let wrap = |v: Vec<T>, like: &Tensor| -> Result<Tensor> {
+        Tensor::from_storage(Storage::Cpu(T::into_storage(v).into_dtype(like.dtype())), like.shape())
+    };
+    let mut out = vec![Some(wrap(r.dx, &node.x)?)];
+    if let Some(w) = &node.w {
+        out.push(Some(wrap(r.dw, w)?));
+    }
+    if let Some(b) = &node.b {
+        out.push(Some(wrap(r.db, b)?));
+    }
+    Ok(out)
+}
+
+/// The fused backward on the CPU, from the saved statistics.
+pub(super) fn backward(node: &LayerNormBackward, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    let (mean, rstd) = match (&node.mean, &node.rstd) {
+        (Storage::Cpu(m), Storage::Cpu(r)) => (m, r),
+        _ => return Err(Error::DeviceMismatch { op: super::OP, lhs: Device::Cpu, rhs: node.x.device() }),
+    };
+    match mean.dtype() {
+        DType::F32 => bwd::<f32>(node, mean, rstd, g, layer_norm_bwd_f32),
+        DType::F64 => bwd::<f64>(node, mean, rstd, g, layer_norm_bwd::<f64>),
+        dt => Err(Error::UnsupportedDType { op: super::OP, dtype: dt }),
+    }
 }

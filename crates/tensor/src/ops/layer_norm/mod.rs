@@ -1,9 +1,11 @@
 //! LayerNorm over the last dim with optional elementwise weight and bias. The forward saves the
 //! per-row mean and rstd; the fused backward computes dx, dweight and dbias in one kernel
-//! (deterministic reduction over rows). Kernels in [`cpu`].
-use crate::autograd::{node, BackwardOp};
-use crate::storage::{CpuSlice, CpuStorage, Storage};
-use crate::{CpuFloat, DType, Error, Result, Tensor};
+//! (deterministic reduction over rows). The CPU half is [`cpu`], the CUDA half `cuda.rs` (adapter
+//! and launchers) with its kernels in `layer_norm.cu` beside them.
+use crate::autograd::{backward_io, node, BackwardOp};
+use crate::cuda::RowKernel;
+use crate::storage::Storage;
+use crate::{Error, Result, Tensor};
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -11,54 +13,26 @@ mod cuda;
 
 const OP: &str = "layer_norm";
 
+/// The one autograd node, on either device: the saved statistics' storage says which half runs.
 struct LayerNormBackward {
     x: Tensor,
     w: Option<Tensor>,
     b: Option<Tensor>,
-    /// Per-row mean and rstd in the compute dtype.
-    mean: CpuStorage,
-    rstd: CpuStorage,
-}
-
-/// The elements of `t` (converted to `T`'s dtype) as a `Vec<T>`.
-fn data<T: CpuSlice>(t: &Tensor) -> Result<Vec<T>> {
-    t.detach().to_dtype(T::DTYPE)?.with_slice::<T, _>(|s| s.to_vec())
-}
-
-fn bwd<T: CpuFloat + CpuSlice>(op: &LayerNormBackward, g: &Tensor, k: cpu::BwdFn<T>) -> Result<Vec<Option<Tensor>>> {
-    let d = op.x.shape().last().copied().unwrap_or(1);
-    let (xc, gc) = (op.x.detach().to_dtype(T::DTYPE)?, g.to_dtype(T::DTYPE)?);
-    let w = op.w.as_ref().map(data::<T>).transpose()?;
-    let (mean, rstd) = (op.mean.as_slice::<T>()?, op.rstd.as_slice::<T>()?);
-    let r = xc.with_slice::<T, _>(|x| gc.with_slice::<T, _>(|dy| k(x, dy, w.as_deref(), mean, rstd, d)))??;
-    let wrap = |v: Vec<T>, like: &Tensor| -> Result<Tensor> {
-        Tensor::from_storage(Storage::Cpu(T::into_storage(v).into_dtype(like.dtype())), like.shape())
-    };
-    let mut out = vec![Some(wrap(r.dx, &op.x)?)];
-    if let Some(w) = &op.w {
-        out.push(Some(wrap(r.dw, w)?));
-    }
-    if let Some(b) = &op.b {
-        out.push(Some(wrap(r.db, b)?));
-    }
-    Ok(out)
+    /// Per-row mean and rstd: the compute dtype on the CPU, f32 on CUDA.
+    mean: Storage,
+    rstd: Storage,
+    /// On CUDA: the forward's row-kernel override, kept for the backward.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    kernel: Option<RowKernel>,
 }
 
 impl BackwardOp for LayerNormBackward {
-    fn name(&self) -> &'static str {
-        OP
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        let mut v = vec![self.x.clone()];
-        v.extend(self.w.clone());
-        v.extend(self.b.clone());
-        v
-    }
+    backward_io!(|s| OP, [s.x], opt [s.w, s.b]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        match self.mean.dtype() {
-            DType::F32 => bwd::<f32>(self, g, cpu::layer_norm_bwd_f32),
-            DType::F64 => bwd::<f64>(self, g, cpu::layer_norm_bwd::<f64>),
-            dt => Err(Error::UnsupportedDType { op: OP, dtype: dt }),
+        match &self.mean {
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => cuda::backward(self, g),
+            _ => cpu::backward(self, g),
         }
     }
 }
@@ -71,18 +45,6 @@ fn check_param(x: &Tensor, p: Option<&Tensor>, d: usize) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn fwd<T: CpuFloat + CpuSlice>(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64, k: cpu::FwdFn<T>) -> Result<Tensor> {
-    let d = x.shape().last().copied().unwrap_or(1);
-    let xc = x.detach().to_dtype(T::DTYPE)?;
-    let ws = w.map(data::<T>).transpose()?;
-    let bs = b.map(data::<T>).transpose()?;
-    let r = xc.with_slice::<T, _>(|xs| k(xs, ws.as_deref(), bs.as_deref(), d, eps))?;
-    let y = Tensor::from_storage(Storage::Cpu(T::into_storage(r.y).into_dtype(x.dtype())), x.shape())?;
-    let inputs: Vec<&Tensor> = [Some(x), w, b].into_iter().flatten().collect();
-    let (mean, rstd) = (T::into_storage(r.mean), T::into_storage(r.rstd));
-    Ok(y.with_history(&inputs, || node(LayerNormBackward { x: x.clone(), w: w.cloned(), b: b.cloned(), mean, rstd })))
 }
 
 impl Tensor {
@@ -105,13 +67,12 @@ impl Tensor {
         check_param(self, weight, d)?;
         check_param(self, bias, d)?;
         #[cfg(feature = "cuda")]
-        if self.device().is_cuda() {
-            return cuda::layer_norm(self, weight, bias, eps);
-        }
-        match self.dtype().cpu_compute() {
-            DType::F32 => fwd::<f32>(self, weight, bias, eps, cpu::layer_norm_fwd_f32),
-            DType::F64 => fwd::<f64>(self, weight, bias, eps, cpu::layer_norm_fwd::<f64>),
-            dt => Err(Error::UnsupportedDType { op: OP, dtype: dt }),
-        }
+        let forward = if self.device().is_cuda() { cuda::forward } else { cpu::forward };
+        #[cfg(not(feature = "cuda"))]
+        let forward = cpu::forward;
+        let (y, mean, rstd) = forward(self, weight, bias, eps)?;
+        let kernel = self.device().is_cuda().then(crate::cuda::row_kernel_override).flatten();
+        let inputs: Vec<&Tensor> = [Some(self), weight, bias].into_iter().flatten().collect();
+        Ok(y.with_history(&inputs, || node(LayerNormBackward { x: self.clone(), w: weight.cloned(), b: bias.cloned(), mean, rstd, kernel })))
     }
 }

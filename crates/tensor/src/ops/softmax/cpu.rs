@@ -13,7 +13,8 @@ use crate::cpu::vf32::{F256, F512, VF32};
 use crate::cpu::simd::body::{dot, exp_sum_row, prefetch_line, sum};
 use crate::cpu::uninit_vec;
 use crate::ops::binary::PAR_MIN;
-use crate::CpuFloat;
+use crate::storage::{CpuSlice, CpuStorage, Storage};
+use crate::{CpuFloat, DType, Error, Result, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -235,4 +236,47 @@ unsafe fn bwd_avx512(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], d: usiz
 #[target_feature(enable = "avx2,fma")]
 unsafe fn bwd_avx2(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], d: usize, log: bool) {
     bwd_rows::<F256>(y, dy, dx, d, log)
+}
+
+/// Calls `f` with both tensors' elements as contiguous slices and wraps the result.
+fn with2<T: CpuSlice>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[T], &[T]) -> Vec<T>) -> Result<CpuStorage> {
+    a.with_slice::<T, _>(|a| b.with_slice::<T, _>(|b| T::into_storage(f(a, b))))?
+}
+
+/// Length of the rows the op works on (a 0-d tensor is one row of one element).
+fn last_dim(t: &Tensor) -> usize {
+    t.shape().last().copied().unwrap_or(1)
+}
+
+/// The forward on the CPU: the output in `x`'s dtype and, when a backward will be recorded, the
+/// output in the compute dtype that the backward reads (`out` itself, or an f32 copy for half types).
+pub(super) fn forward(x: &Tensor, log: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let op = super::name(log);
+    let (dt, d) = (x.dtype(), last_dim(x));
+    let xc = x.detach().to_dtype(dt.cpu_compute())?;
+    let y = match dt.cpu_compute() {
+        DType::F32 => xc.with_slice::<f32, _>(|v| CpuStorage::F32(softmax_fwd_f32(v, d, log)))?,
+        DType::F64 => xc.with_slice::<f64, _>(|v| CpuStorage::F64(softmax_fwd(v, d, log)))?,
+        c => return Err(Error::UnsupportedDType { op, dtype: c }),
+    };
+    let (out, y) = if dt == dt.cpu_compute() { (y, None) } else { (y.to_dtype(dt), Some(y)) };
+    let out = Tensor::from_storage(Storage::Cpu(out), x.shape())?;
+    let saved = match y {
+        _ if !(crate::is_grad_enabled() && x.requires_grad()) => None,
+        None => Some(out.detach()),
+        Some(y) => Some(Tensor::from_storage(Storage::Cpu(y), x.shape())?),
+    };
+    Ok((out, saved))
+}
+
+/// The fused backward on the CPU from the saved output `y` (compute dtype), in dtype `dt`.
+pub(super) fn backward(y: &Tensor, g: &Tensor, log: bool, dt: DType) -> Result<Storage> {
+    let d = last_dim(y);
+    let g = g.to_dtype(y.dtype())?;
+    let dx = match y.dtype() {
+        DType::F32 => with2::<f32>(y, &g, |y, g| softmax_bwd_f32(y, g, d, log))?,
+        DType::F64 => with2::<f64>(y, &g, |y, g| softmax_bwd(y, g, d, log))?,
+        other => return Err(Error::UnsupportedDType { op: super::name(log), dtype: other }),
+    };
+    Ok(Storage::Cpu(dx.into_dtype(dt)))
 }

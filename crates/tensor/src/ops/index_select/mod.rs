@@ -7,13 +7,16 @@
 //! adds its source rows in increasing id position; for `gather`/`scatter_add` each outer slab of the
 //! destination is owned by one task that walks its indices in row-major order. No atomics, no races,
 //! and the summation order never depends on the thread count.
-use crate::autograd::{node, BackwardOp};
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::ops::binary::PAR_MIN;
 use crate::shape::{contiguous_strides, Layout};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Dim, Error, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
+
+#[cfg(feature = "cuda")]
+mod cuda;
 
 /// Reads i64 ids, checking the dtype and the range `0..size`.
 fn read_ids(op: &'static str, ids: &Tensor, size: usize) -> Result<Vec<usize>> {
@@ -102,28 +105,36 @@ fn select_backward<T: Copy + Send + Sync + Default + std::ops::AddAssign>(g: &[T
     dx
 }
 
+/// The selected positions the backward scatters into: on the host, or uploaded on CUDA.
+enum Ids {
+    Cpu(Arc<Vec<usize>>),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaStorage),
+}
+
+/// The one autograd node of index_select / embedding, on either device.
 struct IndexSelect {
     op: &'static str,
     input: Tensor,
     dim: usize,
-    ids: Arc<Vec<usize>>,
+    ids: Ids,
 }
 
 impl BackwardOp for IndexSelect {
-    fn name(&self) -> &'static str {
-        self.op
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| s.op, [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let shape = self.input.shape();
+        let ids = match &self.ids {
+            Ids::Cpu(ids) => ids,
+            #[cfg(feature = "cuda")]
+            Ids::Cuda(ids) => return Ok(vec![Some(Tensor::from_storage(Storage::Cuda(cuda::backward(self.op, &self.input, ids, g)?), shape)?)]),
+        };
         let dims = split3(shape, self.dim);
         let dt = g.dtype();
         let gc = g.to_dtype(dt.cpu_compute())?;
         let dx = match dt.cpu_compute() {
-            DType::F32 => f32::into_storage(gc.with_slice::<f32, _>(|s| select_backward(s, dims, &self.ids))?),
-            DType::F64 => f64::into_storage(gc.with_slice::<f64, _>(|s| select_backward(s, dims, &self.ids))?),
+            DType::F32 => f32::into_storage(gc.with_slice::<f32, _>(|s| select_backward(s, dims, ids))?),
+            DType::F64 => f64::into_storage(gc.with_slice::<f64, _>(|s| select_backward(s, dims, ids))?),
             d => return Err(Error::UnsupportedDType { op: self.op, dtype: d }),
         };
         Ok(vec![Some(Tensor::from_storage(Storage::Cpu(dx.into_dtype(dt)), shape)?)])
@@ -133,14 +144,15 @@ impl BackwardOp for IndexSelect {
 fn index_select_impl(op: &'static str, x: &Tensor, dim: usize, ids: Vec<usize>) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
-        return crate::cuda::ops_train::index_select(op, x, dim, &ids);
+        let (out, shape, ids) = cuda::forward(op, x, dim, &ids)?;
+        return Tensor::from_op(Storage::Cuda(out), &shape, &[x], || node(IndexSelect { op, input: x.clone(), dim, ids: Ids::Cuda(ids) }));
     }
     let dims = split3(x.shape(), dim);
     let out = per_dtype!(x, |s| select_rows(s, dims, &ids));
     let mut shape = x.shape().to_vec();
     shape[dim] = ids.len();
     let ids = Arc::new(ids);
-    Tensor::from_op(Storage::Cpu(out), &shape, &[x], || node(IndexSelect { op, input: x.clone(), dim, ids: ids.clone() }))
+    Tensor::from_op(Storage::Cpu(out), &shape, &[x], || node(IndexSelect { op, input: x.clone(), dim, ids: Ids::Cpu(ids.clone()) }))
 }
 
 // ----- gather / scatter_add -----------------------------------------------------------------------
@@ -225,12 +237,7 @@ struct Gather {
 }
 
 impl BackwardOp for Gather {
-    fn name(&self) -> &'static str {
-        "gather"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "gather", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(self.input.zeros_like()?.scatter_add(self.dim, &self.index, g)?)])
     }
@@ -244,12 +251,7 @@ struct ScatterAdd {
 }
 
 impl BackwardOp for ScatterAdd {
-    fn name(&self) -> &'static str {
-        "scatter_add"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone(), self.src.clone()]
-    }
+    backward_io!(|s| "scatter_add", [s.input, s.src]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let gs = if self.src.requires_grad() { Some(g.gather(self.dim, &self.index)?) } else { None };
         Ok(vec![Some(g.clone()), gs])

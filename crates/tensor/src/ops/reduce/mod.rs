@@ -1,9 +1,13 @@
-//! Reductions over dims: sum, mean (max lives in `reduce_max`).
-use crate::autograd::{node, BackwardOp};
+//! Reductions over dims: sum, mean (max lives in `reduce_max`). The CUDA half is `cuda.rs` with
+//! `reduce.cu` beside it.
+use crate::autograd::{backward_io, node, BackwardOp};
 use crate::cpu::simd;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Dim, Error, Result, Tensor};
 use rayon::prelude::*;
+
+#[cfg(feature = "cuda")]
+mod cuda;
 
 /// Validates and sorts `dims`; returns (kept-dims shape, output shape).
 pub(crate) fn reduce_shapes(op: &'static str, shape: &[usize], dims: &[usize], keepdim: bool) -> Result<(Vec<usize>, Vec<usize>)> {
@@ -110,12 +114,7 @@ struct Sum {
     keep_shape: Vec<usize>,
 }
 impl BackwardOp for Sum {
-    fn name(&self) -> &'static str {
-        "sum"
-    }
-    fn inputs(&self) -> Vec<Tensor> {
-        vec![self.input.clone()]
-    }
+    backward_io!(|s| "sum", [s.input]);
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(g.reshape(&self.keep_shape)?.broadcast_as(self.input.shape())?)])
     }
@@ -131,7 +130,7 @@ impl Tensor {
         let (keep_shape, out_shape) = reduce_shapes("sum", self.shape(), &dims, keepdim)?;
         #[cfg(feature = "cuda")]
         if self.device().is_cuda() {
-            let out = crate::cuda::ops_nn::sum_dims(self, &dims)?;
+            let out = cuda::sum_dims(self, &dims)?;
             return Tensor::from_op(Storage::Cuda(out), &out_shape, &[self], || node(Sum { input: self.clone(), keep_shape }));
         }
         let dt = self.dtype();
