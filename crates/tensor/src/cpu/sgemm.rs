@@ -1,20 +1,23 @@
-//! Blocked f32 GEMM on AVX2 + FMA for matmul: `C = alpha·A·B + beta·C`, C with unit column stride.
+//! Blocked f32 GEMM for matmul: `C = alpha·A·B + beta·C`, C with unit column stride, on one of two
+//! register-block kernels picked at run time ([`super::gemm::kernel`], which holds the dispatch
+//! rule): AVX2 + FMA (6 × 16, `gemm256.rs`) or AVX-512F (12 × 32, `sgemm512.rs`).
 //!
 //! matrixmultiply, with C split into one panel per thread, packs all of the shared operand again in
 //! every thread; on a training step's shapes (k = 256 or 1024, m = 1024 tokens) its packing was 9%
 //! of the step's CPU time. Here B is packed once per call by all threads together, and each task
 //! packs only its own rows of A:
 //!
-//! * B is packed, all of k deep and as many columns as fit in 8 MB, into 16-column panels
-//!   ([`gemm256::pack_panel`]; transposed B goes through 8 × 8 AVX transposes), in parallel;
+//! * B is packed, all of k deep and as many columns as fit in 8 MB, into `NR`-column panels (16 for
+//!   AVX2, 32 for AVX-512; transposed B goes through 8 × 8 AVX transposes), in parallel;
 //! * then tasks of up to `MC` rows of A (× a group of panels when m is small) run in parallel, each
-//!   over all of k in blocks of `KC`: pack its `MC × KC` slice of A into 6-row strips (72 KB, stays
-//!   in L2), then sweep its panels with the 6 × 16 register block ([`gemm256::block_rows`]), a 16 KB
-//!   panel block staying in L1 while the strips pass over it. A task owns its tile of C for the
-//!   whole of k, so the tile stays in its core's L2 between k blocks.
+//!   over all of k in blocks of `KC`: pack its `MC × KC` slice of A into `MR`-row strips (72 KB for
+//!   AVX2, 144 KB for AVX-512: stays in L2), then sweep its panels with the register block, a
+//!   `KC × NR` panel block (16 KB / 32 KB) staying in L1 while the strips pass over it. A task owns
+//!   its tile of C for the whole of k, so the tile stays in its core's L2 between k blocks.
 //!
 //! Every element of C is the same sequence of operations whatever the thread count (a sequential
-//! sum over each `KC` block, blocks added in order), so results do not depend on it.
+//! sum over each `KC` block, blocks added in order), so results do not depend on it; both kernels
+//! use KC = 256 and the same operations per element, so they give the same bits as each other.
 use super::gemm::GemmKernel;
 use super::gemm256::{self, BElem};
 use super::sgemm512;
@@ -158,10 +161,11 @@ impl Kern for K256 {
     }
 }
 
-/// AVX-512F: the 12 × 32 block of `sgemm512.rs`, 32-column panels. MC = 144 (12 strips, 144 KB
-/// of packed A at KC = 256) and KC = 256 were picked by measurement on the Xeon this kernel is
-/// the default for (see [`super::gemm::kernel`]); KC = 256 is also the AVX2 kernel's, so both
-/// kernels give the same bits.
+/// AVX-512F: the 12 × 32 block of `sgemm512.rs`, 32-column panels. KC = 256 and MC = 144 (12
+/// strips, 144 KB of packed A) come from the cache table in `sgemm512.rs` (a 32 KB panel block
+/// in the 48 KB L1d, A and C's tile in the 2 MB L2); single-thread sweeps of KC 128…384 and MC
+/// 72…240 on the Xeon this kernel is the default for stayed within the noise of a loaded machine.
+/// KC = 256 is also the AVX2 kernel's, so both kernels give the same bits.
 struct K512;
 impl Kern for K512 {
     const MR: usize = sgemm512::MR;

@@ -155,6 +155,14 @@ pub(crate) unsafe fn block_rows(r: usize, kc: usize, alpha: f32, a: *const f32, 
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn block<const R: usize>(kc: usize, alpha: f32, a: *const f32, bp: *const f32, acc: bool, c: *mut f32, ldc: usize, w: usize) {
+    // C's tile is needed only after the k loop: start bringing its lines in now (from L2, where
+    // the task's tile lives between blocks of k)
+    if acc {
+        for r in 0..R {
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(r * ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(r * ldc + 16) as *const i8);
+        }
+    }
     let z = _mm512_setzero_ps();
     let (mut lo, mut hi) = ([z; R], [z; R]);
     let (mut ap, mut bq) = (a, bp);
