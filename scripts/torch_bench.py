@@ -203,16 +203,21 @@ class Bench:
                 self.memory_bound(op, dtype_s, shape, *table[op])
 
     # -------------------------------------------------------------- matmul
-    def matmul(self, dtype_s, m, n, k):
+    def matmul(self, dtype_s, m, n, k, ta=False, tb=False):
+        """torch.mm of [m, k] x [k, n]; `ta` / `tb`: that operand is the transposed view of a
+        [k, m] / [n, k] tensor (kiln bench's `-At` / `-Bt` shapes)."""
         if not self.wants("matmul"):
             return
         dtype = DT[dtype_s]
         per_set = (m * k + k * n + m * n) * torch.tensor([], dtype=dtype).element_size()
-        sets = [(self.randn(m, k, dtype=dtype), self.randn(k, n, dtype=dtype), torch.empty(m, n, dtype=dtype, device=self.device))
+        mk_a = (lambda: self.randn(k, m, dtype=dtype).t()) if ta else (lambda: self.randn(m, k, dtype=dtype))
+        mk_b = (lambda: self.randn(n, k, dtype=dtype).t()) if tb else (lambda: self.randn(k, n, dtype=dtype))
+        sets = [(mk_a(), mk_b(), torch.empty(m, n, dtype=dtype, device=self.device))
                 for _ in range(n_copies(self.device, per_set) if m * n * k < 2048**3 else 1)]
         times = self.timer.run(lambda a: torch.mm(a[0], a[1], out=a[2]), sets)
         tf32 = self.device == "cuda" and dtype == torch.float32 and _tf32_enabled()
-        return self.emit("matmul", dtype_s, (m, n, k), times, flops=2 * m * n * k, method="torch.mm (MxNxK)", tf32=tf32)
+        shape = f"{m}x{n}x{k}" + ("-At" if ta else "") + ("-Bt" if tb else "")
+        return self.emit("matmul", dtype_s, shape, times, flops=2 * m * n * k, method="torch.mm (MxNxK)", tf32=tf32)
 
     # -------------------------------------------------------------- attention
     @staticmethod
@@ -455,6 +460,15 @@ BERT_BASE = dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, 
 
 def cpu_suite(bench: Bench, args):
     bench.matmul("f32", 1024, 1024, 1024)
+    # kiln bench's CPU GEMM shapes: squares, and a training step's (1024 tokens, widths 256 / 1024):
+    # x·Wᵀ (B transposed), dY·W (plain), dYᵀ·x (A transposed)
+    bench.matmul("f32", 512, 512, 512)
+    bench.matmul("f32", 2048, 2048, 2048)
+    for k, n in ((256, 256), (256, 1024), (1024, 256), (1024, 1024)):
+        bench.matmul("f32", 1024, n, k, tb=True)
+        if (k, n) != (1024, 1024):  # 1024³ plain is the first row
+            bench.matmul("f32", 1024, n, k)
+        bench.matmul("f32", n, k, 1024, ta=True)
     for dt in args.dtypes:
         bench.elementwise_suite(dt, (8192, 768), MEM_OPS)
         bench.cross_entropy(dt, 1024, 8192)

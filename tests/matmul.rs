@@ -282,3 +282,115 @@ fn bf16_products_read_b_as_stored() {
         }
     }
 }
+
+/// Every CPU GEMM path this machine can run: the AVX-512 kernel (forced, wherever the CPU has
+/// AVX-512F, whatever the dispatch table would pick), the AVX2 kernel (level forced to AVX2) and
+/// matrixmultiply (level forced to scalar), each against an f64 reference on odd shapes (m, n, k
+/// not multiples of any register block or k block), transposed operands, beta ≠ 0 with a padded C,
+/// a fused bias, k = 0, 1 × N and N × 1 products.
+fn each_gemm_path(f: impl Fn(&str)) {
+    use kiln::tensor::cpu::gemm::{with_kernel, GemmKernel};
+    use kiln::tensor::cpu::simd::{self, Level};
+    if simd::detected() >= Level::Avx512 {
+        with_kernel(GemmKernel::Avx512, || f("avx512 kernel"));
+    } else {
+        eprintln!("no AVX-512F on this CPU: the AVX-512 kernel is not run");
+    }
+    for l in simd::available_levels().into_iter().rev() {
+        if l < Level::Avx512 {
+            simd::with_level(l, || f(&format!("level {l:?}")));
+        }
+    }
+}
+
+fn vals(seed: usize, n: usize) -> Vec<f32> {
+    (0..n).map(|s| (((s + seed) * 2654435761usize) % 1000) as f32 / 500.0 - 1.0).collect()
+}
+
+#[test]
+fn gemm_kernels_at_every_level_against_naive() {
+    use kiln::tensor::cpu::gemm::{gemm, Mat, MatMut, Threads};
+    let shapes = [(1, 1, 1), (1, 300, 77), (77, 300, 1), (7, 13, 5), (13, 1, 50), (25, 37, 33), (75, 300, 37), (150, 520, 70), (13, 9, 1030), (200, 257, 90), (7, 600, 600), (3, 0, 5), (40, 0, 70), (97, 513, 161)];
+    each_gemm_path(|path| {
+        for &(m, k, n) in &shapes {
+            let (av, bv) = (vals(1, m * k), vals(7, k * n));
+            let at: Vec<f32> = (0..k * m).map(|q| av[(q % m) * k + q / m]).collect(); // k × m
+            let bt: Vec<f32> = (0..n * k).map(|q| bv[(q % k) * n + q / k]).collect(); // n × k
+            let want: Vec<f64> = (0..m * n).map(|q| (0..k).map(|p| av[q / n * k + p] as f64 * bv[p * n + q % n] as f64).sum()).collect();
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = if ta { Mat::row_major(&at, k, m).t() } else { Mat::row_major(&av, m, k) };
+                let b = if tb { Mat::row_major(&bt, n, k).t() } else { Mat::row_major(&bv, k, n) };
+                for (beta, threads) in [(0.0f32, Threads::Single), (0.0, Threads::Auto), (1.0, Threads::Auto), (-0.5, Threads::Single), (0.5, Threads::Auto)] {
+                    let ldc = n + 3; // padded rows: the padding must stay untouched
+                    let c0 = vals(3, m * ldc);
+                    let mut c = if beta == 0.0 { vec![f32::NAN; m * ldc] } else { c0.clone() };
+                    let before = c.clone();
+                    let cm = MatMut { data: &mut c, offset: 0, rows: m, cols: n, rs: ldc as isize, cs: 1 };
+                    gemm(1.5, a, b, beta, cm, threads).unwrap();
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            let got = c[i * ldc + j];
+                            if j >= n {
+                                assert_eq!(got.to_bits(), before[i * ldc + j].to_bits(), "{path}: padding written at ({i}, {j})");
+                                continue;
+                            }
+                            let w = 1.5 * want[i * n + j] + if beta == 0.0 { 0.0 } else { beta as f64 * c0[i * ldc + j] as f64 };
+                            let tol = 2e-5 * (k as f64 + 1.0).sqrt() * (1.0 + w.abs());
+                            assert!((got as f64 - w).abs() <= tol, "{path}: {m}x{k}x{n} ta {ta} tb {tb} beta {beta} {threads:?}: ({i}, {j}) {got} vs {w}");
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn gemm_kernels_with_bias_at_every_level() {
+    let r = |s: u64, sh: &[usize]| randn(s, sh, DType::F32);
+    each_gemm_path(|path| {
+        for &(m, k, n, wt) in &[(1, 5, 1, false), (1, 300, 77, true), (77, 300, 1, false), (7, 13, 5, true), (130, 70, 45, false), (300, 257, 131, true), (97, 0, 33, false)] {
+            let x = r(80, &[m, k]);
+            let w = if wt { r(81, &[n, k]).t().unwrap() } else { r(81, &[k, n]) };
+            let b = r(82, &[n]);
+            let got = x.matmul_bias(&w, &b).unwrap();
+            let want = naive(&x, &w).add(&b.to_dtype(DType::F64).unwrap()).unwrap();
+            assert_close(&format!("{path}: matmul_bias {m}x{k}x{n} wt {wt}"), &got.to_dtype(DType::F64).unwrap(), &want, 1e-4);
+            // and plain matmul on a transposed A
+            let xt = r(83, &[k, m]).t().unwrap();
+            check(&format!("{path}: transposed A {m}x{k}x{n}"), &xt, &w);
+        }
+    });
+}
+
+/// The AVX-512 and AVX2 kernels sum each element in the same order (an FMA chain over each block
+/// of k, blocks added in order): their results are the same bits, and neither depends on the
+/// thread count. Also a bf16 B read as stored gives the bits of widening it first.
+#[test]
+fn avx512_and_avx2_kernels_agree_bit_for_bit_on_any_thread_count() {
+    use kiln::tensor::cpu::gemm::{with_kernel, GemmKernel};
+    use kiln::tensor::cpu::simd::{self, Level};
+    if simd::detected() < Level::Avx512 {
+        eprintln!("SKIPPED: no AVX-512F on this CPU");
+        return;
+    }
+    for &(m, k, n, tb) in &[(300, 600, 200, false), (150, 700, 333, true), (1024, 256, 1024, true), (7, 1000, 90, false)] {
+        let a = randn(90, &[m, k], DType::F32);
+        let b = if tb { randn(91, &[n, k], DType::F32).t().unwrap() } else { randn(91, &[k, n], DType::F32) };
+        let run = |kern: GemmKernel, threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            with_kernel(kern, || pool.install(|| a.matmul(&b).unwrap().to_vec::<f32>().unwrap()))
+        };
+        let want = run(GemmKernel::Avx2, 2);
+        for (kern, t) in [(GemmKernel::Avx512, 1), (GemmKernel::Avx512, 2), (GemmKernel::Avx512, 3), (GemmKernel::Avx2, 1)] {
+            let got = run(kern, t);
+            assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{k}x{n} tb {tb}: {kern:?} on {t} threads differs from AVX2 on 2");
+        }
+        // bf16 operands: B read as stored gives the bits of widening both first
+        let (ah, bh) = (a.to_dtype(DType::BF16).unwrap(), b.to_dtype(DType::BF16).unwrap());
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let got = with_kernel(GemmKernel::Avx512, || ah.matmul(&bh).unwrap().to_vec_f64().unwrap());
+        let want = with_kernel(GemmKernel::Avx512, || f(&ah).matmul(&f(&bh)).unwrap().to_dtype(DType::BF16).unwrap().to_vec_f64().unwrap());
+        assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{k}x{n} tb {tb}: bf16 B differs from widened B");
+    }
+}

@@ -268,3 +268,19 @@ fn levels_are_ordered_and_forcing_is_restored() {
     simd::with_level(Level::Scalar, || assert_eq!(simd::level(), Level::Scalar));
     assert_eq!(simd::level(), simd::detected());
 }
+
+/// The blocked GEMM's kernel follows the forced level: none (matrixmultiply) at scalar, AVX2 at
+/// AVX2, and at AVX-512 the table's choice, which `with_kernel` overrides either way.
+#[test]
+fn gemm_kernel_follows_the_level() {
+    use kiln::tensor::cpu::gemm::{kernel, with_kernel, GemmKernel};
+    assert_eq!(simd::with_level(Level::Scalar, kernel), None);
+    if simd::detected() >= Level::Avx2 {
+        assert_eq!(simd::with_level(Level::Avx2, kernel), Some(GemmKernel::Avx2));
+    }
+    if simd::detected() >= Level::Avx512 {
+        assert_eq!(with_kernel(GemmKernel::Avx512, kernel), Some(GemmKernel::Avx512));
+        assert_eq!(with_kernel(GemmKernel::Avx2, kernel), Some(GemmKernel::Avx2));
+        assert!(simd::with_level(Level::Avx512, kernel).is_some());
+    }
+}

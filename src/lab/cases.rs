@@ -349,15 +349,47 @@ pub const TF32_TOLERANCE: f64 = 2e-3;
 
 /// `[m, k] × [k, n]`: the GEMM ceiling. Checked against the same product computed in f64.
 pub fn matmul(ctx: &Ctx, dtype: DType, m: usize, n: usize, k: usize) -> Result<Case<'static>> {
-    let a = randn(61, &[m, k], dtype, ctx.device)?;
-    let bm = randn(62, &[k, n], dtype, ctx.device)?;
+    matmul_layout(ctx, dtype, m, n, k, false, false)
+}
+
+/// [`matmul`] with A stored transposed (`ta`: A is the transposed view of a `[k, m]` tensor, as
+/// Xᵀ in a linear layer's weight gradient) and/or B (`tb`: a `[n, k]` tensor's view, as an
+/// `nn.Linear` weight or Wᵀ in the input gradient). The shape is `MxNxK`, then `-At` / `-Bt`.
+pub fn matmul_layout(ctx: &Ctx, dtype: DType, m: usize, n: usize, k: usize, ta: bool, tb: bool) -> Result<Case<'static>> {
+    let a = if ta { randn(61, &[k, m], dtype, ctx.device)?.t()? } else { randn(61, &[m, k], dtype, ctx.device)? };
+    let bm = if tb { randn(62, &[n, k], dtype, ctx.device)?.t()? } else { randn(62, &[k, n], dtype, ctx.device)? };
     let (a64, b64) = (a.to_device(Device::Cpu)?.to_dtype(DType::F64)?, bm.to_device(Device::Cpu)?.to_dtype(DType::F64)?);
-    // CPU: kiln's blocked AVX2 GEMM (the default) and matrixmultiply, which matmul falls back to
-    // below AVX2 (forcing the scalar level selects it; it still picks its own SIMD kernel)
-    let (name, alternatives): (&str, &[(&str, Level)]) = if ctx.device == Device::Cpu { ("kiln", &[("matrixmultiply", Level::Scalar)]) } else { ("cublas", &[]) };
-    let timed = |vname: &str, level: Option<Level>| {
+    // CPU: kiln's blocked GEMM with the kernel the dispatch rule picks (the default, `kiln`), each
+    // kernel forced (`avx512` where the CPU has AVX-512F, `avx2`), and matrixmultiply, which matmul
+    // falls back to below AVX2 (forcing the scalar level selects it; it still picks its own SIMD kernel)
+    use crate::tensor::cpu::gemm::{force_kernel, GemmKernel};
+    let mut alternatives: Vec<(&str, Level, Option<GemmKernel>)> = Vec::new();
+    if ctx.device == Device::Cpu {
+        if simd::detected() >= Level::Avx512 {
+            alternatives.push(("avx512", Level::Avx512, Some(GemmKernel::Avx512)));
+        }
+        if simd::detected() >= Level::Avx2 {
+            alternatives.push(("avx2", Level::Avx2, None));
+        }
+        alternatives.push(("matrixmultiply", Level::Scalar, None));
+    }
+    let name = if ctx.device == Device::Cpu { "kiln" } else { "cublas" };
+    let timed = |vname: &str, level: Option<Level>, kernel: Option<GemmKernel>| {
         let (a, b) = (a.clone(), bm.clone());
-        Variant { name: vname.into(), level, timed: true, tol: None, prep: Box::new(move |_| { let (a, b) = (a.clone(), b.clone()); Ok(Box::new(move || Ok(vec![a.matmul(&b)?])) as Thunk) }) }
+        let prep = move |_| {
+            let (a, b) = (a.clone(), b.clone());
+            Ok(Box::new(move || {
+                if kernel.is_some() {
+                    force_kernel(kernel);
+                }
+                let r = a.matmul(&b);
+                if kernel.is_some() {
+                    force_kernel(None);
+                }
+                Ok(vec![r?])
+            }) as Thunk)
+        };
+        Variant { name: vname.into(), level, timed: true, tol: None, prep: Box::new(prep) }
     };
     // CUDA f32: also cuBLAS on TF32 tensor cores (the opt-in `set_tf32`), checked with TF32's tolerance
     let tf32 = (ctx.device != Device::Cpu && dtype == DType::F32).then(|| {
@@ -373,15 +405,15 @@ pub fn matmul(ctx: &Ctx, dtype: DType, m: usize, n: usize, k: usize) -> Result<C
     });
     let mut variants = vec![
         Variant { name: "f64-reference".into(), level: None, timed: false, tol: None, prep: Box::new(move |_| { let (a, b) = (a64.clone(), b64.clone()); Ok(Box::new(move || Ok(vec![a.matmul(&b)?])) as Thunk) }) },
-        timed(name, None),
+        timed(name, None, None),
     ];
-    variants.extend(alternatives.iter().map(|&(v, l)| timed(v, Some(l))));
+    variants.extend(alternatives.iter().map(|&(v, l, kern)| timed(v, Some(l), kern)));
     variants.extend(tf32);
     Ok(Case {
         op: "matmul".into(),
         device: ctx.device,
         dtype,
-        shape: format!("{m}x{n}x{k}"),
+        shape: format!("{m}x{n}x{k}{}{}", if ta { "-At" } else { "" }, if tb { "-Bt" } else { "" }),
         causal: false,
         work: Work::Flops(2.0 * (m * n * k) as f64),
         variants,

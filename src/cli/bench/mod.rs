@@ -236,6 +236,20 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
             all.extend(cases::attention(&ctx, att_dt, main_att, causal, &[Pass::Fwd, Pass::Bwd, Pass::FwdBwd], true, true)?);
         }
     }
+    if cpu && !quick && filter.family("matmul") {
+        // square GEMMs around the 1024³ ceiling, and a training step's (1024 tokens, widths 256 and
+        // 1024): the forward x·Wᵀ (B transposed), dX = dY·W (plain) and dW = dYᵀ·x (A transposed)
+        all.push(cases::matmul(&ctx, DType::F32, 512, 512, 512)?);
+        all.push(cases::matmul(&ctx, DType::F32, 2048, 2048, 2048)?);
+        for (k, n) in [(256, 256), (256, 1024), (1024, 256), (1024, 1024)] {
+            all.push(cases::matmul_layout(&ctx, DType::F32, 1024, n, k, false, true)?);
+            if (k, n) != (1024, 1024) {
+                // (1024³ plain is the ceiling row above)
+                all.push(cases::matmul_layout(&ctx, DType::F32, 1024, n, k, false, false)?);
+            }
+            all.push(cases::matmul_layout(&ctx, DType::F32, n, k, 1024, true, false)?);
+        }
+    }
     if !cpu && filter.family("matmul") {
         all.push(cases::matmul(&ctx, DType::F32, 4096, 4096, 4096)?);
         all.push(cases::matmul(&ctx, DType::BF16, 8192, 3072, 768)?); // a GPT-2 MLP GEMM at 8192 tokens

@@ -32,6 +32,108 @@ use crate::{CpuFloat, Error, Result};
 use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
+/// The register-block kernel of kiln's blocked f32 GEMM (`cpu/sgemm.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// AVX2 + FMA, a 6 × 16 block over 16-column panels (`cpu/gemm256.rs`).
+    Avx2,
+    /// AVX-512F, a 12 × 32 block over 32-column panels (`cpu/sgemm512.rs`).
+    Avx512,
+}
+
+/// CPUs on which the AVX-512 kernel was measured faster than the AVX2 one, as
+/// (vendor, family, model) from CPUID. Keep it small and measured (`kiln bench --op matmul`'s
+/// `avx512` and `avx2` rows, same run; docs/RESULTS.md):
+/// - Intel family 6 model 0xCF (`lscpu` "Intel(R) Xeon(R) Processor", Emerald Rapids class;
+///   AVX-512 F/BW/VL/VNNI/BF16/FP16, no AMX, 2 vCPUs), 2026-12-07, on a loaded machine: 1024³ f32
+///   17.8 ms against the AVX2 kernel's 42.9 ms on 2 threads, 17.0 against 30.1 on one; faster on
+///   every shape of docs/RESULTS.md's table (1.65-2.2× on one thread).
+///
+/// Not in the table, so AVX2 by default: every AMD CPU. Zen 3 has no AVX-512; Zen 4 runs 512-bit
+/// FMAs as two 256-bit halves (half rate per instruction, the same FLOPs per cycle as AVX2) and was
+/// not measured with this kernel. Other Intel AVX-512 models (Skylake-SP … Sapphire Rapids) have not
+/// been measured either; `KILN_GEMM=avx512` (or [`force_kernel`]) selects it on any AVX-512F CPU.
+const AVX512_FASTER: &[(&str, u32, u32)] = &[("GenuineIntel", 6, 0xCF)];
+
+/// Vendor, family and model of this CPU (CPUID leaves 0 and 1, extended family/model folded in).
+#[cfg(target_arch = "x86_64")]
+fn cpu_id() -> (String, u32, u32) {
+    use std::arch::x86_64::__cpuid;
+    // CPUID leaves 0 and 1 exist on every x86_64 CPU
+    let (l0, l1) = (__cpuid(0), __cpuid(1));
+    let vendor: Vec<u8> = [l0.ebx, l0.edx, l0.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+    let (base_fam, base_model) = ((l1.eax >> 8) & 0xF, (l1.eax >> 4) & 0xF);
+    let (ext_fam, ext_model) = ((l1.eax >> 20) & 0xFF, (l1.eax >> 16) & 0xF);
+    let family = if base_fam == 0xF { base_fam + ext_fam } else { base_fam };
+    let model = if base_fam == 0x6 || base_fam == 0xF { (ext_model << 4) | base_model } else { base_model };
+    (String::from_utf8_lossy(&vendor).into_owned(), family, model)
+}
+
+/// 0: no override; 1: AVX2; 2: AVX-512 (see [`force_kernel`]).
+static FORCED_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Forces the blocked GEMM's kernel (None: back to the default rule of [`kernel`]). Process-wide;
+/// for tests and benchmarks. The SIMD level still caps it: forcing AVX-512 at level AVX2 runs AVX2.
+pub fn force_kernel(k: Option<GemmKernel>) {
+    let v = match k {
+        None => 0,
+        Some(GemmKernel::Avx2) => 1,
+        Some(GemmKernel::Avx512) => 2,
+    };
+    FORCED_KERNEL.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs `f` with the kernel forced to `k` (see [`force_kernel`]), restoring the default afterwards;
+/// serialized with [`super::simd::with_level`] by the same lock.
+pub fn with_kernel<R>(k: GemmKernel, f: impl FnOnce() -> R) -> R {
+    let _g = super::simd::FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    force_kernel(Some(k));
+    let r = f();
+    force_kernel(None);
+    r
+}
+
+/// The kernel kiln's blocked f32 GEMM runs now, or None where it does not run (below AVX2 + FMA,
+/// or the level forced to scalar: matmul then runs matrixmultiply).
+///
+/// Dispatch rule: at SIMD level AVX2 the AVX2 kernel. At level AVX-512 (avx512f + avx2 + fma),
+/// the AVX-512 kernel where the CPU is in [`AVX512_FASTER`] (measured faster there), else the AVX2
+/// kernel (AMD, unmeasured Intel models). Overrides, in order: [`force_kernel`], then the
+/// environment variable `KILN_GEMM=avx2|avx512` (read once); either is capped by the level.
+pub fn kernel() -> Option<GemmKernel> {
+    use super::simd::{level, Level};
+    let l = level();
+    if l < Level::Avx2 {
+        return None;
+    }
+    if l < Level::Avx512 {
+        return Some(GemmKernel::Avx2);
+    }
+    match FORCED_KERNEL.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => return Some(GemmKernel::Avx2),
+        2 => return Some(GemmKernel::Avx512),
+        _ => {}
+    }
+    static DEFAULT: std::sync::OnceLock<GemmKernel> = std::sync::OnceLock::new();
+    Some(*DEFAULT.get_or_init(|| match std::env::var("KILN_GEMM").ok().as_deref() {
+        Some("avx2") => GemmKernel::Avx2,
+        Some("avx512") => GemmKernel::Avx512,
+        _ => default_kernel(),
+    }))
+}
+
+/// The table's choice at level AVX-512 (no override).
+fn default_kernel() -> GemmKernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (vendor, family, model) = cpu_id();
+        if AVX512_FASTER.iter().any(|&(v, f, m)| v == vendor && f == family && m == model) {
+            return GemmKernel::Avx512;
+        }
+    }
+    GemmKernel::Avx2
+}
+
 /// Element types with a matrixmultiply kernel.
 pub trait GemmFloat: CpuFloat {
     /// # Safety

@@ -5,6 +5,8 @@ pub mod gemm;
 pub(crate) mod gemm256;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
+#[cfg(target_arch = "x86_64")]
+mod sgemm512;
 pub mod simd;
 pub mod strided;
 #[cfg(target_arch = "x86_64")]

@@ -1,21 +1,26 @@
-//! Blocked f32 GEMM on AVX2 + FMA for matmul: `C = alpha·A·B + beta·C`, C with unit column stride.
+//! Blocked f32 GEMM for matmul: `C = alpha·A·B + beta·C`, C with unit column stride, on one of two
+//! register-block kernels picked at run time ([`super::gemm::kernel`], which holds the dispatch
+//! rule): AVX2 + FMA (6 × 16, `gemm256.rs`) or AVX-512F (12 × 32, `sgemm512.rs`).
 //!
 //! matrixmultiply, with C split into one panel per thread, packs all of the shared operand again in
 //! every thread; on a training step's shapes (k = 256 or 1024, m = 1024 tokens) its packing was 9%
 //! of the step's CPU time. Here B is packed once per call by all threads together, and each task
 //! packs only its own rows of A:
 //!
-//! * B is packed, all of k deep and as many columns as fit in 8 MB, into 16-column panels
-//!   ([`gemm256::pack_panel`]; transposed B goes through 8 × 8 AVX transposes), in parallel;
+//! * B is packed, all of k deep and as many columns as fit in 8 MB, into `NR`-column panels (16 for
+//!   AVX2, 32 for AVX-512; transposed B goes through 8 × 8 AVX transposes), in parallel;
 //! * then tasks of up to `MC` rows of A (× a group of panels when m is small) run in parallel, each
-//!   over all of k in blocks of `KC`: pack its `MC × KC` slice of A into 6-row strips (72 KB, stays
-//!   in L2), then sweep its panels with the 6 × 16 register block ([`gemm256::block_rows`]), a 16 KB
-//!   panel block staying in L1 while the strips pass over it. A task owns its tile of C for the
-//!   whole of k, so the tile stays in its core's L2 between k blocks.
+//!   over all of k in blocks of `KC`: pack its `MC × KC` slice of A into `MR`-row strips (72 KB for
+//!   AVX2, 144 KB for AVX-512: stays in L2), then sweep its panels with the register block, a
+//!   `KC × NR` panel block (16 KB / 32 KB) staying in L1 while the strips pass over it. A task owns
+//!   its tile of C for the whole of k, so the tile stays in its core's L2 between k blocks.
 //!
 //! Every element of C is the same sequence of operations whatever the thread count (a sequential
-//! sum over each `KC` block, blocks added in order), so results do not depend on it.
+//! sum over each `KC` block, blocks added in order), so results do not depend on it; both kernels
+//! use KC = 256 and the same operations per element, so they give the same bits as each other.
+use super::gemm::GemmKernel;
 use super::gemm256::{self, BElem};
+use super::sgemm512;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -95,55 +100,143 @@ pub(crate) unsafe fn sgemm<E: BElem>(m: usize, k: usize, n: usize, alpha: f32, a
         return;
     }
     let nt = if parallel { rayon::current_num_threads() } else { 1 };
+    let kernel = super::gemm::kernel().unwrap_or(GemmKernel::Avx2);
+    let kc = kc_of(kernel);
     if m <= FEW_ROWS {
         // SAFETY: as for this function
-        few_rows::<E>(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c.get(), ldc, !bias.get().is_null(), &add_bias, nt);
+        few_rows::<E>(m, k, n, kc, alpha, a, rsa, csa, b, rsb, csb, beta, c.get(), ldc, !bias.get().is_null(), &add_bias, nt);
         return;
     }
+    match kernel {
+        GemmKernel::Avx2 => blocked::<E, K256>(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, &add_bias, nt),
+        // SAFETY: `kernel()` reports Avx512 only at simd level Avx512 (avx512f, avx2, fma detected)
+        GemmKernel::Avx512 => blocked::<E, K512>(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc, bias, &add_bias, nt),
+    }
+}
+
+/// The k depth of the blocks each kernel sums (the few-rows paths use the same, so that their rows
+/// are the blocked path's bits).
+fn kc_of(k: GemmKernel) -> usize {
+    match k {
+        GemmKernel::Avx2 => K256::KC,
+        GemmKernel::Avx512 => K512::KC,
+    }
+}
+
+/// One register-block kernel of the blocked path, with its packing and blocking parameters.
+trait Kern {
+    /// Rows per register block (and per packed strip of A).
+    const MR: usize;
+    /// Columns per packed panel of B.
+    const NR: usize;
+    /// Rows of A per task (a multiple of MR).
+    const MC: usize;
+    /// Rows of B (depth) per block of k.
+    const KC: usize;
+    /// Packs one panel (`w` ≤ NR columns, zero-padded) of all k rows of B into `dst` (k·NR floats).
+    ///
+    /// # Safety
+    /// The kernel's CPU features; B's k × w elements in bounds.
+    unsafe fn pack_panel<E: BElem>(k: usize, w: usize, b: *const E, rsb: isize, csb: isize, dst: *mut f32);
+    /// One task's block of k: see [`run_task`].
+    ///
+    /// # Safety
+    /// As for [`run_task`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_task(rows: usize, cols: usize, kc: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, panels: *const f32, pstride: usize, acc: bool, c: *mut f32, ldc: usize);
+}
+
+/// AVX2 + FMA: the 6 × 16 block of `gemm256.rs`, 16-column panels.
+struct K256;
+impl Kern for K256 {
+    const MR: usize = 6;
+    const NR: usize = NR;
+    const MC: usize = MC;
+    const KC: usize = KC;
+    unsafe fn pack_panel<E: BElem>(k: usize, w: usize, b: *const E, rsb: isize, csb: isize, dst: *mut f32) {
+        gemm256::pack_panel(k, w, b, rsb, csb, std::slice::from_raw_parts_mut(dst, k * NR))
+    }
+    unsafe fn run_task(rows: usize, cols: usize, kc: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, panels: *const f32, pstride: usize, acc: bool, c: *mut f32, ldc: usize) {
+        run_task(rows, cols, kc, alpha, a, rsa, csa, panels, pstride, acc, c, ldc)
+    }
+}
+
+/// AVX-512F: the 12 × 32 block of `sgemm512.rs`, 32-column panels. KC = 256 and MC = 144 (12
+/// strips, 144 KB of packed A) come from the cache table in `sgemm512.rs` (a 32 KB panel block
+/// in the 48 KB L1d, A and C's tile in the 2 MB L2); single-thread sweeps of KC 128…384 and MC
+/// 72…240 on the Xeon this kernel is the default for stayed within the noise of a loaded machine.
+/// KC = 256 is also the AVX2 kernel's, so both kernels give the same bits.
+struct K512;
+impl Kern for K512 {
+    const MR: usize = sgemm512::MR;
+    const NR: usize = sgemm512::NR;
+    const MC: usize = 144;
+    const KC: usize = 256;
+    unsafe fn pack_panel<E: BElem>(k: usize, w: usize, b: *const E, rsb: isize, csb: isize, dst: *mut f32) {
+        sgemm512::pack_panel(k, w, b, rsb, csb, dst)
+    }
+    unsafe fn run_task(rows: usize, cols: usize, kc: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, panels: *const f32, pstride: usize, acc: bool, c: *mut f32, ldc: usize) {
+        run_task512(rows, cols, kc, alpha, a, rsa, csa, panels, pstride, acc, c, ldc)
+    }
+}
+
+/// The blocked path of [`sgemm`] (m > [`FEW_ROWS`], k > 0) with kernel `K`.
+///
+/// # Safety
+/// As for [`sgemm`]; the CPU has `K`'s features.
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocked<E: BElem, K: Kern>(
+    m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const E, rsb: isize, csb: isize, beta: f32, c: Ptr, ldc: usize, bias: Ptr,
+    add_bias: &(dyn Fn(usize, usize, usize, usize, bool) + Sync), nt: usize,
+) {
+    let (nr, mr, kcb) = (K::NR, K::MR, K::KC);
     // the packed B blocks go in this thread's buffer, taken out for the call (a task this thread
     // steals while waiting may run another GEMM: it then finds the slot empty and grows its own)
     let mut buf = BPACK.with_borrow_mut(std::mem::take);
     // columns per packed block: all of k deep, at most B_FLOATS floats
-    let nc_blk = (B_FLOATS / k / NR).max(1) * NR;
+    let nc_blk = (B_FLOATS / k / nr).max(1) * nr;
     for jc in (0..n).step_by(nc_blk) {
         let nc = nc_blk.min(n - jc);
-        let np = nc.div_ceil(NR);
-        // panel jp holds all k rows (`pstride = 16·k`); a task reads rows pc.. at `+ 16·pc`
-        let pstride = k * NR;
-        buf.resize(np * pstride, 0.0);
+        let np = nc.div_ceil(nr);
+        // panel jp holds all k rows (`pstride = NR·k`); a task reads rows pc.. at `+ NR·pc`
+        let pstride = k * nr;
+        // + 16 floats so that the panels can start on a 64-byte line
+        buf.resize(np * pstride + 16, 0.0);
+        let skip = buf.as_ptr().align_offset(64).min(16);
         let bb = BPtr(b.offset(jc as isize * csb));
         let pack = |(jp, dst): (usize, &mut [f32])| {
-            // SAFETY: panel jp covers columns jc + 16·jp .. (at most 16) and all k rows of the checked B
-            unsafe { gemm256::pack_panel(k, NR.min(nc - jp * NR), bb.get().offset((jp * NR) as isize * csb), rsb, csb, dst) }
+            // SAFETY: panel jp covers columns jc + NR·jp .. (at most NR) and all k rows of the checked B
+            unsafe { K::pack_panel(k, nr.min(nc - jp * nr), bb.get().offset((jp * nr) as isize * csb), rsb, csb, dst.as_mut_ptr()) }
         };
+        let packed = &mut buf[skip..skip + np * pstride];
         if nt > 1 && np > 1 {
-            buf[..np * pstride].par_chunks_mut(pstride).enumerate().for_each(pack);
+            packed.par_chunks_mut(pstride).enumerate().for_each(pack);
         } else {
-            buf[..np * pstride].chunks_mut(pstride).enumerate().for_each(pack);
+            packed.chunks_mut(pstride).enumerate().for_each(pack);
         }
-        let (panels, ap) = (Ptr(buf.as_ptr() as *mut f32), Ptr(a as *mut f32));
-        // Row tasks: the 6-row strips dealt out evenly, a multiple of the thread count of them,
+        let (panels, ap) = (Ptr(packed.as_ptr() as *mut f32), Ptr(a as *mut f32));
+        // Row tasks: the MR-row strips dealt out evenly, a multiple of the thread count of them,
         // each at most MC rows; when that gives fewer than two tasks per thread, the panels are
         // split into groups too. Each task runs all of k, so its tile of C stays in its core's L2.
-        let strips = m.div_ceil(6);
-        let rb = (nt * strips.div_ceil(nt * (MC / 6))).min(strips);
+        let strips = m.div_ceil(mr);
+        let rb = (nt * strips.div_ceil(nt * (K::MC / mr))).min(strips);
         let groups = if rb >= 2 * nt { 1 } else { (2 * nt).div_ceil(rb).min(np) };
         let task = |t: usize| {
             let (r, g) = (t / groups, t % groups);
-            let (i0, i1) = ((r * strips / rb) * 6, ((r + 1) * strips / rb * 6).min(m));
+            let (i0, i1) = ((r * strips / rb) * mr, ((r + 1) * strips / rb * mr).min(m));
             let (jp0, jp1) = (g * np / groups, (g + 1) * np / groups);
-            let cols = (jp1 * NR).min(nc) - jp0 * NR;
+            let cols = (jp1 * nr).min(nc) - jp0 * nr;
             // with a bias, the tile starts as (beta·C +) bias and every block of k adds to it
-            add_bias(i0, i1, jc + jp0 * NR, cols, beta == 0.0);
-            for pc in (0..k).step_by(KC) {
+            add_bias(i0, i1, jc + jp0 * nr, cols, beta == 0.0);
+            for pc in (0..k).step_by(kcb) {
                 // the first block of k overwrites C (unless beta = 1 or there is a bias); later ones add
                 let acc = pc > 0 || beta != 0.0 || !bias.get().is_null();
-                // SAFETY: rows i0..i1 of A and C, columns jc + 16·jp0 .. of C: in bounds (caller)
+                // SAFETY: rows i0..i1 of A and C, columns jc + NR·jp0 .. of C: in bounds (caller)
                 // and disjoint between tasks; the panels were packed above for all k rows.
                 unsafe {
                     let a0 = ap.get().offset(i0 as isize * rsa + pc as isize * csa);
-                    let bp = panels.get().add(jp0 * pstride + pc * NR);
-                    run_task(i1 - i0, cols, KC.min(k - pc), alpha, a0, rsa, csa, bp, pstride, acc, c.get().add(i0 * ldc + jc + jp0 * NR), ldc)
+                    let bp = panels.get().add(jp0 * pstride + pc * nr);
+                    K::run_task(i1 - i0, cols, kcb.min(k - pc), alpha, a0, rsa, csa, bp, pstride, acc, c.get().add(i0 * ldc + jc + jp0 * nr), ldc)
                 }
             }
         };
@@ -174,7 +267,7 @@ const FEW_ROWS: usize = 6;
 /// avx2 + fma; as for [`sgemm`] (A, B, C in bounds, C not aliasing them).
 #[allow(clippy::too_many_arguments)]
 unsafe fn few_rows<E: BElem>(
-    m: usize, k: usize, n: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const E, rsb: isize, csb: isize, beta: f32, c: *mut f32, ldc: usize, has_bias: bool,
+    m: usize, k: usize, n: usize, kc: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const E, rsb: isize, csb: isize, beta: f32, c: *mut f32, ldc: usize, has_bias: bool,
     bias_fill: &(dyn Fn(usize, usize, usize, usize, bool) + Sync), nt: usize,
 ) {
     let (ap, bp, cp) = (Ptr(a as *mut f32), BPtr(b), Ptr(c));
@@ -182,16 +275,16 @@ unsafe fn few_rows<E: BElem>(
     if csb == 1 {
         // (block of k, column half) units, each streaming its rows of B into its own partial sums;
         // then the blocks' sums are added into C in block order
-        let (nb, halves) = (k.div_ceil(KC), if nt > 1 && n >= 2 * NR { 2 } else { 1 });
+        let (nb, halves) = (k.div_ceil(kc), if nt > 1 && n >= 2 * NR { 2 } else { 1 });
         let cols = |h: usize| ((h * n / halves) / 8 * 8, ((h + 1) * n / halves) / 8 * 8 + if h + 1 == halves { n % 8 } else { 0 });
         let mut sums = vec![0f32; nb * m * n];
         let sp = Ptr(sums.as_mut_ptr());
         let unit = |u: usize| {
             let (blk, (j0, j1)) = (u / halves, cols(u % halves));
-            let p0 = blk * KC;
+            let p0 = blk * kc;
             // SAFETY: rows p0.. of B and A's columns p0..: in bounds (caller); each unit writes its
             // own (block, columns) window of `sums`
-            unsafe { few_rows_row_major(m, p0, KC.min(k - p0), j0, j1, ap.get(), rsa, csa, bp.get(), rsb, sp.get().add(blk * m * n), n) }
+            unsafe { few_rows_row_major(m, p0, kc.min(k - p0), j0, j1, ap.get(), rsa, csa, bp.get(), rsb, sp.get().add(blk * m * n), n) }
         };
         if nt > 1 && nb * halves > 1 {
             (0..nb * halves).into_par_iter().for_each(unit);
@@ -223,7 +316,7 @@ unsafe fn few_rows<E: BElem>(
             if dot {
                 few_rows_dot(m, k, j0, j1, alpha, ap.get(), rsa, bp.get(), csb, acc0, cp.get(), ldc)
             } else {
-                few_rows_task(m, k, n, jp0, jp1, alpha, ap.get(), rsa, csa, bp.get(), rsb, csb, acc0, cp.get(), ldc)
+                few_rows_task(m, k, n, kc, jp0, jp1, alpha, ap.get(), rsa, csa, bp.get(), rsb, csb, acc0, cp.get(), ldc)
             }
         }
     };
@@ -258,21 +351,21 @@ impl<E> BPtr<E> {
 /// Here each 16-column panel, all of k deep, is packed into this thread's own buffer (48 KB at
 /// k = 768: it stays in L2) just before the register block sweeps it, with A read in place: B
 /// crosses the memory bus once. Per element of C the operations and their order are the blocked
-/// path's (sums over blocks of `KC`, added in order).
+/// path's (sums over blocks of `kc`, added in order).
 ///
 /// # Safety
 /// avx2 + fma; as for [`sgemm`], restricted to these columns.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn few_rows_task<E: BElem>(m: usize, k: usize, n: usize, jp0: usize, jp1: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const E, rsb: isize, csb: isize, acc0: bool, c: *mut f32, ldc: usize) {
+unsafe fn few_rows_task<E: BElem>(m: usize, k: usize, n: usize, kc: usize, jp0: usize, jp1: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, b: *const E, rsb: isize, csb: isize, acc0: bool, c: *mut f32, ldc: usize) {
     PANEL.with_borrow_mut(|buf| {
         buf.resize(k * NR, 0.0);
         for jp in jp0..jp1 {
             let (j0, w) = (jp * NR, NR.min(n - jp * NR));
             gemm256::pack_panel(k, w, b.offset(j0 as isize * csb), rsb, csb, buf);
-            for pc in (0..k).step_by(KC) {
+            for pc in (0..k).step_by(kc) {
                 let acc = pc > 0 || acc0;
-                gemm256::block_rows(m, KC.min(k - pc), alpha, a.offset(pc as isize * csa), rsa, csa, buf.as_ptr().add(pc * NR), acc, c.add(j0), ldc, w);
+                gemm256::block_rows(m, kc.min(k - pc), alpha, a.offset(pc as isize * csa), rsa, csa, buf.as_ptr().add(pc * NR), acc, c.add(j0), ldc, w);
             }
         }
     })
@@ -452,9 +545,46 @@ unsafe fn run_task(rows: usize, cols: usize, kc: usize, alpha: f32, a: *const f3
     })
 }
 
+/// [`run_task`] for the AVX-512 kernel: the task's rows of A packed into 12-row strips
+/// ([`sgemm512::pack_strip`]), then every 32-column panel swept by the 12 × 32 register block,
+/// strip by strip (the panel's `kc × 32` block stays in L1 while the strips pass over it).
+///
+/// # Safety
+/// avx512f + avx2 + fma; as for [`sgemm`], restricted to the task's rows and columns.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn run_task512(rows: usize, cols: usize, kc: usize, alpha: f32, a: *const f32, rsa: isize, csa: isize, panels: *const f32, pstride: usize, acc: bool, c: *mut f32, ldc: usize) {
+    use sgemm512::{MR, NR};
+    APACK.with_borrow_mut(|buf| {
+        let strips = rows.div_ceil(MR);
+        buf.resize(strips * MR * kc + 16, 0.0);
+        let d = buf.as_mut_ptr();
+        let d = d.add(d.align_offset(64).min(16));
+        for s in 0..strips {
+            sgemm512::pack_strip(MR.min(rows - s * MR), kc, a.offset((s * MR) as isize * rsa), rsa, csa, d.add(s * MR * kc));
+        }
+        for jp in 0..cols.div_ceil(NR) {
+            let (bp, w) = (panels.add(jp * pstride), NR.min(cols - jp * NR));
+            for s in 0..strips {
+                let (ai, ci) = (d.add(s * MR * kc) as *const f32, c.add(s * MR * ldc + jp * NR));
+                sgemm512::block_rows(MR.min(rows - s * MR), kc, alpha, ai, bp, acc, ci, ldc, w);
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `f` with each kernel this CPU has forced (the AVX-512 one wherever avx512f is detected).
+    fn each_kernel(f: impl Fn()) {
+        use super::super::simd::{detected, Level};
+        if detected() >= Level::Avx512 {
+            super::super::gemm::with_kernel(GemmKernel::Avx512, &f);
+        }
+        super::super::gemm::with_kernel(GemmKernel::Avx2, &f);
+    }
 
     fn naive(m: usize, k: usize, n: usize, a: &dyn Fn(usize, usize) -> f32, b: &dyn Fn(usize, usize) -> f32) -> Vec<f64> {
         let mut c = vec![0.0; m * n];
@@ -470,6 +600,10 @@ mod tests {
     /// and parallel: against an f64 reference.
     #[test]
     fn blocked_sgemm_matches_the_reference() {
+        each_kernel(blocked_sgemm_matches_the_reference_body);
+    }
+
+    fn blocked_sgemm_matches_the_reference_body() {
         if !available() {
             eprintln!("SKIPPED: no AVX2 + FMA on this CPU");
             return;
@@ -515,6 +649,10 @@ mod tests {
     /// several k blocks, a partial last panel.
     #[test]
     fn few_rows_match_the_blocked_path_on_any_thread_count() {
+        each_kernel(few_rows_match_the_blocked_path_on_any_thread_count_body);
+    }
+
+    fn few_rows_match_the_blocked_path_on_any_thread_count_body() {
         if !available() {
             eprintln!("SKIPPED: no AVX2 + FMA on this CPU");
             return;
@@ -558,6 +696,10 @@ mod tests {
 
     #[test]
     fn k_zero_and_threads_do_not_change_results() {
+        each_kernel(k_zero_and_threads_do_not_change_results_body);
+    }
+
+    fn k_zero_and_threads_do_not_change_results_body() {
         if !available() {
             eprintln!("SKIPPED: no AVX2 + FMA on this CPU");
             return;

@@ -135,11 +135,13 @@ pub fn available_levels() -> Vec<Level> {
     [Level::Scalar, Level::Avx2, Level::Avx512].into_iter().filter(|&l| l <= detected()).collect()
 }
 
+/// Serializes [`with_level`] and `gemm::with_kernel`.
+pub(crate) static FORCE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `f` with the level forced to `l`, restoring afterwards. Serialized by a global lock so
 /// concurrent tests do not see each other's forced level.
 pub fn with_level<R>(l: Level, f: impl FnOnce() -> R) -> R {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     force_level(Some(l));
     let r = f();
     force_level(None);
