@@ -226,23 +226,14 @@ impl Labels {
 
     /// From a config's `id2label` (a model fine-tuned before).
     pub fn from_config(cfg: &crate::config::ModelConfig) -> Option<Labels> {
-        let id2 = match cfg {
-            crate::config::ModelConfig::Encoder(c) => c.id2label.as_ref(),
-            crate::config::ModelConfig::Decoder(c) => c.id2label.as_ref(),
-        }?;
-        let mut v: Vec<(usize, String)> = id2.iter().filter_map(|(k, l)| k.parse().ok().map(|i| (i, l.clone()))).collect();
+        let mut v: Vec<(usize, String)> = cfg.id2label()?.iter().filter_map(|(k, l)| k.parse().ok().map(|i| (i, l.clone()))).collect();
         v.sort();
         Some(Labels(v.into_iter().map(|p| p.1).collect()))
     }
 
     /// Writes `id2label` / `label2id` (and so `num_labels`) into `cfg`.
     pub fn write_to(&self, cfg: &mut crate::config::ModelConfig) {
-        let id2 = Some(self.0.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect());
-        let l2 = Some(self.0.iter().enumerate().map(|(i, l)| (l.clone(), i as i64)).collect());
-        match cfg {
-            crate::config::ModelConfig::Encoder(c) => (c.id2label, c.label2id) = (id2, l2),
-            crate::config::ModelConfig::Decoder(c) => (c.id2label, c.label2id) = (id2, l2),
-        }
+        cfg.set_labels(&self.0);
     }
 
     fn id(&self, label: &str, path: &Path, line: usize) -> Result<i64> {

@@ -208,24 +208,31 @@ impl ModelConfig {
     }
     /// Number of classification labels (`id2label` size, or `num_labels`, default 2).
     pub fn num_labels(&self) -> usize {
-        let ids = match self {
-            ModelConfig::Encoder(c) => &c.id2label,
-            ModelConfig::Decoder(c) => &c.id2label,
-        };
-        if let Some(m) = ids {
+        if let Some(m) = self.id2label() {
             return m.len();
         }
         self.extra().get("num_labels").and_then(|v| v.as_u64()).map(|n| n as usize).unwrap_or(2)
     }
-    /// Sets `id2label`/`label2id` to `LABEL_0..LABEL_{n-1}` (HF's default names).
-    pub fn set_num_labels(&mut self, n: usize) {
-        let id2 = Some((0..n).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect());
-        let l2 = Some((0..n).map(|i| (format!("LABEL_{i}"), i as i64)).collect());
+    /// `id2label` (`{"0": "neg", ...}`), when the config has one.
+    pub fn id2label(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        match self {
+            ModelConfig::Encoder(c) => c.id2label.as_ref(),
+            ModelConfig::Decoder(c) => c.id2label.as_ref(),
+        }
+    }
+    /// Sets `id2label`/`label2id` to `names` in id order (and drops a `num_labels` they replace).
+    pub fn set_labels(&mut self, names: &[String]) {
+        let id2 = Some(names.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect());
+        let l2 = Some(names.iter().enumerate().map(|(i, l)| (l.clone(), i as i64)).collect());
         match self {
             ModelConfig::Encoder(c) => (c.id2label, c.label2id) = (id2, l2),
             ModelConfig::Decoder(c) => (c.id2label, c.label2id) = (id2, l2),
         }
         self.extra_mut().remove("num_labels");
+    }
+    /// Sets `id2label`/`label2id` to `LABEL_0..LABEL_{n-1}` (HF's default names).
+    pub fn set_num_labels(&mut self, n: usize) {
+        self.set_labels(&(0..n).map(|i| format!("LABEL_{i}")).collect::<Vec<_>>());
     }
     /// Longest sequence the position embeddings allow (RoBERTa: minus the padding offset).
     pub fn max_positions(&self) -> usize {
