@@ -413,9 +413,7 @@ pub fn evaluate(model: &Model, items: &[Encoded], task: FinetuneTask, n_labels: 
     let (mut gold, mut pred) = (Vec::new(), Vec::new());
     for chunk in items.chunks(batch.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
-        let b = collate(&refs, pad, per_token)?.to_device(device)?;
-        let inputs = Inputs { input_ids: Some(b.input_ids.clone()), attention_mask: Some(b.attention_mask.clone()), token_type_ids: takes_types.then(|| b.token_type_ids.clone()), ..Default::default() };
-        let out = no_grad(|| model.forward(&inputs, &ForwardCtx::eval()))?;
+        let (b, out) = eval_forward(model, &refs, pad, per_token, takes_types, device)?;
         let logits = out.get("logits").ok_or_else(|| Error::msg("finetune: the model gave no logits"))?;
         let c = *logits.shape().last().unwrap_or(&1);
         let v = logits.to_dtype(kiln_tensor::DType::F32)?.to_vec::<f32>()?;
@@ -451,6 +449,14 @@ pub fn evaluate(model: &Model, items: &[Encoded], task: FinetuneTask, n_labels: 
     Ok(m)
 }
 
+/// One evaluation batch through the model without gradients: the collated batch and the outputs.
+fn eval_forward(model: &Model, items: &[&Encoded], pad: i64, per_token: bool, takes_types: bool, device: Device) -> Result<(Batch, crate::model::Outputs)> {
+    let b = collate(items, pad, per_token)?.to_device(device)?;
+    let inputs = Inputs { input_ids: Some(b.input_ids.clone()), attention_mask: Some(b.attention_mask.clone()), token_type_ids: takes_types.then(|| b.token_type_ids.clone()), ..Default::default() };
+    let out = no_grad(|| model.forward(&inputs, &ForwardCtx::eval()))?;
+    Ok((b, out))
+}
+
 /// Longest answer considered, in tokens.
 const MAX_ANSWER_TOKENS: usize = 30;
 
@@ -460,9 +466,7 @@ fn evaluate_qa(model: &Model, items: &[Encoded], batch: usize, pad: i64, takes_t
     let (mut em, mut f1) = (0.0, 0.0);
     for chunk in items.chunks(batch.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
-        let b = collate(&refs, pad, false)?.to_device(device)?;
-        let inputs = Inputs { input_ids: Some(b.input_ids.clone()), attention_mask: Some(b.attention_mask.clone()), token_type_ids: takes_types.then(|| b.token_type_ids.clone()), ..Default::default() };
-        let out = no_grad(|| model.forward(&inputs, &ForwardCtx::eval()))?;
+        let (b, out) = eval_forward(model, &refs, pad, false, takes_types, device)?;
         let get = |n: &str| -> Result<Vec<f32>> { out.get(n).ok_or_else(|| Error::msg(format!("finetune: the model gave no {n}")))?.to_dtype(kiln_tensor::DType::F32)?.to_vec::<f32>() };
         let (starts, ends) = (get("start_logits")?, get("end_logits")?);
         let t = b.input_ids.shape()[1];
