@@ -2,11 +2,9 @@
 //!
 //! `level()` is detected once (`is_x86_feature_detected!`); tests may force a lower level with
 //! [`force_level`] to check every path against the scalar one. Each primitive has a scalar body here
-//! and `#[target_feature]` bodies in `simd/avx2.rs` and `simd/avx512.rs`.
-//!
-//! The vector bodies are written once, generic over the crate-private `VF32` trait (`simd/body.rs`,
-//! and the math functions `exp`, `tanh`, `log` in `vf32.rs`), and instantiated below for AVX-512F
-//! and AVX2+FMA inside `#[target_feature]` functions.
+//! and a vector body written once in `simd/body.rs`, generic over the crate-private `VF32` trait
+//! (`vf32.rs`: `F512` for AVX-512F, `F256` for AVX2+FMA, and the math functions `exp`, `tanh`,
+//! `log`), instantiated below inside one `#[target_feature]` function per level.
 //!
 //! Accuracy (f32, measured against an f64 reference in `tests/simd.rs`):
 //! - `exp_inplace`: ≤ ~2 ulp, subnormal results round once, `exp(-inf) = 0`, `exp(x > 88.73) = inf`,
