@@ -15,8 +15,9 @@
 //   affine_fwd_<T>(T* out, const T* inp, i64 n, float mul, float add)      out = inp * mul + add
 //   fill_<T>(T* out, i64 n, float value)                                   (zeros, NaN poisoning)
 //   cast_<A>_<B>(B* out, const A* inp, i64 n) for A != B in {f32, bf16, f16}, and cast_i64_f32
-// Launch: 1-D grid-stride, any grid/block size. Op codes are mirrored by UnaryOp / BinaryOp in
-// crates/tensor/src/cuda/launch.rs — keep the two lists in the same order.
+// Launch: 1-D grid-stride, any grid/block size. The enums below are the one list of op codes: the
+// Rust side looks a code up here by the op's name (`ElementwiseOp` in crates/tensor/src/cuda/launch.rs),
+// so U_<NAME> / B_<NAME> must spell kiln's op name in capitals.
 #include "common.cuh"
 
 enum UnaryOp { U_NEG, U_EXP, U_LOG, U_SQRT, U_RSQRT, U_TANH, U_RELU, U_SIGMOID, U_ABS, U_SQR, U_RECIP, U_SILU, U_IDENTITY };

@@ -41,7 +41,6 @@
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! # Ok::<(), kiln_tensor::Error>(())
 //! ```
-mod adamw_kernel;
 mod bert_batcher;
 pub mod checkpoint;
 pub mod config;

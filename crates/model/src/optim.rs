@@ -17,7 +17,7 @@
 //! assert!((v[0] - 0.9).abs() < 1e-6 && (v[1] - 1.1).abs() < 1e-6 && v[2] == 1.0);
 //! # Ok::<(), kiln_tensor::Error>(())
 //! ```
-use crate::adamw_kernel::{adamw_update, AdamScalars};
+use kiln_tensor::ops::adamw::{adamw_update, AdamWScalars as AdamScalars};
 use crate::params::Param;
 use kiln_tensor::{no_grad, CpuStorage, DType, Device, Error, Result, Storage, Tensor};
 use serde::{Deserialize, Serialize};
@@ -228,12 +228,11 @@ impl AdamW {
                     let off = t.layout().offset();
                     t.update_storage(|stg| {
                         let ps = &mut stg.as_cpu_mut()?.as_mut_slice::<f32>()?[off..off + n];
-                        adamw_update(ps, gs, m, v, &s);
-                        Ok(())
+                        adamw_update(ps, gs, m, v, &s)
                     })
                 } else {
                     let mut ps = t.to_dtype(DType::F32)?.to_device(Device::Cpu)?.to_vec::<f32>()?;
-                    adamw_update(&mut ps, gs, m, v, &s);
+                    adamw_update(&mut ps, gs, m, v, &s)?;
                     let upd = Tensor::from_storage(Storage::Cpu(CpuStorage::F32(ps)), t.shape())?;
                     t.assign(&upd.to_dtype(t.dtype())?.to_device(t.device())?)
                 }

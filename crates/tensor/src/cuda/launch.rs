@@ -124,35 +124,62 @@ impl KLayout {
     }
 }
 
-/// Unary op codes of elementwise.cu (same order as its `UnaryOp` enum).
-#[repr(i32)]
+/// An op code of elementwise.cu's `UnaryOp` or `BinaryOp` enum. The .cu file's enum is the one
+/// list: a code is looked up by the op's name (`"exp"` → `U_EXP`, `"add"` → `B_ADD`), so the Rust
+/// side keeps no mirrored copy to fall out of order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnaryOp {
-    Neg,
-    Exp,
-    Log,
-    Sqrt,
-    Rsqrt,
-    Tanh,
-    Relu,
-    Sigmoid,
-    Abs,
-    Sqr,
-    Recip,
-    Silu,
-    Identity,
+pub struct ElementwiseOp(i32);
+
+impl ElementwiseOp {
+    /// The code of unary op `name` (kiln's op name, as `ops::unary::UnaryOp::name` gives it), or
+    /// `None` when elementwise.cu has no kernel for it.
+    pub fn unary(name: &str) -> Option<Self> {
+        Self::lookup("UnaryOp", "U_", name)
+    }
+
+    /// The code of binary op `name` (`"add"`, `"sub"`, `"mul"`, `"div"`, ...), or `None`.
+    pub fn binary(name: &str) -> Option<Self> {
+        Self::lookup("BinaryOp", "B_", name)
+    }
+
+    fn lookup(kind: &str, prefix: &str, name: &str) -> Option<Self> {
+        let src = super::kernels::KERNEL_FILES.iter().find(|f| f.stem == "elementwise")?.source;
+        let head = format!("enum {kind} {{");
+        let body = &src[src.find(&head)? + head.len()..];
+        let body = &body[..body.find('}')?];
+        let want = format!("{prefix}{}", name.to_ascii_uppercase());
+        body.split(',').position(|e| e.trim() == want).map(|i| Self(i as i32))
+    }
+
+    /// The kernels' `int op` argument.
+    pub fn code(self) -> i32 {
+        self.0
+    }
 }
 
-/// Binary op codes of elementwise.cu (same order as its `BinaryOp` enum).
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Max,
-    Min,
+#[cfg(test)]
+mod op_code_tests {
+    use super::ElementwiseOp;
+
+    #[test]
+    fn op_codes_come_from_elementwise_cu() {
+        let unary: Vec<i32> = ["exp", "log", "sqrt", "tanh", "sqr", "recip", "abs", "relu"]
+            .iter()
+            .map(|op| ElementwiseOp::unary(op).unwrap_or_else(|| panic!("every CPU unary op but powf has a kernel: {op}")).code())
+            .collect();
+        let binary: Vec<i32> = ["add", "sub", "mul", "div"].iter().map(|op| ElementwiseOp::binary(op).unwrap_or_else(|| panic!("{op}")).code()).collect();
+        for codes in [&unary, &binary] {
+            let mut sorted = codes.to_vec();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), codes.len(), "distinct ops, distinct codes: {codes:?}");
+        }
+        // U_NEG is the first unary entry and not a kiln op name: no code 0 among these
+        assert!(!unary.contains(&0), "{unary:?}");
+        assert_eq!(ElementwiseOp::unary("powf"), None);
+        assert_eq!(ElementwiseOp::unary("ex"), None, "a prefix is not a match");
+        assert_eq!(ElementwiseOp::binary("exp"), None, "unary names are not binary codes");
+    }
 }
 
 /// `Some((rows, cols))` when `lhs op rhs` is a contiguous `[rows, cols]` matrix with a contiguous
@@ -219,7 +246,7 @@ pub static NULL_PTR: u64 = 0;
 
 impl CudaBackend {
     /// `out = op(inp)`; `inp` is read through `layout` (any strides), `out` is contiguous.
-    pub fn unary_fwd<T: KernelFloat>(&self, out: &mut CudaViewMut<T>, inp: &CudaView<T>, layout: &KLayout, op: UnaryOp) -> Result<()> {
+    pub fn unary_fwd<T: KernelFloat>(&self, out: &mut CudaViewMut<T>, inp: &CudaView<T>, layout: &KLayout, op: ElementwiseOp) -> Result<()> {
         let n = layout.numel();
         check_len("unary_fwd", out.len(), n)?;
         check_min_len("unary_fwd", inp.len(), layout.span())?;
@@ -227,7 +254,7 @@ impl CudaBackend {
             return Ok(());
         }
         let f = self.function("elementwise", &format!("unary_fwd_{}", T::SUFFIX))?;
-        let (n, op) = (n as i64, op as i32);
+        let (n, op) = (n as i64, op.code());
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(inp).arg(layout).arg(&n).arg(&op);
         unsafe { b.launch(grid_1d(n as usize)) }?;
@@ -235,7 +262,7 @@ impl CudaBackend {
     }
 
     /// `dinp = dout * op'(inp)` (all contiguous, same length; `out` = the saved forward output).
-    pub fn unary_bwd<T: KernelFloat>(&self, dinp: &mut CudaViewMut<T>, inp: &CudaView<T>, out: &CudaView<T>, dout: &CudaView<T>, op: UnaryOp) -> Result<()> {
+    pub fn unary_bwd<T: KernelFloat>(&self, dinp: &mut CudaViewMut<T>, inp: &CudaView<T>, out: &CudaView<T>, dout: &CudaView<T>, op: ElementwiseOp) -> Result<()> {
         let n = dinp.len();
         for len in [inp.len(), out.len(), dout.len()] {
             check_len("unary_bwd", len, n)?;
@@ -244,7 +271,7 @@ impl CudaBackend {
             return Ok(());
         }
         let f = self.function("elementwise", &format!("unary_bwd_{}", T::SUFFIX))?;
-        let (n, op) = (n as i64, op as i32);
+        let (n, op) = (n as i64, op.code());
         let mut b = self.stream().launch_builder(&f);
         b.arg(dinp).arg(inp).arg(out).arg(dout).arg(&n).arg(&op);
         unsafe { b.launch(grid_1d(n as usize)) }?;
@@ -253,7 +280,7 @@ impl CudaBackend {
 
     /// `out = lhs op rhs` with broadcasting: both layouts carry the output shape (stride 0 on
     /// broadcast dims); `out` is contiguous.
-    pub fn binary_fwd<T: KernelFloat>(&self, out: &mut CudaViewMut<T>, lhs: &CudaView<T>, lhs_layout: &KLayout, rhs: &CudaView<T>, rhs_layout: &KLayout, op: BinaryOp) -> Result<()> {
+    pub fn binary_fwd<T: KernelFloat>(&self, out: &mut CudaViewMut<T>, lhs: &CudaView<T>, lhs_layout: &KLayout, rhs: &CudaView<T>, rhs_layout: &KLayout, op: ElementwiseOp) -> Result<()> {
         let n = lhs_layout.numel();
         if rhs_layout.numel() != n {
             let shape = |l: &KLayout| l.shape[..l.rank as usize].iter().map(|&s| s as usize).collect::<Vec<_>>();
@@ -272,14 +299,14 @@ impl CudaBackend {
             let packs = cols / (16 / std::mem::size_of::<T>());
             let threads = packs.next_multiple_of(32).min(BLOCK as usize);
             let grid = (packs.div_ceil(threads) as u32, rows.min(65_535) as u32, 1);
-            let (r, c, op) = (rows as i64, cols as i32, op as i32);
+            let (r, c, op) = (rows as i64, cols as i32, op.code());
             let mut b = self.stream().launch_builder(&f);
             b.arg(out).arg(lhs).arg(rhs).arg(&r).arg(&c).arg(&op);
             unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (threads as u32, 1, 1), shared_mem_bytes: 0 }) }?;
             return Ok(());
         }
         let f = self.function("elementwise", &format!("binary_fwd_{}", T::SUFFIX))?;
-        let (n, op) = (n as i64, op as i32);
+        let (n, op) = (n as i64, op.code());
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(lhs).arg(rhs).arg(lhs_layout).arg(rhs_layout).arg(&n).arg(&op);
         unsafe { b.launch(grid_1d(n as usize)) }?;

@@ -175,7 +175,7 @@ pub fn cast(t: &Tensor, dtype: DType) -> Result<CudaStorage> {
 }
 
 /// `op(x)` elementwise (any layout in, contiguous out).
-pub fn unary(name: &'static str, x: &Tensor, op: launch::UnaryOp) -> Result<CudaStorage> {
+pub fn unary(name: &'static str, x: &Tensor, op: launch::ElementwiseOp) -> Result<CudaStorage> {
     let c = storage_of(name, x)?;
     let b = c.backend().clone();
     let kl = KLayout::from_layout(x.layout())?;
@@ -183,13 +183,13 @@ pub fn unary(name: &'static str, x: &Tensor, op: launch::UnaryOp) -> Result<Cuda
 }
 
 /// `g * op'(x)` given the saved input `x` and output `y` (all the same shape).
-pub fn unary_bwd(name: &'static str, g: &Tensor, x: &Tensor, y: &Tensor, op: launch::UnaryOp) -> Result<CudaStorage> {
+pub fn unary_bwd(name: &'static str, g: &Tensor, x: &Tensor, y: &Tensor, op: launch::ElementwiseOp) -> Result<CudaStorage> {
     let (b, [gc, xc, yc]) = contiguous_on(name, [g, x, y])?;
     float_out!(name, x.dtype(), &b, x.elem_count(), |T, out| b.unary_bwd::<T>(out, &view(&xc, name)?, &view(&yc, name)?, &view(&gc, name)?, op))
 }
 
 /// `a op b` with numpy broadcasting to `shape`.
-pub fn binary(name: &'static str, a: &Tensor, b_: &Tensor, shape: &[usize], op: launch::BinaryOp) -> Result<CudaStorage> {
+pub fn binary(name: &'static str, a: &Tensor, b_: &Tensor, shape: &[usize], op: launch::ElementwiseOp) -> Result<CudaStorage> {
     same_device(name, &[a, b_])?;
     let (ca, cb) = (storage_of(name, a)?, storage_of(name, b_)?);
     let (fa, fb) = (a.broadcast_as(shape)?, b_.broadcast_as(shape)?);

@@ -189,13 +189,7 @@ pub(crate) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let shape = broadcast_shapes(op.name(), a.shape(), b.shape())?;
     #[cfg(feature = "cuda")]
     if a.device().is_cuda() {
-        use crate::cuda::launch::BinaryOp as K;
-        let k = match op {
-            BinaryOp::Add => K::Add,
-            BinaryOp::Sub => K::Sub,
-            BinaryOp::Mul => K::Mul,
-            BinaryOp::Div => K::Div,
-        };
+        let k = crate::cuda::launch::ElementwiseOp::binary(op.name()).ok_or_else(|| crate::cuda::not_implemented(op.name()))?;
         let out = crate::cuda::ops::binary(op.name(), a, b, &shape, k)?;
         return Tensor::from_op(Storage::Cuda(out), &shape, &[a, b], || node(Binary { op, a: a.clone(), b: b.clone() }));
     }

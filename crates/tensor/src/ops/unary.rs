@@ -29,25 +29,13 @@ pub enum UnaryOp {
     Powf(f64),
 }
 
-/// Maps kiln's unary op to the kernel's op code (None: no CUDA kernel for it).
-#[cfg(feature = "cuda")]
-fn unary_code(op: UnaryOp) -> Option<crate::cuda::launch::UnaryOp> {
-    use crate::cuda::launch::UnaryOp as K;
-    use UnaryOp as U;
-    Some(match op {
-        U::Exp => K::Exp,
-        U::Log => K::Log,
-        U::Sqrt => K::Sqrt,
-        U::Tanh => K::Tanh,
-        U::Sqr => K::Sqr,
-        U::Recip => K::Recip,
-        U::Abs => K::Abs,
-        U::Relu => K::Relu,
-        U::Powf(_) => return None,
-    })
-}
-
 impl UnaryOp {
+    /// Its op code in elementwise.cu (looked up by name there; `powf` has none: an error).
+    #[cfg(feature = "cuda")]
+    fn kernel(self) -> Result<crate::cuda::launch::ElementwiseOp> {
+        crate::cuda::launch::ElementwiseOp::unary(self.name()).ok_or_else(|| crate::cuda::not_implemented(self.name()))
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             UnaryOp::Exp => "exp",
@@ -203,7 +191,7 @@ impl BackwardOp for Unary {
     fn backward(&self, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         #[cfg(feature = "cuda")]
         if self.x.device().is_cuda() {
-            let k = unary_code(self.op).ok_or_else(|| crate::cuda::not_implemented(self.op.name()))?;
+            let k = self.op.kernel()?;
             let out = crate::cuda::ops::unary_bwd(self.op.name(), g, &self.x.detach(), &self.y, k)?;
             return Ok(vec![Some(Tensor::from_storage(Storage::Cuda(out), self.x.shape())?)]);
         }
@@ -225,7 +213,7 @@ pub(crate) fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     x.check_float(op.name())?;
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
-        let k = unary_code(op).ok_or_else(|| crate::cuda::not_implemented(op.name()))?;
+        let k = op.kernel()?;
         let out = Tensor::from_storage(Storage::Cuda(crate::cuda::ops::unary(op.name(), x, k)?), x.shape())?;
         let y = out.detach();
         return Ok(out.with_history(&[x], || node(Unary { op, x: x.clone(), y })));

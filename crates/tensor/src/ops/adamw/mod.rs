@@ -1,9 +1,13 @@
-//! One AdamW step of an f32 parameter on a CUDA device, fused into one kernel with the same bits as
-//! kiln's CPU loop (`kiln-model`'s optimizer). The CUDA half is `cuda.rs` with `adamw.cu` beside it.
+//! One fused AdamW step: the CPU element loop over f32 slices ([`adamw_update`], `cpu.rs`) and, for
+//! an f32 parameter on a CUDA device, one kernel with the same bits ([`adamw_step`]: `cuda.rs` with
+//! `adamw.cu` beside it). `kiln-model`'s optimizer calls them; the bookkeeping (moments, steps,
+//! no-decay parameters) is its own.
 use crate::Result;
 
+mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub use cpu::adamw_update;
 
 /// The per-step scalars of one AdamW update, in f32 as kiln's CPU loop uses them (PyTorch's
 /// `torch.optim.AdamW` single-tensor order): `p = p·decay`, `m = lerp(m, g, w1)`,

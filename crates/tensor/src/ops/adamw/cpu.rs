@@ -8,15 +8,13 @@
 //! ```
 //!
 //! One scalar body compiled three times (scalar, AVX2+FMA, AVX-512) via `#[target_feature]`, chosen
-//! by `kiln_tensor::cpu::simd::level()`. `mul_add` is a correctly rounded FMA on every path, so all
+//! by `cpu::simd::level()`. `mul_add` is a correctly rounded FMA on every path, so all
 //! paths give bit-identical results. Large tensors are split across rayon threads (elementwise, so
 //! the result does not depend on the split).
-use kiln_tensor::cpu::simd::{level, Level};
+use super::AdamWScalars as AdamScalars;
+use crate::cpu::simd::{level, Level};
+use crate::{Error, Result};
 use rayon::prelude::*;
-
-/// Per-step scalars, already rounded to f32 as PyTorch does (the same struct the CUDA kernel takes;
-/// `decay` is exactly 1 without weight decay, and the loop then skips it: `p · 1 = p`).
-pub(crate) use kiln_tensor::ops::adamw::AdamWScalars as AdamScalars;
 
 #[inline(always)]
 fn body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamScalars) {
@@ -68,25 +66,35 @@ fn dispatch(l: Level, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s:
 
 const CHUNK: usize = 1 << 15;
 
-/// Updates `p`, `m`, `v` in place from gradient `g` (all the same length).
-pub(crate) fn adamw_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamScalars) {
-    assert!(p.len() == g.len() && p.len() == m.len() && p.len() == v.len(), "adamw_update: length mismatch");
+/// Updates `p`, `m`, `v` in place from gradient `g`; an error (nothing updated) unless all four
+/// have the same length.
+pub fn adamw_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamScalars) -> Result<()> {
+    if !(p.len() == g.len() && p.len() == m.len() && p.len() == v.len()) {
+        return Err(Error::msg(format!(
+            "adamw_update: parameter, gradient and moments must have one length, got {}, {}, {}, {}",
+            p.len(),
+            g.len(),
+            m.len(),
+            v.len()
+        )));
+    }
     let l = level();
     if p.len() < 2 * CHUNK {
         dispatch(l, p, g, m, v, s);
-        return;
+        return Ok(());
     }
     p.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| dispatch(l, p, g, m, v, s));
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_tensor::cpu::simd::{available_levels, with_level};
+    use crate::cpu::simd::{available_levels, with_level};
 
     #[test]
     fn every_level_matches_scalar_bitwise() {
@@ -96,7 +104,7 @@ mod tests {
         let run = |l: Level| {
             with_level(l, || {
                 let (mut p, g, mut m, mut v) = (mk(0), mk(1), mk(2), mk(3).iter().map(|x| x.abs()).collect::<Vec<_>>());
-                adamw_update(&mut p, &g, &mut m, &mut v, &s);
+                adamw_update(&mut p, &g, &mut m, &mut v, &s).unwrap();
                 (p, m, v)
             })
         };
@@ -104,5 +112,14 @@ mod tests {
         for l in available_levels() {
             assert_eq!(run(l), reference, "level {l:?}");
         }
+    }
+
+    #[test]
+    fn mismatched_lengths_are_an_error_and_update_nothing() {
+        let s = AdamScalars { decay: 1.0, w1: 0.1, beta2: 0.999, one_minus_beta2: 0.001, bc2_sqrt: 1.0, eps: 1e-8, neg_step_size: -0.01 };
+        let (mut p, g, mut m, mut v) = (vec![1.0f32; 4], vec![1.0f32; 3], vec![0.0f32; 4], vec![0.0f32; 4]);
+        let e = adamw_update(&mut p, &g, &mut m, &mut v, &s).unwrap_err().to_string();
+        assert!(e.contains("adamw_update") && e.contains("4, 3, 4, 4"), "{e}");
+        assert_eq!(p, vec![1.0f32; 4]);
     }
 }
