@@ -338,7 +338,7 @@ gpu_test!(attention_fused, |dev| {
 // diagonal tiles, partial key tiles, padding, Tq != Tk; bf16 / f16 at head dim 64 and 128 run it
 // (f32 and other head dims fall back to the simple kernels). The choice is per thread.
 gpu_test!(attention_tc2, |dev| {
-    use kiln::tensor::cuda::{attention_kernel_override, force_attention_kernel, AttnKernel};
+    use kiln::tensor::ops::attention::{attention_kernel_override, force_attention_kernel, AttnKernel};
     force_attention_kernel(Some(AttnKernel::TensorCore2));
     assert_eq!(attention_kernel_override(), Some(AttnKernel::TensorCore2));
     for d in [64usize, 128] {
@@ -353,7 +353,8 @@ gpu_test!(attention_tc2, |dev| {
 // The five wgmma operand forms the Hopper attention kernels use, each on one 64 x 64 x 16 product
 // against f64: when `attention_wgmma` fails, this says which shared-memory layout is misread.
 gpu_test!(wgmma_operand_layouts, |dev| {
-    use kiln::tensor::cuda::{device_arch, nvrtc::arch_number, wgmma_probe};
+    use kiln::tensor::cuda::{device_arch, nvrtc::arch_number};
+    use kiln::tensor::ops::attention::variants::wgmma_probe;
     let arch = device_arch(dev).unwrap();
     let a = input(11, &[64, 16], DType::BF16, false);
     let b = input(12, &[16, 64], DType::BF16, false);
@@ -392,7 +393,8 @@ gpu_test!(wgmma_operand_layouts, |dev| {
 // with the wgmma backward attention_bwd_wg (gradients against the CPU): several blocks and key tiles, causal skips, partial tiles, padding,
 // Tq != Tk. Other GPUs have no wgmma: the test says so and checks that a request runs tc there.
 gpu_test!(attention_wgmma, |dev| {
-    use kiln::tensor::cuda::{device_arch, force_attention_kernel, nvrtc::arch_number, AttnKernel};
+    use kiln::tensor::cuda::{device_arch, nvrtc::arch_number};
+    use kiln::tensor::ops::attention::{force_attention_kernel, AttnKernel};
     let arch = device_arch(dev).unwrap();
     force_attention_kernel(Some(AttnKernel::Wgmma));
     if arch_number(&arch) != 90 {

@@ -6,7 +6,8 @@
 //! Work is counted as in ../shared/notes/perf-anchors.md and scripts/torch_bench.py.
 use super::harness::{Case, Thunk, Variant, Work};
 use crate::tensor::cpu::simd::{self, Level};
-use crate::tensor::cuda::{AttnKernel, RowKernel};
+use crate::tensor::cuda::RowKernel;
+use crate::tensor::ops::attention::AttnKernel;
 use crate::tensor::ops::attention::{attention_reference, AttentionOpts};
 use crate::tensor::ops::gelu::GeluApprox;
 use crate::{DType, Device, Result, Tensor};
@@ -307,10 +308,10 @@ pub fn attention(ctx: &Ctx, dtype: DType, (b, h, t, d): (usize, usize, usize, us
     let forced = |kernel: AttnKernel| -> OpFn {
         let o = o3.clone();
         Rc::new(move |x| {
-            let before = crate::tensor::cuda::attention_kernel_override();
-            crate::tensor::cuda::force_attention_kernel(Some(kernel));
+            let before = crate::tensor::ops::attention::attention_kernel_override();
+            crate::tensor::ops::attention::force_attention_kernel(Some(kernel));
             let r = x[0].attention(&x[1], &x[2], &o);
-            crate::tensor::cuda::force_attention_kernel(before);
+            crate::tensor::ops::attention::force_attention_kernel(before);
             r
         })
     };

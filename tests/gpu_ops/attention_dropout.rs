@@ -5,7 +5,7 @@
 //! and head dims other than 64 / 128, attention_tc.cu for bf16 / f16 at 64 / 128) and the default
 //! composed path. Part of the `gpu_ops` binary (included from tests/gpu_ops.rs).
 use super::*;
-use kiln::tensor::cuda::{attention_dropout_path, force_attention_dropout, AttnDropoutPath};
+use kiln::tensor::ops::attention::{attention_dropout_path, force_attention_dropout, AttnDropoutPath};
 use kiln::tensor::ops::attention::AttnDropout;
 
 /// Attention with dropout `p` on `[b, h, t, d]` (t queries, t + 3 keys when not causal): plain,
@@ -46,11 +46,11 @@ fn both_paths_against_cpu(dev: Device, path: AttnDropoutPath) {
 gpu_test!(attention_dropout_fused_matches_cpu, |dev| {
     both_paths_against_cpu(dev, AttnDropoutPath::Fused);
     // the simple kernels' dropout variants for 16-bit inputs too
-    kiln::tensor::cuda::force_attention_kernel(Some(kiln::tensor::cuda::AttnKernel::Simple));
+    kiln::tensor::ops::attention::force_attention_kernel(Some(kiln::tensor::ops::attention::AttnKernel::Simple));
     force_attention_dropout(Some(AttnDropoutPath::Fused));
     check_attention_dropout("attention dropout (Fused, simple kernels)", dev, (2, 2, 53, 64), 7, 0.3);
     force_attention_dropout(None);
-    kiln::tensor::cuda::force_attention_kernel(None);
+    kiln::tensor::ops::attention::force_attention_kernel(None);
 });
 
 gpu_test!(attention_dropout_composed_matches_cpu, |dev| {

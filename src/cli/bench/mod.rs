@@ -182,7 +182,7 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
         None if cpu => vec![DType::F32],
         None => vec![DType::BF16, DType::F32],
     };
-    use kiln::tensor::cuda::AttnKernel;
+    use kiln::tensor::ops::attention::AttnKernel;
     let attn = match a.attn_kernel.as_deref() {
         Some("tc2") => Some(AttnKernel::TensorCore2),
         Some("wg") => Some(AttnKernel::Wgmma),
@@ -192,7 +192,7 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
         Some("simple") => Some(AttnKernel::Simple),
         _ => None,
     };
-    kiln::tensor::cuda::force_attention_kernel(attn);
+    kiln::tensor::ops::attention::force_attention_kernel(attn);
     let mut rows = Vec::new();
     let env = serde_json::json!({"env": {"kiln": env!("CARGO_PKG_VERSION"), "device": row::device_name(device),
         "attn_kernel": a.attn_kernel.as_deref().unwrap_or("tc"),

@@ -97,7 +97,7 @@ pub fn with_kernel<R>(k: GemmKernel, f: impl FnOnce() -> R) -> R {
 /// or the level forced to scalar: matmul then runs matrixmultiply).
 ///
 /// Dispatch rule: at SIMD level AVX2 the AVX2 kernel. At level AVX-512 (avx512f + avx2 + fma),
-/// the AVX-512 kernel where the CPU is in [`AVX512_FASTER`] (measured faster there), else the AVX2
+/// the AVX-512 kernel where the CPU is in `AVX512_FASTER` (measured faster there), else the AVX2
 /// kernel (AMD, unmeasured Intel models). Overrides, in order: [`force_kernel`], then the
 /// environment variable `KILN_GEMM=avx2|avx512` (read once); either is capped by the level.
 pub fn kernel() -> Option<GemmKernel> {

@@ -12,18 +12,12 @@
 use crate::{Device, Error, Result};
 
 pub mod kernels;
-mod attn_dropout;
-pub use attn_dropout::{attention_dropout_path, force_attention_dropout, AttnDropoutPath};
 #[cfg(feature = "cuda")]
 pub mod alloc;
 #[cfg(feature = "cuda")]
 pub mod device;
 #[cfg(feature = "cuda")]
 pub mod launch;
-#[cfg(feature = "cuda")]
-pub mod launch_attn;
-#[cfg(feature = "cuda")]
-mod launch_attn_tma;
 #[cfg(feature = "cuda")]
 pub mod blas;
 #[cfg(feature = "cuda")]
@@ -118,40 +112,6 @@ pub fn device_arch(device: Device) -> Option<String> {
     no_backend(device)
 }
 
-/// Diagnostic for the Hopper attention kernels: `a [64, 16] · b [16, 64]` (bf16 tensors on one sm_90
-/// CUDA device) computed by a single wgmma with its operands staged in operand form `form` (0: both
-/// K-major from shared memory, as S = Q K^T; 1: A from registers, B MN-major, as O += P V; 2: both
-/// MN-major, as dQ = dS K; 3 and 4: forms 0 and 1 through 128-byte-swizzle descriptors, as
-/// attention_tma.cu reads its TMA tiles), as an f32 [64, 64] tensor. A wrong result names the
-/// misread layout.
-pub fn wgmma_probe(a: &crate::Tensor, b: &crate::Tensor, form: u32) -> Result<crate::Tensor> {
-    let op = "wgmma_probe";
-    if a.shape() != [64, 16] || b.shape() != [16, 64] {
-        return Err(Error::msg(format!("{op}: expected a [64, 16] and b [16, 64], got {:?} and {:?}", a.shape(), b.shape())));
-    }
-    if a.dtype() != crate::DType::BF16 || b.dtype() != crate::DType::BF16 {
-        return Err(Error::msg(format!("{op}: expected bf16 inputs, got {} and {}", a.dtype(), b.dtype())));
-    }
-    let dev = a.device();
-    if b.device() != dev {
-        return Err(Error::DeviceMismatch { op, lhs: dev, rhs: b.device() });
-    }
-    let arch = device_arch(dev).ok_or_else(|| Error::msg(format!("{op}: needs a CUDA tensor, got {dev:?}")))?;
-    if kernels::arch_number(&arch) != 90 {
-        return Err(Error::msg(format!("{op}: wgmma needs an sm_90 GPU, this one is {arch}")));
-    }
-    #[cfg(feature = "cuda")]
-    {
-        let s = ops::wgmma_probe(a, b, form as i32)?;
-        crate::Tensor::from_storage(crate::storage::Storage::Cuda(s), &[64, 64])
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = form;
-        Err(Error::CudaUnavailable(format!("{op}: kiln was built without the cuda feature")))
-    }
-}
-
 /// Peak bytes held by tensors on `device` (the caching allocator's high-water mark), or `None`
 /// for the CPU or a device that was never used.
 pub fn peak_memory_bytes(device: Device) -> Option<usize> {
@@ -168,43 +128,6 @@ pub fn memory_info(device: Device) -> Option<(u64, u64)> {
     return backend_of(device).and_then(|b| b.context().mem_get_info().ok()).map(|(free, total)| (free as u64, total as u64));
     #[cfg(not(feature = "cuda"))]
     no_backend(device)
-}
-
-/// The CUDA attention kernels a forward can run (its backward runs the matching passes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttnKernel {
-    /// attention.cu: the simple (reference) kernels; any head dim up to 128, f32 / bf16 / f16.
-    Simple,
-    /// attention_tc.cu: mma.sync tensor-core kernels, 64-row blocks (bf16 / f16, head dim 64 / 128,
-    /// sm_80+). The default where they apply.
-    TensorCore,
-    /// attention_tc.cu's FlashAttention-2-style kernels: the `attention_fwd_tc2` forward (128-row
-    /// blocks, 32 rows per warp, loads overlapped with the math) and the single-pass
-    /// `attention_bwd_tc2` backward (5 GEMMs per tile instead of 7; dQ summed with f32 atomics, so
-    /// its last bits vary from run to run: `TensorCore` is the deterministic choice). Same
-    /// eligibility. Opt in with [`force_attention_kernel`] until GPU benchmarks make it the default.
-    TensorCore2,
-    /// attention_wgmma.cu: the Hopper forward on wgmma (sm_90a: 2 warpgroups x 64 rows per block,
-    /// 128-key tiles double-buffered in shared memory, S and O accumulated by warpgroup MMAs, and
-    /// FlashAttention-3's intra-warpgroup overlap: S of tile j and P V of tile j - 1 run together,
-    /// the softmax of tile j during P V) and the single-pass wgmma backward `attention_bwd_wg`
-    /// (128-key blocks; dQ summed with f32 atomics, so not bit-deterministic). bf16 / f16, head
-    /// dim 64 / 128, sm_90 only (on other GPUs a request for it runs `TensorCore`). Opt in with
-    /// [`force_attention_kernel`]; it has not yet run on a GPU.
-    Wgmma,
-    /// `Wgmma` with the forward's plain schedule (S, softmax, P V in turn per tile): `kiln
-    /// bench`'s measure of what the overlap brings. Same eligibility and backward.
-    WgmmaSerial,
-    /// attention_tma.cu: `Wgmma`'s forward loop in FlashAttention-3's warp-specialized form: a
-    /// producer warpgroup brings Q, K and V in by TMA (tensor maps, 128-byte swizzle, two stages
-    /// completed on mbarriers) while two consumer warpgroups run the wgmmas and the softmax with
-    /// all the registers (setmaxnreg). Same eligibility and backward as `Wgmma` (whose forward it
-    /// runs when there are no keys, or when q, k or v is not 16-byte aligned).
-    WgmmaTma,
-    /// `WgmmaTma` with FlashAttention-3's pingpong: the two consumer warpgroups take turns issuing
-    /// their wgmmas (named barriers), so that one's softmax overlaps the other's GEMMs. Same
-    /// eligibility, fallback and backward.
-    WgmmaTmaPingpong,
 }
 
 thread_local! {
@@ -228,23 +151,6 @@ pub fn tf32_enabled() -> bool {
         c.set(Some(on));
         on
     })
-}
-
-thread_local! {
-    static ATTN_OVERRIDE: std::cell::Cell<Option<AttnKernel>> = const { std::cell::Cell::new(None) };
-}
-
-/// On this thread, makes later CUDA attention forwards run `kernel` (`None`: the default choice).
-/// `Simple` applies to every call; the tensor-core kinds only where they are eligible (bf16 / f16,
-/// head dim 64 / 128, sm_80+), the simple kernels elsewhere. For `kiln bench`'s variants and the
-/// GPU tests; thread-local, so tests running side by side do not see each other's choice.
-pub fn force_attention_kernel(kernel: Option<AttnKernel>) {
-    ATTN_OVERRIDE.with(|c| c.set(kernel));
-}
-
-/// This thread's override (see [`force_attention_kernel`]).
-pub fn attention_kernel_override() -> Option<AttnKernel> {
-    ATTN_OVERRIDE.with(|c| c.get())
 }
 
 /// The CUDA kernels the row-wise ops (softmax, log_softmax, LayerNorm; forward and backward) run.
@@ -287,14 +193,14 @@ pub(crate) fn env_choice<T: Copy>(var: &str, choices: &[(&str, T)]) -> Option<T>
 
 /// On this thread, makes later CUDA softmax / log_softmax / LayerNorm launches run `kernel`
 /// (`None`: the default choice, `KILN_ROW_KERNEL` if set; `Warp` still only where it applies).
-/// For `kiln bench`'s variants and the GPU tests; thread-local like [`force_attention_kernel`].
+/// For `kiln bench`'s variants and the GPU tests; thread-local like `ops::attention::force_attention_kernel`.
 pub fn force_row_kernel(kernel: Option<RowKernel>) {
     ROW_OVERRIDE.with(|c| c.set(kernel));
 }
 
 /// The row-kernel choice in force on this thread: its [`force_row_kernel`], else
 /// `KILN_ROW_KERNEL`, else `None` (the default). A forward records it, and its backward runs
-/// under the same choice ([`with_row_kernel`]), as an attention backward keeps its forward's.
+/// under the same choice ([`with_row_kernel`]), as an attention backward keeps its forward's kernel.
 pub fn row_kernel_override() -> Option<RowKernel> {
     ROW_OVERRIDE.with(|c| c.get()).or_else(env_row_kernel)
 }

@@ -213,12 +213,3 @@ pub(crate) fn rows_cols(t: &Tensor) -> (usize, usize) {
     let cols = t.shape().last().copied().unwrap_or(1);
     (t.elem_count().checked_div(cols).unwrap_or(0), cols)
 }
-
-/// See [`super::wgmma_probe`]: `a` [64, 16] and `b` [16, 64] bf16 CUDA tensors (any layout).
-pub fn wgmma_probe(a: &Tensor, b: &Tensor, form: i32) -> Result<CudaStorage> {
-    let (ca, cb) = (contiguous(a)?, contiguous(b)?);
-    let be = ca.backend().clone();
-    let mut out = out_buf::<f32>(&be, 64 * 64)?;
-    be.wgmma_probe(&mut out.slice_mut(..), &ca.slice::<bf16>("wgmma_probe")?.slice(..), &cb.slice::<bf16>("wgmma_probe")?.slice(..), form)?;
-    Ok(CudaStorage::from_slice(out, &be))
-}

@@ -1,5 +1,5 @@
 //! Attention with dropout composed of ops already validated on hardware: CUDA's default path
-//! ([`crate::cuda::AttnDropoutPath::Composed`]) until the fused `_drop` kernels have passed on a
+//! ([`super::AttnDropoutPath::Composed`]) until the fused `_drop` kernels have passed on a
 //! GPU. Device-generic (the unit test below runs it on the CPU against the fused op). Computed in
 //! f32 whatever the input dtype (as the fused kernels accumulate):
 //!

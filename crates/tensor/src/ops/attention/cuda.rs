@@ -5,16 +5,18 @@
 //! of q/k and v must be equal and at most 128, and a causal call needs `Tq == Tk` (the kernel's
 //! causal mask is aligned bottom-right, kiln's top-left; they agree only for square calls).
 //!
-//! With dropout the kernels' `_drop` variants run when [`crate::cuda::attention_dropout_path`] is
+//! With dropout the kernels' `_drop` variants run when [`super::attention_dropout_path`] is
 //! `Fused` (opt-in: `KILN_ATTN_DROPOUT=fused`); by default the composed path applies the same
 //! mask with ops validated on hardware (`composed.rs`).
 use super::cpu::Dims;
 use super::{AttentionOpts, OP};
 use crate::autograd::{backward_io, node, BackwardOp};
-use crate::cuda::launch_attn::{AttentionDims, AttnKernel};
+use super::launch::AttentionDims;
+use super::variants::AttnKernel;
+use super::{attention_dropout_path, AttnDropoutPath};
 use crate::cuda::ops::{contiguous, float_dispatch};
 use crate::cuda::storage::out_buf;
-use crate::cuda::{attention_dropout_path, not_implemented, AttnDropoutPath, CudaStorage};
+use crate::cuda::{not_implemented, CudaStorage};
 use crate::storage::Storage;
 use crate::{DType, Result, Tensor};
 

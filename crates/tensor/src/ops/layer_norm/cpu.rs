@@ -1,5 +1,5 @@
 //! LayerNorm on the CPU: the kernels over rows of length `d`, forward and fused backward, and their
-//! tensor-level glue ([`forward`], [`backward`]).
+//! tensor-level glue (`forward`, `backward`).
 //!
 //! Forward, per row: `mean`, `var = mean((x - mean)²)` (biased, two passes in L1),
 //! `rstd = 1/√(var + eps)`, `y = (x - mean)·rstd·w + b`; `mean` and `rstd` are saved.

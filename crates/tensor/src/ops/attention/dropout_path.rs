@@ -29,7 +29,7 @@ thread_local! {
 /// (read once; another value is reported on stderr and ignored).
 fn env_path() -> Option<AttnDropoutPath> {
     static ENV: std::sync::OnceLock<Option<AttnDropoutPath>> = std::sync::OnceLock::new();
-    *ENV.get_or_init(|| super::env_choice("KILN_ATTN_DROPOUT", &[("fused", AttnDropoutPath::Fused), ("composed", AttnDropoutPath::Composed)]))
+    *ENV.get_or_init(|| crate::cuda::env_choice("KILN_ATTN_DROPOUT", &[("fused", AttnDropoutPath::Fused), ("composed", AttnDropoutPath::Composed)]))
 }
 
 /// On this thread, makes later CUDA attention calls with dropout take `path` (`None`: the default,

@@ -1,9 +1,10 @@
 //! The TMA launcher of attention_tma.cu (the warp-specialized sm_90a forward `attention_fwd_wgtma`
 //! and its pingpong form): the q, k, v tensor maps, built per call with `cuTensorMapEncodeTiled`,
-//! and the launch. Called by [`CudaBackend::attention_fwd`] (launch_attn.rs).
-use super::device::CudaBackend;
-use super::launch::{allow_smem, KernelFloat};
-use super::launch_attn::{push_mask_and_dims, AttentionDims, WG_ROWS};
+//! and the launch. Called by `variants::attention_fwd` (mod.rs).
+use super::super::launch::{push_mask_and_dims, AttentionDims};
+use super::launchers::WG_ROWS;
+use crate::cuda::device::CudaBackend;
+use crate::cuda::launch::{allow_smem, KernelFloat};
 use crate::{Error, Result};
 use cudarc::driver::{sys, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 
