@@ -30,8 +30,6 @@ pub mod rows;
 #[cfg(feature = "cuda")]
 pub mod ops;
 #[cfg(feature = "cuda")]
-pub mod ops_nn;
-#[cfg(feature = "cuda")]
 pub mod storage;
 #[cfg(feature = "cuda")]
 pub use storage::CudaStorage;

@@ -1,7 +1,7 @@
-//! CUDA dispatch of matmul (cuBLAS). See [`super::ops`] for the conventions.
-use super::blas::GemmSpec;
-use super::ops::{float_out, same_device, storage_of};
-use super::storage::CudaStorage;
+//! matmul's CUDA half: cuBLAS / cuBLASLt through `cuda::blas` (adapter conventions: `cuda::ops`).
+use crate::cuda::blas::GemmSpec;
+use crate::cuda::ops::{float_out, same_device, storage_of};
+use crate::cuda::storage::CudaStorage;
 use crate::{Result, Tensor};
 
 /// `(trans, batch_stride)` when `t = [batch.., r, c]` is a strided batch of tightly packed

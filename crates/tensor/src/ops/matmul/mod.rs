@@ -14,6 +14,10 @@
 //! Backward: `dA = dC·Bᵀ`, `dB = Aᵀ·dC` (transposes are stride views). A gradient whose operand was
 //! broadcast over the batch is summed: when the operand has no batch dims of its own the sum is folded
 //! into the contraction (`dW = Σ_b X_bᵀ·dY_b` as one GEMM over `B·T`), otherwise with `sum_to_shape`.
+//! The CUDA half (cuBLAS) is `cuda.rs`.
+#[cfg(feature = "cuda")]
+mod cuda;
+
 use crate::autograd::{node, sum_to_shape, BackwardOp};
 use crate::cpu::try_uninit_vec;
 use crate::cpu::gemm::{gemm, gemm_bias_uninit, gemm_uninit, GemmFloat, Mat, MatMut, Threads, PAR_FLOPS};
@@ -151,7 +155,7 @@ fn mm(a: &Tensor, b: &Tensor, reduce: bool) -> Result<Tensor> {
     if a.device().is_cuda() {
         let mut shape = batch.clone();
         shape.extend([m, n]);
-        let out = Tensor::from_storage(Storage::Cuda(crate::cuda::ops_nn::matmul(a, b, &batch, m, k, n)?), &shape)?;
+        let out = Tensor::from_storage(Storage::Cuda(cuda::matmul(a, b, &batch, m, k, n)?), &shape)?;
         return if reduce && !batch.is_empty() { out.sum_dims(&(0..batch.len()).collect::<Vec<_>>(), false) } else { Ok(out) };
     }
     let dt = a.dtype();
