@@ -65,11 +65,8 @@ fn erf_ref(x: f64) -> f64 {
 fn gelu_reference(x: &Tensor, approx: GeluApprox) -> Tensor {
     let inner = match approx {
         GeluApprox::Erf => map(&x.mul_scalar(FRAC_1_SQRT_2).unwrap(), erf_ref),
-        GeluApprox::Tanh => {
-            let x3 = x.mul(x).unwrap().mul(x).unwrap();
-            let u = x.add(&x3.mul_scalar(0.044715).unwrap()).unwrap().mul_scalar((2.0 / std::f64::consts::PI).sqrt()).unwrap();
-            map(&u, f64::tanh)
-        }
+        // the library's composed tanh form (mul, add, tanh)
+        GeluApprox::Tanh => return kiln::tensor::ops::gelu::composed_tanh(x).unwrap(),
     };
     x.mul(&inner.add_scalar(1.0).unwrap()).unwrap().mul_scalar(0.5).unwrap()
 }
@@ -260,18 +257,9 @@ fn softmax_masks_and_edge_rows() {
 
 // ----- layer_norm ---------------------------------------------------------------------------------
 
-/// LayerNorm composed from mean/sub/mul/add; only 1/√(var+eps) is computed elementwise in f64.
+/// The library's composed LayerNorm (`ops::layer_norm::composed`: mean, sub, mul, sqrt, recip, add).
 fn layer_norm_reference(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Tensor {
-    let xc = x.sub(&x.mean(-1, true).unwrap()).unwrap();
-    let var = xc.mul(&xc).unwrap().mean(-1, true).unwrap();
-    let mut y = xc.mul(&map(&var, |v| 1.0 / (v + eps).sqrt())).unwrap();
-    if let Some(w) = w {
-        y = y.mul(w).unwrap();
-    }
-    if let Some(b) = b {
-        y = y.add(b).unwrap();
-    }
-    y
+    kiln::tensor::ops::layer_norm::composed(x, w, b, eps).unwrap()
 }
 
 #[test]

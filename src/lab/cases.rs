@@ -9,7 +9,8 @@ use crate::tensor::cpu::simd::{self, Level};
 use crate::tensor::cuda::RowKernel;
 use crate::tensor::ops::attention::AttnKernel;
 use crate::tensor::ops::attention::{attention_reference, AttentionOpts};
-use crate::tensor::ops::gelu::GeluApprox;
+use crate::tensor::ops::gelu::{self, GeluApprox};
+use crate::tensor::ops::{layer_norm, softmax};
 use crate::{DType, Device, Result, Tensor};
 use std::rc::Rc;
 
@@ -226,23 +227,6 @@ pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<
     Ok(cases)
 }
 
-fn gelu_tanh_composed(x: &Tensor) -> Result<Tensor> {
-    let x3 = x.mul(x)?.mul(x)?;
-    let u = x.add(&x3.mul_scalar(0.044715)?)?.mul_scalar((2.0 / std::f64::consts::PI).sqrt())?;
-    x.mul(&u.tanh()?.add_scalar(1.0)?)?.mul_scalar(0.5)
-}
-
-fn layer_norm_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    let xc = x.sub(&x.mean(-1, true)?)?;
-    let rstd = xc.mul(&xc)?.mean(-1, true)?.add_scalar(eps)?.sqrt()?.recip()?;
-    xc.mul(&rstd)?.mul(w)?.add(b)
-}
-
-fn softmax_composed(x: &Tensor) -> Result<Tensor> {
-    let e = x.sub(&x.max(-1, true)?.detach())?.exp()?;
-    e.div(&e.sum(-1, true)?)
-}
-
 /// GELU (erf and tanh), LayerNorm, softmax over `[rows, d]` and cross-entropy over `[n, classes]`.
 /// `ce: None` leaves cross-entropy out (for the extra large shapes).
 pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: Option<(usize, usize)>) -> Result<Vec<Case<'static>>> {
@@ -253,7 +237,7 @@ pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: Option<(
     let ew = move |p| Work::Bytes(if p == Pass::Fwd { 2 * n * e } else { 3 * n * e });
     for (op, approx) in [("gelu", GeluApprox::Erf), ("gelu_tanh", GeluApprox::Tanh)] {
         let spec = OpSpec {
-            composed: (approx == GeluApprox::Tanh).then(|| Rc::new(|t: &[Tensor]| gelu_tanh_composed(&t[0])) as OpFn),
+            composed: (approx == GeluApprox::Tanh).then(|| Rc::new(|t: &[Tensor]| gelu::composed_tanh(&t[0])) as OpFn),
             ..OpSpec::rowwise(op, dtype, rows, d, Rc::new(move |t| t[0].gelu_with(approx)), Box::new(ew))
         };
         cases.extend(op_cases(ctx, &spec, &all, 10)?);
@@ -268,14 +252,14 @@ pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: Option<(
     let ln: OpFn = Rc::new(|t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5));
     let spec = OpSpec {
         inputs: vec![(vec![rows, d], true), (vec![d], true), (vec![d], true)],
-        composed: Some(Rc::new(|t| layer_norm_composed(&t[0], &t[1], &t[2], 1e-5))),
+        composed: Some(Rc::new(|t| layer_norm::composed(&t[0], Some(&t[1]), Some(&t[2]), 1e-5))),
         cuda_alternatives: block(ln.clone()),
         ..OpSpec::rowwise("layer_norm", dtype, rows, d, ln, Box::new(ln_work))
     };
     cases.extend(op_cases(ctx, &spec, &all, 20)?);
     let sm: OpFn = Rc::new(|t| t[0].softmax_last_dim());
     let spec = OpSpec {
-        composed: Some(Rc::new(|t| softmax_composed(&t[0]))),
+        composed: Some(Rc::new(|t| softmax::composed(&t[0]))),
         cuda_alternatives: block(sm.clone()),
         ..OpSpec::rowwise("softmax", dtype, rows, d, sm, Box::new(ew))
     };

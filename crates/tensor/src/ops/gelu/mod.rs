@@ -67,3 +67,12 @@ impl Tensor {
         gelu_impl(self, approx)
     }
 }
+
+/// GELU's tanh form composed from primitive ops (mul, add, tanh: one kernel each, as an unfused
+/// engine runs it): the reference the fused op is tested and benchmarked against (`tests/nn_ops.rs`,
+/// `kiln bench`'s `composed` variant). Differentiable through those ops.
+pub fn composed_tanh(x: &Tensor) -> Result<Tensor> {
+    let x3 = x.mul(x)?.mul(x)?;
+    let u = x.add(&x3.mul_scalar(0.044715)?)?.mul_scalar((2.0 / std::f64::consts::PI).sqrt())?;
+    x.mul(&u.tanh()?.add_scalar(1.0)?)?.mul_scalar(0.5)
+}

@@ -76,3 +76,19 @@ impl Tensor {
         Ok(y.with_history(&inputs, || node(LayerNormBackward { x: self.clone(), w: weight.cloned(), b: bias.cloned(), mean, rstd, kernel })))
     }
 }
+
+/// LayerNorm composed from primitive ops (mean, sub, mul, sqrt, recip, add), as an unfused engine
+/// runs it: the reference [`Tensor::layer_norm`] is tested and benchmarked against
+/// (`tests/nn_ops.rs`, `kiln bench`'s `composed` variant). Differentiable through those ops.
+pub fn composed(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let xc = x.sub(&x.mean(-1, true)?)?;
+    let rstd = xc.mul(&xc)?.mean(-1, true)?.add_scalar(eps)?.sqrt()?.recip()?;
+    let mut y = xc.mul(&rstd)?;
+    if let Some(w) = weight {
+        y = y.mul(w)?;
+    }
+    match bias {
+        Some(b) => y.add(b),
+        None => Ok(y),
+    }
+}

@@ -73,3 +73,11 @@ impl Tensor {
         softmax_impl(self, true)
     }
 }
+
+/// Softmax over the last dim composed from primitive ops (max, sub, exp, sum, div), as an unfused
+/// engine runs it: the reference of `kiln bench`'s `composed` variant. Differentiable through those
+/// ops (the max is a constant shift, detached).
+pub fn composed(x: &Tensor) -> Result<Tensor> {
+    let e = x.sub(&x.max(-1, true)?.detach())?.exp()?;
+    e.div(&e.sum(-1, true)?)
+}
