@@ -117,7 +117,7 @@ pub fn kernel() -> Option<GemmKernel> {
     static DEFAULT: std::sync::OnceLock<GemmKernel> = std::sync::OnceLock::new();
     Some(*DEFAULT.get_or_init(|| match std::env::var("KILN_GEMM").ok().as_deref() {
         Some("avx2") => GemmKernel::Avx2,
-        Some("avx512") => GemmKernel::Avx512,
+        Some("avx512") | Some("avx512bf16") => GemmKernel::Avx512,
         _ => default_kernel(),
     }))
 }
@@ -385,6 +385,117 @@ pub fn gemm_bf16_b(a: Mat<'_, f32>, b: Mat<'_, half::bf16>, c: &mut [MaybeUninit
         // SAFETY: A and B were checked in bounds; `c` is an exclusively borrowed m × n row-major
         // buffer, never read (β = 0) and written whole.
         unsafe { super::sgemm::sgemm::<half::bf16>(m, k, n, 1.0, pa, a.rs, a.cs, pb, b.rs, b.cs, 0.0, c.as_mut_ptr().cast(), n, std::ptr::null(), parallel) };
+    }
+    Ok(())
+}
+
+/// How bf16 × bf16 products run on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Gemm {
+    /// Natively on AVX512_BF16 (`vdpbf16ps`, `cpu/sbgemm.rs`): bf16 pairs multiplied and summed in
+    /// f32, operands packed as bf16 (half the bytes of f32).
+    Native,
+    /// Widened to f32 and multiplied by the f32 GEMM (any CPU).
+    Widen,
+}
+
+/// 0: no override; 1: widen; 2: native (see [`force_bf16`]).
+static FORCED_BF16: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether this CPU has what the native bf16 GEMM needs: AVX512_BF16 (`avx512bf16`) with
+/// AVX-512 F/BW/VL, AVX2 and FMA.
+pub fn bf16_native_detected() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::sbgemm::detected();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Forces how bf16 products run (None: back to the default rule of [`bf16_gemm`]). Process-wide,
+/// for tests and benchmarks; forcing `Native` on a CPU without it still widens.
+pub fn force_bf16(p: Option<Bf16Gemm>) {
+    let v = match p {
+        None => 0,
+        Some(Bf16Gemm::Widen) => 1,
+        Some(Bf16Gemm::Native) => 2,
+    };
+    FORCED_BF16.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs `f` with bf16 products forced to `p` (see [`force_bf16`]), restoring the default
+/// afterwards; serialized with [`with_kernel`] and `simd::with_level` by the same lock.
+pub fn with_bf16<R>(p: Bf16Gemm, f: impl FnOnce() -> R) -> R {
+    let _g = super::simd::FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    force_bf16(Some(p));
+    let r = f();
+    force_bf16(None);
+    r
+}
+
+/// How bf16 × bf16 products run now. Native where [`bf16_native_detected`] and the SIMD level is
+/// not forced below AVX-512; else widened. Overrides, in order: [`force_bf16`], then
+/// `KILN_GEMM` (read once): `avx2` or `avx512` widen (the GEMM levels of CPUs without
+/// AVX512_BF16), `avx512bf16` is the default on a CPU that has it.
+pub fn bf16_gemm() -> Bf16Gemm {
+    if !bf16_native_detected() || super::simd::level() < super::simd::Level::Avx512 {
+        return Bf16Gemm::Widen;
+    }
+    match FORCED_BF16.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => return Bf16Gemm::Widen,
+        2 => return Bf16Gemm::Native,
+        _ => {}
+    }
+    static DEFAULT: std::sync::OnceLock<Bf16Gemm> = std::sync::OnceLock::new();
+    *DEFAULT.get_or_init(|| match std::env::var("KILN_GEMM").ok().as_deref() {
+        Some("avx2") | Some("avx512") => Bf16Gemm::Widen,
+        _ => Bf16Gemm::Native,
+    })
+}
+
+/// Output element types of [`gemm_bf16`]: f32, or bf16 rounded once (to nearest even) from the
+/// f32 sum.
+pub trait Bf16Out: Copy + Send + Sync + 'static {
+    /// True for bf16.
+    const BF16: bool;
+}
+impl Bf16Out for f32 {
+    const BF16: bool = false;
+}
+impl Bf16Out for half::bf16 {
+    const BF16: bool = true;
+}
+
+/// `C = A·B` for bf16 A and B on AVX512_BF16 (`vdpbf16ps`: pairs of bf16 along k multiplied
+/// exactly and summed in f32), into uninitialized `c` (row-major `a.rows × b.cols`, the whole
+/// slice; every element is written) as f32 or bf16. A and B may have any strides. Errors on
+/// shapes that do not chain, out-of-bounds operands, or where [`bf16_gemm`] is not `Native`
+/// (callers widen instead).
+pub fn gemm_bf16<O: Bf16Out>(a: Mat<'_, half::bf16>, b: Mat<'_, half::bf16>, c: &mut [MaybeUninit<O>], threads: Threads) -> Result<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.len() != m * n {
+        return Err(Error::msg(format!("gemm: A {m}x{k}, B {}x{n} and an output of {} elements do not chain", b.rows, c.len())));
+    }
+    if bf16_gemm() != Bf16Gemm::Native {
+        return Err(Error::msg("gemm: the native bf16 product needs AVX512_BF16 (and is not forced off)"));
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if k > 0 && m > 0 && n > 0 {
+            Geom { offset: a.offset, rows: m, cols: k, rs: a.rs, cs: a.cs }.check("A", a.data.len())?;
+            Geom { offset: b.offset, rows: k, cols: n, rs: b.rs, cs: b.cs }.check("B", b.data.len())?;
+        }
+        let parallel = threads == Threads::Auto && split_across_threads(m, k, n, rayon::current_num_threads());
+        // element (0, 0), derived from the whole slices so that negative strides keep their provenance
+        // (for an empty product A and B are never read)
+        let (pa, pb) = if k > 0 && m > 0 && n > 0 {
+            // SAFETY: the checks above cover element (0, 0) of both
+            unsafe { (a.data.as_ptr().add(a.offset), b.data.as_ptr().add(b.offset)) }
+        } else {
+            (a.data.as_ptr(), b.data.as_ptr())
+        };
+        // SAFETY: A and B were checked in bounds; `c` is an exclusively borrowed m × n row-major
+        // buffer, never read and written whole; the CPU has AVX512_BF16 (`bf16_gemm` is Native).
+        unsafe { super::sbgemm::sbgemm::<O>(m, k, n, pa, a.rs, a.cs, pb, b.rs, b.cs, c.as_mut_ptr().cast(), n, parallel) };
     }
     Ok(())
 }

@@ -4,6 +4,8 @@ pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm256;
 #[cfg(target_arch = "x86_64")]
+mod sbgemm;
+#[cfg(target_arch = "x86_64")]
 mod sgemm;
 #[cfg(target_arch = "x86_64")]
 mod sgemm512;
