@@ -46,6 +46,12 @@ pub(crate) fn detected() -> bool {
         && std::is_x86_feature_detected!("fma")
 }
 
+/// True when [`round_row`] may run: AVX-512 F/BW/VL detected and the SIMD level not forced below
+/// AVX-512.
+pub(crate) fn round_available() -> bool {
+    super::simd::level() >= super::simd::Level::Avx512 && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vl")
+}
+
 #[derive(Clone, Copy)]
 struct Ptr<T>(*mut T);
 unsafe impl<T> Send for Ptr<T> {}
@@ -290,7 +296,7 @@ unsafe fn block<const R: usize>(kp: usize, a: *const u32, bp: *const u32, acc: b
 /// # Safety
 /// avx512f/bw/vl; `src` holds n floats and `dst` n u16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn round_row(src: *const f32, dst: *mut u16, n: usize) {
+pub(crate) unsafe fn round_row(src: *const f32, dst: *mut u16, n: usize) {
     let (one, bias, quiet) = (_mm512_set1_epi32(1), _mm512_set1_epi32(0x7FFF), _mm512_set1_epi32(0x40));
     let mut j = 0;
     while j < n {
