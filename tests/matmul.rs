@@ -265,6 +265,11 @@ fn matmul_bias_errors_name_the_op() {
 /// (an `nn.Linear` weight), and a transposed A.
 #[test]
 fn bf16_products_read_b_as_stored() {
+    // the widening path (the native AVX512_BF16 one sums in another order: `bf16_gemm_*` tests)
+    kiln::tensor::cpu::gemm::with_bf16(kiln::tensor::cpu::gemm::Bf16Gemm::Widen, bf16_products_read_b_as_stored_body);
+}
+
+fn bf16_products_read_b_as_stored_body() {
     let (k, n) = (300, 70);
     let w = Tensor::randn(2, &[k + 3, n], 0.0, 1.0, DType::F32, Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
     let wt = Tensor::randn(3, &[n, k], 0.0, 1.0, DType::F32, Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
@@ -389,8 +394,213 @@ fn avx512_and_avx2_kernels_agree_bit_for_bit_on_any_thread_count() {
         // bf16 operands: B read as stored gives the bits of widening both first
         let (ah, bh) = (a.to_dtype(DType::BF16).unwrap(), b.to_dtype(DType::BF16).unwrap());
         let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-        let got = with_kernel(GemmKernel::Avx512, || ah.matmul(&bh).unwrap().to_vec_f64().unwrap());
-        let want = with_kernel(GemmKernel::Avx512, || f(&ah).matmul(&f(&bh)).unwrap().to_dtype(DType::BF16).unwrap().to_vec_f64().unwrap());
+        use kiln::tensor::cpu::gemm::{force_bf16, Bf16Gemm};
+        let widened = |g: &dyn Fn() -> Vec<f64>| {
+            force_bf16(Some(Bf16Gemm::Widen)); // the widening path (native bf16 sums in another order)
+            let r = g();
+            force_bf16(None);
+            r
+        };
+        let got = with_kernel(GemmKernel::Avx512, || widened(&|| ah.matmul(&bh).unwrap().to_vec_f64().unwrap()));
+        let want = with_kernel(GemmKernel::Avx512, || widened(&|| f(&ah).matmul(&f(&bh)).unwrap().to_dtype(DType::BF16).unwrap().to_vec_f64().unwrap()));
         assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{k}x{n} tb {tb}: bf16 B differs from widened B");
     }
+}
+
+/// Each way this CPU can run bf16 × bf16 products, named: native AVX512_BF16 (`vdpbf16ps`) where
+/// detected (said so when it is not: that level then goes untested here), and widened to f32
+/// (always). Forcing the SIMD level to AVX2 (the other CPU kind's dispatch) must widen.
+fn each_bf16_path(f: impl Fn(&str)) {
+    use kiln::tensor::cpu::gemm::{bf16_gemm, bf16_native_detected, with_bf16, Bf16Gemm};
+    use kiln::tensor::cpu::simd::{self, Level};
+    if bf16_native_detected() {
+        with_bf16(Bf16Gemm::Native, || {
+            assert_eq!(bf16_gemm(), Bf16Gemm::Native);
+            f("native bf16 (avx512bf16)")
+        });
+        eprintln!("exercised: native bf16 GEMM (avx512bf16 detected)");
+    } else {
+        eprintln!("NOT RUN: this CPU has no AVX512_BF16: the native bf16 GEMM level could not be exercised here");
+    }
+    with_bf16(Bf16Gemm::Widen, || {
+        assert_eq!(bf16_gemm(), Bf16Gemm::Widen);
+        f("bf16 widened to f32")
+    });
+    eprintln!("exercised: bf16 widened to f32");
+    if simd::detected() >= Level::Avx2 {
+        simd::with_level(Level::Avx2, || assert_eq!(bf16_gemm(), Bf16Gemm::Widen, "level AVX2 must widen bf16"));
+    }
+}
+
+/// bf16 operands from f32 values (rounded to nearest even), as raw slices.
+fn bf16_vals(seed: usize, n: usize) -> (Vec<f32>, Vec<kiln::tensor::half::bf16>) {
+    let v: Vec<f32> = (0..n).map(|s| (((s + seed) * 2654435761usize) % 2001) as f32 / 997.0 - 1.003).collect();
+    let h = v.iter().map(|&x| kiln::tensor::half::bf16::from_f32(x)).collect();
+    (v, h)
+}
+
+/// The native bf16 GEMM (`cpu::gemm::gemm_bf16`, f32 and bf16 outputs) on odd shapes (m, n, k not
+/// multiples of the 12 × 32 block or of the 256-step k block; k odd; one row, one column),
+/// transposed operands, one and several threads, against three references per element:
+/// - the exact products of the bf16 operands summed in f32 one after another (what the kernel
+///   computes, in another order): within `1e-6·(1 + √k)·Σ|a·b|`;
+/// - the f64 product of the *unrounded* f32 values: within bf16's rounding of the operands
+///   (`2⁻⁷·Σ|a·b|`), and the tight tolerance above would *reject* it on these shapes (so the first
+///   check tells rounded operands from unrounded ones), as it rejects pairs of k taken in the wrong
+///   order (a[2p]·b[2p+1] + a[2p+1]·b[2p]);
+/// - the bf16 output is the f32 output rounded to nearest even, bit for bit.
+/// Where the CPU has no AVX512_BF16 the call must be an error (and the test says it did not run).
+#[test]
+fn bf16_gemm_native_against_references() {
+    use kiln::tensor::cpu::gemm::{bf16_native_detected, gemm_bf16, with_bf16, Bf16Gemm, Mat, Threads};
+    use std::mem::MaybeUninit;
+    let shapes = [(1, 1, 1), (1, 301, 77), (77, 300, 1), (7, 13, 5), (13, 1, 50), (25, 37, 33), (75, 301, 37), (150, 520, 70), (13, 9, 1030), (200, 257, 90), (97, 513, 161), (40, 0, 70), (12, 2, 32), (300, 600, 200)];
+    let run = |path: &str| {
+        let mut rejected_unrounded = 0;
+        for &(m, k, n) in &shapes {
+            let ((af, ah), (bf, bh)) = (bf16_vals(1, m * k), bf16_vals(7, k * n));
+            let at: Vec<kiln::tensor::half::bf16> = (0..k * m).map(|q| ah[(q % m) * k + q / m]).collect(); // k × m
+            let bt: Vec<kiln::tensor::half::bf16> = (0..n * k).map(|q| bh[(q % k) * n + q / k]).collect(); // n × k
+            let (a32, b32): (Vec<f32>, Vec<f32>) = (ah.iter().map(|x| x.to_f32()).collect(), bh.iter().map(|x| x.to_f32()).collect());
+            let prod = |i: usize, p: usize, j: usize| a32[i * k + p] * b32[p * n + j]; // exact in f32
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = if ta { Mat::row_major(&at, k, m).t() } else { Mat::row_major(&ah, m, k) };
+                let b = if tb { Mat::row_major(&bt, n, k).t() } else { Mat::row_major(&bh, k, n) };
+                for threads in [Threads::Single, Threads::Auto] {
+                    let mut c32 = vec![MaybeUninit::new(f32::NAN); m * n];
+                    let mut c16 = vec![MaybeUninit::new(kiln::tensor::half::bf16::NAN); m * n];
+                    let r32 = gemm_bf16(a, b, &mut c32, threads);
+                    let r16 = gemm_bf16(a, b, &mut c16, threads);
+                    if path.starts_with("bf16 widened") {
+                        let e = r32.unwrap_err().to_string();
+                        assert!(e.contains("AVX512_BF16") && r16.is_err(), "{path}: {e}");
+                        continue;
+                    }
+                    r32.unwrap();
+                    r16.unwrap();
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (got, got16) = unsafe { (c32[i * n + j].assume_init(), c16[i * n + j].assume_init()) };
+                            let what = format!("{path}: {m}x{k}x{n} ta {ta} tb {tb} {threads:?} ({i}, {j})");
+                            assert_eq!(got16.to_bits(), kiln::tensor::half::bf16::from_f32(got).to_bits(), "{what}: bf16 output {got16} is not the f32 output {got} rounded");
+                            let seq: f32 = (0..k).fold(0.0f32, |s, p| s + prod(i, p, j));
+                            let abs: f64 = (0..k).map(|p| (prod(i, p, j) as f64).abs()).sum();
+                            let tight = 1e-6 * (1.0 + (k as f64).sqrt()) * abs;
+                            assert!((got as f64 - seq as f64).abs() <= tight, "{what}: {got} vs f32 sum of bf16 products {seq} (tol {tight:e})");
+                            let exact: f64 = (0..k).map(|p| af[i * k + p] as f64 * bf[p * n + j] as f64).sum();
+                            let loose = 2f64.powi(-7) * abs + 1e-30;
+                            assert!((got as f64 - exact).abs() <= loose, "{what}: {got} vs f64 product of unrounded values {exact}");
+                            if (seq as f64 - exact).abs() > tight {
+                                rejected_unrounded += 1;
+                            }
+                            if k >= 2 && i == 0 && j == 0 {
+                                // pairs taken crosswise: the tight tolerance must tell them apart
+                                let swapped: f64 = (0..k).map(|p| { let q = if p % 2 == 0 { (p + 1).min(k - 1) } else { p - 1 }; a32[p] as f64 * b32[q * n] as f64 }).sum();
+                                assert!((swapped - seq as f64).abs() > tight || k < 4, "{what}: the tolerance does not tell crosswise pairs from the right ones");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !path.starts_with("bf16 widened") {
+            assert!(rejected_unrounded > 1000, "{path}: the tight tolerance rejected the unrounded product only {rejected_unrounded} times");
+        }
+    };
+    if bf16_native_detected() {
+        with_bf16(Bf16Gemm::Native, || run("native bf16 (avx512bf16)"));
+        eprintln!("exercised: native bf16 GEMM (avx512bf16 detected)");
+    } else {
+        eprintln!("NOT RUN: this CPU has no AVX512_BF16: the native bf16 GEMM could not be exercised here");
+    }
+    with_bf16(Bf16Gemm::Widen, || run("bf16 widened (native forced off: gemm_bf16 must refuse)"));
+}
+
+/// bf16 `matmul` (Tensor level) on each bf16 path: 2-D (few rows and many), transposed and
+/// narrowed operands, folded batches (`[B, T, C] @ [C, N]`), batched both sides, and the gradients
+/// (`dW` folds the batch into k): every output within one bf16 rounding of the f32 sum of the bf16
+/// products (the f64 product of the bf16 values, plus f32 accumulation), and the native and
+/// widened paths within one bf16 ulp of each other.
+#[test]
+fn bf16_matmul_on_each_path() {
+    let r = |s: u64, sh: &[usize]| randn(s, sh, DType::F32).to_dtype(DType::BF16).unwrap();
+    let cases: Vec<(&str, Tensor, Tensor)> = vec![
+        ("2-D 3 rows", r(1, &[3, 301]), r(2, &[301, 45])),
+        ("2-D odd", r(3, &[75, 301]), r(4, &[301, 37])),
+        ("2-D transposed B", r(5, &[130, 257]), r(6, &[67, 257]).t().unwrap()),
+        ("2-D transposed A, narrowed B", r(7, &[513, 40]).t().unwrap(), r(8, &[520, 33]).narrow(0, 7, 513).unwrap()),
+        ("folded batch", r(9, &[3, 29, 70]), r(10, &[70, 50])),
+        ("batched both", r(11, &[4, 19, 33]), r(12, &[4, 33, 21])),
+        ("broadcast A batch", r(13, &[1, 31, 17]), r(14, &[3, 17, 40])),
+    ];
+    let mut results: Vec<Vec<Vec<f64>>> = Vec::new();
+    let results_cell = std::cell::RefCell::new(&mut results);
+    each_bf16_path(|path| {
+        let mut mine = Vec::new();
+        for (what, a, b) in &cases {
+            let (av, bv) = (a.var(), b.var());
+            let y = av.matmul(&bv).unwrap();
+            assert_eq!(y.dtype(), DType::BF16);
+            let want = naive(a, b);
+            let tol_of = |w: &[f64]| w.iter().map(|x| x.abs()).fold(0.0, f64::max) * 2f64.powi(-8) + 1e-3;
+            let (got, w) = (y.to_vec_f64().unwrap(), want.to_vec_f64().unwrap());
+            let tol = tol_of(&w);
+            for (x, y) in got.iter().zip(&w) {
+                assert!((x - y).abs() <= y.abs() * 2f64.powi(-8) + 1e-4 * tol, "{path}: {what}: {x} vs {y}");
+            }
+            // gradients of sum(y * g)
+            let g = r(99, y.shape());
+            y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            let (ga, gb) = (av.grad().unwrap(), bv.grad().unwrap());
+            let ga_want = naive(&g, &b.t().unwrap().contiguous().unwrap());
+            let ga_want = if ga_want.shape() == a.shape() { ga_want } else { ga_want.sum_dims(&[0], true).unwrap() };
+            let bt_a = a.transpose(-1, -2).unwrap().contiguous().unwrap();
+            let gb_full = naive(&bt_a, &g);
+            let gb_want = if gb_full.shape() == b.shape() { gb_full } else if b.rank() == 2 { gb_full.sum_dims(&[0], false).unwrap() } else { gb_full.sum_dims(&[0], true).unwrap() };
+            for (name, got, want) in [("dA", &ga, &ga_want), ("dB", &gb, &gb_want)] {
+                assert_eq!(got.shape(), want.shape(), "{path}: {what} {name}");
+                let (gv, wv) = (got.to_vec_f64().unwrap(), want.to_vec_f64().unwrap());
+                let scale = wv.iter().map(|x| x.abs()).fold(0.0, f64::max);
+                for (x, y) in gv.iter().zip(&wv) {
+                    assert!((x - y).abs() <= y.abs() * 2f64.powi(-7) + 1e-3 * scale, "{path}: {what} {name}: {x} vs {y}");
+                }
+            }
+            mine.push(got);
+        }
+        results_cell.borrow_mut().push(mine);
+    });
+    if results.len() == 2 {
+        // native then widened: the same f32 sums up to order, rounded once to bf16
+        for ((what, _, _), (n, w)) in cases.iter().zip(results[0].iter().zip(&results[1])) {
+            for (x, y) in n.iter().zip(w) {
+                assert!((x - y).abs() <= y.abs() * 2f64.powi(-7) + 1e-6, "{what}: native {x} vs widened {y}");
+            }
+        }
+    }
+}
+
+/// The native bf16 GEMM gives the same bits on one, two and three threads (each element one
+/// sequence of operations), with f32 and bf16 outputs.
+#[test]
+fn bf16_gemm_native_is_thread_count_independent() {
+    use kiln::tensor::cpu::gemm::{bf16_native_detected, gemm_bf16, with_bf16, Bf16Gemm, Mat, Threads};
+    use std::mem::MaybeUninit;
+    if !bf16_native_detected() {
+        eprintln!("NOT RUN: this CPU has no AVX512_BF16: the native bf16 GEMM could not be exercised here");
+        return;
+    }
+    for &(m, k, n, tb) in &[(300, 600, 200, false), (150, 701, 333, true), (1024, 256, 1024, true)] {
+        let ((_, ah), (_, bh)) = (bf16_vals(3, m * k), bf16_vals(5, k * n));
+        let b = if tb { Mat::row_major(&bh, n, k).t() } else { Mat::row_major(&bh, k, n) };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut c = vec![MaybeUninit::new(0f32); m * n];
+            with_bf16(Bf16Gemm::Native, || pool.install(|| gemm_bf16(Mat::row_major(&ah, m, k), b, &mut c, Threads::Auto))).unwrap();
+            c.iter().map(|x| unsafe { x.assume_init() }.to_bits()).collect::<Vec<u32>>()
+        };
+        let one = run(1);
+        assert_eq!(one, run(2), "{m}x{k}x{n}: 2 threads");
+        assert_eq!(one, run(3), "{m}x{k}x{n}: 3 threads");
+    }
+    eprintln!("exercised: native bf16 GEMM (avx512bf16 detected)");
 }

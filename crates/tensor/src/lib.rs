@@ -30,3 +30,5 @@ pub use error::{Error, Result};
 pub use shape::{Dim, Layout};
 pub use storage::{CpuStorage, Storage};
 pub use tensor::{Tensor, TensorId};
+/// The `half` crate, whose `bf16` / `f16` the public API uses (e.g. `cpu::gemm::gemm_bf16`).
+pub use half;

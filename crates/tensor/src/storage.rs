@@ -117,9 +117,10 @@ impl CpuStorage {
             return self.clone();
         }
         match (self, dtype) {
-            (CpuStorage::F32(v), DType::BF16) => CpuStorage::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+            // threaded, and vectorized where the CPU allows (the same bits as `half`)
+            (CpuStorage::F32(v), DType::BF16) => CpuStorage::BF16(crate::cpu::cast::f32_to_bf16(v)),
             (CpuStorage::F32(v), DType::F16) => CpuStorage::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
-            (CpuStorage::BF16(v), DType::F32) => CpuStorage::F32(v.iter().map(|x| x.to_f32()).collect()),
+            (CpuStorage::BF16(v), DType::F32) => CpuStorage::F32(crate::cpu::cast::bf16_to_f32(v)),
             (CpuStorage::F16(v), DType::F32) => CpuStorage::F32(v.iter().map(|x| x.to_f32()).collect()),
             _ => CpuStorage::from_f64_iter(dtype, (0..self.len()).map(|i| self.get_f64(i))),
         }

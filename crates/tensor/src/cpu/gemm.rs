@@ -48,12 +48,17 @@ pub enum GemmKernel {
 ///   AVX-512 F/BW/VL/VNNI/BF16/FP16, no AMX, 2 vCPUs), 2026-12-07, on a loaded machine: 1024³ f32
 ///   17.8 ms against the AVX2 kernel's 42.9 ms on 2 threads, 17.0 against 30.1 on one; faster on
 ///   every shape of docs/RESULTS.md's table (1.65-2.2× on one thread).
+/// - AMD family 0x19 model 0x11 (`lscpu` "AMD EPYC", Zen 4 (Genoa class); AVX-512 F/BW/VL/VNNI/
+///   BF16, no FP16; 2 vCPUs), 2026-12-07, on a heavily loaded machine (load 8-10 on 2 vCPUs),
+///   `examples/gemm_dispatch.rs` with interleaved rounds: never slower than the AVX2 kernel on 10
+///   shape × thread-count rows, 1.03-1.58× by wall time and 1.00-1.57× by FLOPs per CPU-second
+///   (1024³: 1.04× on one thread, 1.28× on two; 2048³: 1.37×, 1.17×). Zen 4 splits a 512-bit FMA
+///   into two 256-bit halves, so the gain is fewer loads and broadcasts per FMA, not wider FMAs.
 ///
-/// Not in the table, so AVX2 by default: every AMD CPU. Zen 3 has no AVX-512; Zen 4 runs 512-bit
-/// FMAs as two 256-bit halves (half rate per instruction, the same FLOPs per cycle as AVX2) and was
-/// not measured with this kernel. Other Intel AVX-512 models (Skylake-SP … Sapphire Rapids) have not
-/// been measured either; `KILN_GEMM=avx512` (or [`force_kernel`]) selects it on any AVX-512F CPU.
-const AVX512_FASTER: &[(&str, u32, u32)] = &[("GenuineIntel", 6, 0xCF)];
+/// Not in the table, so AVX2 by default: every other AMD CPU (Zen 3 has no AVX-512) and the other
+/// Intel AVX-512 models (Skylake-SP … Sapphire Rapids), not measured; `KILN_GEMM=avx512` (or
+/// [`force_kernel`]) selects it on any AVX-512F CPU.
+const AVX512_FASTER: &[(&str, u32, u32)] = &[("GenuineIntel", 6, 0xCF), ("AuthenticAMD", 0x19, 0x11)];
 
 /// Vendor, family and model of this CPU (CPUID leaves 0 and 1, extended family/model folded in).
 #[cfg(target_arch = "x86_64")]
@@ -98,7 +103,7 @@ pub fn with_kernel<R>(k: GemmKernel, f: impl FnOnce() -> R) -> R {
 ///
 /// Dispatch rule: at SIMD level AVX2 the AVX2 kernel. At level AVX-512 (avx512f + avx2 + fma),
 /// the AVX-512 kernel where the CPU is in `AVX512_FASTER` (measured faster there), else the AVX2
-/// kernel (AMD, unmeasured Intel models). Overrides, in order: [`force_kernel`], then the
+/// kernel (CPUs not measured). Overrides, in order: [`force_kernel`], then the
 /// environment variable `KILN_GEMM=avx2|avx512` (read once); either is capped by the level.
 pub fn kernel() -> Option<GemmKernel> {
     use super::simd::{level, Level};
@@ -117,7 +122,7 @@ pub fn kernel() -> Option<GemmKernel> {
     static DEFAULT: std::sync::OnceLock<GemmKernel> = std::sync::OnceLock::new();
     Some(*DEFAULT.get_or_init(|| match std::env::var("KILN_GEMM").ok().as_deref() {
         Some("avx2") => GemmKernel::Avx2,
-        Some("avx512") => GemmKernel::Avx512,
+        Some("avx512") | Some("avx512bf16") => GemmKernel::Avx512,
         _ => default_kernel(),
     }))
 }
@@ -385,6 +390,117 @@ pub fn gemm_bf16_b(a: Mat<'_, f32>, b: Mat<'_, half::bf16>, c: &mut [MaybeUninit
         // SAFETY: A and B were checked in bounds; `c` is an exclusively borrowed m × n row-major
         // buffer, never read (β = 0) and written whole.
         unsafe { super::sgemm::sgemm::<half::bf16>(m, k, n, 1.0, pa, a.rs, a.cs, pb, b.rs, b.cs, 0.0, c.as_mut_ptr().cast(), n, std::ptr::null(), parallel) };
+    }
+    Ok(())
+}
+
+/// How bf16 × bf16 products run on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Gemm {
+    /// Natively on AVX512_BF16 (`vdpbf16ps`, `cpu/sbgemm.rs`): bf16 pairs multiplied and summed in
+    /// f32, operands packed as bf16 (half the bytes of f32).
+    Native,
+    /// Widened to f32 and multiplied by the f32 GEMM (any CPU).
+    Widen,
+}
+
+/// 0: no override; 1: widen; 2: native (see [`force_bf16`]).
+static FORCED_BF16: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether this CPU has what the native bf16 GEMM needs: AVX512_BF16 (`avx512bf16`) with
+/// AVX-512 F/BW/VL, AVX2 and FMA.
+pub fn bf16_native_detected() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::sbgemm::detected();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Forces how bf16 products run (None: back to the default rule of [`bf16_gemm`]). Process-wide,
+/// for tests and benchmarks; forcing `Native` on a CPU without it still widens.
+pub fn force_bf16(p: Option<Bf16Gemm>) {
+    let v = match p {
+        None => 0,
+        Some(Bf16Gemm::Widen) => 1,
+        Some(Bf16Gemm::Native) => 2,
+    };
+    FORCED_BF16.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs `f` with bf16 products forced to `p` (see [`force_bf16`]), restoring the default
+/// afterwards; serialized with [`with_kernel`] and `simd::with_level` by the same lock.
+pub fn with_bf16<R>(p: Bf16Gemm, f: impl FnOnce() -> R) -> R {
+    let _g = super::simd::FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    force_bf16(Some(p));
+    let r = f();
+    force_bf16(None);
+    r
+}
+
+/// How bf16 × bf16 products run now. Native where [`bf16_native_detected`] and the SIMD level is
+/// not forced below AVX-512; else widened. Overrides, in order: [`force_bf16`], then
+/// `KILN_GEMM` (read once): `avx2` or `avx512` widen (the GEMM levels of CPUs without
+/// AVX512_BF16), `avx512bf16` is the default on a CPU that has it.
+pub fn bf16_gemm() -> Bf16Gemm {
+    if !bf16_native_detected() || super::simd::level() < super::simd::Level::Avx512 {
+        return Bf16Gemm::Widen;
+    }
+    match FORCED_BF16.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => return Bf16Gemm::Widen,
+        2 => return Bf16Gemm::Native,
+        _ => {}
+    }
+    static DEFAULT: std::sync::OnceLock<Bf16Gemm> = std::sync::OnceLock::new();
+    *DEFAULT.get_or_init(|| match std::env::var("KILN_GEMM").ok().as_deref() {
+        Some("avx2") | Some("avx512") => Bf16Gemm::Widen,
+        _ => Bf16Gemm::Native,
+    })
+}
+
+/// Output element types of [`gemm_bf16`]: f32, or bf16 rounded once (to nearest even) from the
+/// f32 sum.
+pub trait Bf16Out: Copy + Send + Sync + 'static {
+    /// True for bf16.
+    const BF16: bool;
+}
+impl Bf16Out for f32 {
+    const BF16: bool = false;
+}
+impl Bf16Out for half::bf16 {
+    const BF16: bool = true;
+}
+
+/// `C = A·B` for bf16 A and B on AVX512_BF16 (`vdpbf16ps`: pairs of bf16 along k multiplied
+/// exactly and summed in f32), into uninitialized `c` (row-major `a.rows × b.cols`, the whole
+/// slice; every element is written) as f32 or bf16. A and B may have any strides. Errors on
+/// shapes that do not chain, out-of-bounds operands, or where [`bf16_gemm`] is not `Native`
+/// (callers widen instead).
+pub fn gemm_bf16<O: Bf16Out>(a: Mat<'_, half::bf16>, b: Mat<'_, half::bf16>, c: &mut [MaybeUninit<O>], threads: Threads) -> Result<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || c.len() != m * n {
+        return Err(Error::msg(format!("gemm: A {m}x{k}, B {}x{n} and an output of {} elements do not chain", b.rows, c.len())));
+    }
+    if bf16_gemm() != Bf16Gemm::Native {
+        return Err(Error::msg("gemm: the native bf16 product needs AVX512_BF16 (and is not forced off)"));
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if k > 0 && m > 0 && n > 0 {
+            Geom { offset: a.offset, rows: m, cols: k, rs: a.rs, cs: a.cs }.check("A", a.data.len())?;
+            Geom { offset: b.offset, rows: k, cols: n, rs: b.rs, cs: b.cs }.check("B", b.data.len())?;
+        }
+        let parallel = threads == Threads::Auto && split_across_threads(m, k, n, rayon::current_num_threads());
+        // element (0, 0), derived from the whole slices so that negative strides keep their provenance
+        // (for an empty product A and B are never read)
+        let (pa, pb) = if k > 0 && m > 0 && n > 0 {
+            // SAFETY: the checks above cover element (0, 0) of both
+            unsafe { (a.data.as_ptr().add(a.offset), b.data.as_ptr().add(b.offset)) }
+        } else {
+            (a.data.as_ptr(), b.data.as_ptr())
+        };
+        // SAFETY: A and B were checked in bounds; `c` is an exclusively borrowed m × n row-major
+        // buffer, never read and written whole; the CPU has AVX512_BF16 (`bf16_gemm` is Native).
+        unsafe { super::sbgemm::sbgemm::<O>(m, k, n, pa, a.rs, a.cs, pb, b.rs, b.cs, c.as_mut_ptr().cast(), n, parallel) };
     }
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! CPU helpers: SIMD with runtime dispatch, the GEMM wrapper, strided copies, threading, and
 //! buffers written once without a zero-fill (`uninit_vec`).
+pub(crate) mod cast;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm256;
+#[cfg(target_arch = "x86_64")]
+mod sbgemm;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
 #[cfg(target_arch = "x86_64")]

@@ -159,6 +159,11 @@ fn mm(a: &Tensor, b: &Tensor, reduce: bool) -> Result<Tensor> {
         return if reduce && !batch.is_empty() { out.sum_dims(&(0..batch.len()).collect::<Vec<_>>(), false) } else { Ok(out) };
     }
     let dt = a.dtype();
+    if dt == DType::BF16 && !(batch.is_empty() && m <= FEW_ROWS) && crate::cpu::gemm::bf16_gemm() == crate::cpu::gemm::Bf16Gemm::Native {
+        if let Some(out) = kernel_bf16(a, b, &batch, reduce, m, n)? {
+            return Ok(out);
+        }
+    }
     if dt == DType::BF16 && batch.is_empty() {
         if let Some(out) = bf16_b(a, b, m, k, n)? {
             return Ok(out);
@@ -176,6 +181,53 @@ fn mm(a: &Tensor, b: &Tensor, reduce: bool) -> Result<Tensor> {
     // (`CpuStorage::to_dtype` copies even when the dtype already matches.)
     let out = if cd == dt { out } else { out.to_dtype(dt) };
     Tensor::from_storage(Storage::Cpu(out), &shape)
+}
+
+/// Up to this many rows a 2-D bf16 product streams its B through [`bf16_b`] (decoding a token:
+/// packing B for the native kernel would cost more than the product).
+const FEW_ROWS: usize = 6;
+
+/// A bf16 × bf16 product on AVX512_BF16 ([`crate::cpu::gemm::gemm_bf16`]: bf16 pairs multiplied
+/// exactly, summed in f32, the result rounded to bf16 once), with the plans of [`kernel`]. `None`
+/// for a batch-reduced product whose batch does not merge with k (the widening path takes it).
+fn kernel_bf16(a: &Tensor, b: &Tensor, batch: &[usize], reduce: bool, m: usize, n: usize) -> Result<Option<Tensor>> {
+    use crate::cpu::gemm::gemm_bf16;
+    use half::bf16;
+    let (a, b) = (regular(&a.detach())?, regular(&b.detach())?);
+    let (sa, sb) = (a.storage(), b.storage());
+    let (da, db) = (sa.as_cpu()?.as_slice::<bf16>()?, sb.as_cpu()?.as_slice::<bf16>()?);
+    let (oa, ob) = (Operand::new(&a, batch), Operand::new(&b, batch));
+    let k = oa.cols;
+    let nb: usize = batch.iter().product();
+    let mut shape: Vec<usize> = if reduce { Vec::new() } else { batch.to_vec() };
+    shape.extend([m, n]);
+    let out: Vec<bf16> = if reduce {
+        // Σ_b A_b B_b = [A_0 | A_1 | ...] · [B_0; B_1; ...] when the batch merges with k on both sides
+        let (Some(sa_k), Some(sb_k)) = (fold(&oa.with_batch(batch, (k, oa.cs))), fold(&ob.with_batch(batch, (k, ob.rs)))) else {
+            return Ok(None);
+        };
+        let am = Mat { cols: nb * k, cs: sa_k as isize, ..oa.mat(da, oa.offset) };
+        let bm = Mat { rows: nb * k, rs: sb_k as isize, ..ob.mat(db, ob.offset) };
+        fresh(&shape, |c| gemm_bf16(am, bm, c, Threads::Auto))?
+    } else if let (true, Some(s)) = (nb > 1 && ob.bstrides.iter().all(|&s| s == 0), fold(&oa.with_batch(batch, (m, oa.rs)))) {
+        let am = Mat { rows: nb * m, rs: s as isize, ..oa.mat(da, oa.offset) };
+        fresh(&shape, |c| gemm_bf16(am, ob.mat(db, ob.offset), c, Threads::Auto))?
+    } else {
+        let (pa, pb) = (oa.offsets(batch), ob.offsets(batch));
+        let flops = 2.0 * (m * n) as f64 * k as f64;
+        let one_gemm = |i: usize, c: &mut [MaybeUninit<bf16>], threads: Threads| gemm_bf16(oa.mat(da, pa[i]), ob.mat(db, pb[i]), c, threads);
+        fresh(&shape, |out| {
+            if m * n == 0 {
+                Ok(())
+            } else if nb > 1 && (flops < 4.0 * PAR_FLOPS || nb >= 2 * rayon::current_num_threads()) {
+                let grain = (PAR_FLOPS / flops.max(1.0)).ceil() as usize;
+                out.par_chunks_mut(m * n).with_min_len(grain.max(1)).enumerate().try_for_each(|(i, c)| one_gemm(i, c, Threads::Single))
+            } else {
+                out.chunks_mut(m * n).enumerate().try_for_each(|(i, c)| one_gemm(i, c, Threads::Auto))
+            }
+        })?
+    };
+    Ok(Some(Tensor::from_storage(Storage::Cpu(bf16::into_storage(out)), &shape)?))
 }
 
 /// A 2-D bf16 product with B (the weight, in a linear layer) read as stored by
@@ -298,7 +350,8 @@ impl Tensor {
     ///   dim is removed from the result (`[k] @ [k]` is a 0-d dot product).
     ///
     /// Strided views (transposes, permutes, narrows, broadcasts) are read without copies. f32 and f64
-    /// compute natively; bf16/f16 compute in f32 and round the result. Differentiable in both operands.
+    /// compute natively; bf16 on a CPU with AVX512_BF16 multiplies bf16 pairs and sums them in f32
+    /// (`cpu::gemm::gemm_bf16`); elsewhere bf16/f16 compute in f32 and round the result. Differentiable in both operands.
     ///
     /// Errors: a 0-d operand, mismatched inner dims or non-broadcastable batch dims give
     /// `ShapeMismatch` naming `matmul` and both shapes; differing dtypes or devices, or integer dtypes,
