@@ -325,3 +325,40 @@ fn peak_memory_lower_with_recompute() {
     assert!((recomputed as f64) < 0.5 * plain as f64, "recompute {recomputed} B vs {plain} B");
     assert!((recomputed2 as f64) < 0.5 * plain2 as f64, "recompute {recomputed2} B vs {plain2} B");
 }
+
+/// `kiln train --recompute` on a tiny GPT-2 and BERT: the same per-step losses and the same final
+/// weights (the bytes of model.safetensors) as without it.
+#[test]
+fn cli_train_recompute_same_losses_and_weights() {
+    let _s = serial();
+    let dir = std::env::temp_dir().join(format!("kiln-recompute-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data.txt");
+    let text: String = (0..400).map(|i| format!("The {} cat sat on the {} mat near {} dogs.\n", ["red", "big", "old"][i % 3], ["warm", "flat"][i % 2], i % 7)).collect();
+    std::fs::write(&data, text).unwrap();
+    for model in ["gpt2-tiny", "bert-tiny"] {
+        let run = |recompute: bool| -> (Vec<String>, Vec<u8>) {
+            let out = dir.join(format!("{model}-{recompute}"));
+            let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+            let mut args = vec!["train", "--model", model, "--data", d, "--steps", "3", "--batch", "2", "--seq", "16", "--vocab", "200", "--accum", "2"];
+            args.extend(["--eval-every", "0", "--eval-batches", "1", "--sample-tokens", "0", "--json", "--out", o]);
+            if recompute {
+                args.push("--recompute");
+            }
+            let r = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(&args).output().unwrap();
+            assert!(r.status.success(), "{model} {recompute}: {}", String::from_utf8_lossy(&r.stderr));
+            let losses = String::from_utf8_lossy(&r.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v.get("loss").filter(|_| v.get("step").is_some()).map(|l| l.to_string()))
+                .collect();
+            (losses, std::fs::read(out.join("model.safetensors")).unwrap())
+        };
+        let (plain, recomputed) = (run(false), run(true));
+        assert_eq!(plain.0.len(), 3, "{model}: {:?}", plain.0);
+        assert_eq!(plain.0, recomputed.0, "{model}: losses differ");
+        assert!(plain.1 == recomputed.1, "{model}: final weights differ");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -116,11 +116,12 @@ impl Tensor {
         }
         let _g = no_grad_guard();
         let _range = crate::nvtx::range("backward");
-        let order = topo_order(self, stop);
+        let mut order = topo_order(self, stop);
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
         let mut reached = HashMap::new();
         grads.insert(self.id(), grad);
-        for t in order.iter().rev() {
+        // popped, so each tensor (and its buffer) is let go once its node has run
+        while let Some(t) = order.pop() {
             let Some(g) = grads.remove(&t.id()) else { continue };
             if stop.contains(&t.id()) {
                 reached.insert(t.id(), g);
