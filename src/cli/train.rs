@@ -60,6 +60,10 @@ pub struct TrainArgs {
     /// CUDA: let f32 matmuls use TF32 tensor cores (10-bit mantissa inputs; off: strict FP32).
     #[arg(long)]
     pub tf32: bool,
+    /// Activation recomputation: each transformer block keeps only its input in the forward and
+    /// recomputes its activations in the backward (same gradients, less memory, ~1 more forward).
+    #[arg(long)]
+    pub recompute: bool,
     /// The run directory: its checkpoints (`checkpoint-<step>/`, the current one linked as
     /// `current` and its files at the top level, an HF model directory) and the loss curve.
     /// Default: out/run, or with --resume the run being continued. A directory that already holds
@@ -282,6 +286,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     limits::check(&cfg, &job, memory.as_ref()).map_err(|e| Error::msg(format!("train: {e}")))?;
     let store = ParamStore::new(args.seed, DType::F32, device);
     let mut trainer = Trainer::new(cfg.clone(), store.clone(), Some(&tok), adamw)?;
+    trainer.model.set_recompute(args.recompute);
     if let Some(d) = &dir {
         let w = d.join("model.safetensors");
         if entry_exists(&w) {

@@ -236,6 +236,11 @@ impl TrainStep {
         Ok(TrainStep { trainer, data: FixedBatch(batch(cfg, b, t)?), opts, n_params, flops, tokens })
     }
 
+    /// Activation recomputation on or off for the next steps (`kiln train --recompute`).
+    pub fn set_recompute(&mut self, on: bool) {
+        self.trainer.model.set_recompute(on);
+    }
+
     /// One update (forward, backward, AdamW, gradients zeroed) through [`Trainer::run`]; returns
     /// the loss (a non-finite one is the trainer's error).
     pub fn step(&mut self) -> Result<f64> {

@@ -10,6 +10,7 @@ use crate::params::ParamStore;
 use kiln_tensor::{DType, Error, Result, Tensor};
 
 /// One causal block; `pre_ln` picks GPT-2's order, otherwise GPT-1's.
+#[derive(Clone)]
 pub struct DecoderBlock {
     pub ln_1: LayerNorm,
     pub attn: SelfAttention,
@@ -79,6 +80,8 @@ pub struct Decoder {
     /// GPT-2's `ln_f` (GPT-1 has none).
     pub ln_f: Option<LayerNorm>,
     pub embd_dropout: Dropout,
+    /// Recompute each block's activations in the backward ([`crate::model::Model::set_recompute`]).
+    pub recompute: bool,
 }
 
 impl Decoder {
@@ -96,6 +99,7 @@ impl Decoder {
             blocks: (0..cfg.n_layer).map(|i| DecoderBlock::new(ps, cfg, &n(&format!("h.{i}")))).collect::<Result<_>>()?,
             ln_f: if gpt2 { Some(LayerNorm::new(ps, &n("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?) } else { None },
             embd_dropout: Dropout { p: cfg.embd_pdrop },
+            recompute: false,
         })
     }
 
@@ -135,7 +139,13 @@ impl Decoder {
         let mut x = self.embd_dropout.forward(&self.embed(input_ids, token_type_ids, 0, ctx)?, ctx)?;
         for (i, blk) in self.blocks.iter().enumerate() {
             let _r = kiln_tensor::nvtx::range_with(|| format!("h.{i}"));
-            x = blk.forward(&x, attention_mask, ctx)?;
+            x = match self.recompute {
+                true => {
+                    let (blk, mask) = (blk.clone(), attention_mask.cloned());
+                    ctx.checkpoint(&[x], move |x, ctx| blk.forward(&x[0], mask.as_ref(), ctx))?
+                }
+                false => blk.forward(&x, attention_mask, ctx)?,
+            };
         }
         self.finish(x)
     }

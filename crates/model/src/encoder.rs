@@ -135,6 +135,7 @@ impl EncoderSpec {
 }
 
 /// One post-LN layer: `x = LN(x + drop(attn(x)))`, `x = LN(x + drop(ffn(x)))`.
+#[derive(Clone)]
 pub struct EncoderLayer {
     pub attn: SelfAttention,
     pub attn_ln: LayerNorm,
@@ -189,6 +190,8 @@ pub struct Encoder {
     pub pooler: Option<Linear>,
     pub dropout: Dropout,
     padding_offset_positions: bool,
+    /// Recompute each layer's activations in the backward ([`crate::model::Model::set_recompute`]).
+    pub recompute: bool,
 }
 
 /// Outputs of [`Encoder::forward`].
@@ -243,6 +246,7 @@ impl Encoder {
             pooler,
             dropout: Dropout { p: cfg.hidden_dropout_prob },
             padding_offset_positions: spec.padding_offset_positions,
+            recompute: false,
         })
     }
 
@@ -297,7 +301,13 @@ impl Encoder {
         }
         for (i, &k) in self.plan.iter().enumerate() {
             let _r = kiln_tensor::nvtx::range_with(|| format!("encoder.layer.{i}"));
-            x = self.layers[k].forward(&x, attention_mask, ctx)?;
+            x = match self.recompute {
+                true => {
+                    let (layer, mask) = (self.layers[k].clone(), attention_mask.cloned());
+                    ctx.checkpoint(&[x], move |x, ctx| layer.forward(&x[0], mask.as_ref(), ctx))?
+                }
+                false => self.layers[k].forward(&x, attention_mask, ctx)?,
+            };
         }
         let pooler_output = self.pooler.as_ref().map(|p| p.forward(&first_token(&x)?)?.tanh()).transpose()?;
         dims3(&x)?;

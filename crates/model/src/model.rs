@@ -156,6 +156,17 @@ impl Model {
         }
     }
 
+    /// Activation recomputation (HF's gradient checkpointing): with `on`, each transformer block
+    /// of the stack keeps only its input in a training forward and recomputes its activations in
+    /// the backward ([`ForwardCtx::checkpoint`]); same gradients, less memory, one more forward
+    /// of the blocks per step. Off by default.
+    pub fn set_recompute(&mut self, on: bool) {
+        match &mut self.stack {
+            Stack::Encoder(e) => e.recompute = on,
+            Stack::Decoder(d) => d.recompute = on,
+        }
+    }
+
     /// Whether the head is BERT's pre-training (MLM + NSP): its batches carry NSP pairs.
     pub fn is_pretraining(&self) -> bool {
         matches!(self.head, Head::BertPreTraining(..))

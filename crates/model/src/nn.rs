@@ -50,6 +50,28 @@ impl ForwardCtx {
     pub fn to_compute(&self, x: &Tensor) -> Result<Tensor> {
         x.to_dtype(self.compute)
     }
+    /// Runs the block `f` under [`kiln_tensor::checkpoint`] (activation recomputation): `f` gets
+    /// the inputs and a context that continues this one's dropout seed stream; its recompute in
+    /// the backward replays the same seeds (so the same dropout masks), and this context goes on
+    /// after the seeds `f` drew. `f` must be a pure function of its inputs, its captures and the
+    /// context (as the layers' `forward`s are).
+    pub fn checkpoint<F>(&self, inputs: &[Tensor], f: F) -> Result<Tensor>
+    where
+        F: Fn(&[Tensor], &ForwardCtx) -> Result<Tensor> + Send + Sync + 'static,
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let (train, seed, start, compute) = (self.train, self.seed, self.counter.get(), self.compute);
+        let end = std::sync::Arc::new(AtomicU64::new(start));
+        let seen = end.clone();
+        let y = kiln_tensor::checkpoint(inputs, move |xs| {
+            let ctx = ForwardCtx { train, seed, counter: Cell::new(start), compute };
+            let y = f(xs, &ctx)?;
+            seen.store(ctx.counter.get(), Ordering::Relaxed);
+            Ok(y)
+        })?;
+        self.counter.set(end.load(Ordering::Relaxed));
+        Ok(y)
+    }
     fn next_seed(&self) -> u64 {
         let c = self.counter.get();
         self.counter.set(c + 1);

@@ -50,6 +50,8 @@ macro_rules! backward_io {
 }
 pub(crate) use backward_io;
 
+pub use crate::checkpoint::checkpoint;
+
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
 }
@@ -69,7 +71,13 @@ impl Drop for GradModeGuard {
 
 /// Turns graph recording off until the guard is dropped.
 pub fn no_grad_guard() -> GradModeGuard {
-    let prev = GRAD_ENABLED.with(|g| g.replace(false));
+    grad_mode_guard(false)
+}
+
+/// Sets grad mode to `on` until the guard is dropped (a checkpoint's recompute turns it on inside
+/// a backward).
+pub(crate) fn grad_mode_guard(on: bool) -> GradModeGuard {
+    let prev = GRAD_ENABLED.with(|g| g.replace(on));
     GradModeGuard(prev)
 }
 
@@ -95,16 +103,30 @@ impl Tensor {
 
     /// Back-propagates with an explicit dL/d(self) of the same shape.
     pub fn backward_with(&self, grad: Tensor) -> Result<()> {
+        self.backward_until(grad, &HashSet::new()).map(|_| ())
+    }
+
+    /// [`Tensor::backward_with`] over the part of the graph above `stop`: the tensors in `stop` are
+    /// treated as the graph's inputs, and their gradients (summed over their uses) are returned
+    /// instead of being accumulated into `.grad()` or propagated further (their nodes, if any, are
+    /// left alone). With `stop` empty this is `backward_with`. Used by [`crate::checkpoint`].
+    pub(crate) fn backward_until(&self, grad: Tensor, stop: &HashSet<TensorId>) -> Result<HashMap<TensorId, Tensor>> {
         if grad.shape() != self.shape() {
             return Err(Error::ShapeMismatch { op: "backward", lhs: self.shape().to_vec(), rhs: grad.shape().to_vec() });
         }
         let _g = no_grad_guard();
         let _range = crate::nvtx::range("backward");
-        let order = topo_order(self);
+        let mut order = topo_order(self, stop);
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+        let mut reached = HashMap::new();
         grads.insert(self.id(), grad);
-        for t in order.iter().rev() {
+        // popped, so each tensor (and its buffer) is let go once its node has run
+        while let Some(t) = order.pop() {
             let Some(g) = grads.remove(&t.id()) else { continue };
+            if stop.contains(&t.id()) {
+                reached.insert(t.id(), g);
+                continue;
+            }
             let node = t.0.node.lock().unwrap().take();
             match node {
                 None => {
@@ -163,12 +185,13 @@ impl Tensor {
                 }
             }
         }
-        Ok(())
+        Ok(reached)
     }
 }
 
-/// Tensors reachable from `root` through recorded nodes, in topological order (inputs first).
-fn topo_order(root: &Tensor) -> Vec<Tensor> {
+/// Tensors reachable from `root` through recorded nodes, not looking past the tensors in `stop`,
+/// in topological order (inputs first).
+fn topo_order(root: &Tensor, stop: &HashSet<TensorId>) -> Vec<Tensor> {
     let mut order = Vec::new();
     let mut visited: HashSet<TensorId> = HashSet::new();
     // Iterative DFS: (tensor, children_pushed)
@@ -181,7 +204,10 @@ fn topo_order(root: &Tensor) -> Vec<Tensor> {
         if !visited.insert(t.id()) {
             continue;
         }
-        let inputs = t.0.node.lock().unwrap().as_ref().map(|n| n.inputs()).unwrap_or_default();
+        let inputs = match stop.contains(&t.id()) {
+            true => Vec::new(),
+            false => t.0.node.lock().unwrap().as_ref().map(|n| n.inputs()).unwrap_or_default(),
+        };
         stack.push((t, true));
         for i in inputs {
             if i.requires_grad() && !visited.contains(&i.id()) {

@@ -10,6 +10,7 @@
 //! # Ok::<(), kiln_tensor::Error>(())
 //! ```
 pub mod autograd;
+pub mod checkpoint;
 pub mod cpu;
 pub mod cuda;
 mod device;
@@ -24,6 +25,7 @@ mod tensor;
 pub mod testing;
 
 pub use autograd::{is_grad_enabled, no_grad, no_grad_guard, BackwardOp};
+pub use checkpoint::checkpoint;
 pub use device::Device;
 pub use dtype::{CpuFloat, DType, WithDType};
 pub use error::{Error, Result};

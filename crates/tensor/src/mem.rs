@@ -91,6 +91,85 @@ pub fn try_collect<T: WithDType>(op: &'static str, shape: &[usize], n: usize, it
     Ok(v)
 }
 
+/// A global allocator that counts the heap bytes live in the process and their high-water mark,
+/// around another allocator (`System`, mimalloc, ...), to measure peak memory exactly: unlike the
+/// resident set, the count does not depend on what the allocator keeps cached or on page reuse,
+/// and unlike a count of tensor buffers it includes everything an op or the graph holds (dropout
+/// masks, attention statistics). Install it in a binary or test with
+/// `#[global_allocator] static A: CountingAlloc<std::alloc::System> = CountingAlloc::new(std::alloc::System);`
+/// then read [`live_bytes`] / [`peak_bytes`] and start a measurement with [`reset_peak`].
+/// The counters are process-wide (all threads); two relaxed atomic adds per allocation.
+pub struct CountingAlloc<A>(A);
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl<A> CountingAlloc<A> {
+    pub const fn new(inner: A) -> Self {
+        CountingAlloc(inner)
+    }
+}
+
+fn grew(n: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = LIVE.fetch_add(n, Relaxed) + n;
+    PEAK.fetch_max(now, Relaxed);
+}
+
+fn shrank(n: usize) {
+    LIVE.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+// SAFETY: every call is forwarded to the inner allocator unchanged; only the counters are added.
+unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for CountingAlloc<A> {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = self.0.alloc(layout);
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = self.0.alloc_zeroed(layout);
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        self.0.dealloc(ptr, layout);
+        shrank(layout.size());
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let p = self.0.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            match new_size >= layout.size() {
+                true => grew(new_size - layout.size()),
+                false => shrank(layout.size() - new_size),
+            }
+        }
+        p
+    }
+}
+
+/// Heap bytes live now, as counted by an installed [`CountingAlloc`] (0 without one).
+pub fn live_bytes() -> usize {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The most heap bytes live at once since the last [`reset_peak`] (or the start), as counted by an
+/// installed [`CountingAlloc`] (0 without one).
+pub fn peak_bytes() -> usize {
+    PEAK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Starts a new peak measurement: the peak becomes the bytes live now, which are returned.
+pub fn reset_peak() -> usize {
+    let now = live_bytes();
+    PEAK.store(now, std::sync::atomic::Ordering::Relaxed);
+    now
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

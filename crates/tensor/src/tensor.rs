@@ -92,7 +92,10 @@ impl Tensor {
     where
         F: FnOnce() -> Arc<dyn BackwardOp>,
     {
-        if autograd::is_grad_enabled() && inputs.iter().any(|t| t.requires_grad()) {
+        if !autograd::is_grad_enabled() {
+            crate::checkpoint::note(inputs);
+            self
+        } else if inputs.iter().any(|t| t.requires_grad()) {
             let storage = self.storage();
             Self::from_parts(storage, self.layout().clone(), true, Some(make_op()))
         } else {
@@ -105,7 +108,11 @@ impl Tensor {
     where
         F: FnOnce() -> Arc<dyn BackwardOp>,
     {
-        let track = autograd::is_grad_enabled() && self.requires_grad();
+        let grad = autograd::is_grad_enabled();
+        if !grad {
+            crate::checkpoint::note(&[self]);
+        }
+        let track = grad && self.requires_grad();
         Self::from_parts(self.storage(), layout, track, if track { Some(make_op()) } else { None })
     }
 
