@@ -2,7 +2,7 @@
 //! per rank, gives the losses and final weights of one process with `--accum 2` bit for bit, with
 //! and without `--zero 1`; a rank that dies or fails ends the job with a message naming it, the
 //! last checkpoint stays intact and `--resume` then matches the uninterrupted run; a checkpoint
-//! resumed by another split of the update is refused. Needs OpenMPI's `mpirun` (`.ci/run`
+//! resumed by another split of the update is refused; 3 ranks equal `--accum 3` too. Needs OpenMPI's `mpirun` (`.ci/run`
 //! installs it).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -113,17 +113,32 @@ fn two_ranks_equal_one_process_with_accum_2_bit_for_bit() {
     assert!(weights(&d.join("one")) == weights(&d.join("two")), "2 ranks: final weights differ from 1 process with --accum 2");
     assert!(weights(&d.join("one")) == weights(&d.join("zero")), "2 ranks with --zero 1: final weights differ");
     // the moments too: the sharded run's checkpoint holds the whole optimizer state
-    let st = |n: &str| std::fs::read(d.join(n).join("training_state.safetensors")).unwrap();
     let (a, b) = (kiln::model::train_state::load_train_state(d.join("one").join("training_state.safetensors")).unwrap(), kiln::model::train_state::load_train_state(d.join("zero").join("training_state.safetensors")).unwrap());
+    assert!(!a.optimizer.tensors.is_empty());
     assert_eq!(a.optimizer.tensors.len(), b.optimizer.tensors.len());
     for ((na, ta), (nb, tb)) in a.optimizer.tensors.iter().zip(&b.optimizer.tensors) {
         assert_eq!(na, nb);
         assert!(ta.to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).eq(tb.to_vec::<f32>().unwrap().iter().map(|x| x.to_bits())), "{na} differs");
     }
-    assert!(!st("zero").is_empty());
     // and not trivially: 1 process without accumulation takes other steps
     let plain = ok(&alone(&data, &["--steps", "1", "--out", &out("plain")], &[]));
     assert_ne!(steps(&plain)[0].1, s1[0].1);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// With N > 2 a two-term commutation no longer suffices: the all-reduce adds the ranks' gradients in
+/// rank order, the order one process accumulates its micro-batches in, so 3 ranks equal `--accum 3`.
+#[test]
+fn three_ranks_equal_one_process_with_accum_3_bit_for_bit() {
+    need_mpirun();
+    let d = tmp("three");
+    let data = data_file(&d);
+    let out = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let one = ok(&alone(&data, &["--steps", "3", "--accum", "3", "--out", &out("one")], &[]));
+    let (three, _) = mpirun(3, &data, &["--steps", "3", "--zero", "1", "--out", &out("three")], &[]);
+    let three = ok(&three);
+    assert_eq!(steps(&three), steps(&one), "3 ranks: losses differ from 1 process with --accum 3\n{three}\n{one}");
+    assert!(weights(&d.join("one")) == weights(&d.join("three")), "3 ranks: final weights differ from 1 process with --accum 3");
     let _ = std::fs::remove_dir_all(&d);
 }
 
