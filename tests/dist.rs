@@ -120,6 +120,15 @@ fn two_ranks_equal_one_process_with_accum_2_bit_for_bit() {
         assert_eq!(na, nb);
         assert!(ta.to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).eq(tb.to_vec::<f32>().unwrap().iter().map(|x| x.to_bits())), "{na} differs");
     }
+    // ZeRO-1 keeps about half of the AdamW state on each of the 2 ranks, all of it between them
+    let state_bytes = |out: &str| -> Vec<f64> {
+        let v = out.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|v| v.get("optimizer_state_bytes_per_rank").cloned());
+        v.unwrap_or_else(|| panic!("no optimizer_state_bytes_per_rank line: {out}")).as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (full, sharded) = (state_bytes(&two), state_bytes(&zero));
+    assert!(full[0] > 0.0 && full[0] == full[1], "{full:?}");
+    assert_eq!(sharded.iter().sum::<f64>(), full[0], "{sharded:?} vs {full:?}");
+    assert!(sharded.iter().all(|&b| b <= 0.55 * full[0]), "a rank keeps more than 55% of the AdamW state: {sharded:?} of {}", full[0]);
     // and not trivially: 1 process without accumulation takes other steps
     let plain = ok(&alone(&data, &["--steps", "1", "--out", &out("plain")], &[]));
     assert_ne!(steps(&plain)[0].1, s1[0].1);

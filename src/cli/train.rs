@@ -369,6 +369,18 @@ fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
     let mut progress = Progress { json: args.json, bar, every: 25 };
     let t0 = std::time::Instant::now();
     trainer.run_dist(&opts, Dist { comm: world, zero: args.zero == 1 }, data.as_mut(), Some(eval.as_mut()), &mut progress)?;
+    if world.size() > 1 {
+        // each rank's AdamW state (with --zero 1 about 1/N of the unsharded one)
+        let mut bytes = vec![0.0; world.size()];
+        bytes[world.rank()] = trainer.optimizer.state_bytes() as f64;
+        world.all_reduce_sum_f64(&mut bytes)?;
+        if lead && args.json {
+            println!("{}", serde_json::json!({"optimizer_state_bytes_per_rank": bytes, "world_size": world.size(), "zero": args.zero}));
+        } else if lead {
+            let mib: Vec<String> = bytes.iter().map(|b| format!("{:.2}", b / (1u64 << 20) as f64)).collect();
+            println!("AdamW state per rank (MiB): {}", mib.join(", "));
+        }
+    }
     if !lead {
         return Ok(());
     }

@@ -378,8 +378,9 @@ mod tests {
         let params = store.trainable();
         let owners = zero_owners(&params, 2);
         let load = |r: usize| params.iter().zip(&owners).filter(|(_, &o)| o == r).map(|(p, _)| p.tensor().elem_count()).sum::<usize>();
-        // 100 -> 0, 60 -> 1, 50 -> 1, 10 -> 1: loads 100 and 120
-        assert_eq!((load(0), load(1)), (100, 120));
+        // 100 -> 0, 60 -> 1, 50 -> 1 (60 < 100), 10 -> 0 (100 < 110): loads 110 and 110
+        assert_eq!((load(0), load(1)), (110, 110));
+        assert_eq!(owners, vec![0, 1, 1, 0]);
         assert_eq!(zero_owners(&params, 1), vec![0; 4]);
     }
 

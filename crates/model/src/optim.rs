@@ -180,6 +180,10 @@ impl AdamW {
     pub fn reset(&mut self) {
         self.state.clear();
     }
+    /// Bytes of moments held (two f32 per element of each parameter it has state for).
+    pub fn state_bytes(&self) -> usize {
+        self.state.values().map(|s| s.buf.len() * 2 * std::mem::size_of::<f32>()).sum()
+    }
     /// Keeps the moments of the parameters `keep` accepts and drops the others (a ZeRO-1 shard).
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.state.retain(|name, _| keep(name));
