@@ -107,6 +107,9 @@ impl Default for AdamWConfig {
     }
 }
 
+/// One parameter's AdamW step count and moments (m, v), as [`AdamW::moments`] returns them.
+pub type ParamMoments = (u64, Vec<f32>, Vec<f32>);
+
 struct Moments {
     step: u64,
     buf: MomentBuf,
@@ -189,7 +192,7 @@ impl AdamW {
         self.state.retain(|name, _| keep(name));
     }
     /// Parameter `name`'s step count and moments (m, v) as host vectors, if it has any.
-    pub fn moments(&self, name: &str) -> Result<Option<(u64, Vec<f32>, Vec<f32>)>> {
+    pub fn moments(&self, name: &str) -> Result<Option<ParamMoments>> {
         let Some(s) = self.state.get(name) else { return Ok(None) };
         let (m, v) = s.buf.to_host()?;
         Ok(Some((s.step, m, v)))
