@@ -9,7 +9,8 @@ use kiln::model::params::ParamStore;
 use kiln::model::sched::{Decay, LrSchedule};
 use kiln::model::tokenize::{self, SpecialIds, TokenizerKind};
 use kiln::model::train_state::load_train_state;
-use kiln::model::trainer::{BatchSource, EvalLog, StepLog, TrainObserver, TrainOptions, Trainer};
+use kiln::model::dist::Comm;
+use kiln::model::trainer::{BatchSource, Dist, EvalLog, StepLog, TrainObserver, TrainOptions, Trainer};
 use kiln::model::io::entry_exists;
 use kiln::model::{limits, run_dir, LoadOptions};
 use kiln::{DType, Device, Error, Result};
@@ -99,6 +100,10 @@ pub struct TrainArgs {
     /// Tokens of sample text printed at the end (GPT-2 only; 0 = none).
     #[arg(long, default_value_t = 60)]
     pub sample_tokens: usize,
+    /// Under `mpirun -np N`: 1 = ZeRO-1, each rank keeps and updates the AdamW state of 1/N of
+    /// the parameters (0 = every rank keeps all of it).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
 }
 
 /// Progress of a run: a bar on an interactive stderr, else a line every `every` steps, or JSON
@@ -200,7 +205,18 @@ fn plan(args: &TrainArgs) -> Result<Plan> {
     Ok(Plan { from, preset, out })
 }
 
+/// `kiln train`, alone or as one rank of `mpirun -np N kiln train ...` ([`kiln::model::dist`]):
+/// a rank that fails ends every rank of the job, with a message naming it.
 pub fn run(args: TrainArgs) -> Result<()> {
+    let world = kiln::model::dist::world()?;
+    match run_in(args, &*world) {
+        Err(e) if world.size() > 1 => world.abort(&format!("error: kiln train, {}: {e}; stopping every rank", world.describe())),
+        r => r,
+    }
+}
+
+fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
+    let lead = world.rank() == 0;
     let device: Device = args.device.parse()?;
     kiln::tensor::cuda::check_device(device)?;
     let compute_dtype: DType = args.dtype.parse()?;
@@ -274,8 +290,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
             let kind = if cfg.family().is_decoder() { TokenizerKind::Bpe } else { TokenizerKind::WordPiece };
             // the tokenizers crate's own bars, on an interactive stderr only (as the training bar)
-            let show_progress = !args.json && std::io::stderr().is_terminal();
-            let t = tokenize::train_from_texts(kind, &[train_text], vocab.value, show_progress)?;
+            let show_progress = !args.json && std::io::stderr().is_terminal() && lead;
+            // trained by rank 0 alone and sent to the others, so that every rank has the same one
+            let mut json = Vec::new();
+            if lead {
+                let t = tokenize::train_from_texts(kind, &[train_text], vocab.value, show_progress)?;
+                json = t.to_string(false).map_err(|e| Error::msg(format!("tokenizer: {e}")))?.into_bytes();
+            }
+            world.broadcast_bytes(&mut json, 0)?;
+            let t = tokenizers::Tokenizer::from_bytes(&json).map_err(|e| Error::msg(format!("tokenizer: {e}")))?;
             tokenize::sync_config(&mut cfg, &t);
             t
         }
@@ -312,6 +335,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     if let (Some(_), Some(r)) = (&args.resume, &dir) {
         let st = load_train_state(r.join("training_state.safetensors"))?;
+        kiln::model::dist::check_resume(&st, world.size(), args.accum)?;
         trainer.restore(&st, data.as_mut())?;
         if trainer.step >= args.steps {
             return Err(Error::msg(format!("train: the checkpoint is already at step {} (>= --steps {})", trainer.step, args.steps)));
@@ -321,7 +345,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let total = args.steps;
     let schedule = LrSchedule { peak_lr: args.lr, min_lr: args.lr * 0.1, warmup_steps: args.warmup.min(total), total_steps: total, decay };
     let opts = opts_for(schedule, Some(out.clone()));
-    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
+    let bar = (!args.json && std::io::stderr().is_terminal() && lead).then(|| {
         let b = indicatif::ProgressBar::new(total);
         if let Ok(s) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})") {
             b.set_style(s);
@@ -329,14 +353,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         b.set_position(trainer.step);
         b
     });
-    let tokens_per_step = args.batch * args.seq * args.accum;
-    if args.json {
+    let tokens_per_step = args.batch * args.seq * args.accum * world.size();
+    if lead && args.json {
         // what is trained, so that step_ms compares with `kiln bench`'s train_step rows (same loop)
         let run = serde_json::json!({"model_type": cfg.model_type(), "params": store.num_params(), "vocab_size": cfg.vocab_size(),
-            "layers": cfg.num_layers(), "batch": args.batch, "seq": args.seq, "accum": args.accum, "tokens_per_step": tokens_per_step,
+            "layers": cfg.num_layers(), "batch": args.batch, "seq": args.seq, "accum": args.accum, "world_size": world.size(), "zero": args.zero, "tokens_per_step": tokens_per_step,
             "steps": total, "device": device.to_string(), "dtype": compute_dtype.as_str(), "config": cfg.to_json_value()?});
         println!("{run}");
-    } else {
+    } else if lead {
         println!(
             "kiln train: {} ({} params, {} layers, vocabulary {}), {tokens_per_step} tokens/step, {total} steps, lr {:.1e}, device {device}, out {}",
             cfg.model_type(),
@@ -349,7 +373,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let mut progress = Progress { json: args.json, bar, every: 25 };
     let t0 = std::time::Instant::now();
-    trainer.run(&opts, data.as_mut(), Some(eval.as_mut()), &mut progress)?;
+    trainer.run_dist(&opts, Dist { comm: world, zero: args.zero == 1 }, data.as_mut(), Some(eval.as_mut()), &mut progress)?;
+    if world.size() > 1 {
+        // each rank's AdamW state (with --zero 1 about 1/N of the unsharded one)
+        let mut bytes = vec![0.0; world.size()];
+        bytes[world.rank()] = trainer.optimizer.state_bytes() as f64;
+        world.all_reduce_sum_f64(&mut bytes)?;
+        if lead && args.json {
+            println!("{}", serde_json::json!({"optimizer_state_bytes_per_rank": bytes, "world_size": world.size(), "zero": args.zero}));
+        } else if lead {
+            let mib: Vec<String> = bytes.iter().map(|b| format!("{:.2}", b / (1u64 << 20) as f64)).collect();
+            println!("AdamW state per rank (MiB): {}", mib.join(", "));
+        }
+    }
+    if !lead {
+        return Ok(());
+    }
     if let Some(b) = &progress.bar {
         b.finish();
     }

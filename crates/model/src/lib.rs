@@ -45,6 +45,7 @@ mod bert_batcher;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod decoder;
 pub mod embed;
 pub mod encoder;

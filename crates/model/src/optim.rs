@@ -107,6 +107,9 @@ impl Default for AdamWConfig {
     }
 }
 
+/// One parameter's AdamW step count and moments (m, v), as [`AdamW::moments`] returns them.
+pub type ParamMoments = (u64, Vec<f32>, Vec<f32>);
+
 struct Moments {
     step: u64,
     buf: MomentBuf,
@@ -179,6 +182,28 @@ impl AdamW {
     /// Drops all moments.
     pub fn reset(&mut self) {
         self.state.clear();
+    }
+    /// Bytes of moments held (two f32 per element of each parameter it has state for).
+    pub fn state_bytes(&self) -> usize {
+        self.state.values().map(|s| s.buf.len() * 2 * std::mem::size_of::<f32>()).sum()
+    }
+    /// Keeps the moments of the parameters `keep` accepts and drops the others (a ZeRO-1 shard).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.state.retain(|name, _| keep(name));
+    }
+    /// Parameter `name`'s step count and moments (m, v) as host vectors, if it has any.
+    pub fn moments(&self, name: &str) -> Result<Option<ParamMoments>> {
+        let Some(s) = self.state.get(name) else { return Ok(None) };
+        let (m, v) = s.buf.to_host()?;
+        Ok(Some((s.step, m, v)))
+    }
+    /// Sets parameter `name`'s step count and moments (from [`AdamW::moments`] of another shard).
+    pub fn set_moments(&mut self, name: &str, step: u64, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
+        if m.len() != v.len() {
+            return Err(Error::msg(format!("adamw: moments of '{name}' differ in size")));
+        }
+        self.state.insert(name.to_string(), Moments { step, buf: MomentBuf::Host { m, v } });
+        Ok(())
     }
 
     fn step_param(&mut self, p: &Param) -> Result<()> {

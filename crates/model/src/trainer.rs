@@ -4,6 +4,7 @@
 pub use crate::params::first_non_finite;
 use crate::config::ModelConfig;
 use crate::data::Batch;
+use crate::dist::{Comm, Local};
 use crate::model::Model;
 use crate::nn::ForwardCtx;
 use crate::optim::{clip_grads_to, AdamW, AdamWConfig, Optimizer};
@@ -169,6 +170,23 @@ pub trait TrainObserver {
 /// `()` observes nothing (a quiet run).
 impl TrainObserver for () {}
 
+/// How a run is spread over ranks ([`crate::dist`]): each rank of `comm` trains `accum`
+/// micro-batches of every update (micro-batches `rank·accum ..` of the `size·accum` of the update),
+/// gradients are summed over ranks, and with `zero` each rank keeps and updates the AdamW state
+/// of only its share of the parameters (ZeRO-1). Rank 0 alone evaluates, reports and writes.
+#[derive(Clone, Copy)]
+pub struct Dist<'c> {
+    pub comm: &'c dyn Comm,
+    pub zero: bool,
+}
+
+impl Dist<'static> {
+    /// One process alone.
+    pub fn local() -> Self {
+        Dist { comm: &Local, zero: false }
+    }
+}
+
 /// Everything a run needs besides its options.
 pub struct Trainer<'a> {
     pub cfg: ModelConfig,
@@ -249,6 +267,22 @@ impl<'a> Trainer<'a> {
     /// [`Trainer::save`]; with `overwrite`, other runs' checkpoints in `dir` go too (see
     /// [`crate::run_dir::commit`]).
     pub fn save_with(&self, dir: &std::path::Path, data: &dyn BatchSource, keep: usize, overwrite: bool) -> Result<PathBuf> {
+        let ck = self.save_dist(dir, data, keep, overwrite, None)?;
+        ck.ok_or_else(|| Error::msg("train: no checkpoint was written"))
+    }
+
+    /// [`Trainer::save_with`] from every rank of a distributed run (`dist`, with the per-rank
+    /// accumulation, recorded in the training state): gathers a sharded optimizer state on rank
+    /// 0, which alone writes; other ranks return `None`.
+    fn save_dist(&self, dir: &std::path::Path, data: &dyn BatchSource, keep: usize, overwrite: bool, dist: Option<(Dist, usize)>) -> Result<Option<PathBuf>> {
+        let optimizer = match dist {
+            Some((d, _)) if d.zero && d.comm.size() > 1 => crate::dist::gather_optimizer(d.comm, &self.optimizer, &self.store.trainable())?,
+            _ => self.optimizer.state()?,
+        };
+        if dist.is_some_and(|(d, _)| d.comm.rank() != 0) {
+            return Ok(None);
+        }
+        let dist_json = dist.map(|(d, accum)| serde_json::json!({"world_size": d.comm.size(), "accum": accum, "zero": d.zero}));
         let config_hash = self.cfg.hash_hex()?;
         let st = TrainState {
             step: self.step,
@@ -257,34 +291,58 @@ impl<'a> Trainer<'a> {
             data: data.position(),
             extra: serde_json::json!({ "losses": self.losses,
                 "loss_scale": { "scale": self.scaler.scale, "good": self.scaler.good, "skipped": self.scaler.skipped },
-                "caller": self.extra }),
-            optimizer: self.optimizer.state()?,
+                "caller": self.extra, "dist": dist_json }),
+            optimizer,
             ..Default::default()
         };
         let files = checkpoint_files(&self.cfg, &self.store, self.tokenizer, Some(&st));
-        commit(dir, Commit { files, run_id: &self.run_id, step: self.step, config_hash, keep, overwrite })
+        commit(dir, Commit { files, run_id: &self.run_id, step: self.step, config_hash, keep, overwrite }).map(Some)
     }
 
     /// Runs updates `self.step .. opts.steps`. A non-finite loss or gradient norm, or weights
     /// that became non-finite before a checkpoint, stop the run with an error naming the step
     /// (1-based, as in [`StepLog::step`]) and the checkpoints `opts.out` holds; nothing is
     /// written then, so the current checkpoint stays as it was.
-    pub fn run(&mut self, opts: &TrainOptions, data: &mut dyn BatchSource, mut eval: Option<&mut dyn BatchSource>, obs: &mut dyn TrainObserver) -> Result<()> {
+    pub fn run(&mut self, opts: &TrainOptions, data: &mut dyn BatchSource, eval: Option<&mut dyn BatchSource>, obs: &mut dyn TrainObserver) -> Result<()> {
+        self.run_dist(opts, Dist::local(), data, eval, obs)
+    }
+
+    /// [`Trainer::run`] as one rank of `dist`; every rank calls it with the same options and the
+    /// same data (each draws every micro-batch of an update and trains its own). With one rank and
+    /// `accum` = N·A, the same losses and weights as N ranks with `accum` A (bit for bit when A = 1,
+    /// see docs/DISTRIBUTED.md).
+    pub fn run_dist(&mut self, opts: &TrainOptions, dist: Dist, data: &mut dyn BatchSource, mut eval: Option<&mut dyn BatchSource>, obs: &mut dyn TrainObserver) -> Result<()> {
         opts.check()?;
         let scaling = opts.compute_dtype == DType::F16;
         let params = self.store.trainable();
+        let (comm, rank) = (dist.comm, dist.comm.rank());
+        let global_accum = opts.accum * comm.size();
+        let mut quiet = ();
+        let obs: &mut dyn TrainObserver = if rank == 0 { obs } else { &mut quiet };
+        // every rank starts from rank 0's weights; ZeRO-1: each keeps the moments of its share
+        crate::dist::broadcast_params(comm, &params, 0)?;
+        let owners = (dist.zero && comm.size() > 1).then(|| crate::dist::zero_owners(&params, comm.size()));
+        if let Some(o) = &owners {
+            let mine: std::collections::HashSet<&str> = params.iter().zip(o).filter(|(_, &r)| r == rank).map(|(p, _)| p.name()).collect();
+            self.optimizer.retain(|n| mine.contains(n));
+        }
         // Every evaluation reads the same held-out batches.
         let eval_start = eval.as_deref().map(|e| e.position());
         while self.step < opts.steps {
             let _step_range = kiln_tensor::nvtx::range_with(|| format!("train_step {}", self.step + 1));
+            crate::dist::test_fault(comm, self.step + 1)?;
             let t0 = Instant::now();
             let lr = opts.schedule.lr_at(self.step);
             self.optimizer.set_lr(lr);
             let mut loss_sum = 0.0;
             let mut tokens = 0usize;
             let mut used = 0usize;
-            for micro in 0..opts.accum {
+            // micro-batch `micro` of the update is rank micro / accum's (every rank draws them all)
+            for micro in 0..global_accum {
                 let b = data.next_batch()?;
+                if micro / opts.accum != rank {
+                    continue;
+                }
                 if b.labels.to_vec::<i64>()?.iter().all(|&l| l == crate::data::IGNORE_INDEX) {
                     // its loss is the mean of nothing, NaN (as in PyTorch): nothing to learn from
                     obs.on_skip(self.step + 1, micro, "every label is ignored (-100), so its loss is NaN");
@@ -303,13 +361,17 @@ impl<'a> Trainer<'a> {
                     return Err(stop(&params, format!("the loss became {l}"), self.step + 1, opts));
                 }
                 loss_sum += l;
-                let factor = if scaling { self.scaler.scale } else { 1.0 } / opts.accum as f64;
+                let factor = if scaling { self.scaler.scale } else { 1.0 } / global_accum as f64;
                 let scaled = if factor != 1.0 { loss.mul_scalar(factor)? } else { loss };
                 scaled.backward()?;
             }
+            // the sums over ranks (in rank order: the order one process accumulates in)
+            let mut stats = [loss_sum, used as f64, tokens as f64];
+            crate::dist::all_reduce_grads(comm, &params, &mut stats)?;
+            let (loss_sum, used, tokens) = (stats[0], stats[1] as usize, stats[2] as usize);
             if used > 0 {
                 // the gradient is the mean over the micro-batches that had labels
-                let unscale = if scaling { 1.0 / self.scaler.scale } else { 1.0 } * opts.accum as f64 / used as f64;
+                let unscale = if scaling { 1.0 / self.scaler.scale } else { 1.0 } * global_accum as f64 / used as f64;
                 if unscale != 1.0 {
                     crate::optim::scale_grads(&params, unscale)?;
                 }
@@ -328,7 +390,14 @@ impl<'a> Trainer<'a> {
                         clip_grads_to(&params, grad_norm, opts.clip)?;
                     }
                     let _r = kiln_tensor::nvtx::range("optimizer");
-                    no_grad(|| self.optimizer.step(&params))?;
+                    match &owners {
+                        None => no_grad(|| self.optimizer.step(&params))?,
+                        Some(o) => {
+                            let mine: Vec<_> = params.iter().zip(o).filter(|(_, &r)| r == rank).map(|(p, _)| p.clone()).collect();
+                            no_grad(|| self.optimizer.step(&mine))?;
+                            crate::dist::gather_params(comm, &params, o)?;
+                        }
+                    }
                 }
                 for p in &params {
                     p.zero_grad();
@@ -344,7 +413,7 @@ impl<'a> Trainer<'a> {
                 self.step += 1;
             }
             let last = self.step == opts.steps;
-            if let Some(ev) = eval.as_deref_mut() {
+            if let Some(ev) = eval.as_deref_mut().filter(|_| rank == 0) {
                 if last || (opts.eval_every > 0 && self.step.is_multiple_of(opts.eval_every)) {
                     if let Some(p) = &eval_start {
                         ev.set_position(p)?;
@@ -362,8 +431,11 @@ impl<'a> Trainer<'a> {
                     if let Some(name) = first_non_finite(&params)? {
                         return Err(stop(&params, format!("parameter '{name}' became non-finite in the update (lr {lr:.3e})"), self.step, opts));
                     }
-                    let ck = self.save_with(dir, data, opts.keep, opts.overwrite)?;
-                    obs.on_checkpoint(&ck, self.step);
+                    if let Some(ck) = self.save_dist(dir, data, opts.keep, opts.overwrite, Some((dist, opts.accum)))? {
+                        obs.on_checkpoint(&ck, self.step);
+                    }
+                    // no rank goes on (and may fail) before the checkpoint is committed
+                    comm.barrier()?;
                 }
             }
         }
