@@ -44,7 +44,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         true => Box::new(CausalLmBatcher::new(encode_stream(tok, &text, SpecialIds::of(tok).eot)?, a.batch, a.seq, 0)?),
         false => Box::new(BertBatcher::new(encode_documents(tok, &text)?, &SpecialIds::of(tok), l.cfg.vocab_size(), a.batch, a.seq, 0, l.model.is_pretraining())?),
     };
-    let trainer = kiln::model::trainer::Trainer { cfg: l.cfg.clone(), store: l.store.clone(), model: l.model, tokenizer: None, optimizer: kiln::model::AdamW::new(Default::default()), step: 0, losses: vec![], evals: vec![], scaler: Default::default(), run_id: String::new(), extra: Default::default() };
+    let trainer = kiln::model::trainer::Trainer { cfg: l.cfg.clone(), store: l.store.clone(), model: l.model, tokenizer: None, optimizer: kiln::model::AdamW::new(Default::default()), step: 0, losses: vec![], evals: vec![], scaler: Default::default(), run_id: String::new(), extra: Default::default(), objective: Box::new(kiln::model::objective::ModelLoss) };
     let loss = trainer.evaluate(src.as_mut(), a.batches)?;
     println!("{}", serde_json::json!({"loss": loss, "perplexity": loss.exp(), "batches": a.batches}));
     Ok(())

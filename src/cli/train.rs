@@ -2,15 +2,14 @@
 use crate::{corpus, plot};
 use clap::Args;
 use kiln::model::config::ModelConfig;
-use kiln::model::data::{encode_documents, encode_stream, BertBatcher, CausalLmBatcher};
 use kiln::model::generate::SampleOptions;
 use kiln::model::optim::AdamWConfig;
 use kiln::model::params::ParamStore;
 use kiln::model::sched::{Decay, LrSchedule};
-use kiln::model::tokenize::{self, SpecialIds, TokenizerKind};
-use kiln::model::train_state::load_train_state;
 use kiln::model::dist::Comm;
-use kiln::model::trainer::{BatchSource, Dist, EvalLog, StepLog, TrainObserver, TrainOptions, Trainer};
+use kiln::model::objective::ObjectiveKind;
+use kiln::model::tokenize::{self, TokenizerKind};
+use kiln::model::trainer::{Dist, EvalLog, StepLog, TrainObserver, TrainOptions, Trainer};
 use kiln::model::io::entry_exists;
 use kiln::model::{limits, run_dir, LoadOptions};
 use kiln::{DType, Device, Error, Result};
@@ -19,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// A preset (gpt2-tiny, bert-tiny, gpt2, gpt2-medium, bert-base, bert-large) or an HF directory.
+    /// A preset (gpt2-tiny, bert-tiny, roberta-tiny, albert-tiny, electra-tiny, gpt2, gpt2-medium, bert-base,
+    /// bert-large) or an HF directory.
     #[arg(long, default_value = "gpt2-tiny")]
     pub model: String,
     /// A UTF-8 text file to train on (default: the built-in generated corpus).
@@ -97,6 +97,12 @@ pub struct TrainArgs {
     /// the config as trained), then per step (step, loss, lr, step_ms, tokens_per_s).
     #[arg(long)]
     pub json: bool,
+    /// The pre-training objective: clm, bert (MLM + NSP), mlm, roberta (dynamic masking of packed
+    /// full sentences, no NSP), albert (MLM + sentence order), electra (generator + discriminator).
+    /// Default: the architecture's (GPT-1/2 clm, BertForPreTraining bert, RoBERTa roberta,
+    /// AlbertForPreTraining albert, ElectraForPreTraining electra, other masked LMs mlm).
+    #[arg(long)]
+    pub objective: Option<String>,
     /// Tokens of sample text printed at the end (GPT-2 only; 0 = none).
     #[arg(long, default_value_t = 60)]
     pub sample_tokens: usize,
@@ -307,36 +313,27 @@ fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
         return Err(Error::msg(format!("train: tokenizer has {} tokens but the model's vocab_size is {}", tok.get_vocab_size(true), cfg.vocab_size())));
     }
     limits::check(&cfg, &job, memory.as_ref()).map_err(|e| Error::msg(format!("train: {e}")))?;
+    let objective = match &args.objective {
+        Some(o) => ObjectiveKind::parse(o)?,
+        None => ObjectiveKind::default_for(&cfg)?,
+    };
+    objective.check(&cfg).map_err(|e| Error::msg(format!("train: {e} (--objective)")))?;
     let store = ParamStore::new(args.seed, DType::F32, device);
     let mut trainer = Trainer::new(cfg.clone(), store.clone(), Some(&tok), adamw)?;
     trainer.model.set_recompute(args.recompute);
+    trainer.objective = objective.build(&cfg, &trainer.model, &store, args.seed)?;
     if let Some(d) = &dir {
         let w = d.join("model.safetensors");
         if entry_exists(&w) {
             kiln::model::load_params(&w, &store, &cfg.family().name_map(), &LoadOptions::strict())?;
         }
     }
-    let (mut data, mut eval): (Box<dyn BatchSource>, Box<dyn BatchSource>) = match cfg.family().is_decoder() {
-        true => {
-            let eot = SpecialIds::of(&tok).eot;
-            let tr = encode_stream(&tok, train_text, eot)?;
-            let ev = encode_stream(&tok, eval_text, eot)?;
-            (Box::new(CausalLmBatcher::new(tr, args.batch, args.seq, args.seed)?), Box::new(CausalLmBatcher::new(ev, args.batch, args.seq, args.seed ^ 1)?))
-        }
-        false => {
-            let nsp = trainer.model.is_pretraining();
-            let sp = SpecialIds::of(&tok);
-            let v = cfg.vocab_size();
-            (
-                Box::new(BertBatcher::new(encode_documents(&tok, train_text)?, &sp, v, args.batch, args.seq, args.seed, nsp)?),
-                Box::new(BertBatcher::new(encode_documents(&tok, eval_text)?, &sp, v, args.batch, args.seq, args.seed ^ 1, nsp)?),
-            )
-        }
-    };
+    let v = cfg.vocab_size();
+    let mut data = objective.batcher(&tok, train_text, v, args.batch, args.seq, args.seed)?;
+    let mut eval = objective.batcher(&tok, eval_text, v, args.batch, args.seq, args.seed ^ 1)?;
     if let (Some(_), Some(r)) = (&args.resume, &dir) {
-        let st = load_train_state(r.join("training_state.safetensors"))?;
+        let st = trainer.restore_dir(r, data.as_mut())?;
         kiln::model::dist::check_resume(&st, world.size(), args.accum)?;
-        trainer.restore(&st, data.as_mut())?;
         if trainer.step >= args.steps {
             return Err(Error::msg(format!("train: the checkpoint is already at step {} (>= --steps {})", trainer.step, args.steps)));
         }
@@ -358,15 +355,16 @@ fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
         // what is trained, so that step_ms compares with `kiln bench`'s train_step rows (same loop)
         let run = serde_json::json!({"model_type": cfg.model_type(), "params": store.num_params(), "vocab_size": cfg.vocab_size(),
             "layers": cfg.num_layers(), "batch": args.batch, "seq": args.seq, "accum": args.accum, "world_size": world.size(), "zero": args.zero, "tokens_per_step": tokens_per_step,
-            "steps": total, "device": device.to_string(), "dtype": compute_dtype.as_str(), "config": cfg.to_json_value()?});
+            "steps": total, "objective": objective.name(), "device": device.to_string(), "dtype": compute_dtype.as_str(), "config": cfg.to_json_value()?});
         println!("{run}");
     } else if lead {
         println!(
-            "kiln train: {} ({} params, {} layers, vocabulary {}), {tokens_per_step} tokens/step, {total} steps, lr {:.1e}, device {device}, out {}",
+            "kiln train: {} ({} params, {} layers, vocabulary {}), objective {}, {tokens_per_step} tokens/step, {total} steps, lr {:.1e}, device {device}, out {}",
             cfg.model_type(),
             store.num_params(),
             cfg.num_layers(),
             cfg.vocab_size(),
+            objective.name(),
             args.lr,
             out.display()
         );

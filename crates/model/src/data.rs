@@ -257,6 +257,11 @@ impl MlmMasker {
             }
         }
     }
+    /// Draws the next masks from a generator seeded by `seed` (masks drawn per visit, see
+    /// [`crate::pretrain_data`]).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = DataRng::new(seed, 0x4d4c4d);
+    }
     pub fn rng_state(&self) -> RngState {
         self.rng.state()
     }

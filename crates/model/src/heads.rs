@@ -22,6 +22,12 @@ pub struct MlmHead {
 impl MlmHead {
     /// `word` is the word-embedding table ([V, E]); the transform maps H → E.
     pub fn new(ps: &ParamStore, cfg: &EncoderConfig, word: &Param) -> Result<Self> {
+        Self::new_under(ps, cfg, word, "")
+    }
+    /// [`MlmHead::new`] with its names under `prefix` (ELECTRA's generator beside its
+    /// discriminator: `generator.generator_predictions.dense`, ...).
+    pub fn new_under(ps: &ParamStore, cfg: &EncoderConfig, word: &Param, prefix: &str) -> Result<Self> {
+        let n = |s: &str| crate::encoder::join(prefix, s);
         let (h, e, std) = (cfg.hidden_size, cfg.embedding_dim(), cfg.initializer_range);
         // (dense, activation, LayerNorm, bias) names; the decoder itself is the tied table
         let (dense, act, ln, bias) = match cfg.family {
@@ -33,11 +39,11 @@ impl MlmHead {
             f => return Err(Error::msg(format!("{} has no masked-LM head", f.model_type()))),
         };
         Ok(MlmHead {
-            dense: Linear::new(ps, dense, h, e, true, std)?,
+            dense: Linear::new(ps, &n(dense), h, e, true, std)?,
             act,
-            ln: LayerNorm::new(ps, ln, e, cfg.layer_norm_eps)?,
+            ln: LayerNorm::new(ps, &n(ln), e, cfg.layer_norm_eps)?,
             decoder: Linear::tied(word),
-            bias: ps.get_or_init(bias, &[cfg.vocab_size], Init::Zeros)?,
+            bias: ps.get_or_init(&n(bias), &[cfg.vocab_size], Init::Zeros)?,
         })
     }
     /// `[.., H]` → logits `[.., V]`.

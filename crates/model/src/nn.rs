@@ -72,6 +72,11 @@ impl ForwardCtx {
         self.counter.set(end.load(Ordering::Relaxed));
         Ok(y)
     }
+    /// A fresh seed from this context's stream (what dropout draws; ELECTRA's generator samples
+    /// its replacements with one), so a step's draws are a function of (run seed, step).
+    pub fn draw_seed(&self) -> u64 {
+        self.next_seed()
+    }
     fn next_seed(&self) -> u64 {
         let c = self.counter.get();
         self.counter.set(c + 1);

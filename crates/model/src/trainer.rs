@@ -6,6 +6,7 @@ use crate::config::ModelConfig;
 use crate::data::Batch;
 use crate::dist::{Comm, Local};
 use crate::model::Model;
+use crate::objective::{ModelLoss, Objective};
 use crate::nn::ForwardCtx;
 use crate::optim::{clip_grads_to, AdamW, AdamWConfig, Optimizer};
 use crate::params::ParamStore;
@@ -204,6 +205,8 @@ pub struct Trainer<'a> {
     /// A caller's values, saved with each checkpoint's training state and restored with it
     /// (e.g. `kiln finetune`'s best metric so far).
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// What is minimised ([`crate::objective`]; default: the model's own loss).
+    pub objective: Box<dyn Objective>,
 }
 
 /// The dropout seed of micro-batch `micro` of update `step`: a pure function, so resumed runs replay it.
@@ -216,7 +219,30 @@ pub fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
 impl<'a> Trainer<'a> {
     pub fn new(cfg: ModelConfig, store: ParamStore, tokenizer: Option<&'a tokenizers::Tokenizer>, adamw: AdamWConfig) -> Result<Self> {
         let model = Model::build(&cfg, &store)?;
-        Ok(Trainer { cfg, store, model, tokenizer, optimizer: AdamW::new(adamw), step: 0, losses: Vec::new(), evals: Vec::new(), scaler: LossScaler::default(), run_id: crate::run_dir::new_run_id(), extra: Default::default() })
+        Ok(Trainer { cfg, store, model, tokenizer, optimizer: AdamW::new(adamw), step: 0, losses: Vec::new(), evals: Vec::new(), scaler: LossScaler::default(), run_id: crate::run_dir::new_run_id(), extra: Default::default(), objective: Box::new(ModelLoss) })
+    }
+
+    /// Trains `objective` instead of the model's own loss.
+    pub fn with_objective(mut self, objective: Box<dyn Objective>) -> Self {
+        self.objective = objective;
+        self
+    }
+
+    /// Every trained parameter: the model's and the objective's.
+    pub fn trainable(&self) -> Vec<crate::params::Param> {
+        let mut p = self.store.trainable();
+        p.extend(self.objective.params());
+        p
+    }
+
+    /// [`Trainer::restore`] from the checkpoint directory `dir` (its training state), and what
+    /// the objective keeps there. Returns the training state read (for the caller's own checks,
+    /// e.g. the world size a distributed run was split over).
+    pub fn restore_dir(&mut self, dir: &std::path::Path, data: &mut dyn BatchSource) -> Result<TrainState> {
+        let st = crate::train_state::load_train_state(dir.join(crate::train_state::TRAIN_STATE_FILE))?;
+        self.restore(&st, data)?;
+        self.objective.restore(dir)?;
+        Ok(st)
     }
 
     /// Restores optimizer moments, the step and the data position from a training-state file.
@@ -252,7 +278,7 @@ impl<'a> Trainer<'a> {
         let mut total = 0.0;
         for _ in 0..n {
             let b = eval.next_batch()?.to_device(self.store.device())?;
-            total += no_grad(|| self.model.loss(&b, &ctx))?.to_scalar()?;
+            total += no_grad(|| self.objective.loss(&self.model, &b, &ctx))?.to_scalar()?;
         }
         Ok(total / n as f64)
     }
@@ -276,7 +302,7 @@ impl<'a> Trainer<'a> {
     /// 0, which alone writes; other ranks return `None`.
     fn save_dist(&self, dir: &std::path::Path, data: &dyn BatchSource, keep: usize, overwrite: bool, dist: Option<(Dist, usize)>) -> Result<Option<PathBuf>> {
         let optimizer = match dist {
-            Some((d, _)) if d.zero && d.comm.size() > 1 => crate::dist::gather_optimizer(d.comm, &self.optimizer, &self.store.trainable())?,
+            Some((d, _)) if d.zero && d.comm.size() > 1 => crate::dist::gather_optimizer(d.comm, &self.optimizer, &self.trainable())?,
             _ => self.optimizer.state()?,
         };
         if dist.is_some_and(|(d, _)| d.comm.rank() != 0) {
@@ -295,7 +321,8 @@ impl<'a> Trainer<'a> {
             optimizer,
             ..Default::default()
         };
-        let files = checkpoint_files(&self.cfg, &self.store, self.tokenizer, Some(&st));
+        let mut files = checkpoint_files(&self.cfg, &self.store, self.tokenizer, Some(&st));
+        files.extend(self.objective.checkpoint_files());
         commit(dir, Commit { files, run_id: &self.run_id, step: self.step, config_hash, keep, overwrite }).map(Some)
     }
 
@@ -314,7 +341,7 @@ impl<'a> Trainer<'a> {
     pub fn run_dist(&mut self, opts: &TrainOptions, dist: Dist, data: &mut dyn BatchSource, mut eval: Option<&mut dyn BatchSource>, obs: &mut dyn TrainObserver) -> Result<()> {
         opts.check()?;
         let scaling = opts.compute_dtype == DType::F16;
-        let params = self.store.trainable();
+        let params = self.trainable();
         let (comm, rank) = (dist.comm, dist.comm.rank());
         let global_accum = opts.accum * comm.size();
         let mut quiet = ();
@@ -354,7 +381,7 @@ impl<'a> Trainer<'a> {
                 let ctx = ForwardCtx::train(dropout_seed(opts.seed, self.step, micro)).with_compute_dtype(opts.compute_dtype);
                 let loss = {
                     let _r = kiln_tensor::nvtx::range("forward");
-                    self.model.loss(&b, &ctx)?
+                    self.objective.loss(&self.model, &b, &ctx)?
                 };
                 let l = loss.to_scalar()?;
                 if !l.is_finite() {

@@ -125,7 +125,7 @@ pub enum ModelConfig {
 }
 
 /// The preset names accepted by [`ModelConfig::preset`].
-pub const PRESETS: &[&str] = &["bert-tiny", "bert-base", "bert-large", "gpt2-tiny", "gpt2", "gpt2-medium"];
+pub const PRESETS: &[&str] = &["bert-tiny", "bert-base", "bert-large", "roberta-tiny", "albert-tiny", "electra-tiny", "gpt2-tiny", "gpt2", "gpt2-medium"];
 
 impl ModelConfig {
     /// The family member.
@@ -301,7 +301,22 @@ impl ModelConfig {
             c.extra.insert("architectures".into(), serde_json::json!(["GPT2LMHeadModel"]));
             ModelConfig::Decoder(c)
         };
+        // the other encoders' pre-training architectures at bert-tiny's size
+        let tiny = |family: Family, arch: &str| {
+            let mut c = EncoderConfig::defaults(family);
+            (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) = (2, 128, 2, 512);
+            c.embedding_size = c.embedding_size.map(|_| 128);
+            if family == Family::Roberta {
+                c.type_vocab_size = 1;
+                c.max_position_embeddings = 514;
+            }
+            c.extra.insert("architectures".into(), serde_json::json!([arch]));
+            ModelConfig::Encoder(c)
+        };
         Ok(match name {
+            "roberta-tiny" => tiny(Family::Roberta, "RobertaForMaskedLM"),
+            "albert-tiny" => tiny(Family::Albert, "AlbertForPreTraining"),
+            "electra-tiny" => tiny(Family::Electra, "ElectraForPreTraining"),
             "bert-tiny" => bert(2, 128, 2),
             "bert-base" => bert(12, 768, 12),
             "bert-large" => bert(24, 1024, 16),
