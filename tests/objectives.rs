@@ -197,7 +197,7 @@ fn auc(scores: &[f32], pos: &[bool]) -> f64 {
 /// trained for 200 steps of 32×32 tokens on tinyshakespeare. On held-out text corrupted by its
 /// own generator, the discriminator's scores must rank replaced tokens above original ones
 /// better than the always-original baseline (AUC 0.5 — it scores every token alike): AUC > 0.52
-/// (measured 0.575; about 6100 tokens, 800 replaced, so the AUC's standard error is about 0.01).
+/// (measured 0.549–0.575 across runs; about 6100 tokens, 800 replaced, so the AUC's standard error is about 0.01).
 /// NOT MET: the bar of AUC ≥ 0.8. Runs of 400 steps (lr 1e-3 / 5e-3) stayed at
 /// 0.53-0.56, and 1500 steps on a generated Markov-chain corpus at 0.53: the discriminator
 /// learns the base rate of replacement, little of the context, within a CI-sized run.

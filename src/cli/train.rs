@@ -135,7 +135,8 @@ impl TrainObserver for Progress {
         }
     }
     fn on_eval(&mut self, e: &EvalLog) {
-        let line = format!("eval  step {:>5}  loss {:.4}  perplexity {:.2}", e.step, e.loss, e.perplexity);
+        let ppl = e.perplexity.map(|p| format!("  perplexity {p:.2}")).unwrap_or_default();
+        let line = format!("eval  step {:>5}  loss {:.4}{ppl}", e.step, e.loss);
         if self.json {
             println!("{}", serde_json::json!({"step": e.step, "eval_loss": e.loss, "perplexity": e.perplexity}));
         } else if let Some(b) = &self.bar {

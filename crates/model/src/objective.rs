@@ -50,6 +50,11 @@ pub trait Objective {
     fn restore(&self, _dir: &Path) -> Result<()> {
         Ok(())
     }
+    /// Whether the loss is one token-level cross-entropy, so that `e^loss` is a perplexity (not
+    /// for ELECTRA's generator + 50 · detection sum).
+    fn loss_is_perplexity(&self) -> bool {
+        true
+    }
 }
 
 /// A shared objective (a caller keeps a handle on ELECTRA's generator while the trainer trains it).
@@ -68,6 +73,9 @@ impl<T: Objective + ?Sized> Objective for std::rc::Rc<T> {
     }
     fn restore(&self, dir: &Path) -> Result<()> {
         (**self).restore(dir)
+    }
+    fn loss_is_perplexity(&self) -> bool {
+        (**self).loss_is_perplexity()
     }
 }
 
@@ -355,6 +363,9 @@ impl Objective for Electra {
     fn loss(&self, model: &Model, b: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
         let (gen, disc) = self.losses(model, b, ctx)?;
         gen.add(&disc.mul_scalar(self.disc_weight)?)
+    }
+    fn loss_is_perplexity(&self) -> bool {
+        false
     }
     fn params(&self) -> Vec<Param> {
         self.store.trainable()

@@ -150,12 +150,12 @@ pub struct StepLog {
     pub tokens_per_s: f64,
 }
 
-/// One evaluation.
+/// One evaluation (`perplexity`: `e^loss` where the objective's loss is one token cross-entropy, else `None`).
 #[derive(Debug, Clone, Copy)]
 pub struct EvalLog {
     pub step: u64,
     pub loss: f64,
-    pub perplexity: f64,
+    pub perplexity: Option<f64>,
 }
 
 /// Receives progress (a progress bar, plain lines, JSON lines, a test recorder...).
@@ -446,7 +446,7 @@ impl<'a> Trainer<'a> {
                         ev.set_position(p)?;
                     }
                     let l = self.evaluate(ev, opts.eval_batches)?;
-                    let e = EvalLog { step: self.step, loss: l, perplexity: l.exp() };
+                    let e = EvalLog { step: self.step, loss: l, perplexity: self.objective.loss_is_perplexity().then(|| l.exp()) };
                     self.evals.push(e);
                     obs.on_eval(&e);
                 }
