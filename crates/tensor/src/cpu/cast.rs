@@ -9,6 +9,22 @@ use std::mem::MaybeUninit;
 /// Elements per task (256 KB of f32).
 const CHUNK: usize = 1 << 16;
 
+/// A fresh buffer of `v.len()` elements, `conv` writing each chunk's outputs from its inputs,
+/// the chunks across rayon's threads when there is more than one. `conv` must write every
+/// element of the output slice it is given.
+fn map_chunks<S: Sync, D: Send>(v: &[S], conv: impl Fn((&[S], &mut [MaybeUninit<D>])) + Sync + Send) -> Vec<D> {
+    // SAFETY: `conv` writes every element of each chunk (its contract), so all `v.len()` are written
+    unsafe {
+        super::uninit_vec(v.len(), |out| {
+            if v.len() > CHUNK {
+                v.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).for_each(&conv);
+            } else {
+                conv((v, out));
+            }
+        })
+    }
+}
+
 /// `v` rounded to bf16, element by element: the bits of `half::bf16::from_f32`.
 pub(crate) fn f32_to_bf16(v: &[f32]) -> Vec<bf16> {
     let conv = |(src, dst): (&[f32], &mut [MaybeUninit<bf16>])| {
@@ -22,16 +38,7 @@ pub(crate) fn f32_to_bf16(v: &[f32]) -> Vec<bf16> {
             d.write(bf16::from_f32(s));
         }
     };
-    // SAFETY: every chunk of the output is written by `conv`
-    unsafe {
-        super::uninit_vec(v.len(), |out| {
-            if v.len() > CHUNK {
-                v.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).for_each(conv);
-            } else {
-                conv((v, out));
-            }
-        })
-    }
+    map_chunks(v, conv)
 }
 
 /// `v` widened to f32 (exact; a NaN keeps its payload with the quiet bit set, as `bf16::to_f32`).
@@ -43,16 +50,7 @@ pub(crate) fn bf16_to_f32(v: &[bf16]) -> Vec<f32> {
             d.write(f32::from_bits(x << 16));
         }
     };
-    // SAFETY: every chunk of the output is written by `conv`
-    unsafe {
-        super::uninit_vec(v.len(), |out| {
-            if v.len() > CHUNK {
-                v.par_chunks(CHUNK).zip(out.par_chunks_mut(CHUNK)).for_each(conv);
-            } else {
-                conv((v, out));
-            }
-        })
-    }
+    map_chunks(v, conv)
 }
 
 #[cfg(test)]
