@@ -5,8 +5,10 @@
 //! issue's 0.8, see its test), and
 //! its checkpoint holds exactly the tensors transformers' `ElectraForPreTraining` has; each
 //! objective resumes from a checkpoint bit for bit.
+mod common;
+use common::{shakespeare, split};
 use kiln::model::config::ModelConfig;
-use kiln::model::data::{encode_documents, read_text, Batch, IGNORE_INDEX};
+use kiln::model::data::{encode_documents, Batch, IGNORE_INDEX};
 use kiln::model::model::{Inputs, Model};
 use kiln::model::nn::ForwardCtx;
 use kiln::model::objective::{Electra, ObjectiveKind, GENERATOR_FILE};
@@ -21,17 +23,6 @@ use kiln::{DType, Device};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-
-fn shakespeare() -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tinyshakespeare.txt");
-    read_text(&p).unwrap_or_else(|e| panic!("these tests read ../shared/data/tinyshakespeare.txt beside the repository: {e}"))
-}
-
-/// The text cut at 90% (on a char boundary): (train, held out).
-fn split(text: &str) -> (&str, &str) {
-    let cut = text.char_indices().map(|(i, _)| i).find(|&i| i >= text.len() * 9 / 10).unwrap_or(text.len());
-    text.split_at(cut)
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kiln-objectives-{}-{name}", std::process::id()));

@@ -3,9 +3,9 @@
 //! accuracy beats the most-frequent-token baseline by a clear margin, and a non-finite loss stops a
 //! run with a message naming the step while the last checkpoint stays intact (library and CLI).
 mod common;
-use common::snapshot;
+use common::{shakespeare, snapshot, split};
 use kiln::model::config::ModelConfig;
-use kiln::model::data::{encode_documents, encode_stream, read_text, Batch, BertBatcher, CausalLmBatcher, IGNORE_INDEX};
+use kiln::model::data::{encode_documents, encode_stream, Batch, BertBatcher, CausalLmBatcher, IGNORE_INDEX};
 use kiln::model::model::{Inputs, LoadedModel, Model};
 use kiln::model::nn::ForwardCtx;
 use kiln::model::sched::{Decay, LrSchedule};
@@ -16,19 +16,8 @@ use kiln::model::{AdamWConfig, ParamStore};
 use kiln::tensor::no_grad;
 use kiln::{DType, Device};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-
-fn shakespeare() -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tinyshakespeare.txt");
-    read_text(&p).unwrap_or_else(|e| panic!("these tests read ../shared/data/tinyshakespeare.txt beside the repository: {e}"))
-}
-
-/// The text cut at 90% (on a char boundary): (train, held out).
-fn split(text: &str) -> (&str, &str) {
-    let cut = text.char_indices().map(|(i, _)| i).find(|&i| i >= text.len() * 9 / 10).unwrap_or(text.len());
-    text.split_at(cut)
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kiln-train-{}-{name}", std::process::id()));

@@ -25,3 +25,15 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     walk(dir, dir, &mut out);
     out
 }
+
+/// `../shared/data/tinyshakespeare.txt` beside the repository (1.1 MB), read in place.
+pub fn shakespeare() -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tinyshakespeare.txt");
+    kiln::model::data::read_text(&p).unwrap_or_else(|e| panic!("these tests read ../shared/data/tinyshakespeare.txt beside the repository: {e}"))
+}
+
+/// The text cut at 90% (on a char boundary): (train, held out).
+pub fn split(text: &str) -> (&str, &str) {
+    let cut = text.char_indices().map(|(i, _)| i).find(|&i| i >= text.len() * 9 / 10).unwrap_or(text.len());
+    text.split_at(cut)
+}
