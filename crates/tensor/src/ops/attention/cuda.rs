@@ -1,6 +1,6 @@
 //! Fused attention on CUDA: the tensor-core kernels of `kernels/attention_tc.cu` for bf16 / f16 with
 //! head dim 64 or 128 on sm_80+, the simple kernels of `kernels/attention.cu` otherwise (or as
-//! [`crate::cuda::force_attention_kernel`] chooses). The forward saves `lse` (f32, on the
+//! [`super::force_attention_kernel`] chooses). The forward saves `lse` (f32, on the
 //! device) and records which kernels ran; the backward runs their blockwise passes. Limits of the CUDA path (clear errors): head dims
 //! of q/k and v must be equal and at most 128, and a causal call needs `Tq == Tk` (the kernel's
 //! causal mask is aligned bottom-right, kiln's top-left; they agree only for square calls).
