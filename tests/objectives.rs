@@ -6,7 +6,7 @@
 //! its checkpoint holds exactly the tensors transformers' `ElectraForPreTraining` has; each
 //! objective resumes from a checkpoint bit for bit.
 mod common;
-use common::{shakespeare, split};
+use common::{most_frequent_token, shakespeare, split};
 use kiln::model::config::ModelConfig;
 use kiln::model::data::{encode_documents, Batch, IGNORE_INDEX};
 use kiln::model::model::{Inputs, Model};
@@ -67,11 +67,7 @@ fn roberta_mlm_accuracy_beats_the_most_frequent_token() {
     let tok = tokenize::train_wordpiece_from_texts(&[train], 512).unwrap();
     let sp = SpecialIds::of(&tok);
     let (tr, ev) = (encode_documents(&tok, train).unwrap(), encode_documents(&tok, held).unwrap());
-    let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
-    for &i in tr.iter().flatten().flatten() {
-        *counts.entry(i).or_default() += 1;
-    }
-    let most_frequent = counts.iter().filter(|(i, _)| !sp.all().contains(i)).max_by_key(|(_, &c)| c).map(|(&i, _)| i as i64).unwrap();
+    let most_frequent = most_frequent_token(&tr, &sp);
     let cfg = preset("roberta-tiny", &tok);
     assert_eq!(ObjectiveKind::default_for(&cfg).unwrap(), ObjectiveKind::Roberta);
     let v = cfg.vocab_size();

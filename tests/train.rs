@@ -3,7 +3,7 @@
 //! accuracy beats the most-frequent-token baseline by a clear margin, and a non-finite loss stops a
 //! run with a message naming the step while the last checkpoint stays intact (library and CLI).
 mod common;
-use common::{shakespeare, snapshot, split};
+use common::{most_frequent_token, shakespeare, snapshot, split};
 use kiln::model::config::ModelConfig;
 use kiln::model::data::{encode_documents, encode_stream, Batch, BertBatcher, CausalLmBatcher, IGNORE_INDEX};
 use kiln::model::model::{Inputs, LoadedModel, Model};
@@ -124,11 +124,7 @@ fn tiny_bert_mlm_accuracy_beats_the_most_frequent_token() {
     let tok = tokenize::train_wordpiece_from_texts(&[train], 512).unwrap();
     let sp = SpecialIds::of(&tok);
     let (tr, ev) = (encode_documents(&tok, train).unwrap(), encode_documents(&tok, held).unwrap());
-    let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
-    for &i in tr.iter().flatten().flatten() {
-        *counts.entry(i).or_default() += 1;
-    }
-    let most_frequent = counts.iter().filter(|(i, _)| !sp.all().contains(i)).max_by_key(|(_, &c)| c).map(|(&i, _)| i as i64).unwrap();
+    let most_frequent = most_frequent_token(&tr, &sp);
     let mut cfg = ModelConfig::preset("bert-tiny").unwrap();
     cfg.set_architecture("BertForMaskedLM");
     if let ModelConfig::Encoder(c) = &mut cfg {

@@ -37,3 +37,13 @@ pub fn split(text: &str) -> (&str, &str) {
     let cut = text.char_indices().map(|(i, _)| i).find(|&i| i >= text.len() * 9 / 10).unwrap_or(text.len());
     text.split_at(cut)
 }
+
+/// The commonest token of `docs` (documents of tokenized sentences) that is not a special token:
+/// the MLM tests' "always predict it" baseline.
+pub fn most_frequent_token(docs: &[Vec<Vec<u32>>], special: &kiln::model::tokenize::SpecialIds) -> i64 {
+    let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
+    for &i in docs.iter().flatten().flatten() {
+        *counts.entry(i).or_default() += 1;
+    }
+    counts.iter().filter(|(i, _)| !special.all().contains(i)).max_by_key(|(_, &c)| c).map(|(&i, _)| i as i64).expect("a non-special token")
+}
