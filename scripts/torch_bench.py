@@ -201,6 +201,35 @@ class Bench:
         for op in ops:
             if op in table and self.wants(op):
                 self.memory_bound(op, dtype_s, shape, *table[op])
+            elif op in self.args.row_ops and self.wants(op):
+                self.memory_bound(op, dtype_s, shape, *self.declared(op, rows, d))
+
+    def declared(self, op, rows, d):
+        """(make, fn, method, bytes_read) for a row-wise op kiln declares (`kiln bench --list`) and
+        the table above does not know: its PyTorch expression of x ([rows, d]), p (its [d]
+        parameters, near 1) and d; the forward under no_grad, the backward as torch.autograd.grad
+        of that expression on a retained graph (dy, x, p read; dx, dp written; the saved tensors
+        are not counted)."""
+        name, fwd = op.rsplit("_", 1)
+        decl = self.args.row_ops[op]
+        expr = compile(decl["torch"], f"<{name}>", "eval")
+        f = lambda x, p: eval(expr, {"torch": torch, "d": d}, {"x": x, "p": p})  # noqa: E731
+
+        def params(dt):
+            return [(self.randn(d, dtype=dt) * 0.5 + 1).to(dt) for _ in range(decl["params"])]
+
+        if fwd == "fwd":
+            def fwd_fn(a):
+                with torch.no_grad():
+                    return f(a[0], list(a[1:]))
+            return (lambda dt: (self.randn(rows, d, dtype=dt), *params(dt)), fwd_fn, f"{decl['torch']} (forward)")
+
+        def bwd_inputs(dt):
+            x = self.randn(rows, d, dtype=dt).requires_grad_()
+            p = [t.requires_grad_() for t in params(dt)]
+            return (f(x, p), self.randn(rows, d, dtype=dt), x, *p)
+        return (bwd_inputs, lambda a: torch.autograd.grad(a[0], list(a[2:]), a[1], retain_graph=True),
+                f"torch.autograd.grad of {decl['torch']} (backward only, graph retained)", lambda a: nbytes(a[1:]))
 
     # -------------------------------------------------------------- matmul
     def matmul(self, dtype_s, m, n, k, ta=False, tb=False):
@@ -549,6 +578,8 @@ def main() -> int:
     ap.add_argument("--sdpa-backends", default="flash", help="CUDA attention backends: flash,cudnn,efficient,math")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training-step models")
     ap.add_argument("--no-sweep", action="store_true", help="CPU: skip the attention sequence-length sweep")
+    ap.add_argument("--row-ops", dest="row_ops_file", help="`kiln bench --list` output: also time the row-wise ops it declares "
+                    "that this script's own table does not know (their PyTorch expression, forward and autograd backward)")
     ap.add_argument("--no-isolate", action="store_true", help="run the whole-model rows (training steps, decoding) in this process")
     args = ap.parse_args()
 
@@ -559,6 +590,14 @@ def main() -> int:
         return 2
     cpu = args.device == "cpu"
     args.ops = set(args.op.split(",")) if args.op else None
+    args.row_ops = {}
+    if args.row_ops_file:
+        with open(args.row_ops_file) as fh:
+            for line in fh:
+                decl = json.loads(line) if line.strip() else {}
+                if "row_op" in decl:
+                    args.row_ops.update({f"{decl['row_op']}_{p}": decl for p in ("fwd", "bwd")})
+    MEM_OPS.extend(o for o in args.row_ops if o not in MEM_OPS)
     args.dtypes = args.dtypes.split(",") if args.dtypes else (["f32"] if cpu else ["bf16", "f32"])
     args.sdpa_backends = args.sdpa_backends.split(",")
     args.min_iters = args.min_iters or (10 if cpu else 30)

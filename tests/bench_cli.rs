@@ -20,6 +20,16 @@ fn rows(text: &str) -> Vec<serde_json::Value> {
     text.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// `kiln bench --list`: every op name, and the row-wise ops' declarations (name, parameters,
+/// composed reference or not, PyTorch expression).
+fn list() -> (Vec<String>, Vec<serde_json::Value>) {
+    let o = kiln(&["bench", "--list"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let all = rows(&String::from_utf8_lossy(&o.stdout));
+    let ops = all.iter().find_map(|r| r["ops"].as_array()).expect("an ops line").iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    (ops, all.into_iter().filter(|r| r.get("row_op").is_some()).collect())
+}
+
 #[test]
 fn quick_bench_checks_times_and_reports_every_case() {
     let dir = tmp("quick");
@@ -31,8 +41,11 @@ fn quick_bench_checks_times_and_reports_every_case() {
     let saved = rows(&std::fs::read_to_string(&out).unwrap());
     assert_eq!(printed.len(), saved.len());
     let ops: std::collections::BTreeSet<&str> = printed.iter().map(|r| r["op"].as_str().unwrap()).collect();
-    for op in ["copy", "matmul", "gelu_fwd", "gelu_bwd", "gelu_tanh_fwd", "layer_norm_fwd", "layer_norm_bwd", "softmax_fwd", "softmax_bwd", "cross_entropy_fwd", "cross_entropy_bwd", "attention_fwd", "attention_bwd", "attention_fwd_bwd", "train_step_gpt", "train_step_bert", "decode_gpt"] {
-        assert!(ops.contains(op), "no row for {op}: {ops:?}");
+    // every op `kiln bench --list` names (the row-wise ones as each op declares itself) has rows
+    let (listed, row_ops) = list();
+    assert!(listed.len() >= 27 && row_ops.len() >= 5, "{listed:?}");
+    for op in &listed {
+        assert!(ops.contains(op.as_str()), "no row for {op}: {ops:?}");
     }
     for r in &printed {
         let id = r["id"].as_str().unwrap();
@@ -51,8 +64,9 @@ fn quick_bench_checks_times_and_reports_every_case() {
     }
     // every fused op has a scalar variant checked against (or being) the reference, and a composed one where kiln has it
     let variants = |op: &str| -> Vec<String> { printed.iter().filter(|r| r["op"] == op).map(|r| r["variant"].as_str().unwrap().to_string()).collect() };
-    for op in ["softmax_fwd", "layer_norm_bwd", "attention_fwd"] {
-        let v = variants(op);
+    let composed = row_ops.iter().filter(|o| o["composed"] == true).flat_map(|o| ["fwd", "bwd"].map(|p| format!("{}_{p}", o["row_op"].as_str().unwrap())));
+    for op in composed.chain(["attention_fwd".to_string()]) {
+        let v = variants(&op);
         assert!(v.contains(&"scalar".into()) && v.contains(&"composed".into()), "{op}: {v:?}");
     }
     assert!(printed.iter().filter(|r| r["variant"] != "composed" && r["op"] == "softmax_fwd").all(|r| r["max_err"].as_f64().unwrap() < 1e-4));

@@ -66,15 +66,40 @@ fn tsan_missing(dir: &std::path::Path) -> Option<String> {
     (!ran.as_ref().is_ok_and(|o| o.status.success())).then(|| format!("a -fsanitize=thread program does not run here: {ran:?}"))
 }
 
-/// The checks every run must show: no FAIL line, exit status 0, "all ok" from each of the four
-/// programs (test_ops, test_attention, test_attention_tc, test_attention_dropout), and the
-/// tensor-core and dropout kernels' checks.
+/// The emulator programs run.sh must run: kernels/emu/test_*.cpp and every op's own
+/// crates/tensor/src/ops/<op>/<op>_emu.cpp (read from the tree, as run.sh finds them).
+fn programs() -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut names = Vec::new();
+    let mut add = |dir: PathBuf, keep: &dyn Fn(&str) -> bool| {
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())).flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".cpp").filter(|s| keep(s)) {
+                names.push(stem.to_string());
+            }
+        }
+    };
+    add(root.join("kernels/emu"), &|s| s.starts_with("test_"));
+    for op in std::fs::read_dir(root.join("crates/tensor/src/ops")).unwrap().flatten().filter(|e| e.path().is_dir()) {
+        add(op.path(), &|s| s.ends_with("_emu"));
+    }
+    names.sort();
+    names
+}
+
+/// The checks every run must show: no FAIL line, exit status 0, each program of [`programs`]
+/// started and "all ok" once per program, and the tensor-core and dropout kernels' checks.
 fn assert_all_ok(o: &Output) {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
     let failed: Vec<&str> = stdout.lines().filter(|l| l.contains("FAIL")).collect();
     assert!(o.status.success() && failed.is_empty(), "emulated kernels failed:\n{}\n{stdout}\n{stderr}", failed.join("\n"));
-    assert_eq!(stdout.lines().filter(|l| *l == "all ok").count(), 4, "{stdout}");
+    let programs = programs();
+    assert!(programs.len() >= 5, "{programs:?}");
+    for p in &programs {
+        assert!(stdout.lines().any(|l| l == format!("== program {p}")), "{p} did not run:\n{stdout}");
+    }
+    assert_eq!(stdout.lines().filter(|l| *l == "all ok").count(), programs.len(), "{stdout}");
     for must in ["drop out", "drop dq", "drop dk", "drop dv", "tc drop out", "tc drop dq", "tc drop dk", "tc drop dv", "tc2 out", "tc2 dq", "tc2 dk", "tc2 dv", "wg out", "wg lse", "wg serial out", "wgtma out", "wgtma lse", "wgtma pingpong out", "wg dq", "wg dk", "wg dv"] {
         assert!(stdout.contains(must), "no {must:?} check ran:\n{stdout}");
     }

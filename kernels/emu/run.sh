@@ -23,7 +23,18 @@ if [ "${KILN_EMU_TSAN:-0}" = 1 ]; then
   flags=(-O1 -g -fsanitize=thread -DKILN_EMU_TSAN=1)
   export TSAN_OPTIONS="halt_on_error=1 exitcode=66 ${TSAN_OPTIONS:-}"
 fi
-for t in ${KILN_EMU_TESTS:-test_ops test_attention test_attention_tc test_attention_dropout}; do
-  g++ -std=c++20 "${flags[@]}" -pthread -w -I"$out" -I"$here" -o "$out/$t" "$here/$t.cpp"
+# the programs: kernels/emu/test_*.cpp, and each op's own test beside its kernels
+# (crates/tensor/src/ops/<op>/<op>_emu.cpp), found here, not listed; KILN_EMU_TESTS="name ..." picks some
+programs=()
+for src in "$here"/test_*.cpp "$here"/../../crates/tensor/src/ops/*/*_emu.cpp; do
+  [ -e "$src" ] || continue
+  name="$(basename "$src" .cpp)"
+  if [ -n "${KILN_EMU_TESTS:-}" ] && [[ " $KILN_EMU_TESTS " != *" $name "* ]]; then continue; fi
+  programs+=("$src")
+done
+for src in "${programs[@]}"; do
+  t="$(basename "$src" .cpp)"
+  echo "== program $t"
+  g++ -std=c++20 "${flags[@]}" -pthread -w -I"$out" -I"$here" -o "$out/$t" "$src"
   timeout "${KILN_EMU_TIMEOUT:-900}" "$out/$t"  # a deadlocked kernel (barriers that never complete) fails here
 done

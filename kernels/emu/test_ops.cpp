@@ -1,6 +1,7 @@
 // CPU emulation tests of the kernels of kernels/{elementwise,copy}.cu and crates/tensor/src/ops/<op>/<op>.cu (gelu, layer_norm, softmax, cross_entropy, reduce, adamw, dropout; index_select/embedding.cu)
 // against double-precision references. Run with kernels/emu/run.sh.
 #include "emu.h"
+#include "emu_check.h"
 #include <cstdio>
 #include <random>
 #include <string>
@@ -14,15 +15,6 @@
 #include "gen/adamw.cu"
 #include "gen/dropout.cu"
 #include "gen/copy.cu"
-
-static std::mt19937 rng(99);
-static std::vector<float> randv(size_t n, float s = 1.f) { std::normal_distribution<float> d(0.f, s); std::vector<float> v(n); for (auto& x : v) x = d(rng); return v; }
-int fails = 0;
-template <typename A, typename B> double err(const A& a, const B& b) {
-  double m = 0, s = 1e-12; for (size_t i = 0; i < b.size(); ++i) s = std::max(s, std::fabs((double)b[i]));
-  if (a.size() != b.size()) return 1e9;
-  for (size_t i = 0; i < b.size(); ++i) { double d = std::fabs((double)a[i] - (double)b[i]); if (!(d <= m)) m = d; } return m / s; }
-void check(const char* what, double e, double tol = 1e-5) { printf("%-36s err %.3g %s\n", what, e, e < tol ? "ok" : "FAIL"); if (!(e < tol)) fails++; }
 
 int main() {
   // ---- layer_norm
@@ -257,6 +249,5 @@ int main() {
       snprintf(what, sizeof what, "adamw_step %s vs double", names[variant]);
       double e = 0; for (int i = 0; i < n; ++i) e = std::max(e, std::fabs(pw[i] - rw[i]) / (std::fabs(rw[i]) + 1e-3));
       check(what, e, 1e-6); } }
-  printf(fails ? "FAILURES: %d\n" : "all ok\n", fails);
-  return fails != 0;
+  return emu_done();
 }

@@ -9,8 +9,7 @@ use crate::tensor::cpu::simd::{self, Level};
 use crate::tensor::cuda::RowKernel;
 use crate::tensor::ops::attention::AttnKernel;
 use crate::tensor::ops::attention::{attention_reference, AttentionOpts};
-use crate::tensor::ops::gelu::{self, GeluApprox};
-use crate::tensor::ops::{layer_norm, softmax};
+use crate::tensor::ops::ROW_OPS;
 use crate::{DType, Device, Result, Tensor};
 use std::rc::Rc;
 
@@ -227,43 +226,24 @@ pub fn op_cases(ctx: &Ctx, spec: &OpSpec, passes: &[Pass], seed: u64) -> Result<
     Ok(cases)
 }
 
-/// GELU (erf and tanh), LayerNorm, softmax over `[rows, d]` and cross-entropy over `[n, classes]`.
-/// `ce: None` leaves cross-entropy out (for the extra large shapes).
+/// Every row-wise op of [`ROW_OPS`] (GELU erf and tanh, LayerNorm, softmax, RMSNorm, ... as each op
+/// declares itself) over `[rows, d]`, and cross-entropy over `[n, classes]`. `ce: None` leaves
+/// cross-entropy out (for the extra large shapes).
 pub fn memory_bound(ctx: &Ctx, dtype: DType, rows: usize, d: usize, ce: Option<(usize, usize)>) -> Result<Vec<Case<'static>>> {
-    let (n, e) = ((rows * d) as u64, dtype.size_in_bytes() as u64);
+    let e = dtype.size_in_bytes() as u64;
     let all = [Pass::Fwd, Pass::Bwd];
     let mut cases = Vec::new();
-    // elementwise: x read, y written; backward: x and dy read, dx written
-    let ew = move |p| Work::Bytes(if p == Pass::Fwd { 2 * n * e } else { 3 * n * e });
-    for (op, approx) in [("gelu", GeluApprox::Erf), ("gelu_tanh", GeluApprox::Tanh)] {
-        let spec = OpSpec {
-            composed: (approx == GeluApprox::Tanh).then(|| Rc::new(|t: &[Tensor]| gelu::composed_tanh(&t[0])) as OpFn),
-            ..OpSpec::rowwise(op, dtype, rows, d, Rc::new(move |t| t[0].gelu_with(approx)), Box::new(ew))
-        };
-        cases.extend(op_cases(ctx, &spec, &all, 10)?);
+    for (i, op) in ROW_OPS.iter().enumerate() {
+        let fused: OpFn = Rc::new(op.fused);
+        // on CUDA the block-per-row kernels too, timed beside the warp-per-row default (`cuda-block`)
+        let block = |f: OpFn| -> (&'static str, OpFn) { ("cuda-block", Rc::new(move |t: &[Tensor]| crate::tensor::cuda::with_row_kernel(Some(RowKernel::Block), || f(t)))) };
+        let (r, dd, bytes) = (rows as u64, d as u64, op.bytes);
+        let mut spec = OpSpec::rowwise(op.name, dtype, rows, d, fused.clone(), Box::new(move |p| Work::Bytes(bytes(p == Pass::Fwd, r, dd, e))));
+        spec.inputs.extend((0..op.params).map(|_| (vec![d], true)));
+        spec.composed = op.composed.map(|c| Rc::new(c) as OpFn);
+        spec.cuda_alternatives.extend(op.row_kernels.then(|| block(fused)));
+        cases.extend(op_cases(ctx, &spec, &all, 10 * (i as u64 + 1))?);
     }
-    let (r, dd) = (rows as u64, d as u64);
-    // fwd: x, w, b read; y written, mean and rstd (f32) saved. bwd: dy, x, mean, rstd, w read; dx, dw, db written.
-    let ln_work = move |p| Work::Bytes(if p == Pass::Fwd { (2 * n + 2 * dd) * e + 2 * r * 4 } else { (3 * n + 3 * dd) * e + 2 * r * 4 });
-    // on CUDA the block-per-row kernels too, timed beside the warp-per-row default (`cuda-block`)
-    let block = |f: OpFn| -> Vec<(&'static str, OpFn)> {
-        vec![("cuda-block", Rc::new(move |t: &[Tensor]| crate::tensor::cuda::with_row_kernel(Some(RowKernel::Block), || f(t))) as OpFn)]
-    };
-    let ln: OpFn = Rc::new(|t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5));
-    let spec = OpSpec {
-        inputs: vec![(vec![rows, d], true), (vec![d], true), (vec![d], true)],
-        composed: Some(Rc::new(|t| layer_norm::composed(&t[0], Some(&t[1]), Some(&t[2]), 1e-5))),
-        cuda_alternatives: block(ln.clone()),
-        ..OpSpec::rowwise("layer_norm", dtype, rows, d, ln, Box::new(ln_work))
-    };
-    cases.extend(op_cases(ctx, &spec, &all, 20)?);
-    let sm: OpFn = Rc::new(|t| t[0].softmax_last_dim());
-    let spec = OpSpec {
-        composed: Some(Rc::new(|t| softmax::composed(&t[0]))),
-        cuda_alternatives: block(sm.clone()),
-        ..OpSpec::rowwise("softmax", dtype, rows, d, sm, Box::new(ew))
-    };
-    cases.extend(op_cases(ctx, &spec, &all, 30)?);
     let Some((cn, classes)) = ce else { return Ok(cases) };
     let targets: Vec<i64> = (0..cn as i64).map(|i| if i % 17 == 5 { -100 } else { (i * 7919) % classes as i64 }).collect();
     let (nc, cn64) = ((cn * classes) as u64, cn as u64);

@@ -9,6 +9,7 @@ use clap::Args;
 use kiln::lab::cases::{self, Ctx, Pass};
 use kiln::lab::harness::{run_case, Case, TimerCfg};
 use kiln::lab::{decode, row, train_step};
+use kiln::tensor::ops::ROW_OPS;
 use kiln::{DType, Device, Error, Result};
 use row::Row;
 use std::io::Write;
@@ -72,6 +73,10 @@ pub struct BenchArgs {
     /// Tiny shapes and short timing: checks that every case runs (seconds, not minutes).
     #[arg(long)]
     pub quick: bool,
+    /// Print the ops (JSON lines: each row-wise op with its PyTorch expression, for
+    /// scripts/torch_bench.py --row-ops; then every op name) and exit without measuring.
+    #[arg(long)]
+    pub list: bool,
 }
 
 fn read_rows(path: &PathBuf) -> Result<Vec<Row>> {
@@ -92,12 +97,29 @@ fn write_rows(path: &PathBuf, rows: &[Row]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Every op `kiln bench` measures (the ceilings `copy` and `matmul` always run).
-const OPS: &[&str] = &[
-    "copy", "matmul", "gelu_fwd", "gelu_bwd", "gelu_tanh_fwd", "gelu_tanh_bwd", "layer_norm_fwd", "layer_norm_bwd", "softmax_fwd", "softmax_bwd",
+/// Every op `kiln bench` measures (the ceilings `copy` and `matmul` always run): these, with each
+/// row-wise op of `kiln::tensor::ops::ROW_OPS` (as the ops declare themselves) after `matmul`.
+const FIXED_OPS: &[&str] = &[
     "cross_entropy_fwd", "cross_entropy_bwd", "attention_fwd", "attention_bwd", "attention_fwd_bwd", "train_step_gpt", "train_step_bert", "decode_gpt",
     "family_step_bert", "family_step_roberta", "family_step_albert", "family_step_distilbert", "family_step_electra", "family_step_openai-gpt", "family_step_gpt2",
 ];
+
+/// The names of every op `kiln bench` measures, in order.
+fn ops() -> Vec<String> {
+    let rowwise = ROW_OPS.iter().flat_map(|o| [format!("{}_fwd", o.name), format!("{}_bwd", o.name)]);
+    ["copy", "matmul"].into_iter().map(String::from).chain(rowwise).chain(FIXED_OPS.iter().map(|s| s.to_string())).collect()
+}
+
+/// `kiln bench --list`: one JSON object per row-wise op (name, parameter count, whether it has a
+/// composed variant, the PyTorch expression; scripts/torch_bench.py --row-ops reads them), then
+/// the names of every op.
+fn list() {
+    for o in ROW_OPS {
+        println!("{}", serde_json::json!({"row_op": o.name, "params": o.params, "composed": o.composed.is_some(), "torch": o.torch}));
+    }
+    println!("{}", serde_json::json!({"ops": ops()}));
+}
+
 /// Every variant name a case can have.
 const VARIANTS: &[&str] = &[
     "scalar", "avx2", "avx512", "composed", "cuda", "cuda-simple", "cuda-tc2", "cuda-wg", "cuda-wg-serial", "cuda-wgtma", "cuda-wgtma-pp", "matrixmultiply", "cublas", "cublas-tf32",
@@ -114,16 +136,17 @@ impl Filter {
     fn op(&self, op: &str) -> bool {
         self.ops.as_ref().is_none_or(|v| v.iter().any(|o| op.contains(o.as_str())))
     }
-    /// Whether some op of `family` (a prefix of [`OPS`] names) may pass: a cheap pre-check
+    /// Whether some op of `family` (a prefix of [`ops`] names) may pass: a cheap pre-check
     /// before building inputs, consistent with [`Filter::op`].
     fn family(&self, family: &str) -> bool {
-        OPS.iter().filter(|op| op.starts_with(family)).any(|op| self.op(op))
+        ops().iter().filter(|op| op.starts_with(family)).any(|op| self.op(op))
     }
     /// An error naming the filters that match no op, or no variant.
     fn check(&self) -> Result<()> {
+        let all = ops();
         for o in self.ops.iter().flatten() {
-            if !OPS.iter().any(|op| op.contains(o.as_str())) {
-                return Err(Error::msg(format!("--op {o}: matches no op (ops: {})", OPS.join(", "))));
+            if !all.iter().any(|op| op.contains(o.as_str())) {
+                return Err(Error::msg(format!("--op {o}: matches no op (ops: {})", all.join(", "))));
             }
         }
         for v in self.variants.iter().flatten() {
@@ -217,7 +240,7 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
     let ce = if quick { (17, 50) } else { (1024, 8192) };
     let mut all: Vec<Case> = Vec::new();
     for &dt in &dtypes {
-        if ["gelu", "layer_norm", "softmax", "cross_entropy"].iter().any(|o| filter.family(o)) {
+        if ROW_OPS.iter().map(|o| o.name).chain(["cross_entropy"]).any(|o| filter.family(o)) {
             all.extend(cases::memory_bound(&ctx, dt, rows_d, d, Some(ce))?);
             // on a GPU also the >= 256 MB shapes (as torch_bench.py): [B·T, 768] at 262144 rows
             // (GPT-2 width, 384 MB in f32) and long 4096-element rows
@@ -311,6 +334,10 @@ fn measure(a: &BenchArgs, device: Device, filter: &Filter) -> Result<Vec<Row>> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.list {
+        list();
+        return Ok(());
+    }
     let device: Device = a.device.parse()?;
     let filter = Filter {
         ops: a.op.as_ref().map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()),

@@ -10,6 +10,7 @@ mod sbgemm;
 mod sgemm;
 #[cfg(target_arch = "x86_64")]
 mod sgemm512;
+pub(crate) mod rows;
 pub mod simd;
 pub mod strided;
 #[cfg(target_arch = "x86_64")]

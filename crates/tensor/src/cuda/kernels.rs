@@ -55,12 +55,13 @@ macro_rules! kernel_file {
             entries: &[$($e),*],
         }
     };
-    // an op's kernels, beside its Rust halves: `crates/tensor/src/ops/<op>/<stem>.cu`
+    // an op's kernels, declared in the op's `mod.rs` beside them: `crates/tensor/src/ops/<op>/<stem>.cu`
+    // (`include_str!` resolves the file name next to the file the macro is invoked from)
     (op $op:literal / $stem:literal, $dtypes:expr, [$($e:literal),* $(,)?]) => {
-        KernelFile {
+        $crate::cuda::kernels::KernelFile {
             stem: $stem,
             path: concat!("crates/tensor/src/ops/", $op, "/", $stem, ".cu"),
-            source: include_str!(concat!("../ops/", $op, "/", $stem, ".cu")),
+            source: include_str!(concat!($stem, ".cu")),
             sm90a_only: false,
             dtypes: $dtypes,
             entries: &[$($e),*],
@@ -69,31 +70,40 @@ macro_rules! kernel_file {
     (@sm90a sm90a) => { true };
     (@sm90a) => { false };
 }
+pub(crate) use kernel_file;
 
 /// Every float kernel type (`_f32`, `_bf16`, `_f16` entry points).
 pub const ALL_FLOATS: &[&str] = &["f32", "bf16", "f16"];
 /// The 16-bit float types only (the tensor-core kernels take 16-bit inputs).
 pub const HALF_FLOATS: &[&str] = &["bf16", "f16"];
 
-/// Every kernel file, in a fixed order, with the entry points it must define: the one list that
-/// the NVRTC registry, `kiln kernels`, the kernel cache and tests/kernels_compile.rs read. An op's
-/// file sits in its folder (`op "<op>" / "<stem>"`); shared ones in `kernels/`.
-pub const KERNEL_FILES: &[KernelFile] = &[
-    kernel_file!(op "adamw" / "adamw", ALL_FLOATS, ["adamw_step"]),
+/// The shared kernel files, in the repository's `kernels/` (each op's own file is declared in its
+/// folder's `mod.rs` as `KERNELS`, and collected by `crate::ops::KERNELS`).
+const SHARED: &[KernelFile] = &[
     kernel_file!("attention", ALL_FLOATS, ["attention_fwd", "attention_bwd_preprocess", "attention_bwd_dq", "attention_bwd_dkdv", "attention_fwd_drop", "attention_bwd_dq_drop", "attention_bwd_dkdv_drop"]),
     kernel_file!("attention_tc", HALF_FLOATS, ["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_tc2_d64", "attention_bwd_tc2_d128", "attention_bwd_dq_convert", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128", "attention_fwd_tc_drop_d64", "attention_fwd_tc_drop_d128", "attention_bwd_dq_tc_drop_d64", "attention_bwd_dq_tc_drop_d128", "attention_bwd_dkdv_tc_drop_d64", "attention_bwd_dkdv_tc_drop_d128"]),
     kernel_file!("attention_tma", HALF_FLOATS, ["attention_fwd_wgtma_d64", "attention_fwd_wgtma_d128", "attention_fwd_wgtma_pp_d64", "attention_fwd_wgtma_pp_d128"], sm90a),
     kernel_file!("attention_wgmma", HALF_FLOATS, ["attention_fwd_wg_d64", "attention_fwd_wg_d128", "attention_fwd_wg_serial_d64", "attention_fwd_wg_serial_d128", "attention_bwd_wg_d64", "attention_bwd_wg_d128"], sm90a),
     kernel_file!("copy", ALL_FLOATS, ["copy", "copy_to_strided"]),
-    kernel_file!(op "cross_entropy" / "cross_entropy", ALL_FLOATS, ["cross_entropy_fwd", "cross_entropy_bwd"]),
-    kernel_file!(op "dropout" / "dropout", ALL_FLOATS, ["dropout_fwd", "dropout_bwd"]),
     kernel_file!("elementwise", ALL_FLOATS, ["unary_fwd", "unary_bwd", "binary_fwd", "binary_rows_fwd", "affine_fwd", "fill"]),
-    kernel_file!(op "index_select" / "embedding", ALL_FLOATS, ["embedding_fwd", "embedding_bwd"]),
-    kernel_file!(op "gelu" / "gelu", ALL_FLOATS, ["gelu_fwd", "gelu_bwd"]),
-    kernel_file!(op "layer_norm" / "layer_norm", ALL_FLOATS, ["layer_norm_fwd", "layer_norm_bwd", "layer_norm_bwd_reduce", "layer_norm_fwd_warp8", "layer_norm_fwd_warp16", "layer_norm_fwd_warp24", "layer_norm_fwd_warp32", "layer_norm_fwd_warp48", "layer_norm_fwd_warp64", "layer_norm_bwd_warp8", "layer_norm_bwd_warp16", "layer_norm_bwd_warp24", "layer_norm_bwd_warp32", "layer_norm_bwd_warp48"]),
-    kernel_file!(op "reduce" / "reduce", ALL_FLOATS, ["reduce_sum_last", "reduce_max_last", "reduce_sum_rows_partial", "reduce_sum_rows_finish"]),
-    kernel_file!(op "softmax" / "softmax", ALL_FLOATS, ["softmax_fwd", "softmax_bwd", "log_softmax_fwd", "log_softmax_bwd", "softmax_fwd_warp8", "softmax_bwd_warp8", "log_softmax_fwd_warp8", "log_softmax_bwd_warp8", "softmax_fwd_warp16", "softmax_bwd_warp16", "log_softmax_fwd_warp16", "log_softmax_bwd_warp16", "softmax_fwd_warp24", "softmax_bwd_warp24", "log_softmax_fwd_warp24", "log_softmax_bwd_warp24", "softmax_fwd_warp32", "softmax_bwd_warp32", "log_softmax_fwd_warp32", "log_softmax_bwd_warp32", "softmax_fwd_warp48", "softmax_bwd_warp48", "log_softmax_fwd_warp48", "log_softmax_bwd_warp48", "softmax_fwd_warp64", "softmax_bwd_warp64", "log_softmax_fwd_warp64", "log_softmax_bwd_warp64"]),
 ];
+
+/// `a` then `b`, in an array of `N = a.len() + b.len()` (at compile time).
+const fn concat<const N: usize>(a: &[KernelFile], b: &[KernelFile]) -> [KernelFile; N] {
+    let mut out = [a[0]; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < a.len() { a[i] } else { b[i - a.len()] };
+        i += 1;
+    }
+    out
+}
+const ALL: [KernelFile; SHARED.len() + crate::ops::KERNELS.len()] = concat(SHARED, crate::ops::KERNELS);
+
+/// Every kernel file, in a fixed order (the shared ones, then the ops'), with the entry points it
+/// must define: the one list that the NVRTC registry, `kiln kernels`, the kernel cache and
+/// tests/kernels_compile.rs read.
+pub const KERNEL_FILES: &[KernelFile] = &ALL;
 
 /// The headers every program may `#include "name"`: (include name, text).
 pub const HEADERS: &[(&str, &str)] = &[

@@ -161,3 +161,23 @@ pub(crate) unsafe fn prefetch_line(p: *const f32, j: usize) {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(j).cast());
     }
 }
+
+/// Loads lanes `i..` of `s` (a full vector, or the zero-padded tail when fewer remain).
+#[inline(always)]
+pub(crate) unsafe fn ld<V: VF32>(s: &[f32], i: usize) -> V {
+    if i + V::LANES <= s.len() {
+        V::load(s.as_ptr().add(i))
+    } else {
+        V::load_tail(&s[i..], 0.0)
+    }
+}
+
+/// Stores lanes into `p[i..]` of a row of `n` floats (a full vector, or the `n - i` remaining).
+#[inline(always)]
+pub(crate) unsafe fn st<V: VF32>(v: V, p: *mut f32, n: usize, i: usize) {
+    if i + V::LANES <= n {
+        v.store(p.add(i))
+    } else {
+        v.store_part(p.add(i), n - i)
+    }
+}

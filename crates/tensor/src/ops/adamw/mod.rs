@@ -3,10 +3,15 @@
 //! `adamw.cu` beside it). `kiln-model`'s optimizer calls them; the bookkeeping (moments, steps,
 //! no-decay parameters) is its own.
 use crate::Result;
+use crate::cuda::kernels::{kernel_file, KernelFile, ALL_FLOATS};
 
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+
+/// The CUDA kernels of this op (`adamw.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+pub(crate) const KERNELS: KernelFile = kernel_file!(op "adamw" / "adamw", ALL_FLOATS, ["adamw_step"]);
+
 pub use cpu::adamw_update;
 
 /// The per-step scalars of one AdamW update, in f32 as kiln's CPU loop uses them (PyTorch's

@@ -5,10 +5,14 @@ use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::CpuStorage;
 use crate::{DType, Error, Result, Tensor};
 use std::sync::Arc;
+use crate::cuda::kernels::{kernel_file, KernelFile, ALL_FLOATS};
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+
+/// The CUDA kernels of this op (`cross_entropy.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+pub(crate) const KERNELS: KernelFile = kernel_file!(op "cross_entropy" / "cross_entropy", ALL_FLOATS, ["cross_entropy_fwd", "cross_entropy_bwd"]);
 
 const OP: &str = "cross_entropy";
 

@@ -9,10 +9,14 @@ use crate::autograd::{backward_io, node, BackwardOp};
 use crate::storage::{CpuStorage, Storage};
 use crate::{DType, Error, Result, Tensor};
 use std::sync::Arc;
+use crate::cuda::kernels::{kernel_file, KernelFile, ALL_FLOATS};
 
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+
+/// The CUDA kernels of this op (`dropout.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+pub(crate) const KERNELS: KernelFile = kernel_file!(op "dropout" / "dropout", ALL_FLOATS, ["dropout_fwd", "dropout_bwd"]);
 
 const OP: &str = "dropout";
 

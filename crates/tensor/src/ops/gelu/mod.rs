@@ -3,10 +3,14 @@
 //! `gelu.cu` beside it.
 use crate::autograd::{backward_io, node, BackwardOp};
 use crate::{Result, Tensor};
+use crate::cuda::kernels::{kernel_file, KernelFile, ALL_FLOATS};
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+
+/// The CUDA kernels of this op (`gelu.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+pub(crate) const KERNELS: KernelFile = kernel_file!(op "gelu" / "gelu", ALL_FLOATS, ["gelu_fwd", "gelu_bwd"]);
 
 /// Which GELU formula: one enum for the CPU and CUDA halves (the discriminant is the `int` the
 /// kernels of `gelu.cu` take).
@@ -76,3 +80,22 @@ pub fn composed_tanh(x: &Tensor) -> Result<Tensor> {
     let u = x.add(&x3.mul_scalar(0.044715)?)?.mul_scalar((2.0 / std::f64::consts::PI).sqrt())?;
     x.mul(&u.tanh()?.add_scalar(1.0)?)?.mul_scalar(0.5)
 }
+
+/// The bench's and the generic tests' view of the exact GELU (see [`super::RowOp`]).
+pub const ROW_OP_ERF: super::RowOp = super::RowOp {
+    name: "gelu",
+    params: 0,
+    fused: |t| t[0].gelu_with(GeluApprox::Erf),
+    composed: None,
+    bytes: super::elementwise_bytes,
+    row_kernels: false,
+    torch: "torch.nn.functional.gelu(x)",
+};
+/// The same for the tanh approximation, with its composed reference.
+pub const ROW_OP_TANH: super::RowOp = super::RowOp {
+    name: "gelu_tanh",
+    fused: |t| t[0].gelu_with(GeluApprox::Tanh),
+    composed: Some(|t| composed_tanh(&t[0])),
+    torch: "torch.nn.functional.gelu(x, approximate='tanh')",
+    ..ROW_OP_ERF
+};

@@ -14,9 +14,13 @@ use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Dim, Error, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
+use crate::cuda::kernels::{kernel_file, KernelFile, ALL_FLOATS};
 
 #[cfg(feature = "cuda")]
 mod cuda;
+
+/// The CUDA kernels of this op (`embedding.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+pub(crate) const KERNELS: KernelFile = kernel_file!(op "index_select" / "embedding", ALL_FLOATS, ["embedding_fwd", "embedding_bwd"]);
 
 /// Reads i64 ids, checking the dtype and the range `0..size`.
 fn read_ids(op: &'static str, ids: &Tensor, size: usize) -> Result<Vec<usize>> {

@@ -10,16 +10,14 @@
 //! order, so the result does not depend on the thread count or scheduling.
 use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
-use crate::cpu::simd::body::{acc4, prefetch_line, sum};
+use crate::cpu::simd::body::{acc4, ld, prefetch_line, st, sum};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::ops::binary::PAR_MIN;
-use crate::cpu::uninit_vec;
+use crate::cpu::{rows, uninit_vec};
 use crate::ops::softmax::cpu::sum64;
 use super::LayerNormBackward;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Device, Error, Result, Tensor};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 type Out<T> = MaybeUninit<T>;
@@ -43,28 +41,27 @@ pub type FwdFn<T> = fn(&[T], Option<&[T]>, Option<&[T]>, usize, f64) -> LnForwar
 /// Signature of the backward kernels: `(x, dy, weight, mean, rstd, d)`.
 pub type BwdFn<T> = fn(&[T], &[T], Option<&[T]>, &[T], &[T], usize) -> LnBackward<T>;
 
-/// Rows per block: a function of the shape only (see the module docs).
-fn block_rows(rows: usize, d: usize) -> usize {
-    rows.div_ceil(64).max((1 << 13) / d.max(1)).max(1)
-}
-
-/// Runs `k(x, y, mean, rstd)` on blocks of rows (in parallel for large inputs).
-fn par_blocks<T: Send + Sync, R: Send>(
-    x: &[T],
-    y: &mut [Out<T>],
-    m: &mut [T],
-    r: &mut [T],
-    d: usize,
-    k: impl Fn(&[T], &mut [Out<T>], &mut [T], &mut [T]) -> R + Sync,
-) -> Vec<R> {
-    let br = block_rows(m.len(), d);
-    type Block<'a, T> = ((&'a [T], &'a mut [Out<T>]), (&'a mut [T], &'a mut [T]));
-    let it = |((x, y), (m, r)): Block<T>| k(x, y, m, r);
-    if x.len() >= PAR_MIN {
-        x.par_chunks(br * d).zip(y.par_chunks_mut(br * d)).zip(m.par_chunks_mut(br).zip(r.par_chunks_mut(br))).map(it).collect()
-    } else {
-        x.chunks(br * d).zip(y.chunks_mut(br * d)).zip(m.chunks_mut(br).zip(r.chunks_mut(br))).map(it).collect()
-    }
+/// The forward over blocks of rows ([`rows::fwd_blocks`]): `k(x, y, mean, rstd)` fills a block's
+/// rows and their statistics, collected here in row order.
+fn fwd_driver<T: CpuFloat>(x: &[T], d: usize, k: impl Fn(&[T], &mut [Out<T>], &mut [T], &mut [T]) + Sync) -> LnForward<T> {
+    let rows = x.len().checked_div(d).unwrap_or(0);
+    let (mut mean, mut rstd) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    let block = |x: &[T], y: &mut [Out<T>]| {
+        let n = x.len() / d;
+        let (mut m, mut r) = (vec![T::zero(); n], vec![T::zero(); n]);
+        k(x, y, &mut m, &mut r);
+        (m, r)
+    };
+    // SAFETY: `k` writes every row of each block (d == 0 means no elements).
+    let y = unsafe {
+        uninit_vec(x.len(), |y| {
+            for (m, r) in rows::fwd_blocks(x, y, d, block) {
+                mean.extend(m);
+                rstd.extend(r);
+            }
+        })
+    };
+    LnForward { y, mean, rstd }
 }
 
 fn ones_zeros<T: CpuFloat>(w: Option<&[T]>, b: Option<&[T]>, d: usize) -> (Vec<T>, Vec<T>) {
@@ -73,8 +70,6 @@ fn ones_zeros<T: CpuFloat>(w: Option<&[T]>, b: Option<&[T]>, d: usize) -> (Vec<T
 
 /// Generic forward (f64, and f32 at the scalar level). `x` has `rows·d` elements.
 pub fn layer_norm_fwd<T: CpuFloat>(x: &[T], w: Option<&[T]>, b: Option<&[T]>, d: usize, eps: f64) -> LnForward<T> {
-    let rows = x.len().checked_div(d).unwrap_or(0);
-    let (mut mean, mut rstd) = (vec![T::zero(); rows], vec![T::zero(); rows]);
     let (w, b) = ones_zeros(w, b, d);
     let (inv_d, eps) = (T::one() / T::from_f64(d as f64), T::from_f64(eps));
     let k = |x: &[T], y: &mut [Out<T>], m: &mut [T], r: &mut [T]| {
@@ -88,9 +83,7 @@ pub fn layer_norm_fwd<T: CpuFloat>(x: &[T], w: Option<&[T]>, b: Option<&[T]>, d:
             (m[i], r[i]) = (mu, rs);
         }
     };
-    // SAFETY: `k` writes every row of each block (d == 0 means no elements).
-    let y = unsafe { uninit_vec(x.len(), |y| drop(par_blocks(x, y, &mut mean, &mut rstd, d, k))) };
-    LnForward { y, mean, rstd }
+    fwd_driver(x, d, k)
 }
 
 /// Generic fused backward.
@@ -112,9 +105,9 @@ pub fn layer_norm_bwd<T: CpuFloat>(x: &[T], dy: &[T], w: Option<&[T]>, mean: &[T
     })
 }
 
-/// Splits rows into blocks, runs `k(x, dy, dx, mean, rstd, dw_partial, db_partial)` per block and
-/// sums the partials in block order.
-/// `k` must write every element of its `dx` block.
+/// Runs `k(x, dy, dx, mean, rstd, dw_partial, db_partial)` per block of rows
+/// ([`rows::bwd_blocks`]: the partials summed in block order). `k` must write every element of its
+/// `dx` block.
 fn bwd_driver<T: CpuFloat>(
     x: &[T],
     dy: &[T],
@@ -123,34 +116,12 @@ fn bwd_driver<T: CpuFloat>(
     d: usize,
     k: impl Fn(&[T], &[T], &mut [Out<T>], &[T], &[T], &mut [T], &mut [T]) + Sync,
 ) -> LnBackward<T> {
-    if d == 0 || x.is_empty() {
-        return LnBackward { dx: vec![T::zero(); x.len()], dw: vec![T::zero(); d], db: vec![T::zero(); d] };
-    }
-    let br = block_rows(mean.len(), d);
-    let run = |(i, dx): (usize, &mut [Out<T>])| {
-        let (lo, hi) = (i * br, (i * br + br).min(mean.len()));
-        let (mut dw, mut db) = (vec![T::zero(); d], vec![T::zero(); d]);
-        k(&x[lo * d..hi * d], &dy[lo * d..hi * d], dx, &mean[lo..hi], &rstd[lo..hi], &mut dw, &mut db);
-        (dw, db)
-    };
-    let mut parts: Vec<(Vec<T>, Vec<T>)> = Vec::new();
-    let fill = |dx: &mut [Out<T>]| {
-        parts = if x.len() >= PAR_MIN {
-            dx.par_chunks_mut(br * d).enumerate().map(run).collect()
-        } else {
-            dx.chunks_mut(br * d).enumerate().map(run).collect()
-        };
-    };
-    // SAFETY: `k` writes every element of each block (its contract), and the blocks cover `dx`.
-    let dx = unsafe { uninit_vec(x.len(), fill) };
-    let (mut dw, mut db) = (vec![T::zero(); d], vec![T::zero(); d]);
-    for (pw, pb) in &parts {
-        for j in 0..d {
-            dw[j] += pw[j];
-            db[j] += pb[j];
-        }
-    }
-    LnBackward { dx, dw, db }
+    let (dx, mut sums) = rows::bwd_blocks(mean.len(), d, 2, |r, dx, part| {
+        let (dw, db) = part.split_at_mut(d);
+        k(&x[r.start * d..r.end * d], &dy[r.start * d..r.end * d], dx, &mean[r.clone()], &rstd[r], dw, db);
+    });
+    let db = sums.split_off(d);
+    LnBackward { dx, dw: sums, db }
 }
 
 /// f32 forward with the best SIMD level.
@@ -159,8 +130,6 @@ pub fn layer_norm_fwd_f32(x: &[f32], w: Option<&[f32]>, b: Option<&[f32]>, d: us
     if lvl == Level::Scalar || d == 0 {
         return layer_norm_fwd(x, w, b, d, eps);
     }
-    let rows = x.len() / d;
-    let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
     let (w, b) = ones_zeros(w, b, d);
     let k = |x: &[f32], y: &mut [Out<f32>], m: &mut [f32], r: &mut [f32]| match lvl {
         #[cfg(target_arch = "x86_64")]
@@ -169,9 +138,8 @@ pub fn layer_norm_fwd_f32(x: &[f32], w: Option<&[f32]>, b: Option<&[f32]>, d: us
         Level::Avx2 => unsafe { fwd_avx2(x, y, m, r, &w, &b, eps as f32) },
         _ => unreachable!(),
     };
-    // SAFETY: the SIMD bodies write every row of each block.
-    let y = unsafe { uninit_vec(x.len(), |y| drop(par_blocks(x, y, &mut mean, &mut rstd, d, k))) };
-    LnForward { y, mean, rstd }
+    // (the SIMD bodies write every row of each block)
+    fwd_driver(x, d, k)
 }
 
 /// f32 fused backward with the best SIMD level.
@@ -191,28 +159,6 @@ pub fn layer_norm_bwd_f32(x: &[f32], dy: &[f32], w: Option<&[f32]>, mean: &[f32]
 }
 
 // ----- SIMD bodies ----------------------------------------------------------------------------------
-
-/// Loads lanes `i..` of `s` (a full vector, or the zero-padded tail when fewer remain).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn ld<V: VF32>(s: &[f32], i: usize) -> V {
-    if i + V::LANES <= s.len() {
-        V::load(s.as_ptr().add(i))
-    } else {
-        V::load_tail(&s[i..], 0.0)
-    }
-}
-
-/// Stores lanes into `p[i..]` of a row of `n` floats (a full vector, or the `n - i` remaining).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn st<V: VF32>(v: V, p: *mut f32, n: usize, i: usize) {
-    if i + V::LANES <= n {
-        v.store(p.add(i))
-    } else {
-        v.store_part(p.add(i), n - i)
-    }
-}
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -329,16 +275,11 @@ unsafe fn bwd_avx2(x: &[f32], dy: &[f32], dx: &mut [Out<f32>], m: &[f32], r: &[f
     bwd_rows::<F256>(x, dy, dx, m, r, w, dw, db)
 }
 
-/// The elements of `t` (converted to `T`'s dtype) as a `Vec<T>`.
-fn data<T: CpuSlice>(t: &Tensor) -> Result<Vec<T>> {
-    t.detach().to_dtype(T::DTYPE)?.with_slice::<T, _>(|s| s.to_vec())
-}
-
 fn fwd<T: CpuFloat + CpuSlice>(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64, k: FwdFn<T>) -> Result<(Tensor, Storage, Storage)> {
     let d = x.shape().last().copied().unwrap_or(1);
     let xc = x.detach().to_dtype(T::DTYPE)?;
-    let ws = w.map(data::<T>).transpose()?;
-    let bs = b.map(data::<T>).transpose()?;
+    let ws = w.map(rows::param::<T>).transpose()?;
+    let bs = b.map(rows::param::<T>).transpose()?;
     let r = xc.with_slice::<T, _>(|xs| k(xs, ws.as_deref(), bs.as_deref(), d, eps))?;
     let y = Tensor::from_storage(Storage::Cpu(T::into_storage(r.y).into_dtype(x.dtype())), x.shape())?;
     Ok((y, Storage::Cpu(T::into_storage(r.mean)), Storage::Cpu(T::into_storage(r.rstd))))
@@ -357,7 +298,7 @@ pub(super) fn forward(x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>, eps: f
 fn bwd<T: CpuFloat + CpuSlice>(node: &LayerNormBackward, mean: &CpuStorage, rstd: &CpuStorage, g: &Tensor, k: BwdFn<T>) -> Result<Vec<Option<Tensor>>> {
     let d = node.x.shape().last().copied().unwrap_or(1);
     let (xc, gc) = (node.x.detach().to_dtype(T::DTYPE)?, g.to_dtype(T::DTYPE)?);
-    let w = node.w.as_ref().map(data::<T>).transpose()?;
+    let w = node.w.as_ref().map(rows::param::<T>).transpose()?;
     let (mean, rstd) = (mean.as_slice::<T>()?, rstd.as_slice::<T>()?);
     let r = xc.with_slice::<T, _>(|x| gc.with_slice::<T, _>(|dy| k(x, dy, w.as_deref(), mean, rstd, d)))??;
     let wrap = |v: Vec<T>, like: &Tensor| -> Result<Tensor> {

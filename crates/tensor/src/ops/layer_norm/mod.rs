@@ -5,11 +5,15 @@
 use crate::autograd::{backward_io, node, BackwardOp};
 use crate::cuda::RowKernel;
 use crate::storage::Storage;
-use crate::{Error, Result, Tensor};
+use crate::{Result, Tensor};
+use crate::cuda::kernels::{kernel_file, KernelFile, ALL_FLOATS};
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+
+/// The CUDA kernels of this op (`layer_norm.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+pub(crate) const KERNELS: KernelFile = kernel_file!(op "layer_norm" / "layer_norm", ALL_FLOATS, ["layer_norm_fwd", "layer_norm_bwd", "layer_norm_bwd_reduce", "layer_norm_fwd_warp8", "layer_norm_fwd_warp16", "layer_norm_fwd_warp24", "layer_norm_fwd_warp32", "layer_norm_fwd_warp48", "layer_norm_fwd_warp64", "layer_norm_bwd_warp8", "layer_norm_bwd_warp16", "layer_norm_bwd_warp24", "layer_norm_bwd_warp32", "layer_norm_bwd_warp48"]);
 
 const OP: &str = "layer_norm";
 
@@ -37,16 +41,6 @@ impl BackwardOp for LayerNormBackward {
     }
 }
 
-fn check_param(x: &Tensor, p: Option<&Tensor>, d: usize) -> Result<()> {
-    if let Some(p) = p {
-        x.check_same(OP, p)?;
-        if p.shape() != [d] {
-            return Err(Error::ShapeMismatch { op: OP, lhs: x.shape().to_vec(), rhs: p.shape().to_vec() });
-        }
-    }
-    Ok(())
-}
-
 impl Tensor {
     /// LayerNorm over the last dim: per row, `y = (x - mean)/√(var + eps)·weight + bias` with the
     /// biased variance (as PyTorch). `weight` and `bias` are optional and must have shape `[D]`
@@ -56,16 +50,7 @@ impl Tensor {
     /// mismatch, `eps` negative or not finite.
     pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
         let _range = crate::nvtx::range("layer_norm");
-        self.check_float(OP)?;
-        if self.rank() == 0 {
-            return Err(Error::Shape { op: OP, shape: vec![], msg: "needs at least one dim (normalizes the last)".into() });
-        }
-        if !(eps >= 0.0 && eps.is_finite()) {
-            return Err(Error::msg(format!("layer_norm: eps must be finite and >= 0, got {eps}")));
-        }
-        let d = self.shape()[self.rank() - 1];
-        check_param(self, weight, d)?;
-        check_param(self, bias, d)?;
+        super::check_norm_args(OP, self, &[weight, bias], eps)?;
         #[cfg(feature = "cuda")]
         let forward = if self.device().is_cuda() { cuda::forward } else { cpu::forward };
         #[cfg(not(feature = "cuda"))]
@@ -92,3 +77,15 @@ pub fn composed(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps:
         None => Ok(y),
     }
 }
+
+/// The bench's and the generic tests' view (see [`super::RowOp`]): `x`, `weight`, `bias`, eps 1e-5.
+pub const ROW_OP: super::RowOp = super::RowOp {
+    name: OP,
+    params: 2,
+    fused: |t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5),
+    composed: Some(|t| composed(&t[0], Some(&t[1]), Some(&t[2]), 1e-5)),
+    // fwd: x, w, b read; y written, mean and rstd (f32) saved. bwd: dy, x, mean, rstd, w read; dx, dw, db written.
+    bytes: |fwd, r, d, e| if fwd { (2 * r * d + 2 * d) * e + 2 * r * 4 } else { (3 * r * d + 3 * d) * e + 2 * r * 4 },
+    row_kernels: true,
+    torch: "torch.nn.functional.layer_norm(x, (d,), p[0], p[1], 1e-5)",
+};

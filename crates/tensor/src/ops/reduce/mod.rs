@@ -5,9 +5,13 @@ use crate::cpu::simd;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Dim, Error, Result, Tensor};
 use rayon::prelude::*;
+use crate::cuda::kernels::{kernel_file, KernelFile, ALL_FLOATS};
 
 #[cfg(feature = "cuda")]
 mod cuda;
+
+/// The CUDA kernels of this op (`reduce.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+pub(crate) const KERNELS: KernelFile = kernel_file!(op "reduce" / "reduce", ALL_FLOATS, ["reduce_sum_last", "reduce_max_last", "reduce_sum_rows_partial", "reduce_sum_rows_finish"]);
 
 /// Validates and sorts `dims`; returns (kept-dims shape, output shape).
 pub(crate) fn reduce_shapes(op: &'static str, shape: &[usize], dims: &[usize], keepdim: bool) -> Result<(Vec<usize>, Vec<usize>)> {

@@ -3,10 +3,14 @@
 //! `cuda.rs` (adapter and launchers) with `softmax.cu` beside it.
 use crate::autograd::{backward_io, node, BackwardOp};
 use crate::{Result, Tensor};
+use crate::cuda::kernels::{kernel_file, KernelFile, ALL_FLOATS};
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+
+/// The CUDA kernels of this op (`softmax.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+pub(crate) const KERNELS: KernelFile = kernel_file!(op "softmax" / "softmax", ALL_FLOATS, ["softmax_fwd", "softmax_bwd", "log_softmax_fwd", "log_softmax_bwd", "softmax_fwd_warp8", "softmax_bwd_warp8", "log_softmax_fwd_warp8", "log_softmax_bwd_warp8", "softmax_fwd_warp16", "softmax_bwd_warp16", "log_softmax_fwd_warp16", "log_softmax_bwd_warp16", "softmax_fwd_warp24", "softmax_bwd_warp24", "log_softmax_fwd_warp24", "log_softmax_bwd_warp24", "softmax_fwd_warp32", "softmax_bwd_warp32", "log_softmax_fwd_warp32", "log_softmax_bwd_warp32", "softmax_fwd_warp48", "softmax_bwd_warp48", "log_softmax_fwd_warp48", "log_softmax_bwd_warp48", "softmax_fwd_warp64", "softmax_bwd_warp64", "log_softmax_fwd_warp64", "log_softmax_bwd_warp64"]);
 
 
 pub(crate) fn name(log: bool) -> &'static str {
@@ -81,3 +85,14 @@ pub fn composed(x: &Tensor) -> Result<Tensor> {
     let e = x.sub(&x.max(-1, true)?.detach())?.exp()?;
     e.div(&e.sum(-1, true)?)
 }
+
+/// The bench's and the generic tests' view (see [`super::RowOp`]).
+pub const ROW_OP: super::RowOp = super::RowOp {
+    name: "softmax",
+    params: 0,
+    fused: |t| t[0].softmax_last_dim(),
+    composed: Some(|t| composed(&t[0])),
+    bytes: super::elementwise_bytes,
+    row_kernels: true,
+    torch: "torch.softmax(x, -1)",
+};
