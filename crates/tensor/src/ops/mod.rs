@@ -26,6 +26,7 @@ pub mod layer_norm;
 pub mod matmul;
 pub mod reduce;
 pub mod reduce_max;
+pub mod rms_norm;
 pub mod softmax;
 pub mod unary;
 pub mod view;
@@ -73,11 +74,12 @@ pub(crate) const KERNELS: &[crate::cuda::kernels::KernelFile] = &[
     gelu::KERNELS,
     layer_norm::KERNELS,
     reduce::KERNELS,
+    rms_norm::KERNELS,
     softmax::KERNELS,
 ];
 
 /// Every row-wise op, in bench order.
-pub const ROW_OPS: &[RowOp] = &[gelu::ROW_OP_ERF, gelu::ROW_OP_TANH, layer_norm::ROW_OP, softmax::ROW_OP];
+pub const ROW_OPS: &[RowOp] = &[gelu::ROW_OP_ERF, gelu::ROW_OP_TANH, layer_norm::ROW_OP, softmax::ROW_OP, rms_norm::ROW_OP];
 
 /// The checks of a normalisation over the last dim (`layer_norm`, `rms_norm`): a float `x` of rank
 /// ≥ 1, `eps` finite and ≥ 0, each parameter of shape `[d]` on `x`'s device and dtype; returns `d`.
