@@ -194,6 +194,25 @@ impl LayerNorm {
     }
 }
 
+/// RMSNorm over the last dim with an elementwise weight (T5's and LLaMA's norm; `{name}.weight`
+/// as transformers names it).
+#[derive(Clone)]
+pub struct RmsNorm {
+    pub weight: Param,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(ps: &ParamStore, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(RmsNorm { weight: ps.get_or_init(&format!("{name}.weight"), &[dim], Init::Ones)?, eps })
+    }
+    /// Computes in the weight's dtype, as [`LayerNorm::forward`].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.weight.tensor();
+        x.to_dtype(w.dtype())?.rms_norm(Some(&w), self.eps)?.to_dtype(x.dtype())
+    }
+}
+
 /// Dropout with probability `p`, active only in training contexts.
 #[derive(Clone, Copy, Debug)]
 pub struct Dropout {
