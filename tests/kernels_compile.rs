@@ -1,10 +1,11 @@
-//! Compiles every kernel file of `cuda::kernels::KERNEL_FILES` (kernels/*.cu and ops/<op>/*.cu) with NVRTC for sm_80 and sm_90 (no GPU needed) and checks the
+//! Compiles every kernel file of `cuda::KERNEL_FILES` (kernels/*.cu and ops/<op>/*.cu) with NVRTC for sm_80 and sm_90 (no GPU needed) and checks the
 //! ptxas report: every entry point the library declares for the file exists, and no kernel spills registers or uses a stack
 //! frame (local memory).
 //!
 //! NVRTC comes from PyPI (see .ci/run). Without it the tests print SKIPPED, unless
 //! `KILN_REQUIRE_NVRTC=1` (CI), where a missing NVRTC is a failure.
 use kiln::tensor::cuda::{self, kernels, nvrtc, report};
+use kiln::tensor::ops::{kernel_file, KERNEL_FILES};
 use kiln::tensor::Error;
 use std::path::PathBuf;
 
@@ -46,13 +47,13 @@ fn every_cu_file_is_declared_once_with_its_source() {
         }
     }
     on_disk.sort();
-    let mut declared: Vec<String> = kernels::KERNEL_FILES.iter().map(|f| f.path.to_string()).collect();
+    let mut declared: Vec<String> = KERNEL_FILES.iter().map(|f| f.path.to_string()).collect();
     declared.sort();
-    assert_eq!(declared, on_disk, "KERNEL_FILES (crates/tensor/src/cuda/kernels.rs) and the .cu files on disk differ");
-    for f in kernels::KERNEL_FILES {
+    assert_eq!(declared, on_disk, "KERNEL_FILES (ops::KERNEL_FILES: the shared files in cuda/kernels.rs, each op's in its mod.rs) and the .cu files on disk differ");
+    for f in KERNEL_FILES {
         assert_eq!(std::fs::read_to_string(root.join(f.path)).unwrap(), f.source, "{}: the embedded source is not the file", f.path);
         assert!(f.path.ends_with(&format!("/{}.cu", f.stem)), "{}: stem {}", f.path, f.stem);
-        assert_eq!(kernels::KERNEL_FILES.iter().filter(|g| g.stem == f.stem).count(), 1, "{} declared twice", f.stem);
+        assert_eq!(KERNEL_FILES.iter().filter(|g| g.stem == f.stem).count(), 1, "{} declared twice", f.stem);
     }
 }
 
@@ -71,12 +72,12 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
                 .map(|half| {
                     let cache = &cache;
                     s.spawn(move || {
-                        kernels::KERNEL_FILES
+                        KERNEL_FILES
                             .iter()
                             .filter(|f| f.target(arch).is_some())
                             .skip(half)
                             .step_by(2)
-                            .map(|f| (f.stem, nvrtc::compile_cached_in(f.stem, arch, cache)))
+                            .map(|f| (f.stem, nvrtc::compile_cached_in(f, arch, cache)))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -89,8 +90,8 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
         assert_eq!(stems.contains(&"attention_wgmma"), arch == "sm_90", "the wgmma file is built for sm_90 only: {stems:?}");
         assert_eq!(stems.contains(&"attention_tma"), arch == "sm_90", "the TMA file is built for sm_90 only: {stems:?}");
         for (stem, c) in compiled {
-            let c = c.unwrap_or_else(|e| panic!("{} does not compile for {arch}: {e}", kernels::file(stem).unwrap().path));
-            assert_eq!(Some(c.arch.clone()), kernels::file(stem).unwrap().target(arch), "{stem}: compiled for its target arch");
+            let c = c.unwrap_or_else(|e| panic!("{} does not compile for {arch}: {e}", kernel_file(stem).unwrap().path));
+            assert_eq!(Some(c.arch.clone()), kernel_file(stem).unwrap().target(arch), "{stem}: compiled for its target arch");
             // ptxas serializes wgmma (waits after every one) when it cannot keep the accumulators in
             // registers across the asynchronous window; that costs most of the speed, so it fails here
             assert!(!c.log.contains("serialized"), "{stem} for {arch}: ptxas serialized wgmma:\n{}", c.log);
@@ -103,8 +104,8 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
             }
             assert_cubin_metadata_agrees(stem, arch, &c);
             let names: Vec<&str> = c.kernels.iter().map(|k| k.kernel.as_str()).collect();
-            // the entry points the library declares for this file (cuda::kernels::KERNEL_FILES)
-            let file = kernels::file(stem).unwrap();
+            // the entry points the library declares for this file (cuda::KERNEL_FILES)
+            let file = kernel_file(stem).unwrap();
             assert!(!file.entries.is_empty() && !file.dtypes.is_empty(), "{stem}: no entry points declared");
             for op in file.entries {
                 for dt in file.dtypes {
@@ -130,7 +131,7 @@ fn casts_cover_every_pair() {
     if !nvrtc_or_skip("casts_cover_every_pair") {
         return;
     }
-    let c = nvrtc::compile_uncached("elementwise", "sm_90").unwrap();
+    let c = nvrtc::compile_uncached(&kernels::ELEMENTWISE, "sm_90").unwrap();
     for (a, b) in [("f32", "bf16"), ("f32", "f16"), ("bf16", "f32"), ("f16", "f32"), ("bf16", "f16"), ("f16", "bf16"), ("i64", "f32")] {
         let want = format!("cast_{a}_{b}");
         assert!(c.kernels.iter().any(|k| k.kernel == want), "missing {want}");
@@ -144,8 +145,8 @@ fn the_disk_cache_returns_the_same_cubin() {
         return;
     }
     let dir = temp_cache("roundtrip");
-    let first = nvrtc::compile_cached_in("gelu", "sm_90", &dir).unwrap();
-    let second = nvrtc::compile_cached_in("gelu", "sm_90", &dir).unwrap();
+    let first = nvrtc::compile_cached_in(kernel_file("gelu").unwrap(), "sm_90", &dir).unwrap();
+    let second = nvrtc::compile_cached_in(kernel_file("gelu").unwrap(), "sm_90", &dir).unwrap();
     assert!(!first.from_cache && second.from_cache);
     match (&first.image, &second.image) {
         (nvrtc::KernelImage::Cubin(a), nvrtc::KernelImage::Cubin(b)) => assert_eq!(a, b),
@@ -155,7 +156,7 @@ fn the_disk_cache_returns_the_same_cubin() {
     let files: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(files.iter().any(|f| f.starts_with("gelu-sm_90-nvrtc") && f.ends_with(".cubin")), "{files:?}");
     // PTX targets work too (no ptxas report then).
-    let ptx = nvrtc::compile_cached_in("gelu", "compute_90", &dir).unwrap();
+    let ptx = nvrtc::compile_cached_in(kernel_file("gelu").unwrap(), "compute_90", &dir).unwrap();
     match ptx.image {
         nvrtc::KernelImage::Ptx(s) => assert!(s.contains(".target sm_90") && s.contains("gelu_fwd_bf16")),
         _ => panic!("expected PTX"),
@@ -173,7 +174,7 @@ fn a_compile_error_names_the_file_and_carries_the_log() {
     let msg = e.to_string();
     assert!(matches!(e, Error::Cuda(_)), "{e:?}");
     assert!(msg.contains("broken.cu") && msg.contains("not_declared"), "{msg}");
-    let e = nvrtc::compile("gelu", "sm_9x").unwrap_err().to_string();
+    let e = nvrtc::compile(kernel_file("gelu").unwrap(), "sm_9x").unwrap_err().to_string();
     assert!(e.contains("sm_9x"), "{e}");
 }
 

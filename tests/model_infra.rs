@@ -748,3 +748,19 @@ fn checkpoint_directory_is_hf_layout() {
     assert_eq!((back.step, back.rngs.get("dropout")), (3, st.rngs.get("dropout")));
     std::fs::remove_dir_all(d).unwrap();
 }
+
+#[test]
+fn rms_norm_layer_names_its_weight_and_normalises_in_the_weights_dtype() {
+    use kiln::model::nn::RmsNorm;
+    let ps = ParamStore::new(3, DType::F32, Device::Cpu);
+    let n = RmsNorm::new(&ps, "model.norm", 6, 1e-6).unwrap();
+    let w = ps.get("model.norm.weight").expect("the weight under transformers' name");
+    assert_eq!((w.tensor().shape().to_vec(), w.tensor().to_vec::<f32>().unwrap()), (vec![6], vec![1.0; 6]));
+    let x = Tensor::from_vec(vec![3f32, -4.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], &[2, 6]).unwrap();
+    // row 1: rms = √(25/6); row 2: rms = 1
+    let y = n.forward(&x).unwrap().to_vec::<f32>().unwrap();
+    let r = (25.0f32 / 6.0 + 1e-6).sqrt();
+    assert!((y[0] - 3.0 / r).abs() < 1e-6 && (y[1] + 4.0 / r).abs() < 1e-6 && (y[6] - 1.0).abs() < 1e-6, "{y:?}");
+    // bf16 in, bf16 out (computed in the f32 weight's dtype)
+    assert_eq!(n.forward(&x.to_dtype(DType::BF16).unwrap()).unwrap().dtype(), DType::BF16);
+}

@@ -17,8 +17,8 @@ pub struct KernelsArgs {
 pub fn run(a: KernelsArgs) -> Result<()> {
     use kiln::tensor::cuda::report;
     let reports = match &a.out {
-        Some(d) => report::compile_all_into(&a.arch, d)?,
-        None => report::compile_all(&a.arch)?,
+        Some(d) => report::compile_all_into(kiln::tensor::ops::KERNEL_FILES, &a.arch, d)?,
+        None => report::compile_all(kiln::tensor::ops::KERNEL_FILES, &a.arch)?,
     };
     println!("{}", report::format_report(&reports));
     Ok(())

@@ -1,5 +1,6 @@
 //! One CUDA device: context, its default stream, the per-arch module cache (kernels compiled by
 //! NVRTC on first use), the caching allocator and a cuBLAS handle.
+use super::kernels::KernelFile;
 use super::alloc::{CachingAllocator, PooledSlice};
 use super::nvrtc::{self, KernelImage};
 use crate::{Error, Result};
@@ -105,12 +106,13 @@ impl CudaBackend {
         self.alloc.alloc_zeros(len)
     }
 
-    /// The module of `kernels/<stem>.cu` for this device (compiled + loaded on first use).
-    pub fn module(&self, stem: &str) -> Result<Arc<CudaModule>> {
+    /// The module of the kernel file `file` for this device (compiled + loaded on first use).
+    pub fn module(&self, file: &KernelFile) -> Result<Arc<CudaModule>> {
+        let stem = file.stem;
         if let Some(m) = lock(&self.modules).get(stem) {
             return Ok(m.clone());
         }
-        let compiled = nvrtc::compile(stem, &self.arch)?;
+        let compiled = nvrtc::compile(file, &self.arch)?;
         let ptx = match compiled.image {
             KernelImage::Cubin(bin) => Ptx::from_binary(bin),
             KernelImage::Ptx(src) => Ptx::from_src(src),
@@ -120,15 +122,15 @@ impl CudaBackend {
         Ok(module)
     }
 
-    /// The entry point `name` of `kernels/<stem>.cu` (e.g. `("gelu", "gelu_fwd_bf16")`).
-    pub fn function(&self, stem: &str, name: &str) -> Result<CudaFunction> {
+    /// The entry point `name` of the kernel file `file` (e.g. `(&gelu::KERNELS, "gelu_fwd_bf16")`).
+    pub fn function(&self, file: &KernelFile, name: &str) -> Result<CudaFunction> {
         if let Some(f) = lock(&self.functions).get(name) {
             return Ok(f.clone());
         }
         let f = self
-            .module(stem)?
+            .module(file)?
             .load_function(name)
-            .map_err(|e| Error::Cuda(format!("kernel {name} not found in kernels/{stem}.cu: {e:?}")))?;
+            .map_err(|e| Error::Cuda(format!("kernel {name} not found in {}: {e:?}", file.path)))?;
         lock(&self.functions).insert(name.to_string(), f.clone());
         Ok(f)
     }

@@ -77,33 +77,24 @@ pub const ALL_FLOATS: &[&str] = &["f32", "bf16", "f16"];
 /// The 16-bit float types only (the tensor-core kernels take 16-bit inputs).
 pub const HALF_FLOATS: &[&str] = &["bf16", "f16"];
 
-/// The shared kernel files, in the repository's `kernels/` (each op's own file is declared in its
-/// folder's `mod.rs` as `KERNELS`, and collected by `crate::ops::KERNELS`).
-const SHARED: &[KernelFile] = &[
-    kernel_file!("attention", ALL_FLOATS, ["attention_fwd", "attention_bwd_preprocess", "attention_bwd_dq", "attention_bwd_dkdv", "attention_fwd_drop", "attention_bwd_dq_drop", "attention_bwd_dkdv_drop"]),
-    kernel_file!("attention_tc", HALF_FLOATS, ["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_tc2_d64", "attention_bwd_tc2_d128", "attention_bwd_dq_convert", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128", "attention_fwd_tc_drop_d64", "attention_fwd_tc_drop_d128", "attention_bwd_dq_tc_drop_d64", "attention_bwd_dq_tc_drop_d128", "attention_bwd_dkdv_tc_drop_d64", "attention_bwd_dkdv_tc_drop_d128"]),
-    kernel_file!("attention_tma", HALF_FLOATS, ["attention_fwd_wgtma_d64", "attention_fwd_wgtma_d128", "attention_fwd_wgtma_pp_d64", "attention_fwd_wgtma_pp_d128"], sm90a),
-    kernel_file!("attention_wgmma", HALF_FLOATS, ["attention_fwd_wg_d64", "attention_fwd_wg_d128", "attention_fwd_wg_serial_d64", "attention_fwd_wg_serial_d128", "attention_bwd_wg_d64", "attention_bwd_wg_d128"], sm90a),
-    kernel_file!("copy", ALL_FLOATS, ["copy", "copy_to_strided"]),
-    kernel_file!("elementwise", ALL_FLOATS, ["unary_fwd", "unary_bwd", "binary_fwd", "binary_rows_fwd", "affine_fwd", "fill"]),
-];
+/// `kernels/attention.cu`.
+pub const ATTENTION: KernelFile = kernel_file!("attention", ALL_FLOATS, ["attention_fwd", "attention_bwd_preprocess", "attention_bwd_dq", "attention_bwd_dkdv", "attention_fwd_drop", "attention_bwd_dq_drop", "attention_bwd_dkdv_drop"]);
+/// `kernels/attention_tc.cu`.
+pub const ATTENTION_TC: KernelFile = kernel_file!("attention_tc", HALF_FLOATS, ["attention_fwd_tc_d64", "attention_fwd_tc_d128", "attention_fwd_tc2_d64", "attention_fwd_tc2_d128", "attention_bwd_tc2_d64", "attention_bwd_tc2_d128", "attention_bwd_dq_convert", "attention_bwd_dq_tc_d64", "attention_bwd_dq_tc_d128", "attention_bwd_dkdv_tc_d64", "attention_bwd_dkdv_tc_d128", "attention_fwd_tc_drop_d64", "attention_fwd_tc_drop_d128", "attention_bwd_dq_tc_drop_d64", "attention_bwd_dq_tc_drop_d128", "attention_bwd_dkdv_tc_drop_d64", "attention_bwd_dkdv_tc_drop_d128"]);
+/// `kernels/attention_tma.cu`.
+pub const ATTENTION_TMA: KernelFile = kernel_file!("attention_tma", HALF_FLOATS, ["attention_fwd_wgtma_d64", "attention_fwd_wgtma_d128", "attention_fwd_wgtma_pp_d64", "attention_fwd_wgtma_pp_d128"], sm90a);
+/// `kernels/attention_wgmma.cu`.
+pub const ATTENTION_WGMMA: KernelFile = kernel_file!("attention_wgmma", HALF_FLOATS, ["attention_fwd_wg_d64", "attention_fwd_wg_d128", "attention_fwd_wg_serial_d64", "attention_fwd_wg_serial_d128", "attention_bwd_wg_d64", "attention_bwd_wg_d128"], sm90a);
+/// `kernels/copy.cu`.
+pub const COPY: KernelFile = kernel_file!("copy", ALL_FLOATS, ["copy", "copy_to_strided"]);
+/// `kernels/elementwise.cu`.
+pub const ELEMENTWISE: KernelFile = kernel_file!("elementwise", ALL_FLOATS, ["unary_fwd", "unary_bwd", "binary_fwd", "binary_rows_fwd", "affine_fwd", "fill"]);
 
-/// `a` then `b`, in an array of `N = a.len() + b.len()` (at compile time).
-const fn concat<const N: usize>(a: &[KernelFile], b: &[KernelFile]) -> [KernelFile; N] {
-    let mut out = [a[0]; N];
-    let mut i = 0;
-    while i < N {
-        out[i] = if i < a.len() { a[i] } else { b[i - a.len()] };
-        i += 1;
-    }
-    out
-}
-const ALL: [KernelFile; SHARED.len() + crate::ops::KERNELS.len()] = concat(SHARED, crate::ops::KERNELS);
-
-/// Every kernel file, in a fixed order (the shared ones, then the ops'), with the entry points it
-/// must define: the one list that the NVRTC registry, `kiln kernels`, the kernel cache and
-/// tests/kernels_compile.rs read.
-pub const KERNEL_FILES: &[KernelFile] = &ALL;
+/// The shared kernel files of the repository's `kernels/`. Each op's own file is declared in its
+/// folder's `mod.rs` (`KERNELS`); `crate::ops::KERNEL_FILES` is the whole catalogue. Launchers name
+/// the file they launch from (`be.function(&ELEMENTWISE, ..)`, `be.function(&super::KERNELS, ..)`),
+/// so this runtime never looks an op up.
+pub const SHARED: &[KernelFile] = &[ATTENTION, ATTENTION_TC, ATTENTION_TMA, ATTENTION_WGMMA, COPY, ELEMENTWISE];
 
 /// The headers every program may `#include "name"`: (include name, text).
 pub const HEADERS: &[(&str, &str)] = &[
@@ -116,11 +107,6 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("tma.cuh", include_str!("../../../../kernels/tma.cuh")),
     ("attention_wg_fwd.cuh", include_str!("../../../../kernels/attention_wg_fwd.cuh")),
 ];
-
-/// The kernel file with this stem.
-pub fn file(stem: &str) -> Option<&'static KernelFile> {
-    KERNEL_FILES.iter().find(|f| f.stem == stem)
-}
 
 /// The 64-bit FNV-1a hash of bytes: stable across Rust versions and platforms (the disk-cache key).
 pub fn fnv1a64(bytes: &[u8], seed: u64) -> u64 {
@@ -148,25 +134,24 @@ mod tests {
 
     #[test]
     fn every_kernel_file_is_embedded_and_includes_common() {
-        assert!(KERNEL_FILES.len() >= 11);
-        for f in KERNEL_FILES {
+        assert_eq!(SHARED.len(), 6);
+        for f in SHARED {
             assert!(f.source.contains("#include \"common.cuh\""), "{} misses common.cuh", f.stem);
             assert!(f.source.contains("extern \"C\""), "{} has no entry point", f.stem);
         }
-        assert!(file("gelu").is_some() && file("nope").is_none());
     }
 
     #[test]
     fn sm90a_files_target_only_sm90() {
-        let wg = file("attention_wgmma").unwrap();
+        let wg = ATTENTION_WGMMA;
         assert!(wg.sm90a_only && wg.source.contains("wgmma.cuh"));
         assert_eq!(wg.target("sm_90").as_deref(), Some("sm_90a"));
         assert_eq!(wg.target("sm_90a").as_deref(), Some("sm_90a"));
         assert_eq!(wg.target("compute_90").as_deref(), Some("compute_90a"));
         assert_eq!((wg.target("sm_80"), wg.target("sm_100")), (None, None));
-        assert_eq!(file("gelu").unwrap().target("sm_80").as_deref(), Some("sm_80"));
+        assert_eq!(COPY.target("sm_80").as_deref(), Some("sm_80"));
         // wgmma appears only in files marked sm90a_only (elsewhere it would fail to compile for sm_80)
-        for f in KERNEL_FILES.iter().filter(|f| !f.sm90a_only) {
+        for f in SHARED.iter().filter(|f| !f.sm90a_only) {
             assert!(!f.source.contains("wgmma"), "{} uses wgmma but is not marked sm90a", f.stem);
         }
     }
@@ -175,7 +160,6 @@ mod tests {
     fn hash_is_stable_and_sensitive() {
         assert_eq!(fnv1a64(b"", 0), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a", 0), 0xaf63_dc4c_8601_ec8c);
-        let g = file("gelu").unwrap();
-        assert_ne!(source_hash(g), source_hash(file("softmax").unwrap()));
+        assert_ne!(source_hash(&COPY), source_hash(&ELEMENTWISE));
     }
 }

@@ -143,7 +143,7 @@ impl ElementwiseOp {
     }
 
     fn lookup(kind: &str, prefix: &str, name: &str) -> Option<Self> {
-        let src = super::kernels::KERNEL_FILES.iter().find(|f| f.stem == "elementwise")?.source;
+        let src = super::kernels::ELEMENTWISE.source;
         let head = format!("enum {kind} {{");
         let body = &src[src.find(&head)? + head.len()..];
         let body = &body[..body.find('}')?];
@@ -253,7 +253,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("elementwise", &format!("unary_fwd_{}", T::SUFFIX))?;
+        let f = self.function(&crate::cuda::kernels::ELEMENTWISE, &format!("unary_fwd_{}", T::SUFFIX))?;
         let (n, op) = (n as i64, op.code());
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(inp).arg(layout).arg(&n).arg(&op);
@@ -270,7 +270,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("elementwise", &format!("unary_bwd_{}", T::SUFFIX))?;
+        let f = self.function(&crate::cuda::kernels::ELEMENTWISE, &format!("unary_bwd_{}", T::SUFFIX))?;
         let (n, op) = (n as i64, op.code());
         let mut b = self.stream().launch_builder(&f);
         b.arg(dinp).arg(inp).arg(out).arg(dout).arg(&n).arg(&op);
@@ -295,7 +295,7 @@ impl CudaBackend {
         let ptrs = [out.device_ptr(self.stream()).0, lhs.device_ptr(self.stream()).0, rhs.device_ptr(self.stream()).0];
         if let Some((rows, cols)) = row_broadcast::<T>(lhs_layout, rhs_layout, &ptrs) {
             // a [rows, cols] matrix with a [cols] vector (a bias): binary_rows_fwd
-            let f = self.function("elementwise", &format!("binary_rows_fwd_{}", T::SUFFIX))?;
+            let f = self.function(&crate::cuda::kernels::ELEMENTWISE, &format!("binary_rows_fwd_{}", T::SUFFIX))?;
             let packs = cols / (16 / std::mem::size_of::<T>());
             let threads = packs.next_multiple_of(32).min(BLOCK as usize);
             let grid = (packs.div_ceil(threads) as u32, rows.min(65_535) as u32, 1);
@@ -305,7 +305,7 @@ impl CudaBackend {
             unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (threads as u32, 1, 1), shared_mem_bytes: 0 }) }?;
             return Ok(());
         }
-        let f = self.function("elementwise", &format!("binary_fwd_{}", T::SUFFIX))?;
+        let f = self.function(&crate::cuda::kernels::ELEMENTWISE, &format!("binary_fwd_{}", T::SUFFIX))?;
         let (n, op) = (n as i64, op.code());
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(lhs).arg(rhs).arg(lhs_layout).arg(rhs_layout).arg(&n).arg(&op);
@@ -320,7 +320,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("elementwise", &format!("affine_fwd_{}", T::SUFFIX))?;
+        let f = self.function(&crate::cuda::kernels::ELEMENTWISE, &format!("affine_fwd_{}", T::SUFFIX))?;
         let n = n as i64;
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(inp).arg(&n).arg(&mul).arg(&add);
@@ -334,7 +334,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("elementwise", &format!("fill_{}", T::SUFFIX))?;
+        let f = self.function(&crate::cuda::kernels::ELEMENTWISE, &format!("fill_{}", T::SUFFIX))?;
         let n = n as i64;
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(&n).arg(&value);
@@ -345,7 +345,7 @@ impl CudaBackend {
     /// Queues a kernel that spins for about `cycles` SM clock cycles (see `sleep_cycles` in
     /// elementwise.cu): benchmarks put it before their timed calls.
     pub fn sleep_cycles(&self, cycles: i64) -> Result<()> {
-        let f = self.function("elementwise", "sleep_cycles")?;
+        let f = self.function(&crate::cuda::kernels::ELEMENTWISE, "sleep_cycles")?;
         let mut b = self.stream().launch_builder(&f);
         b.arg(&cycles);
         unsafe { b.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 }) }?;
@@ -365,7 +365,7 @@ impl CudaBackend {
             self.stream().memcpy_dtod(&src, out)?;
             return Ok(());
         }
-        let f = self.function("elementwise", &format!("cast_{}_{}", A::SUFFIX, B::SUFFIX))?;
+        let f = self.function(&crate::cuda::kernels::ELEMENTWISE, &format!("cast_{}_{}", A::SUFFIX, B::SUFFIX))?;
         let n = n as i64;
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(inp).arg(&n);
@@ -380,7 +380,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("elementwise", "cast_i64_f32")?;
+        let f = self.function(&crate::cuda::kernels::ELEMENTWISE, "cast_i64_f32")?;
         let n = n as i64;
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(inp).arg(&n);
@@ -396,7 +396,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("copy", &format!("copy_{}", T::SUFFIX))?;
+        let f = self.function(&crate::cuda::kernels::COPY, &format!("copy_{}", T::SUFFIX))?;
         let n = n as i64;
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(inp).arg(src).arg(&n);
@@ -416,7 +416,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("copy", &format!("copy_to_strided_{}", T::SUFFIX))?;
+        let f = self.function(&crate::cuda::kernels::COPY, &format!("copy_to_strided_{}", T::SUFFIX))?;
         let n = n as i64;
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(inp).arg(dst).arg(&n);

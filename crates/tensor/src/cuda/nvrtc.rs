@@ -1,4 +1,4 @@
-//! The NVRTC pipeline: compile an embedded kernel file `<stem>.cu` (see [`kernels::KERNEL_FILES`]) for one GPU architecture into a
+//! The NVRTC pipeline: compile an embedded kernel file `<stem>.cu` (a [`KernelFile`]; `crate::ops::KERNEL_FILES` lists them) for one GPU architecture into a
 //! CUBIN (`sm_XX`) or PTX (`compute_XX`), with the ptxas `-v` report, cached on disk.
 //!
 //! NVRTC (`libnvrtc.so.13`) is loaded at run time by cudarc; it must be on `LD_LIBRARY_PATH`
@@ -147,32 +147,25 @@ pub fn cache_dir() -> Option<PathBuf> {
     }
 }
 
-fn find_file(stem: &str) -> Result<&'static KernelFile> {
-    kernels::file(stem).ok_or_else(|| {
-        let known: Vec<_> = kernels::KERNEL_FILES.iter().map(|f| f.stem).collect();
-        Error::msg(format!("kernels: no kernel file '{stem}' (known: {})", known.join(", ")))
-    })
-}
-
-/// Compiles the kernel file `<stem>.cu` for `arch` (e.g. `"sm_90"`), through the disk cache. A file
+/// Compiles the kernel file `file` for `arch` (e.g. `"sm_90"`), through the disk cache. A file
 /// marked sm90a-only ([`KernelFile::target`]) is compiled for `sm_90a` when `arch` is 9.0 and is an
 /// error otherwise; the result's `arch` is the target actually used.
-pub fn compile(stem: &str, arch: &str) -> Result<CompiledKernel> {
-    compile_impl(stem, arch, cache_dir().as_deref())
+pub fn compile(file: &KernelFile, arch: &str) -> Result<CompiledKernel> {
+    compile_impl(file, arch, cache_dir().as_deref())
 }
 
-/// Compiles the kernel file `<stem>.cu` for `arch` with NVRTC, bypassing the cache (reads and writes).
-pub fn compile_uncached(stem: &str, arch: &str) -> Result<CompiledKernel> {
-    compile_impl(stem, arch, None)
+/// Compiles `file` for `arch` with NVRTC, bypassing the cache (reads and writes).
+pub fn compile_uncached(file: &KernelFile, arch: &str) -> Result<CompiledKernel> {
+    compile_impl(file, arch, None)
 }
 
 /// Compiles through a cache in `dir` (e.g. a test's temporary directory).
-pub fn compile_cached_in(stem: &str, arch: &str, dir: &Path) -> Result<CompiledKernel> {
-    compile_impl(stem, arch, Some(dir))
+pub fn compile_cached_in(file: &KernelFile, arch: &str, dir: &Path) -> Result<CompiledKernel> {
+    compile_impl(file, arch, Some(dir))
 }
 
-fn compile_impl(stem: &str, arch: &str, cache: Option<&Path>) -> Result<CompiledKernel> {
-    let file = find_file(stem)?;
+fn compile_impl(file: &KernelFile, arch: &str, cache: Option<&Path>) -> Result<CompiledKernel> {
+    let stem = file.stem;
     validate_arch(arch)?;
     let target = file.target(arch).ok_or_else(|| {
         Error::msg(format!("{} uses Hopper-only instructions (wgmma) and is built only for sm_90 (as sm_90a), not for {arch}", file.path))
@@ -306,8 +299,8 @@ mod tests {
     }
 
     #[test]
-    fn unknown_file_is_an_error() {
-        let e = compile("no_such_op", "sm_90").unwrap_err().to_string();
-        assert!(e.contains("no_such_op") && e.contains("gelu"), "{e}");
+    fn a_hopper_only_file_for_another_arch_is_an_error_naming_it() {
+        let e = compile(&super::kernels::ATTENTION_WGMMA, "sm_80").unwrap_err().to_string();
+        assert!(e.contains("kernels/attention_wgmma.cu") && e.contains("sm_80"), "{e}");
     }
 }

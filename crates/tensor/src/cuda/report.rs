@@ -1,5 +1,5 @@
 //! Per-kernel resource usage from the ptxas `-v` report, and `kiln kernels`' table.
-use super::kernels::KERNEL_FILES;
+use super::kernels::KernelFile;
 use super::nvrtc::{self, KernelImage};
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -158,25 +158,26 @@ pub fn cubin_report(file: &str, arch: &str, cubin: &[u8]) -> Result<Vec<KernelRe
     Ok(rows)
 }
 
-/// Compiles every kernel file for `arch` (through the disk cache) and returns one report per
-/// entry point, sorted by file then kernel. Fails on the first file that does not compile.
-pub fn compile_all(arch: &str) -> Result<Vec<KernelReport>> {
-    compile_all_impl(arch, None)
+/// Compiles every kernel file of `files` (`crate::ops::KERNEL_FILES`: all of them) for `arch`
+/// (through the disk cache) and returns one report per entry point, sorted by file then kernel.
+/// Fails on the first file that does not compile.
+pub fn compile_all(files: &[KernelFile], arch: &str) -> Result<Vec<KernelReport>> {
+    compile_all_impl(files, arch, None)
 }
 
 /// Like [`compile_all`], and writes `<stem>.<arch>.cubin` (or `.ptx`) plus `<stem>.<arch>.log`
 /// for every kernel file into `out_dir` (created if missing).
-pub fn compile_all_into(arch: &str, out_dir: &Path) -> Result<Vec<KernelReport>> {
-    compile_all_impl(arch, Some(out_dir))
+pub fn compile_all_into(files: &[KernelFile], arch: &str, out_dir: &Path) -> Result<Vec<KernelReport>> {
+    compile_all_impl(files, arch, Some(out_dir))
 }
 
-fn compile_all_impl(arch: &str, out_dir: Option<&Path>) -> Result<Vec<KernelReport>> {
+fn compile_all_impl(files: &[KernelFile], arch: &str, out_dir: Option<&Path>) -> Result<Vec<KernelReport>> {
     nvrtc::validate_arch(arch)?;
     if let Some(dir) = out_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
     }
     // sm90a-only files are compiled (as sm_90a) when `arch` is 9.0 and left out otherwise
-    let compiled: Vec<_> = KERNEL_FILES.par_iter().filter(|f| f.target(arch).is_some()).map(|f| nvrtc::compile(f.stem, arch)).collect::<Result<_>>()?;
+    let compiled: Vec<_> = files.par_iter().filter(|f| f.target(arch).is_some()).map(|f| nvrtc::compile(f, arch)).collect::<Result<_>>()?;
     let mut rows = Vec::new();
     for c in compiled {
         if let Some(dir) = out_dir {

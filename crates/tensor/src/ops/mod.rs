@@ -32,6 +32,7 @@ pub mod unary;
 pub mod view;
 pub mod where_cond;
 
+use crate::cuda::kernels::{KernelFile, SHARED};
 use crate::{Error, Result, Tensor};
 
 /// A row-wise op as the benches and the generic tests see it: `x` (`[..., d]`) and `params`
@@ -64,9 +65,8 @@ pub(crate) fn elementwise_bytes(fwd: bool, rows: u64, d: u64, elem: u64) -> u64 
     (if fwd { 2 } else { 3 }) * rows * d * elem
 }
 
-/// Every op's own CUDA kernel file (each declared in its folder as `KERNELS`): read by
-/// `cuda::kernels::KERNEL_FILES` with the shared files of `kernels/`.
-pub(crate) const KERNELS: &[crate::cuda::kernels::KernelFile] = &[
+/// Every op's own CUDA kernel file (each declared in its folder as `KERNELS`).
+pub(crate) const KERNELS: &[KernelFile] = &[
     adamw::KERNELS,
     cross_entropy::KERNELS,
     dropout::KERNELS,
@@ -77,6 +77,28 @@ pub(crate) const KERNELS: &[crate::cuda::kernels::KernelFile] = &[
     rms_norm::KERNELS,
     softmax::KERNELS,
 ];
+
+/// `a` then `b`, in an array of `N = a.len() + b.len()` (at compile time).
+const fn concat<const N: usize>(a: &[KernelFile], b: &[KernelFile]) -> [KernelFile; N] {
+    let mut out = [a[0]; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < a.len() { a[i] } else { b[i - a.len()] };
+        i += 1;
+    }
+    out
+}
+const ALL_KERNELS: [KernelFile; SHARED.len() + KERNELS.len()] = concat(SHARED, KERNELS);
+
+/// Every CUDA kernel file, in a fixed order (the shared ones of `kernels/`, then the ops'), with the
+/// entry points it must define: the catalogue `kiln kernels` and tests/kernels_compile.rs read
+/// (the NVRTC runtime compiles whichever file a launcher names).
+pub const KERNEL_FILES: &[KernelFile] = &ALL_KERNELS;
+
+/// The kernel file with this stem (`"layer_norm"`, `"elementwise"`, ...).
+pub fn kernel_file(stem: &str) -> Option<&'static KernelFile> {
+    KERNEL_FILES.iter().find(|f| f.stem == stem)
+}
 
 /// Every row-wise op, in bench order.
 pub const ROW_OPS: &[RowOp] = &[gelu::ROW_OP_ERF, gelu::ROW_OP_TANH, layer_norm::ROW_OP, softmax::ROW_OP, rms_norm::ROW_OP];

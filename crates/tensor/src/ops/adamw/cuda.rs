@@ -50,7 +50,7 @@ impl CudaBackend {
             return Ok(());
         }
         let n64 = n as i64;
-        let f = self.function("adamw", &format!("adamw_step_{}", G::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("adamw_step_{}", G::SUFFIX))?;
         let mut b = self.stream().launch_builder(&f);
         b.arg(param_out).arg(m_out).arg(v_out).arg(param).arg(m).arg(v).arg(grad).arg(&n64);
         b.arg(&s.decay).arg(&s.w1).arg(&s.beta2).arg(&s.one_minus_beta2).arg(&s.bc2_sqrt).arg(&s.eps).arg(&s.neg_step_size);

@@ -9,7 +9,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-/// The CUDA kernels of this op (`adamw.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+/// The CUDA kernels of this op (`adamw.cu`; `ops::KERNEL_FILES` lists them all).
 pub(crate) const KERNELS: KernelFile = kernel_file!(op "adamw" / "adamw", ALL_FLOATS, ["adamw_step"]);
 
 pub use cpu::adamw_update;

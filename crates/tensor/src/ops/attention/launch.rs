@@ -139,10 +139,10 @@ impl CudaBackend {
             return variants::attention_fwd(self, out, lse, q, k, v, key_mask, dims, kernel);
         }
         let (f, smem, rows, threads) = if kernel == AttnKernel::TensorCore {
-            let f = self.function("attention_tc", &format!("attention_fwd_tc_{x}d{d}_{}", T::SUFFIX))?;
+            let f = self.function(&crate::cuda::kernels::ATTENTION_TC, &format!("attention_fwd_tc_{x}d{d}_{}", T::SUFFIX))?;
             (f, (2 * TC_ROWS * (d + 8) * 2) as u32, TC_ROWS, 128)
         } else {
-            (self.function("attention", &format!("attention_fwd_{x}{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS, 128)
+            (self.function(&crate::cuda::kernels::ATTENTION, &format!("attention_fwd_{x}{}", T::SUFFIX))?, ((48 * d + 32 * (d + 1)) * 4) as u32, FWD_ROWS, 128)
         };
         launch_fwd(self, &f, smem, rows, threads, out, lse, q, k, v, key_mask, dims)
     }
@@ -176,7 +176,7 @@ impl CudaBackend {
         // 1. delta = rowsum(dout * out)
         let mut delta = self.alloc::<f32>(dims.rows().max(1))?;
         if dims.rows() > 0 {
-            let f = self.function("attention", &format!("attention_bwd_preprocess_{}", T::SUFFIX))?;
+            let f = self.function(&crate::cuda::kernels::ATTENTION, &format!("attention_bwd_preprocess_{}", T::SUFFIX))?;
             let rows = to_i32(op, dims.rows())?;
             let mut b = self.stream().launch_builder(&f);
             b.arg(&mut *delta).arg(out).arg(dout).arg(&rows).arg(&args[4]);
@@ -196,11 +196,11 @@ impl CudaBackend {
                 continue;
             }
             let (f, smem, rows) = if tc {
-                let f = self.function("attention_tc", &format!("attention_bwd_{pass}_tc_{x}d{d}_{}", T::SUFFIX))?;
+                let f = self.function(&crate::cuda::kernels::ATTENTION_TC, &format!("attention_bwd_{pass}_tc_{x}d{d}_{}", T::SUFFIX))?;
                 let smem = if pass == "dq" { (2 * TC_ROWS * (d + 8) * 2) as u32 } else { tc_dkdv_smem(d, false) };
                 (f, smem, TC_ROWS)
             } else {
-                (self.function("attention", &format!("attention_bwd_{pass}_{x}{}", T::SUFFIX))?, ((16 * d + 64 * (d + 1)) * 4) as u32, BWD_ROWS)
+                (self.function(&crate::cuda::kernels::ATTENTION, &format!("attention_bwd_{pass}_{x}{}", T::SUFFIX))?, ((16 * d + 64 * (d + 1)) * 4) as u32, BWD_ROWS)
             };
             allow_smem(&f, smem)?;
             let mut b = self.stream().launch_builder(&f);

@@ -60,7 +60,7 @@ impl CudaBackend {
         if rows * vocab == 0 {
             return Ok(());
         }
-        let f = self.function("cross_entropy", &format!("cross_entropy_fwd_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("cross_entropy_fwd_{}", T::SUFFIX))?;
         let (r, v) = (to_i32("cross_entropy_fwd", rows)?, to_i32("cross_entropy_fwd", vocab)?);
         let mut b = self.stream().launch_builder(&f);
         b.arg(losses).arg(lse).arg(logits).arg(targets).arg(&r).arg(&v).arg(&ignore_index);
@@ -86,7 +86,7 @@ impl CudaBackend {
         if rows * vocab == 0 {
             return Ok(());
         }
-        let f = self.function("cross_entropy", &format!("cross_entropy_bwd_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("cross_entropy_bwd_{}", T::SUFFIX))?;
         let (r, v) = (to_i32("cross_entropy_bwd", rows)?, to_i32("cross_entropy_bwd", vocab)?);
         let mut b = self.stream().launch_builder(&f);
         b.arg(dlogits).arg(lse).arg(dloss).arg(logits).arg(targets).arg(&r).arg(&v).arg(&stride).arg(&ignore_index);

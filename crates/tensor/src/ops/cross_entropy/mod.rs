@@ -11,7 +11,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-/// The CUDA kernels of this op (`cross_entropy.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+/// The CUDA kernels of this op (`cross_entropy.cu`; `ops::KERNEL_FILES` lists them all).
 pub(crate) const KERNELS: KernelFile = kernel_file!(op "cross_entropy" / "cross_entropy", ALL_FLOATS, ["cross_entropy_fwd", "cross_entropy_bwd"]);
 
 const OP: &str = "cross_entropy";

@@ -37,7 +37,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("dropout", &format!("{op}_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("{op}_{}", T::SUFFIX))?;
         let n64 = n as i64;
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(inp).arg(&n64).arg(&p).arg(&seed);

@@ -15,7 +15,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-/// The CUDA kernels of this op (`dropout.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+/// The CUDA kernels of this op (`dropout.cu`; `ops::KERNEL_FILES` lists them all).
 pub(crate) const KERNELS: KernelFile = kernel_file!(op "dropout" / "dropout", ALL_FLOATS, ["dropout_fwd", "dropout_bwd"]);
 
 const OP: &str = "dropout";
@@ -123,7 +123,8 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda::kernels::{file, HEADERS, KERNEL_FILES};
+    use crate::cuda::kernels::HEADERS;
+    use crate::ops::KERNEL_FILES;
 
     #[test]
     fn dropout_contract_matches_the_kernel_source() {
@@ -132,7 +133,7 @@ mod tests {
         for c in ["0x9E3779B97F4A7C15", "0xBF58476D1CE4E5B9", "0x94D049BB133111EB", "z >> 30", "z >> 27", "z >> 31", "z >> 40", "16777216", ") >= p;"] {
             assert!(common.contains(c), "common.cuh lost `{c}`");
         }
-        assert!(file("dropout").unwrap().source.contains("dropout_keep(seed, i, p)"));
+        assert!(KERNELS.source.contains("dropout_keep(seed, i, p)"));
         for f in KERNEL_FILES {
             assert!(!f.source.contains("float dropout_uniform("), "{} defines the dropout RNG a second time", f.stem);
         }

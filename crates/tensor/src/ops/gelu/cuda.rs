@@ -29,7 +29,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("gelu", &format!("gelu_fwd_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("gelu_fwd_{}", T::SUFFIX))?;
         let (n64, a) = (n as i64, approx as i32);
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(inp).arg(&n64).arg(&a);
@@ -45,7 +45,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("gelu", &format!("gelu_bwd_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("gelu_bwd_{}", T::SUFFIX))?;
         let (n64, a) = (n as i64, approx as i32);
         let mut b = self.stream().launch_builder(&f);
         b.arg(dinp).arg(inp).arg(dout).arg(&n64).arg(&a);

@@ -9,7 +9,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-/// The CUDA kernels of this op (`gelu.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+/// The CUDA kernels of this op (`gelu.cu`; `ops::KERNEL_FILES` lists them all).
 pub(crate) const KERNELS: KernelFile = kernel_file!(op "gelu" / "gelu", ALL_FLOATS, ["gelu_fwd", "gelu_bwd"]);
 
 /// Which GELU formula: one enum for the CPU and CUDA halves (the discriminant is the `int` the

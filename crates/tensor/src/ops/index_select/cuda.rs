@@ -46,7 +46,7 @@ impl CudaBackend {
         if n * dim == 0 {
             return Ok(());
         }
-        let f = self.function("embedding", &format!("embedding_fwd_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("embedding_fwd_{}", T::SUFFIX))?;
         let (ni, d, v) = (to_i32("embedding_fwd", n)?, to_i32("embedding_fwd", dim)?, to_i32("embedding_fwd", vocab)?);
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(weight).arg(ids).arg(&ni).arg(&d).arg(&v);
@@ -66,7 +66,7 @@ impl CudaBackend {
         let fixed = 8 * BLOCK as usize + 4 * 32 + 4;
         let rows_per_block = (EMB_SMEM.saturating_sub(fixed) / (4 * dim)).clamp(1, 32);
         let smem = (4 * ((rows_per_block * dim).div_ceil(2) * 2) + fixed) as u32;
-        let f = self.function("embedding", &format!("embedding_bwd_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("embedding_bwd_{}", T::SUFFIX))?;
         allow_smem(&f, smem)?;
         let (ni, d, v, r) = (to_i32("embedding_bwd", n)?, to_i32("embedding_bwd", dim)?, to_i32("embedding_bwd", vocab)?, rows_per_block as i32);
         let mut b = self.stream().launch_builder(&f);

@@ -19,7 +19,7 @@ use crate::cuda::kernels::{kernel_file, KernelFile, ALL_FLOATS};
 #[cfg(feature = "cuda")]
 mod cuda;
 
-/// The CUDA kernels of this op (`embedding.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+/// The CUDA kernels of this op (`embedding.cu`; `ops::KERNEL_FILES` lists them all).
 pub(crate) const KERNELS: KernelFile = kernel_file!(op "index_select" / "embedding", ALL_FLOATS, ["embedding_fwd", "embedding_bwd"]);
 
 /// Reads i64 ids, checking the dtype and the range `0..size`.

@@ -114,7 +114,7 @@ impl CudaBackend {
         let mut ptrs = vec![out.device_ptr(stream).0, inp.device_ptr(stream).0];
         ptrs.extend(weight.iter().chain(bias.iter()).map(|v| v.device_ptr(stream).0));
         let e = warp_e::<T>(&ROW_WARP_E, cols, &ptrs);
-        let f = self.function("layer_norm", &row_kernel_name::<T>("layer_norm_fwd", e))?;
+        let f = self.function(&super::KERNELS, &row_kernel_name::<T>("layer_norm_fwd", e))?;
         let (r, c) = (to_i32("layer_norm_fwd", rows)?, to_i32("layer_norm_fwd", cols)?);
         let mut b = stream.launch_builder(&f);
         b.arg(out);
@@ -173,7 +173,7 @@ impl CudaBackend {
             Some(_) => 0,
             None => (2 * cols + 32) * 4,
         } as u32;
-        let f = self.function("layer_norm", &row_kernel_name::<T>("layer_norm_bwd", per_lane))?;
+        let f = self.function(&super::KERNELS, &row_kernel_name::<T>("layer_norm_bwd", per_lane))?;
         allow_smem(&f, smem)?;
         let mut b = stream.launch_builder(&f);
         b.arg(dinp).arg(&mut *dw_part).arg(&mut *db_part).arg(mean).arg(rstd).arg(dout).arg(inp);
@@ -190,7 +190,7 @@ impl CudaBackend {
         if weight.is_none() || (dweight.is_none() && dbias.is_none()) {
             return Ok(());
         }
-        let f = self.function("layer_norm", &format!("layer_norm_bwd_reduce_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("layer_norm_bwd_reduce_{}", T::SUFFIX))?;
         let mut b = self.stream().launch_builder(&f);
         match dweight {
             Some(w) => b.arg(w),

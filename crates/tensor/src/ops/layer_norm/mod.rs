@@ -12,7 +12,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-/// The CUDA kernels of this op (`layer_norm.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+/// The CUDA kernels of this op (`layer_norm.cu`; `ops::KERNEL_FILES` lists them all).
 pub(crate) const KERNELS: KernelFile = kernel_file!(op "layer_norm" / "layer_norm", ALL_FLOATS, ["layer_norm_fwd", "layer_norm_bwd", "layer_norm_bwd_reduce", "layer_norm_fwd_warp8", "layer_norm_fwd_warp16", "layer_norm_fwd_warp24", "layer_norm_fwd_warp32", "layer_norm_fwd_warp48", "layer_norm_fwd_warp64", "layer_norm_bwd_warp8", "layer_norm_bwd_warp16", "layer_norm_bwd_warp24", "layer_norm_bwd_warp32", "layer_norm_bwd_warp48"]);
 
 const OP: &str = "layer_norm";

@@ -38,7 +38,7 @@ impl CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        let f = self.function("reduce", &format!("reduce_sum_last_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("reduce_sum_last_{}", T::SUFFIX))?;
         let (r, c) = (to_i32("reduce_sum_last", rows)?, to_i32("reduce_sum_last", cols)?);
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(inp).arg(&r).arg(&c);
@@ -56,7 +56,7 @@ impl CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        let f = self.function("reduce", &format!("reduce_max_last_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("reduce_max_last_{}", T::SUFFIX))?;
         let (r, c) = (to_i32("reduce_max_last", rows)?, to_i32("reduce_max_last", cols)?);
         let mut b = self.stream().launch_builder(&f);
         b.arg(out);
@@ -79,12 +79,12 @@ impl CudaBackend {
         let parts = row_parts(rows);
         let (r, c, p) = (to_i32("reduce_sum_rows", rows)?, to_i32("reduce_sum_rows", cols)?, parts as i32);
         let mut part = self.alloc::<f32>(parts * cols)?;
-        let f = self.function("reduce", &format!("reduce_sum_rows_partial_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("reduce_sum_rows_partial_{}", T::SUFFIX))?;
         let mut b = self.stream().launch_builder(&f);
         b.arg(&mut *part).arg(inp).arg(&r).arg(&c);
         let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, parts as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         unsafe { b.launch(cfg) }?;
-        let f = self.function("reduce", &format!("reduce_sum_rows_finish_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("reduce_sum_rows_finish_{}", T::SUFFIX))?;
         let mut b = self.stream().launch_builder(&f);
         b.arg(out).arg(&*part).arg(&p).arg(&c);
         // 32 columns per block (block_col_sum in kernels/common.cuh)

@@ -10,7 +10,7 @@ use crate::cuda::kernels::{kernel_file, KernelFile, ALL_FLOATS};
 #[cfg(feature = "cuda")]
 mod cuda;
 
-/// The CUDA kernels of this op (`reduce.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+/// The CUDA kernels of this op (`reduce.cu`; `ops::KERNEL_FILES` lists them all).
 pub(crate) const KERNELS: KernelFile = kernel_file!(op "reduce" / "reduce", ALL_FLOATS, ["reduce_sum_last", "reduce_max_last", "reduce_sum_rows_partial", "reduce_sum_rows_finish"]);
 
 /// Validates and sorts `dims`; returns (kept-dims shape, output shape).

@@ -75,7 +75,7 @@ impl CudaBackend {
         if rows * cols == 0 {
             return Ok(());
         }
-        let f = self.function("rms_norm", &format!("{op}_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("{op}_{}", T::SUFFIX))?;
         let (r, c) = (to_i32(op, rows)?, to_i32(op, cols)?);
         let mut b = self.stream().launch_builder(&f);
         b.arg(out);
@@ -116,7 +116,7 @@ impl CudaBackend {
         let (r, c, p) = (to_i32(op, rows)?, to_i32(op, cols)?, parts as i32);
         let mut dw_part = self.alloc::<f32>(parts * cols)?;
         let smem = ((cols + 32) * 4) as u32;
-        let f = self.function("rms_norm", &format!("{op}_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("{op}_{}", T::SUFFIX))?;
         allow_smem(&f, smem)?;
         let mut b = self.stream().launch_builder(&f);
         b.arg(dinp).arg(&mut *dw_part).arg(rstd).arg(dout).arg(inp);
@@ -127,7 +127,7 @@ impl CudaBackend {
         b.arg(&r).arg(&c);
         unsafe { b.launch(LaunchConfig { grid_dim: (parts as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: smem }) }?;
         let (Some(dweight), Some(_)) = (dweight, weight) else { return Ok(()) };
-        let f = self.function("rms_norm", &format!("rms_norm_bwd_reduce_{}", T::SUFFIX))?;
+        let f = self.function(&super::KERNELS, &format!("rms_norm_bwd_reduce_{}", T::SUFFIX))?;
         let mut b = self.stream().launch_builder(&f);
         b.arg(dweight).arg(&*dw_part).arg(&p).arg(&c);
         // 32 columns per block (block_col_sum in kernels/common.cuh)

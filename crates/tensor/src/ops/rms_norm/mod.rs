@@ -14,7 +14,7 @@ mod cuda;
 
 const OP: &str = "rms_norm";
 
-/// The CUDA kernels of this op (`rms_norm.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+/// The CUDA kernels of this op (`rms_norm.cu`; `ops::KERNEL_FILES` lists them all).
 pub(crate) const KERNELS: KernelFile = kernel_file!(op "rms_norm" / "rms_norm", ALL_FLOATS, ["rms_norm_fwd", "rms_norm_bwd", "rms_norm_bwd_reduce"]);
 
 /// The one autograd node: the saved `rstd`'s storage says which half runs.

@@ -34,7 +34,7 @@ impl CudaBackend {
         }
         let stream = self.stream();
         let e = warp_e::<T>(&ROW_WARP_E, cols, &[out.device_ptr(stream).0, inp.device_ptr(stream).0]);
-        let f = self.function("softmax", &row_kernel_name::<T>(if log { "log_softmax_fwd" } else { "softmax_fwd" }, e))?;
+        let f = self.function(&super::KERNELS, &row_kernel_name::<T>(if log { "log_softmax_fwd" } else { "softmax_fwd" }, e))?;
         let (r, c) = (to_i32("softmax_fwd", rows)?, to_i32("softmax_fwd", cols)?);
         let mut b = stream.launch_builder(&f);
         b.arg(out).arg(inp).arg(&r).arg(&c);
@@ -54,7 +54,7 @@ impl CudaBackend {
         let stream = self.stream();
         let ptrs = [dinp.device_ptr(stream).0, out.device_ptr(stream).0, dout.device_ptr(stream).0];
         let e = warp_e::<T>(&ROW_WARP_E, cols, &ptrs);
-        let f = self.function("softmax", &row_kernel_name::<T>(if log { "log_softmax_bwd" } else { "softmax_bwd" }, e))?;
+        let f = self.function(&super::KERNELS, &row_kernel_name::<T>(if log { "log_softmax_bwd" } else { "softmax_bwd" }, e))?;
         let (r, c) = (to_i32("softmax_bwd", rows)?, to_i32("softmax_bwd", cols)?);
         let mut b = stream.launch_builder(&f);
         b.arg(dinp).arg(out).arg(dout).arg(&r).arg(&c);

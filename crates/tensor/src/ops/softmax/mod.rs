@@ -9,7 +9,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-/// The CUDA kernels of this op (`softmax.cu`; `cuda::kernels::KERNEL_FILES` collects them).
+/// The CUDA kernels of this op (`softmax.cu`; `ops::KERNEL_FILES` lists them all).
 pub(crate) const KERNELS: KernelFile = kernel_file!(op "softmax" / "softmax", ALL_FLOATS, ["softmax_fwd", "softmax_bwd", "log_softmax_fwd", "log_softmax_bwd", "softmax_fwd_warp8", "softmax_bwd_warp8", "log_softmax_fwd_warp8", "log_softmax_bwd_warp8", "softmax_fwd_warp16", "softmax_bwd_warp16", "log_softmax_fwd_warp16", "log_softmax_bwd_warp16", "softmax_fwd_warp24", "softmax_bwd_warp24", "log_softmax_fwd_warp24", "log_softmax_bwd_warp24", "softmax_fwd_warp32", "softmax_bwd_warp32", "log_softmax_fwd_warp32", "log_softmax_bwd_warp32", "softmax_fwd_warp48", "softmax_bwd_warp48", "log_softmax_fwd_warp48", "log_softmax_bwd_warp48", "softmax_fwd_warp64", "softmax_bwd_warp64", "log_softmax_fwd_warp64", "log_softmax_bwd_warp64"]);
 
 

@@ -122,12 +122,12 @@ mod launchers {
         }
         let (f, smem, rows, threads) = match kernel {
             AttnKernel::TensorCore2 => {
-                let f = be.function("attention_tc", &format!("attention_fwd_tc2_d{d}_{}", T::SUFFIX))?;
+                let f = be.function(&crate::cuda::kernels::ATTENTION_TC, &format!("attention_fwd_tc2_d{d}_{}", T::SUFFIX))?;
                 (f, ((TC2_ROWS + 2 * tc2_key_tile(d)) * (d + 8) * 2) as u32, TC2_ROWS, 128)
             }
             AttnKernel::Wgmma | AttnKernel::WgmmaSerial | AttnKernel::WgmmaTma | AttnKernel::WgmmaTmaPingpong => {
                 let serial = if kernel == AttnKernel::WgmmaSerial { "serial_" } else { "" };
-                let f = be.function("attention_wgmma", &format!("attention_fwd_wg_{serial}d{d}_{}", T::SUFFIX))?;
+                let f = be.function(&crate::cuda::kernels::ATTENTION_WGMMA, &format!("attention_fwd_wg_{serial}d{d}_{}", T::SUFFIX))?;
                 (f, wg_smem(d), WG_ROWS, 256)
             }
             AttnKernel::Simple | AttnKernel::TensorCore => return Err(Error::msg(format!("attention_fwd: {kernel:?} is on the default path"))),
@@ -153,9 +153,9 @@ mod launchers {
         let mut acc = be.alloc_zeros::<f32>(n.max(1))?;
         if dims.kv_len > 0 {
             let (f, smem, keys, threads) = if kernel == AttnKernel::TensorCore2 {
-                (be.function("attention_tc", &format!("attention_bwd_tc2_d{d}_{}", T::SUFFIX))?, tc_dkdv_smem(d, true), TC_ROWS, 128)
+                (be.function(&crate::cuda::kernels::ATTENTION_TC, &format!("attention_bwd_tc2_d{d}_{}", T::SUFFIX))?, tc_dkdv_smem(d, true), TC_ROWS, 128)
             } else {
-                (be.function("attention_wgmma", &format!("attention_bwd_wg_d{d}_{}", T::SUFFIX))?, wg_bwd_smem(d), WG_ROWS, 256)
+                (be.function(&crate::cuda::kernels::ATTENTION_WGMMA, &format!("attention_bwd_wg_d{d}_{}", T::SUFFIX))?, wg_bwd_smem(d), WG_ROWS, 256)
             };
             allow_smem(&f, smem)?;
             let mut b = be.stream().launch_builder(&f);
@@ -165,7 +165,7 @@ mod launchers {
             unsafe { b.launch(LaunchConfig { grid_dim: grid, block_dim: (threads, 1, 1), shared_mem_bytes: smem }) }?;
         }
         if n > 0 {
-            let f = be.function("attention_tc", &format!("attention_bwd_dq_convert_{}", T::SUFFIX))?;
+            let f = be.function(&crate::cuda::kernels::ATTENTION_TC, &format!("attention_bwd_dq_convert_{}", T::SUFFIX))?;
             let n64 = i64::try_from(n).map_err(|_| Error::msg(format!("{op}: {n} elements")))?;
             let mut b = be.stream().launch_builder(&f);
             b.arg(&mut *dq).arg(&*acc).arg(&n64).arg(&dims.scale);

@@ -29,7 +29,7 @@ impl CudaBackend {
         if !(0..5).contains(&form) {
             return Err(Error::msg(format!("{op}: operand form {form} is not 0 to 4")));
         }
-        let f = self.function("attention_wgmma", "wgmma_probe_bf16")?;
+        let f = self.function(&crate::cuda::kernels::ATTENTION_WGMMA, "wgmma_probe_bf16")?;
         let mut lb = self.stream().launch_builder(&f);
         lb.arg(d).arg(a).arg(b).arg(&form);
         unsafe { lb.launch(LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 17 * 1024 }) }?;

@@ -77,7 +77,7 @@ impl CudaBackend {
         let bf16 = T::SUFFIX == "bf16";
         let maps = [tma_map_3d(pq, bh, dims.q_len, d, bf16)?, tma_map_3d(pk, bh, dims.kv_len, d, bf16)?, tma_map_3d(pv, bh, dims.kv_len, d, bf16)?];
         let pp = if pingpong { "pp_" } else { "" };
-        let f = self.function("attention_tma", &format!("attention_fwd_wgtma_{pp}d{d}_{}", T::SUFFIX))?;
+        let f = self.function(&crate::cuda::kernels::ATTENTION_TMA, &format!("attention_fwd_wgtma_{pp}d{d}_{}", T::SUFFIX))?;
         let smem = wgtma_smem(d);
         allow_smem(&f, smem)?;
         let args = dims.args();
