@@ -1,5 +1,6 @@
 //! One file per subcommand, plus what they share (loading a model directory).
 pub mod bench;
+pub mod distill;
 pub mod embed;
 pub mod eval;
 pub mod finetune;

@@ -16,21 +16,15 @@ use kiln::{DType, Device, Error, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+/// The flags of a training run, shared by `kiln train` and `kiln distill` (flattened into each).
 #[derive(Args, Debug)]
-pub struct TrainArgs {
-    /// A preset (gpt2-tiny, bert-tiny, roberta-tiny, albert-tiny, electra-tiny, gpt2, gpt2-medium, bert-base,
-    /// bert-large) or an HF directory.
-    #[arg(long, default_value = "gpt2-tiny")]
-    pub model: String,
+pub struct RunArgs {
     /// A UTF-8 text file to train on (default: the built-in generated corpus).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Train on the built-in generated corpus (the default when --data is absent).
     #[arg(long, conflicts_with = "data")]
     pub synthetic: bool,
-    /// A tokenizer.json (default: the model directory's, else one trained on the data).
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
     #[arg(long, default_value_t = 600)]
     pub steps: u64,
     #[arg(long, default_value_t = 16)]
@@ -89,14 +83,25 @@ pub struct TrainArgs {
     /// Checkpoint every N updates (0 = only at the end).
     #[arg(long, default_value_t = 0)]
     pub ckpt_every: u64,
-    /// Vocabulary size of a tokenizer trained here (default: the config's vocab_size for a model
-    /// directory, 512 for a preset). The model's vocab_size becomes the trained tokenizer's size.
-    #[arg(long)]
-    pub vocab: Option<usize>,
     /// One JSON object per line: first the run (model, parameters, vocabulary, tokens per step,
     /// the config as trained), then per step (step, loss, lr, step_ms, tokens_per_s).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// A preset (gpt2-tiny, bert-tiny, roberta-tiny, albert-tiny, electra-tiny, gpt2, gpt2-medium, bert-base,
+    /// bert-large) or an HF directory.
+    #[arg(long, default_value = "gpt2-tiny")]
+    pub model: String,
+    /// A tokenizer.json (default: the model directory's, else one trained on the data).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Vocabulary size of a tokenizer trained here (default: the config's vocab_size for a model
+    /// directory, 512 for a preset). The model's vocab_size becomes the trained tokenizer's size.
+    #[arg(long)]
+    pub vocab: Option<usize>,
     /// The pre-training objective: clm, bert (MLM + NSP), mlm, roberta (dynamic masking of packed
     /// full sentences, no NSP), albert (MLM + sentence order), electra (generator + discriminator).
     /// Default: the architecture's (GPT-1/2 clm, BertForPreTraining bert, RoBERTa roberta,
@@ -110,6 +115,117 @@ pub struct TrainArgs {
     /// the parameters (0 = every rank keeps all of it).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub zero: u8,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `args.steps` and the other shared flags read as before the split.
+impl std::ops::Deref for TrainArgs {
+    type Target = RunArgs;
+    fn deref(&self) -> &RunArgs {
+        &self.run
+    }
+}
+
+/// What a run's flags check to before anything is read or written.
+pub(crate) struct Checked {
+    pub device: Device,
+    pub compute_dtype: DType,
+    pub decay: Decay,
+    pub adamw: AdamWConfig,
+}
+
+impl RunArgs {
+    /// Parses and checks the device, dtype, sizes, schedule and optimizer flags (`cmd` names the
+    /// command in the errors); turns TF32 on when asked.
+    pub(crate) fn check(&self, cmd: &str) -> Result<Checked> {
+        let device: Device = self.device.parse()?;
+        kiln::tensor::cuda::check_device(device)?;
+        let compute_dtype: DType = self.dtype.parse()?;
+        if self.tf32 {
+            kiln::tensor::cuda::set_tf32(true);
+        }
+        if !matches!(compute_dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::msg(format!("{cmd}: --dtype {} is not supported (f32, or bf16 / f16 mixed precision)", self.dtype)));
+        }
+        if self.batch == 0 || self.seq < 2 || self.steps == 0 {
+            return Err(Error::msg(format!("{cmd}: --batch, --steps must be positive and --seq at least 2")));
+        }
+        let decay: Decay = self.schedule.parse()?;
+        let adamw = AdamWConfig { lr: self.lr, weight_decay: self.weight_decay, ..Default::default() };
+        let c = Checked { device, compute_dtype, decay, adamw };
+        self.options(&c, LrSchedule::constant(self.lr), None).check().map_err(|e| Error::msg(format!("{e} (--lr, --weight-decay, --clip, --accum, --eval-batches)")))?;
+        Ok(c)
+    }
+    /// The trainer's options for these flags.
+    pub(crate) fn options(&self, c: &Checked, schedule: LrSchedule, out: Option<PathBuf>) -> TrainOptions {
+        TrainOptions {
+            steps: self.steps,
+            schedule,
+            adamw: c.adamw,
+            clip: self.clip,
+            accum: self.accum,
+            seed: self.seed,
+            eval_every: self.eval_every,
+            eval_batches: self.eval_batches,
+            ckpt_every: self.ckpt_every,
+            out,
+            keep: self.keep,
+            overwrite: self.overwrite,
+            compute_dtype: c.compute_dtype,
+        }
+    }
+    /// Warm-up, then the decay down to a tenth of --lr at --steps.
+    pub(crate) fn schedule(&self, decay: Decay) -> LrSchedule {
+        LrSchedule { peak_lr: self.lr, min_lr: self.lr * 0.1, warmup_steps: self.warmup.min(self.steps), total_steps: self.steps, decay }
+    }
+    /// The text trained on: --data, or the built-in corpus.
+    pub(crate) fn text(&self) -> Result<String> {
+        match &self.data {
+            Some(p) => kiln::model::data::read_text(p),
+            None => Ok(corpus::default_corpus(self.seed, 400_000)),
+        }
+    }
+    /// The progress reporter of a run of --steps updates starting at `step` (a bar on an
+    /// interactive stderr of the lead rank, unless --json).
+    pub(crate) fn progress(&self, step: u64, lead: bool) -> Progress {
+        let bar = (!self.json && std::io::stderr().is_terminal() && lead).then(|| {
+            let b = indicatif::ProgressBar::new(self.steps);
+            if let Ok(s) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})") {
+                b.set_style(s);
+            }
+            b.set_position(step);
+            b
+        });
+        Progress { json: self.json, bar, every: 25 }
+    }
+}
+
+/// The text cut at 90% (on a char boundary): (training, held out).
+pub(crate) fn split_held_out(text: &str) -> (&str, &str) {
+    let cut = text.char_indices().map(|(i, _)| i).find(|&i| i >= text.len() * 9 / 10).unwrap_or(text.len());
+    text.split_at(cut)
+}
+
+/// The end of a run on the lead rank: the bar finished, the loss curve written to OUT/loss.svg,
+/// the time and the device's peak memory printed.
+pub(crate) fn finish(run: &RunArgs, progress: &Progress, out: &Path, trainer: &Trainer, t0: std::time::Instant, device: Device) -> Result<()> {
+    if let Some(b) = &progress.bar {
+        b.finish();
+    }
+    let svg = out.join("loss.svg");
+    plot::loss_curve(&svg, &trainer.losses, &trainer.evals)?;
+    if !run.json {
+        println!("done in {:.1}s; loss curve -> {}", t0.elapsed().as_secs_f64(), svg.display());
+    }
+    if let Some(peak) = kiln::tensor::cuda::peak_memory_bytes(device) {
+        if run.json {
+            println!("{{\"peak_device_mem_bytes\":{peak},\"device\":\"{device}\"}}");
+        } else {
+            println!("peak device memory ({device}): {:.1} MiB (caching-allocator high-water mark)", peak as f64 / (1u64 << 20) as f64);
+        }
+    }
+    Ok(())
 }
 
 /// Progress of a run: a bar on an interactive stderr, else a line every `every` steps, or JSON
@@ -168,33 +284,33 @@ impl TrainObserver for Progress {
 }
 
 /// Where a run starts from and where it writes.
-struct Plan {
+pub(crate) struct Plan {
     /// The directory read (a run's current checkpoint, a checkpoint, an HF directory), if any.
-    from: Option<PathBuf>,
-    /// The preset, when there is no directory.
-    preset: String,
+    pub from: Option<PathBuf>,
+    /// The preset (or other name), when there is no directory.
+    pub preset: String,
     /// The run directory written.
-    out: PathBuf,
+    pub out: PathBuf,
 }
 
-/// Resolves `--model`, `--resume` and `--out`, and refuses to write over what was not asked for:
-/// a model or checkpoints in `--out` (unless `--overwrite`, or `--resume` continues that run),
-/// or, resuming an earlier checkpoint of a run directory, the later ones (unless `--overwrite`).
-fn plan(args: &TrainArgs) -> Result<Plan> {
+/// Resolves the model (`model`: a directory or a preset name), `--resume` and `--out`, and refuses
+/// to write over what was not asked for: a model or checkpoints in `--out` (unless `--overwrite`,
+/// or `--resume` continues that run), or, resuming an earlier checkpoint of a run directory, the
+/// later ones (unless `--overwrite`). `cmd` names the command in the errors.
+pub(crate) fn plan(args: &RunArgs, model: &str, cmd: &str) -> Result<Plan> {
     let (from, preset) = match &args.resume {
         Some(r) => (Some(r.clone()), String::new()),
-        None if Path::new(&args.model).is_dir() => (Some(PathBuf::from(&args.model)), String::new()),
-        None => (None, args.model.clone()),
+        None if Path::new(model).is_dir() => (Some(PathBuf::from(model)), String::new()),
+        None => (None, model.to_string()),
     };
     let from = from.map(|d| run_dir::resolve(&d).map(|r| r.dir)).transpose()?;
     let continued = args.resume.as_deref().map(run_dir::run_root);
     let out = args.out.clone().or_else(|| continued.clone()).unwrap_or_else(|| PathBuf::from("out/run"));
-    let same = |a: &Path, b: &Path| a == b || std::fs::canonicalize(a).ok().zip(std::fs::canonicalize(b).ok()).is_some_and(|(x, y)| x == y);
-    let continues_out = continued.as_deref().is_some_and(|c| same(c, &out));
+    let continues_out = continued.as_deref().is_some_and(|c| same_path(c, &out));
     if !args.overwrite && !continues_out {
         let held = run_dir::held_entries(&out);
         if !held.is_empty() {
-            return Err(Error::msg(format!("train: --out {} already holds a model ({}); pass --overwrite to replace it, --resume to continue it, or another --out", out.display(), held.join(", "))));
+            return Err(Error::msg(format!("{cmd}: --out {} already holds a model ({}); pass --overwrite to replace it, --resume to continue it, or another --out", out.display(), held.join(", "))));
         }
     }
     if let (Some(r), true, false) = (&args.resume, continues_out, args.overwrite) {
@@ -202,7 +318,7 @@ fn plan(args: &TrainArgs) -> Result<Plan> {
         if let (Some(cur), Some(name)) = (run_dir::current_name(&out), name.filter(|_| run_dir::run_root(r) != *r)) {
             if cur != name {
                 return Err(Error::msg(format!(
-                    "train: --resume {} is not the current checkpoint of {} ({cur}); continuing it there would replace the later checkpoints: pass --overwrite, or --out elsewhere",
+                    "{cmd}: --resume {} is not the current checkpoint of {} ({cur}); continuing it there would replace the later checkpoints: pass --overwrite, or --out elsewhere",
                     r.display(),
                     out.display()
                 )));
@@ -210,6 +326,11 @@ fn plan(args: &TrainArgs) -> Result<Plan> {
         }
     }
     Ok(Plan { from, preset, out })
+}
+
+/// Whether two paths name the same entry (equal, or equal once canonicalized).
+pub(crate) fn same_path(a: &Path, b: &Path) -> bool {
+    a == b || std::fs::canonicalize(a).ok().zip(std::fs::canonicalize(b).ok()).is_some_and(|(x, y)| x == y)
 }
 
 /// `kiln train`, alone or as one rank of `mpirun -np N kiln train ...` ([`kiln::model::dist`]):
@@ -224,49 +345,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
     let lead = world.rank() == 0;
-    let device: Device = args.device.parse()?;
-    kiln::tensor::cuda::check_device(device)?;
-    let compute_dtype: DType = args.dtype.parse()?;
-    if args.tf32 {
-        kiln::tensor::cuda::set_tf32(true);
-    }
-    if !matches!(compute_dtype, DType::F32 | DType::BF16 | DType::F16) {
-        return Err(Error::msg(format!("train: --dtype {} is not supported (f32, or bf16 / f16 mixed precision)", args.dtype)));
-    }
-    if args.batch == 0 || args.seq < 2 || args.steps == 0 {
-        return Err(Error::msg("train: --batch, --steps must be positive and --seq at least 2"));
-    }
-    let decay: Decay = args.schedule.parse()?;
-    let adamw = AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() };
-    // the hyper-parameters are checked before a tokenizer is trained or a file written
-    let opts_for = |schedule: LrSchedule, out: Option<PathBuf>| TrainOptions {
-        steps: args.steps,
-        schedule,
-        adamw,
-        clip: args.clip,
-        accum: args.accum,
-        seed: args.seed,
-        eval_every: args.eval_every,
-        eval_batches: args.eval_batches,
-        ckpt_every: args.ckpt_every,
-        out,
-        keep: args.keep,
-        overwrite: args.overwrite,
-        compute_dtype,
-    };
-    opts_for(LrSchedule::constant(args.lr), None).check().map_err(|e| Error::msg(format!("{e} (--lr, --weight-decay, --clip, --accum, --eval-batches)")))?;
-    let Plan { from: dir, preset, out } = plan(&args)?;
+    let checked = args.run.check("train")?;
+    let (device, compute_dtype, adamw) = (checked.device, checked.compute_dtype, checked.adamw);
+    let Plan { from: dir, preset, out } = plan(&args.run, &args.model, "train")?;
     let mut cfg = match &dir {
         Some(d) => ModelConfig::load(d.join("config.json"))?,
         None => ModelConfig::preset(&preset)?,
     };
     // Text: the user's file, or the built-in corpus. Held out: the last 10%.
-    let text = match &args.data {
-        Some(p) => kiln::model::data::read_text(p)?,
-        None => corpus::default_corpus(args.seed, 400_000),
-    };
-    let cut = text.char_indices().map(|(i, _)| i).find(|&i| i >= text.len() * 9 / 10).unwrap_or(text.len());
-    let (train_text, eval_text) = text.split_at(cut);
+    let text = args.text()?;
+    let (train_text, eval_text) = split_held_out(&text);
     // Tokenizer: explicit, in the model dir, or trained here on the training text.
     let found = tokenize::find_tokenizer(args.tokenizer.as_deref(), dir.as_deref())?;
     // the sizes are checked before anything is allocated (a tokenizer trained, a model built)
@@ -341,16 +429,7 @@ fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), source: e })?;
     let total = args.steps;
-    let schedule = LrSchedule { peak_lr: args.lr, min_lr: args.lr * 0.1, warmup_steps: args.warmup.min(total), total_steps: total, decay };
-    let opts = opts_for(schedule, Some(out.clone()));
-    let bar = (!args.json && std::io::stderr().is_terminal() && lead).then(|| {
-        let b = indicatif::ProgressBar::new(total);
-        if let Ok(s) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})") {
-            b.set_style(s);
-        }
-        b.set_position(trainer.step);
-        b
-    });
+    let opts = args.run.options(&checked, args.run.schedule(checked.decay), Some(out.clone()));
     let tokens_per_step = args.batch * args.seq * args.accum * world.size();
     if lead && args.json {
         // what is trained, so that step_ms compares with `kiln bench`'s train_step rows (same loop)
@@ -370,7 +449,7 @@ fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
             out.display()
         );
     }
-    let mut progress = Progress { json: args.json, bar, every: 25 };
+    let mut progress = args.run.progress(trainer.step, lead);
     let t0 = std::time::Instant::now();
     trainer.run_dist(&opts, Dist { comm: world, zero: args.zero == 1 }, data.as_mut(), Some(eval.as_mut()), &mut progress)?;
     if world.size() > 1 {
@@ -388,21 +467,7 @@ fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
     if !lead {
         return Ok(());
     }
-    if let Some(b) = &progress.bar {
-        b.finish();
-    }
-    let svg = out.join("loss.svg");
-    plot::loss_curve(&svg, &trainer.losses, &trainer.evals)?;
-    if !args.json {
-        println!("done in {:.1}s; loss curve -> {}", t0.elapsed().as_secs_f64(), svg.display());
-    }
-    if let Some(peak) = kiln::tensor::cuda::peak_memory_bytes(device) {
-        if args.json {
-            println!("{{\"peak_device_mem_bytes\":{peak},\"device\":\"{device}\"}}");
-        } else {
-            println!("peak device memory ({device}): {:.1} MiB (caching-allocator high-water mark)", peak as f64 / (1u64 << 20) as f64);
-        }
-    }
+    finish(&args.run, &progress, &out, &trainer, t0, device)?;
     if let (Ok(m), true) = (trainer.model.as_causal_lm(), args.sample_tokens > 0 && !args.json) {
         let prompt = tok.encode("The", false).map_err(|e| Error::msg(format!("tokenizer: {e}")))?.get_ids().iter().map(|&i| i as i64).collect::<Vec<_>>();
         let ids = m.generate(&prompt, &SampleOptions { max_new_tokens: args.sample_tokens, temperature: 0.8, top_k: 40, seed: args.seed, ..Default::default() })?;
