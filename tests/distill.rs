@@ -10,10 +10,10 @@ mod common;
 use common::{shakespeare, snapshot, split};
 use kiln::model::config::ModelConfig;
 use kiln::model::data::{encode_documents, BertBatcher};
-use kiln::model::distill::{cosine_loss, init_from_teacher, mlm_loss, soft_target_loss, student_config, teacher_layer, Distill, DistillOptions};
+use kiln::model::distill::{cosine_loss, hidden_mse, init_from_teacher, mlm_loss, soft_target_loss, student_config, teacher_layer, Distill, DistillOptions};
 use kiln::model::family::Family;
 use kiln::model::model::{LoadedModel, Model};
-use kiln::model::nn::ForwardCtx;
+use kiln::model::nn::{ForwardCtx, Linear};
 use kiln::model::objective::ObjectiveKind;
 use kiln::model::sched::{Decay, LrSchedule};
 use kiln::model::tokenize::{self, SpecialIds, Tokenizer};
@@ -262,6 +262,45 @@ fn soft_target_and_cosine_terms_match_hand_computations_and_gradchecks() {
     assert_eq!((0..3).map(|i| teacher_layer(i, 3, 3)).collect::<Vec<_>>(), [0, 1, 2]);
 }
 
+/// TinyBERT's hidden-state term: Σ_m MSE(W·s_m + b, t_{m·L/N}) over the embeddings' output and
+/// each layer's, at the chosen positions only, against a hand computation; the projection gets a
+/// gradient, the teacher's states none.
+#[test]
+fn hidden_state_term_matches_a_hand_computation() {
+    let store = ParamStore::new(3, DType::F32, Device::Cpu);
+    let proj = Linear::new(&store, "fit_dense", 4, 6, true, 0.5).unwrap();
+    store.get("fit_dense.bias").unwrap().assign(&kiln::Tensor::randn(9, &[6], 0.0, 1.0, DType::F32, Device::Cpu).unwrap()).unwrap();
+    let r = |seed, c: usize| kiln::Tensor::randn(seed, &[2, 3, c], 0.0, 1.0, DType::F32, Device::Cpu).unwrap();
+    let s: Vec<_> = (0..3).map(|i| r(10 + i, 4).var()).collect(); // N = 2 layers
+    let t: Vec<_> = (0..5).map(|i| r(20 + i, 6)).collect(); // L = 4 layers
+    let rows = [0i64, 2, 3, 5];
+    let got = hidden_mse(&s, &t, &rows, &proj).unwrap();
+    let (w, b) = (store.get("fit_dense.weight").unwrap().tensor().to_vec::<f32>().unwrap(), store.get("fit_dense.bias").unwrap().tensor().to_vec::<f32>().unwrap());
+    let mut want = 0.0f64;
+    for (m, g) in [(0, 0), (1, 2), (2, 4)] {
+        let (sv, tv) = (s[m].to_vec::<f32>().unwrap(), t[g].to_vec::<f32>().unwrap());
+        let mut sum = 0.0f64;
+        for &row in &rows {
+            let row = row as usize;
+            for o in 0..6 {
+                let x: f64 = b[o] as f64 + (0..4).map(|i| w[o * 4 + i] as f64 * sv[row * 4 + i] as f64).sum::<f64>();
+                sum += (x - tv[row * 6 + o] as f64).powi(2);
+            }
+        }
+        want += sum / (rows.len() * 6) as f64;
+    }
+    let g = got.to_scalar().unwrap();
+    assert!((g - want).abs() < 1e-5 * want, "hidden-state MSE {g} vs hand computation {want}");
+    got.backward().unwrap();
+    assert!(store.get("fit_dense.weight").unwrap().grad().is_some(), "the projection got no gradient");
+    assert!(s[1].grad().is_some() && t.iter().all(|x| x.grad().is_none()));
+    // a position outside `rows` does not count: changing it leaves the term as it was
+    let mut moved = s[2].to_vec::<f32>().unwrap();
+    moved[4..8].iter_mut().for_each(|x| *x += 5.0); // position 1
+    let s2 = vec![s[0].clone(), s[1].clone(), kiln::Tensor::from_vec(moved, &[2, 3, 4]).unwrap()];
+    assert_eq!(hidden_mse(&s2, &t, &rows, &proj).unwrap().to_scalar().unwrap(), g);
+}
+
 // ------------------------------------------------------------------------------ the CLI ----
 
 fn kiln(args: &[&str]) -> Output {
@@ -348,8 +387,9 @@ fn bad_teachers_and_students_are_refused_before_anything_is_written() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
-/// `kiln distill` for 6 updates equals 3 updates and `--resume` for 3 more (the teacher and the
-/// loss weights read from the run), loss for loss and weight for weight; the teacher's directory
+/// `kiln distill` (with TinyBERT's hidden-state term on) for 6 updates equals 3 updates and
+/// `--resume` for 3 more (the teacher and the loss weights read from the run), loss for loss and
+/// weight for weight, the projection's included; the teacher's directory
 /// is untouched; the run reports its student's and teacher's held-out MLM losses.
 #[test]
 fn a_resumed_distill_run_is_exact() {
@@ -357,7 +397,7 @@ fn a_resumed_distill_run_is_exact() {
     let t = teacher();
     let data = small_data(&d);
     let teacher_before = snapshot(&t.dir);
-    let common = ["--data", data.to_str().unwrap(), "--batch", "8", "--seq", "32", "--eval-every", "0", "--json", "--schedule", "constant", "--warmup", "0", "--lr", "1e-3", "--alpha-cos", "0.5"];
+    let common = ["--data", data.to_str().unwrap(), "--batch", "8", "--seq", "32", "--eval-every", "0", "--json", "--schedule", "constant", "--warmup", "0", "--lr", "1e-3", "--alpha-cos", "0.5", "--alpha-hidden", "0.5"];
     let full = d.join("full");
     let run = |extra: &[&str]| {
         let o = kiln(&[&["distill"][..], &common, extra].concat());
@@ -379,8 +419,10 @@ fn a_resumed_distill_run_is_exact() {
     // --resume alone: the teacher and weights come from the run's training state
     let o = run(&["--steps", "6", "--resume", part.to_str().unwrap()]);
     assert_eq!(loss_lines(&o)[..], want[3..], "the resumed losses differ from the uninterrupted run");
-    let w = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
-    assert!(w(&full) == w(&part), "the resumed run's weights differ from the uninterrupted run's");
+    let w = |p: &Path, f: &str| std::fs::read(p.join("current").join(f)).unwrap();
+    assert!(w(&full, "model.safetensors") == w(&part, "model.safetensors"), "the resumed run's weights differ from the uninterrupted run's");
+    // TinyBERT's projection (--alpha-hidden) is checkpointed with the student and resumed with it
+    assert!(w(&full, "distill_projection.safetensors") == w(&part, "distill_projection.safetensors"), "the resumed projection differs");
     // a resumed run with other loss weights would not be the same run
     let o = kiln(&[&["distill"][..], &common, &["--steps", "8", "--resume", part.to_str().unwrap(), "--alpha-ce", "1"]].concat());
     assert!(!o.status.success() && stderr(&o).contains("differs from the resumed run"), "{}", stderr(&o));

@@ -50,6 +50,10 @@ pub struct DistillArgs {
     /// Weight of the cosine loss between the last hidden states [default: 1; with --resume the run's].
     #[arg(long)]
     pub alpha_cos: Option<f64>,
+    /// Weight of TinyBERT's hidden-state MSE (every student layer against teacher layer m·L/N,
+    /// through a learned projection; 0 = off) [default: 0; with --resume the run's].
+    #[arg(long)]
+    pub alpha_hidden: Option<f64>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -72,7 +76,13 @@ fn recorded(dir: &Path) -> Result<Recorded> {
     Ok(Recorded {
         teacher: PathBuf::from(s("teacher")?),
         sha256: s("teacher_sha256")?,
-        opts: DistillOptions { temperature: f("temperature")?, alpha_ce: f("alpha_ce")?, alpha_mlm: f("alpha_mlm")?, alpha_cos: f("alpha_cos")? },
+        opts: DistillOptions {
+            temperature: f("temperature")?,
+            alpha_ce: f("alpha_ce")?,
+            alpha_mlm: f("alpha_mlm")?,
+            alpha_cos: f("alpha_cos")?,
+            alpha_hidden: d.get("alpha_hidden").and_then(Value::as_f64).unwrap_or(0.0),
+        },
     })
 }
 
@@ -92,6 +102,7 @@ fn options(a: &DistillArgs, rec: Option<&Recorded>) -> Result<DistillOptions> {
         alpha_ce: pick(a.alpha_ce, base.alpha_ce, "--alpha-ce")?,
         alpha_mlm: pick(a.alpha_mlm, base.alpha_mlm, "--alpha-mlm")?,
         alpha_cos: pick(a.alpha_cos, base.alpha_cos, "--alpha-cos")?,
+        alpha_hidden: pick(a.alpha_hidden, base.alpha_hidden, "--alpha-hidden")?,
     };
     o.check()?;
     Ok(o)
@@ -220,7 +231,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
     trainer.extra.insert(
         "distill".into(),
         json!({"teacher": teacher_path.display().to_string(), "teacher_sha256": sha256, "temperature": opts.temperature,
-            "alpha_ce": opts.alpha_ce, "alpha_mlm": opts.alpha_mlm, "alpha_cos": opts.alpha_cos}),
+            "alpha_ce": opts.alpha_ce, "alpha_mlm": opts.alpha_mlm, "alpha_cos": opts.alpha_cos, "alpha_hidden": opts.alpha_hidden}),
     );
     std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), source: e })?;
     let train_opts = a.run.options(&checked, a.run.schedule(checked.decay), Some(out.clone()));
@@ -229,12 +240,12 @@ pub fn run(a: DistillArgs) -> Result<()> {
             "{}",
             json!({"teacher": tdir.display().to_string(), "teacher_params": teacher_params, "teacher_layers": teacher_layers, "student": cfg.architecture(),
                 "params": store.num_params(), "layers": cfg.num_layers(), "init": init, "vocab_size": vocab, "batch": b, "seq": s, "steps": a.run.steps,
-                "objective": "distill", "temperature": opts.temperature, "alpha_ce": opts.alpha_ce, "alpha_mlm": opts.alpha_mlm, "alpha_cos": opts.alpha_cos,
+                "objective": "distill", "temperature": opts.temperature, "alpha_ce": opts.alpha_ce, "alpha_mlm": opts.alpha_mlm, "alpha_cos": opts.alpha_cos, "alpha_hidden": opts.alpha_hidden,
                 "device": device.to_string(), "dtype": checked.compute_dtype.as_str(), "config": cfg.to_json_value()?})
         );
     } else {
         println!(
-            "kiln distill: teacher {} ({teacher_params} params, {teacher_layers} layers) -> student {} ({} params, {} layers, init {init}); T {} alpha ce/mlm/cos {}/{}/{}; {} steps, out {}",
+            "kiln distill: teacher {} ({teacher_params} params, {teacher_layers} layers) -> student {} ({} params, {} layers, init {init}); T {} alpha ce/mlm/cos/hidden {}/{}/{}/{}; {} steps, out {}",
             tdir.display(),
             cfg.architecture().unwrap_or("?"),
             store.num_params(),
@@ -243,6 +254,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
             opts.alpha_ce,
             opts.alpha_mlm,
             opts.alpha_cos,
+            opts.alpha_hidden,
             a.run.steps,
             out.display()
         );
