@@ -1,7 +1,7 @@
 //! `kiln distill`: DistilBERT's distillation of a teacher masked LM into a student
 //! ([`kiln::model::distill`]), on `kiln train`'s MLM batches, with `kiln train`'s run flags
 //! ([`RunArgs`]: progress, evaluation, atomic checkpoints, exact `--resume`).
-use super::train::{finish, plan, same_path, split_held_out, Plan, RunArgs};
+use super::run::{finish, plan, same_path, split_held_out, Plan, RunArgs};
 use clap::Args;
 use kiln::model::config::ModelConfig;
 use kiln::model::distill::{init_from_teacher, mlm_loss, mlm_parts, student_config, Distill, DistillOptions};

@@ -7,6 +7,7 @@ pub mod finetune;
 pub mod forward;
 pub mod generate;
 pub mod kernels;
+pub mod run;
 pub mod train;
 
 use kiln::model::model::LoadedModel;
