@@ -48,7 +48,7 @@ fn opts(steps: u64, lr: f64, warmup: u64) -> TrainOptions {
 }
 
 /// The trained teacher, written once per test process as an HF directory (config, weights,
-/// tokenizer), with the texts it was trained and is judged on.
+/// tokenizer) under `CARGO_TARGET_TMPDIR`, with the texts it was trained and is judged on.
 struct Teacher {
     dir: PathBuf,
     tok: Tokenizer,
@@ -82,7 +82,8 @@ fn teacher() -> &'static Teacher {
         let t0 = std::time::Instant::now();
         t.run(&o, &mut data, None, &mut ()).unwrap();
         println!("teacher: {TEACHER_STEPS} MLM updates, loss {:.3} -> {:.3}, {:.1} s", t.losses[0].1, t.losses.last().unwrap().1, t0.elapsed().as_secs_f64());
-        let dir = std::env::temp_dir().join(format!("kiln-distill-{}-teacher", std::process::id()));
+        // in the target's scratch directory (replaced by each run), not left in /tmp per process
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("distill-teacher");
         let _ = std::fs::remove_dir_all(&dir);
         save_checkpoint(&dir, &cfg, &store, Some(&tok), None).unwrap();
         Teacher { dir, tok, cfg, text }
