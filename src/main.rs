@@ -1,4 +1,4 @@
-//! The `kiln` command line: train, forward, generate, eval, embed, kernels, bench.
+//! The `kiln` command line: train, finetune, distill, forward, generate, eval, embed, kernels, bench.
 use clap::{Parser, Subcommand};
 
 /// mimalloc instead of the system allocator (feature `mimalloc`, default on). glibc serves blocks
@@ -28,6 +28,8 @@ enum Cmd {
     Train(cli::train::TrainArgs),
     /// Fine-tune a classification head on a pretrained model from labelled JSONL / CSV data.
     Finetune(cli::finetune::FinetuneArgs),
+    /// Distil a teacher masked LM into a smaller student (DistilBERT's soft targets, MLM and cosine losses).
+    Distill(cli::distill::DistillArgs),
     /// Run one forward (and optionally backward) pass on a JSON batch and write the outputs.
     Forward(cli::forward::ForwardArgs),
     /// Generate text from a GPT-2 checkpoint.
@@ -49,6 +51,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Train(a) => cli::train::run(a),
         Cmd::Finetune(a) => cli::finetune::run(a),
+        Cmd::Distill(a) => cli::distill::run(a),
         Cmd::Forward(a) => cli::forward::run(a),
         Cmd::Generate(a) => cli::generate::run(a),
         Cmd::Eval(a) => cli::eval::run(a),

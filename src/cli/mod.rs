@@ -1,11 +1,13 @@
 //! One file per subcommand, plus what they share (loading a model directory).
 pub mod bench;
+pub mod distill;
 pub mod embed;
 pub mod eval;
 pub mod finetune;
 pub mod forward;
 pub mod generate;
 pub mod kernels;
+pub mod run;
 pub mod train;
 
 use kiln::model::model::LoadedModel;

@@ -1,18 +1,16 @@
 //! `kiln train`: from a preset, a config-only directory, a checkpoint, or `--resume`.
-use crate::{corpus, plot};
+use super::run::{finish, plan, split_held_out, Plan, RunArgs};
 use clap::Args;
 use kiln::model::config::ModelConfig;
 use kiln::model::generate::SampleOptions;
-use kiln::model::optim::AdamWConfig;
 use kiln::model::params::ParamStore;
-use kiln::model::sched::{Decay, LrSchedule};
 use kiln::model::dist::Comm;
 use kiln::model::objective::ObjectiveKind;
 use kiln::model::tokenize::{self, TokenizerKind};
-use kiln::model::trainer::{Dist, EvalLog, StepLog, TrainObserver, TrainOptions, Trainer};
+use kiln::model::trainer::{Dist, EvalLog, StepLog, TrainObserver, Trainer};
 use kiln::model::io::entry_exists;
-use kiln::model::{limits, run_dir, LoadOptions};
-use kiln::{DType, Device, Error, Result};
+use kiln::model::{limits, LoadOptions};
+use kiln::{DType, Error, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
@@ -22,81 +20,13 @@ pub struct TrainArgs {
     /// bert-large) or an HF directory.
     #[arg(long, default_value = "gpt2-tiny")]
     pub model: String,
-    /// A UTF-8 text file to train on (default: the built-in generated corpus).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Train on the built-in generated corpus (the default when --data is absent).
-    #[arg(long, conflicts_with = "data")]
-    pub synthetic: bool,
     /// A tokenizer.json (default: the model directory's, else one trained on the data).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    #[arg(long, default_value_t = 600)]
-    pub steps: u64,
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 64)]
-    pub seq: usize,
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 20)]
-    pub warmup: u64,
-    /// constant, linear or cosine decay after warm-up.
-    #[arg(long, default_value = "cosine")]
-    pub schedule: String,
-    #[arg(long, default_value_t = 0.01)]
-    pub weight_decay: f64,
-    /// Global gradient-norm clip (0 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub clip: f64,
-    /// Gradient accumulation: micro-batches per update.
-    #[arg(long, default_value_t = 1)]
-    pub accum: usize,
-    #[arg(long, default_value_t = 1234)]
-    pub seed: u64,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// CUDA: let f32 matmuls use TF32 tensor cores (10-bit mantissa inputs; off: strict FP32).
-    #[arg(long)]
-    pub tf32: bool,
-    /// Activation recomputation: each transformer block keeps only its input in the forward and
-    /// recomputes its activations in the backward (same gradients, less memory, ~1 more forward).
-    #[arg(long)]
-    pub recompute: bool,
-    /// The run directory: its checkpoints (`checkpoint-<step>/`, the current one linked as
-    /// `current` and its files at the top level, an HF model directory) and the loss curve.
-    /// Default: out/run, or with --resume the run being continued. A directory that already holds
-    /// a model or checkpoint is refused unless --overwrite is given (or --resume continues it).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Replace the model or checkpoints already in --out (they are removed once this run's first
-    /// checkpoint is current).
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Continue a run exactly (bit for bit on the CPU): a run directory (its current checkpoint)
-    /// or one of its checkpoint-<step> directories.
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
-    /// Checkpoints of this run to keep, the newest ones (0 = all).
-    #[arg(long, default_value_t = 2)]
-    pub keep: usize,
-    #[arg(long, default_value_t = 50)]
-    pub eval_every: u64,
-    #[arg(long, default_value_t = 4)]
-    pub eval_batches: usize,
-    /// Checkpoint every N updates (0 = only at the end).
-    #[arg(long, default_value_t = 0)]
-    pub ckpt_every: u64,
     /// Vocabulary size of a tokenizer trained here (default: the config's vocab_size for a model
     /// directory, 512 for a preset). The model's vocab_size becomes the trained tokenizer's size.
     #[arg(long)]
     pub vocab: Option<usize>,
-    /// One JSON object per line: first the run (model, parameters, vocabulary, tokens per step,
-    /// the config as trained), then per step (step, loss, lr, step_ms, tokens_per_s).
-    #[arg(long)]
-    pub json: bool,
     /// The pre-training objective: clm, bert (MLM + NSP), mlm, roberta (dynamic masking of packed
     /// full sentences, no NSP), albert (MLM + sentence order), electra (generator + discriminator).
     /// Default: the architecture's (GPT-1/2 clm, BertForPreTraining bert, RoBERTa roberta,
@@ -110,6 +40,16 @@ pub struct TrainArgs {
     /// the parameters (0 = every rank keeps all of it).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub zero: u8,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `args.steps` and the other shared flags read as before the split.
+impl std::ops::Deref for TrainArgs {
+    type Target = RunArgs;
+    fn deref(&self) -> &RunArgs {
+        &self.run
+    }
 }
 
 /// Progress of a run: a bar on an interactive stderr, else a line every `every` steps, or JSON
@@ -167,51 +107,6 @@ impl TrainObserver for Progress {
     }
 }
 
-/// Where a run starts from and where it writes.
-struct Plan {
-    /// The directory read (a run's current checkpoint, a checkpoint, an HF directory), if any.
-    from: Option<PathBuf>,
-    /// The preset, when there is no directory.
-    preset: String,
-    /// The run directory written.
-    out: PathBuf,
-}
-
-/// Resolves `--model`, `--resume` and `--out`, and refuses to write over what was not asked for:
-/// a model or checkpoints in `--out` (unless `--overwrite`, or `--resume` continues that run),
-/// or, resuming an earlier checkpoint of a run directory, the later ones (unless `--overwrite`).
-fn plan(args: &TrainArgs) -> Result<Plan> {
-    let (from, preset) = match &args.resume {
-        Some(r) => (Some(r.clone()), String::new()),
-        None if Path::new(&args.model).is_dir() => (Some(PathBuf::from(&args.model)), String::new()),
-        None => (None, args.model.clone()),
-    };
-    let from = from.map(|d| run_dir::resolve(&d).map(|r| r.dir)).transpose()?;
-    let continued = args.resume.as_deref().map(run_dir::run_root);
-    let out = args.out.clone().or_else(|| continued.clone()).unwrap_or_else(|| PathBuf::from("out/run"));
-    let same = |a: &Path, b: &Path| a == b || std::fs::canonicalize(a).ok().zip(std::fs::canonicalize(b).ok()).is_some_and(|(x, y)| x == y);
-    let continues_out = continued.as_deref().is_some_and(|c| same(c, &out));
-    if !args.overwrite && !continues_out {
-        let held = run_dir::held_entries(&out);
-        if !held.is_empty() {
-            return Err(Error::msg(format!("train: --out {} already holds a model ({}); pass --overwrite to replace it, --resume to continue it, or another --out", out.display(), held.join(", "))));
-        }
-    }
-    if let (Some(r), true, false) = (&args.resume, continues_out, args.overwrite) {
-        let name = r.file_name().map(|n| n.to_string_lossy().into_owned());
-        if let (Some(cur), Some(name)) = (run_dir::current_name(&out), name.filter(|_| run_dir::run_root(r) != *r)) {
-            if cur != name {
-                return Err(Error::msg(format!(
-                    "train: --resume {} is not the current checkpoint of {} ({cur}); continuing it there would replace the later checkpoints: pass --overwrite, or --out elsewhere",
-                    r.display(),
-                    out.display()
-                )));
-            }
-        }
-    }
-    Ok(Plan { from, preset, out })
-}
-
 /// `kiln train`, alone or as one rank of `mpirun -np N kiln train ...` ([`kiln::model::dist`]):
 /// a rank that fails ends every rank of the job, with a message naming it.
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -224,49 +119,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
     let lead = world.rank() == 0;
-    let device: Device = args.device.parse()?;
-    kiln::tensor::cuda::check_device(device)?;
-    let compute_dtype: DType = args.dtype.parse()?;
-    if args.tf32 {
-        kiln::tensor::cuda::set_tf32(true);
-    }
-    if !matches!(compute_dtype, DType::F32 | DType::BF16 | DType::F16) {
-        return Err(Error::msg(format!("train: --dtype {} is not supported (f32, or bf16 / f16 mixed precision)", args.dtype)));
-    }
-    if args.batch == 0 || args.seq < 2 || args.steps == 0 {
-        return Err(Error::msg("train: --batch, --steps must be positive and --seq at least 2"));
-    }
-    let decay: Decay = args.schedule.parse()?;
-    let adamw = AdamWConfig { lr: args.lr, weight_decay: args.weight_decay, ..Default::default() };
-    // the hyper-parameters are checked before a tokenizer is trained or a file written
-    let opts_for = |schedule: LrSchedule, out: Option<PathBuf>| TrainOptions {
-        steps: args.steps,
-        schedule,
-        adamw,
-        clip: args.clip,
-        accum: args.accum,
-        seed: args.seed,
-        eval_every: args.eval_every,
-        eval_batches: args.eval_batches,
-        ckpt_every: args.ckpt_every,
-        out,
-        keep: args.keep,
-        overwrite: args.overwrite,
-        compute_dtype,
-    };
-    opts_for(LrSchedule::constant(args.lr), None).check().map_err(|e| Error::msg(format!("{e} (--lr, --weight-decay, --clip, --accum, --eval-batches)")))?;
-    let Plan { from: dir, preset, out } = plan(&args)?;
+    let checked = args.run.check("train")?;
+    let (device, compute_dtype, adamw) = (checked.device, checked.compute_dtype, checked.adamw);
+    let Plan { from: dir, preset, out } = plan(&args.run, &args.model, "train")?;
     let mut cfg = match &dir {
         Some(d) => ModelConfig::load(d.join("config.json"))?,
         None => ModelConfig::preset(&preset)?,
     };
     // Text: the user's file, or the built-in corpus. Held out: the last 10%.
-    let text = match &args.data {
-        Some(p) => kiln::model::data::read_text(p)?,
-        None => corpus::default_corpus(args.seed, 400_000),
-    };
-    let cut = text.char_indices().map(|(i, _)| i).find(|&i| i >= text.len() * 9 / 10).unwrap_or(text.len());
-    let (train_text, eval_text) = text.split_at(cut);
+    let text = args.text()?;
+    let (train_text, eval_text) = split_held_out(&text);
     // Tokenizer: explicit, in the model dir, or trained here on the training text.
     let found = tokenize::find_tokenizer(args.tokenizer.as_deref(), dir.as_deref())?;
     // the sizes are checked before anything is allocated (a tokenizer trained, a model built)
@@ -341,16 +203,7 @@ fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), source: e })?;
     let total = args.steps;
-    let schedule = LrSchedule { peak_lr: args.lr, min_lr: args.lr * 0.1, warmup_steps: args.warmup.min(total), total_steps: total, decay };
-    let opts = opts_for(schedule, Some(out.clone()));
-    let bar = (!args.json && std::io::stderr().is_terminal() && lead).then(|| {
-        let b = indicatif::ProgressBar::new(total);
-        if let Ok(s) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})") {
-            b.set_style(s);
-        }
-        b.set_position(trainer.step);
-        b
-    });
+    let opts = args.run.options(&checked, args.run.schedule(checked.decay), Some(out.clone()));
     let tokens_per_step = args.batch * args.seq * args.accum * world.size();
     if lead && args.json {
         // what is trained, so that step_ms compares with `kiln bench`'s train_step rows (same loop)
@@ -370,7 +223,7 @@ fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
             out.display()
         );
     }
-    let mut progress = Progress { json: args.json, bar, every: 25 };
+    let mut progress = args.run.progress(trainer.step, lead);
     let t0 = std::time::Instant::now();
     trainer.run_dist(&opts, Dist { comm: world, zero: args.zero == 1 }, data.as_mut(), Some(eval.as_mut()), &mut progress)?;
     if world.size() > 1 {
@@ -388,21 +241,7 @@ fn run_in(args: TrainArgs, world: &dyn Comm) -> Result<()> {
     if !lead {
         return Ok(());
     }
-    if let Some(b) = &progress.bar {
-        b.finish();
-    }
-    let svg = out.join("loss.svg");
-    plot::loss_curve(&svg, &trainer.losses, &trainer.evals)?;
-    if !args.json {
-        println!("done in {:.1}s; loss curve -> {}", t0.elapsed().as_secs_f64(), svg.display());
-    }
-    if let Some(peak) = kiln::tensor::cuda::peak_memory_bytes(device) {
-        if args.json {
-            println!("{{\"peak_device_mem_bytes\":{peak},\"device\":\"{device}\"}}");
-        } else {
-            println!("peak device memory ({device}): {:.1} MiB (caching-allocator high-water mark)", peak as f64 / (1u64 << 20) as f64);
-        }
-    }
+    finish(&args.run, &progress, &out, &trainer, t0, device)?;
     if let (Ok(m), true) = (trainer.model.as_causal_lm(), args.sample_tokens > 0 && !args.json) {
         let prompt = tok.encode("The", false).map_err(|e| Error::msg(format!("tokenizer: {e}")))?.get_ids().iter().map(|&i| i as i64).collect::<Vec<_>>();
         let ids = m.generate(&prompt, &SampleOptions { max_new_tokens: args.sample_tokens, temperature: 0.8, top_k: 40, seed: args.seed, ..Default::default() })?;

@@ -281,6 +281,18 @@ impl Encoder {
     /// input_ids `[B, T]` i64; attention_mask `[B, T]` (1 = token, 0 = padding); token_type_ids
     /// `[B, T]` (an error for a family without token types).
     pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, token_type_ids: Option<&Tensor>, ctx: &ForwardCtx) -> Result<EncoderOutput> {
+        self.forward_collect(input_ids, attention_mask, token_type_ids, ctx, None)
+    }
+
+    /// [`Encoder::forward`], also returning HF's `hidden_states`: the embeddings' output (after the
+    /// projection, if any) and each layer's output, `L + 1` tensors `[B, T, H]`.
+    pub fn forward_hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, token_type_ids: Option<&Tensor>, ctx: &ForwardCtx) -> Result<(EncoderOutput, Vec<Tensor>)> {
+        let mut all = Vec::with_capacity(self.plan.len() + 1);
+        let out = self.forward_collect(input_ids, attention_mask, token_type_ids, ctx, Some(&mut all))?;
+        Ok((out, all))
+    }
+
+    fn forward_collect(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, token_type_ids: Option<&Tensor>, ctx: &ForwardCtx, mut all: Option<&mut Vec<Tensor>>) -> Result<EncoderOutput> {
         let mt = self.cfg.family.model_type();
         let (b, t) = check_ids(input_ids, self.cfg.max_positions(), mt)?;
         for (name, m) in [("attention_mask", attention_mask), ("token_type_ids", token_type_ids)] {
@@ -299,6 +311,9 @@ impl Encoder {
         if let Some(p) = &self.projection {
             x = p.forward(&x)?;
         }
+        if let Some(a) = all.as_deref_mut() {
+            a.push(x.clone());
+        }
         for (i, &k) in self.plan.iter().enumerate() {
             let _r = kiln_tensor::nvtx::range_with(|| format!("encoder.layer.{i}"));
             x = match self.recompute {
@@ -308,6 +323,9 @@ impl Encoder {
                 }
                 false => self.layers[k].forward(&x, attention_mask, ctx)?,
             };
+            if let Some(a) = all.as_deref_mut() {
+                a.push(x.clone());
+            }
         }
         let pooler_output = self.pooler.as_ref().map(|p| p.forward(&first_token(&x)?)?.tanh()).transpose()?;
         dims3(&x)?;

@@ -22,6 +22,7 @@
 //! | [`limits`] | sizes checked before allocation: a config's or a command's, against the model and the machine's memory |
 //! | [`model`] | [`model::Model`]: any architecture built from a config, HF inputs and outputs by name |
 //! | [`finetune`] | labelled data (JSONL / CSV) for sequence, pair and token classification; labels, metrics |
+//! | [`distill`] | DistilBERT's distillation: the frozen teacher as an objective (soft targets at T, MLM, cosine), a student made from the teacher |
 //! | [`trainer`] | the training loop: accumulation, clipping, schedules, eval, checkpoints, resume |
 //! | [`train_state`] | `training_state.safetensors` and the files of a checkpoint |
 //! | [`run_dir`] | a run's checkpoints, each written and made current as one unit (manifest, `current` link, keep N) |
@@ -46,6 +47,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dist;
+pub mod distill;
 pub mod decoder;
 pub mod embed;
 pub mod encoder;

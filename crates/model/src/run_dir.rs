@@ -200,7 +200,7 @@ fn hex(d: &[u8]) -> String {
 }
 
 /// Size and SHA-256 of a file, read in chunks.
-fn digest_file(path: &Path) -> Result<FileDigest> {
+pub fn digest_file(path: &Path) -> Result<FileDigest> {
     let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
