@@ -88,6 +88,7 @@ stage_tests() {
   step tensor_lib 300 "$T/kiln_tensor_lib" --test-threads=1
   step kernels_compile 300 "$T/kernels_compile" --test-threads=1 --nocapture
   step gpu_ops 420 "$T/gpu_ops" --test-threads=1 --nocapture
+  step row_ops 300 env KILN_REQUIRE_GPU=1 "$T/row_ops" --test-threads=1 --nocapture
   step hf_parity_cpu 300 "$T/hf_parity" --test-threads=2
   step hf_parity_cuda 300 env KILN_TEST_DEVICE=cuda "$T/hf_parity" --test-threads=1
   step kiln_kernels 300 "$KILN" kernels --arch sm_90 --out "$LOG/kernels"
@@ -118,7 +119,7 @@ stage_sanitize() {
 
 stage_bench() {
   step kiln_bench_cuda 330 "$KILN" bench --device cuda --json --target-s 0.1 --out "$LOG/kiln_cuda.jsonl"
-  step torch_bench_cuda 240 python3 "$WORK/torch_bench.py" --device cuda --json --target-s 0.1 --out "$LOG/torch_cuda.jsonl"
+  step torch_bench_cuda 240 python3 "$WORK/torch_bench.py" --device cuda --json --target-s 0.1 --row-ops "$WORK/row_ops.jsonl" --out "$LOG/torch_cuda.jsonl"
   step compare 60 "$KILN" bench --from "$LOG/kiln_cuda.jsonl" --compare "$LOG/torch_cuda.jsonl" --plot "$LOG"
 }
 
@@ -129,6 +130,7 @@ stage_short() {
   step nvidia-smi 30 nvidia-smi
   step kernels_compile 120 "$T/kernels_compile" --test-threads=4 --nocapture
   step gpu_ops 150 "$T/gpu_ops" --test-threads=1 --nocapture
+  step row_ops 60 env KILN_REQUIRE_GPU=1 "$T/row_ops" --test-threads=1 every_row_op_on_cuda
   step hf_parity_cuda 90 env KILN_TEST_DEVICE=cuda "$T/hf_parity" --test-threads=1
   step tensor_lib 60 "$T/kiln_tensor_lib" --test-threads=4
   local run="$WORK/runs"; rm -rf "$run"; mkdir -p "$run"
@@ -136,7 +138,7 @@ stage_short() {
   step train_bert_cuda 60 "$KILN" train --model bert-tiny --device cuda --steps 30 --batch 8 --seq 64 --json --out "$run/bert"
   step train_gpt2_cuda_f32 60 "$KILN" train --model gpt2-tiny --device cuda --steps 30 --batch 8 --seq 64 --json --out "$run/gpt2f32"
   step kiln_bench_cuda 150 "$KILN" bench --device cuda --json --no-sweep --target-s 0.05 --min-iters 10 --train-steps 5 --out "$LOG/kiln_cuda.jsonl"
-  step torch_bench_cuda 120 python3 "$WORK/torch_bench.py" --device cuda --json --target-s 0.05 --min-iters 10 --train-iters 5 --op copy,matmul,gelu_fwd,gelu_bwd,layer_norm_fwd,layer_norm_bwd,softmax_fwd,softmax_bwd,attention_fwd,attention_bwd,attention_fwd_bwd --out "$LOG/torch_cuda.jsonl"
+  step torch_bench_cuda 120 python3 "$WORK/torch_bench.py" --device cuda --json --target-s 0.05 --min-iters 10 --train-iters 5 --row-ops "$WORK/row_ops.jsonl" --op copy,matmul,gelu_fwd,gelu_bwd,layer_norm_fwd,layer_norm_bwd,softmax_fwd,softmax_bwd,rms_norm_fwd,rms_norm_bwd,attention_fwd,attention_bwd,attention_fwd_bwd --out "$LOG/torch_cuda.jsonl"
   step compare 30 "$KILN" bench --from "$LOG/kiln_cuda.jsonl" --compare "$LOG/torch_cuda.jsonl" --plot "$LOG"
   local cs; cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
   step memcheck_subset 60 "$cs" --tool memcheck --error-exitcode 99 "$T/gpu_ops" --test-threads=1 cat_split softmax layer_norm

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, HERE (x86-64 Linux with Rust; no GPU needed), everything the GPU machine runs, and packs
 # it into gpu-carry/ (git-ignored): gpu_remote.sh + payload.tar.xz (stripped release binaries:
-# the kiln CLI and the test executables gpu_ops, hf_parity, kernels_compile and kiln-tensor's unit
+# the kiln CLI and the test executables gpu_ops, hf_parity, kernels_compile, row_ops and kiln-tensor's unit
 # tests; tests/fixtures; BUILD_INFO). The GPU machine has no Rust toolchain: it only runs these.
 # Usage: bash scripts/gpu_run.sh     then see docs/GPU-LOG.md, "How to run".
 set -euo pipefail
@@ -15,7 +15,7 @@ mkdir -p "$STAGE/bin" "$STAGE/tests"
 # Release profile (Cargo.toml: debug = false); the copies are stripped below.
 cargo build --release --bin kiln
 json=$STAGE/build.json
-cargo test --release --no-run --message-format=json -p kiln --test gpu_ops --test hf_parity --test kernels_compile >"$json"
+cargo test --release --no-run --message-format=json -p kiln --test gpu_ops --test hf_parity --test kernels_compile --test row_ops >"$json"
 cargo test --release --no-run --message-format=json -p kiln-tensor --lib >>"$json"
 python3 - "$json" "$STAGE/tests" <<'PY'
 import json, shutil, sys, os
@@ -35,12 +35,14 @@ for line in open(src):
 for name, exe in sorted(seen.items()):
     shutil.copy(exe, os.path.join(dst, name))
     print(f"test binary {name} <- {exe}")
-want = {"gpu_ops", "hf_parity", "kernels_compile", "kiln_tensor_lib"}
+want = {"gpu_ops", "hf_parity", "kernels_compile", "row_ops", "kiln_tensor_lib"}
 missing = want - set(seen)
 if missing:
     sys.exit(f"missing test binaries: {sorted(missing)}")
 PY
 cp target/release/kiln "$STAGE/bin/kiln"
+# the row-wise ops kiln declares, for torch_bench.py --row-ops (PyTorch rows of ops its table lacks, e.g. rms_norm)
+target/release/kiln bench --list >"$STAGE/row_ops.jsonl"
 strip --strip-all "$STAGE"/bin/* "$STAGE"/tests/*
 cp -r tests/fixtures "$STAGE/fixtures"
 cp scripts/compare_safetensors.py "$STAGE/compare_safetensors.py"
@@ -54,7 +56,7 @@ rm -f "$json"
 
 rm -rf "$CARRY"
 mkdir -p "$CARRY"
-tar -C "$STAGE" -cJf "$CARRY/payload.tar.xz" bin tests fixtures compare_safetensors.py torch_bench.py BUILD_INFO
+tar -C "$STAGE" -cJf "$CARRY/payload.tar.xz" bin tests fixtures compare_safetensors.py torch_bench.py row_ops.jsonl BUILD_INFO
 cp scripts/gpu_remote.sh "$CARRY/gpu_remote.sh"
 total=$(du -sb "$CARRY" | cut -f1)
 cat "$STAGE/BUILD_INFO"
