@@ -90,12 +90,12 @@ fn a_run_directory_is_an_hf_directory_of_verified_checkpoints() {
     // the newest two checkpoints, `current`, the top-level links, the loss curve; no temporaries
     assert_eq!(
         names(&out),
-        ["checkpoint-4", "checkpoint-5", "config.json", "current", MANIFEST_FILE, "loss.svg", "model.safetensors", "tokenizer.json", "training_state.safetensors"]
+        ["checkpoint-4", "checkpoint-5", "config.json", "current", MANIFEST_FILE, "loss.svg", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_state.safetensors"]
     );
     assert_eq!(std::fs::read_link(out.join("current")).unwrap(), Path::new("checkpoint-5"));
     assert_eq!(std::fs::read_link(out.join("model.safetensors")).unwrap(), Path::new("current/model.safetensors"));
     let m = manifest(&out.join("checkpoint-5"));
-    assert_eq!((m.step, m.format.as_str(), m.files.len()), (5, "kiln-checkpoint", 4));
+    assert_eq!((m.step, m.format.as_str(), m.files.len()), (5, "kiln-checkpoint", 5));
     for (f, dig) in &m.files {
         assert_eq!(std::fs::metadata(out.join("checkpoint-5").join(f)).unwrap().len(), dig.bytes, "{f}");
         assert_eq!(dig.sha256.len(), 64, "{f}");

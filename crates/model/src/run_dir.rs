@@ -33,7 +33,7 @@
 //! of the checkpoint writes; `KILN_TEST_KILL_AT=list` prints each operation's number to stderr.
 use crate::config::ModelConfig;
 use crate::io::{entry_exists, io_err, read_input_text};
-use crate::train_state::{CheckpointFile, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, TRAIN_STATE_FILE};
+use crate::train_state::{CheckpointFile, CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, TRAIN_STATE_FILE};
 use kiln_tensor::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -49,7 +49,7 @@ const FORMAT: &str = "kiln-checkpoint";
 const VERSION: u32 = 1;
 /// The files a checkpoint may hold (besides the manifest): any of them in a directory with a
 /// manifest must be listed there.
-const SET_FILES: [&str; 4] = [MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, TRAIN_STATE_FILE];
+const SET_FILES: [&str; 5] = [MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, TRAIN_STATE_FILE];
 
 /// Size and SHA-256 (lower-case hex) of one file of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -109,6 +109,38 @@ pub fn tokenizer_json(tok: &Tokenizer) -> Result<String> {
     tok.to_string(true).map_err(|e| tk_err("cannot serialize", e))
 }
 
+/// `tokenizer_config.json` for a directory holding `tok` as `tokenizer.json` beside `cfg`: it names
+/// `PreTrainedTokenizerFast`, so transformers' `AutoTokenizer` reads `tokenizer.json` as it is
+/// instead of building the model type's own class (a RoBERTa class would add `<s>`, `</s>`, ... as new
+/// ids to a WordPiece vocabulary trained here, ids past the model's embedding). It also names the
+/// special tokens by role (BERT's `[CLS]`-style or RoBERTa's `<s>`-style, GPT-2's `<|endoftext|>`),
+/// the longest input, and the inputs the model takes (`token_type_ids` only where the family has
+/// segment embeddings).
+pub fn tokenizer_config_json(cfg: &ModelConfig, tok: &Tokenizer) -> Result<String> {
+    let mut c = serde_json::Map::new();
+    c.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+    c.insert("model_max_length".into(), cfg.max_positions().into());
+    c.insert("clean_up_tokenization_spaces".into(), false.into());
+    let roles: [(&str, &[&str]); 7] = [
+        ("cls_token", &["[CLS]", "<s>"]),
+        ("sep_token", &["[SEP]", "</s>"]),
+        ("pad_token", &["[PAD]", "<pad>"]),
+        ("unk_token", &["[UNK]", "<unk>"]),
+        ("mask_token", &["[MASK]", "<mask>"]),
+        ("bos_token", &[EOT, "<s>"]),
+        ("eos_token", &[EOT, "</s>"]),
+    ];
+    for (role, names) in roles {
+        if let Some(t) = names.iter().find(|t| tok.token_to_id(t).is_some()) {
+            c.insert(role.into(), (*t).into());
+        }
+    }
+    let segments = matches!(cfg.model_type(), "bert" | "albert" | "electra");
+    let inputs: &[&str] = if segments { &["input_ids", "token_type_ids", "attention_mask"] } else { &["input_ids", "attention_mask"] };
+    c.insert("model_input_names".into(), inputs.into());
+    serde_json::to_string_pretty(&c).map_err(|e| Error::msg(format!("tokenizer_config.json: {e}")))
+}
+
 /// Writes `tok` as pretty `tokenizer.json` at `path`, atomically.
 pub fn save_tokenizer(tok: &Tokenizer, path: impl AsRef<Path>) -> Result<()> {
     atomic_write(path.as_ref(), tokenizer_json(tok)?.as_bytes())
@@ -358,4 +390,32 @@ pub fn encode_ids(tok: &Tokenizer, text: &str) -> Result<Vec<i64>> {
 pub fn decode_ids(tok: &Tokenizer, ids: &[i64]) -> Result<String> {
     let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i).map_err(|_| Error::msg(format!("tokenizer: decode: id {i} is out of range")))).collect::<Result<_>>()?;
     tok.decode(&ids, true).map_err(|e| tk_err("decode", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_config_names_the_fast_class_the_roles_and_the_inputs() {
+        let texts = ["the quick brown fox jumps over the lazy dog", "a second line of text to learn from"];
+        let wp = train_from_texts(TokenizerKind::WordPiece, &texts, 120, false).unwrap();
+        let parse = |cfg: &ModelConfig, t: &Tokenizer| -> serde_json::Value { serde_json::from_str(&tokenizer_config_json(cfg, t).unwrap()).unwrap() };
+        // a RoBERTa model over a WordPiece vocabulary trained here: the roles are [CLS]-style, no segments
+        let roberta = ModelConfig::preset("roberta-tiny").unwrap();
+        let c = parse(&roberta, &wp);
+        assert_eq!(c["tokenizer_class"], "PreTrainedTokenizerFast");
+        assert_eq!((c["cls_token"].as_str(), c["sep_token"].as_str(), c["mask_token"].as_str(), c["pad_token"].as_str()), (Some("[CLS]"), Some("[SEP]"), Some("[MASK]"), Some("[PAD]")));
+        assert!(c.get("bos_token").is_none(), "{c}");
+        assert_eq!(c["model_input_names"], serde_json::json!(["input_ids", "attention_mask"]));
+        assert_eq!(c["model_max_length"].as_u64(), Some(roberta.max_positions() as u64));
+        // BERT takes token_type_ids
+        let c = parse(&ModelConfig::preset("bert-tiny").unwrap(), &wp);
+        assert_eq!(c["model_input_names"], serde_json::json!(["input_ids", "token_type_ids", "attention_mask"]));
+        // GPT-2's byte-level BPE: <|endoftext|> is bos and eos, nothing else
+        let bpe = train_from_texts(TokenizerKind::Bpe, &texts, 300, false).unwrap();
+        let c = parse(&ModelConfig::preset("gpt2-tiny").unwrap(), &bpe);
+        assert_eq!((c["bos_token"].as_str(), c["eos_token"].as_str()), (Some(EOT), Some(EOT)));
+        assert!(c.get("cls_token").is_none() && c.get("mask_token").is_none(), "{c}");
+    }
 }

@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// Written beside `tokenizer.json` ([`crate::tokenize::tokenizer_config_json`]).
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const TRAIN_STATE_FILE: &str = "training_state.safetensors";
 const META_KEY: &str = "kiln_train_state";
 const FORMAT_VERSION: u32 = 1;
@@ -127,7 +129,8 @@ pub fn load_train_state(path: impl AsRef<Path>) -> Result<TrainState> {
 pub type CheckpointFile<'a> = (&'static str, Box<dyn FnOnce() -> Result<Vec<u8>> + 'a>);
 
 /// The files of a checkpoint, in writing order: `model.safetensors` (f32, HF names per `cfg`'s
-/// model type), `config.json`, `tokenizer.json` when given, the training state when given.
+/// model type), `config.json`, `tokenizer.json` and `tokenizer_config.json` when a tokenizer is
+/// given, the training state when given.
 pub fn checkpoint_files<'a>(cfg: &'a ModelConfig, store: &'a ParamStore, tok: Option<&'a Tokenizer>, state: Option<&'a TrainState>) -> Vec<CheckpointFile<'a>> {
     let mut files: Vec<CheckpointFile<'a>> = vec![
         (MODEL_FILE, Box::new(move || to_safetensors_bytes(&hf_tensors(store, &cfg.family().name_map())?, None, None))),
@@ -135,6 +138,7 @@ pub fn checkpoint_files<'a>(cfg: &'a ModelConfig, store: &'a ParamStore, tok: Op
     ];
     if let Some(t) = tok {
         files.push((TOKENIZER_FILE, Box::new(move || crate::tokenize::tokenizer_json(t).map(String::into_bytes))));
+        files.push((TOKENIZER_CONFIG_FILE, Box::new(move || crate::tokenize::tokenizer_config_json(cfg, t).map(String::into_bytes))));
     }
     if let Some(s) = state {
         files.push((TRAIN_STATE_FILE, Box::new(move || train_state_bytes(s))));
