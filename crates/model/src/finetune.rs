@@ -37,6 +37,8 @@ pub enum FinetuneTask {
     TokenCls,
     /// Extractive question answering (SQuAD-style).
     Qa,
+    /// A question with N choices, one of them right (SWAG / RACE style).
+    MultipleChoice,
 }
 
 impl std::str::FromStr for FinetuneTask {
@@ -47,8 +49,8 @@ impl std::str::FromStr for FinetuneTask {
             "pair-cls" => Ok(FinetuneTask::PairCls),
             "token-cls" => Ok(FinetuneTask::TokenCls),
             "qa" => Ok(FinetuneTask::Qa),
-            "multiple-choice" => Err(Error::msg(format!("--task {s} is not implemented yet (seq-cls, pair-cls, token-cls, qa)"))),
-            _ => Err(Error::msg(format!("unknown --task '{s}' (seq-cls, pair-cls, token-cls, qa)"))),
+            "multiple-choice" => Ok(FinetuneTask::MultipleChoice),
+            _ => Err(Error::msg(format!("unknown --task '{s}' (seq-cls, pair-cls, token-cls, qa, multiple-choice)"))),
         }
     }
 }
@@ -60,7 +62,13 @@ impl FinetuneTask {
             FinetuneTask::SeqCls | FinetuneTask::PairCls => Task::SequenceClassification,
             FinetuneTask::TokenCls => Task::TokenClassification,
             FinetuneTask::Qa => Task::QuestionAnswering,
+            FinetuneTask::MultipleChoice => Task::MultipleChoice,
         }
+    }
+    /// Whether the task has classes read from the data (kept as `id2label`): not QA, not
+    /// multiple choice (whose label is an index into each example's choices).
+    pub fn has_classes(self) -> bool {
+        !matches!(self, FinetuneTask::Qa | FinetuneTask::MultipleChoice)
     }
     /// The name of the metric that picks the best checkpoint.
     pub fn metric(self) -> &'static str {
@@ -83,9 +91,11 @@ pub struct Example {
     pub tags: Vec<String>,
     /// QA: the answers as (character offset in `text`, the context; answer text).
     pub answers: Vec<(usize, String)>,
+    /// Multiple choice: the choices (`text` is the question; `label` the right choice's index).
+    pub choices: Vec<String>,
 }
 
-fn at(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
+pub(crate) fn at(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
     Error::msg(format!("{}:{line}: {msg}", path.display()))
 }
 
@@ -107,7 +117,14 @@ pub fn read_examples(path: &Path, task: FinetuneTask) -> Result<Vec<Example>> {
     if rows.is_empty() {
         return Err(Error::msg(format!("{}: no examples", path.display())));
     }
-    rows.into_iter().map(|(line, r)| example(path, line, r, task, is_csv)).collect()
+    let examples: Vec<Example> = rows.into_iter().map(|(line, r)| example(path, line, r, task, is_csv)).collect::<Result<_>>()?;
+    // multiple choice: one number of choices per file (a batch is [batch, choices, seq])
+    if let Some(first) = examples.first().filter(|_| task == FinetuneTask::MultipleChoice) {
+        if let Some(e) = examples.iter().find(|e| e.choices.len() != first.choices.len()) {
+            return Err(at(path, e.line, format!("{} choices, but the first example (line {}) has {}: every example of a file needs the same number of choices", e.choices.len(), first.line, first.choices.len())));
+        }
+    }
+    Ok(examples)
 }
 
 fn jsonl_rows(path: &Path, text: &str) -> Result<Vec<(usize, BTreeMap<String, serde_json::Value>)>> {
@@ -160,6 +177,20 @@ fn example(path: &Path, line: usize, mut r: BTreeMap<String, serde_json::Value>,
             ex.text = string(field("context")?, "context")?;
             ex.answers = answers(path, line, field("answers")?, &ex.text)?;
         }
+        FinetuneTask::MultipleChoice => {
+            ex.text = string(field("question")?, "question")?;
+            ex.choices = if is_csv {
+                // CSV: columns choice0, choice1, ... (consecutive)
+                (0..).map_while(|i| r.remove(&format!("choice{i}"))).map(|v| string(v, "choiceN")).collect::<Result<_>>()?
+            } else {
+                list(r.remove("choices").ok_or_else(|| at(path, line, "no 'choices' field"))?, "choices")?
+            };
+            if ex.choices.len() < 2 {
+                return Err(at(path, line, format!("{} choices: multiple choice needs two or more ({})", ex.choices.len(), if is_csv { "CSV columns choice0, choice1, ..." } else { "a 'choices' list" })));
+            }
+            let l = r.remove("label").ok_or_else(|| at(path, line, "no 'label' field"))?;
+            ex.label = choice_index(&l, &ex.choices).ok_or_else(|| at(path, line, format!("label {l} is neither one of the {} choices nor an index in 0..{}", ex.choices.len(), ex.choices.len())))?.to_string();
+        }
         FinetuneTask::TokenCls => {
             ex.tokens = list(field("tokens")?, "tokens")?;
             ex.tags = list(field("tags")?, "tags")?;
@@ -169,6 +200,17 @@ fn example(path: &Path, line: usize, mut r: BTreeMap<String, serde_json::Value>,
         }
     }
     Ok(ex)
+}
+
+/// A multiple-choice label as written: a JSON number is a 0-based index; a string is the text of
+/// one of the choices (the first that matches), or else a 0-based index written as text (CSV).
+fn choice_index(v: &serde_json::Value, choices: &[String]) -> Option<usize> {
+    let index = |i: u64| (i < choices.len() as u64).then_some(i as usize);
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().and_then(index),
+        serde_json::Value::String(s) => choices.iter().position(|c| c == s).or_else(|| s.trim().parse::<u64>().ok().and_then(index)),
+        _ => None,
+    }
 }
 
 /// SQuAD's answers, `{"text": [..], "answer_start": [..]}` (as HF datasets write them) or a list
@@ -210,7 +252,7 @@ impl Labels {
     pub fn of(examples: &[Example], task: FinetuneTask) -> Labels {
         let mut v: Vec<String> = match task {
             FinetuneTask::TokenCls => examples.iter().flat_map(|e| e.tags.iter().cloned()).collect(),
-            FinetuneTask::Qa => Vec::new(),
+            FinetuneTask::Qa | FinetuneTask::MultipleChoice => Vec::new(),
             _ => examples.iter().map(|e| e.label.clone()).collect(),
         };
         v.sort();
@@ -236,7 +278,7 @@ impl Labels {
         cfg.set_labels(&self.0);
     }
 
-    fn id(&self, label: &str, path: &Path, line: usize) -> Result<i64> {
+    pub(crate) fn id(&self, label: &str, path: &Path, line: usize) -> Result<i64> {
         self.0.iter().position(|l| l == label).map(|i| i as i64).ok_or_else(|| at(path, line, format!("label '{label}' is not among the training data's labels ({})", self.0.join(", "))))
     }
 }
@@ -249,6 +291,9 @@ pub struct Encoded {
     pub labels: Vec<i64>,
     /// QA: what evaluation needs to read a span back.
     pub qa: Option<QaSpans>,
+    /// Multiple choice (and GPT's similarity pairs): one row of (ids, segment ids) per choice; `ids`
+    /// and `types` are then empty.
+    pub choices: Vec<(Vec<i64>, Vec<i64>)>,
 }
 
 /// QA evaluation data of one encoded example.
@@ -263,6 +308,9 @@ pub struct QaSpans {
 /// Encodes `examples` with `tok` truncated to `seq` tokens; labels by `labels` (an unknown one is
 /// an error naming `path` and the line).
 pub fn encode(tok: &Tokenizer, examples: &[Example], labels: &Labels, task: FinetuneTask, seq: usize, path: &Path) -> Result<Vec<Encoded>> {
+    if task == FinetuneTask::MultipleChoice {
+        return encode_choices(tok, examples, seq, path);
+    }
     let mut tok = tok.clone();
     let strategy = if task == FinetuneTask::Qa { tokenizers::TruncationStrategy::OnlySecond } else { tokenizers::TruncationStrategy::LongestFirst };
     let trunc = tokenizers::TruncationParams { max_length: seq, strategy, ..Default::default() };
@@ -306,17 +354,49 @@ pub fn encode(tok: &Tokenizer, examples: &[Example], labels: &Labels, task: Fine
                         _ => vec![0, 0],
                     };
                     let qa = QaSpans { offsets, context: ex.text.chars().collect(), answers: ex.answers.iter().map(|a| a.1.clone()).collect() };
-                    return Ok(Encoded { ids, types, labels: span, qa: Some(qa) });
+                    return Ok(Encoded { ids, types, labels: span, qa: Some(qa), choices: Vec::new() });
                 }
                 _ => vec![labels.id(&ex.label, path, ex.line)?],
             };
-            Ok(Encoded { ids, types, labels, qa: None })
+            Ok(Encoded { ids, types, labels, qa: None, choices: Vec::new() })
+        })
+        .collect()
+}
+
+/// Multiple choice on an encoder: one (question, choice) pair per choice with the tokenizer's
+/// template; a question too long for `seq` is truncated, a choice that does not fit even with an
+/// empty question is an error naming `path` and the line.
+fn encode_choices(tok: &Tokenizer, examples: &[Example], seq: usize, path: &Path) -> Result<Vec<Encoded>> {
+    let tk = |e: tokenizers::Error| Error::msg(format!("tokenizer: {e}"));
+    let mut tok = tok.clone();
+    tok.with_truncation(None).map_err(tk)?;
+    tok.with_padding(None);
+    let specials = tok.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
+    let mut cut = tok.clone();
+    cut.with_truncation(Some(tokenizers::TruncationParams { max_length: seq, strategy: tokenizers::TruncationStrategy::OnlyFirst, ..Default::default() })).map_err(tk)?;
+    examples
+        .iter()
+        .map(|ex| {
+            let mut choices = Vec::with_capacity(ex.choices.len());
+            for (i, c) in ex.choices.iter().enumerate() {
+                let alone = tok.encode(c.as_str(), false).map_err(tk)?.len();
+                if alone + specials > seq {
+                    return Err(at(path, ex.line, format!("choice {i} has {alone} tokens: with the {specials} special tokens it does not fit --seq {seq} even without the question")));
+                }
+                let enc = cut.encode((ex.text.as_str(), c.as_str()), true).map_err(tk)?;
+                choices.push((enc.get_ids().iter().map(|&i| i as i64).collect(), enc.get_type_ids().iter().map(|&i| i as i64).collect()));
+            }
+            let label = ex.label.parse::<i64>().map_err(|_| at(path, ex.line, format!("label '{}' is not a choice index", ex.label)))?;
+            Ok(Encoded { ids: Vec::new(), types: Vec::new(), labels: vec![label], qa: None, choices })
         })
         .collect()
 }
 
 /// Pads `items` into one batch (`pad` for ids; labels per position padded with -100).
 fn collate(items: &[&Encoded], pad: i64, per_token: bool) -> Result<Batch> {
+    if items.first().is_some_and(|e| !e.choices.is_empty()) {
+        return collate_choices(items, pad);
+    }
     let label_cols = items.first().map_or(1, |e| e.labels.len());
     let (b, t) = (items.len(), items.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1));
     let (mut ids, mut types, mut mask, mut labels) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::new());
@@ -340,6 +420,29 @@ fn collate(items: &[&Encoded], pad: i64, per_token: bool) -> Result<Batch> {
         },
         attention_mask: Tensor::from_vec(mask, &[b, t])?,
         token_type_ids: Tensor::from_vec(types, &[b, t])?,
+        next_sentence_label: None,
+    })
+}
+
+/// Pads multiple-choice `items` into `[B, C, T]` (T the longest choice row), labels `[B]`.
+fn collate_choices(items: &[&Encoded], pad: i64) -> Result<Batch> {
+    let (b, c) = (items.len(), items[0].choices.len());
+    if let Some(e) = items.iter().find(|e| e.choices.len() != c) {
+        return Err(Error::msg(format!("finetune: a batch mixes {c} and {} choices", e.choices.len())));
+    }
+    let t = items.iter().flat_map(|e| e.choices.iter().map(|r| r.0.len())).max().unwrap_or(1).max(1);
+    let (mut ids, mut types, mut mask) = (Vec::with_capacity(b * c * t), Vec::with_capacity(b * c * t), Vec::with_capacity(b * c * t));
+    for (rid, rty) in items.iter().flat_map(|e| e.choices.iter()) {
+        let n = rid.len();
+        ids.extend(rid.iter().copied().chain(std::iter::repeat_n(pad, t - n)));
+        types.extend(rty.iter().copied().chain(std::iter::repeat_n(0, t - n)));
+        mask.extend(std::iter::repeat_n(1i64, n).chain(std::iter::repeat_n(0, t - n)));
+    }
+    Ok(Batch {
+        input_ids: Tensor::from_vec(ids, &[b, c, t])?,
+        labels: Tensor::from_vec(items.iter().map(|e| e.labels[0]).collect(), &[b])?,
+        attention_mask: Tensor::from_vec(mask, &[b, c, t])?,
+        token_type_ids: Tensor::from_vec(types, &[b, c, t])?,
         next_sentence_label: None,
     })
 }
@@ -406,15 +509,15 @@ impl BatchSource for ExampleBatcher {
 /// or `token_accuracy` and `token_f1`; `outside` is the id of the `O` tag, if any.
 pub fn evaluate(model: &Model, items: &[Encoded], task: FinetuneTask, n_labels: usize, batch: usize, pad: i64, outside: Option<i64>, device: Device) -> Result<BTreeMap<&'static str, f64>> {
     let per_token = task == FinetuneTask::TokenCls;
-    let takes_types = model.arch.inputs().contains(&"token_type_ids");
     if task == FinetuneTask::Qa {
-        return evaluate_qa(model, items, batch, pad, takes_types, device);
+        return evaluate_qa(model, items, batch, pad, device);
     }
     let (mut gold, mut pred) = (Vec::new(), Vec::new());
     for chunk in items.chunks(batch.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
-        let (b, out) = eval_forward(model, &refs, pad, per_token, takes_types, device)?;
-        let logits = out.get("logits").ok_or_else(|| Error::msg("finetune: the model gave no logits"))?;
+        let (b, out) = eval_forward(model, &refs, pad, per_token, device)?;
+        // a double-heads model's choice scores are its mc_logits (its logits are the LM's)
+        let logits = out.get("mc_logits").or_else(|| out.get("logits")).ok_or_else(|| Error::msg("finetune: the model gave no logits"))?;
         let c = *logits.shape().last().unwrap_or(&1);
         let v = logits.to_dtype(kiln_tensor::DType::F32)?.to_vec::<f32>()?;
         let labels = b.labels.to_vec::<i64>()?;
@@ -441,6 +544,9 @@ pub fn evaluate(model: &Model, items: &[Encoded], task: FinetuneTask, n_labels: 
             m.insert("token_accuracy", acc);
             m.insert("token_f1", macro_f1(&gold, &pred, n_labels));
         }
+        _ if task == FinetuneTask::MultipleChoice => {
+            m.insert("accuracy", acc);
+        }
         _ => {
             m.insert("accuracy", acc);
             m.insert("macro_f1", macro_f1(&gold, &pred, n_labels));
@@ -450,11 +556,30 @@ pub fn evaluate(model: &Model, items: &[Encoded], task: FinetuneTask, n_labels: 
 }
 
 /// One evaluation batch through the model without gradients: the collated batch and the outputs.
-fn eval_forward(model: &Model, items: &[&Encoded], pad: i64, per_token: bool, takes_types: bool, device: Device) -> Result<(Batch, crate::model::Outputs)> {
+fn eval_forward(model: &Model, items: &[&Encoded], pad: i64, per_token: bool, device: Device) -> Result<(Batch, crate::model::Outputs)> {
     let b = collate(items, pad, per_token)?.to_device(device)?;
-    let inputs = Inputs { input_ids: Some(b.input_ids.clone()), attention_mask: Some(b.attention_mask.clone()), token_type_ids: takes_types.then(|| b.token_type_ids.clone()), ..Default::default() };
+    let inputs = task_inputs(model, &b)?;
     let out = no_grad(|| model.forward(&inputs, &ForwardCtx::eval()))?;
     Ok((b, out))
+}
+
+/// The model's inputs for a fine-tuning batch, without labels: ids and mask; segment ids for the
+/// encoders that take them (never for GPT, whose token types would be looked up in the word
+/// embedding); for a double-heads model, `mc_token_ids` at each row's last real token (the
+/// extract token, [`crate::finetune_gpt`]).
+pub fn task_inputs(model: &Model, b: &Batch) -> Result<Inputs> {
+    let decoder = model.arch.family.is_decoder();
+    let takes_types = !decoder && model.arch.inputs().contains(&"token_type_ids");
+    let mc_token_ids = (model.arch.task == Task::DoubleHeads).then(|| last_positions(&b.attention_mask)).transpose()?;
+    Ok(Inputs { input_ids: Some(b.input_ids.clone()), attention_mask: Some(b.attention_mask.clone()), token_type_ids: takes_types.then(|| b.token_type_ids.clone()), mc_token_ids, ..Default::default() })
+}
+
+/// Per row of `mask` (`[.., T]`, 1 on real tokens), the position of its last real token: `[..]`.
+pub fn last_positions(mask: &Tensor) -> Result<Tensor> {
+    let shape = mask.shape().to_vec();
+    let t = *shape.last().unwrap_or(&1);
+    let v: Vec<i64> = mask.to_vec::<i64>()?.chunks(t.max(1)).map(|r| r.iter().rposition(|&m| m != 0).unwrap_or(0) as i64).collect();
+    Tensor::from_vec(v, &shape[..shape.len() - 1])?.to_device(mask.device())
 }
 
 /// Longest answer considered, in tokens.
@@ -462,11 +587,11 @@ const MAX_ANSWER_TOKENS: usize = 30;
 
 /// SQuAD's exact match and F1 (each the best over the gold answers, averaged over examples): the
 /// predicted span is the best-scoring `start ≤ end < start + 30` within the context.
-fn evaluate_qa(model: &Model, items: &[Encoded], batch: usize, pad: i64, takes_types: bool, device: Device) -> Result<BTreeMap<&'static str, f64>> {
+fn evaluate_qa(model: &Model, items: &[Encoded], batch: usize, pad: i64, device: Device) -> Result<BTreeMap<&'static str, f64>> {
     let (mut em, mut f1) = (0.0, 0.0);
     for chunk in items.chunks(batch.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
-        let (b, out) = eval_forward(model, &refs, pad, false, takes_types, device)?;
+        let (b, out) = eval_forward(model, &refs, pad, false, device)?;
         let get = |n: &str| -> Result<Vec<f32>> { out.get(n).ok_or_else(|| Error::msg(format!("finetune: the model gave no {n}")))?.to_dtype(kiln_tensor::DType::F32)?.to_vec::<f32>() };
         let (starts, ends) = (get("start_logits")?, get("end_logits")?);
         let t = b.input_ids.shape()[1];
