@@ -62,7 +62,7 @@ fn the_auxiliary_lm_term_adds_lambda_times_the_lm_gradient() {
         let model = Model::build(&cfg, &store).unwrap();
         let b = batch(&shape, classes, &mut g);
         let ctx = ForwardCtx::eval();
-        let mut run = |loss: kiln::Tensor| {
+        let run = |loss: kiln::Tensor| {
             loss.backward().unwrap();
             let out = grads(&store);
             store.zero_grad();
@@ -88,6 +88,7 @@ fn the_auxiliary_lm_term_adds_lambda_times_the_lm_gradient() {
                 lm_scale = lm_scale.max(lambda as f32 * gl[i].abs());
             }
         }
+        eprintln!("{arch} {shape:?}: max |g_total - (g_task + λ g_lm)| / max |g_total| = {:.2e}", worst / scale);
         assert!(lm_scale > 1e-2 * scale, "{arch} {shape:?}: the LM term is too small to test ({lm_scale} vs {scale})");
         assert!(worst <= 2e-6 * scale, "{arch} {shape:?}: max |g_total - (g_task + λ g_lm)| = {worst}, max |g_total| = {scale}");
     }
@@ -108,7 +109,8 @@ fn the_embedding_grows_by_the_three_tokens_and_keeps_its_rows() {
     let t = GptTokens::install(&mut tok, &mut cfg).unwrap();
     assert_eq!((t.start, t.delimiter, t.extract, t.old_vocab, t.vocab), (v as u32, v as u32 + 1, v as u32 + 2, v, v + 3));
     assert_eq!((cfg.vocab_size(), tok.get_vocab_size(true)), (v + 3, v + 3));
-    assert_eq!(GptTokens::install(&mut tok, &mut cfg).unwrap(), t, "a second install changed the vocabulary");
+    let again = GptTokens::install(&mut tok, &mut cfg).unwrap();
+    assert_eq!((again.start, again.delimiter, again.extract, again.vocab, cfg.vocab_size()), (t.start, t.delimiter, t.extract, v + 3, v + 3), "a second install changed the vocabulary");
     cfg.set_architecture("GPT2ForSequenceClassification");
     let grown = |seed: u64| -> Vec<f32> {
         let store = ParamStore::new(seed, DType::F32, Device::Cpu);
