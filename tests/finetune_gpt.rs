@@ -152,6 +152,7 @@ fn a_gpt2_classifier_with_the_lm_loss_beats_chance() {
     let o = finetune(&model, "seq-cls", &train, &dev, &out, &["--epochs", "3", "--lm-coef", "0.5"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let acc = metric(&o, "accuracy");
+    eprintln!("GPT-2 seq-cls: best accuracy {acc}");
     assert!(acc >= 0.8, "best accuracy {acc} (chance 0.5): {}", String::from_utf8_lossy(&o.stdout));
     let best = LoadedModel::from_dir(out.join("best"), 0, Device::Cpu).unwrap();
     assert_eq!(best.cfg.architecture(), Some("GPT2ForSequenceClassification"));
@@ -198,6 +199,7 @@ fn encoder_multiple_choice_reaches_080_accuracy() {
     let o = finetune(&model, "multiple-choice", &train, &dev, &out, &["--epochs", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let acc = metric(&o, "accuracy");
+    eprintln!("BERT multiple choice: best accuracy {acc}");
     assert!(acc >= 0.8, "best accuracy {acc} (chance 0.25): {}", String::from_utf8_lossy(&o.stdout));
     let best = LoadedModel::from_dir(out.join("best"), 0, Device::Cpu).unwrap();
     assert_eq!(best.cfg.architecture(), Some("BertForMultipleChoice"));
@@ -207,7 +209,7 @@ fn encoder_multiple_choice_reaches_080_accuracy() {
 
 /// GPT-2 on multiple choice (one `start question delim choice extract` sequence per choice, the
 /// double-heads model's `multiple_choice_head` at the extract token) and on similarity pairs
-/// (both orders summed): each well above chance (0.25 and 0.5).
+/// (both orders summed): accuracy ≥ 0.8 on each (chance 0.25 and 0.5).
 #[test]
 fn gpt2_multiple_choice_and_similarity_pairs_beat_chance() {
     let d = tmp("gpt-mc");
@@ -220,7 +222,8 @@ fn gpt2_multiple_choice_and_similarity_pairs_beat_chance() {
     let o = finetune(&model, "multiple-choice", &train, &dev, &out, &["--epochs", "3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let acc = metric(&o, "accuracy");
-    assert!(acc >= 0.6, "multiple choice: best accuracy {acc} (chance 0.25): {}", String::from_utf8_lossy(&o.stdout));
+    eprintln!("GPT-2 multiple choice: best accuracy {acc}");
+    assert!(acc >= 0.8, "multiple choice: best accuracy {acc} (chance 0.25): {}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(LoadedModel::from_dir(out.join("best"), 0, Device::Cpu).unwrap().cfg.architecture(), Some("GPT2DoubleHeadsModel"));
     // similarity: is the cue word "good" in either text (symmetric in the two texts)
     let mut pairs = |n: usize| -> String {
@@ -240,6 +243,7 @@ fn gpt2_multiple_choice_and_similarity_pairs_beat_chance() {
     let o = finetune(&model, "pair-cls", &train, &dev, &d.join("sim"), &["--epochs", "3", "--pair-mode", "similarity"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let acc = metric(&o, "accuracy");
+    eprintln!("GPT-2 similarity pairs: best accuracy {acc}");
     assert!(acc >= 0.8, "similarity: best accuracy {acc} (chance 0.5): {}", String::from_utf8_lossy(&o.stdout));
     std::fs::remove_dir_all(&d).unwrap();
 }
