@@ -139,7 +139,8 @@ fn the_embedding_grows_by_the_three_tokens_and_keeps_its_rows() {
 
 /// A GPT-2 body fine-tuned as GPT-1 was on the generated cue-word task ("good" → pos, "bad" →
 /// neg): accuracy ≥ 0.8 where chance is 0.5; the output is a GPT2ForSequenceClassification with
-/// the grown vocabulary, a pad id and the tokenizer that knows the transform tokens, and it loads.
+/// the grown vocabulary, a pad id and the tokenizer that knows the transform tokens, and it loads;
+/// a resumed run is exact.
 #[test]
 fn a_gpt2_classifier_with_the_lm_loss_beats_chance() {
     let d = tmp("gpt-seq");
@@ -159,6 +160,19 @@ fn a_gpt2_classifier_with_the_lm_loss_beats_chance() {
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("best/config.json")).unwrap()).unwrap();
     assert_eq!((cfg["vocab_size"].as_u64(), cfg["pad_token_id"].as_u64()), (Some(403), Some(400)));
     assert_eq!(best.tokenizer.unwrap().token_to_id("_classify_"), Some(402));
+    // a resumed GPT run (its vocabulary already grown) ends on the uninterrupted run's weights
+    let (full, part) = (d.join("full"), d.join("part"));
+    let common = ["--schedule", "constant", "--eval-every", "2"];
+    for (dir, steps) in [(&full, "4"), (&part, "2")] {
+        let o = finetune(&model, "seq-cls", &train, &dev, dir, &[&common[..], &["--steps", steps]].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let mut a = vec!["finetune", "--resume", part.to_str().unwrap(), "--task", "seq-cls", "--data", train.to_str().unwrap(), "--eval", dev.to_str().unwrap(), "--json", "--seq", "24", "--lr", "2e-3", "--batch", "16", "--steps", "4"];
+    a.extend_from_slice(&common);
+    let o = kiln(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let w = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
+    assert!(w(&full) == w(&part), "the resumed GPT run's weights differ from the uninterrupted run's");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
