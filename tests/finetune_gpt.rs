@@ -200,7 +200,8 @@ fn choices_data(g: &mut Gen, n: usize) -> (String, String) {
 }
 
 /// An encoder's multiple-choice head (BertForMultipleChoice: pooler → dropout → classifier H → 1)
-/// reaches accuracy ≥ 0.8 where chance is 0.25, and the output loads as that architecture.
+/// reaches accuracy ≥ 0.8 where chance is 0.25, and the output loads as that architecture; a
+/// RoBERTa masked LM fine-tunes as RobertaForMultipleChoice.
 #[test]
 fn encoder_multiple_choice_reaches_080_accuracy() {
     let d = tmp("mc");
@@ -218,6 +219,14 @@ fn encoder_multiple_choice_reaches_080_accuracy() {
     let best = LoadedModel::from_dir(out.join("best"), 0, Device::Cpu).unwrap();
     assert_eq!(best.cfg.architecture(), Some("BertForMultipleChoice"));
     assert!(best.store.get("classifier.weight").unwrap().shape() == [1, 128]);
+    // RoBERTa: its masked LM has no pooler (RobertaForMultipleChoice's starts fresh, as in
+    // transformers) and one token type (the pair template's segment ids become 0)
+    let roberta = body_of(&d, "roberta-tiny");
+    let o = finetune(&roberta, "multiple-choice", &train, &dev, &d.join("roberta"), &["--steps", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let best = LoadedModel::from_dir(d.join("roberta/best"), 0, Device::Cpu).unwrap();
+    assert_eq!(best.cfg.architecture(), Some("RobertaForMultipleChoice"));
+    assert!(best.store.get("roberta.pooler.dense.weight").is_some());
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -177,8 +177,13 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         Some(t) => finetune_gpt::encode(&tok, ex, &labels, task, pair_mode, a.seq, path, t),
         None => finetune::encode(&tok, ex, &labels, task, a.seq, path),
     };
-    let train_items = encode(&train_ex, &a.data)?;
-    let eval_items = encode(&eval_ex, &a.eval)?;
+    let (mut train_items, mut eval_items) = (encode(&train_ex, &a.data)?, encode(&eval_ex, &a.eval)?);
+    if let ModelConfig::Encoder(c) = &cfg {
+        if c.type_vocab_size < 2 {
+            finetune::single_segment(&mut train_items);
+            finetune::single_segment(&mut eval_items);
+        }
+    }
     let store = ParamStore::new(a.seed, DType::F32, device);
     let mut trainer = Trainer::new(cfg.clone(), store.clone(), Some(&tok), adamw)?;
     if gpt {
@@ -195,9 +200,15 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
             t.fill_embedding(&weights, &store, &mut rep)?;
         }
         let body = format!("{}.", fam.prefix());
-        let lacking: Vec<&String> = rep.missing.iter().chain(rep.shape_mismatches.iter().map(|m| &m.name)).filter(|n| n.starts_with(&body)).collect();
+        // a pooler the pretrained model lacks (RoBERTa's masked LM under RobertaForMultipleChoice)
+        // starts fresh, as transformers starts it
+        let pooler = format!("{body}pooler.");
+        let lacking: Vec<&String> = rep.missing.iter().filter(|n| !n.starts_with(&pooler)).chain(rep.shape_mismatches.iter().map(|m| &m.name)).filter(|n| n.starts_with(&body)).collect();
         if !lacking.is_empty() {
             return Err(Error::msg(format!("finetune: {} does not hold the model's body: {rep}", weights.display())));
+        }
+        if rep.missing.iter().any(|n| n.starts_with(&pooler)) && !a.json {
+            println!("note: {} has no pooler: {}'s pooler starts from random weights", weights.display(), arch.name);
         }
     } else if !a.json {
         println!("note: {} has no model.safetensors: the body starts from random weights", from.display());

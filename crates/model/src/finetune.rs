@@ -392,6 +392,18 @@ fn encode_choices(tok: &Tokenizer, examples: &[Example], seq: usize, path: &Path
         .collect()
 }
 
+/// Sets every segment id of `items` to 0: for a model with one token type (RoBERTa's
+/// `type_vocab_size` 1), whatever its tokenizer's pair template says (transformers' RoBERTa
+/// tokenizer gives zeros).
+pub fn single_segment(items: &mut [Encoded]) {
+    for e in items {
+        e.types.fill(0);
+        for (_, t) in &mut e.choices {
+            t.fill(0);
+        }
+    }
+}
+
 /// Pads `items` into one batch (`pad` for ids; labels per position padded with -100).
 fn collate(items: &[&Encoded], pad: i64, per_token: bool) -> Result<Batch> {
     if items.first().is_some_and(|e| !e.choices.is_empty()) {
@@ -568,8 +580,7 @@ fn eval_forward(model: &Model, items: &[&Encoded], pad: i64, per_token: bool, de
 /// embedding); for a double-heads model, `mc_token_ids` at each row's last real token (the
 /// extract token, [`crate::finetune_gpt`]).
 pub fn task_inputs(model: &Model, b: &Batch) -> Result<Inputs> {
-    let decoder = model.arch.family.is_decoder();
-    let takes_types = !decoder && model.arch.inputs().contains(&"token_type_ids");
+    let takes_types = !model.arch.family.is_decoder() && model.arch.inputs().contains(&"token_type_ids");
     let mc_token_ids = (model.arch.task == Task::DoubleHeads).then(|| last_positions(&b.attention_mask)).transpose()?;
     Ok(Inputs { input_ids: Some(b.input_ids.clone()), attention_mask: Some(b.attention_mask.clone()), token_type_ids: takes_types.then(|| b.token_type_ids.clone()), mc_token_ids, ..Default::default() })
 }
