@@ -169,7 +169,14 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     }
     // the start, delimiter and extract tokens in the vocabulary (the embedding grows below)
     let gpt_tokens = if gpt { Some(GptTokens::install(&mut tok, &mut cfg)?) } else { None };
-    limits::check(&cfg, &limits::Job::Train { batch: limits::Size::new("--batch", a.batch), seq: limits::Size::new("--seq", a.seq) }, limits::Memory::of(device).as_ref())
+    // a multiple-choice batch runs batch × choices sequences (a similarity pair, both orders)
+    let per_example = match task {
+        FinetuneTask::MultipleChoice => train_ex.iter().chain(&eval_ex).map(|e| e.choices.len()).max().unwrap_or(1),
+        FinetuneTask::PairCls if pair_mode == PairMode::Similarity => 2,
+        _ => 1,
+    };
+    let rows = if per_example > 1 { limits::Size::new("--batch × choices", a.batch.saturating_mul(per_example)) } else { limits::Size::new("--batch", a.batch) };
+    limits::check(&cfg, &limits::Job::Train { batch: rows, seq: limits::Size::new("--seq", a.seq) }, limits::Memory::of(device).as_ref())
         .map_err(|e| Error::msg(format!("finetune: {e}")))?;
     limits::check_positions(&cfg, limits::Size::new("--seq", a.seq)).map_err(|e| Error::msg(format!("finetune: {e}")))?;
     let pad = gpt_tokens.map_or_else(|| tokenize::pad_id(&tok, &cfg), |t| t.pad) as i64;
