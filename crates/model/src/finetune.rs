@@ -1,5 +1,5 @@
 //! Fine-tuning from labelled data (behind `kiln finetune`): sequence classification, sentence-pair
-//! classification and token classification, from JSONL or CSV files.
+//! classification, token classification, extractive QA and multiple choice, from JSONL or CSV files.
 //!
 //! - Data: JSONL (one object per line) or CSV (a header row), by the file's extension. Fields:
 //!   `text` [+ `text_pair`] + `label` for `seq-cls` / `pair-cls`; `tokens` + `tags` (JSON arrays, or
@@ -17,6 +17,13 @@
 //!   in characters, or a list of `{"text", "answer_start"}`); an offset that does not point at its
 //!   text is an error. The pair is encoded question first, the context truncated; the first
 //!   answer's tokens are the target ((0, 0) when the window cut it off, as transformers does).
+//! - Multiple choice (`multiple-choice`): `question`, `choices` (a list; CSV: columns `choice0`,
+//!   `choice1`, ...) and `label`: a JSON number is the right choice's 0-based index, a string its
+//!   text (else an index written as text). Every example of a file has the same number of choices
+//!   (a batch is `[batch, choices, seq]`); another count, a label out of range or a choice that
+//!   does not fit `seq` even without the question is an error naming the file and line; a long
+//!   question is truncated. Encoders read each (question, choice) pair with their template; GPT
+//!   models use GPT-1's transforms ([`crate::finetune_gpt`]). The metric is accuracy.
 use crate::data::{Batch, DataPosition, IGNORE_INDEX};
 use crate::family::Task;
 use crate::inputs::Inputs;

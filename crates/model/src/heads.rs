@@ -1,7 +1,8 @@
 //! The heads that sit on the stacks, with Hugging Face's names per family. Each is data (names,
 //! sizes, activation, where dropout goes) over a few shapes: a masked-LM head tied to the word
 //! embeddings, a classifier over a pooled vector, a per-token classifier, span logits for QA,
-//! ELECTRA's replaced-token discriminator, a causal LM head and GPT's multiple-choice summary.
+//! ELECTRA's replaced-token discriminator, a causal LM head, GPT's multiple-choice summary and the
+//! encoders' `…ForMultipleChoice` scorers (a classifier with one output per choice row).
 use crate::config::{Activation, DecoderConfig, EncoderConfig};
 use crate::family::Family;
 use crate::nn::{activate, first_token, Dropout, ForwardCtx, LayerNorm, Linear};
