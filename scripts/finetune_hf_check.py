@@ -3,7 +3,8 @@
 `architectures`: `from_pretrained(dir)` with no missing or unexpected keys, and the same logits as
 `kiln forward` on a random batch (with padding). Multiple-choice models get `[batch, choices, seq]`;
 a GPT double-heads model gets `mc_token_ids` at each row's last real token (the extract token);
-GPT models get no token types. For a GPT output it also checks that the tokenizer knows the three
+GPT models get no token types; a GPT sequence classifier is also checked in its similarity form
+(kiln's logits on both orders = the sum of transformers' logits on each). For a GPT output it also checks that the tokenizer knows the three
 transform tokens at the config's last ids and that the weights load as `GPT2LMHeadModel` /
 `OpenAIGPTLMHeadModel` (the body and the resized embedding; only the task head left over).
 
@@ -60,8 +61,13 @@ def main():
         batch["token_type_ids"] = torch.zeros(shape, dtype=torch.long)
     if "DoubleHeads" in arch:
         batch["mc_token_ids"] = mask.sum(-1) - 1
+    hf_batch = dict(batch)
+    if cfg["model_type"] == "openai-gpt" and choices:
+        # transformers' OpenAIGPTModel broadcasts a [batch, choices, seq] mask wrongly: give it the
+        # rows' mask (the same masking)
+        hf_batch["attention_mask"] = mask.view(-1, t)
     with torch.no_grad():
-        o = model(**batch)
+        o = model(**hf_batch)
     name = "mc_logits" if "DoubleHeads" in arch else "logits"
     hf = getattr(o, name)
 
@@ -76,6 +82,24 @@ def main():
     print(f"{name} {tuple(hf.shape)}: max |hf - kiln| {diff:.3e}; hf range [{hf.min().item():.3f}, {hf.max().item():.3f}]")
     if diff > a.tol:
         sys.exit(f"FAIL: {name} differ by more than {a.tol}")
+
+    if gpt and not choices:
+        # --pair-mode similarity: kiln's logits on [batch, 2, seq] (both orders) are the sum of
+        # transformers' logits on the two rows
+        ids2, mask2 = torch.stack([batch["input_ids"], batch["input_ids"].flip(0)], 1), torch.stack([mask, mask.flip(0)], 1)
+        with torch.no_grad():
+            rows = model(input_ids=ids2.view(-1, t), attention_mask=mask2.view(-1, t)).logits
+        want = rows.view(b, 2, -1).sum(1)
+        with tempfile.TemporaryDirectory() as d:
+            path, out = os.path.join(d, "batch.json"), os.path.join(d, "out.safetensors")
+            with open(path, "w") as f:
+                json.dump({"input_ids": ids2.tolist(), "attention_mask": mask2.tolist()}, f)
+            subprocess.run([a.kiln, "forward", "--model", a.model_dir, "--batch", path, "--out", out], check=True)
+            kl = load_file(out)["logits"]
+        diff = (want - kl).abs().max().item()
+        print(f"similarity logits {tuple(kl.shape)} = the sum of the two rows' logits: max diff {diff:.3e}")
+        if diff > a.tol:
+            sys.exit(f"FAIL: similarity logits differ by more than {a.tol}")
 
     if gpt:
         tok = transformers.AutoTokenizer.from_pretrained(a.model_dir)
