@@ -9,7 +9,7 @@ use common::finetune::*;
 use kiln::model::checkpoint::{load_params, LoadOptions};
 use kiln::model::config::ModelConfig;
 use kiln::model::data::Batch;
-use kiln::model::finetune_gpt::{lm_labels, GptFinetune, GptTokens};
+use kiln::model::finetune::gpt::{lm_labels, GptFinetune, GptTokens};
 use kiln::model::model::{Inputs, LoadedModel, Model};
 use kiln::model::nn::ForwardCtx;
 use kiln::model::objective::Objective;

@@ -5,7 +5,7 @@ use clap::Args;
 use kiln::model::config::ModelConfig;
 use kiln::model::family::Task;
 use kiln::model::finetune::{self, ExampleBatcher, FinetuneTask, Labels};
-use kiln::model::finetune_gpt::{self, GptFinetune, GptTokens, PairMode};
+use kiln::model::finetune::gpt::{GptFinetune, GptTokens, PairMode};
 use kiln::model::optim::AdamWConfig;
 use kiln::model::params::ParamStore;
 use kiln::model::run_dir::{self, Commit};
@@ -181,7 +181,7 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     limits::check_positions(&cfg, limits::Size::new("--seq", a.seq)).map_err(|e| Error::msg(format!("finetune: {e}")))?;
     let pad = gpt_tokens.map_or_else(|| tokenize::pad_id(&tok, &cfg), |t| t.pad) as i64;
     let encode = |ex: &[finetune::Example], path: &std::path::Path| match &gpt_tokens {
-        Some(t) => finetune_gpt::encode(&tok, ex, &labels, task, pair_mode, a.seq, path, t),
+        Some(t) => finetune::gpt::encode(&tok, ex, &labels, task, pair_mode, a.seq, path, t),
         None => finetune::encode(&tok, ex, &labels, task, a.seq, path),
     };
     let (mut train_items, mut eval_items) = (encode(&train_ex, &a.data)?, encode(&eval_ex, &a.eval)?);

@@ -51,7 +51,6 @@ pub mod embed;
 pub mod encoder;
 pub mod family;
 pub mod finetune;
-pub mod finetune_gpt;
 pub mod generate;
 pub mod heads;
 pub mod inputs;
