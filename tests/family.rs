@@ -41,7 +41,7 @@ fn tiny(arch: &str) -> ModelConfig {
         m.insert("num_hidden_layers".into(), json!(3));
         m.insert("num_hidden_groups".into(), json!(2));
     }
-    if a.family == Family::Gpt2 {
+    if a.family.is_decoder() {
         m.insert("pad_token_id".into(), json!(0));
     }
     ModelConfig::from_json_str(&v.to_string(), arch).unwrap()
@@ -88,10 +88,19 @@ fn every_architecture_runs_forward_and_backward() {
                 inp.mc_token_ids = Some(Tensor::from_vec(vec![6i64, 5, 4, 6, 3, 2], &[b, c]).unwrap());
                 inp.mc_labels = Some(Tensor::from_vec(vec![0i64, 2], &[b]).unwrap());
             }
+            (_, Task::MultipleChoice) => {
+                inp.input_ids = Some(ids(&[b, c, t], 3, 50));
+                let mut mask = vec![1i64; b * c * t];
+                mask[b * c * t - 2..].fill(0);
+                inp.attention_mask = Some(Tensor::from_vec(mask, &[b, c, t]).unwrap());
+                inp.labels = Some(labels(&[b], 0, c as i64));
+            }
             (f, t) => panic!("no batch for {f:?} {t:?}"),
         }
         if a.family == Family::DistilBert {
             assert!(inp.token_type_ids.is_none());
+        } else if a.task == Task::MultipleChoice {
+            inp.token_type_ids = Some(Tensor::zeros(&[b, c, t], DType::I64, Device::Cpu).unwrap());
         } else if a.task != Task::DoubleHeads {
             inp.token_type_ids = Some(Tensor::zeros(&[b, t], DType::I64, Device::Cpu).unwrap());
         }

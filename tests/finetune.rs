@@ -1,80 +1,18 @@
 //! `kiln finetune` end to end on generated tasks (issue 22, part): a sequence task (JSONL, string
 //! labels), a sentence-pair task (CSV, numeric labels) and a tagging task (JSONL tokens / tags),
 //! each from a tiny pretrained BERT made by `kiln train`; the best checkpoint loads with its labels;
-//! bad data are clear errors naming the file and line.
+//! bad data are clear errors naming the file and line. Multiple choice and GPT-1-style fine-tuning:
+//! tests/finetune_gpt.rs.
+mod common;
+
+use common::finetune::*;
 use kiln::model::model::LoadedModel;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-ft-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A deterministic generator (xorshift).
-struct Gen(u64);
-impl Gen {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
-        v[self.below(v.len())]
-    }
-}
-
-const FILLER: [&str; 10] = ["the", "a", "on", "and", "of", "to", "in", "it", "was", "that"];
-const NOUNS: [&str; 5] = ["king", "lord", "house", "night", "heart"];
-const VERBS: [&str; 5] = ["speak", "come", "go", "know", "love"];
+use std::path::Path;
+use std::process::Output;
 
 /// A tiny pretrained BERT run directory (with its WordPiece tokenizer) to fine-tune.
 fn body(d: &Path) -> String {
-    let out = d.join("body");
-    let o = kiln(&["train", "--model", "bert-tiny", "--steps", "2", "--batch", "2", "--seq", "32", "--vocab", "400", "--json", "--sample-tokens", "0", "--eval-every", "0", "--out", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    out.display().to_string()
-}
-
-fn metric(o: &Output, name: &str) -> f64 {
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v.get(name).and_then(|x| x.as_f64()))
-        .fold(f64::NEG_INFINITY, f64::max)
-}
-
-fn finetune(model: &str, task: &str, train: &Path, dev: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut a = vec!["finetune", "--model", model, "--task", task, "--data", train.to_str().unwrap(), "--eval", dev.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json", "--lr", "2e-3", "--batch", "16"];
-    if !extra.contains(&"--seq") {
-        a.extend(["--seq", "24"]);
-    }
-    a.extend_from_slice(extra);
-    kiln(&a)
-}
-
-/// Sentences of filler words with one cue word: "good" → pos, "bad" → neg.
-fn seq_jsonl(g: &mut Gen, n: usize) -> String {
-    (0..n)
-        .map(|_| {
-            let pos = g.below(2) == 0;
-            let mut w: Vec<&str> = (0..6 + g.below(5)).map(|_| g.pick(&FILLER)).collect();
-            let at = g.below(w.len());
-            w.insert(at, if pos { "good" } else { "bad" });
-            serde_json::json!({"text": w.join(" "), "label": if pos { "pos" } else { "neg" }}).to_string() + "\n"
-        })
-        .collect()
+    common::finetune::body_of(d, "bert-tiny")
 }
 
 #[test]
@@ -185,7 +123,6 @@ fn bad_finetuning_data_is_a_clear_error() {
     case("nolabel.jsonl", "seq-cls", "{\"text\": \"x\"}\n", "nolabel.jsonl:1: no 'label' field");
     case("notjson.jsonl", "seq-cls", "{\"text\": \"x\", \"label\": \"pos\"}\n{oops\n", "notjson.jsonl:2: not a JSON object");
     case("tags.jsonl", "token-cls", "{\"tokens\": [\"a\", \"b\"], \"tags\": [\"O\"]}\n", "tags.jsonl:1: 2 tokens but 1 tags");
-    case("task.jsonl", "multiple-choice", "{}\n", "not implemented yet");
     let train_qa = d.join("train_qa.jsonl");
     std::fs::write(&train_qa, "{\"question\": \"what?\", \"context\": \"a king\", \"answers\": {\"text\": [\"king\"], \"answer_start\": [2]}}\n").unwrap();
     let dev = d.join("offsets.jsonl");

@@ -167,7 +167,7 @@ fn tiny(arch: &str) -> ModelConfig {
         // three depths over two groups: a group's weights are used at two depths
         m.insert("num_hidden_groups".into(), json!(2));
     }
-    if a.family == Family::Gpt2 {
+    if a.family.is_decoder() {
         m.insert("pad_token_id".into(), json!(0));
     }
     ModelConfig::from_json_str(&v.to_string(), arch).unwrap()
@@ -198,6 +198,10 @@ fn every_architecture_same_gradients_with_recompute() {
                 inp.input_ids = Some(ids(&[b, c, t], 3, 50));
                 inp.attention_mask = None;
                 inp.mc_token_ids = Some(Tensor::from_vec(vec![6i64, 5, 4, 6, 3, 2], &[b, c]).unwrap());
+            }
+            if a.task == Task::MultipleChoice {
+                inp.input_ids = Some(ids(&[b, c, t], 3, 50));
+                inp.attention_mask = None;
             }
             let out = model.forward(&inp, &ForwardCtx::train(7)).unwrap_or_else(|e| panic!("{}: {e}", a.name));
             let mut loss = Tensor::zeros(&[], DType::F32, Device::Cpu).unwrap();

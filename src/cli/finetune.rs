@@ -3,7 +3,9 @@
 use super::train::Progress;
 use clap::Args;
 use kiln::model::config::ModelConfig;
+use kiln::model::family::Task;
 use kiln::model::finetune::{self, ExampleBatcher, FinetuneTask, Labels};
+use kiln::model::finetune::gpt::{GptFinetune, GptTokens, PairMode};
 use kiln::model::optim::AdamWConfig;
 use kiln::model::params::ParamStore;
 use kiln::model::run_dir::{self, Commit};
@@ -24,8 +26,9 @@ pub struct FinetuneArgs {
     /// Continue a fine-tuning run exactly: its run directory (or one of its checkpoints).
     #[arg(long, conflicts_with = "model")]
     pub resume: Option<PathBuf>,
-    /// seq-cls (text, label), pair-cls (text, text_pair, label), token-cls (tokens, tags) or qa
-    /// (question, context, answers with character offsets).
+    /// seq-cls (text, label), pair-cls (text, text_pair, label), token-cls (tokens, tags), qa
+    /// (question, context, answers with character offsets) or multiple-choice (question, choices
+    /// — CSV: choice0, choice1, ... — and label: the right choice's 0-based index or its text).
     #[arg(long)]
     pub task: String,
     /// Training examples: JSONL (one object per line) or CSV (a header row), by extension.
@@ -77,6 +80,14 @@ pub struct FinetuneArgs {
     /// One JSON object per line (the run, steps, evaluations).
     #[arg(long)]
     pub json: bool,
+    /// GPT models: the weight λ of the auxiliary causal-LM loss on the same input (GPT-1's
+    /// fine-tuning; default 0.5, 0 disables).
+    #[arg(long)]
+    pub lm_coef: Option<f64>,
+    /// GPT models, pair-cls: entailment (premise, delimiter, hypothesis) or similarity (both
+    /// orders, their final states summed before the linear head).
+    #[arg(long, default_value = "entailment")]
+    pub pair_mode: String,
 }
 
 pub fn run(a: FinetuneArgs) -> Result<()> {
@@ -118,14 +129,29 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         return Err(Error::msg(format!("finetune: --out {} already holds a model ({}); pass --overwrite to replace it, or another --out", out.display(), held.join(", "))));
     }
     let mut cfg = ModelConfig::load(from.join("config.json"))?;
-    let tok = tokenize::find_tokenizer(None, Some(&from))?.ok_or_else(|| Error::msg(format!("finetune: no tokenizer.json in {}", from.display())))?;
+    let mut tok = tokenize::find_tokenizer(None, Some(&from))?.ok_or_else(|| Error::msg(format!("finetune: no tokenizer.json in {}", from.display())))?;
     let fam = cfg.family();
-    let arch = fam.arch_for(task.head()).ok_or_else(|| Error::msg(format!("finetune: the {} family has no {:?} head", fam.model_type(), task.head())))?;
+    // GPT-1 / GPT-2 on sentence tasks: GPT-1's input transforms and auxiliary LM loss
+    let gpt = fam.is_decoder() && matches!(task, FinetuneTask::SeqCls | FinetuneTask::PairCls | FinetuneTask::MultipleChoice);
+    let pair_mode: PairMode = a.pair_mode.parse()?;
+    if !gpt && (a.lm_coef.is_some() || pair_mode != PairMode::Entailment) {
+        return Err(Error::msg("finetune: --lm-coef and --pair-mode apply to GPT models (GPT-1 / GPT-2) on seq-cls, pair-cls and multiple-choice"));
+    }
+    if pair_mode == PairMode::Similarity && task != FinetuneTask::PairCls {
+        return Err(Error::msg("finetune: --pair-mode similarity is for --task pair-cls"));
+    }
+    let lm_coef = a.lm_coef.unwrap_or(0.5);
+    if !lm_coef.is_finite() || lm_coef < 0.0 {
+        return Err(Error::msg(format!("finetune: --lm-coef must be a finite number >= 0, got {lm_coef}")));
+    }
+    // a decoder answers multiple choice with its double-heads model (LM + multiple_choice_head)
+    let head = if fam.is_decoder() && task == FinetuneTask::MultipleChoice { Task::DoubleHeads } else { task.head() };
+    let arch = fam.arch_for(head).ok_or_else(|| Error::msg(format!("finetune: the {} family has no {head:?} head", fam.model_type())))?;
     // the data, its labels (a continued run keeps its own), and the head they ask for
     let train_ex = finetune::read_examples(&a.data, task)?;
     let eval_ex = finetune::read_examples(&a.eval, task)?;
     let labels = match &a.resume {
-        _ if task == FinetuneTask::Qa => Labels(Vec::new()),
+        _ if !task.has_classes() => Labels(Vec::new()),
         Some(_) => {
             if cfg.architecture() != Some(arch.name) {
                 return Err(Error::msg(format!("finetune: {} is a {} run, not {}", from.display(), cfg.architecture().unwrap_or("?"), arch.name)));
@@ -138,27 +164,58 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
         return Err(Error::msg(format!("{}: the training data has one label ({}); classification needs two or more", a.data.display(), labels.0.join(", "))));
     }
     cfg.set_architecture(arch.name);
-    if task != FinetuneTask::Qa {
+    if task.has_classes() {
         labels.write_to(&mut cfg);
     }
-    limits::check(&cfg, &limits::Job::Train { batch: limits::Size::new("--batch", a.batch), seq: limits::Size::new("--seq", a.seq) }, limits::Memory::of(device).as_ref())
+    // the start, delimiter and extract tokens in the vocabulary (the embedding grows below)
+    let gpt_tokens = if gpt { Some(GptTokens::install(&mut tok, &mut cfg)?) } else { None };
+    // a multiple-choice batch runs batch × choices sequences (a similarity pair, both orders)
+    let per_example = match task {
+        FinetuneTask::MultipleChoice => train_ex.iter().chain(&eval_ex).map(|e| e.choices.len()).max().unwrap_or(1),
+        FinetuneTask::PairCls if pair_mode == PairMode::Similarity => 2,
+        _ => 1,
+    };
+    let rows = if per_example > 1 { limits::Size::new("--batch × choices", a.batch.saturating_mul(per_example)) } else { limits::Size::new("--batch", a.batch) };
+    limits::check(&cfg, &limits::Job::Train { batch: rows, seq: limits::Size::new("--seq", a.seq) }, limits::Memory::of(device).as_ref())
         .map_err(|e| Error::msg(format!("finetune: {e}")))?;
     limits::check_positions(&cfg, limits::Size::new("--seq", a.seq)).map_err(|e| Error::msg(format!("finetune: {e}")))?;
-    let pad = tokenize::pad_id(&tok, &cfg) as i64;
-    let train_items = finetune::encode(&tok, &train_ex, &labels, task, a.seq, &a.data)?;
-    let eval_items = finetune::encode(&tok, &eval_ex, &labels, task, a.seq, &a.eval)?;
+    let pad = gpt_tokens.map_or_else(|| tokenize::pad_id(&tok, &cfg), |t| t.pad) as i64;
+    let encode = |ex: &[finetune::Example], path: &std::path::Path| match &gpt_tokens {
+        Some(t) => finetune::gpt::encode(&tok, ex, &labels, task, pair_mode, a.seq, path, t),
+        None => finetune::encode(&tok, ex, &labels, task, a.seq, path),
+    };
+    let (mut train_items, mut eval_items) = (encode(&train_ex, &a.data)?, encode(&eval_ex, &a.eval)?);
+    if let ModelConfig::Encoder(c) = &cfg {
+        if c.type_vocab_size < 2 {
+            finetune::single_segment(&mut train_items);
+            finetune::single_segment(&mut eval_items);
+        }
+    }
     let store = ParamStore::new(a.seed, DType::F32, device);
     let mut trainer = Trainer::new(cfg.clone(), store.clone(), Some(&tok), adamw)?;
+    if gpt {
+        trainer = trainer.with_objective(Box::new(GptFinetune { lm_coef }));
+    }
     let weights = from.join("model.safetensors");
     if a.resume.is_some() {
         kiln::model::load_params(&weights, &store, &fam.name_map(), &LoadOptions::strict())?;
     } else if kiln::model::io::entry_exists(&weights) {
         // the body must load whole; the head may be absent (a new head) or of another size
-        let rep = kiln::model::load_params(&weights, &store, &fam.name_map(), &LoadOptions::default())?;
+        let mut rep = kiln::model::load_params(&weights, &store, &fam.name_map(), &LoadOptions::default())?;
+        if let Some(t) = &gpt_tokens {
+            // the pretrained rows into the embedding grown by the transform tokens
+            t.fill_embedding(&weights, &store, &mut rep)?;
+        }
         let body = format!("{}.", fam.prefix());
-        let lacking: Vec<&String> = rep.missing.iter().chain(rep.shape_mismatches.iter().map(|m| &m.name)).filter(|n| n.starts_with(&body)).collect();
+        // a pooler the pretrained model lacks (RoBERTa's masked LM under RobertaForMultipleChoice)
+        // starts fresh, as transformers starts it
+        let pooler = format!("{body}pooler.");
+        let lacking: Vec<&String> = rep.missing.iter().filter(|n| !n.starts_with(&pooler)).chain(rep.shape_mismatches.iter().map(|m| &m.name)).filter(|n| n.starts_with(&body)).collect();
         if !lacking.is_empty() {
             return Err(Error::msg(format!("finetune: {} does not hold the model's body: {rep}", weights.display())));
+        }
+        if rep.missing.iter().any(|n| n.starts_with(&pooler)) && !a.json {
+            println!("note: {} has no pooler: {}'s pooler starts from random weights", weights.display(), arch.name);
         }
     } else if !a.json {
         println!("note: {} has no model.safetensors: the body starts from random weights", from.display());
@@ -173,8 +230,13 @@ pub fn run(a: FinetuneArgs) -> Result<()> {
     opts.steps = total;
     opts.schedule = LrSchedule { peak_lr: a.lr, min_lr: 0.0, warmup_steps: a.warmup.min(total), total_steps: total, decay };
     let outside = labels.0.iter().position(|l| l == "O").map(|i| i as i64);
-    let line = serde_json::json!({"task": a.task, "architecture": arch.name, "params": store.num_params(), "labels": labels.0,
+    let mut line = serde_json::json!({"task": a.task, "architecture": arch.name, "params": store.num_params(), "labels": labels.0,
         "train_examples": train_ex.len(), "eval_examples": eval_ex.len(), "steps": total, "steps_per_epoch": per_epoch});
+    if let Some(t) = &gpt_tokens {
+        line["lm_coef"] = lm_coef.into();
+        line["pair_mode"] = a.pair_mode.clone().into();
+        line["vocab_size"] = serde_json::json!({"pretrained": t.old_vocab, "fine-tuning": t.vocab});
+    }
     if a.json {
         println!("{line}");
     } else {

@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests (`mod common;` in each test file that uses them).
 #![allow(dead_code)]
+pub mod finetune;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -3,12 +3,12 @@
 //!
 //! | family | `model_type` | stack | prefix | architectures |
 //! |---|---|---|---|---|
-//! | BERT | `bert` | encoder | `bert.` | Model, ForMaskedLM, ForPreTraining, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering |
-//! | RoBERTa | `roberta` | encoder (padding-offset positions) | `roberta.` | Model, ForMaskedLM, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering |
-//! | ALBERT | `albert` | encoder (factorised embeddings, shared layer groups) | `albert.` | Model, ForPreTraining, ForMaskedLM, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering |
-//! | DistilBERT | `distilbert` | encoder (no token types) | `distilbert.` | Model, ForMaskedLM, ForSequenceClassification, ForQuestionAnswering, ForTokenClassification |
-//! | ELECTRA | `electra` | encoder (embedding projection when E ≠ H) | `electra.` | Model, ForPreTraining, ForMaskedLM, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering |
-//! | GPT-1 | `openai-gpt` | decoder, post-LN, no final LayerNorm | `transformer.` | OpenAIGPTModel, OpenAIGPTLMHeadModel, OpenAIGPTDoubleHeadsModel |
+//! | BERT | `bert` | encoder | `bert.` | Model, ForMaskedLM, ForPreTraining, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering, ForMultipleChoice |
+//! | RoBERTa | `roberta` | encoder (padding-offset positions) | `roberta.` | Model, ForMaskedLM, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering, ForMultipleChoice |
+//! | ALBERT | `albert` | encoder (factorised embeddings, shared layer groups) | `albert.` | Model, ForPreTraining, ForMaskedLM, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering, ForMultipleChoice |
+//! | DistilBERT | `distilbert` | encoder (no token types) | `distilbert.` | Model, ForMaskedLM, ForSequenceClassification, ForQuestionAnswering, ForTokenClassification, ForMultipleChoice |
+//! | ELECTRA | `electra` | encoder (embedding projection when E ≠ H) | `electra.` | Model, ForPreTraining, ForMaskedLM, ForSequenceClassification, ForTokenClassification, ForQuestionAnswering, ForMultipleChoice |
+//! | GPT-1 | `openai-gpt` | decoder, post-LN, no final LayerNorm | `transformer.` | OpenAIGPTModel, OpenAIGPTLMHeadModel, OpenAIGPTDoubleHeadsModel, OpenAIGPTForSequenceClassification |
 //! | GPT-2 | `gpt2` | decoder, pre-LN, final `ln_f` | `transformer.` | GPT2Model, GPT2LMHeadModel, GPT2DoubleHeadsModel, GPT2ForSequenceClassification, GPT2ForTokenClassification |
 //!
 //! Adding a member: a [`Family`] variant with its `model_type`, prefix, config defaults and field
@@ -44,6 +44,8 @@ pub enum Task {
     SequenceClassification,
     TokenClassification,
     QuestionAnswering,
+    /// One score per choice (`…ForMultipleChoice`): inputs `[batch, choices, seq]`, logits `[batch, choices]`.
+    MultipleChoice,
     /// A decoder's LM head.
     CausalLm,
     /// A decoder's LM head + multiple-choice head (GPT-1 / GPT-2 `DoubleHeadsModel`).
@@ -74,21 +76,25 @@ pub const ARCHITECTURES: &[Arch] = &[
     a("BertForSequenceClassification", Bert, SequenceClassification),
     a("BertForTokenClassification", Bert, TokenClassification),
     a("BertForQuestionAnswering", Bert, QuestionAnswering),
+    a("BertForMultipleChoice", Bert, MultipleChoice),
     a("RobertaModel", Roberta, Base),
     a("RobertaForMaskedLM", Roberta, MaskedLm),
     a("RobertaForSequenceClassification", Roberta, SequenceClassification),
     a("RobertaForTokenClassification", Roberta, TokenClassification),
     a("RobertaForQuestionAnswering", Roberta, QuestionAnswering),
+    a("RobertaForMultipleChoice", Roberta, MultipleChoice),
     a("AlbertModel", Albert, Base),
     a("AlbertForPreTraining", Albert, PreTraining),
     a("AlbertForMaskedLM", Albert, MaskedLm),
     a("AlbertForSequenceClassification", Albert, SequenceClassification),
     a("AlbertForTokenClassification", Albert, TokenClassification),
     a("AlbertForQuestionAnswering", Albert, QuestionAnswering),
+    a("AlbertForMultipleChoice", Albert, MultipleChoice),
     a("DistilBertModel", DistilBert, Base),
     a("DistilBertForMaskedLM", DistilBert, MaskedLm),
     a("DistilBertForSequenceClassification", DistilBert, SequenceClassification),
     a("DistilBertForQuestionAnswering", DistilBert, QuestionAnswering),
+    a("DistilBertForMultipleChoice", DistilBert, MultipleChoice),
     a("DistilBertForTokenClassification", DistilBert, TokenClassification),
     a("ElectraModel", Electra, Base),
     a("ElectraForPreTraining", Electra, PreTraining),
@@ -96,9 +102,11 @@ pub const ARCHITECTURES: &[Arch] = &[
     a("ElectraForSequenceClassification", Electra, SequenceClassification),
     a("ElectraForTokenClassification", Electra, TokenClassification),
     a("ElectraForQuestionAnswering", Electra, QuestionAnswering),
+    a("ElectraForMultipleChoice", Electra, MultipleChoice),
     a("OpenAIGPTModel", OpenAiGpt, Base),
     a("OpenAIGPTLMHeadModel", OpenAiGpt, CausalLm),
     a("OpenAIGPTDoubleHeadsModel", OpenAiGpt, DoubleHeads),
+    a("OpenAIGPTForSequenceClassification", OpenAiGpt, SequenceClassification),
     a("GPT2Model", Gpt2, Base),
     a("GPT2LMHeadModel", Gpt2, CausalLm),
     a("GPT2DoubleHeadsModel", Gpt2, DoubleHeads),

@@ -1,7 +1,8 @@
 //! The heads that sit on the stacks, with Hugging Face's names per family. Each is data (names,
 //! sizes, activation, where dropout goes) over a few shapes: a masked-LM head tied to the word
 //! embeddings, a classifier over a pooled vector, a per-token classifier, span logits for QA,
-//! ELECTRA's replaced-token discriminator, a causal LM head and GPT's multiple-choice summary.
+//! ELECTRA's replaced-token discriminator, a causal LM head, GPT's multiple-choice summary and the
+//! encoders' `…ForMultipleChoice` scorers (a classifier with one output per choice row).
 use crate::config::{Activation, DecoderConfig, EncoderConfig};
 use crate::family::Family;
 use crate::nn::{activate, first_token, Dropout, ForwardCtx, LayerNorm, Linear};
@@ -107,6 +108,36 @@ impl Classifier {
             },
             f => return Err(Error::msg(format!("{} has no encoder classifier", f.model_type()))),
         })
+    }
+    /// The `…ForMultipleChoice` head of an encoder family: one score per choice row, as
+    /// transformers names it. BERT / ALBERT / RoBERTa: the pooler → dropout → `classifier`
+    /// (H → 1) (RoBERTa's multiple-choice model keeps the pooler its classifier lacks);
+    /// DistilBERT: token 0 → `pre_classifier` → ReLU → dropout → `classifier`; ELECTRA: token 0 →
+    /// `sequence_summary.summary` (H → H) → gelu → dropout (`summary_last_dropout`) → `classifier`.
+    pub fn multiple_choice(ps: &ParamStore, cfg: &EncoderConfig) -> Result<Self> {
+        let (h, std) = (cfg.hidden_size, cfg.initializer_range);
+        let lin = |name: &str, o| Linear::new(ps, name, h, o, true, std);
+        let pooled = |p: f64| -> Result<Self> { Ok(Classifier { pool: Pool::Pooler, drop_first: false, dense: None, dropout: Dropout { p }, out: lin("classifier", 1)? }) };
+        match cfg.family {
+            Family::Bert => pooled(cfg.extra_f64("classifier_dropout").unwrap_or(cfg.hidden_dropout_prob)),
+            Family::Roberta => pooled(cfg.hidden_dropout_prob),
+            Family::Albert => pooled(cfg.extra_f64("classifier_dropout_prob").unwrap_or(0.1)),
+            Family::DistilBert => Ok(Classifier {
+                pool: Pool::First,
+                drop_first: false,
+                dense: Some((lin("pre_classifier", h)?, Activation::Relu)),
+                dropout: Dropout { p: cfg.extra_f64("seq_classif_dropout").unwrap_or(0.2) },
+                out: lin("classifier", 1)?,
+            }),
+            Family::Electra => Ok(Classifier {
+                pool: Pool::First,
+                drop_first: false,
+                dense: Some((lin("sequence_summary.summary", h)?, Activation::Gelu)),
+                dropout: Dropout { p: cfg.extra_f64("summary_last_dropout").unwrap_or(0.1) },
+                out: lin("classifier", 1)?,
+            }),
+            f => Err(Error::msg(format!("{} has no encoder multiple-choice head", f.model_type()))),
+        }
     }
     /// GPT-2's `score` (no bias, no dropout) at the last non-padding token.
     pub fn gpt2(ps: &ParamStore, cfg: &DecoderConfig, num_labels: usize) -> Result<Self> {

@@ -191,7 +191,7 @@ fn field(family: Family, ours: &'static str) -> &'static str {
 
 fn terms(cfg: &ModelConfig, job: &Job) -> Result<Terms> {
     let arch = cfg.arch()?;
-    let labels = matches!(arch.task, Task::SequenceClassification | Task::TokenClassification | Task::QuestionAnswering);
+    let labels = matches!(arch.task, Task::SequenceClassification | Task::TokenClassification | Task::QuestionAnswering | Task::MultipleChoice);
     let lm = matches!(arch.task, Task::MaskedLm | Task::PreTraining | Task::CausalLm | Task::DoubleHeads);
     let nl = f("num_labels", cfg.num_labels(), 2);
     let mut p = Vec::new();

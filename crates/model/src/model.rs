@@ -34,6 +34,8 @@ pub enum Head {
     SequenceClassification(Classifier),
     TokenClassification(TokenHead),
     QuestionAnswering(TokenHead),
+    /// One score per choice (`…ForMultipleChoice`): rows `[B·C, T]` in, logits `[B, C]` out.
+    MultipleChoice(Classifier),
     CausalLm(LmHead),
     /// LM head + multiple-choice summary (GPT-1 / GPT-2 `DoubleHeadsModel`).
     DoubleHeads(LmHead, SequenceSummary),
@@ -96,6 +98,7 @@ impl Model {
                 let with_pooler = match arch.task {
                     Task::Base => spec_pooler && pooler.unwrap_or(true),
                     Task::PreTraining | Task::SequenceClassification => matches!(c.family, Family::Bert | Family::Albert),
+                    Task::MultipleChoice => matches!(c.family, Family::Bert | Family::Albert | Family::Roberta),
                     _ => false,
                 };
                 let enc = Encoder::new(ps, c, prefix, with_pooler)?;
@@ -121,6 +124,7 @@ impl Model {
                     (Family::Electra, Task::PreTraining) => Head::Discriminator(Discriminator::new(ps, c)?),
                     (_, Task::SequenceClassification) => Head::SequenceClassification(Classifier::encoder(ps, c, nl)?),
                     (_, Task::TokenClassification) => Head::TokenClassification(TokenHead::new(ps, "classifier", h, nl, std, cls_drop)?),
+                    (_, Task::MultipleChoice) => Head::MultipleChoice(Classifier::multiple_choice(ps, c)?),
                     (f, Task::QuestionAnswering) => {
                         let drop = if f == Family::DistilBert { c.extra_f64("qa_dropout").unwrap_or(0.1) } else { 0.0 };
                         Head::QuestionAnswering(TokenHead::new(ps, "qa_outputs", h, 2, std, drop)?)
@@ -212,7 +216,16 @@ impl Model {
         let mut o = Outputs::default();
         match &self.stack {
             Stack::Encoder(enc) => {
-                let r = enc.forward(ids, inputs.attention_mask.as_ref(), inputs.token_type_ids.as_ref(), ctx)?;
+                // multiple choice: [B, C, T] runs as B·C rows
+                let (ids, mask, types) = match (&self.head, ids.rank()) {
+                    (Head::MultipleChoice(_), 3) => {
+                        let flat = |x: &Option<Tensor>| x.as_ref().map(|x| choice_rows(x, ids.shape())).transpose();
+                        (choice_rows(ids, ids.shape())?, flat(&inputs.attention_mask)?, flat(&inputs.token_type_ids)?)
+                    }
+                    (Head::MultipleChoice(_), _) => return Err(Error::Shape { op: "input_ids", shape: ids.shape().to_vec(), msg: "a multiple-choice model takes [batch, choices, seq]".into() }),
+                    _ => (ids.clone(), inputs.attention_mask.clone(), inputs.token_type_ids.clone()),
+                };
+                let r = enc.forward(&ids, mask.as_ref(), types.as_ref(), ctx)?;
                 o.put("last_hidden_state", r.last_hidden_state.clone());
                 if let Some(p) = &r.pooler_output {
                     o.put("pooler_output", p.clone());
@@ -262,7 +275,13 @@ impl Model {
                     Stack::Decoder(d) => d.cfg.pad_token_id,
                 };
                 let ids = inp.input_ids.as_ref().expect("checked");
-                let logits = c.forward(h, pooled, ids, pad, ctx)?;
+                let mut logits = c.forward(h, pooled, &choice_rows(ids, ids.shape())?, pad, ctx)?;
+                if ids.rank() == 3 {
+                    // a decoder's [B, K, T] (GPT-1's similarity: both orders): the K rows' logits
+                    // summed, which is the head on the sum of their final states (`score` has no bias)
+                    let (b, k) = (ids.shape()[0], ids.shape()[1]);
+                    logits = logits.reshape(&[b, k, self.num_labels])?.sum_dims(&[1], false)?;
+                }
                 o.loss = match (&inp.labels, self.num_labels) {
                     (Some(l), 1) => Some(mse(&logits, l)?),
                     (l, _) => ce(&logits, l)?,
@@ -296,6 +315,13 @@ impl Model {
                 o.put("start_logits", start);
                 o.put("end_logits", end);
             }
+            Head::MultipleChoice(c) => {
+                let ids = inp.input_ids.as_ref().expect("checked");
+                let (b, choices) = (ids.shape()[0], ids.shape()[1]);
+                let logits = c.forward(h, pooled, &choice_rows(ids, ids.shape())?, None, ctx)?.reshape(&[b, choices])?;
+                o.loss = ce(&logits, &inp.labels)?;
+                o.put("logits", logits);
+            }
             Head::CausalLm(_) | Head::DoubleHeads(..) => unreachable!("the LM heads run in decoder_forward"),
         }
         Ok(())
@@ -307,6 +333,7 @@ impl Model {
         let (b, choices) = match (&self.head, shape.len()) {
             (Head::DoubleHeads(..), 3) => (shape[0], shape[1]),
             (Head::DoubleHeads(..), _) => return Err(Error::Shape { op: "input_ids", shape, msg: "a double-heads model takes [batch, choices, seq]".into() }),
+            (Head::SequenceClassification(..), 3) => (shape[0], shape[1]),
             _ => (shape[0], 1),
         };
         let t = *shape.last().unwrap_or(&0);
@@ -344,6 +371,15 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// `x` (`[B, C, T]`, or `[B, T]`) as rows `[B·C, T]`, checked against the ids' `shape`.
+fn choice_rows(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if x.shape() != shape {
+        return Err(Error::ShapeMismatch { op: "attention_mask / token_type_ids", lhs: shape.to_vec(), rhs: x.shape().to_vec() });
+    }
+    let t = *shape.last().unwrap_or(&0);
+    x.reshape(&[x.elem_count() / t.max(1), t])
 }
 
 /// Whether a file holds a bare encoder's pooler (`pooler.dense.weight`, ALBERT's `pooler.weight`).

@@ -1,5 +1,5 @@
 //! Fine-tuning from labelled data (behind `kiln finetune`): sequence classification, sentence-pair
-//! classification and token classification, from JSONL or CSV files.
+//! classification, token classification, extractive QA and multiple choice, from JSONL or CSV files.
 //!
 //! - Data: JSONL (one object per line) or CSV (a header row), by the file's extension. Fields:
 //!   `text` [+ `text_pair`] + `label` for `seq-cls` / `pair-cls`; `tokens` + `tags` (JSON arrays, or
@@ -17,15 +17,24 @@
 //!   in characters, or a list of `{"text", "answer_start"}`); an offset that does not point at its
 //!   text is an error. The pair is encoded question first, the context truncated; the first
 //!   answer's tokens are the target ((0, 0) when the window cut it off, as transformers does).
-use crate::data::{Batch, DataPosition, IGNORE_INDEX};
+//! - Multiple choice (`multiple-choice`): `question`, `choices` (a list; CSV: columns `choice0`,
+//!   `choice1`, ...) and `label`: a JSON number is the right choice's 0-based index, a string its
+//!   text (else an index written as text). Every example of a file has the same number of choices
+//!   (a batch is `[batch, choices, seq]`); another count, a label out of range or a choice that
+//!   does not fit `seq` even without the question is an error naming the file and line; a long
+//!   question is truncated. Encoders read each (question, choice) pair with their template; GPT
+//!   models use GPT-1's transforms ([`crate::finetune::gpt`]). The metric is accuracy.
+mod batch;
+mod eval;
+pub mod gpt;
+
+pub use batch::ExampleBatcher;
+pub use eval::{evaluate, last_positions, task_inputs};
+
+use crate::data::IGNORE_INDEX;
 use crate::family::Task;
-use crate::inputs::Inputs;
-use crate::model::Model;
-use crate::nn::ForwardCtx;
-use crate::rng::DataRng;
 use crate::tokenize::Tokenizer;
-use crate::trainer::BatchSource;
-use kiln_tensor::{no_grad, Device, Error, Result, Tensor};
+use kiln_tensor::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -37,6 +46,8 @@ pub enum FinetuneTask {
     TokenCls,
     /// Extractive question answering (SQuAD-style).
     Qa,
+    /// A question with N choices, one of them right (SWAG / RACE style).
+    MultipleChoice,
 }
 
 impl std::str::FromStr for FinetuneTask {
@@ -47,8 +58,8 @@ impl std::str::FromStr for FinetuneTask {
             "pair-cls" => Ok(FinetuneTask::PairCls),
             "token-cls" => Ok(FinetuneTask::TokenCls),
             "qa" => Ok(FinetuneTask::Qa),
-            "multiple-choice" => Err(Error::msg(format!("--task {s} is not implemented yet (seq-cls, pair-cls, token-cls, qa)"))),
-            _ => Err(Error::msg(format!("unknown --task '{s}' (seq-cls, pair-cls, token-cls, qa)"))),
+            "multiple-choice" => Ok(FinetuneTask::MultipleChoice),
+            _ => Err(Error::msg(format!("unknown --task '{s}' (seq-cls, pair-cls, token-cls, qa, multiple-choice)"))),
         }
     }
 }
@@ -60,7 +71,13 @@ impl FinetuneTask {
             FinetuneTask::SeqCls | FinetuneTask::PairCls => Task::SequenceClassification,
             FinetuneTask::TokenCls => Task::TokenClassification,
             FinetuneTask::Qa => Task::QuestionAnswering,
+            FinetuneTask::MultipleChoice => Task::MultipleChoice,
         }
+    }
+    /// Whether the task has classes read from the data (kept as `id2label`): not QA, not
+    /// multiple choice (whose label is an index into each example's choices).
+    pub fn has_classes(self) -> bool {
+        !matches!(self, FinetuneTask::Qa | FinetuneTask::MultipleChoice)
     }
     /// The name of the metric that picks the best checkpoint.
     pub fn metric(self) -> &'static str {
@@ -83,9 +100,11 @@ pub struct Example {
     pub tags: Vec<String>,
     /// QA: the answers as (character offset in `text`, the context; answer text).
     pub answers: Vec<(usize, String)>,
+    /// Multiple choice: the choices (`text` is the question; `label` the right choice's index).
+    pub choices: Vec<String>,
 }
 
-fn at(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
+pub(crate) fn at(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
     Error::msg(format!("{}:{line}: {msg}", path.display()))
 }
 
@@ -107,7 +126,14 @@ pub fn read_examples(path: &Path, task: FinetuneTask) -> Result<Vec<Example>> {
     if rows.is_empty() {
         return Err(Error::msg(format!("{}: no examples", path.display())));
     }
-    rows.into_iter().map(|(line, r)| example(path, line, r, task, is_csv)).collect()
+    let examples: Vec<Example> = rows.into_iter().map(|(line, r)| example(path, line, r, task, is_csv)).collect::<Result<_>>()?;
+    // multiple choice: one number of choices per file (a batch is [batch, choices, seq])
+    if let Some(first) = examples.first().filter(|_| task == FinetuneTask::MultipleChoice) {
+        if let Some(e) = examples.iter().find(|e| e.choices.len() != first.choices.len()) {
+            return Err(at(path, e.line, format!("{} choices, but the first example (line {}) has {}: every example of a file needs the same number of choices", e.choices.len(), first.line, first.choices.len())));
+        }
+    }
+    Ok(examples)
 }
 
 fn jsonl_rows(path: &Path, text: &str) -> Result<Vec<(usize, BTreeMap<String, serde_json::Value>)>> {
@@ -160,6 +186,20 @@ fn example(path: &Path, line: usize, mut r: BTreeMap<String, serde_json::Value>,
             ex.text = string(field("context")?, "context")?;
             ex.answers = answers(path, line, field("answers")?, &ex.text)?;
         }
+        FinetuneTask::MultipleChoice => {
+            ex.text = string(field("question")?, "question")?;
+            ex.choices = if is_csv {
+                // CSV: columns choice0, choice1, ... (consecutive)
+                (0..).map_while(|i| r.remove(&format!("choice{i}"))).map(|v| string(v, "choiceN")).collect::<Result<_>>()?
+            } else {
+                list(r.remove("choices").ok_or_else(|| at(path, line, "no 'choices' field"))?, "choices")?
+            };
+            if ex.choices.len() < 2 {
+                return Err(at(path, line, format!("{} choices: multiple choice needs two or more ({})", ex.choices.len(), if is_csv { "CSV columns choice0, choice1, ..." } else { "a 'choices' list" })));
+            }
+            let l = r.remove("label").ok_or_else(|| at(path, line, "no 'label' field"))?;
+            ex.label = choice_index(&l, &ex.choices).ok_or_else(|| at(path, line, format!("label {l} is neither one of the {} choices nor an index in 0..{}", ex.choices.len(), ex.choices.len())))?.to_string();
+        }
         FinetuneTask::TokenCls => {
             ex.tokens = list(field("tokens")?, "tokens")?;
             ex.tags = list(field("tags")?, "tags")?;
@@ -169,6 +209,17 @@ fn example(path: &Path, line: usize, mut r: BTreeMap<String, serde_json::Value>,
         }
     }
     Ok(ex)
+}
+
+/// A multiple-choice label as written: a JSON number is a 0-based index; a string is the text of
+/// one of the choices (the first that matches), or else a 0-based index written as text (CSV).
+fn choice_index(v: &serde_json::Value, choices: &[String]) -> Option<usize> {
+    let index = |i: u64| (i < choices.len() as u64).then_some(i as usize);
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().and_then(index),
+        serde_json::Value::String(s) => choices.iter().position(|c| c == s).or_else(|| s.trim().parse::<u64>().ok().and_then(index)),
+        _ => None,
+    }
 }
 
 /// SQuAD's answers, `{"text": [..], "answer_start": [..]}` (as HF datasets write them) or a list
@@ -210,7 +261,7 @@ impl Labels {
     pub fn of(examples: &[Example], task: FinetuneTask) -> Labels {
         let mut v: Vec<String> = match task {
             FinetuneTask::TokenCls => examples.iter().flat_map(|e| e.tags.iter().cloned()).collect(),
-            FinetuneTask::Qa => Vec::new(),
+            FinetuneTask::Qa | FinetuneTask::MultipleChoice => Vec::new(),
             _ => examples.iter().map(|e| e.label.clone()).collect(),
         };
         v.sort();
@@ -236,7 +287,7 @@ impl Labels {
         cfg.set_labels(&self.0);
     }
 
-    fn id(&self, label: &str, path: &Path, line: usize) -> Result<i64> {
+    pub(crate) fn id(&self, label: &str, path: &Path, line: usize) -> Result<i64> {
         self.0.iter().position(|l| l == label).map(|i| i as i64).ok_or_else(|| at(path, line, format!("label '{label}' is not among the training data's labels ({})", self.0.join(", "))))
     }
 }
@@ -249,6 +300,9 @@ pub struct Encoded {
     pub labels: Vec<i64>,
     /// QA: what evaluation needs to read a span back.
     pub qa: Option<QaSpans>,
+    /// Multiple choice (and GPT's similarity pairs): one row of (ids, segment ids) per choice; `ids`
+    /// and `types` are then empty.
+    pub choices: Vec<(Vec<i64>, Vec<i64>)>,
 }
 
 /// QA evaluation data of one encoded example.
@@ -263,6 +317,9 @@ pub struct QaSpans {
 /// Encodes `examples` with `tok` truncated to `seq` tokens; labels by `labels` (an unknown one is
 /// an error naming `path` and the line).
 pub fn encode(tok: &Tokenizer, examples: &[Example], labels: &Labels, task: FinetuneTask, seq: usize, path: &Path) -> Result<Vec<Encoded>> {
+    if task == FinetuneTask::MultipleChoice {
+        return encode_choices(tok, examples, seq, path);
+    }
     let mut tok = tok.clone();
     let strategy = if task == FinetuneTask::Qa { tokenizers::TruncationStrategy::OnlySecond } else { tokenizers::TruncationStrategy::LongestFirst };
     let trunc = tokenizers::TruncationParams { max_length: seq, strategy, ..Default::default() };
@@ -306,231 +363,52 @@ pub fn encode(tok: &Tokenizer, examples: &[Example], labels: &Labels, task: Fine
                         _ => vec![0, 0],
                     };
                     let qa = QaSpans { offsets, context: ex.text.chars().collect(), answers: ex.answers.iter().map(|a| a.1.clone()).collect() };
-                    return Ok(Encoded { ids, types, labels: span, qa: Some(qa) });
+                    return Ok(Encoded { ids, types, labels: span, qa: Some(qa), choices: Vec::new() });
                 }
                 _ => vec![labels.id(&ex.label, path, ex.line)?],
             };
-            Ok(Encoded { ids, types, labels, qa: None })
+            Ok(Encoded { ids, types, labels, qa: None, choices: Vec::new() })
         })
         .collect()
 }
 
-/// Pads `items` into one batch (`pad` for ids; labels per position padded with -100).
-fn collate(items: &[&Encoded], pad: i64, per_token: bool) -> Result<Batch> {
-    let label_cols = items.first().map_or(1, |e| e.labels.len());
-    let (b, t) = (items.len(), items.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1));
-    let (mut ids, mut types, mut mask, mut labels) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::new());
-    for e in items {
-        let n = e.ids.len();
-        ids.extend(e.ids.iter().copied().chain(std::iter::repeat_n(pad, t - n)));
-        types.extend(e.types.iter().copied().chain(std::iter::repeat_n(0, t - n)));
-        mask.extend(std::iter::repeat_n(1i64, n).chain(std::iter::repeat_n(0, t - n)));
-        if per_token {
-            labels.extend(e.labels.iter().copied().chain(std::iter::repeat_n(IGNORE_INDEX, t - n)));
-        } else {
-            labels.extend_from_slice(&e.labels);
-        }
-    }
-    Ok(Batch {
-        input_ids: Tensor::from_vec(ids, &[b, t])?,
-        labels: match (per_token, label_cols) {
-            (true, _) => Tensor::from_vec(labels, &[b, t])?,
-            (false, 1) => Tensor::from_vec(labels, &[b])?,
-            (false, k) => Tensor::from_vec(labels, &[b, k])?, // QA: (start, end)
-        },
-        attention_mask: Tensor::from_vec(mask, &[b, t])?,
-        token_type_ids: Tensor::from_vec(types, &[b, t])?,
-        next_sentence_label: None,
-    })
-}
-
-/// Training batches: every example once per epoch, in an order shuffled per epoch from the seed
-/// (a pure function of (seed, epoch), so a saved position resumes exactly).
-pub struct ExampleBatcher {
-    items: Vec<Encoded>,
-    batch: usize,
-    pad: i64,
-    per_token: bool,
-    seed: u64,
-    pos: DataPosition,
-    order: Vec<usize>,
-}
-
-impl ExampleBatcher {
-    pub fn new(items: Vec<Encoded>, batch: usize, pad: i64, task: FinetuneTask, seed: u64) -> Result<ExampleBatcher> {
-        if items.is_empty() || batch == 0 {
-            return Err(Error::msg("finetune: no examples, or a batch of 0"));
-        }
-        let mut b = ExampleBatcher { items, batch, pad, per_token: task == FinetuneTask::TokenCls, seed, pos: DataPosition::default(), order: Vec::new() };
-        b.reorder();
-        Ok(b)
-    }
-    fn reorder(&mut self) {
-        self.order = (0..self.items.len()).collect();
-        DataRng::new(self.seed, self.pos.epoch).shuffle(&mut self.order);
-    }
-    /// Updates per epoch.
-    pub fn steps_per_epoch(&self) -> u64 {
-        self.items.len().div_ceil(self.batch) as u64
-    }
-}
-
-impl BatchSource for ExampleBatcher {
-    fn next_batch(&mut self) -> Result<Batch> {
-        let start = self.pos.cursor as usize;
-        let end = (start + self.batch).min(self.items.len());
-        let picked: Vec<&Encoded> = self.order[start..end].iter().map(|&i| &self.items[i]).collect();
-        let b = collate(&picked, self.pad, self.per_token)?;
-        self.pos.cursor = end as u64;
-        if end == self.items.len() {
-            self.pos.epoch += 1;
-            self.pos.cursor = 0;
-            self.reorder();
-        }
-        Ok(b)
-    }
-    fn position(&self) -> DataPosition {
-        self.pos.clone()
-    }
-    fn set_position(&mut self, p: &DataPosition) -> Result<()> {
-        if p.cursor as usize >= self.items.len() {
-            return Err(Error::msg(format!("finetune: saved position {} is past the {} examples", p.cursor, self.items.len())));
-        }
-        self.pos = p.clone();
-        self.reorder();
-        Ok(())
-    }
-}
-
-/// The task's metrics on `items` (batches of `batch`, no gradients): `accuracy` and `macro_f1`,
-/// or `token_accuracy` and `token_f1`; `outside` is the id of the `O` tag, if any.
-pub fn evaluate(model: &Model, items: &[Encoded], task: FinetuneTask, n_labels: usize, batch: usize, pad: i64, outside: Option<i64>, device: Device) -> Result<BTreeMap<&'static str, f64>> {
-    let per_token = task == FinetuneTask::TokenCls;
-    let takes_types = model.arch.inputs().contains(&"token_type_ids");
-    if task == FinetuneTask::Qa {
-        return evaluate_qa(model, items, batch, pad, takes_types, device);
-    }
-    let (mut gold, mut pred) = (Vec::new(), Vec::new());
-    for chunk in items.chunks(batch.max(1)) {
-        let refs: Vec<&Encoded> = chunk.iter().collect();
-        let (b, out) = eval_forward(model, &refs, pad, per_token, takes_types, device)?;
-        let logits = out.get("logits").ok_or_else(|| Error::msg("finetune: the model gave no logits"))?;
-        let c = *logits.shape().last().unwrap_or(&1);
-        let v = logits.to_dtype(kiln_tensor::DType::F32)?.to_vec::<f32>()?;
-        let labels = b.labels.to_vec::<i64>()?;
-        for (row, &g) in v.chunks(c).zip(&labels) {
-            if g == IGNORE_INDEX {
-                continue;
-            }
-            let p = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as i64);
-            gold.push(g);
-            pred.push(p);
-        }
-    }
-    let acc = gold.iter().zip(&pred).filter(|(g, p)| g == p).count() as f64 / gold.len().max(1) as f64;
-    let mut m = BTreeMap::new();
-    match (per_token, outside) {
-        (true, Some(o)) => {
-            let tp = gold.iter().zip(&pred).filter(|(g, p)| g == p && **g != o).count() as f64;
-            let (gp, pp) = (gold.iter().filter(|&&g| g != o).count() as f64, pred.iter().filter(|&&p| p != o).count() as f64);
-            let f1 = if gp + pp == 0.0 { 1.0 } else { 2.0 * tp / (gp + pp) };
-            m.insert("token_accuracy", acc);
-            m.insert("token_f1", f1);
-        }
-        (true, None) => {
-            m.insert("token_accuracy", acc);
-            m.insert("token_f1", macro_f1(&gold, &pred, n_labels));
-        }
-        _ => {
-            m.insert("accuracy", acc);
-            m.insert("macro_f1", macro_f1(&gold, &pred, n_labels));
-        }
-    }
-    Ok(m)
-}
-
-/// One evaluation batch through the model without gradients: the collated batch and the outputs.
-fn eval_forward(model: &Model, items: &[&Encoded], pad: i64, per_token: bool, takes_types: bool, device: Device) -> Result<(Batch, crate::model::Outputs)> {
-    let b = collate(items, pad, per_token)?.to_device(device)?;
-    let inputs = Inputs { input_ids: Some(b.input_ids.clone()), attention_mask: Some(b.attention_mask.clone()), token_type_ids: takes_types.then(|| b.token_type_ids.clone()), ..Default::default() };
-    let out = no_grad(|| model.forward(&inputs, &ForwardCtx::eval()))?;
-    Ok((b, out))
-}
-
-/// Longest answer considered, in tokens.
-const MAX_ANSWER_TOKENS: usize = 30;
-
-/// SQuAD's exact match and F1 (each the best over the gold answers, averaged over examples): the
-/// predicted span is the best-scoring `start ≤ end < start + 30` within the context.
-fn evaluate_qa(model: &Model, items: &[Encoded], batch: usize, pad: i64, takes_types: bool, device: Device) -> Result<BTreeMap<&'static str, f64>> {
-    let (mut em, mut f1) = (0.0, 0.0);
-    for chunk in items.chunks(batch.max(1)) {
-        let refs: Vec<&Encoded> = chunk.iter().collect();
-        let (b, out) = eval_forward(model, &refs, pad, false, takes_types, device)?;
-        let get = |n: &str| -> Result<Vec<f32>> { out.get(n).ok_or_else(|| Error::msg(format!("finetune: the model gave no {n}")))?.to_dtype(kiln_tensor::DType::F32)?.to_vec::<f32>() };
-        let (starts, ends) = (get("start_logits")?, get("end_logits")?);
-        let t = b.input_ids.shape()[1];
-        for (i, e) in chunk.iter().enumerate() {
-            let qa = e.qa.as_ref().ok_or_else(|| Error::msg("finetune: a QA example without spans"))?;
-            let (sl, el) = (&starts[i * t..(i + 1) * t], &ends[i * t..(i + 1) * t]);
-            let mut best: Option<(f32, usize, usize)> = None;
-            for s in (0..qa.offsets.len()).filter(|&s| qa.offsets[s].is_some()) {
-                for e in (s..qa.offsets.len().min(s + MAX_ANSWER_TOKENS)).filter(|&e| qa.offsets[e].is_some()) {
-                    let score = sl[s] + el[e];
-                    if best.is_none_or(|b| score > b.0) {
-                        best = Some((score, s, e));
-                    }
+/// Multiple choice on an encoder: one (question, choice) pair per choice with the tokenizer's
+/// template; a question too long for `seq` is truncated, a choice that does not fit even with an
+/// empty question is an error naming `path` and the line.
+fn encode_choices(tok: &Tokenizer, examples: &[Example], seq: usize, path: &Path) -> Result<Vec<Encoded>> {
+    let tk = |e: tokenizers::Error| Error::msg(format!("tokenizer: {e}"));
+    let mut tok = tok.clone();
+    tok.with_truncation(None).map_err(tk)?;
+    tok.with_padding(None);
+    let specials = tok.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
+    let mut cut = tok.clone();
+    cut.with_truncation(Some(tokenizers::TruncationParams { max_length: seq, strategy: tokenizers::TruncationStrategy::OnlyFirst, ..Default::default() })).map_err(tk)?;
+    examples
+        .iter()
+        .map(|ex| {
+            let mut choices = Vec::with_capacity(ex.choices.len());
+            for (i, c) in ex.choices.iter().enumerate() {
+                let alone = tok.encode(c.as_str(), false).map_err(tk)?.len();
+                if alone + specials > seq {
+                    return Err(at(path, ex.line, format!("choice {i} has {alone} tokens: with the {specials} special tokens it does not fit --seq {seq} even without the question")));
                 }
+                let enc = cut.encode((ex.text.as_str(), c.as_str()), true).map_err(tk)?;
+                choices.push((enc.get_ids().iter().map(|&i| i as i64).collect(), enc.get_type_ids().iter().map(|&i| i as i64).collect()));
             }
-            let pred: String = match best {
-                Some((_, s, e)) => qa.context[qa.offsets[s].map_or(0, |o| o.0)..qa.offsets[e].map_or(0, |o| o.1)].iter().collect(),
-                None => String::new(),
-            };
-            em += qa.answers.iter().map(|a| (normalize(a) == normalize(&pred)) as u8 as f64).fold(0.0, f64::max);
-            f1 += qa.answers.iter().map(|a| token_f1(&normalize(a), &normalize(&pred))).fold(0.0, f64::max);
+            let label = ex.label.parse::<i64>().map_err(|_| at(path, ex.line, format!("label '{}' is not a choice index", ex.label)))?;
+            Ok(Encoded { ids: Vec::new(), types: Vec::new(), labels: vec![label], qa: None, choices })
+        })
+        .collect()
+}
+
+/// Sets every segment id of `items` to 0: for a model with one token type (RoBERTa's
+/// `type_vocab_size` 1), whatever its tokenizer's pair template says (transformers' RoBERTa
+/// tokenizer gives zeros).
+pub fn single_segment(items: &mut [Encoded]) {
+    for e in items {
+        e.types.fill(0);
+        for (_, t) in &mut e.choices {
+            t.fill(0);
         }
-    }
-    let n = items.len().max(1) as f64;
-    Ok(BTreeMap::from([("exact_match", em / n), ("f1", f1 / n)]))
-}
-
-/// SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces.
-fn normalize(s: &str) -> String {
-    let lower: String = s.to_lowercase().chars().filter(|c| !c.is_ascii_punctuation()).collect();
-    lower.split_whitespace().filter(|w| !matches!(*w, "a" | "an" | "the")).collect::<Vec<_>>().join(" ")
-}
-
-/// F1 of the words of `pred` against `gold` (as multisets).
-fn token_f1(gold: &str, pred: &str) -> f64 {
-    let (g, p): (Vec<&str>, Vec<&str>) = (gold.split_whitespace().collect(), pred.split_whitespace().collect());
-    if g.is_empty() || p.is_empty() {
-        return (g.is_empty() && p.is_empty()) as u8 as f64;
-    }
-    let mut left: BTreeMap<&str, usize> = BTreeMap::new();
-    for w in &g {
-        *left.entry(w).or_default() += 1;
-    }
-    let common = p.iter().filter(|w| left.get_mut(*w).is_some_and(|c| if *c > 0 { *c -= 1; true } else { false })).count() as f64;
-    if common == 0.0 {
-        return 0.0;
-    }
-    let (prec, rec) = (common / p.len() as f64, common / g.len() as f64);
-    2.0 * prec * rec / (prec + rec)
-}
-
-/// Mean F1 over the classes that occur in `gold` or `pred`.
-fn macro_f1(gold: &[i64], pred: &[i64], n: usize) -> f64 {
-    let mut f = Vec::new();
-    for c in 0..n as i64 {
-        let tp = gold.iter().zip(pred).filter(|(g, p)| **g == c && **p == c).count() as f64;
-        let (gc, pc) = (gold.iter().filter(|&&g| g == c).count() as f64, pred.iter().filter(|&&p| p == c).count() as f64);
-        if gc + pc > 0.0 {
-            f.push(2.0 * tp / (gc + pc));
-        }
-    }
-    if f.is_empty() {
-        0.0
-    } else {
-        f.iter().sum::<f64>() / f.len() as f64
     }
 }
