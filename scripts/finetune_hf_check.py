@@ -3,7 +3,8 @@
 `architectures`: `from_pretrained(dir)` with no missing or unexpected keys, and the same logits as
 `kiln forward` on a random batch (with padding). Multiple-choice models get `[batch, choices, seq]`;
 a GPT double-heads model gets `mc_token_ids` at each row's last real token (the extract token);
-GPT models get no token types; a GPT sequence classifier is also checked in its similarity form
+GPT models get no token types; `AutoTokenizer` must give tokenizer.json's ids and no id past the
+embedding; a GPT sequence classifier is also checked in its similarity form
 (kiln's logits on both orders = the sum of transformers' logits on each). For a GPT output it also checks that the tokenizer knows the three
 transform tokens at the config's last ids and that the weights load as `GPT2LMHeadModel` /
 `OpenAIGPTLMHeadModel` (the body and the resized embedding; only the task head left over).
@@ -68,8 +69,7 @@ def main():
         hf_batch["attention_mask"] = mask.view(-1, t)
     with torch.no_grad():
         o = model(**hf_batch)
-    name = "mc_logits" if "DoubleHeads" in arch else "logits"
-    hf = getattr(o, name)
+    names = ["mc_logits"] if "DoubleHeads" in arch else ["start_logits", "end_logits"] if "QuestionAnswering" in arch else ["logits"]
 
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "batch.json")
@@ -77,11 +77,13 @@ def main():
         with open(path, "w") as f:
             json.dump({k: v.tolist() for k, v in batch.items()}, f)
         subprocess.run([a.kiln, "forward", "--model", a.model_dir, "--batch", path, "--out", out], check=True)
-        kl = load_file(out)[name]
-    diff = (hf - kl).abs().max().item()
-    print(f"{name} {tuple(hf.shape)}: max |hf - kiln| {diff:.3e}; hf range [{hf.min().item():.3f}, {hf.max().item():.3f}]")
-    if diff > a.tol:
-        sys.exit(f"FAIL: {name} differ by more than {a.tol}")
+        kiln_out = load_file(out)
+    for name in names:
+        hf, kl = getattr(o, name), kiln_out[name]
+        diff = (hf - kl).abs().max().item()
+        print(f"{name} {tuple(hf.shape)}: max |hf - kiln| {diff:.3e}; hf range [{hf.min().item():.3f}, {hf.max().item():.3f}]")
+        if diff > a.tol:
+            sys.exit(f"FAIL: {name} differ by more than {a.tol}")
 
     if gpt and not choices:
         # --pair-mode similarity: kiln's logits on [batch, 2, seq] (both orders) are the sum of
@@ -101,8 +103,18 @@ def main():
         if diff > a.tol:
             sys.exit(f"FAIL: similarity logits differ by more than {a.tol}")
 
+    # the tokenizer as transformers builds it (AutoTokenizer: tokenizer_config.json names
+    # PreTrainedTokenizerFast) gives the ids kiln's tokenizer.json gives, none past the embedding
+    tok = transformers.AutoTokenizer.from_pretrained(a.model_dir)
+    from tokenizers import Tokenizer
+    raw = Tokenizer.from_file(os.path.join(a.model_dir, "tokenizer.json"))
+    text = "the quick brown fox, twice: the quick brown fox"
+    mine, theirs = raw.encode(text).ids, tok(text)["input_ids"]
+    print(f"tokenizer: {type(tok).__name__}, {len(tok)} tokens, config vocab_size {cfg['vocab_size']}")
+    if mine != theirs or len(tok) > cfg["vocab_size"]:
+        sys.exit(f"FAIL: AutoTokenizer gives {theirs} ({len(tok)} tokens), tokenizer.json gives {mine} (vocab_size {cfg['vocab_size']})")
+
     if gpt:
-        tok = transformers.AutoTokenizer.from_pretrained(a.model_dir)
         want = {s: cfg["vocab_size"] - 3 + i for i, s in enumerate(["_start_", "_delimiter_", "_classify_"])}
         got = {s: tok.convert_tokens_to_ids(s) for s in want}
         print(f"tokenizer: {got}")
