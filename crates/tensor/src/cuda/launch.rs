@@ -5,7 +5,7 @@
 //! Launches are asynchronous on the backend's stream; nothing here synchronizes.
 use super::device::CudaBackend;
 use crate::{DType, Error, Layout, Result};
-use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 
 /// A float type the kernels are instantiated for: f32, bf16, f16 (kernel suffix `_f32`, ...).
 pub trait KernelFloat: DeviceRepr + Copy + Send + Sync + 'static {
@@ -243,6 +243,23 @@ pub fn allow_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
 
 /// The null device pointer, for the kernels' optional (nullable) pointer arguments.
 pub static NULL_PTR: u64 = 0;
+
+/// Pushes an optional pointer argument: the buffer, or [`NULL_PTR`] when there is none.
+pub trait PushOptArg<T> {
+    fn arg_opt(&mut self, v: Option<T>) -> &mut Self;
+}
+
+impl<'a, T> PushOptArg<T> for LaunchArgs<'a>
+where
+    LaunchArgs<'a>: PushKernelArg<T> + PushKernelArg<&'a u64>,
+{
+    fn arg_opt(&mut self, v: Option<T>) -> &mut Self {
+        match v {
+            Some(v) => self.arg(v),
+            None => self.arg(&NULL_PTR),
+        }
+    }
+}
 
 impl CudaBackend {
     /// `out = op(inp)`; `inp` is read through `layout` (any strides), `out` is contiguous.

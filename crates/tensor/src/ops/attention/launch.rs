@@ -7,7 +7,7 @@
 use super::variants::{self, AttnKernel};
 use super::AttnDropout;
 use crate::cuda::device::CudaBackend;
-use crate::cuda::launch::{allow_smem, check_len, to_i32, KernelFloat, NULL_PTR};
+use crate::cuda::launch::{allow_smem, check_len, to_i32, KernelFloat, PushOptArg};
 use crate::{Error, Result};
 use cudarc::driver::{CudaView, CudaViewMut, LaunchArgs, LaunchConfig, PushKernelArg};
 
@@ -44,10 +44,7 @@ pub(super) fn tc_dkdv_smem(head_dim: usize, dq: bool) -> u32 {
 /// then `int B, int H, int Tq, int Tk, int D, float scale, int causal` (`args` from
 /// [`AttentionDims::args`]).
 pub(super) fn push_mask_and_dims<'a>(b: &mut LaunchArgs<'a>, key_mask: Option<&'a CudaView<f32>>, args: &'a [i32; 6], scale: &'a f32) {
-    match key_mask {
-        Some(m) => b.arg(m),
-        None => b.arg(&NULL_PTR),
-    };
+    b.arg_opt(key_mask);
     b.arg(&args[0]).arg(&args[1]).arg(&args[2]).arg(&args[3]).arg(&args[4]).arg(scale).arg(&args[5]);
 }
 

@@ -3,7 +3,7 @@
 //! runs the fused kernel, then the deterministic column sums of dweight / dbias.
 use super::LayerNormBackward;
 use crate::cuda::device::CudaBackend;
-use crate::cuda::launch::{allow_smem, check_len, grid_rows, to_i32, KernelFloat, BLOCK, NULL_PTR};
+use crate::cuda::launch::{allow_smem, check_len, grid_rows, to_i32, KernelFloat, PushOptArg, BLOCK};
 use crate::cuda::ops::{contiguous, contiguous_on, float_dispatch, rows_cols, view, write_out};
 use crate::cuda::rows::{grid_warp_rows, row_kernel_name, row_parts, warp_e, ROW_WARP_E};
 use crate::cuda::storage::{out_buf, CudaStorage};
@@ -118,23 +118,11 @@ impl CudaBackend {
         let (r, c) = (to_i32("layer_norm_fwd", rows)?, to_i32("layer_norm_fwd", cols)?);
         let mut b = stream.launch_builder(&f);
         b.arg(out);
-        match mean {
-            Some(m) => b.arg(m),
-            None => b.arg(&NULL_PTR),
-        };
-        match rstd {
-            Some(m) => b.arg(m),
-            None => b.arg(&NULL_PTR),
-        };
+        b.arg_opt(mean);
+        b.arg_opt(rstd);
         b.arg(inp);
-        match weight {
-            Some(w) => b.arg(w),
-            None => b.arg(&NULL_PTR),
-        };
-        match bias {
-            Some(w) => b.arg(w),
-            None => b.arg(&NULL_PTR),
-        };
+        b.arg_opt(weight);
+        b.arg_opt(bias);
         b.arg(&r).arg(&c).arg(&eps);
         unsafe { b.launch(if e.is_some() { grid_warp_rows(rows) } else { grid_rows(rows) }) }?;
         Ok(())
@@ -177,10 +165,7 @@ impl CudaBackend {
         allow_smem(&f, smem)?;
         let mut b = stream.launch_builder(&f);
         b.arg(dinp).arg(&mut *dw_part).arg(&mut *db_part).arg(mean).arg(rstd).arg(dout).arg(inp);
-        match weight {
-            Some(w) => b.arg(w),
-            None => b.arg(&NULL_PTR),
-        };
+        b.arg_opt(weight);
         b.arg(&r).arg(&c);
         // the warp kernel in blocks of 4 warps: at 122-160 registers (E 24-32) an SM then holds 12-16
         // of its warps where 256-thread blocks would leave 8-16
@@ -192,14 +177,8 @@ impl CudaBackend {
         }
         let f = self.function(&super::KERNELS, &format!("layer_norm_bwd_reduce_{}", T::SUFFIX))?;
         let mut b = self.stream().launch_builder(&f);
-        match dweight {
-            Some(w) => b.arg(w),
-            None => b.arg(&NULL_PTR),
-        };
-        match dbias {
-            Some(w) => b.arg(w),
-            None => b.arg(&NULL_PTR),
-        };
+        b.arg_opt(dweight);
+        b.arg_opt(dbias);
         b.arg(&*dw_part).arg(&*db_part).arg(&p).arg(&c);
         // 32 columns per block (block_col_sum in kernels/common.cuh)
         let cfg = LaunchConfig { grid_dim: (cols.div_ceil(32) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };

@@ -1,7 +1,7 @@
 //! Sums on CUDA: the adapter of `sum_dims` and the launchers of `reduce.cu` (row sums, row max with
 //! argmax, and the deterministic column sums that bias and LayerNorm gradients use).
 use crate::cuda::device::CudaBackend;
-use crate::cuda::launch::{check_len, grid_rows, to_i32, KernelFloat, BLOCK, NULL_PTR};
+use crate::cuda::launch::{check_len, grid_rows, to_i32, KernelFloat, PushOptArg, BLOCK};
 use crate::cuda::ops::{contiguous, float_out, storage_of, view};
 use crate::cuda::rows::row_parts;
 use crate::cuda::storage::CudaStorage;
@@ -60,10 +60,7 @@ impl CudaBackend {
         let (r, c) = (to_i32("reduce_max_last", rows)?, to_i32("reduce_max_last", cols)?);
         let mut b = self.stream().launch_builder(&f);
         b.arg(out);
-        match argmax {
-            Some(a) => b.arg(a),
-            None => b.arg(&NULL_PTR),
-        };
+        b.arg_opt(argmax);
         b.arg(inp).arg(&r).arg(&c);
         unsafe { b.launch(grid_rows(rows)) }?;
         Ok(())

@@ -3,7 +3,7 @@
 //! fused kernel, then the deterministic column sums of dweight.
 use super::RmsNormBackward;
 use crate::cuda::device::CudaBackend;
-use crate::cuda::launch::{allow_smem, check_len, grid_rows, to_i32, KernelFloat, BLOCK, NULL_PTR};
+use crate::cuda::launch::{allow_smem, check_len, grid_rows, to_i32, KernelFloat, PushOptArg, BLOCK};
 use crate::cuda::ops::{contiguous, contiguous_on, float_dispatch, rows_cols, view, write_out};
 use crate::cuda::rows::row_parts;
 use crate::cuda::storage::{out_buf, CudaStorage};
@@ -79,15 +79,9 @@ impl CudaBackend {
         let (r, c) = (to_i32(op, rows)?, to_i32(op, cols)?);
         let mut b = self.stream().launch_builder(&f);
         b.arg(out);
-        match rstd {
-            Some(m) => b.arg(m),
-            None => b.arg(&NULL_PTR),
-        };
+        b.arg_opt(rstd);
         b.arg(inp);
-        match weight {
-            Some(w) => b.arg(w),
-            None => b.arg(&NULL_PTR),
-        };
+        b.arg_opt(weight);
         b.arg(&r).arg(&c).arg(&eps);
         unsafe { b.launch(grid_rows(rows)) }?;
         Ok(())
@@ -120,10 +114,7 @@ impl CudaBackend {
         allow_smem(&f, smem)?;
         let mut b = self.stream().launch_builder(&f);
         b.arg(dinp).arg(&mut *dw_part).arg(rstd).arg(dout).arg(inp);
-        match weight {
-            Some(w) => b.arg(w),
-            None => b.arg(&NULL_PTR),
-        };
+        b.arg_opt(weight);
         b.arg(&r).arg(&c);
         unsafe { b.launch(LaunchConfig { grid_dim: (parts as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: smem }) }?;
         let (Some(dweight), Some(_)) = (dweight, weight) else { return Ok(()) };
