@@ -17,6 +17,9 @@ pub mod strided;
 pub(crate) mod vf32;
 
 use crate::Result;
+
+/// Parallel grain: below this many elements, stay on one thread.
+pub(crate) const PAR_MIN: usize = 1 << 15;
 use std::mem::MaybeUninit;
 
 /// A `Vec` of `n` elements written by `f`, without the zero-fill pass of `vec![0; n]` (an extra

@@ -2,7 +2,7 @@
 //! (`layer_norm`, `rms_norm`): rows go in blocks whose size depends only on the shape, blocks run in
 //! parallel for large inputs, and a backward's per-block column partials (dweight, dbias) are added
 //! in block order, so every result is the same for any thread count or schedule.
-use crate::ops::binary::PAR_MIN;
+use crate::cpu::PAR_MIN;
 use crate::storage::CpuSlice;
 use crate::{CpuFloat, Result, Tensor};
 use rayon::prelude::*;

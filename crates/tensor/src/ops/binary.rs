@@ -1,4 +1,5 @@
 //! Elementwise binary ops with numpy broadcasting (add, sub, mul, div) and scalar affine maps.
+use crate::cpu::PAR_MIN;
 use crate::autograd::{backward_io, node, sum_to_shape, BackwardOp};
 use crate::cpu::simd;
 use crate::shape::broadcast_shapes;
@@ -35,8 +36,6 @@ impl BinaryOp {
     }
 }
 
-/// Parallel grain: below this many elements, stay on one thread.
-pub(crate) const PAR_MIN: usize = 1 << 15;
 
 /// Elements per rayon task in the contiguous path.
 const CHUNK: usize = 1 << 14;

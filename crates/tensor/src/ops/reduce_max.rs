@@ -3,7 +3,7 @@
 //! output's gradient to the FIRST extremal element of its row (deterministic), zero elsewhere.
 use crate::autograd::{backward_io, node, BackwardOp};
 use crate::cpu::simd;
-use crate::ops::binary::PAR_MIN;
+use crate::cpu::PAR_MIN;
 use crate::ops::reduce::{reduce_shapes, rows_for};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Dim, Error, Result, Tensor};

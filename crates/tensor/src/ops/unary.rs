@@ -6,7 +6,8 @@
 //! the saved input `x` and output `y`.
 use crate::autograd::{backward_io, node, sum_to_shape, BackwardOp};
 use crate::cpu::simd;
-use crate::ops::binary::{build_chunks, PAR_MIN};
+use crate::cpu::PAR_MIN;
+use crate::ops::binary::build_chunks;
 use crate::shape::broadcast_shapes;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};

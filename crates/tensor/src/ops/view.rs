@@ -1,7 +1,7 @@
 //! Views that share storage: reshape, transpose/permute, narrow, broadcast, (un)squeeze.
 use crate::autograd::{backward_io, node, sum_to_shape, BackwardOp};
 use crate::shape::{contiguous_strides, view_strides, Layout};
-use crate::ops::binary::PAR_MIN;
+use crate::cpu::PAR_MIN;
 use crate::cpu::uninit_vec;
 use crate::storage::{CpuStorage, Storage};
 use crate::{CpuFloat, DType, Device, Dim, Error, Result, Tensor};

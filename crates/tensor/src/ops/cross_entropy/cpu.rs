@@ -5,7 +5,7 @@
 use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::ops::binary::PAR_MIN;
+use crate::cpu::PAR_MIN;
 #[cfg(target_arch = "x86_64")]
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::simd::body::exp_sum_row;

@@ -1,7 +1,7 @@
 //! Dropout on the CPU: the mask drawn chunk by chunk (rayon for large inputs) with the contract's
 //! [`super::keep`], kept for the backward.
 use super::{keep, threshold};
-use crate::ops::binary::PAR_MIN;
+use crate::cpu::PAR_MIN;
 use crate::storage::{CpuSlice, CpuStorage};
 use crate::{CpuFloat, Result, Tensor};
 use rayon::prelude::*;

@@ -11,7 +11,7 @@ use super::GeluApprox;
 use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::ops::binary::PAR_MIN;
+use crate::cpu::PAR_MIN;
 use crate::cpu::uninit_vec;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};

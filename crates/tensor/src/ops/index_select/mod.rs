@@ -8,7 +8,7 @@
 //! destination is owned by one task that walks its indices in row-major order. No atomics, no races,
 //! and the summation order never depends on the thread count.
 use crate::autograd::{backward_io, node, BackwardOp};
-use crate::ops::binary::PAR_MIN;
+use crate::cpu::PAR_MIN;
 use crate::shape::{contiguous_strides, Layout};
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{DType, Dim, Error, Result, Tensor};

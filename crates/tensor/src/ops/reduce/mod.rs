@@ -81,7 +81,7 @@ fn sum_rows<T: SumElem>(x: &[T], outer: usize, inner: usize) -> CpuStorage {
     let out: Vec<T> = if outer == 1 && inner >= 2 * SUM_BLOCK {
         let parts: Vec<T> = x.par_chunks(SUM_BLOCK).map(T::row_sum).collect();
         vec![parts.into_iter().fold(T::zero(), |a, b| a + b)]
-    } else if outer * inner >= super::binary::PAR_MIN && outer > 1 {
+    } else if outer * inner >= crate::cpu::PAR_MIN && outer > 1 {
         x.par_chunks(inner).map(T::row_sum).collect()
     } else {
         (0..outer).map(|r| T::row_sum(&x[r * inner..(r + 1) * inner])).collect()
@@ -101,7 +101,7 @@ fn sum_leading<T: SumElem>(x: &[T], rows: usize, cols: usize) -> CpuStorage {
         acc
     };
     let x = &x[..rows * cols];
-    let parts: Vec<Vec<T>> = if rows * cols >= super::binary::PAR_MIN && rows > BLOCK_ROWS {
+    let parts: Vec<Vec<T>> = if rows * cols >= crate::cpu::PAR_MIN && rows > BLOCK_ROWS {
         x.par_chunks(BLOCK_ROWS * cols).map(block).collect()
     } else {
         vec![block(x)]

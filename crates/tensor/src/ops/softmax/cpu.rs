@@ -12,7 +12,7 @@ use crate::cpu::vf32::{F256, F512, VF32};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::simd::body::{dot, exp_sum_row, prefetch_line, sum};
 use crate::cpu::uninit_vec;
-use crate::ops::binary::PAR_MIN;
+use crate::cpu::PAR_MIN;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Error, Result, Tensor};
 use rayon::prelude::*;
