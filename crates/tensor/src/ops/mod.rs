@@ -1,6 +1,8 @@
 //! Every op, one name per op across layers (see docs/ADDING_AN_OP.md).
-//! `ops/<op>.rs` is composed from other ops or is a simple CPU loop; `ops/<op>/{mod,cpu}.rs` has its
-//! own kernels (and `kernels/<op>.cu` for CUDA).
+//! `ops/<op>.rs` is composed from other ops or is a simple CPU loop; `ops/<op>/` has its own kernels:
+//! `mod.rs` (the method, the autograd node, the composed reference, the declarations `KERNELS` and
+//! `ROW_OP`), `cpu.rs`, `cuda.rs`, `<op>.cu` and its emulator test `<op>_emu.cpp`. This module
+//! collects the declarations: [`KERNEL_FILES`], [`ROW_OPS`].
 /// `$cuda` when tensor `$t` lives on a CUDA device (and the `cuda` feature is on), else `$cpu`: an
 /// op's choice of half, written once. Without the feature `$cuda` is not compiled.
 macro_rules! on_device {
