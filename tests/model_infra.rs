@@ -736,7 +736,10 @@ fn checkpoint_directory_is_hf_layout() {
     save_checkpoint(&d, &cfg, &store, Some(&tok), Some(&st)).unwrap();
     let mut names: Vec<String> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    assert_eq!(names, vec!["config.json", "model.safetensors", "tokenizer.json", "training_state.safetensors"], "no temp files left");
+    assert_eq!(names, vec!["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_state.safetensors"], "no temp files left");
+    // AutoTokenizer reads tokenizer.json as it is (PreTrainedTokenizerFast), GPT-2's roles
+    let tc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!((tc["tokenizer_class"].as_str(), tc["eos_token"].as_str()), (Some("PreTrainedTokenizerFast"), Some("<|endoftext|>")));
     assert_eq!(ModelConfig::load(&d).unwrap(), cfg);
     let a = StFile::open(d.join("model.safetensors")).unwrap();
     let b = StFile::open(fixture("gpt2_lm/model.safetensors")).unwrap();
