@@ -103,7 +103,8 @@ def main():
         k_all += kiln_round()
         t_all += torch_round()
     k, t = statistics.median(k_all), statistics.median(t_all)
-    print(json.dumps({"model": f"BERT {a.layers}x{a.hidden}, vocab {a.vocab}", "batch": a.batch, "mean_tokens_per_row": round(mean_len, 1),
+    vocab = json.load(open(os.path.join(body, "config.json")))["vocab_size"]  # the tokenizer kiln trained
+    print(json.dumps({"model": f"BERT {a.layers}x{a.hidden}, vocab {vocab}", "batch": a.batch, "mean_tokens_per_row": round(mean_len, 1),
                       "threads": a.threads, "torch": torch.__version__, "kiln_step_ms": round(k, 1), "torch_step_ms": round(t, 1),
                       "kiln_speedup": round(t / k, 3), "kiln_range": [round(min(k_all), 1), round(max(k_all), 1)],
                       "torch_range": [round(min(t_all), 1), round(max(t_all), 1)], "load1": os.getloadavg()[0]}))
