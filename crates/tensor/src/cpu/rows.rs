@@ -13,25 +13,42 @@ pub(crate) fn block_rows(rows: usize, d: usize) -> usize {
     rows.div_ceil(64).max((1 << 13) / d.max(1)).max(1)
 }
 
-/// Runs `k(x_block, y_block)` on the blocks of rows of `x` (`rows·d` elements) and `y`,
-/// in parallel for large inputs; the results in block order (a forward returns its per-row
-/// statistics this way).
-pub(crate) fn fwd_blocks<T: Send + Sync, R: Send>(
+/// A forward over the rows of `x` (`rows·d` elements) that saves `N` statistics per row (LayerNorm:
+/// mean and rstd; RMSNorm: rstd): `k(x_block, y_block, stats)` fills a block's rows of `y` and its
+/// rows' entries of the `N` statistics (each zeroed, one entry per row of the block). Blocks run in
+/// parallel for large inputs. Returns `y` and the statistics in row order. `k` must write every
+/// element of its `y` block.
+pub(crate) fn fwd_blocks<T: CpuFloat, const N: usize>(
     x: &[T],
-    y: &mut [MaybeUninit<T>],
     d: usize,
-    k: impl Fn(&[T], &mut [MaybeUninit<T>]) -> R + Sync,
-) -> Vec<R> {
+    k: impl Fn(&[T], &mut [MaybeUninit<T>], &mut [Vec<T>; N]) + Sync,
+) -> (Vec<T>, [Vec<T>; N]) {
     let rows = x.len().checked_div(d).unwrap_or(0);
+    let mut stats: [Vec<T>; N] = std::array::from_fn(|_| Vec::with_capacity(rows));
     let br = block_rows(rows, d);
-    let run = |(x, y): (&[T], &mut [MaybeUninit<T>])| k(x, y);
-    if d == 0 || x.is_empty() {
-        Vec::new()
-    } else if x.len() >= PAR_MIN {
-        x.par_chunks(br * d).zip(y.par_chunks_mut(br * d)).map(run).collect()
-    } else {
-        x.chunks(br * d).zip(y.chunks_mut(br * d)).map(run).collect()
-    }
+    let run = |(x, y): (&[T], &mut [MaybeUninit<T>])| {
+        let mut s: [Vec<T>; N] = std::array::from_fn(|_| vec![T::zero(); x.len() / d]);
+        k(x, y, &mut s);
+        s
+    };
+    let fill = |y: &mut [MaybeUninit<T>]| {
+        let blocks: Vec<[Vec<T>; N]> = if d == 0 || x.is_empty() {
+            Vec::new()
+        } else if x.len() >= PAR_MIN {
+            x.par_chunks(br * d).zip(y.par_chunks_mut(br * d)).map(run).collect()
+        } else {
+            x.chunks(br * d).zip(y.chunks_mut(br * d)).map(run).collect()
+        };
+        for b in blocks {
+            for (all, part) in stats.iter_mut().zip(b) {
+                all.extend(part);
+            }
+        }
+    };
+    // SAFETY: `k` writes every element of each block (its contract), and the blocks cover `y`
+    // (d == 0 means no elements).
+    let y = unsafe { super::uninit_vec(x.len(), fill) };
+    (y, stats)
 }
 
 /// A backward over `rows` rows of `d`: runs `k(rows_range, dx_block, partials)` per block, where

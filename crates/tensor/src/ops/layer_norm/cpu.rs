@@ -13,7 +13,7 @@ use crate::cpu::simd::{self, Level};
 use crate::cpu::simd::body::{acc4, ld, prefetch_line, st, sum};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::cpu::{rows, uninit_vec};
+use crate::cpu::rows;
 use crate::ops::softmax::cpu::sum64;
 use super::LayerNormBackward;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
@@ -42,25 +42,9 @@ pub type FwdFn<T> = fn(&[T], Option<&[T]>, Option<&[T]>, usize, f64) -> LnForwar
 pub type BwdFn<T> = fn(&[T], &[T], Option<&[T]>, &[T], &[T], usize) -> LnBackward<T>;
 
 /// The forward over blocks of rows ([`rows::fwd_blocks`]): `k(x, y, mean, rstd)` fills a block's
-/// rows and their statistics, collected here in row order.
+/// rows and their statistics.
 fn fwd_driver<T: CpuFloat>(x: &[T], d: usize, k: impl Fn(&[T], &mut [Out<T>], &mut [T], &mut [T]) + Sync) -> LnForward<T> {
-    let rows = x.len().checked_div(d).unwrap_or(0);
-    let (mut mean, mut rstd) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-    let block = |x: &[T], y: &mut [Out<T>]| {
-        let n = x.len() / d;
-        let (mut m, mut r) = (vec![T::zero(); n], vec![T::zero(); n]);
-        k(x, y, &mut m, &mut r);
-        (m, r)
-    };
-    // SAFETY: `k` writes every row of each block (d == 0 means no elements).
-    let y = unsafe {
-        uninit_vec(x.len(), |y| {
-            for (m, r) in rows::fwd_blocks(x, y, d, block) {
-                mean.extend(m);
-                rstd.extend(r);
-            }
-        })
-    };
+    let (y, [mean, rstd]) = rows::fwd_blocks(x, d, |x, y, [m, r]: &mut [Vec<T>; 2]| k(x, y, m, r));
     LnForward { y, mean, rstd }
 }
 

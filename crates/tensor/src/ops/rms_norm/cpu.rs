@@ -13,7 +13,6 @@ use crate::cpu::simd::body::{acc4, ld, prefetch_line, st};
 use crate::cpu::simd::{self, Level};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::vf32::{F256, F512, VF32};
-use crate::cpu::uninit_vec;
 use crate::ops::softmax::cpu::sum64;
 use crate::storage::{CpuSlice, CpuStorage, Storage};
 use crate::{CpuFloat, DType, Device, Error, Result, Tensor};
@@ -42,16 +41,10 @@ fn ones<T: CpuFloat>(w: Option<&[T]>, d: usize) -> Vec<T> {
     w.map_or_else(|| vec![T::one(); d], <[T]>::to_vec)
 }
 
-/// The forward over blocks of rows: `k(x, y, rstd)` fills a block's rows and their `rstd`.
+/// The forward over blocks of rows ([`fwd_blocks`]): `k(x, y, rstd)` fills a block's rows and their
+/// `rstd`.
 fn fwd_driver<T: CpuFloat>(x: &[T], d: usize, k: impl Fn(&[T], &mut [Out<T>], &mut [T]) + Sync) -> RmsForward<T> {
-    let mut rstd = Vec::with_capacity(x.len().checked_div(d).unwrap_or(0));
-    let block = |x: &[T], y: &mut [Out<T>]| {
-        let mut r = vec![T::zero(); x.len() / d];
-        k(x, y, &mut r);
-        r
-    };
-    // SAFETY: `k` writes every row of each block (d == 0 means no elements).
-    let y = unsafe { uninit_vec(x.len(), |y| fwd_blocks(x, y, d, block).into_iter().for_each(|r| rstd.extend(r))) };
+    let (y, [rstd]) = fwd_blocks(x, d, |x, y, [r]: &mut [Vec<T>; 1]| k(x, y, r));
     RmsForward { y, rstd }
 }
 
