@@ -28,6 +28,16 @@ import transformers
 from safetensors.torch import load_file
 
 
+def kiln_forward(kiln, model_dir, batch):
+    """`kiln forward` on `batch` (name -> integer tensor): its outputs by name."""
+    with tempfile.TemporaryDirectory() as d:
+        path, out = os.path.join(d, "batch.json"), os.path.join(d, "out.safetensors")
+        with open(path, "w") as f:
+            json.dump({k: v.tolist() for k, v in batch.items()}, f)
+        subprocess.run([kiln, "forward", "--model", model_dir, "--batch", path, "--out", out], check=True)
+        return load_file(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir", help="a kiln finetune output (OUT/best)")
@@ -71,13 +81,7 @@ def main():
         o = model(**hf_batch)
     names = ["mc_logits"] if "DoubleHeads" in arch else ["start_logits", "end_logits"] if "QuestionAnswering" in arch else ["logits"]
 
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "batch.json")
-        out = os.path.join(d, "out.safetensors")
-        with open(path, "w") as f:
-            json.dump({k: v.tolist() for k, v in batch.items()}, f)
-        subprocess.run([a.kiln, "forward", "--model", a.model_dir, "--batch", path, "--out", out], check=True)
-        kiln_out = load_file(out)
+    kiln_out = kiln_forward(a.kiln, a.model_dir, batch)
     for name in names:
         hf, kl = getattr(o, name), kiln_out[name]
         diff = (hf - kl).abs().max().item()
@@ -92,12 +96,7 @@ def main():
         with torch.no_grad():
             rows = model(input_ids=ids2.view(-1, t), attention_mask=mask2.view(-1, t)).logits
         want = rows.view(b, 2, -1).sum(1)
-        with tempfile.TemporaryDirectory() as d:
-            path, out = os.path.join(d, "batch.json"), os.path.join(d, "out.safetensors")
-            with open(path, "w") as f:
-                json.dump({"input_ids": ids2.tolist(), "attention_mask": mask2.tolist()}, f)
-            subprocess.run([a.kiln, "forward", "--model", a.model_dir, "--batch", path, "--out", out], check=True)
-            kl = load_file(out)["logits"]
+        kl = kiln_forward(a.kiln, a.model_dir, {"input_ids": ids2, "attention_mask": mask2})["logits"]
         diff = (want - kl).abs().max().item()
         print(f"similarity logits {tuple(kl.shape)} = the sum of the two rows' logits: max diff {diff:.3e}")
         if diff > a.tol:
