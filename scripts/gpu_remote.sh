@@ -88,7 +88,7 @@ stage_tests() {
   step tensor_lib 300 "$T/kiln_tensor_lib" --test-threads=1
   step kernels_compile 300 "$T/kernels_compile" --test-threads=1 --nocapture
   step gpu_ops 420 "$T/gpu_ops" --test-threads=1 --nocapture
-  step row_ops 300 env KILN_REQUIRE_GPU=1 "$T/row_ops" --test-threads=1 --nocapture
+  step row_ops 300 env KILN_REQUIRE_GPU=1 KILN_RMS_NORM_KERNEL=1 "$T/row_ops" --test-threads=1 --nocapture
   step hf_parity_cpu 300 "$T/hf_parity" --test-threads=2
   step hf_parity_cuda 300 env KILN_TEST_DEVICE=cuda "$T/hf_parity" --test-threads=1
   step kiln_kernels 300 "$KILN" kernels --arch sm_90 --out "$LOG/kernels"
@@ -130,7 +130,7 @@ stage_short() {
   step nvidia-smi 30 nvidia-smi
   step kernels_compile 120 "$T/kernels_compile" --test-threads=4 --nocapture
   step gpu_ops 150 "$T/gpu_ops" --test-threads=1 --nocapture
-  step row_ops 60 env KILN_REQUIRE_GPU=1 "$T/row_ops" --test-threads=1 every_row_op_on_cuda
+  step row_ops 60 env KILN_REQUIRE_GPU=1 KILN_RMS_NORM_KERNEL=1 "$T/row_ops" --test-threads=1 every_row_op_on_cuda
   step hf_parity_cuda 90 env KILN_TEST_DEVICE=cuda "$T/hf_parity" --test-threads=1
   step tensor_lib 60 "$T/kiln_tensor_lib" --test-threads=4
   local run="$WORK/runs"; rm -rf "$run"; mkdir -p "$run"

@@ -40,16 +40,27 @@ impl Tensor {
     /// RMSNorm over the last dim: per row `y = x / √(mean(x²) + eps) · weight` (as
     /// `torch.nn.functional.rms_norm` and transformers' T5/LLaMA norms). `weight` is optional and
     /// must have shape `[D]` (`D` = last dim) and `self`'s dtype and device. Float dtypes; bf16/f16
-    /// are computed in f32. Differentiable in `self` and `weight` with one fused backward.
+    /// are computed in f32. Differentiable in `self` and `weight` with one fused backward (on CUDA
+    /// the composed ops unless `KILN_RMS_NORM_KERNEL=1`: see [`cuda_kernels_enabled`]).
     /// Errors: integer dtype, rank 0, a weight shape other than `[D]`, dtype or device mismatch,
     /// `eps` negative or not finite.
     pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
         let _range = crate::nvtx::range(OP);
         super::check_norm_args(OP, self, &[weight], eps)?;
+        if self.device().is_cuda() && !cuda_kernels_enabled() {
+            return composed(self, weight, eps);
+        }
         let (y, rstd) = on_device!(self, cuda => cuda::forward(self, weight, eps)?, cpu => cpu::forward(self, weight, eps)?);
         let inputs: Vec<&Tensor> = [Some(self), weight].into_iter().flatten().collect();
         Ok(y.with_history(&inputs, || node(RmsNormBackward { x: self.clone(), w: weight.cloned(), rstd })))
     }
+}
+
+/// Whether RMSNorm on a CUDA tensor runs `rms_norm.cu` (`KILN_RMS_NORM_KERNEL=1`). Off by default:
+/// the kernels have passed the CPU emulator and NVRTC but not yet a GPU (docs/GPU-LOG.md item 16), so
+/// until then CUDA tensors take the composed ops ([`composed`]), each with its GPU-checked kernel.
+pub fn cuda_kernels_enabled() -> bool {
+    std::env::var("KILN_RMS_NORM_KERNEL").is_ok_and(|v| v == "1")
 }
 
 /// RMSNorm composed from primitive ops (mul, mean, add, sqrt, recip), as an unfused engine runs it:
